@@ -1,0 +1,42 @@
+"""Shared numerical conventions: the zero tests every backend applies the same way.
+
+SPEC section 1 defines a correlation whose denominator is 0 as 0 and leaves degenerate
+pairs out of the loss. In floating point "is 0" needs a tolerance; these helpers give
+the one tolerance the reference and every backend use, scaled to the working dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: Relative test for a float target with no energy over K (SPEC section 1).
+DEGENERATE_TARGET_RTOL = 1e-9
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype sums are accumulated in: float64 for float64 input, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def variance_is_zero(var: torch.Tensor, energy: torch.Tensor, total_energy: torch.Tensor) -> torch.Tensor:
+    """True where a variance over K is rounding noise.
+
+    ``var`` is ``sum_K (A - mean A)^2``, ``energy`` is ``sum_K A^2`` and ``total_energy`` is the
+    energy over all frequencies, DC included. The variance of a spectrum whose magnitude is flat
+    (a constant map, a single voxel) is 0 exactly; computed, it is a few ulps of ``energy``, and
+    the spectral energy of a constant map is a few ulps squared of ``total_energy``.
+    """
+    eps = torch.finfo(var.dtype).eps
+    return (var <= 64 * eps * energy) | (energy <= 1e3 * eps * eps * total_energy)
+
+
+def product_is_zero(cross: torch.Tensor, energy_a: torch.Tensor, energy_b: torch.Tensor) -> torch.Tensor:
+    """True where ``sum_K A B`` is rounding noise next to ``sqrt(sum A^2 sum B^2)``."""
+    eps = torch.finfo(cross.dtype).eps
+    return cross <= 64 * eps * torch.sqrt(energy_a * energy_b)
+
+
+def safe_div(num: torch.Tensor, den: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """``num / den`` where ``zero`` is False, exactly 0 (with a 0 gradient) where it is True."""
+    ones = torch.ones_like(den)
+    return torch.where(zero, torch.zeros_like(num), num / torch.where(zero, ones, den))

@@ -1,0 +1,124 @@
+"""Backend registry and dispatch.
+
+Every backend computes the same thing, the per-pair correlation of SPEC section 1, through
+one function with this signature::
+
+    correlation(probs, target, *, first_class, include_dc, magnitude_weight, phase_weight)
+        -> (scc: B x C' tensor, differentiable in probs; valid: B x C' bool tensor)
+
+``probs`` is B x C' x spatial, float32 or float64 (the public API has already applied the
+activation, ``ignore_index`` and ``include_background``). ``target`` is either integer labels
+B x spatial, where label ``first_class + j`` is channel ``j`` and anything else (``-1`` marks
+ignored voxels) is 0 in every channel, or a float target B x C' x spatial. ``valid`` is False
+for degenerate pairs. Backends live in their own modules, imported only when first used, and
+each module also provides ``unavailable_reason()`` and ``unsupported_reason(probs, target)``
+(None when it can run, else a sentence saying why not).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["BACKENDS", "BackendStatus", "available_backends", "select_backend", "explain_backend"]
+
+#: Backend name -> module implementing it. "reference" is the oracle, never chosen by "auto".
+BACKENDS: dict[str, str] = {
+    "reference": "scc_fast.backends.reference",
+    "torch": "scc_fast.backends.torch_fft",
+    "triton": "scc_fast.backends.triton_scc",
+    "native": "scc_fast.backends.native",
+}
+
+#: Order in which "auto" tries backends on each device type, fastest first.
+AUTO_ORDER: dict[str, tuple[str, ...]] = {
+    "cuda": ("triton", "torch"),
+    "cpu": ("native", "torch"),
+}
+_AUTO_FALLBACK = ("torch",)
+
+ENV_VAR = "SCC_FAST_BACKEND"
+
+
+class BackendStatus(NamedTuple):
+    """Whether a backend can run in this process, and if not, why."""
+
+    available: bool
+    reason: str
+
+
+def load(name: str) -> ModuleType:
+    """Import and return the module of backend ``name``."""
+    return importlib.import_module(BACKENDS[name])
+
+
+def _unavailable_reason(name: str) -> str | None:
+    try:
+        module = load(name)
+    except ImportError as exc:  # a backend whose dependency is missing
+        return f"cannot import {BACKENDS[name]}: {exc}"
+    return module.unavailable_reason()
+
+
+def available_backends() -> dict[str, BackendStatus]:
+    """Which backends work in this process; for those that don't, why.
+
+    Returns:
+        A dict from backend name to ``BackendStatus(available, reason)``.
+    """
+    out = {}
+    for name in BACKENDS:
+        reason = _unavailable_reason(name)
+        out[name] = BackendStatus(reason is None, reason or "available")
+    return out
+
+
+def _check_name(name: str, source: str) -> None:
+    if name != "auto" and name not in BACKENDS:
+        choices = ", ".join(repr(n) for n in ("auto", *BACKENDS))
+        raise ValueError(f"{source} must be one of {choices}, got {name!r}")
+
+
+def _auto_candidates(device: torch.device) -> tuple[str, ...]:
+    return AUTO_ORDER.get(device.type, _AUTO_FALLBACK)
+
+
+def _choose(backend: str, probs: torch.Tensor, target: torch.Tensor) -> tuple[str, list[str]]:
+    """The backend to run and, for "auto", the lines explaining the choice."""
+    _check_name(backend, "backend")
+    notes: list[str] = []
+    if backend == "auto":
+        env = os.environ.get(ENV_VAR, "").strip()
+        if env:
+            _check_name(env, f"the environment variable {ENV_VAR}")
+            notes.append(f"{ENV_VAR}={env} overrides 'auto'")
+            backend = env
+    if backend != "auto":
+        reason = _unavailable_reason(backend)
+        if reason is None:
+            reason = load(backend).unsupported_reason(probs, target)
+        if reason is not None:
+            raise RuntimeError(f"backend {backend!r} was asked for but cannot run: {reason}")
+        return backend, notes
+    for name in _auto_candidates(probs.device):
+        reason = _unavailable_reason(name) or load(name).unsupported_reason(probs, target)
+        if reason is None:
+            notes.append(f"auto picked {name!r}, the first that runs of {list(_auto_candidates(probs.device))}")
+            return name, notes
+        notes.append(f"skipped {name!r}: {reason}")
+    raise RuntimeError("no backend can run this input: " + "; ".join(notes))
+
+
+def select_backend(backend: str, probs: torch.Tensor, target: torch.Tensor) -> ModuleType:
+    """Resolve ``backend`` ("auto" or a name) for this input; an unusable named backend is an error."""
+    return load(_choose(backend, probs, target)[0])
+
+
+def explain_backend(probs: torch.Tensor, target: torch.Tensor, backend: str = "auto") -> str:
+    """Say which backend ``backend`` resolves to for these tensors, and why."""
+    name, notes = _choose(backend, probs, target)
+    return "\n".join([f"backend: {name}", *notes])

@@ -1,0 +1,271 @@
+"""Functional API: :func:`scc_loss` and :func:`spectral_correlation`.
+
+This layer checks the arguments, applies the activation, ``ignore_index`` and
+``include_background``, picks the backend (before any ``autograd.Function.apply``), and
+reduces the per-pair values. Backends only compute per-pair correlations.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from . import backends
+
+__all__ = ["scc_loss", "spectral_correlation"]
+
+_REDUCTIONS = ("mean", "sum", "none")
+_KINDS = ("scc", "magnitude", "phase", "complex")
+
+
+def _check_input(input: torch.Tensor, name: str) -> None:
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(input).__name__}")
+    if not input.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor (logits or probabilities), got dtype {input.dtype}")
+    if input.dim() not in (4, 5):
+        raise ValueError(
+            f"{name} must be B x C x H x W or B x C x D x H x W (4 or 5 dims), got {input.dim()} dims "
+            f"with shape {tuple(input.shape)}"
+        )
+    if input.shape[0] < 1 or input.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one image and one channel, got shape {tuple(input.shape)}")
+    if any(s < 2 for s in input.shape[2:]):
+        raise ValueError(f"{name} must have every spatial size >= 2, got spatial shape {tuple(input.shape[2:])}")
+
+
+def _check_target(input: torch.Tensor, target: torch.Tensor, ignore_index: int | None, validate: bool) -> torch.Tensor:
+    """Validate ``target`` against ``input``; return labels B x spatial or a float B x C x spatial."""
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    if target.device != input.device:
+        raise ValueError(f"target must be on the device of input ({input.device}), got {target.device}")
+    spatial = tuple(input.shape[2:])
+    n_batch, n_chan = input.shape[:2]
+    if target.dtype == torch.bool:
+        target = target.to(input.dtype if input.dtype == torch.float64 else torch.float32)
+    if target.is_floating_point():
+        if ignore_index is not None:
+            raise ValueError("ignore_index applies to integer label targets only, got a floating-point target")
+        if tuple(target.shape) != tuple(input.shape):
+            hint = " (for class labels pass an integer tensor, e.g. target.long())" if target.shape[1:2] == (1,) else ""
+            raise ValueError(
+                f"a floating-point target must have the shape of input, B x C x spatial = {tuple(input.shape)}, "
+                f"got {tuple(target.shape)}{hint}"
+            )
+        if validate and not torch.isfinite(target).all():
+            raise ValueError("target contains NaN or Inf (pass validate=False to skip this check)")
+        return target
+    if target.is_complex():
+        raise TypeError(f"target must be integer labels or a real floating-point tensor, got dtype {target.dtype}")
+    if target.dim() == input.dim() and target.shape[1] == 1:
+        target = target.squeeze(1)
+    if target.dim() != input.dim() - 1:
+        raise ValueError(
+            f"integer labels must be B x spatial or B x 1 x spatial for input {tuple(input.shape)}, "
+            f"got shape {tuple(target.shape)}"
+        )
+    if target.shape[0] != n_batch:
+        raise ValueError(f"target batch size must equal input's ({n_batch}), got {target.shape[0]}")
+    if tuple(target.shape[1:]) != spatial:
+        raise ValueError(f"target spatial shape must equal input's {spatial}, got {tuple(target.shape[1:])}")
+    if validate:
+        n_labels = max(n_chan, 2)
+        bad = (target < 0) | (target >= n_labels)
+        if ignore_index is not None:
+            bad &= target != ignore_index
+        if bad.any():
+            found = target[bad]
+            raise ValueError(
+                f"target labels must be in [0, {n_labels - 1}] for {n_chan} channel(s)"
+                + (f" or equal ignore_index={ignore_index}" if ignore_index is not None else "")
+                + f", got values from {int(found.min())} to {int(found.max())}"
+            )
+    return target
+
+
+def _check_weights(magnitude_weight: float, phase_weight: float) -> None:
+    for name, value in (("magnitude_weight", magnitude_weight), ("phase_weight", phase_weight)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if magnitude_weight == 0 and phase_weight == 0:
+        raise ValueError("magnitude_weight and phase_weight must not both be 0")
+
+
+def _class_weights(weight, n_pairs: int, include_background: bool, device) -> torch.Tensor | None:
+    if weight is None:
+        return None
+    w = torch.as_tensor(weight, dtype=torch.float64).flatten()
+    if w.numel() != n_pairs:
+        which = "C - 1 (background excluded)" if not include_background else "C"
+        raise ValueError(f"weight must have one entry per class in the loss, {which} = {n_pairs}, got {w.numel()}")
+    if not torch.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"weight must be finite and >= 0, got {w.tolist()}")
+    return w.to(device)
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+
+
+def scc_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    softmax: bool = False,
+    sigmoid: bool = False,
+    include_background: bool = True,
+    include_dc: bool = False,
+    magnitude_weight: float = 0.5,
+    phase_weight: float = 0.5,
+    weight: Sequence[float] | torch.Tensor | None = None,
+    ignore_index: int | None = None,
+    reduction: str = "mean",
+    validate: bool = True,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Spectral Correlation Coefficient loss, ``1 - SCC`` per (image, class) pair, reduced.
+
+    ``SCC = magnitude_weight * rho_mag + phase_weight * rho_phase``, where ``rho_mag`` is the
+    Pearson correlation of the spectral magnitudes ``|DFT(p)|`` and ``|DFT(y)|`` over the
+    frequency set K and ``rho_phase = sum_K Re(P conj Y) / sum_K |P||Y|`` (SPEC section 1; this
+    is the project's reconstruction, as the paper publishes no equation).
+
+    Args:
+        input: B x C x H x W or B x C x D x H x W. Logits when ``softmax`` or ``sigmoid`` is
+            set, else probabilities. float16/bfloat16 are computed in float32.
+        target: integer labels B x spatial or B x 1 x spatial (one channel per label; with
+            C = 1, labels 0/1 are the binary mask of that channel), or a float one-hot/soft
+            target B x C x spatial.
+        softmax: apply softmax over C to ``input``.
+        sigmoid: apply a sigmoid to ``input``.
+        include_background: keep channel 0 (ignored when C = 1).
+        include_dc: keep the DC frequency in K (default: leave it out; SPEC section 1 says why).
+        magnitude_weight, phase_weight: weights of the two correlations (>= 0, not both 0).
+        weight: class weights, one per class in the loss (C, or C - 1 without background).
+        ignore_index: a label whose voxels are set to 0 in both prediction and target.
+        reduction: ``"mean"`` over non-degenerate pairs (class-weighted), ``"sum"`` or
+            ``"none"`` (B x C, or B x (C - 1) without background; degenerate pairs are 0).
+        validate: check label range and NaN/Inf (costs a device sync).
+        backend: ``"auto"``, ``"torch"``, ``"triton"``, ``"native"`` or ``"reference"``; the
+            environment variable ``SCC_FAST_BACKEND`` overrides ``"auto"``.
+
+    Returns:
+        A scalar (``"mean"``, ``"sum"``) or B x C' tensor (``"none"``), float32 (float64 for
+        float64 input). A pair whose target has no energy over K (class absent, or covering the
+        image when DC is out) contributes 0 loss and 0 gradient and is left out of the mean; if
+        every pair is degenerate the loss is 0.
+    """
+    _check_input(input, "input")
+    if softmax and sigmoid:
+        raise ValueError("softmax and sigmoid are mutually exclusive, got both True")
+    if softmax and input.shape[1] < 2:
+        raise ValueError(f"softmax=True needs at least 2 channels, got C = {input.shape[1]}")
+    _check_choice("reduction", reduction, _REDUCTIONS)
+    backends._check_name(backend, "backend")
+    _check_weights(magnitude_weight, phase_weight)
+    if ignore_index is not None and (not isinstance(ignore_index, int) or isinstance(ignore_index, bool)):
+        raise ValueError(f"ignore_index must be an int or None, got {ignore_index!r}")
+    target = _check_target(input, target, ignore_index, validate)
+    if validate and not torch.isfinite(input).all():
+        raise ValueError("input contains NaN or Inf (pass validate=False to skip this check)")
+
+    n_chan = input.shape[1]
+    drop_background = not include_background and n_chan > 1
+    n_pairs = n_chan - 1 if drop_background else n_chan
+    class_weights = _class_weights(weight, n_pairs, include_background or n_chan == 1, input.device)
+
+    x = input if input.dtype == torch.float64 else input.float()
+    probs = torch.softmax(x, dim=1) if softmax else torch.sigmoid(x) if sigmoid else x
+    labels = not target.is_floating_point()
+    if labels and ignore_index is not None:
+        keep = target != ignore_index
+        probs = probs * keep.unsqueeze(1).to(probs.dtype)
+        target = torch.where(keep, target, torch.full_like(target, -1))
+    first_class = 1 if (n_chan == 1 or drop_background) else 0
+    if drop_background:
+        probs = probs[:, 1:]
+        if not labels:
+            target = target[:, 1:]
+    if not labels:
+        target = target.to(probs.dtype)
+
+    impl = backends.select_backend(backend, probs, target)
+    scc, valid = impl.correlation(
+        probs,
+        target,
+        first_class=first_class if labels else 0,
+        include_dc=include_dc,
+        magnitude_weight=float(magnitude_weight),
+        phase_weight=float(phase_weight),
+    )
+    loss = torch.where(valid, 1.0 - scc, torch.zeros_like(scc))
+    pair_w = valid.to(loss.dtype)
+    if class_weights is not None:
+        cw = class_weights.to(loss.dtype)
+        loss = loss * cw
+        pair_w = pair_w * cw
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    total = pair_w.sum()
+    # All pairs degenerate: 0 with a zero gradient, still connected to the graph.
+    return loss.sum() / torch.where(total > 0, total, torch.ones_like(total))
+
+
+def spectral_correlation(
+    probs: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    kind: str = "scc",
+    include_dc: bool = False,
+    magnitude_weight: float = 0.5,
+    phase_weight: float = 0.5,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Per-pair spectral correlation of ``probs`` and ``target``: a metric, B x C.
+
+    Args:
+        probs: B x C x spatial probabilities (or any real maps).
+        target: integer labels B x spatial / B x 1 x spatial, or a float target B x C x spatial.
+        kind: ``"scc"`` (weighted sum of the two below), ``"magnitude"`` (Pearson correlation
+            of spectral magnitudes), ``"phase"`` (magnitude-weighted cosine of the phase
+            difference) or ``"complex"`` (Pearson correlation of the complex spectra, computed
+            without any transform).
+        include_dc: keep the DC frequency in K.
+        magnitude_weight, phase_weight: used by ``kind="scc"``.
+        backend: as in :func:`scc_loss`.
+
+    Returns:
+        B x C correlations in [-1, 1], float32 (float64 for float64 input); 0 where a
+        denominator is 0 (a constant map, or a class absent from the target).
+    """
+    _check_input(probs, "probs")
+    _check_choice("kind", kind, _KINDS)
+    backends._check_name(backend, "backend")
+    if kind == "scc":
+        _check_weights(magnitude_weight, phase_weight)
+    else:
+        magnitude_weight, phase_weight = (1.0, 0.0) if kind == "magnitude" else (0.0, 1.0)
+    target = _check_target(probs, target, None, True)
+    first_class = 1 if probs.shape[1] == 1 else 0
+    x = probs if probs.dtype == torch.float64 else probs.float()
+    if target.is_floating_point():
+        target = target.to(x.dtype)
+    impl = backends.select_backend(backend, x, target)
+    if kind == "complex":
+        # No transform needed; every backend shares the spatial formula, the reference keeps its FFT one.
+        complex_impl = getattr(impl, "complex_correlation", None) or backends.load("torch").complex_correlation
+        return complex_impl(x, target, first_class=first_class, include_dc=include_dc)[0]
+    return impl.correlation(
+        x,
+        target,
+        first_class=first_class,
+        include_dc=include_dc,
+        magnitude_weight=float(magnitude_weight),
+        phase_weight=float(phase_weight),
+    )[0]
