@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The one prepared GPU call: environment, correctness and timings of every GPU check, in one go.
+# Run from the repository root on the device machine:  bash bench/gpu_run.sh "$OUT"
+# Each stage has its own time limit and failures do not stop later stages; everything lands in
+# OUTDIR (the device tool returns at most 8 files, so the logs are bundled into one archive).
+set -u
+OUTDIR=${1:-gpu_out}
+mkdir -p "$OUTDIR/work"
+W=$OUTDIR/work
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 SCC_FAST_SKIP_NATIVE=1
+{
+  date -u; git log -1 --format='commit %H %s' 2>/dev/null || echo "commit: $(cat .git_commit 2>/dev/null)"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
+  python3 -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__, torch.cuda.get_device_name())'
+} > "$W/env.txt" 2>&1
+cat "$W/env.txt"
+
+stage() {  # stage NAME SECONDS CMD...
+  local name=$1 secs=$2; shift 2
+  echo "=== $name (limit ${secs}s)"
+  local t0=$(date +%s)
+  timeout "$secs" "$@" > "$W/$name.log" 2>&1
+  local rc=$?
+  echo "=== $name rc=$rc in $(( $(date +%s) - t0 ))s"
+  tail -n 40 "$W/$name.log"
+}
+
+[ -f bench/gpu_triton_check.py ] && stage triton2d 170 python3 bench/gpu_triton_check.py --out "$W/triton2d"
+[ -f bench/gpu_3d_check.py ] && stage hybrid3d 200 python3 bench/gpu_3d_check.py --out "$W/hybrid3d"
+[ -f bench/gpu_bench.sh ] && stage suite 120 bash bench/gpu_bench.sh "$W/suite"
+
+tar -czf "$OUTDIR/gpu_results.tgz" -C "$OUTDIR" work
+ls -la "$OUTDIR"
