@@ -1,0 +1,549 @@
+"""Backend "triton": SCC forward and gradient for 2D input in one fused Triton kernel launch.
+
+One program handles one (image, class) pair at a time (a persistent grid loops over pairs) and
+does all of SPEC section 2 for it:
+
+0. spatial sums of p and y (two passes, so the centered sums have no cancellation);
+1. row DFT along W, real-to-complex onto the ``W // 2 + 1`` half spectrum, as ``tl.dot``
+   products of the p / y tiles with cosine and sine tables (written to a per-program scratch);
+2. column DFT along H (complex), as ``tl.dot`` with the H tables; ``A = |P|``, ``B = |Y|`` and
+   the weighted half-spectrum sums ``T_a, T_b, T_ab`` (P and B kept in the scratch);
+3. the per-pair scalars, exactly as :func:`scc_fast.backends.torch_fft.pair_coefficients`
+   with the zero tests of :mod:`scc_fast._numerics` (float32 epsilon);
+4. the gradient field ``(c_a + c_ab B_k) U_k`` (``U = P / |P|``, 0 where ``|P| = 0``, DC
+   zeroed when it is out of K) and its inverse column DFT;
+5. the inverse row DFT (complex-to-real, half-spectrum weights 1/2/1), plus the spatial
+   terms ``2N c_aa (p - [DC out] mean p) + N c_re (y - [DC out] mean y)``: dSCC/dp is written.
+
+Phases are separated by ``tl.debug_barrier()`` (the scratch is written and read by all threads
+of the program). Integer labels are compared with ``first_class + c`` inside the kernel, so no
+one-hot tensor is ever made. Padded rows and columns of every tile are masked to 0.
+
+The DFT here is the direct one (O(N) work per output along each axis); the four-step
+factorisation for long axes is not implemented (see the module's ``NOT_IMPLEMENTED`` note).
+
+Precision of the dots: ``SCC_FAST_TRITON_PRECISION`` (``"tf32"``, the default, ``"tf32x3"`` or
+``"ieee"``) or the module attribute :data:`input_precision` (it wins when set). The interpreter
+(``TRITON_INTERPRET=1``) ignores it and computes float32 dots.
+
+The op is registered as ``torch.ops.scc_fast.triton_correlation_2d`` (``torch.library.custom_op``
+with a fake implementation and ``register_autograd``), so ``torch.compile`` traces through it
+without a graph break. Its backward multiplies the gradient saved by the forward by the
+per-pair upstream gradient.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:  # Triton is optional: without it the backend reports itself unavailable.
+    import triton
+    import triton.language as tl
+
+    _IMPORT_ERROR: str | None = None
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    triton = None
+    tl = None
+    _IMPORT_ERROR = f"triton is not importable ({exc})"
+
+__all__ = ["correlation", "unavailable_reason", "unsupported_reason", "input_precision", "PRECISIONS"]
+
+#: Read once: the interpreter is chosen by Triton when the kernel is decorated (at import).
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+PRECISION_ENV = "SCC_FAST_TRITON_PRECISION"
+PRECISIONS = ("tf32", "tf32x3", "ieee")
+#: Dot precision; None means ``$SCC_FAST_TRITON_PRECISION`` or ``"tf32"``.
+input_precision: str | None = None
+
+MIN_SIZE, MAX_SIZE = 8, 1024
+_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+NOT_IMPLEMENTED = "four-step (factored) DFT for long axes: the kernel uses the direct DFT-as-dot on every axis"
+
+_FP32_EPS = float(torch.finfo(torch.float32).eps)
+
+
+# --------------------------------------------------------------------------------------------
+# The kernel
+# --------------------------------------------------------------------------------------------
+
+if triton is not None:
+
+    @triton.jit
+    def _load_pair_tile(
+        p_base, t_base, rows, cols, H, W, cls, LABELS: tl.constexpr
+    ):
+        """p and y tiles [rows x cols] of one pair, float32, 0 outside the image."""
+        mask = (rows[:, None] < H) & (cols[None, :] < W)
+        offs = rows[:, None] * W + cols[None, :]
+        p = tl.load(p_base + offs, mask=mask, other=0.0).to(tl.float32)
+        if LABELS:
+            lab = tl.load(t_base + offs, mask=mask, other=0)
+            y = tl.where(mask & (lab == cls), 1.0, 0.0)
+        else:
+            y = tl.load(t_base + offs, mask=mask, other=0.0).to(tl.float32)
+        return p, y, mask
+
+    @triton.jit
+    def _scc_fused_kernel(
+        probs_ptr, target_ptr,  # B*C' x H x W probs; labels B x H x W or float B*C' x H x W
+        cos_w_ptr, sin_w_ptr,  # W x WH tables: cos / sin(2 pi w k / W)
+        cos_h_ptr, sin_h_ptr,  # H x H tables
+        scratch_ptr,  # n_programs x SLOTS x H x WH float32
+        scc_ptr, valid_ptr, grad_ptr,  # B*C' float32, B*C' int8, B*C' x H x W float32
+        n_pairs, n_chan, first_class, H, W, WH,
+        magnitude_weight, phase_weight,
+        LABELS: tl.constexpr, INCLUDE_DC: tl.constexpr, NEED_GRAD: tl.constexpr,
+        SLOTS: tl.constexpr, PRECISION: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    ):
+        EPS: tl.constexpr = 1.1920928955078125e-07  # float32 epsilon, as in scc_fast._numerics
+        pid = tl.program_id(0)
+        n_prog = tl.num_programs(0)
+        hw = H * W
+        plane = H * WH
+        n_vox = hw.to(tl.float32)
+        if INCLUDE_DC:
+            n_k = n_vox
+        else:
+            n_k = n_vox - 1.0
+        scratch = scratch_ptr + pid.to(tl.int64) * (SLOTS * plane)
+        s_p1r = scratch
+        s_p1i = scratch + plane
+        s_y1r = scratch + 2 * plane
+        s_y1i = scratch + 3 * plane
+        s_pr = scratch + 4 * plane
+        s_pi = scratch + 5 * plane
+        s_b = scratch + 6 * plane
+
+        rm = tl.arange(0, BM)
+        rn = tl.arange(0, BN)
+        rk = tl.arange(0, BK)
+
+        for pair in range(pid, n_pairs, n_prog):
+            img = pair // n_chan
+            cls = first_class + pair % n_chan
+            p_base = probs_ptr + tl.cast(pair, tl.int64) * hw
+            if LABELS:
+                t_base = target_ptr + tl.cast(img, tl.int64) * hw
+            else:
+                t_base = target_ptr + tl.cast(pair, tl.int64) * hw
+
+            # ---- phase 0: spatial sums (mean first, then centered sums) ----
+            acc_p = tl.zeros([BM, BN], dtype=tl.float32)
+            acc_y = tl.zeros([BM, BN], dtype=tl.float32)
+            for h0 in range(0, H, BM):
+                for w0 in range(0, W, BN):
+                    p, y, mask = _load_pair_tile(p_base, t_base, h0 + rm, w0 + rn, H, W, cls, LABELS)
+                    acc_p += p
+                    acc_y += y
+            s_p = tl.sum(tl.sum(acc_p, axis=1), axis=0)
+            s_y = tl.sum(tl.sum(acc_y, axis=1), axis=0)
+            mean_p = s_p / n_vox
+            mean_y = s_y / n_vox
+            acc_pp = tl.zeros([BM, BN], dtype=tl.float32)
+            acc_pyc = tl.zeros([BM, BN], dtype=tl.float32)
+            acc_py = tl.zeros([BM, BN], dtype=tl.float32)
+            acc_yy = tl.zeros([BM, BN], dtype=tl.float32)
+            for h0 in range(0, H, BM):
+                for w0 in range(0, W, BN):
+                    p, y, mask = _load_pair_tile(p_base, t_base, h0 + rm, w0 + rn, H, W, cls, LABELS)
+                    pc = tl.where(mask, p - mean_p, 0.0)
+                    yc = tl.where(mask, y - mean_y, 0.0)
+                    acc_pp += pc * pc
+                    acc_pyc += pc * y
+                    acc_py += p * y
+                    acc_yy += yc * yc
+            var_p = tl.sum(tl.sum(acc_pp, axis=1), axis=0) / n_vox
+            total_a = n_vox * (n_vox * (var_p + mean_p * mean_p))
+            if LABELS:
+                count = s_y
+                total_b = n_vox * count
+                if INCLUDE_DC:
+                    energy_b = total_b
+                    valid = count > 0
+                else:
+                    energy_b = count * (n_vox - count)
+                    valid = energy_b > 0
+            else:
+                var_y = tl.sum(tl.sum(acc_yy, axis=1), axis=0) / n_vox
+                total_b = n_vox * n_vox * (var_y + mean_y * mean_y)
+                if INCLUDE_DC:
+                    energy_b = total_b
+                else:
+                    energy_b = n_vox * n_vox * var_y
+                valid = energy_b > 1e-9 * total_b
+            if INCLUDE_DC:
+                energy_a = total_a
+                cross = n_vox * tl.sum(tl.sum(acc_py, axis=1), axis=0)
+            else:
+                energy_a = n_vox * n_vox * var_p
+                cross = n_vox * tl.sum(tl.sum(acc_pyc, axis=1), axis=0)
+
+            # ---- phase 1: row DFT along W onto the half spectrum: X1 = x @ (C - iS) ----
+            for h0 in range(0, H, BM):
+                rows = h0 + rm
+                for k0 in range(0, WH, BN):
+                    kcols = k0 + rn
+                    p1r = tl.zeros([BM, BN], dtype=tl.float32)
+                    p1i = tl.zeros([BM, BN], dtype=tl.float32)
+                    y1r = tl.zeros([BM, BN], dtype=tl.float32)
+                    y1i = tl.zeros([BM, BN], dtype=tl.float32)
+                    for w0 in range(0, W, BK):
+                        wr = w0 + rk
+                        p, y, mask = _load_pair_tile(p_base, t_base, rows, wr, H, W, cls, LABELS)
+                        tmask = (wr[:, None] < W) & (kcols[None, :] < WH)
+                        toffs = wr[:, None] * WH + kcols[None, :]
+                        cw = tl.load(cos_w_ptr + toffs, mask=tmask, other=0.0)
+                        sw = tl.load(sin_w_ptr + toffs, mask=tmask, other=0.0)
+                        p1r += tl.dot(p, cw, input_precision=PRECISION)
+                        p1i -= tl.dot(p, sw, input_precision=PRECISION)
+                        y1r += tl.dot(y, cw, input_precision=PRECISION)
+                        y1i -= tl.dot(y, sw, input_precision=PRECISION)
+                    smask = (rows[:, None] < H) & (kcols[None, :] < WH)
+                    soffs = rows[:, None] * WH + kcols[None, :]
+                    tl.store(s_p1r + soffs, p1r, mask=smask)
+                    tl.store(s_p1i + soffs, p1i, mask=smask)
+                    tl.store(s_y1r + soffs, y1r, mask=smask)
+                    tl.store(s_y1i + soffs, y1i, mask=smask)
+            tl.debug_barrier()
+
+            # ---- phase 2: column DFT along H, X = (C - iS) @ X1; |P|, |Y| and the T sums ----
+            acc_ta = tl.zeros([BM, BN], dtype=tl.float32)
+            acc_tb = tl.zeros([BM, BN], dtype=tl.float32)
+            acc_tab = tl.zeros([BM, BN], dtype=tl.float32)
+            for kh0 in range(0, H, BM):
+                khs = kh0 + rm
+                for k0 in range(0, WH, BN):
+                    kcols = k0 + rn
+                    pr = tl.zeros([BM, BN], dtype=tl.float32)
+                    pi = tl.zeros([BM, BN], dtype=tl.float32)
+                    yr = tl.zeros([BM, BN], dtype=tl.float32)
+                    yi = tl.zeros([BM, BN], dtype=tl.float32)
+                    for h0 in range(0, H, BK):
+                        hs = h0 + rk
+                        tmask = (khs[:, None] < H) & (hs[None, :] < H)
+                        toffs = khs[:, None] * H + hs[None, :]
+                        ch = tl.load(cos_h_ptr + toffs, mask=tmask, other=0.0)
+                        sh = tl.load(sin_h_ptr + toffs, mask=tmask, other=0.0)
+                        xmask = (hs[:, None] < H) & (kcols[None, :] < WH)
+                        xoffs = hs[:, None] * WH + kcols[None, :]
+                        a_r = tl.load(s_p1r + xoffs, mask=xmask, other=0.0)
+                        a_i = tl.load(s_p1i + xoffs, mask=xmask, other=0.0)
+                        b_r = tl.load(s_y1r + xoffs, mask=xmask, other=0.0)
+                        b_i = tl.load(s_y1i + xoffs, mask=xmask, other=0.0)
+                        pr += tl.dot(ch, a_r, input_precision=PRECISION) + tl.dot(sh, a_i, input_precision=PRECISION)
+                        pi += tl.dot(ch, a_i, input_precision=PRECISION) - tl.dot(sh, a_r, input_precision=PRECISION)
+                        yr += tl.dot(ch, b_r, input_precision=PRECISION) + tl.dot(sh, b_i, input_precision=PRECISION)
+                        yi += tl.dot(ch, b_i, input_precision=PRECISION) - tl.dot(sh, b_r, input_precision=PRECISION)
+                    amag = tl.sqrt(pr * pr + pi * pi)
+                    bmag = tl.sqrt(yr * yr + yi * yi)
+                    # Half-spectrum weights: 2, except bin 0 and the Nyquist bin of even W (1);
+                    # 0 outside the spectrum and, with DC out of K, at the DC bin.
+                    inside = (khs[:, None] < H) & (kcols[None, :] < WH)
+                    once = (kcols[None, :] == 0) | (kcols[None, :] * 2 == W)
+                    wgt = tl.where(inside, tl.where(once, 1.0, 2.0), 0.0)
+                    if not INCLUDE_DC:
+                        wgt = tl.where((khs[:, None] == 0) & (kcols[None, :] == 0), 0.0, wgt)
+                    acc_ta += wgt * amag
+                    acc_tb += wgt * bmag
+                    acc_tab += wgt * amag * bmag
+                    if NEED_GRAD:
+                        soffs = khs[:, None] * WH + kcols[None, :]
+                        tl.store(s_pr + soffs, pr, mask=inside)
+                        tl.store(s_pi + soffs, pi, mask=inside)
+                        tl.store(s_b + soffs, bmag, mask=inside)
+            t_a = tl.sum(tl.sum(acc_ta, axis=1), axis=0)
+            t_b = tl.sum(tl.sum(acc_tb, axis=1), axis=0)
+            t_ab = tl.sum(tl.sum(acc_tab, axis=1), axis=0)
+
+            # ---- phase 3: per-pair scalars, as torch_fft.pair_coefficients ----
+            var_a = energy_a - t_a * t_a / n_k
+            var_b = energy_b - t_b * t_b / n_k
+            cov = t_ab - t_a * t_b / n_k
+            zero_a = (var_a <= 64 * EPS * energy_a) | (energy_a <= 1e3 * EPS * EPS * total_a)
+            zero_b = (var_b <= 64 * EPS * energy_b) | (energy_b <= 1e3 * EPS * EPS * total_b)
+            zero_mag = zero_a | zero_b
+            zero_phase = t_ab <= 64 * EPS * tl.sqrt(energy_a * energy_b)
+            den = tl.sqrt(tl.where(zero_mag, 1.0, var_a * var_b))
+            rho_mag = tl.where(zero_mag, 0.0, cov / den)
+            t_ab_safe = tl.where(zero_phase, 1.0, t_ab)
+            rho_phase = tl.where(zero_phase, 0.0, cross / t_ab_safe)
+            scc = magnitude_weight * rho_mag + phase_weight * rho_phase
+            tl.store(scc_ptr + pair, scc)
+            tl.store(valid_ptr + pair, valid.to(tl.int8))
+
+            if NEED_GRAD:
+                wm = tl.where(zero_mag, 0.0, magnitude_weight / den)
+                var_a_safe = tl.where(zero_mag, 1.0, var_a)
+                wp = tl.where(zero_phase, 0.0, phase_weight / t_ab_safe)
+                c_ab = wm - wp * rho_phase
+                c_a = (-wm * t_b + magnitude_weight * rho_mag * t_a / var_a_safe) / n_k
+                c_aa = -0.5 * magnitude_weight * rho_mag / var_a_safe
+                c_re = wp
+                tl.debug_barrier()
+
+                # ---- phase 4: field G = (c_a + c_ab B) P/|P|, inverse column DFT (C + iS) @ G ----
+                for h0 in range(0, H, BM):
+                    rows = h0 + rm
+                    for k0 in range(0, WH, BN):
+                        kcols = k0 + rn
+                        g1r = tl.zeros([BM, BN], dtype=tl.float32)
+                        g1i = tl.zeros([BM, BN], dtype=tl.float32)
+                        for kh0 in range(0, H, BK):
+                            khs = kh0 + rk
+                            tmask = (rows[:, None] < H) & (khs[None, :] < H)
+                            toffs = rows[:, None] * H + khs[None, :]
+                            ch = tl.load(cos_h_ptr + toffs, mask=tmask, other=0.0)
+                            sh = tl.load(sin_h_ptr + toffs, mask=tmask, other=0.0)
+                            xmask = (khs[:, None] < H) & (kcols[None, :] < WH)
+                            xoffs = khs[:, None] * WH + kcols[None, :]
+                            pr = tl.load(s_pr + xoffs, mask=xmask, other=0.0)
+                            pi = tl.load(s_pi + xoffs, mask=xmask, other=0.0)
+                            bmag = tl.load(s_b + xoffs, mask=xmask, other=0.0)
+                            amag = tl.sqrt(pr * pr + pi * pi)
+                            nonzero = amag > 0
+                            coef = tl.where(nonzero, (c_a + c_ab * bmag) / tl.where(nonzero, amag, 1.0), 0.0)
+                            if not INCLUDE_DC:
+                                coef = tl.where((khs[:, None] == 0) & (kcols[None, :] == 0), 0.0, coef)
+                            gr = coef * pr
+                            gi = coef * pi
+                            g1r += tl.dot(ch, gr, input_precision=PRECISION) - tl.dot(sh, gi, input_precision=PRECISION)
+                            g1i += tl.dot(ch, gi, input_precision=PRECISION) + tl.dot(sh, gr, input_precision=PRECISION)
+                        smask = (rows[:, None] < H) & (kcols[None, :] < WH)
+                        soffs = rows[:, None] * WH + kcols[None, :]
+                        # P1 / Y1 are dead after phase 2: their slots take the half-inverse.
+                        tl.store(s_p1r + soffs, g1r, mask=smask)
+                        tl.store(s_p1i + soffs, g1i, mask=smask)
+                tl.debug_barrier()
+
+                # ---- phase 5: inverse row DFT (complex-to-real) + spatial terms -> dSCC/dp ----
+                if INCLUDE_DC:
+                    off_p = 0.0
+                    off_y = 0.0
+                else:
+                    off_p = mean_p
+                    off_y = mean_y
+                g_base = grad_ptr + tl.cast(pair, tl.int64) * hw
+                for h0 in range(0, H, BM):
+                    rows = h0 + rm
+                    for w0 in range(0, W, BN):
+                        wcols = w0 + rn
+                        acc = tl.zeros([BM, BN], dtype=tl.float32)
+                        for k0 in range(0, WH, BK):
+                            ks = k0 + rk
+                            xmask = (rows[:, None] < H) & (ks[None, :] < WH)
+                            xoffs = rows[:, None] * WH + ks[None, :]
+                            once = (ks[None, :] == 0) | (ks[None, :] * 2 == W)
+                            kw_w = tl.where(once, 1.0, 2.0)
+                            g1r = tl.load(s_p1r + xoffs, mask=xmask, other=0.0) * kw_w
+                            g1i = tl.load(s_p1i + xoffs, mask=xmask, other=0.0) * kw_w
+                            tmask = (ks[:, None] < WH) & (wcols[None, :] < W)
+                            toffs = wcols[None, :] * WH + ks[:, None]
+                            cw = tl.load(cos_w_ptr + toffs, mask=tmask, other=0.0)
+                            sw = tl.load(sin_w_ptr + toffs, mask=tmask, other=0.0)
+                            acc += tl.dot(g1r, cw, input_precision=PRECISION) - tl.dot(g1i, sw, input_precision=PRECISION)
+                        p, y, mask = _load_pair_tile(p_base, t_base, rows, wcols, H, W, cls, LABELS)
+                        acc += (2.0 * n_vox * c_aa) * (p - off_p) + (n_vox * c_re) * (y - off_y)
+                        offs = rows[:, None] * W + wcols[None, :]
+                        tl.store(g_base + offs, acc, mask=mask)
+            # The next pair overwrites the scratch this one has just read.
+            tl.debug_barrier()
+
+
+# --------------------------------------------------------------------------------------------
+# Host side
+# --------------------------------------------------------------------------------------------
+
+_TABLES: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _twiddles(n: int, cols: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin(2 pi j k / n), n x cols float32; (j k mod n) keeps every angle exact."""
+    key = (n, cols, str(device))
+    if key not in _TABLES:
+        j = torch.arange(n, dtype=torch.int64)
+        k = torch.arange(cols, dtype=torch.int64)
+        angle = (torch.outer(j, k) % n).to(torch.float64) * (2 * torch.pi / n)
+        _TABLES[key] = (
+            torch.cos(angle).to(torch.float32).to(device).contiguous(),
+            torch.sin(angle).to(torch.float32).to(device).contiguous(),
+        )
+    return _TABLES[key]
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _blocks(H: int, W: int) -> tuple[int, int, int, int]:
+    """(BM, BN, BK, num_warps). tl.dot needs every block dim >= 16."""
+    if _INTERPRET:
+        # Each tl op is one numpy call: the fewer, larger blocks the better.
+        b = max(16, min(128, _next_pow2(max(H, W // 2 + 1))))
+        return b, b, b, 4
+    bm = max(16, min(64, _next_pow2(H)))
+    bn = max(16, min(64, _next_pow2(max(W // 2 + 1, min(W, 64)))))
+    bk = max(16, min(32, _next_pow2(min(H, W))))
+    return bm, bn, bk, 8
+
+
+def _max_programs(device: torch.device, n_pairs: int) -> int:
+    if device.type != "cuda":
+        return n_pairs
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(n_pairs, 4 * sms))
+
+
+def _precision() -> str:
+    value = input_precision if input_precision is not None else os.environ.get(PRECISION_ENV, "").strip() or "tf32"
+    if value not in PRECISIONS:
+        raise ValueError(
+            f"the Triton dot precision ({PRECISION_ENV} or scc_fast.backends.triton_scc.input_precision) "
+            f"must be one of {', '.join(repr(p) for p in PRECISIONS)}, got {value!r}"
+        )
+    return value
+
+
+def _launch(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad, precision):
+    """Run the fused kernel. Returns (scc B x C' float32, valid B x C' bool, grad float32 or empty)."""
+    probs = probs.contiguous()
+    target = target.contiguous()
+    n_batch, n_chan, H, W = probs.shape
+    WH = W // 2 + 1
+    n_pairs = n_batch * n_chan
+    device = probs.device
+    labels = not target.is_floating_point()
+    if labels and target.dtype == torch.bool:
+        target = target.to(torch.uint8)
+    cos_w, sin_w = _twiddles(W, WH, device)
+    cos_h, sin_h = _twiddles(H, H, device)
+    slots = 7 if need_grad else 4
+    n_prog = _max_programs(device, n_pairs)
+    scratch = torch.empty(n_prog * slots * H * WH, dtype=torch.float32, device=device)
+    scc = torch.empty(n_pairs, dtype=torch.float32, device=device)
+    valid = torch.empty(n_pairs, dtype=torch.int8, device=device)
+    grad = torch.empty((n_batch, n_chan, H, W) if need_grad else (0,), dtype=torch.float32, device=device)
+    bm, bn, bk, warps = _blocks(H, W)
+    _scc_fused_kernel[(n_prog,)](
+        probs, target, cos_w, sin_w, cos_h, sin_h, scratch, scc, valid, grad if need_grad else scc,
+        n_pairs, n_chan, int(first_class), H, W, WH,
+        float(magnitude_weight), float(phase_weight),
+        LABELS=labels, INCLUDE_DC=bool(include_dc), NEED_GRAD=bool(need_grad),
+        SLOTS=slots, PRECISION=precision, BM=bm, BN=bn, BK=bk, num_warps=warps,
+    )
+    return scc.view(n_batch, n_chan), valid.view(n_batch, n_chan).bool(), grad
+
+
+# --------------------------------------------------------------------------------------------
+# Registered op (custom_op: opaque to torch.compile, no graph break) and its autograd
+# --------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("scc_fast::triton_correlation_2d", mutates_args=())
+def triton_correlation_2d(
+    probs: torch.Tensor,
+    target: torch.Tensor,
+    first_class: int,
+    include_dc: bool,
+    magnitude_weight: float,
+    phase_weight: float,
+    need_grad: bool,
+    precision: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SCC (B x C' float32), valid (B x C' bool) and dSCC/dp (B x C' x H x W float32; empty
+    when ``need_grad`` is False) in one kernel launch."""
+    return _launch(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad, precision)
+
+
+@triton_correlation_2d.register_fake
+def _(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad, precision):
+    n_batch, n_chan = probs.shape[:2]
+    scc = probs.new_empty((n_batch, n_chan), dtype=torch.float32)
+    valid = probs.new_empty((n_batch, n_chan), dtype=torch.bool)
+    grad = probs.new_empty(tuple(probs.shape) if need_grad else (0,), dtype=torch.float32)
+    return scc, valid, grad
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.probs_dtype = inputs[0].dtype
+    ctx.save_for_backward(output[2])  # only the gradient: the backward is a scaling
+    ctx.mark_non_differentiable(output[1], output[2])
+
+
+def _backward(ctx, grad_scc, grad_valid, grad_grad):
+    (grad,) = ctx.saved_tensors
+    if grad.numel() == 0:
+        raise RuntimeError("scc_fast triton op: backward called but the forward ran with need_grad=False")
+    upstream = grad_scc.to(grad.dtype)[:, :, None, None]
+    return (grad * upstream).to(ctx.probs_dtype), None, None, None, None, None, None, None
+
+
+triton_correlation_2d.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------------------------
+# Backend contract
+# --------------------------------------------------------------------------------------------
+
+
+def unavailable_reason() -> str | None:
+    """None when the kernel can run in this process, else why not."""
+    if _IMPORT_ERROR is not None:
+        return _IMPORT_ERROR
+    if not _INTERPRET and not torch.cuda.is_available():
+        return "no CUDA device, and TRITON_INTERPRET=1 was not set before scc_fast.backends.triton_scc was imported"
+    return None
+
+
+def unsupported_reason(probs: torch.Tensor, target: torch.Tensor) -> str | None:
+    """None when the kernel supports these tensors, else a sentence saying why not."""
+    if probs.dim() != 4:
+        return f"the triton kernel handles 2D input (B x C x H x W) only, got {probs.dim() - 2}D spatial shape {tuple(probs.shape[2:])}"
+    H, W = probs.shape[2:]
+    if not (MIN_SIZE <= H <= MAX_SIZE and MIN_SIZE <= W <= MAX_SIZE):
+        return f"the triton kernel needs H and W in [{MIN_SIZE}, {MAX_SIZE}], got H x W = {H} x {W}"
+    if probs.dtype not in _SUPPORTED_DTYPES:
+        return f"the triton kernel computes float32/float16/bfloat16 input, got {probs.dtype} (the torch backend handles float64)"
+    if probs.device.type != "cuda" and not (_INTERPRET and probs.device.type == "cpu"):
+        return f"the triton kernel needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got device {probs.device}"
+    if target.device != probs.device:
+        return f"target must be on the device of probs ({probs.device}), got {target.device}"
+    if target.is_floating_point():
+        if tuple(target.shape) != tuple(probs.shape):
+            return f"a float target must have the shape of probs {tuple(probs.shape)}, got {tuple(target.shape)}"
+    elif tuple(target.shape) != (probs.shape[0], H, W):
+        return f"integer labels must be B x H x W = {(probs.shape[0], H, W)}, got {tuple(target.shape)}"
+    return None
+
+
+def correlation(
+    probs: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    first_class: int = 0,
+    include_dc: bool = False,
+    magnitude_weight: float = 0.5,
+    phase_weight: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair SCC and the non-degenerate mask; see :mod:`scc_fast.backends` for the contract.
+
+    Args:
+        probs: B x C' x H x W, float32 (float16/bfloat16 are read and computed in float32).
+        target: integer labels B x H x W, or a float target B x C' x H x W.
+
+    Returns:
+        ``(scc, valid)``: B x C' float32 (differentiable in ``probs``), B x C' bool.
+    """
+    reason = unavailable_reason() or unsupported_reason(probs, target)
+    if reason is not None:
+        raise RuntimeError(f"backend 'triton' cannot run: {reason}")
+    need_grad = probs.requires_grad and torch.is_grad_enabled()
+    scc, valid, _ = triton_correlation_2d(
+        probs, target, int(first_class), bool(include_dc), float(magnitude_weight), float(phase_weight),
+        need_grad, _precision(),
+    )
+    return scc, valid
