@@ -27,13 +27,15 @@ def variance_is_zero(var: torch.Tensor, energy: torch.Tensor, total_energy: torc
     the spectral energy of a constant map is a few ulps squared of ``total_energy``.
     """
     eps = torch.finfo(var.dtype).eps
-    return (var <= 64 * eps * energy) | (energy <= 1e3 * eps * eps * total_energy)
+    # An Inf energy (Inf in the input, validate=False) is not "zero": let it propagate as NaN.
+    zero = (var <= 64 * eps * energy) | (energy <= 1e3 * eps * eps * total_energy)
+    return zero & torch.isfinite(total_energy)
 
 
 def product_is_zero(cross: torch.Tensor, energy_a: torch.Tensor, energy_b: torch.Tensor) -> torch.Tensor:
     """True where ``sum_K A B`` is rounding noise next to ``sqrt(sum A^2 sum B^2)``."""
     eps = torch.finfo(cross.dtype).eps
-    return cross <= 64 * eps * torch.sqrt(energy_a * energy_b)
+    return (cross <= 64 * eps * torch.sqrt(energy_a * energy_b)) & torch.isfinite(cross)
 
 
 def safe_div(num: torch.Tensor, den: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:

@@ -149,7 +149,11 @@ def scc_loss(
         ignore_index: a label whose voxels are set to 0 in both prediction and target.
         reduction: ``"mean"`` over non-degenerate pairs (class-weighted), ``"sum"`` or
             ``"none"`` (B x C, or B x (C - 1) without background; degenerate pairs are 0).
-        validate: check label range and NaN/Inf (costs a device sync).
+        validate: check label range and NaN/Inf (costs a device sync). With
+            ``validate=False``, and while ``torch.compile`` traces the call (a data-dependent
+            check would break the graph), a NaN/Inf in ``input`` propagates to a NaN loss and
+            gradient as in torch's own losses, and labels outside the classes count as 0 in
+            every channel.
         backend: ``"auto"``, ``"torch"``, ``"triton"``, ``"native"`` or ``"reference"``; the
             environment variable ``SCC_FAST_BACKEND`` overrides ``"auto"``.
 
@@ -169,6 +173,8 @@ def scc_loss(
     _check_weights(magnitude_weight, phase_weight)
     if ignore_index is not None and (not isinstance(ignore_index, int) or isinstance(ignore_index, bool)):
         raise ValueError(f"ignore_index must be an int or None, got {ignore_index!r}")
+    # Value checks branch on data, which torch.compile(fullgraph=True) cannot trace.
+    validate = validate and not torch.compiler.is_compiling()
     target = _check_target(input, target, ignore_index, validate)
     if validate and not torch.isfinite(input).all():
         raise ValueError("input contains NaN or Inf (pass validate=False to skip this check)")
@@ -251,7 +257,7 @@ def spectral_correlation(
         _check_weights(magnitude_weight, phase_weight)
     else:
         magnitude_weight, phase_weight = (1.0, 0.0) if kind == "magnitude" else (0.0, 1.0)
-    target = _check_target(probs, target, None, True)
+    target = _check_target(probs, target, None, not torch.compiler.is_compiling())
     first_class = 1 if probs.shape[1] == 1 else 0
     x = probs if probs.dtype == torch.float64 else probs.float()
     if target.is_floating_point():

@@ -53,7 +53,17 @@ class BackendStatus(NamedTuple):
 
 def load(name: str) -> ModuleType:
     """Import and return the module of backend ``name``."""
-    return importlib.import_module(BACKENDS[name])
+    path = BACKENDS[name]
+    # torch.compile cannot trace importlib.import_module, but runs a static import eagerly.
+    if path == "scc_fast.backends.torch_fft":
+        from . import torch_fft as module
+    elif path == "scc_fast.backends.reference":
+        from . import reference as module
+    elif path == "scc_fast.backends.triton_scc":
+        from . import triton_scc as module
+    else:
+        module = importlib.import_module(path)
+    return module
 
 
 def _unavailable_reason(name: str) -> str | None:

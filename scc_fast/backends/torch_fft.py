@@ -222,8 +222,15 @@ class SCCTorchFunction(torch.autograd.Function):
         return scc, valid
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_scc, grad_valid):
+        # once_differentiable would only catch double backward when grad_scc requires grad; the
+        # usual loss (scc -> mean) would get a silently wrong second derivative, so refuse here.
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "scc_fast backend 'torch' does not support double backward (create_graph=True): its "
+                "gradient is computed analytically in the forward pass and is not differentiable. "
+                "Use backend='reference' for higher-order derivatives."
+            )
         (grad,) = ctx.saved_tensors
         upstream = grad_scc.view(grad_scc.shape + (1,) * (grad.dim() - 2))
         return (grad * upstream).to(ctx.saved_tensors[0].dtype), None, None, None, None, None
