@@ -267,7 +267,10 @@ if triton is not None:
             zero_a = (var_a <= 64 * EPS * energy_a) | (energy_a <= 1e3 * EPS * EPS * total_a)
             zero_b = (var_b <= 64 * EPS * energy_b) | (energy_b <= 1e3 * EPS * EPS * total_b)
             zero_mag = zero_a | zero_b
-            zero_phase = t_ab <= 64 * EPS * tl.sqrt(energy_a * energy_b)
+            # product_is_zero, and also 0 when A or B is rounding noise over K (a constant map):
+            # then T_ab is noise too, and 1 / T_ab would blow the gradient up.
+            zero_phase = (t_ab <= 64 * EPS * tl.sqrt(energy_a * energy_b)) | (energy_a <= 1e3 * EPS * EPS * total_a)
+            zero_phase = zero_phase | (energy_b <= 1e3 * EPS * EPS * total_b)
             den = tl.sqrt(tl.where(zero_mag, 1.0, var_a * var_b))
             rho_mag = tl.where(zero_mag, 0.0, cov / den)
             t_ab_safe = tl.where(zero_phase, 1.0, t_ab)
@@ -284,6 +287,9 @@ if triton is not None:
                 c_a = (-wm * t_b + magnitude_weight * rho_mag * t_a / var_a_safe) / n_k
                 c_aa = -0.5 * magnitude_weight * rho_mag / var_a_safe
                 c_re = wp
+                # A constant p has no spectrum off DC: there P_k is rounding noise and its phase
+                # U_k is random, where the exact U_k is 0 (as the float64 reference has it).
+                flat_p = n_vox * n_vox * var_p <= 1e3 * EPS * EPS * total_a
                 tl.debug_barrier()
 
                 # ---- phase 4: field G = (c_a + c_ab B) P/|P|, inverse column DFT (C + iS) @ G ----
@@ -307,8 +313,11 @@ if triton is not None:
                             amag = tl.sqrt(pr * pr + pi * pi)
                             nonzero = amag > 0
                             coef = tl.where(nonzero, (c_a + c_ab * bmag) / tl.where(nonzero, amag, 1.0), 0.0)
-                            if not INCLUDE_DC:
-                                coef = tl.where((khs[:, None] == 0) & (kcols[None, :] == 0), 0.0, coef)
+                            is_dc = (khs[:, None] == 0) & (kcols[None, :] == 0)
+                            if INCLUDE_DC:
+                                coef = tl.where(is_dc, coef, tl.where(flat_p, 0.0, coef))
+                            else:
+                                coef = tl.where(is_dc, 0.0, coef)
                             gr = coef * pr
                             gi = coef * pi
                             g1r += tl.dot(ch, gr, input_precision=PRECISION) - tl.dot(sh, gi, input_precision=PRECISION)

@@ -1,0 +1,264 @@
+"""Backend "triton" (fused 2D kernel) against the float64 reference.
+
+On a machine without CUDA the kernel runs under Triton's interpreter: tests/conftest.py sets
+TRITON_INTERPRET=1 before anything imports triton. Tolerance (SPEC section 4): relative error
+||out - ref|| / ||ref|| <= 1e-5 for SCC and for dSCC/dp (float32 dots; on GPU the tests force
+IEEE dots, since TF32 is only held to 5e-3).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import scc_fast
+from scc_fast import backends
+from scc_fast.reference import reference_correlation
+
+triton_scc = pytest.importorskip("scc_fast.backends.triton_scc")
+if triton_scc.unavailable_reason() is not None:
+    pytest.skip(f"triton backend unavailable: {triton_scc.unavailable_reason()}", allow_module_level=True)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def _ieee_dots(monkeypatch):
+    monkeypatch.setattr(triton_scc, "input_precision", "ieee")
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.double().cpu() - ref.double().cpu()).norm() / ref.double().cpu().norm()).item()
+
+
+def _activate(logits):
+    return torch.softmax(logits, dim=1) if logits.shape[1] > 1 else torch.sigmoid(logits)
+
+
+def make_inputs(shape, labels: bool, seed: int = 0, ignore: bool = False, n_labels: int | None = None):
+    """Probabilities that partly follow the target, as a network's do (SCC well away from 0,
+    where a relative error means something), and labels (or a soft target)."""
+    g = torch.Generator().manual_seed(seed)
+    spatial = (shape[0],) + tuple(shape[2:])
+    if labels:
+        target = torch.randint(0, n_labels or max(shape[1], 2), spatial, generator=g)
+        hint = torch.stack([(target == c) for c in range(shape[1])], 1).double()
+        if ignore:
+            target[torch.rand(spatial, generator=g) < 0.1] = -1  # what scc_loss passes for ignore_index
+    else:
+        target = _activate(torch.randn(shape, generator=g, dtype=torch.float64) * 3)
+        hint = target
+    probs = _activate(torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 2 * hint)
+    return probs, target
+
+
+def per_pair_grad(fn, probs, target, seed=1, **kw):
+    """SCC, valid and d(sum_pairs w * SCC)/dp for random per-pair weights w (tests grad_output)."""
+    x = probs.detach().clone().requires_grad_(True)
+    scc, valid = fn(x, target, **kw)
+    w = torch.rand(scc.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    (grad,) = torch.autograd.grad((scc * w.to(scc.device, scc.dtype)).sum(), x)
+    return scc.detach(), valid, grad
+
+
+def compare(probs, target, **kw):
+    """Run triton (float32, on DEVICE) and the float64 reference; assert they agree."""
+    ref, ref_valid, ref_grad = per_pair_grad(reference_correlation, probs, target, **kw)
+    t = target.to(DEVICE) if not target.is_floating_point() else target.to(DEVICE, torch.float32)
+    out, valid, grad = per_pair_grad(triton_scc.correlation, probs.to(DEVICE, torch.float32), t, **kw)
+    assert out.dtype == torch.float32 and grad.dtype == torch.float32
+    assert torch.isfinite(out).all() and torch.isfinite(grad).all()
+    assert torch.equal(valid.cpu(), ref_valid)
+    assert rel_err(out, ref) <= TOL, rel_err(out, ref)
+    if ref_grad.norm() > 0:
+        assert rel_err(grad, ref_grad) <= TOL, rel_err(grad, ref_grad)
+    else:
+        assert grad.abs().max() == 0
+    return out, valid, grad
+
+
+SHAPES = [(2, 3, 8, 8), (2, 3, 9, 13), (1, 2, 16, 12), (2, 2, 24, 17), (1, 3, 31, 8), (3, 1, 10, 11)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("include_dc", [False, True])
+@pytest.mark.parametrize("labels", [True, False])
+def test_matches_reference(shape, include_dc, labels):
+    probs, target = make_inputs(shape, labels)
+    compare(probs, target, first_class=0, include_dc=include_dc, magnitude_weight=0.3, phase_weight=0.7)
+
+
+@pytest.mark.parametrize("weights", [(1.0, 0.0), (0.0, 1.0), (0.5, 0.5), (2.0, 0.25)])
+def test_magnitude_phase_weights(weights):
+    probs, target = make_inputs((2, 2, 12, 14), labels=True, seed=3)
+    compare(probs, target, magnitude_weight=weights[0], phase_weight=weights[1])
+
+
+@pytest.mark.parametrize("include_dc", [False, True])
+def test_ignored_labels_and_first_class(include_dc):
+    # Channel j is label 1 + j; label 0 (background, dropped) and -1 (ignored) are 0 in every channel.
+    probs, target = make_inputs((2, 3, 13, 10), labels=True, ignore=True, n_labels=4, seed=5)
+    compare(probs, target, first_class=1, include_dc=include_dc)
+
+
+@pytest.mark.parametrize("include_dc", [False, True])
+def test_degenerate_pairs_and_constant_prediction(include_dc):
+    probs, target = make_inputs((3, 3, 12, 9), labels=True, seed=7)
+    target[0] = 0  # image 0: class 0 covers everything (degenerate without DC), 1 and 2 absent
+    target[1][target[1] == 2] = 1  # image 1: class 2 absent
+    probs[2, 1] = 0.25  # image 2, class 1: a constant prediction (no spectral energy outside DC)
+    out, valid, grad = compare(probs, target, include_dc=include_dc)
+    assert not valid[0, 1] and not valid[0, 2] and not valid[1, 2]
+    assert bool(valid[0, 0]) == include_dc
+    if not include_dc:
+        assert out[2, 1] == 0  # both correlations have a zero denominator: defined as 0
+
+
+def test_degenerate_float_target():
+    probs, target = make_inputs((2, 2, 10, 12), labels=False, seed=11)
+    target[0, 0] = 0.3  # constant soft target: degenerate with DC out
+    target[1, 1] = 0.0  # all zero: degenerate either way
+    for include_dc in (False, True):
+        _, valid, _ = compare(probs, target, include_dc=include_dc)
+        assert bool(valid[0, 0]) == include_dc and not valid[1, 1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_are_read_as_float32(dtype):
+    probs, target = make_inputs((2, 2, 12, 10), labels=True, seed=13)
+    rounded = probs.to(dtype)
+    ref, _ = reference_correlation(rounded.double(), target)
+    out, _ = triton_scc.correlation(rounded.to(DEVICE), target.to(DEVICE))
+    assert out.dtype == torch.float32
+    assert rel_err(out, ref) <= TOL
+    x = rounded.to(DEVICE).requires_grad_(True)
+    (grad,) = torch.autograd.grad(triton_scc.correlation(x, target.to(DEVICE))[0].sum(), x)
+    assert grad.dtype == dtype
+
+
+def test_no_grad_path_matches():
+    probs, target = make_inputs((2, 3, 11, 9), labels=True, seed=17)
+    p, t = probs.to(DEVICE, torch.float32), target.to(DEVICE)
+    with_grad, _ = triton_scc.correlation(p.clone().requires_grad_(True), t)
+    with torch.no_grad():
+        without, valid = triton_scc.correlation(p, t)
+    assert torch.equal(with_grad.detach(), without)
+    ref, ref_valid = reference_correlation(probs, target)
+    assert torch.equal(valid.cpu(), ref_valid) and rel_err(without, ref) <= TOL
+
+
+def test_tiled_loops_and_persistent_grid(monkeypatch):
+    # Small blocks force several tiles per axis (as on GPU), and fewer programs than pairs make
+    # each program loop over pairs, reusing its scratch.
+    monkeypatch.setattr(triton_scc, "_blocks", lambda H, W: (16, 16, 16, 4))
+    monkeypatch.setattr(triton_scc, "_max_programs", lambda device, n_pairs: 2)
+    probs, target = make_inputs((2, 3, 37, 45), labels=True, seed=19)
+    compare(probs, target, magnitude_weight=0.6, phase_weight=0.4)
+
+
+def test_gpu_block_configuration(monkeypatch):
+    # The block sizes used on GPU, at a size with partial tiles on both axes.
+    monkeypatch.setattr(triton_scc, "_blocks", lambda H, W: (64, 64, 32, 8))
+    probs, target = make_inputs((1, 2, 70, 66), labels=True, seed=23)
+    compare(probs, target)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_public_api_every_reduction(reduction):
+    g = torch.Generator().manual_seed(29)
+    logits = torch.randn(2, 3, 12, 11, generator=g, dtype=torch.float64)
+    target = torch.randint(0, 3, (2, 12, 11), generator=g)
+    target[0, :4] = 255
+    kw = dict(softmax=True, ignore_index=255, include_background=False, weight=[1.0, 2.0], reduction=reduction)
+    x = logits.clone().requires_grad_(True)
+    ref = scc_fast.scc_loss(x, target, backend="reference", **kw)
+    w = torch.rand(ref.shape, generator=g, dtype=torch.float64)
+    (ref_grad,) = torch.autograd.grad((ref * w).sum(), x)
+    x32 = logits.to(DEVICE, torch.float32).requires_grad_(True)
+    out = scc_fast.scc_loss(x32, target.to(DEVICE), backend="triton", **kw)
+    (grad,) = torch.autograd.grad((out * w.to(DEVICE, torch.float32)).sum(), x32)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert rel_err(out, ref) <= TOL and rel_err(grad, ref_grad) <= TOL
+
+
+def test_public_api_sigmoid_single_channel_and_soft_target():
+    g = torch.Generator().manual_seed(31)
+    logits = torch.randn(2, 1, 9, 16, generator=g, dtype=torch.float64)
+    mask = (torch.rand(2, 1, 9, 16, generator=g) < 0.3).long()
+    soft = torch.rand(2, 1, 9, 16, generator=g, dtype=torch.float64)
+    for target in (mask, soft):
+        ref = scc_fast.scc_loss(logits, target, sigmoid=True, backend="reference")
+        out = scc_fast.scc_loss(logits.to(DEVICE, torch.float32), target.to(DEVICE), sigmoid=True, backend="triton")
+        assert rel_err(out, ref) <= TOL
+
+
+def test_torch_compile_fullgraph_and_opcheck():
+    probs, target = make_inputs((2, 3, 12, 10), labels=True, seed=37)
+    p, t = probs.to(DEVICE, torch.float32), target.to(DEVICE)
+
+    def loss_fn(x, t):
+        return scc_fast.scc_loss(x, t, softmax=True, backend="triton", validate=False)
+
+    x = p.clone().requires_grad_(True)
+    eager = loss_fn(x, t)
+    (g_eager,) = torch.autograd.grad(eager, x)
+    # fullgraph=True fails on any graph break; aot_eager runs AOTAutograd (fake impl, autograd
+    # registration) without needing a C++ compiler for the rest of the graph.
+    compiled = torch.compile(loss_fn, backend="aot_eager", fullgraph=True)
+    out = compiled(x, t)
+    (g_compiled,) = torch.autograd.grad(out, x)
+    assert torch.allclose(out, eager) and torch.allclose(g_compiled, g_eager)
+
+    op = torch.ops.scc_fast.triton_correlation_2d.default
+    torch.library.opcheck(op, (p.clone().requires_grad_(True), t, 0, False, 0.5, 0.5, True, "ieee"))
+    torch.library.opcheck(op, (p, t, 0, True, 0.3, 0.7, False, "ieee"))
+
+
+def test_unsupported_inputs_are_reported():
+    p = torch.rand(1, 2, 16, 16, device=DEVICE)
+    lab = torch.zeros(1, 16, 16, dtype=torch.long, device=DEVICE)
+    assert triton_scc.unsupported_reason(p, lab) is None
+    cases = {
+        "2D": (torch.rand(1, 2, 8, 8, 8, device=DEVICE), torch.zeros(1, 8, 8, 8, dtype=torch.long, device=DEVICE)),
+        "[8, 1024]": (torch.rand(1, 2, 7, 16, device=DEVICE), torch.zeros(1, 7, 16, dtype=torch.long, device=DEVICE)),
+        "float64": (p.double(), lab),
+        "shape of probs": (p, torch.rand(1, 3, 16, 16, device=DEVICE)),
+        "B x H x W": (p, torch.zeros(1, 16, 15, dtype=torch.long, device=DEVICE)),
+    }
+    for needle, (pp, tt) in cases.items():
+        reason = triton_scc.unsupported_reason(pp, tt)
+        assert reason is not None and needle in reason, (needle, reason)
+    big = torch.rand(1, 1, 8, 1025, device="meta")
+    assert "1024" in triton_scc.unsupported_reason(big, torch.zeros(1, 8, 1025, dtype=torch.long, device="meta"))
+    # Asked for by name: a clear error, no silent fallback. "auto" goes to another backend.
+    logits = torch.randn(1, 2, 6, 6, device=DEVICE)
+    labels = torch.zeros(1, 6, 6, dtype=torch.long, device=DEVICE)
+    with pytest.raises(RuntimeError, match="backend 'triton' was asked for but cannot run"):
+        scc_fast.scc_loss(logits, labels, softmax=True, backend="triton")
+    with pytest.raises(RuntimeError, match="float64"):
+        triton_scc.correlation(p.double(), lab)
+    if DEVICE == "cuda":
+        assert "triton" not in backends.explain_backend(torch.softmax(logits, 1), labels).splitlines()[0]
+
+
+def test_precision_setting(monkeypatch):
+    probs, target = make_inputs((1, 2, 8, 10), labels=True, seed=41)
+    monkeypatch.setattr(triton_scc, "input_precision", None)
+    monkeypatch.setenv(triton_scc.PRECISION_ENV, "bogus")
+    with pytest.raises(ValueError, match="SCC_FAST_TRITON_PRECISION"):
+        triton_scc.correlation(probs.float().to(DEVICE), target.to(DEVICE))
+    for precision in ("tf32x3", "ieee"):  # the accurate options hold the fp32 tolerance on GPU too
+        monkeypatch.setenv(triton_scc.PRECISION_ENV, precision)
+        out, _ = triton_scc.correlation(probs.float().to(DEVICE), target.to(DEVICE))
+        assert rel_err(out, reference_correlation(probs, target)[0]) <= TOL
+    monkeypatch.delenv(triton_scc.PRECISION_ENV)
+    assert triton_scc._precision() == "tf32"
+
+
+def test_interpreter_set_before_import():
+    # conftest.py must set the variable before triton is imported, or the kernel is compiled.
+    if DEVICE == "cpu":
+        assert os.environ.get("TRITON_INTERPRET") == "1" and triton_scc._INTERPRET
