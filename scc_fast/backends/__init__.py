@@ -24,6 +24,8 @@ from typing import NamedTuple
 
 import torch
 
+from . import dispatch
+
 __all__ = ["BACKENDS", "BackendStatus", "available_backends", "select_backend", "explain_backend"]
 
 #: Backend name -> module implementing it. "reference" is the oracle, never chosen by "auto".
@@ -31,12 +33,14 @@ BACKENDS: dict[str, str] = {
     "reference": "scc_fast.backends.reference",
     "torch": "scc_fast.backends.torch_fft",
     "triton": "scc_fast.backends.triton_scc",
+    "triton_fft": "scc_fast.backends.triton_fft",
     "native": "scc_fast.backends.native",
 }
 
-#: Order in which "auto" tries backends on each device type, fastest first.
+#: Order in which "auto" tries backends on each device type, fastest first, where the measured
+#: dispatch table (:mod:`scc_fast.backends.dispatch`) has no row for the input.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
-    "cuda": ("triton", "torch"),
+    "cuda": ("triton", "triton_fft", "torch"),
     "cpu": ("native", "torch"),
 }
 _AUTO_FALLBACK = ("torch",)
@@ -61,6 +65,8 @@ def load(name: str) -> ModuleType:
         from . import reference as module
     elif path == "scc_fast.backends.triton_scc":
         from . import triton_scc as module
+    elif path == "scc_fast.backends.triton_fft":
+        from . import triton_fft as module
     else:
         module = importlib.import_module(path)
     return module
@@ -97,6 +103,16 @@ def _auto_candidates(device: torch.device) -> tuple[str, ...]:
     return AUTO_ORDER.get(device.type, _AUTO_FALLBACK)
 
 
+def _ranked_candidates(probs: torch.Tensor) -> tuple[tuple[str, ...], str]:
+    """Candidates for "auto": the measured table's ranking, then the static order; and why."""
+    static = _auto_candidates(probs.device)
+    ranking, note = dispatch.lookup(probs.device, tuple(probs.shape[2:]))
+    if ranking is None:
+        return static, note
+    ranked = tuple(n for n in ranking if n in BACKENDS and n != "reference")
+    return ranked + tuple(n for n in static if n not in ranked), note
+
+
 def _choose(backend: str, probs: torch.Tensor, target: torch.Tensor) -> tuple[str, list[str]]:
     """The backend to run and, for "auto", the lines explaining the choice."""
     _check_name(backend, "backend")
@@ -114,10 +130,12 @@ def _choose(backend: str, probs: torch.Tensor, target: torch.Tensor) -> tuple[st
         if reason is not None:
             raise RuntimeError(f"backend {backend!r} was asked for but cannot run: {reason}")
         return backend, notes
-    for name in _auto_candidates(probs.device):
+    candidates, table_note = _ranked_candidates(probs)
+    notes.append(table_note)
+    for name in candidates:
         reason = _unavailable_reason(name) or load(name).unsupported_reason(probs, target)
         if reason is None:
-            notes.append(f"auto picked {name!r}, the first that runs of {list(_auto_candidates(probs.device))}")
+            notes.append(f"auto picked {name!r}, the first that runs of {list(candidates)}")
             return name, notes
         notes.append(f"skipped {name!r}: {reason}")
     raise RuntimeError("no backend can run this input: " + "; ".join(notes))

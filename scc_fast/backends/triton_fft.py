@@ -1,0 +1,490 @@
+"""Backend "triton_fft": cuFFT transforms with fused Triton kernels for everything between them.
+
+For any 2D or 3D shape cuFFT handles (B x C' x H x W or B x C' x D x H x W), per chunk of classes:
+
+1. ``_spatial_stats_kernel`` reads p and the labels once, writes the one-hot target y of the
+   chunk (it is the input of the transform; with a float target nothing is written) and reduces
+   the spatial moments of every pair: mean p, sum (p - mean p)^2, mean y, sum (y - mean y)^2,
+   sum (p - mean p)(y - mean y) and, for labels, the exact integer class count. The moments are
+   combined tile by tile (Chan et al.), so the Parseval terms of SPEC section 2 never cancel.
+2. ``torch.fft.rfftn`` of p and y (the half spectra P and Y); y is freed right after.
+3. ``_spectral_stats_kernel`` reads P and Y once: |P|, |Y|, the half-spectrum weights (2 for
+   every bin of the last axis except bin 0 and the even-length Nyquist bin; 0 at DC when DC is
+   out of K), and the three transform sums T_a, T_b, T_ab.
+4. The per-pair scalars through :func:`scc_fast.backends.torch_fft.pair_coefficients` on
+   tensors of length B x C' (tiny; the same function as backend "torch", so the two agree).
+5. ``_field_kernel`` overwrites P with the gradient field ``N (c_a + c_ab |Y_k|) P_k / |P_k|``
+   (0 where |P_k| = 0, and at DC when DC is out), recomputing |Y_k| from Y so no magnitude
+   array is ever stored; Y is freed.
+6. ``torch.fft.irfftn`` of the field.
+7. ``_grad_kernel`` adds the spatial terms ``2N c_aa (p - [DC out] mean p) + N c_re (y - [DC
+   out] mean y)``, re-forming y from the labels, and writes dSCC/dp into the B x C' x spatial
+   gradient.
+
+Each stage is split over (pair, part of the map) programs that write partial results, summed
+in torch in a fixed order (deterministic, no atomics). The gradient is computed in the forward
+call and is all that is saved: backward multiplies it by the per-pair upstream gradient. Only
+one chunk's spectra are alive at a time (``CHUNK_ELEMENTS`` bounds the chunk).
+
+Triton kernels run on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (set before
+triton is imported) for tests.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .._numerics import DEGENERATE_TARGET_RTOL, accumulation_dtype
+from .torch_fft import PairStatistics, pair_coefficients
+
+try:
+    import triton
+    import triton.language as tl
+
+    _IMPORT_ERROR: str | None = None
+except ImportError as exc:  # pragma: no cover - exercised only without triton installed
+    triton = tl = None
+    _IMPORT_ERROR = f"triton is not installed ({exc}); pip install 'scc_fast[triton]'"
+
+__all__ = ["correlation", "unavailable_reason", "unsupported_reason", "CHUNK_ELEMENTS"]
+
+#: Upper bound on B x k x spatial elements per chunk of k classes (at least one class per chunk).
+#: A chunk holds its half spectra P and Y (complex, about 2 x that many floats each way) and the
+#: inverse transform; fewer, larger chunks mean fewer launches. 2^26 keeps every SPEC benchmark
+#: case in one chunk; lower it to trade a little time for peak memory.
+CHUNK_ELEMENTS = 1 << 26
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "") == "1"
+
+
+def unavailable_reason() -> str | None:
+    if _IMPORT_ERROR is not None:
+        return _IMPORT_ERROR
+    if not torch.cuda.is_available() and not _interpreted():
+        return "no CUDA device, and TRITON_INTERPRET=1 is not set (the Triton interpreter runs CPU tensors)"
+    return None
+
+
+def unsupported_reason(probs: torch.Tensor, target: torch.Tensor) -> str | None:
+    if probs.device.type == "cuda":
+        return None
+    if probs.device.type == "cpu" and _interpreted():
+        return None
+    return (
+        f"the Triton kernels need CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 set before triton "
+        f"is imported), got device {probs.device}"
+    )
+
+
+if triton is not None:
+
+    @triton.jit
+    def _spatial_stats_kernel(
+        p_ptr,
+        p_stride_b,
+        p_stride_c,
+        y_ptr,
+        y_stride_b,
+        y_stride_c,
+        yout_ptr,
+        part_ptr,
+        count_ptr,
+        n_vox,
+        n_chunk,
+        class0,
+        span,
+        n_splits,
+        LABELS: tl.constexpr,
+        WRITE_Y: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        """Program (pair, split): moments of p and y over voxels [split * span, +span) of the pair.
+
+        Writes ``(n, mean p, M2 p, mean y, M2 y, C py)`` to ``part[pair, split]`` and, for labels,
+        the class count to ``count[pair, split]`` (and y to ``yout`` when WRITE_Y).
+        """
+        pair = tl.program_id(0)
+        split = tl.program_id(1)
+        b = pair // n_chunk
+        j = pair % n_chunk
+        p_base = p_ptr + b.to(tl.int64) * p_stride_b + j.to(tl.int64) * p_stride_c
+        y_base = y_ptr + b.to(tl.int64) * y_stride_b + j.to(tl.int64) * y_stride_c
+        dt = p_ptr.dtype.element_ty
+        lanes = tl.arange(0, BLOCK)
+        zero = tl.sum(tl.zeros([BLOCK], dtype=dt), axis=0)
+        n = zero
+        mean_p = zero
+        m2_p = zero
+        mean_y = zero
+        m2_y = zero
+        c_py = zero
+        count = tl.sum(tl.zeros([BLOCK], dtype=tl.int32), axis=0)
+        start = split * span
+        end = tl.minimum(start + span, n_vox)
+        for off in range(start, end, BLOCK):
+            idx = off + lanes
+            m = idx < end
+            p = tl.load(p_base + idx, mask=m, other=0.0).to(dt)
+            if LABELS:
+                lab = tl.load(y_base + idx, mask=m, other=-1)
+                hit = (lab == class0 + j) & m
+                y = hit.to(dt)
+                count += tl.sum(hit.to(tl.int32), axis=0)
+                if WRITE_Y:
+                    tl.store(yout_ptr + pair.to(tl.int64) * n_vox + idx, y, mask=m)
+            else:
+                y = tl.load(y_base + idx, mask=m, other=0.0).to(dt)
+            # Centered moments of this tile, then merged into the running ones (Chan et al.).
+            n_t = tl.sum(m.to(dt), axis=0)
+            mp_t = tl.sum(p, axis=0) / n_t
+            my_t = tl.sum(y, axis=0) / n_t
+            dp = tl.where(m, p - mp_t, 0.0)
+            dy = tl.where(m, y - my_t, 0.0)
+            n_new = n + n_t
+            f = n_t / n_new
+            g = n * f
+            delta_p = mp_t - mean_p
+            delta_y = my_t - mean_y
+            m2_p += tl.sum(dp * dp, axis=0) + delta_p * delta_p * g
+            m2_y += tl.sum(dy * dy, axis=0) + delta_y * delta_y * g
+            c_py += tl.sum(dp * dy, axis=0) + delta_p * delta_y * g
+            mean_p += delta_p * f
+            mean_y += delta_y * f
+            n = n_new
+        out = part_ptr + (pair * n_splits + split) * 6
+        tl.store(out + 0, n)
+        tl.store(out + 1, mean_p)
+        tl.store(out + 2, m2_p)
+        tl.store(out + 3, mean_y)
+        tl.store(out + 4, m2_y)
+        tl.store(out + 5, c_py)
+        if LABELS:
+            tl.store(count_ptr + pair * n_splits + split, count)
+
+    @triton.jit
+    def _spectral_stats_kernel(
+        P_ptr,
+        Y_ptr,
+        part_ptr,
+        n_half,
+        w_half,
+        span,
+        n_splits,
+        LAST_EVEN: tl.constexpr,
+        INCLUDE_DC: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        """Program (pair, split): weighted sums of |P|, |Y|, |P||Y| over half-spectrum bins of a span.
+
+        P and Y are the complex half spectra viewed as real (pair, bin, re/im), contiguous.
+        """
+        pair = tl.program_id(0)
+        split = tl.program_id(1)
+        base = pair.to(tl.int64) * n_half * 2
+        dt = P_ptr.dtype.element_ty
+        lanes = tl.arange(0, BLOCK)
+        ri = tl.arange(0, 2)
+        t_a = tl.zeros([BLOCK], dtype=dt)
+        t_b = tl.zeros([BLOCK], dtype=dt)
+        t_ab = tl.zeros([BLOCK], dtype=dt)
+        start = split * span
+        end = tl.minimum(start + span, n_half)
+        for off in range(start, end, BLOCK):
+            k = off + lanes
+            m = k < end
+            offs = base + k[:, None] * 2 + ri[None, :]
+            xp = tl.load(P_ptr + offs, mask=m[:, None], other=0.0)
+            xy = tl.load(Y_ptr + offs, mask=m[:, None], other=0.0)
+            a = tl.sqrt(tl.sum(xp * xp, axis=1))
+            bm = tl.sqrt(tl.sum(xy * xy, axis=1))
+            kl = k % w_half
+            once = kl == 0
+            if LAST_EVEN:
+                once = once | (kl == w_half - 1)
+            w = tl.where(once, 1.0, 2.0).to(dt)
+            if not INCLUDE_DC:
+                w = tl.where(k == 0, 0.0, w).to(dt)
+            w = tl.where(m, w, 0.0).to(dt)
+            wa = w * a
+            t_a += wa
+            t_b += w * bm
+            t_ab += wa * bm
+        out = part_ptr + (pair * n_splits + split) * 3
+        tl.store(out + 0, tl.sum(t_a, axis=0))
+        tl.store(out + 1, tl.sum(t_b, axis=0))
+        tl.store(out + 2, tl.sum(t_ab, axis=0))
+
+    @triton.jit
+    def _field_kernel(P_ptr, Y_ptr, ca_ptr, cab_ptr, n_half, INCLUDE_DC: tl.constexpr, BLOCK: tl.constexpr):
+        """Program (tile, pair): P <- (N c_a + N c_ab |Y|) P / |P| in place (0 where |P| = 0 or at DC if out)."""
+        tile = tl.program_id(0)
+        pair = tl.program_id(1)
+        base = pair.to(tl.int64) * n_half * 2
+        k = tile * BLOCK + tl.arange(0, BLOCK)
+        m = k < n_half
+        offs = base + k[:, None] * 2 + tl.arange(0, 2)[None, :]
+        xp = tl.load(P_ptr + offs, mask=m[:, None], other=0.0)
+        xy = tl.load(Y_ptr + offs, mask=m[:, None], other=0.0)
+        a = tl.sqrt(tl.sum(xp * xp, axis=1))
+        bm = tl.sqrt(tl.sum(xy * xy, axis=1))
+        mag = tl.load(ca_ptr + pair) + tl.load(cab_ptr + pair) * bm
+        keep = a > 0
+        if not INCLUDE_DC:
+            keep = keep & (k != 0)
+        # P / |P| before scaling: bounded by 1 even where |P| is subnormal.
+        scale = tl.where(keep, mag, 0.0)
+        a_safe = tl.where(keep, a, 1.0)
+        field = (xp / a_safe[:, None]) * scale[:, None]
+        tl.store(P_ptr + offs, field, mask=m[:, None])
+
+    @triton.jit
+    def _grad_kernel(
+        g_ptr,
+        p_ptr,
+        p_stride_b,
+        p_stride_c,
+        y_ptr,
+        y_stride_b,
+        y_stride_c,
+        out_ptr,
+        out_stride_b,
+        out_stride_c,
+        cp_ptr,
+        cy_ptr,
+        shift_ptr,
+        n_vox,
+        n_chunk,
+        class0,
+        LABELS: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        """Program (tile, pair): dSCC/dp = irfftn(field) + c_p p + c_y y - shift, into the gradient."""
+        tile = tl.program_id(0)
+        pair = tl.program_id(1)
+        b = pair // n_chunk
+        j = pair % n_chunk
+        idx = tile * BLOCK + tl.arange(0, BLOCK)
+        m = idx < n_vox
+        dt = g_ptr.dtype.element_ty
+        g = tl.load(g_ptr + pair.to(tl.int64) * n_vox + idx, mask=m, other=0.0)
+        p = tl.load(p_ptr + b.to(tl.int64) * p_stride_b + j.to(tl.int64) * p_stride_c + idx, mask=m, other=0.0)
+        y_base = y_ptr + b.to(tl.int64) * y_stride_b + j.to(tl.int64) * y_stride_c
+        if LABELS:
+            lab = tl.load(y_base + idx, mask=m, other=-1)
+            y = (lab == class0 + j).to(dt)
+        else:
+            y = tl.load(y_base + idx, mask=m, other=0.0).to(dt)
+        out = g + tl.load(cp_ptr + pair) * p.to(dt) + tl.load(cy_ptr + pair) * y - tl.load(shift_ptr + pair)
+        tl.store(out_ptr + b.to(tl.int64) * out_stride_b + j.to(tl.int64) * out_stride_c + idx, out, mask=m)
+
+
+def _config(device: torch.device) -> tuple[int, int]:
+    """(BLOCK, target number of programs per reduction launch) for this device."""
+    if device.type == "cuda":
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        return 1024, 8 * sms
+    # Interpreter: each program instance costs about a millisecond, so few, large programs.
+    return 4096, 1
+
+
+def _splits(n_items: int, n_pairs: int, block: int, target_programs: int, splits: int | None) -> tuple[int, int]:
+    """(number of splits of each pair's range, span of one split, a multiple of BLOCK)."""
+    tiles = -(-n_items // block)
+    if splits is None:
+        splits = -(-target_programs // max(n_pairs, 1))
+    splits = max(1, min(splits, tiles))
+    span = -(-tiles // splits) * block
+    return -(-n_items // span), span
+
+
+def _merge_moments(part: torch.Tensor):
+    """Merge per-split moments (pairs x splits x 6) into per-pair (mean p, M2 p, mean y, M2 y, C py)."""
+    n, mp, m2p, my, m2y, cpy = part.unbind(-1)
+    n_tot = n.sum(-1, keepdim=True)
+    mean_p = (n * mp).sum(-1, keepdim=True) / n_tot
+    mean_y = (n * my).sum(-1, keepdim=True) / n_tot
+    dp, dy = mp - mean_p, my - mean_y
+    m2p = (m2p + n * dp * dp).sum(-1)
+    m2y = (m2y + n * dy * dy).sum(-1)
+    cpy = (cpy + n * dp * dy).sum(-1)
+    return mean_p.squeeze(-1), m2p, mean_y.squeeze(-1), m2y, cpy
+
+
+def _forward(
+    probs: torch.Tensor,
+    target: torch.Tensor,
+    first_class: int,
+    include_dc: bool,
+    magnitude_weight: float,
+    phase_weight: float,
+    need_grad: bool,
+    *,
+    chunk_elements: int | None = None,
+    splits: int | None = None,
+    block: int | None = None,
+):
+    """SCC (B x C'), valid (B x C') and, if ``need_grad``, dSCC/dprobs (B x C' x spatial, contiguous).
+
+    ``chunk_elements``, ``splits`` and ``block`` override the launch configuration (tests use them
+    to exercise several chunks, splits and tiles on small inputs).
+    """
+    acc = accumulation_dtype(probs.dtype)
+    probs = probs.to(acc).contiguous()
+    labels = not target.is_floating_point()
+    target = target.contiguous() if labels else target.to(acc).contiguous()
+    device = probs.device
+    n_batch, n_chan = probs.shape[:2]
+    spatial = tuple(probs.shape[2:])
+    dims = tuple(range(2, probs.dim()))
+    n_vox = probs[0, 0].numel()
+    n_k = n_vox if include_dc else n_vox - 1
+    w_half = spatial[-1] // 2 + 1
+    n_half = n_vox // spatial[-1] * w_half
+    default_block, target_programs = _config(device)
+    block = block or default_block
+
+    scc = torch.empty(n_batch, n_chan, dtype=acc, device=device)
+    valid = torch.empty(n_batch, n_chan, dtype=torch.bool, device=device)
+    grad = torch.empty_like(probs) if need_grad else None
+    per_class = n_batch * n_vox
+    limit = CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
+    step = max(1, min(n_chan, limit // per_class))
+
+    # Labels: B x spatial, the same map for every class (channel stride 0).
+    y_src = target
+    y_sb, y_sc = (target.stride(0), 0) if labels else (target.stride(0), target.stride(1))
+
+    for c0 in range(0, n_chan, step):
+        k = min(n_chan, c0 + step) - c0
+        n_pairs = n_batch * k
+        p_chunk = probs[:, c0 : c0 + k]
+        y_view = y_src if labels else y_src[:, c0 : c0 + k]
+
+        # 1. Spatial moments (and the one-hot y the transform needs).
+        n_sp, span = _splits(n_vox, n_pairs, block, target_programs, splits)
+        part = torch.empty(n_pairs, n_sp, 6, dtype=acc, device=device)
+        counts = torch.empty(n_pairs, n_sp, dtype=torch.int32, device=device) if labels else part
+        y_chunk = torch.empty(n_batch, k, *spatial, dtype=acc, device=device) if labels else y_view
+        _spatial_stats_kernel[(n_pairs, n_sp)](
+            p_chunk, probs.stride(0), probs.stride(1),
+            y_view, y_sb, y_sc,
+            y_chunk, part, counts,
+            n_vox, k, first_class + c0, span, n_sp,
+            LABELS=labels, WRITE_Y=labels, BLOCK=block,
+        )  # fmt: skip
+        mean_p, m2_p, mean_y, m2_y, c_py = _merge_moments(part)
+        del part
+
+        # 2. Half spectra.
+        P = torch.fft.rfftn(p_chunk, dim=dims)
+        Y = torch.fft.rfftn(y_chunk, dim=dims)
+        del y_chunk
+        P_r = torch.view_as_real(P)
+        Y_r = torch.view_as_real(Y)
+
+        # 3. T_a, T_b, T_ab.
+        n_sp, span = _splits(n_half, n_pairs, block, target_programs, splits)
+        tpart = torch.empty(n_pairs, n_sp, 3, dtype=acc, device=device)
+        _spectral_stats_kernel[(n_pairs, n_sp)](
+            P_r, Y_r, tpart, n_half, w_half, span, n_sp,
+            LAST_EVEN=spatial[-1] % 2 == 0, INCLUDE_DC=include_dc, BLOCK=block,
+        )  # fmt: skip
+        t_a, t_b, t_ab = tpart.sum(1).unbind(-1)
+        del tpart
+
+        # 4. Per-pair sums by Parseval, then the scalars of SPEC section 2.
+        total_a = n_vox * (m2_p + n_vox * mean_p * mean_p)
+        energy_a = total_a if include_dc else n_vox * m2_p
+        if labels:
+            count = counts.sum(1)
+            mean_y = count.to(acc) / n_vox
+            total_b = n_vox * count.to(acc)
+            energy_b = total_b if include_dc else count.to(acc) * (n_vox - count).to(acc)
+            ok = count > 0 if include_dc else (count > 0) & (count < n_vox)
+        else:
+            total_b = n_vox * (m2_y + n_vox * mean_y * mean_y)
+            energy_b = total_b if include_dc else n_vox * m2_y
+            ok = energy_b > DEGENERATE_TARGET_RTOL * total_b
+        cross = n_vox * (c_py + n_vox * mean_p * mean_y) if include_dc else n_vox * c_py
+        stats = PairStatistics(n_k, energy_a, energy_b, cross, total_a, total_b, t_a, t_b, t_ab)
+        s, c_a, c_ab, c_aa, c_re = pair_coefficients(stats, magnitude_weight, phase_weight)
+        scc[:, c0 : c0 + k] = s.view(n_batch, k)
+        valid[:, c0 : c0 + k] = ok.view(n_batch, k)
+        if not need_grad:
+            del P, Y, P_r, Y_r
+            continue
+
+        # 5. Gradient field, in place of P; Y is not needed after it.
+        ca_n = (n_vox * c_a).contiguous()
+        cab_n = (n_vox * c_ab).contiguous()
+        _field_kernel[(-(-n_half // block), n_pairs)](
+            P_r, Y_r, ca_n, cab_n, n_half, INCLUDE_DC=include_dc, BLOCK=block
+        )
+        del Y, Y_r, P_r
+
+        # 6. Inverse transform; 7. spatial terms, written into the gradient.
+        g = torch.fft.irfftn(P, s=spatial, dim=dims)
+        del P
+        c_p = (2 * n_vox * c_aa).contiguous()
+        c_y = (n_vox * c_re).contiguous()
+        shift = torch.zeros_like(c_p) if include_dc else (c_p * mean_p + c_y * mean_y).contiguous()
+        grad_chunk = grad[:, c0 : c0 + k]
+        _grad_kernel[(-(-n_vox // block), n_pairs)](
+            g, p_chunk, probs.stride(0), probs.stride(1),
+            y_view, y_sb, y_sc,
+            grad_chunk, grad.stride(0), grad.stride(1),
+            c_p, c_y, shift,
+            n_vox, k, first_class + c0,
+            LABELS=labels, BLOCK=block,
+        )  # fmt: skip
+        del g
+    return scc, valid, grad
+
+
+class SCCTritonFFTFunction(torch.autograd.Function):
+    """SCC per pair; dSCC/dp is computed in forward and saved, backward scales it by grad_output."""
+
+    @staticmethod
+    def forward(ctx, probs, target, first_class, include_dc, magnitude_weight, phase_weight):
+        need_grad = ctx.needs_input_grad[0]
+        scc, valid, grad = _forward(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad)
+        ctx.mark_non_differentiable(valid)
+        ctx.input_dtype = probs.dtype
+        if need_grad:
+            ctx.save_for_backward(grad)
+        return scc, valid
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_scc, grad_valid):
+        (grad,) = ctx.saved_tensors
+        upstream = grad_scc.to(grad.dtype).view(grad_scc.shape + (1,) * (grad.dim() - 2))
+        return (grad * upstream).to(ctx.input_dtype), None, None, None, None, None
+
+
+def correlation(
+    probs: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    first_class: int = 0,
+    include_dc: bool = False,
+    magnitude_weight: float = 0.5,
+    phase_weight: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair SCC and the non-degenerate mask; see :mod:`scc_fast.backends` for the contract.
+
+    Args:
+        probs: B x C' x H x W or B x C' x D x H x W, float (computed in float32, float64 for float64).
+        target: integer labels B x spatial (label ``first_class + j`` is channel ``j``, others
+            such as -1 are 0 everywhere) or a float target B x C' x spatial.
+
+    Returns:
+        ``(scc, valid)``, both B x C'; scc is differentiable in ``probs``.
+    """
+    if _IMPORT_ERROR is not None:
+        raise RuntimeError(_IMPORT_ERROR)
+    return SCCTritonFFTFunction.apply(probs, target, first_class, include_dc, magnitude_weight, phase_weight)
