@@ -262,3 +262,19 @@ def test_interpreter_set_before_import():
     # conftest.py must set the variable before triton is imported, or the kernel is compiled.
     if DEVICE == "cpu":
         assert os.environ.get("TRITON_INTERPRET") == "1" and triton_scc._INTERPRET
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy, in the interpreter, on Inf - Inf
+def test_nonfinite_input_propagates_and_double_backward_refused():
+    probs, target = make_inputs((1, 2, 9, 10), labels=True, seed=43)
+    p = probs.float().to(DEVICE)
+    p[0, 0, 3, 4] = float("inf")
+    out, _ = triton_scc.correlation(p, target.to(DEVICE))
+    assert torch.isnan(out[0, 0]) and torch.isfinite(out[0, 1])  # not read as a zero correlation
+    x = probs.float().to(DEVICE).requires_grad_(True)
+    scc, _ = triton_scc.correlation(x, target.to(DEVICE))
+    (g,) = torch.autograd.grad(scc.sum(), x, create_graph=False)
+    assert torch.isfinite(g).all()
+    scc, _ = triton_scc.correlation(x, target.to(DEVICE))
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(scc.sum(), x, create_graph=True)

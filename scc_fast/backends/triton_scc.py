@@ -101,6 +101,7 @@ if triton is not None:
         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     ):
         EPS: tl.constexpr = 1.1920928955078125e-07  # float32 epsilon, as in scc_fast._numerics
+        FP32_MAX: tl.constexpr = 3.4028234663852886e38  # |x| <= FP32_MAX: finite (False for NaN, Inf)
         pid = tl.program_id(0)
         n_prog = tl.num_programs(0)
         hw = H * W
@@ -264,13 +265,16 @@ if triton is not None:
             var_a = energy_a - t_a * t_a / n_k
             var_b = energy_b - t_b * t_b / n_k
             cov = t_ab - t_a * t_b / n_k
+            # An Inf energy (Inf in the input) is not "zero": it propagates as NaN (_numerics).
             zero_a = (var_a <= 64 * EPS * energy_a) | (energy_a <= 1e3 * EPS * EPS * total_a)
+            zero_a = zero_a & (tl.abs(total_a) <= FP32_MAX)
             zero_b = (var_b <= 64 * EPS * energy_b) | (energy_b <= 1e3 * EPS * EPS * total_b)
+            zero_b = zero_b & (tl.abs(total_b) <= FP32_MAX)
             zero_mag = zero_a | zero_b
             # product_is_zero, and also 0 when A or B is rounding noise over K (a constant map):
             # then T_ab is noise too, and 1 / T_ab would blow the gradient up.
             zero_phase = (t_ab <= 64 * EPS * tl.sqrt(energy_a * energy_b)) | (energy_a <= 1e3 * EPS * EPS * total_a)
-            zero_phase = zero_phase | (energy_b <= 1e3 * EPS * EPS * total_b)
+            zero_phase = (zero_phase | (energy_b <= 1e3 * EPS * EPS * total_b)) & (tl.abs(t_ab) <= FP32_MAX)
             den = tl.sqrt(tl.where(zero_mag, 1.0, var_a * var_b))
             rho_mag = tl.where(zero_mag, 0.0, cov / den)
             t_ab_safe = tl.where(zero_phase, 1.0, t_ab)
@@ -484,6 +488,13 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_scc, grad_valid, grad_grad):
+    if torch.is_grad_enabled():
+        # The saved gradient is a constant to autograd: a second derivative would be silently wrong.
+        raise RuntimeError(
+            "scc_fast backend 'triton' does not support double backward (create_graph=True): its gradient "
+            "is computed analytically in the forward pass and is not differentiable. Use backend='reference' "
+            "for higher-order derivatives."
+        )
     (grad,) = ctx.saved_tensors
     if grad.numel() == 0:
         raise RuntimeError("scc_fast triton op: backward called but the forward ran with need_grad=False")
