@@ -1,0 +1,112 @@
+"""Forward + backward timing and peak memory of backend "native" against "torch" and the reference.
+
+Cases (issue 8): logits B x C x spatial, integer labels, softmax, the public ``scc_loss``,
+forward + backward. Times are medians of interleaved repeats in one process (so the ratios
+share the machine's load); peak memory is the high-water RSS above the inputs of a fresh
+subprocess per backend (Linux: VmHWM after resetting it through /proc/self/clear_refs).
+
+    python bench/native_cpu.py                   # both cases, 15 repeats
+    python bench/native_cpu.py --repeats 31 --cases 2d
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+CASES = {"2d": (8, 9, 224, 224), "3d": (2, 4, 64, 64, 64)}
+BACKENDS = ("reference", "torch", "native")
+
+
+def make_inputs(shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(shape, generator=g)
+    labels = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g)
+    return logits, labels
+
+
+def step(logits, labels, backend):
+    import scc_fast
+
+    x = logits.detach().requires_grad_(True)
+    loss = scc_fast.scc_loss(x, labels, softmax=True, backend=backend)
+    loss.backward()
+    return x.grad
+
+
+def time_case(shape, backends, repeats):
+    logits, labels = make_inputs(shape)
+    for b in backends:  # warm-up (plan caches, first-touch of buffers)
+        step(logits, labels, b)
+    times = {b: [] for b in backends}
+    for _ in range(repeats):
+        for b in backends:
+            t0 = time.perf_counter()
+            step(logits, labels, b)
+            times[b].append(time.perf_counter() - t0)
+    return {b: statistics.median(v) * 1e3 for b, v in times.items()}
+
+
+def _status_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def memory_child(case, backend):
+    """Runs in a fresh process: peak RSS (MiB) of one forward + backward above the inputs."""
+    shape = CASES[case]
+    step(*make_inputs((1, 2, 8, 8) if len(shape) == 4 else (1, 2, 4, 4, 4)), backend)  # load libraries
+    logits, labels = make_inputs(shape)
+    base = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    step(logits, labels, backend)
+    peak = _status_kib("VmHWM")
+    print(json.dumps({"above_inputs_mib": (peak - base) / 1024, "peak_mib": peak / 1024}))
+
+
+def memory(case, backend):
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-child", case, backend], capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    ap.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.memory_child:
+        memory_child(*args.memory_child)
+        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu count {os.cpu_count()}")
+    for case in args.cases:
+        shape = CASES[case]
+        ms = time_case(shape, args.backends, args.repeats)
+        print(f"\n{case} {'x'.join(map(str, shape))}: forward+backward, median of {args.repeats} (ms)")
+        for b in args.backends:
+            line = f"  {b:10s} {ms[b]:8.2f} ms"
+            if "native" in ms and b != "native":
+                line += f"   native is {ms[b] / ms['native']:.2f}x faster"
+            if not args.no_memory:
+                m = memory(case, b)
+                line += f"   peak RSS above inputs {m['above_inputs_mib']:7.1f} MiB (process peak {m['peak_mib']:.0f} MiB)"
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+// Inner loops of the CPU kernel (csrc/cpu/scc_cpu.cpp), on raw pointers so they vectorise.
+//
+// This file is included twice by scc_cpu.cpp, with SCC_KERNEL_NS set to a namespace name: once for
+// the baseline instruction set and once (GCC, x86-64) under `#pragma GCC target("avx2,fma")`, chosen
+// at run time. It therefore has no include guard and must not include headers itself: everything it
+// uses (int64_t, std::sqrt) is included by scc_cpu.cpp before the first inclusion.
+//
+// Complex maps are interleaved (re, im) arrays of T. Spectra are in fftn layout, `rows` rows of
+// length L (the last spatial axis); row r's mirror row (leading coordinates negated) is neg_row[r].
+
+#ifndef SCC_KERNEL_NS
+#error "define SCC_KERNEL_NS before including scc_cpu_kernels.h"
+#endif
+
+namespace scc_fast {
+namespace SCC_KERNEL_NS {
+
+// Target value at voxel i of the class with label `cl`: labels compare, float targets are read.
+template <typename T>
+inline T target_value(const int64_t* m, int64_t cl, int64_t i) {
+  return m[i] == cl ? T(1) : T(0);
+}
+template <typename T>
+inline T target_value(const int32_t* m, int64_t cl, int64_t i) {
+  return m[i] == static_cast<int32_t>(cl) ? T(1) : T(0);
+}
+template <typename T>
+inline T target_value(const T* m, int64_t, int64_t i) {
+  return m[i];
+}
+
+// z[i] = p[i] + i*y[i] over voxels [i0, i1), and the sums of (p - kp), (p - kp)^2, (y - ky),
+// (y - ky)^2, (p - kp)(y - ky), accumulated in double into acc[0..4].
+template <typename T, typename Y>
+void build_range(const T* p, const Y* ym, int64_t cl, double kp, double ky, T* z, int64_t i0, int64_t i1, double* acc) {
+  double s1 = 0, s2 = 0, t1 = 0, t2 = 0, spy = 0;
+#pragma omp simd reduction(+ : s1, s2, t1, t2, spy)
+  for (int64_t i = i0; i < i1; ++i) {
+    const T pv = p[i];
+    const T yv = target_value<T>(ym, cl, i);
+    z[2 * i] = pv;
+    z[2 * i + 1] = yv;
+    const double dp = static_cast<double>(pv) - kp;
+    const double dy = static_cast<double>(yv) - ky;
+    s1 += dp;
+    s2 += dp * dp;
+    t1 += dy;
+    t2 += dy * dy;
+    spy += dp * dy;
+  }
+  acc[0] += s1;
+  acc[1] += s2;
+  acc[2] += t1;
+  acc[3] += t2;
+  acc[4] += spy;
+}
+
+// |P_k| and |Y_k| from Z_k = P_k + i Y_k and Z_-k: P = (Z_k + conj Z_-k)/2, Y = (Z_k - conj Z_-k)/(2i).
+template <typename T>
+inline void split_bin(T zr, T zi, T mr, T mi, T& pr, T& pi, T& a, T& b) {
+  pr = (zr + mr) * T(0.5);
+  pi = (zi - mi) * T(0.5);
+  const T yr = (zi + mi) * T(0.5);
+  const T yi = (mr - zr) * T(0.5);
+  a = std::sqrt(pr * pr + pi * pi);
+  b = std::sqrt(yr * yr + yi * yi);
+}
+
+// T_a, T_b, T_ab over the half spectrum of rows [r0, r1) (columns 0 .. L/2, each column other than 0
+// and Nyquist counted twice for its mirror), DC left out unless include_dc; added to acc[0..2].
+template <typename T>
+void sums_rows(const T* Z, const int64_t* neg_row, int64_t L, int64_t r0, int64_t r1, bool include_dc, double* acc) {
+  const int64_t j_end = (L + 1) / 2;  // columns [1, j_end) have their mirror L - j outside the half
+  double ta = 0, tb = 0, tab = 0;
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* zr = Z + 2 * r * L;
+    const T* zn = Z + 2 * neg_row[r] * L;
+    T pr, pi, a, b;
+    if (r != 0 || include_dc) {
+      split_bin(zr[0], zr[1], zn[0], zn[1], pr, pi, a, b);
+      ta += a;
+      tb += b;
+      tab += static_cast<double>(a) * b;
+    }
+    if (L % 2 == 0) {
+      const int64_t h = L / 2;
+      split_bin(zr[2 * h], zr[2 * h + 1], zn[2 * h], zn[2 * h + 1], pr, pi, a, b);
+      ta += a;
+      tb += b;
+      tab += static_cast<double>(a) * b;
+    }
+    double ra = 0, rb = 0, rab = 0;
+#pragma omp simd reduction(+ : ra, rb, rab)
+    for (int64_t j = 1; j < j_end; ++j) {
+      T qr, qi, qa, qb;
+      split_bin(zr[2 * j], zr[2 * j + 1], zn[2 * (L - j)], zn[2 * (L - j) + 1], qr, qi, qa, qb);
+      ra += qa;
+      rb += qb;
+      rab += static_cast<double>(qa) * qb;
+    }
+    ta += 2 * ra;
+    tb += 2 * rb;
+    tab += 2 * rab;
+  }
+  acc[0] += ta;
+  acc[1] += tb;
+  acc[2] += tab;
+}
+
+// G_k = (c_a + c_ab |Y_k|) P_k / |P_k| (0 where |P_k| = 0) of one pair at bin (zr, zi; mirror mr, mi).
+template <typename T>
+inline void field_bin(T zr, T zi, T mr, T mi, T ca, T cab, T& gr, T& gi) {
+  T pr, pi, a, b;
+  split_bin(zr, zi, mr, mi, pr, pi, a, b);
+  const T inv = a > T(0) ? T(1) / a : T(0);
+  const T f = (ca + cab * b) * inv;
+  gr = f * pr;
+  gi = f * pi;
+}
+
+// W = G1 + i G2 over rows [r0, r1) of the full spectrum (pairs 1 and 2 share one Hermitian-pair
+// spectrum: both G are Hermitian, so Re/Im of the inverse transform are their two gradients).
+// Row r writes its columns 0 .. L/2 and the mirrors L - j of columns 1 .. ceil(L/2) - 1 in row
+// neg_row[r]; columns 0 and Nyquist are their own mirrors' columns, written when their row is visited.
+// Pass Z2 = Z1 and ca2 = cab2 = 0 when there is no second pair.
+template <typename T>
+void field_rows(
+    const T* Z1,
+    const T* Z2,
+    T ca1,
+    T cab1,
+    T ca2,
+    T cab2,
+    T* W,
+    const int64_t* neg_row,
+    int64_t L,
+    int64_t r0,
+    int64_t r1,
+    bool include_dc) {
+  const int64_t j_end = (L + 1) / 2;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t rn = neg_row[r];
+    const T* a1 = Z1 + 2 * r * L;
+    const T* m1 = Z1 + 2 * rn * L;
+    const T* a2 = Z2 + 2 * r * L;
+    const T* m2 = Z2 + 2 * rn * L;
+    T* wr = W + 2 * r * L;
+    T* wn = W + 2 * rn * L;
+    T g1r, g1i, g2r, g2i;
+    // Column 0 (and the DC bin, zeroed when DC is out of K).
+    field_bin(a1[0], a1[1], m1[0], m1[1], ca1, cab1, g1r, g1i);
+    field_bin(a2[0], a2[1], m2[0], m2[1], ca2, cab2, g2r, g2i);
+    if (r == 0 && !include_dc) g1r = g1i = g2r = g2i = T(0);
+    wr[0] = g1r - g2i;
+    wr[1] = g1i + g2r;
+    if (L % 2 == 0) {
+      const int64_t h = L / 2;
+      field_bin(a1[2 * h], a1[2 * h + 1], m1[2 * h], m1[2 * h + 1], ca1, cab1, g1r, g1i);
+      field_bin(a2[2 * h], a2[2 * h + 1], m2[2 * h], m2[2 * h + 1], ca2, cab2, g2r, g2i);
+      wr[2 * h] = g1r - g2i;
+      wr[2 * h + 1] = g1i + g2r;
+    }
+#pragma omp simd
+    for (int64_t j = 1; j < j_end; ++j) {
+      const int64_t jm = L - j;
+      T h1r, h1i, h2r, h2i;
+      field_bin(a1[2 * j], a1[2 * j + 1], m1[2 * jm], m1[2 * jm + 1], ca1, cab1, h1r, h1i);
+      field_bin(a2[2 * j], a2[2 * j + 1], m2[2 * jm], m2[2 * jm + 1], ca2, cab2, h2r, h2i);
+      // W_k = G1_k + i G2_k;  W_-k = conj(G1_k) + i conj(G2_k).
+      wr[2 * j] = h1r - h2i;
+      wr[2 * j + 1] = h1i + h2r;
+      wn[2 * jm] = h1r + h2i;
+      wn[2 * jm + 1] = h2r - h1i;
+    }
+  }
+}
+
+// out[i] = w[i].re (part 0) or .im (part 1) + c_p (p[i] - off_p) + c_y (y[i] - off_y), i in [i0, i1).
+template <typename T, typename Y>
+void final_range(
+    const T* w,
+    int part,
+    const T* p,
+    const Y* ym,
+    int64_t cl,
+    T c_p,
+    T c_y,
+    T off_p,
+    T off_y,
+    T* out,
+    int64_t i0,
+    int64_t i1) {
+  const T* wp = w + part;
+#pragma omp simd
+  for (int64_t i = i0; i < i1; ++i) {
+    out[i] = wp[2 * i] + c_p * (p[i] - off_p) + c_y * (target_value<T>(ym, cl, i) - off_y);
+  }
+}
+
+}  // namespace SCC_KERNEL_NS
+}  // namespace scc_fast
+
+namespace scc_fast {
+namespace SCC_KERNEL_NS {
+// The entry points scc_cpu.cpp calls, as one type to pass as a template argument.
+struct Kernels {
+  template <typename T, typename Y>
+  static void build(const T* p, const Y* ym, int64_t cl, double kp, double ky, T* z, int64_t i0, int64_t i1, double* acc) {
+    build_range<T, Y>(p, ym, cl, kp, ky, z, i0, i1, acc);
+  }
+  template <typename T>
+  static void sums(const T* Z, const int64_t* neg_row, int64_t L, int64_t r0, int64_t r1, bool include_dc, double* acc) {
+    sums_rows<T>(Z, neg_row, L, r0, r1, include_dc, acc);
+  }
+  template <typename T>
+  static void field(const T* Z1, const T* Z2, T ca1, T cab1, T ca2, T cab2, T* W, const int64_t* neg_row, int64_t L,
+                    int64_t r0, int64_t r1, bool include_dc) {
+    field_rows<T>(Z1, Z2, ca1, cab1, ca2, cab2, W, neg_row, L, r0, r1, include_dc);
+  }
+  template <typename T, typename Y>
+  static void final(const T* w, int part, const T* p, const Y* ym, int64_t cl, T c_p, T c_y, T off_p, T off_y, T* out,
+                    int64_t i0, int64_t i1) {
+    final_range<T, Y>(w, part, p, ym, cl, c_p, c_y, off_p, off_y, out, i0, i1);
+  }
+};
+}  // namespace SCC_KERNEL_NS
+}  // namespace scc_fast

@@ -1,0 +1,250 @@
+"""Backend "native" (the compiled CPU operator in csrc/) against the float64 reference.
+
+Tolerances are SPEC section 4's, ||out - ref|| / ||ref|| for the correlation and the input
+gradient: float64 1e-10, float32 1e-5. Every test but the "not built" one needs scc_fast._C and
+skips, saying why, only when it was genuinely not built (CI builds it).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+import scc_fast
+from scc_fast import backends
+from scc_fast.backends import native
+from scc_fast.reference import reference_correlation
+
+NOT_BUILT = native.unavailable_reason()
+needs_op = pytest.mark.skipif(NOT_BUILT is not None, reason=f"native operator not built: {NOT_BUILT}")
+
+# 2D and 3D, odd and even sizes; odd pair counts exercise the unpaired last inverse transform.
+SHAPES = [(2, 3, 16, 16), (2, 3, 15, 9), (1, 4, 8, 13), (3, 1, 7, 6), (2, 2, 6, 5, 7), (1, 3, 8, 8, 8), (1, 3, 5, 4, 2)]
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def make_inputs(shape, labels: bool, seed: int = 0, ignore: bool = True):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(shape, generator=g, dtype=torch.float64) * 2
+    probs = torch.softmax(logits, dim=1) if shape[1] > 1 else torch.sigmoid(logits)
+    spatial = (shape[0],) + tuple(shape[2:])
+    if labels:
+        target = torch.randint(0, max(shape[1], 2), spatial, generator=g)
+        if ignore:
+            target[torch.rand(spatial, generator=g) < 0.1] = -1  # what functional passes for ignore_index
+    else:
+        soft = torch.randn(shape, generator=g, dtype=torch.float64) * 3
+        target = torch.softmax(soft, dim=1) if shape[1] > 1 else torch.sigmoid(soft)
+    return probs, target
+
+
+def per_pair_grad(fn, probs, target, seed=1, **kw):
+    """Value, validity and input gradient of a random weighting of the per-pair output."""
+    x = probs.detach().clone().requires_grad_(True)
+    scc, valid = fn(x, target, **kw)
+    w = torch.rand(scc.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(scc.dtype)
+    (grad,) = torch.autograd.grad((scc * w).sum(), x)
+    return scc.detach(), valid, grad
+
+
+def check_against_reference(probs, target, dtype, **kw):
+    ref, ref_valid, ref_grad = per_pair_grad(reference_correlation, probs, target, **kw)
+    t = target.to(dtype) if target.is_floating_point() else target
+    out, valid, grad = per_pair_grad(native.correlation, probs.to(dtype), t, **kw)
+    assert out.dtype == dtype and grad.dtype == dtype and valid.dtype == torch.bool
+    assert out.shape == ref.shape and grad.shape == probs.shape
+    assert torch.equal(valid, ref_valid)
+    assert rel_err(out, ref) <= TOL[dtype], rel_err(out, ref)
+    assert rel_err(grad, ref_grad) <= TOL[dtype], rel_err(grad, ref_grad)
+
+
+@pytest.fixture(params=["avx2", "baseline"])
+def isa(request, monkeypatch):
+    """Both builds of the inner loops (AVX2 runs only where the CPU has it; else both are baseline)."""
+    monkeypatch.setenv("SCC_FAST_NATIVE_ISA", request.param)
+    return request.param
+
+
+@needs_op
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("include_dc", [False, True])
+@pytest.mark.parametrize("labels", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_correlation_matches_reference(shape, include_dc, labels, dtype, isa):
+    probs, target = make_inputs(shape, labels)
+    check_against_reference(probs, target, dtype, first_class=0, include_dc=include_dc, magnitude_weight=0.3,
+                            phase_weight=0.7)
+
+
+@needs_op
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("chunk_bytes", ["1", "40000"])
+def test_several_chunks(dtype, chunk_bytes, monkeypatch):
+    """Pairs split over chunks (2 pairs each, or a few), with an odd number of pairs in all."""
+    monkeypatch.setenv("SCC_FAST_NATIVE_CHUNK_BYTES", chunk_bytes)
+    probs, target = make_inputs((3, 3, 20, 18), labels=True)
+    check_against_reference(probs, target, dtype, include_dc=False)
+    probs, target = make_inputs((1, 5, 6, 7, 9), labels=False)
+    check_against_reference(probs, target, dtype, include_dc=True)
+
+
+@needs_op
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_first_class_and_ignored_labels(dtype):
+    probs, target = make_inputs((2, 3, 10, 11), labels=True)  # labels 0..2 and -1
+    check_against_reference(probs[:, 1:], target, dtype, first_class=1)
+
+
+@needs_op
+@pytest.mark.parametrize("label_dtype", [torch.int64, torch.int32, torch.int16, torch.uint8])
+def test_label_dtypes(label_dtype):
+    probs, target = make_inputs((2, 3, 9, 10), labels=True, ignore=False)
+    check_against_reference(probs, target.to(label_dtype), torch.float64)
+
+
+@needs_op
+def test_non_contiguous_probs():
+    probs, target = make_inputs((2, 3, 12, 10), labels=True)
+    wide = torch.cat([probs, probs], dim=-1)[..., ::2]  # a strided view
+    assert not wide.is_contiguous()
+    ref = reference_correlation(wide, target)[0]
+    assert rel_err(native.correlation(wide, target)[0], ref) <= 1e-10
+
+
+@needs_op
+@pytest.mark.parametrize("include_dc", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_degenerate_pairs(include_dc, dtype):
+    """Absent class, class covering the image, constant prediction, zero float target: no NaN, same as reference."""
+    probs, target = make_inputs((2, 4, 12, 12), labels=True, ignore=False)
+    target[0] = 1  # image 0: class 1 everywhere (degenerate without DC), classes 0, 2, 3 absent
+    target[1][target[1] == 3] = 0  # image 1: class 3 absent
+    probs = probs.clone()
+    probs[1, 2] = 0.25  # a constant prediction: zero spectrum outside DC
+    ref, ref_valid, ref_grad = per_pair_grad(reference_correlation, probs, target, include_dc=include_dc)
+    out, valid, grad = per_pair_grad(native.correlation, probs.to(dtype), target, include_dc=include_dc)
+    assert torch.equal(valid, ref_valid) and not valid.all()
+    assert torch.isfinite(out).all() and torch.isfinite(grad).all()
+    assert rel_err(out, ref) <= TOL[dtype]
+    assert rel_err(grad, ref_grad) <= TOL[dtype]
+
+    float_target = torch.zeros_like(probs)
+    float_target[0, 0, 3:7, 2:9] = 1.0
+    ref, ref_valid, ref_grad = per_pair_grad(reference_correlation, probs, float_target, include_dc=include_dc)
+    out, valid, grad = per_pair_grad(native.correlation, probs.to(dtype), float_target.to(dtype), include_dc=include_dc)
+    assert torch.equal(valid, ref_valid) and valid.sum() == 1
+    assert rel_err(out, ref) <= TOL[dtype]
+    assert rel_err(grad, ref_grad) <= TOL[dtype]
+
+
+@needs_op
+def test_no_grad_call_returns_no_gradient():
+    probs, target = make_inputs((2, 3, 9, 8), labels=True)
+    scc, valid, grad = torch.ops.scc_fast.scc_forward(probs, target, 0, False, 0.5, 0.5, False)
+    assert grad.shape == (0,)
+    assert rel_err(scc, reference_correlation(probs, target)[0]) <= 1e-10
+    with torch.no_grad():
+        assert rel_err(native.correlation(probs, target)[0], reference_correlation(probs, target)[0]) <= 1e-10
+
+
+@needs_op
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_public_scc_loss(reduction, dtype):
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 4, 14, 11, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 4, (2, 14, 11), generator=g)
+    labels[0][labels[0] == 2] = 0  # a degenerate pair
+    labels[1, :3] = 255
+    kw = dict(softmax=True, include_background=False, weight=[1.0, 2.0, 0.5], ignore_index=255, reduction=reduction)
+    x_ref = logits.clone().requires_grad_(True)
+    ref = scc_fast.scc_loss(x_ref, labels, backend="reference", **kw)
+    ref.sum().backward()
+    x = logits.to(dtype).requires_grad_(True)
+    out = scc_fast.scc_loss(x, labels, backend="native", **kw)
+    out.sum().backward()
+    assert out.dtype == dtype
+    assert rel_err(out.detach(), ref.detach()) <= TOL[dtype]
+    assert rel_err(x.grad, x_ref.grad) <= TOL[dtype]
+
+
+@needs_op
+def test_public_float_target_and_spectral_correlation():
+    probs, target = make_inputs((2, 3, 10, 12), labels=False)
+    ref = scc_fast.scc_loss(probs, target, backend="reference", include_dc=True)
+    out = scc_fast.scc_loss(probs, target, backend="native", include_dc=True)
+    assert rel_err(out, ref) <= 1e-10
+    ref = scc_fast.spectral_correlation(probs, target, kind="magnitude", backend="reference")
+    out = scc_fast.spectral_correlation(probs, target, kind="magnitude", backend="native")
+    assert rel_err(out, ref) <= 1e-10
+
+
+@needs_op
+def test_auto_picks_native_on_cpu():
+    probs, target = make_inputs((1, 2, 8, 8), labels=True)
+    assert "backend: native" in backends.explain_backend(probs.float(), target)
+    assert backends.available_backends()["native"].available
+
+
+@needs_op
+def test_unsupported_inputs_are_named():
+    probs, target = make_inputs((1, 2, 8, 8), labels=True)
+    assert "float16" in native.unsupported_reason(probs.half(), target)
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        native.correlation(probs.half(), target)
+    with pytest.raises(RuntimeError, match="B x spatial"):
+        torch.ops.scc_fast.scc_forward(probs, target[:, :4], 0, False, 0.5, 0.5, True)
+
+
+@needs_op
+def test_opcheck():
+    probs, target = make_inputs((2, 3, 6, 5), labels=True)
+    probs = probs.float().requires_grad_(True)
+    torch.library.opcheck(torch.ops.scc_fast.scc_forward.default, (probs, target, 0, False, 0.5, 0.5, True))
+    probs2, ftarget = make_inputs((1, 2, 4, 3, 5), labels=False)
+    torch.library.opcheck(torch.ops.scc_fast.scc_forward.default, (probs2, ftarget, 0, True, 0.3, 0.7, False))
+
+
+@needs_op
+def test_traced_by_torch_compile():
+    probs, target = make_inputs((2, 3, 8, 9), labels=True)
+
+    def loss(x):
+        scc, valid = native.correlation(x, target)
+        return torch.where(valid, 1 - scc, torch.zeros_like(scc)).sum()
+
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    x = probs.clone().requires_grad_(True)
+    out = compiled(x)
+    out.backward()
+    x_ref = probs.clone().requires_grad_(True)
+    ref = loss(x_ref)
+    ref.backward()
+    assert rel_err(out.detach(), ref.detach()) <= 1e-12
+    assert rel_err(x.grad, x_ref.grad) <= 1e-12
+
+
+def test_not_built_says_why(monkeypatch):
+    """Without scc_fast._C the backend explains itself, "auto" skips it and asking for it raises."""
+    # `from .. import _C` then raises ImportError, as when the extension was never built.
+    monkeypatch.setitem(sys.modules, "scc_fast._C", None)
+    monkeypatch.delattr(scc_fast, "_C", raising=False)
+    monkeypatch.setattr(native, "_LOAD_ERROR", None)
+    monkeypatch.setattr(native, "_REGISTERED", False)
+    reason = native.unavailable_reason()
+    assert reason is not None
+    assert "installed without its native operator" in reason
+    assert "pip install --no-build-isolation" in reason
+    status = backends.available_backends()["native"]
+    assert not status.available and "native operator" in status.reason
+    probs, target = make_inputs((1, 2, 8, 8), labels=True, ignore=False)
+    explanation = backends.explain_backend(probs.float(), target)
+    assert "backend: torch" in explanation and "skipped 'native'" in explanation
+    with pytest.raises(RuntimeError, match="installed without its native operator"):
+        scc_fast.scc_loss(probs, target, backend="native")
