@@ -1,0 +1,343 @@
+"""One-shot GPU check of backend "triton" at the SPEC 2D cases (run once on the H100/H200).
+
+For each case (logits in, integer labels, softmax, forward + backward of ``scc_loss``):
+
+1. correctness: loss and dL/dlogits of backend "triton" (TF32 default, 3xTF32, IEEE dots) against
+   backend "reference" run in float64 on the same GPU, as ||out - ref|| / ||ref||
+   (SPEC section 4: TF32 <= 5e-3, IEEE / 3xTF32 <= 1e-5);
+2. median forward + backward time and peak memory above the inputs for triton, torch, reference
+   eager and reference under ``torch.compile``, with ratios against the reference, all measured
+   in this run on this device; and the roofline (bytes that must move / measured copy bandwidth).
+
+Every case and every measurement is wrapped so one failure does not lose the rest. Prints a
+table and markdown rows; writes ``results.json`` to ``--out``. Budget: well under 4 minutes
+(``--budget`` seconds; the compiled reference, the slowest part, is skipped when time runs short).
+
+    python bench/gpu_triton_check.py --out /tmp/triton2d            # on the GPU
+    TRITON_INTERPRET=1 python bench/gpu_triton_check.py --smoke --out /tmp/smoke   # CPU, tiny shapes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+
+if "--smoke" in sys.argv and not os.environ.get("TRITON_INTERPRET"):
+    try:  # a CPU smoke run needs the interpreter, set before triton is imported
+        import torch as _t
+
+        if not _t.cuda.is_available():
+            os.environ["TRITON_INTERPRET"] = "1"
+    except ImportError:
+        pass
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import scc_fast  # noqa: E402
+from scc_fast.backends import triton_scc  # noqa: E402
+
+CASES = {"synapse-2d": (24, 9, 224, 224), "polyp-2d": (16, 2, 512, 512)}
+SMOKE_CASES = {"smoke-a": (2, 3, 16, 16), "smoke-b": (1, 2, 24, 20)}
+TOLERANCE = {"tf32": 5e-3, "tf32x3": 1e-5, "ieee": 1e-5}
+
+T0 = time.perf_counter()
+
+
+def elapsed() -> float:
+    return time.perf_counter() - T0
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.detach().double(), ref.detach().double()
+    return ((out - ref).norm() / ref.norm()).item()
+
+
+def make_case(shape, device, seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    n_batch, n_chan, H, W = shape
+    # Blobby labels (a few discs per image) and logits that partly follow them: like a network's.
+    yy, xx = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    labels = torch.zeros(n_batch, H, W, dtype=torch.long)
+    for b in range(n_batch):
+        for c in range(1, n_chan):
+            for _ in range(2):
+                cy, cx = torch.randint(0, H, (1,), generator=g).item(), torch.randint(0, W, (1,), generator=g).item()
+                r = max(2, int(min(H, W) * (0.05 + 0.15 * torch.rand(1, generator=g).item())))
+                labels[b][(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = c
+    onehot = torch.nn.functional.one_hot(labels, n_chan).permute(0, 3, 1, 2).float()
+    logits = torch.randn(shape, generator=g) + 3.0 * onehot
+    return logits.to(device), labels.to(device)
+
+
+def loss_fn(backend):
+    def f(x, t):
+        return scc_fast.scc_loss(x, t, softmax=True, backend=backend, validate=False)
+
+    return f
+
+
+def fwd_bwd(fn, logits, labels):
+    x = logits.detach().requires_grad_(True)
+    loss = fn(x, labels)
+    (grad,) = torch.autograd.grad(loss, x)
+    return loss.detach(), grad
+
+
+def time_median(fn, logits, labels, device, warmup=3, reps=10, max_s=8.0):
+    x = logits.detach().requires_grad_(True)
+
+    def step():
+        loss = fn(x, labels)
+        torch.autograd.grad(loss, x)
+
+    for _ in range(warmup):
+        step()
+    sync(device)
+    times = []
+    t_start = time.perf_counter()
+    for _ in range(reps):
+        if device.type == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            step()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t = time.perf_counter()
+            step()
+            times.append((time.perf_counter() - t) * 1e3)
+        if time.perf_counter() - t_start > max_s and len(times) >= 3:
+            break
+    return statistics.median(times)
+
+
+def peak_memory_mib(fn, logits, labels, device):
+    """Peak allocated memory above what is live before the call (the inputs), in MiB."""
+    if device.type != "cuda":
+        return None
+    x = logits.detach().requires_grad_(True)
+    sync(device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    loss = fn(x, labels)
+    (g,) = torch.autograd.grad(loss, x)
+    sync(device)
+    peak = torch.cuda.max_memory_allocated(device) - base
+    del loss, g
+    return peak / 2**20
+
+
+def copy_bandwidth_gbs(device):
+    if device.type != "cuda":
+        return None
+    a = torch.empty(256 * 2**20, dtype=torch.uint8, device=device)
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    sync(device)
+    ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    ev0.record()
+    for _ in range(10):
+        b.copy_(a)
+    ev1.record()
+    ev1.synchronize()
+    s = ev0.elapsed_time(ev1) / 1e3 / 10
+    return 2 * a.numel() / s / 1e9  # read + write
+
+
+def run_case(name, shape, device, args, budget_s):
+    row = {"case": name, "shape": list(shape), "errors": {}}
+    logits, labels = make_case(shape, device)
+    # --- correctness against the float64 reference on the same device ---
+    try:
+        ref_loss, ref_grad = fwd_bwd(loss_fn("reference"), logits.double(), labels)
+        row["ref_loss"] = ref_loss.item()
+    except Exception as exc:  # noqa: BLE001 - report and go on
+        row["errors"]["reference_fp64"] = f"{type(exc).__name__}: {exc}"
+        ref_loss = ref_grad = None
+    row["accuracy"] = {}
+    for prec in args.precisions:
+        try:
+            triton_scc.input_precision = prec
+            loss, grad = fwd_bwd(loss_fn("triton"), logits, labels)
+            entry = {"loss": loss.item()}
+            if ref_loss is not None:
+                entry["rel_err_loss"] = rel_err(loss, ref_loss)
+                entry["rel_err_grad"] = rel_err(grad, ref_grad)
+                entry["tolerance"] = TOLERANCE[prec]
+                entry["ok"] = entry["rel_err_loss"] <= TOLERANCE[prec] and entry["rel_err_grad"] <= TOLERANCE[prec]
+            row["accuracy"][prec] = entry
+        except Exception as exc:  # noqa: BLE001
+            row["errors"][f"triton_{prec}"] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+        finally:
+            triton_scc.input_precision = None
+    del ref_grad
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    # --- speed and memory ---
+    row["time_ms"], row["peak_mib"] = {}, {}
+    contenders = [(f"triton[{p}]", "triton", p) for p in args.precisions] + [
+        ("torch", "torch", None),
+        ("reference", "reference", None),
+        ("reference+compile", "reference", "compile"),
+    ]
+    for label, backend, opt in contenders:
+        if opt == "compile" and (args.no_compile or elapsed() > budget_s):
+            row["errors"][label] = "skipped: time budget" if not args.no_compile else "skipped: --no-compile"
+            continue
+        try:
+            fn = loss_fn(backend)
+            if opt == "compile":
+                torch._dynamo.reset()
+                fn = torch.compile(fn)
+                fwd_bwd(fn, logits, labels)  # compile outside the timed region
+            if backend == "triton":
+                triton_scc.input_precision = opt
+            row["time_ms"][label] = time_median(fn, logits, labels, device, reps=args.reps)
+            row["peak_mib"][label] = peak_memory_mib(fn, logits, labels, device)
+        except Exception as exc:  # noqa: BLE001
+            row["errors"][label] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+        finally:
+            triton_scc.input_precision = None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    base_t = row["time_ms"].get("reference")
+    base_tc = row["time_ms"].get("reference+compile")
+    base_m = row["peak_mib"].get("reference")
+    row["speedup_vs_reference"] = {k: base_t / v for k, v in row["time_ms"].items() if base_t and v}
+    row["speedup_vs_compiled"] = {k: base_tc / v for k, v in row["time_ms"].items() if base_tc and v}
+    row["memory_ratio_vs_reference"] = {k: base_m / v for k, v in row["peak_mib"].items() if base_m and v}
+    # Roofline: read logits (fp32) and labels (int64) once, write dL/dlogits (fp32) once.
+    row["bytes_min"] = logits.numel() * 4 * 2 + labels.numel() * labels.element_size()
+    return row
+
+
+def print_table(rows, device_name):
+    print(f"\n== backend triton, {device_name} ==")
+    for row in rows:
+        print(f"\n{row['case']} {tuple(row['shape'])}  reference loss (fp64) = {row.get('ref_loss')}")
+        for prec, e in row.get("accuracy", {}).items():
+            print(
+                f"  accuracy {prec:7s} rel err loss {e.get('rel_err_loss', float('nan')):.2e}  "
+                f"grad {e.get('rel_err_grad', float('nan')):.2e}  (tol {e.get('tolerance')})  ok={e.get('ok')}"
+            )
+        print(f"  {'contender':20s} {'ms':>9s} {'x eager':>8s} {'x compiled':>10s} {'peak MiB':>9s} {'mem ratio':>9s}")
+        for k, t in row["time_ms"].items():
+            m = row["peak_mib"].get(k)
+            print(
+                f"  {k:20s} {t:9.3f} {row['speedup_vs_reference'].get(k, float('nan')):8.2f} "
+                f"{row['speedup_vs_compiled'].get(k, float('nan')):10.2f} "
+                f"{(m if m is not None else float('nan')):9.1f} {row['memory_ratio_vs_reference'].get(k, float('nan')):9.2f}"
+            )
+        if row.get("roofline_ms") is not None:
+            print(f"  roofline (min bytes / copy bandwidth): {row['roofline_ms']:.3f} ms")
+        for k, v in row["errors"].items():
+            print(f"  ERROR {k}: {v}")
+
+
+def markdown_rows(rows, meta):
+    lines = [
+        f"<!-- {meta['device']}, torch {meta['torch']}, triton {meta['triton']}, {meta['date']}, commit {meta['commit']} -->",
+        "| case | contender | fwd+bwd ms | x eager ref | x compiled ref | peak MiB above inputs | mem ratio vs ref |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        for k, t in row["time_ms"].items():
+            m = row["peak_mib"].get(k)
+            lines.append(
+                f"| {row['case']} | {k} | {t:.3f} | {row['speedup_vs_reference'].get(k, float('nan')):.2f} | "
+                f"{row['speedup_vs_compiled'].get(k, float('nan')):.2f} | "
+                f"{'n/a' if m is None else f'{m:.1f}'} | {row['memory_ratio_vs_reference'].get(k, float('nan')):.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="directory for results.json")
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes (CPU under TRITON_INTERPRET=1 works)")
+    ap.add_argument("--cases", nargs="*", default=None, help="subset of case names")
+    ap.add_argument("--precisions", nargs="*", default=["tf32", "ieee"], choices=list(TOLERANCE))
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--budget", type=float, default=200.0, help="seconds; later compiled baselines are skipped past it")
+    ap.add_argument("--no-compile", action="store_true")
+    args = ap.parse_args()
+
+    os.makedirs(args.out, exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # the reference stays IEEE
+    cases = SMOKE_CASES if args.smoke else CASES
+    if args.cases:
+        cases = {k: v for k, v in cases.items() if k in args.cases}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except Exception:  # noqa: BLE001
+        commit = "unknown"
+    import triton
+
+    meta = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}), interpreter",
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": commit or "unknown",
+        "interpret": os.environ.get("TRITON_INTERPRET", ""),
+        "triton_unavailable": triton_scc.unavailable_reason(),
+    }
+    print(json.dumps(meta))
+    bw = None
+    try:
+        bw = copy_bandwidth_gbs(device)
+        meta["copy_bandwidth_gbs"] = bw
+    except Exception as exc:  # noqa: BLE001
+        meta["copy_bandwidth_error"] = str(exc)
+
+    rows = []
+    n = len(cases)
+    for i, (name, shape) in enumerate(cases.items()):
+        # Leave the later cases their share of the budget for the compiled baseline.
+        case_budget = args.budget * (i + 1) / n
+        try:
+            row = run_case(name, shape, device, args, case_budget)
+        except Exception as exc:  # noqa: BLE001
+            traceback.print_exc()
+            row = {"case": name, "shape": list(shape), "errors": {"case": f"{type(exc).__name__}: {exc}"},
+                   "time_ms": {}, "peak_mib": {}, "speedup_vs_reference": {}, "speedup_vs_compiled": {},
+                   "memory_ratio_vs_reference": {}}
+        if bw and row.get("bytes_min"):
+            row["roofline_ms"] = row["bytes_min"] / (bw * 1e9) * 1e3
+        rows.append(row)
+        print(f"[{elapsed():.0f}s] {name} done", flush=True)
+        with open(os.path.join(args.out, "results.json"), "w") as f:  # after each case: nothing lost
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+
+    print_table(rows, meta["device"])
+    md = markdown_rows(rows, meta)
+    print("\n" + md)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(md + "\n")
+    print(f"\nwrote {args.out}/results.json and results.md in {elapsed():.0f}s")
+
+
+if __name__ == "__main__":
+    main()
