@@ -129,7 +129,7 @@ def _one_class(p, y, y_is_label, include_dc, magnitude_weight, phase_weight, nee
         del dev_y
         total_b = n_vox * n_vox * (var_y + mean_y * mean_y)
         energy_b = total_b if include_dc else n_vox * n_vox * var_y
-        valid = energy_b > DEGENERATE_TARGET_RTOL * total_b
+        valid = ~(energy_b <= DEGENERATE_TARGET_RTOL * total_b)  # a NaN target stays valid: NaN propagates
     if include_dc:
         energy_a = total_a
         cross = n_vox * (p * y).sum(dims)
@@ -293,7 +293,7 @@ def complex_correlation(
     zero = variance_is_zero(var_sp, energy_p, total_p) | variance_is_zero(var_sy, energy_y, total_y)
     den = torch.sqrt(torch.where(zero, torch.ones_like(var_sp), var_sp * var_sy))
     if target.is_floating_point():
-        valid = energy_y > DEGENERATE_TARGET_RTOL * total_y
+        valid = ~(energy_y <= DEGENERATE_TARGET_RTOL * total_y)  # a NaN target stays valid: NaN propagates
     else:
         count = y.sum(-1).round()
         valid = count > 0 if include_dc else count * (n_vox - count) > 0
