@@ -248,3 +248,29 @@ def test_not_built_says_why(monkeypatch):
     assert "backend: torch" in explanation and "skipped 'native'" in explanation
     with pytest.raises(RuntimeError, match="installed without its native operator"):
         scc_fast.scc_loss(probs, target, backend="native")
+
+
+@needs_op
+def test_double_backward_is_refused():
+    probs, target = make_inputs((1, 2, 8, 8), labels=True)
+    x = probs.clone().requires_grad_(True)
+    scc, _ = native.correlation(x, target)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(scc.sum(), x, create_graph=True)
+
+
+@needs_op
+def test_public_loss_compiles_fullgraph():
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, 3, 10, 9, generator=g)
+    labels = torch.randint(0, 3, (2, 10, 9), generator=g)
+
+    def step(x):
+        return scc_fast.scc_loss(x, labels, softmax=True, backend="native")
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    x = logits.clone().requires_grad_(True)
+    compiled(x).backward()
+    x_ref = logits.clone().requires_grad_(True)
+    step(x_ref).backward()
+    assert rel_err(x.grad, x_ref.grad) <= 1e-6

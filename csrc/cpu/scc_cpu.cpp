@@ -109,11 +109,12 @@ struct PairCoef {
 };
 
 // The zero tests of scc_fast/_numerics.py, with eps of the working dtype as there.
+// An Inf energy or cross sum (Inf in the input with validate=False) is not "zero": it propagates.
 inline bool variance_is_zero(double var, double energy, double total, double eps) {
-  return (var <= 64 * eps * energy) || (energy <= 1e3 * eps * eps * total);
+  return ((var <= 64 * eps * energy) || (energy <= 1e3 * eps * eps * total)) && std::isfinite(total);
 }
 inline bool product_is_zero(double cross, double energy_a, double energy_b, double eps) {
-  return cross <= 64 * eps * std::sqrt(energy_a * energy_b);
+  return (cross <= 64 * eps * std::sqrt(energy_a * energy_b)) && std::isfinite(cross);
 }
 
 // Port of torch_fft._one_class's sums and torch_fft.pair_coefficients for one pair.

@@ -65,6 +65,8 @@ def load(name: str) -> ModuleType:
         from . import reference as module
     elif path == "scc_fast.backends.triton_scc":
         from . import triton_scc as module
+    elif path == "scc_fast.backends.native":
+        from . import native as module
     elif path == "scc_fast.backends.triton_fft":
         from . import triton_fft as module
     else:
