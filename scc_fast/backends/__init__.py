@@ -105,10 +105,10 @@ def _auto_candidates(device: torch.device) -> tuple[str, ...]:
     return AUTO_ORDER.get(device.type, _AUTO_FALLBACK)
 
 
-def _ranked_candidates(probs: torch.Tensor) -> tuple[tuple[str, ...], str]:
+def _ranked_candidates(device: torch.device, spatial: tuple[int, ...], card: str | None = None):
     """Candidates for "auto": the measured table's ranking, then the static order; and why."""
-    static = _auto_candidates(probs.device)
-    ranking, note = dispatch.lookup(probs.device, tuple(probs.shape[2:]))
+    static = _auto_candidates(device)
+    ranking, note = dispatch.lookup(device, spatial, card=card)
     if ranking is None:
         return static, note
     ranked = tuple(n for n in ranking if n in BACKENDS and n != "reference")
@@ -132,7 +132,7 @@ def _choose(backend: str, probs: torch.Tensor, target: torch.Tensor) -> tuple[st
         if reason is not None:
             raise RuntimeError(f"backend {backend!r} was asked for but cannot run: {reason}")
         return backend, notes
-    candidates, table_note = _ranked_candidates(probs)
+    candidates, table_note = _ranked_candidates(probs.device, tuple(probs.shape[2:]))
     notes.append(table_note)
     for name in candidates:
         reason = _unavailable_reason(name) or load(name).unsupported_reason(probs, target)

@@ -243,12 +243,14 @@ def explain_shape(shape: tuple[int, ...], device: str = "cuda", backend: str = "
     dev = torch.device(device)
     usable = dev.type == "cpu" or (dev.type == "cuda" and torch.cuda.is_available())
     if not usable:
-        decision = lookup(dev, tuple(shape[2:]), card="")  # no card to prefer
+        from . import _ranked_candidates
+
+        order, note = _ranked_candidates(dev, tuple(shape[2:]), card="")  # no card to prefer
         return "\n".join(
             [
                 f"device {device} is not available in this process: backend availability not checked",
-                decision.note,
-                f"table ranking: {list(decision.ranking) if decision.ranking else 'none (static order)'}",
+                note,
+                f"auto would try, in order: {list(order)}",
             ]
         )
     probs = torch.empty(shape, device=dev)

@@ -57,15 +57,23 @@ __all__ = ["correlation", "unavailable_reason", "unsupported_reason", "CHUNK_ELE
 CHUNK_ELEMENTS = 1 << 26
 
 
+# triton.jit reads TRITON_INTERPRET when the kernels below are defined: what counts is its value
+# when this module was imported.
+_INTERPRETED = os.environ.get("TRITON_INTERPRET", "") == "1"
+
+
 def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "") == "1"
+    return _INTERPRETED
 
 
 def unavailable_reason() -> str | None:
     if _IMPORT_ERROR is not None:
         return _IMPORT_ERROR
     if not torch.cuda.is_available() and not _interpreted():
-        return "no CUDA device, and TRITON_INTERPRET=1 is not set (the Triton interpreter runs CPU tensors)"
+        return (
+            "no CUDA device, and TRITON_INTERPRET=1 was not set before scc_fast.backends.triton_fft was imported "
+            "(the Triton interpreter runs CPU tensors)"
+        )
     return None
 
 
@@ -75,8 +83,8 @@ def unsupported_reason(probs: torch.Tensor, target: torch.Tensor) -> str | None:
     if probs.device.type == "cpu" and _interpreted():
         return None
     return (
-        f"the Triton kernels need CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 set before triton "
-        f"is imported), got device {probs.device}"
+        f"the Triton kernels need CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 set before "
+        f"scc_fast.backends.triton_fft is imported), got device {probs.device}"
     )
 
 
@@ -219,8 +227,12 @@ if triton is not None:
         tl.store(out + 2, tl.sum(t_ab, axis=0))
 
     @triton.jit
-    def _field_kernel(P_ptr, Y_ptr, ca_ptr, cab_ptr, n_half, INCLUDE_DC: tl.constexpr, BLOCK: tl.constexpr):
-        """Program (tile, pair): P <- (N c_a + N c_ab |Y|) P / |P| in place (0 where |P| = 0 or at DC if out)."""
+    def _field_kernel(P_ptr, Y_ptr, ca_ptr, cab_ptr, flat_ptr, n_half, INCLUDE_DC: tl.constexpr, BLOCK: tl.constexpr):
+        """Program (tile, pair): P <- (N c_a + N c_ab |Y|) P / |P| in place.
+
+        0 where |P| = 0, at DC when DC is out, and outside DC for a pair whose p is constant
+        (``flat[pair]``: there |P_k| is 0 up to rounding and P_k / |P_k| := 0, as SPEC says).
+        """
         tile = tl.program_id(0)
         pair = tl.program_id(1)
         base = pair.to(tl.int64) * n_half * 2
@@ -232,7 +244,7 @@ if triton is not None:
         a = tl.sqrt(tl.sum(xp * xp, axis=1))
         bm = tl.sqrt(tl.sum(xy * xy, axis=1))
         mag = tl.load(ca_ptr + pair) + tl.load(cab_ptr + pair) * bm
-        keep = a > 0
+        keep = (a > 0) & ((k == 0) | (tl.load(flat_ptr + pair) == 0))
         if not INCLUDE_DC:
             keep = keep & (k != 0)
         # P / |P| before scaling: bounded by 1 even where |P| is subnormal.
@@ -408,8 +420,19 @@ def _forward(
         else:
             total_b = n_vox * (m2_y + n_vox * mean_y * mean_y)
             energy_b = total_b if include_dc else n_vox * m2_y
-            ok = energy_b > DEGENERATE_TARGET_RTOL * total_b
+            ok = ~(energy_b <= DEGENERATE_TARGET_RTOL * total_b)  # a NaN target stays valid: NaN propagates
         cross = n_vox * (c_py + n_vox * mean_p * mean_y) if include_dc else n_vox * c_py
+        # A map constant to rounding (e.g. a constant prediction) has no spectrum outside DC; its
+        # transformed |P_k| there are rounding noise, and T_ab = sum noise * B would pass the
+        # zero test of the phase denominator (its scale, sum_K A^2, is exactly 0 by Parseval)
+        # and blow up the gradient. Use the exact values, 0. (Same test as variance_is_zero.)
+        tiny = 1e3 * torch.finfo(acc).eps ** 2
+        flat_p = n_vox * m2_p <= tiny * total_a  # p constant: no energy outside DC
+        flat_a = energy_a <= tiny * total_a  # with DC in, only a zero map (the DC term dominates)
+        flat_b = energy_b <= tiny * total_b
+        t_a = torch.where(flat_a, torch.zeros_like(t_a), t_a)
+        t_b = torch.where(flat_b, torch.zeros_like(t_b), t_b)
+        t_ab = torch.where(flat_a | flat_b, torch.zeros_like(t_ab), t_ab)
         stats = PairStatistics(n_k, energy_a, energy_b, cross, total_a, total_b, t_a, t_b, t_ab)
         s, c_a, c_ab, c_aa, c_re = pair_coefficients(stats, magnitude_weight, phase_weight)
         scc[:, c0 : c0 + k] = s.view(n_batch, k)
@@ -422,7 +445,7 @@ def _forward(
         ca_n = (n_vox * c_a).contiguous()
         cab_n = (n_vox * c_ab).contiguous()
         _field_kernel[(-(-n_half // block), n_pairs)](
-            P_r, Y_r, ca_n, cab_n, n_half, INCLUDE_DC=include_dc, BLOCK=block
+            P_r, Y_r, ca_n, cab_n, flat_p.to(torch.int8), n_half, INCLUDE_DC=include_dc, BLOCK=block
         )
         del Y, Y_r, P_r
 
@@ -459,8 +482,15 @@ class SCCTritonFFTFunction(torch.autograd.Function):
         return scc, valid
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_scc, grad_valid):
+        # once_differentiable misses double backward when grad_scc needs no grad (the usual loss):
+        # the second derivative would be silently wrong, so refuse create_graph=True here.
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "scc_fast backend 'triton_fft' does not support double backward (create_graph=True): its "
+                "gradient is computed analytically in the forward pass and is not differentiable. "
+                "Use backend='reference' for higher-order derivatives."
+            )
         (grad,) = ctx.saved_tensors
         upstream = grad_scc.to(grad.dtype).view(grad_scc.shape + (1,) * (grad.dim() - 2))
         return (grad * upstream).to(ctx.input_dtype), None, None, None, None, None

@@ -1,0 +1,532 @@
+"""One-shot GPU check of the accelerated backends at the SPEC cases, 3D first (run once on the H100/H200).
+
+Cases (SPEC section 5; logits in, integer labels, softmax, forward + backward of ``scc_loss``):
+brats-3d 2x4x128^3, btcv-3d 2x14x96^3, synapse-2d 24x9x224^2, polyp-2d 16x2x512^2.
+
+For each case and each accelerated backend that runs it (``torch``, ``triton_fft``, and
+``triton`` where its kernel supports the shape):
+
+1. correctness: loss and dL/dlogits against backend "reference" run in float64 on the same
+   device, as ||out - ref|| / ||ref|| (SPEC section 4: 1e-5 for float32 paths, 5e-3 for the
+   in-kernel DFT with its default TF32 dots);
+2. median forward + backward time (CUDA events, after warm-up) and peak memory above the inputs
+   (``max_memory_allocated`` after ``reset_peak_memory_stats``, the gradient included) against the
+   reference eager and the reference under ``torch.compile``, as ratios measured in this run;
+3. the roofline: bytes that must move (read logits and labels once, write dL/dlogits once) over
+   the device-to-device copy bandwidth measured here, and the fraction of it reached.
+
+Writes ``results.json``, ``results.md`` and ``dispatch_table.json`` (the ranking of the correct
+backends per case, in the format :mod:`scc_fast.backends.dispatch` reads; commit it as
+``scc_fast/backends/dispatch_table.json``) to ``--out``, after every step, so a failure or a
+timeout loses nothing already measured. Every case and backend is wrapped: one failure does not
+lose the rest. ``--budget`` (seconds, default 185) bounds the run: the compiled reference, the
+slowest part, is skipped for a case when too little time is left.
+
+    python bench/gpu_3d_check.py --out /tmp/hybrid3d                 # on the GPU
+    python bench/gpu_3d_check.py --smoke --out /tmp/smoke            # CPU, tiny shapes, interpreter
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "gpu_3d"), help="output folder")
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes; on CPU under the Triton interpreter")
+    ap.add_argument("--device", default=None, help="cuda (default) or cpu (default with --smoke)")
+    ap.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
+    ap.add_argument("--budget", type=float, default=185.0, help="seconds for the whole run")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed iterations per measurement")
+    ap.add_argument("--reps", type=int, default=None, help="timed iterations per measurement")
+    ap.add_argument("--compile-backend", default=None, help="torch.compile backend (inductor; aot_eager with --smoke)")
+    ap.add_argument("--no-compile", action="store_true", help="skip the compiled reference")
+    return ap.parse_args(argv)
+
+
+ARGS = parse_args()
+DEVICE_NAME = ARGS.device or ("cpu" if ARGS.smoke else "cuda")
+if DEVICE_NAME == "cpu":
+    # Triton kernels on CPU tensors need the interpreter, chosen before triton is imported.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.pop("SCC_FAST_BACKEND", None)  # the run names every backend itself
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+import scc_fast  # noqa: E402
+from scc_fast import backends  # noqa: E402
+from scc_fast.backends import dispatch  # noqa: E402
+from scc_fast.reference import reference_correlation  # noqa: E402
+
+CASES = {
+    "brats-3d": (2, 4, 128, 128, 128),
+    "btcv-3d": (2, 14, 96, 96, 96),
+    "synapse-2d": (24, 9, 224, 224),
+    "polyp-2d": (16, 2, 512, 512),
+}
+SMOKE_CASES = {"smoke-3d": (1, 3, 8, 12, 10), "smoke-2d": (2, 3, 16, 12)}
+ACCELERATED = ("torch", "triton_fft", "triton")
+TOLERANCE = {"torch": 1e-5, "triton_fft": 1e-5, "triton": 5e-3, "reference-compiled": 1e-5}
+
+T0 = time.perf_counter()
+
+
+def elapsed() -> float:
+    return time.perf_counter() - T0
+
+
+def log(msg: str) -> None:
+    print(f"[{elapsed():6.1f}s] {msg}", flush=True)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.detach().double(), ref.detach().double()
+    den = ref.norm().item()
+    return (out - ref).norm().item() / (den if den > 0 else 1.0)
+
+
+def make_case(shape, device: torch.device, seed: int = 0):
+    """Logits and blobby integer labels (a few balls per class), like a segmentation network's."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    n_batch, n_chan = shape[:2]
+    spatial = shape[2:]
+    grids = torch.meshgrid(*[torch.arange(s, device=device, dtype=torch.float32) for s in spatial], indexing="ij")
+    labels = torch.zeros((n_batch, *spatial), dtype=torch.long, device=device)
+    for b in range(n_batch):
+        for c in range(1, n_chan):
+            for _ in range(2):
+                centre = [torch.randint(0, s, (1,), generator=g).item() for s in spatial]
+                r = max(2.0, min(spatial) * (0.05 + 0.15 * torch.rand(1, generator=g).item()))
+                dist2 = sum((x - c0) ** 2 for x, c0 in zip(grids, centre))
+                labels[b][dist2 <= r * r] = c
+    noise = torch.randn(shape, generator=g).to(device)
+    onehot = torch.nn.functional.one_hot(labels, n_chan).movedim(-1, 1).float()
+    logits = (2.0 * onehot + 1.5 * noise).contiguous()
+    return logits, labels
+
+
+def loss_fn(backend: str, labels: torch.Tensor):
+    def fn(x):
+        return scc_fast.scc_loss(x, labels, softmax=True, backend=backend, validate=False)
+
+    return fn
+
+
+def reference_loss(labels: torch.Tensor):
+    """scc_loss(softmax=True, reduction="mean") through the reference, written for torch.compile."""
+
+    def fn(x):
+        scc, valid = reference_correlation(torch.softmax(x, 1), labels)
+        loss = torch.where(valid, 1.0 - scc, torch.zeros_like(scc))
+        return loss.sum() / valid.sum().clamp_min(1)
+
+    return fn
+
+
+def fwd_bwd(fn, x):
+    x.grad = None
+    loss = fn(x)
+    loss.backward()
+    return loss
+
+
+def time_ms(fn, x, device, warmup: int, reps: int) -> tuple[float, list[float]]:
+    for _ in range(warmup):
+        fwd_bwd(fn, x)
+    sync(device)
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fwd_bwd(fn, x)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t = time.perf_counter()
+            fwd_bwd(fn, x)
+            times.append(1e3 * (time.perf_counter() - t))
+    return statistics.median(times), times
+
+
+def peak_mib(fn, x, device) -> float | None:
+    """Peak memory above what is allocated before the call (inputs), the gradient included."""
+    if device.type != "cuda":
+        return None
+    x.grad = None
+    gc.collect()
+    sync(device)
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fwd_bwd(fn, x)
+    sync(device)
+    peak = torch.cuda.max_memory_allocated(device) - base
+    x.grad = None
+    return peak / 2**20
+
+
+def copy_bandwidth(device) -> dict:
+    """Device-to-device copy bandwidth (read + write bytes per second), median of 20 copies."""
+    n_bytes = (1 << 30) if device.type == "cuda" else (1 << 24)
+    a = torch.empty(n_bytes // 4, dtype=torch.float32, device=device).fill_(1.0)
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    ms, _ = (time_copy(a, b, device, 20))
+    del a, b
+    return {"bytes_per_copy": 2 * n_bytes, "median_ms": ms, "GBps": 2 * n_bytes / (ms * 1e-3) / 1e9}
+
+
+def time_copy(a, b, device, reps):
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            b.copy_(a)
+            e.record()
+            e.synchronize()
+            times.append(s.elapsed_time(e))
+        else:
+            t = time.perf_counter()
+            b.copy_(a)
+            times.append(1e3 * (time.perf_counter() - t))
+    return statistics.median(times), times
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        if out.returncode == 0:
+            return out.stdout.strip()
+    except Exception:  # noqa: BLE001 - provenance only
+        pass
+    f = ROOT / ".git_commit"
+    return f.read_text().strip() if f.exists() else "unknown"
+
+
+def environment(device) -> dict:
+    env = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": " ".join(["python", *sys.argv]),
+        "commit": git_commit(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "smoke": ARGS.smoke,
+    }
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = None
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env["card"] = props.name
+        env["memory_GiB"] = round(props.total_memory / 2**30, 1)
+        env["cuda"] = torch.version.cuda
+    else:
+        env["card"] = f"CPU {platform.processor() or platform.machine()} (Triton interpreter)"
+    return env
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def write_outputs(out: Path, results: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(markdown(results))
+    (out / "dispatch_table.json").write_text(json.dumps(dispatch_table(results), indent=2) + "\n")
+
+
+def _fmt(v, spec=".3g", suffix=""):
+    return "-" if v is None else f"{v:{spec}}{suffix}"
+
+
+def markdown(results: dict) -> str:
+    env = results["environment"]
+    bw = results.get("bandwidth") or {}
+    lines = [
+        f"### scc_fast GPU check, 3D and 2D cases ({env.get('card')}, {env.get('date')})",
+        "",
+        f"torch {env.get('torch')}, triton {env.get('triton')}, commit {env.get('commit', '')[:12]}, "
+        f"`{env.get('command')}`. Logits in, integer labels, softmax, forward + backward, float32; "
+        f"correctness against the reference in float64 on the same device. Copy bandwidth "
+        f"{_fmt(bw.get('GBps'), '.0f')} GB/s (read + write).",
+        "",
+        "| case | shape | backend | rel err loss | rel err grad | ok | median ms | x vs eager | x vs compiled "
+        "| peak MiB | mem / eager | mem / compiled | roofline ms | roofline frac |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for case in results["cases"]:
+        shape = "x".join(map(str, case["shape"]))
+        if case.get("error"):
+            lines.append(f"| {case['name']} | {shape} | error: {case['error'][:80]} |" + " |" * 11)
+            continue
+        eager = case["backends"].get("reference", {})
+        comp = case["backends"].get("reference-compiled", {})
+        for name, r in case["backends"].items():
+            if r.get("skipped") or r.get("error"):
+                why = r.get("skipped") or "error: " + r["error"]
+                lines.append(f"| {case['name']} | {shape} | {name} | {why[:100]} |" + " |" * 10)
+                continue
+            ms = r.get("median_ms")
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        case["name"],
+                        shape,
+                        name,
+                        _fmt(r.get("rel_err_loss"), ".1e"),
+                        _fmt(r.get("rel_err_grad"), ".1e"),
+                        {True: "yes", False: "**NO**", None: "-"}[r.get("correct")],
+                        _fmt(ms, ".2f"),
+                        _fmt(_ratio(eager.get("median_ms"), ms), ".1f", "x"),
+                        _fmt(_ratio(comp.get("median_ms"), ms), ".1f", "x"),
+                        _fmt(r.get("peak_mib"), ".0f"),
+                        _fmt(_ratio(eager.get("peak_mib"), r.get("peak_mib")), ".1f", "x"),
+                        _fmt(_ratio(comp.get("peak_mib"), r.get("peak_mib")), ".1f", "x"),
+                        _fmt(case.get("roofline_ms"), ".3f"),
+                        _fmt(_ratio(case.get("roofline_ms"), ms), ".2f"),
+                    ]
+                )
+                + " |"
+            )
+    lines += ["", "Ratios: reference / backend (higher is better), measured in this run on this device."]
+    return "\n".join(lines) + "\n"
+
+
+def _ratio(a, b):
+    return None if a is None or b is None or b <= 0 else a / b
+
+
+def dispatch_table(results: dict) -> dict:
+    env = results["environment"]
+    device_kind = torch.device(env["device"]).type
+    measured_cases = []
+    for case in results["cases"]:
+        timed = {
+            name: r["median_ms"]
+            for name, r in case.get("backends", {}).items()
+            if name in ACCELERATED and r.get("correct") and r.get("median_ms") is not None
+        }
+        if timed:
+            spatial = case["shape"][2:]
+            measured_cases.append(
+                dict(
+                    case=case["name"],
+                    shape=case["shape"],
+                    ndim=len(spatial),
+                    n=math.prod(spatial),
+                    timed=timed,
+                    reference=case["backends"].get("reference", {}).get("median_ms"),
+                )
+            )
+    ranges = dispatch.ranges_for([dict(device_kind=device_kind, ndim=c["ndim"], n=c["n"]) for c in measured_cases])
+    rows = []
+    for c, (lo, hi) in zip(measured_cases, ranges):
+        ranking = sorted(c["timed"], key=c["timed"].get)
+        median = {k: round(v, 4) for k, v in c["timed"].items()}
+        if c["reference"] is not None:
+            median["reference"] = round(c["reference"], 4)
+        rows.append(
+            dict(
+                case=c["case"],
+                device_kind=device_kind,
+                card=env.get("card"),
+                ndim=c["ndim"],
+                n_min=lo,
+                n_max=hi,
+                shape=c["shape"],
+                ranking=ranking,
+                median_ms=median,
+            )
+        )
+    table = {
+        "format": dispatch.FORMAT,
+        "measured": bool(rows),
+        "smoke": bool(env.get("smoke")),
+        "note": "ranking of the correct accelerated backends by median forward+backward time per case; "
+        "N ranges split at geometric midpoints between measured cases"
+        if rows
+        else "no backend measured correctly in this run",
+        "provenance": {k: env.get(k) for k in ("card", "date", "command", "commit", "torch", "triton")},
+        "rows": rows,
+    }
+    dispatch.validate_table(table, "emitted dispatch table")
+    return table
+
+
+# ---------------------------------------------------------------- the run
+
+
+def run_case(name, shape, device, results, out, settings) -> None:
+    case = {"name": name, "shape": list(shape), "backends": {}, "error": None}
+    results["cases"].append(case)
+    try:
+        logits, labels = make_case(shape, device)
+    except Exception as exc:  # noqa: BLE001
+        case["error"] = f"{type(exc).__name__}: {exc}"
+        log(f"{name}: cannot build inputs: {case['error']}")
+        return
+    n_bytes = logits.numel() * 4 * 2 + labels.numel() * labels.element_size()
+    case["bytes_must_move"] = n_bytes
+    if results.get("bandwidth"):
+        case["roofline_ms"] = n_bytes / (results["bandwidth"]["GBps"] * 1e9) * 1e3
+    log(f"{name} {shape}: inputs ready")
+
+    # Float64 reference on this device: the oracle.
+    try:
+        x64 = logits.double().requires_grad_(True)
+        loss64 = fwd_bwd(loss_fn("reference", labels), x64).detach()
+        grad64 = x64.grad.detach()
+        del x64
+    except Exception as exc:  # noqa: BLE001
+        case["error"] = f"float64 reference failed: {type(exc).__name__}: {exc}"
+        log(f"{name}: {case['error']}")
+        write_outputs(out, results)
+        return
+    log(f"{name}: float64 reference done, loss {loss64.item():.6f}")
+
+    probs_like = torch.empty(shape, device=device)
+    names = ["reference", *ACCELERATED, "reference-compiled"]
+    for backend in names:
+        r: dict = {}
+        case["backends"][backend] = r
+        try:
+            if backend == "reference-compiled":
+                if ARGS.no_compile:
+                    r["skipped"] = "--no-compile"
+                    continue
+                left = ARGS.budget - elapsed()
+                if left < settings["compile_needs_s"]:
+                    r["skipped"] = f"time budget: {left:.0f}s left, compile needs about {settings['compile_needs_s']}s"
+                    continue
+                import torch._dynamo as dynamo
+
+                dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)
+                fn = torch.compile(reference_loss(labels), backend=settings["compile_backend"], dynamic=False)
+                t = time.perf_counter()
+                x = logits.clone().requires_grad_(True)
+                fwd_bwd(fn, x)
+                sync(device)
+                r["compile_s"] = round(time.perf_counter() - t, 1)
+            else:
+                if backend != "reference":
+                    status = backends.available_backends()[backend]
+                    if not status.available:
+                        r["skipped"] = f"unavailable: {status.reason}"
+                        continue
+                    why = backends.load(backend).unsupported_reason(probs_like, labels)
+                    if why is not None:
+                        r["skipped"] = f"unsupported: {why}"
+                        continue
+                fn = loss_fn(backend, labels)
+                x = logits.clone().requires_grad_(True)
+            loss = fwd_bwd(fn, x).detach()
+            r["rel_err_loss"] = rel_err(loss, loss64)
+            r["rel_err_grad"] = rel_err(x.grad, grad64)
+            tol = TOLERANCE.get(backend)
+            r["tolerance"] = tol
+            r["correct"] = None if tol is None else bool(r["rel_err_loss"] <= tol and r["rel_err_grad"] <= tol)
+            r["peak_mib"] = peak_mib(fn, x, device)
+            r["median_ms"], r["times_ms"] = time_ms(fn, x, device, settings["warmup"], settings["reps"])
+            log(
+                f"{name} {backend:18s} err {r['rel_err_loss']:.1e}/{r['rel_err_grad']:.1e} "
+                f"{r['median_ms']:.3f} ms peak {_fmt(r['peak_mib'], '.0f')} MiB"
+            )
+        except Exception as exc:  # noqa: BLE001 - one failure must not lose the rest
+            r["error"] = f"{type(exc).__name__}: {exc}"
+            r["traceback"] = traceback.format_exc()[-3000:]
+            log(f"{name} {backend}: {r['error'][:300]}")
+        finally:
+            x = fn = None  # noqa: F841
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            write_outputs(out, results)
+    eager = case["backends"]["reference"]
+    comp = case["backends"]["reference-compiled"]
+    for backend in ACCELERATED:
+        r = case["backends"][backend]
+        if r.get("median_ms"):
+            r["speedup_vs_eager"] = _ratio(eager.get("median_ms"), r["median_ms"])
+            r["speedup_vs_compiled"] = _ratio(comp.get("median_ms"), r["median_ms"])
+            r["memory_ratio_vs_eager"] = _ratio(eager.get("peak_mib"), r.get("peak_mib"))
+            r["memory_ratio_vs_compiled"] = _ratio(comp.get("peak_mib"), r.get("peak_mib"))
+            r["roofline_fraction"] = _ratio(case.get("roofline_ms"), r["median_ms"])
+    write_outputs(out, results)
+
+
+def main() -> int:
+    device = torch.device(DEVICE_NAME)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device here; run with --smoke (CPU, interpreter) or on the GPU", file=sys.stderr)
+        return 2
+    out = Path(ARGS.out)
+    cases = SMOKE_CASES if ARGS.smoke else CASES
+    if ARGS.cases:
+        wanted = [c.strip() for c in ARGS.cases.split(",") if c.strip()]
+        unknown = [c for c in wanted if c not in cases]
+        if unknown:
+            print(f"unknown case(s) {unknown}; choose from {list(cases)}", file=sys.stderr)
+            return 2
+        cases = {c: cases[c] for c in wanted}
+    settings = {
+        "warmup": ARGS.warmup if ARGS.warmup is not None else (1 if ARGS.smoke else 3),
+        "reps": ARGS.reps if ARGS.reps is not None else (2 if ARGS.smoke else 10),
+        "compile_backend": ARGS.compile_backend or ("aot_eager" if ARGS.smoke else "inductor"),
+        "compile_needs_s": 5 if ARGS.smoke else 40,
+    }
+    results = {"environment": environment(device), "settings": settings, "bandwidth": None, "cases": []}
+    log(f"environment: {json.dumps(results['environment'])}")
+    try:
+        results["bandwidth"] = copy_bandwidth(device)
+        log(f"copy bandwidth {results['bandwidth']['GBps']:.0f} GB/s")
+    except Exception as exc:  # noqa: BLE001
+        results["bandwidth_error"] = f"{type(exc).__name__}: {exc}"
+    write_outputs(out, results)
+    for name, shape in cases.items():
+        if elapsed() > ARGS.budget - 10:
+            results["cases"].append({"name": name, "shape": list(shape), "backends": {}, "error": "time budget"})
+            log(f"{name}: skipped, time budget spent")
+            continue
+        try:
+            run_case(name, shape, device, results, out, settings)
+        except Exception as exc:  # noqa: BLE001
+            results["cases"][-1]["error"] = f"{type(exc).__name__}: {exc}"
+            log(f"{name}: {traceback.format_exc()}")
+        write_outputs(out, results)
+    print(markdown(results))
+    log(f"wrote {out}/results.json, results.md, dispatch_table.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
