@@ -1,0 +1,234 @@
+"""``scc-fast bench``: time and memory of every available backend against the torch.fft reference.
+
+Three studies, each writing JSON, Markdown and PNG files into ``--out``:
+
+* cases (default): the SPEC section 5 cases (full size on a GPU, reduced batch, and with
+  ``--quick`` reduced size, on a CPU; the scale is written next to every number) for every
+  available backend, the ``reference`` in eager mode and under ``torch.compile``; forward and
+  forward + backward; median and IQR; peak memory above the inputs; ratios against the reference
+  measured in the same run; on a GPU the achieved bandwidth and its fraction of the copy
+  bandwidth. Files: ``results.json``, ``results.md``, ``cases.png``.
+* ``--scaling``: time and memory against N (2D 64^2..1024^2, 3D 32^3..160^3; capped on a CPU),
+  with the fitted growth exponent. Files: ``scaling.json``, ``scaling.md``, ``scaling.png``.
+* ``--timeline``: memory over one forward + backward (CUDA allocator trace, or the CPU resident
+  set per phase). Files: ``timeline.json``, ``timeline.md``, ``timeline.png`` (and, on CUDA,
+  ``timeline_<backend>.pickle`` snapshots for https://pytorch.org/memory_viz).
+
+Progress goes to stderr. ``main(argv)`` runs it from Python (``argv`` without ``"bench"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from .cases import CPU_QUICK_COMPILE, SPEC_CASES, Case, default_cases, parse_case, scaling_shapes
+from .report import fit_exponent
+
+__all__ = ["add_parser", "main", "run", "fit_exponent", "Case", "SPEC_CASES"]
+
+COMPILED = "reference-compile"
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``bench`` on the ``scc-fast`` command line (called by :mod:`scc_fast.cli`)."""
+    p = subparsers.add_parser(
+        "bench",
+        help="benchmark every available backend against the torch.fft reference",
+        description=__doc__.split("\n\n")[0] + " Cases: " + ", ".join(
+            f"{n} {'x'.join(map(str, s))}" for n, (s, _) in SPEC_CASES.items()) + ".",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--quick", action="store_true",
+                   help="fewer repeats; on a CPU also smaller cases and torch.compile only on the two acceptance shapes "
+                        "(under 3 minutes on 2 cores)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--cases", nargs="+", metavar="CASE",
+                   help="case names (synapse-2d polyp-2d brats-3d btcv-3d, on a CPU also brats-3d-64) or shapes "
+                        "[name=]BxCxHxW / [name=]BxCxDxHxW; default: every case for the device")
+    p.add_argument("--backends", nargs="+", metavar="NAME",
+                   help=f"row labels: registry backends and {COMPILED!r}; default: reference, {COMPILED} and every "
+                        "available backend")
+    p.add_argument("--out", type=Path, default=Path("bench_out"), help="output folder")
+    p.add_argument("--scaling", action="store_true", help="run the scaling study (instead of the cases)")
+    p.add_argument("--timeline", action="store_true", help="run the memory timeline (instead of the cases)")
+    p.add_argument("--all", action="store_true", help="cases, then timeline, then scaling")
+    p.add_argument("--no-compile", action="store_true", help=f"leave out the {COMPILED} rows")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls per row (default: 5 quick / 15 CPU / 30 GPU)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up calls before timing (default: 2 CPU / 5 GPU)")
+    p.add_argument("--sizes-2d", type=int, nargs="+", default=None, help="scaling: 2D edge lengths")
+    p.add_argument("--sizes-3d", type=int, nargs="+", default=None, help="scaling: 3D edge lengths")
+    p.add_argument("--isolation", choices=["process", "none"], default=None,
+                   help="process: a fresh interpreter per (case, backend), needed for CPU peak RSS (default on CPU); "
+                        "none: everything in this process (default on CUDA)")
+    p.add_argument("--job-timeout", type=float, default=None, help="seconds before a row's process is killed")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="seconds; rows not started by then are reported as not run, compiled rows need 45 s (GPU 30 s) "
+                        "of it left (default: 140 for --quick on a CPU, else none)")
+    p.add_argument("--validate", action="store_true", help="time with validate=True (label-range check, a sync)")
+    p.add_argument("--no-plots", action="store_true", help="write JSON and Markdown only")
+    p.add_argument("--report-only", action="store_true", help="rewrite Markdown and PNG from the JSON files in --out")
+    p.set_defaults(func=run, _bench_parser=p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``scc-fast bench ARGS`` from Python: ``main(["--quick", "--out", "d"])``."""
+    from ..cli import main as cli_main
+
+    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
+
+
+def _labels(args, parser, device: str) -> tuple[list[str], dict[str, str]]:
+    """Row labels to measure, and the backends left out with the reason."""
+    from .. import available_backends
+
+    status = available_backends()
+    notes: dict[str, str] = {}
+    interp = device == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+    if args.backends:
+        labels = list(dict.fromkeys(args.backends))
+        for lb in labels:
+            name = "reference" if lb == COMPILED else lb
+            if name not in status:
+                parser.error(f"--backends: unknown backend {lb!r}; choose from {', '.join([*status, COMPILED])}")
+            if not status[name].available:
+                parser.error(f"--backends: backend {lb!r} is not available here: {status[name].reason}")
+        if "reference" not in labels:
+            labels.insert(0, "reference")  # every ratio is against it
+    else:
+        labels = ["reference", COMPILED]
+        for name, st in status.items():
+            if name == "reference":
+                continue
+            if not st.available:
+                notes[name] = st.reason
+            elif interp and name.startswith("triton"):
+                notes[name] = "runs under the Triton CPU interpreter here (for tests only, not timed); ask with --backends"
+            else:
+                labels.append(name)
+    if args.no_compile:
+        if COMPILED in labels:
+            labels.remove(COMPILED)
+        notes[COMPILED] = "left out with --no-compile"
+    return labels, notes
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``scc-fast bench``."""
+    import torch
+
+    from . import suite
+
+    parser: argparse.ArgumentParser = args._bench_parser
+    out: Path = args.out
+    if args.report_only:
+        if not out.is_dir():
+            parser.error(f"--report-only: --out {str(out)!r} is not a folder with results")
+        written = suite.write_reports(out)
+        if not written:
+            parser.error(f"--report-only: no results.json, scaling.json or timeline.json in {str(out)!r}")
+        for p in written:
+            print(p)
+        return 0
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available to this torch "
+                     f"({torch.__version__}, torch.version.cuda={torch.version.cuda})")
+    for name in ("repeats", "warmup"):
+        v = getattr(args, name)
+        if v is not None and v < (1 if name == "repeats" else 0):
+            parser.error(f"--{name} must be >= {1 if name == 'repeats' else 0}, got {v}")
+    for name in ("sizes_2d", "sizes_3d"):
+        v = getattr(args, name)
+        if v is not None and any(s < 2 for s in v):
+            parser.error(f"--{name.replace('_', '-')} sizes must be >= 2, got {v}")
+    if args.job_timeout is not None and args.job_timeout <= 0:
+        parser.error(f"--job-timeout must be > 0, got {args.job_timeout}")
+
+    known = default_cases(device, args.quick)
+    try:
+        cases = [parse_case(c, known) for c in args.cases] if args.cases else list(known.values())
+    except ValueError as exc:
+        parser.error(str(exc))
+    labels, notes = _labels(args, parser, device)
+
+    gpu = device == "cuda"
+    repeats = args.repeats or ((10 if args.quick else 30) if gpu else (5 if args.quick else 15))
+    warmup = args.warmup if args.warmup is not None else (5 if gpu else (1 if args.quick else 2))
+    compile_skip = {}
+    if args.quick and not gpu and not args.cases:
+        compile_skip = {c.name: "not measured by --quick on a CPU (torch.compile costs ~25 s per shape there); "
+                                "run without --quick or name the case with --cases"
+                        for c in cases if c.name not in CPU_QUICK_COMPILE}
+    sizes = scaling_shapes(device, args.quick)
+    if args.sizes_2d:
+        sizes[2] = (sizes[2][0], sorted(args.sizes_2d))
+    if args.sizes_3d:
+        sizes[3] = (sizes[3][0], sorted(args.sizes_3d))
+    cfg = suite.Config(
+        device=device,
+        out=out,
+        cases=cases,
+        labels=labels,
+        quick=args.quick,
+        repeats=repeats,
+        warmup=warmup,
+        isolation=args.isolation or ("none" if gpu else "process"),
+        job_timeout=args.job_timeout or (120.0 if args.quick else 600.0),
+        time_budget=args.time_budget if args.time_budget is not None else (140.0 if args.quick and not gpu else None),
+        compile_reserve=30.0 if gpu else 45.0,
+        validate=args.validate,
+        plots=not args.no_plots,
+        compile_skip=compile_skip,
+        label_notes=notes,
+        scaling_sizes=sizes,
+        scaling_repeats=args.repeats or (10 if gpu else (2 if args.quick else 3)),
+        command="scc-fast " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"]
+        else "scc-fast bench " + " ".join(shlex.quote(a) for a in _argv_of(args)),
+    )
+    for name, why in notes.items():
+        suite.progress(cfg, f"left out {name}: {why}")
+    suite.progress(cfg, f"device {device}, rows {', '.join(labels)}, isolation {cfg.isolation}, "
+                        f"{repeats} repeats after {warmup} warm-up calls, output {out}")
+    studies = ["cases", "timeline", "scaling"] if args.all else (
+        [s for s in ("timeline", "scaling") if getattr(args, s)] or ["cases"])
+    # SIGTERM (e.g. from `timeout`) becomes SystemExit so a running worker process is killed too.
+    old_handler = None
+    if threading.current_thread() is threading.main_thread():
+        old_handler = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        for study in studies:
+            getattr(suite, f"run_{study}")(cfg)
+            if study == "cases":
+                print((out / "results.md").read_text())
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
+    suite.progress(cfg, f"done; files in {out}")
+    return 0
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _argv_of(args: argparse.Namespace) -> list[str]:
+    """A reconstruction of the command for the record, when not run from the command line."""
+    parts = []
+    for k, v in sorted(vars(args).items()):
+        if k.startswith("_") or k in ("func", "command") or v in (None, False):
+            continue
+        flag = "--" + k.replace("_", "-")
+        if v is True:
+            parts.append(flag)
+        elif isinstance(v, list):
+            parts += [flag, *map(str, v)]
+        else:
+            parts += [flag, str(v)]
+    return parts

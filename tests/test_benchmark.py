@@ -1,0 +1,226 @@
+"""The benchmark suite's own logic (``scc-fast bench``): tiny shapes, one repeat, files checked.
+
+These check that the suite measures, reports and fails the way it says; they time nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+
+import pytest
+import torch
+
+from scc_fast import available_backends
+from scc_fast.benchmark import main
+from scc_fast.benchmark import measure
+from scc_fast.benchmark.cases import Case, default_cases, parse_case
+from scc_fast.benchmark.report import fit_exponent
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TINY = ["--repeats", "1", "--warmup", "1", "--isolation", "none"]
+
+
+def _png(path) -> bool:
+    return path.exists() and path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_cases_in_process_writes_json_markdown_png(tmp_path, capsys):
+    rc = main(["--cases", "tiny2d=1x3x16x16", "tiny3d=1x2x8x8x6", "--backends", "reference", "torch",
+               "--no-compile", *TINY, "--out", str(tmp_path)])
+    assert rc == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    rows = {(r["case"]["name"], r["label"]): r for r in data["rows"]}
+    assert set(rows) == {(c, b) for c in ("tiny2d", "tiny3d") for b in ("reference", "torch")}
+    for (case, label), r in rows.items():
+        assert r["status"] == "ok", r.get("reason")
+        assert set(r["time"]) == {"fwd", "fwdbwd"} and r["time"]["fwdbwd"]["n"] == 1
+        assert r["time"]["fwdbwd"]["median_ms"] > 0
+        assert r["memory"]["fwdbwd"]["peak_bytes"] is not None
+        # the same loss from every backend, and ratios against the reference of the same run
+        assert r["derived"]["loss_rel_diff"] < 1e-5
+        if label == "reference":
+            assert r["derived"]["speedup"]["fwdbwd"] == pytest.approx(1.0)
+    assert data["meta"]["labels"] == ["reference", "torch"]
+    assert "reference-compile" in data["meta"]["left_out"]
+    md = (tmp_path / "results.md").read_text()
+    for word in ("tiny2d", "tiny3d", "| reference |", "| torch |", "1x3x16x16 (custom shape)", "torch 2."):
+        assert word in md
+    assert _png(tmp_path / "cases.png")
+    assert "| torch |" in capsys.readouterr().out  # the table is printed too
+
+    # --report-only rebuilds the Markdown and plot from the JSON
+    (tmp_path / "results.md").unlink()
+    (tmp_path / "cases.png").unlink()
+    assert main(["--report-only", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "results.md").read_text() == md
+    assert _png(tmp_path / "cases.png")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc for the CPU peak")
+def test_cases_fresh_process_per_row_measures_rss(tmp_path):
+    rc = main(["--cases", "p=1x3x96x96", "--backends", "torch", "--no-compile", "--repeats", "1",
+               "--warmup", "1", "--isolation", "process", "--no-plots", "--out", str(tmp_path)])
+    assert rc == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert [r["label"] for r in data["rows"]] == ["reference", "torch"]
+    for r in data["rows"]:
+        assert r["status"] == "ok", r.get("reason")
+        assert "rss_after_inputs_bytes" in r and r["ru_maxrss_bytes"] > r["rss_after_inputs_bytes"] // 2
+        # the reference materialises complex spectra of 3 x 96 x 96: well above a page or two
+        if r["label"] == "reference":
+            assert r["memory"]["fwdbwd"]["peak_bytes"] > 3 * 96 * 96 * 8
+    assert not (tmp_path / "cases.png").exists()
+
+
+def test_compile_failure_is_reported_not_fatal(tmp_path, monkeypatch):
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found (simulated)")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    rc = main(["--cases", "t=1x2x8x8", "--backends", "reference", "reference-compile", *TINY, "--out", str(tmp_path)])
+    assert rc == 0
+    rows = {r["label"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
+    assert rows["reference"]["status"] == "ok"
+    assert rows["reference-compile"]["status"] == "failed"
+    assert "no C++ compiler found" in rows["reference-compile"]["reason"]
+    assert "reference-compile on t: failed: RuntimeError: no C++ compiler found" in (tmp_path / "results.md").read_text()
+
+
+def test_time_budget_skips_rows_with_reason(tmp_path):
+    rc = main(["--cases", "t=1x2x8x8", "--backends", "torch", "--no-compile", *TINY, "--time-budget", "0",
+               "--no-plots", "--out", str(tmp_path)])
+    assert rc == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert all(r["status"] == "skipped" and "time budget" in r["reason"] for r in rows)
+
+
+def test_scaling_fits_and_plots(tmp_path, capsys):
+    rc = main(["--scaling", "--backends", "torch", "--sizes-2d", "8", "16", "32", "64", "--sizes-3d", "4", "8",
+               *TINY, "--out", str(tmp_path)])
+    assert rc == 0
+    data = json.loads((tmp_path / "scaling.json").read_text())
+    assert {(p["ndim"], p["label"]) for p in data["points"]} == {(d, b) for d in (2, 3) for b in ("reference", "torch")}
+    assert all(p["status"] == "ok" for p in data["points"])
+    fits = {(f["ndim"], f["label"]): f for f in data["fits"]}
+    assert math.isfinite(fits[(2, "torch")]["time"]["exponent"])
+    assert fits[(2, "torch")]["time_large"] is not None  # 4 sizes: the upper half is fitted too
+    assert fits[(3, "torch")]["time_large"] is None
+    assert "growth exponents" in capsys.readouterr().out
+    assert _png(tmp_path / "scaling.png")
+    assert "time exponent" in (tmp_path / "scaling.md").read_text()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc for the CPU timeline")
+def test_timeline_cpu_phases(tmp_path):
+    rc = main(["--timeline", "--cases", "t=1x3x64x64", "--backends", "torch", "--isolation", "none",
+               "--out", str(tmp_path)])
+    assert rc == 0
+    data = json.loads((tmp_path / "timeline.json").read_text())
+    assert [r["label"] for r in data["rows"]] == ["reference", "torch"]
+    for r in data["rows"]:
+        assert r["status"] == "ok", r.get("reason")
+        assert [p["phase"] for p in r["phases"]] == ["inputs", "forward", "backward", "freed"]
+        assert r["phases"][0]["hwm_bytes"] >= 3 * 64 * 64 * 4  # the logits alone
+    assert _png(tmp_path / "timeline.png")
+
+
+def _unavailable_backend():
+    return next((n for n, s in available_backends().items() if not s.available), None)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--cases", "nope"], "--cases entries must be one of"),
+        (["--cases", "x=1x3"], "--cases entries must be one of"),
+        (["--cases", "x=1x1x8x8"], "C >= 2"),
+        (["--backends", "nope"], "unknown backend 'nope'"),
+        (["--repeats", "0"], "--repeats must be >= 1"),
+        (["--sizes-2d", "1"], "--sizes-2d sizes must be >= 2"),
+        (["--device", "gpu"], "invalid choice"),
+    ],
+)
+def test_argument_errors(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_cuda_requested_without_cuda(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--device", "cuda", "--out", str(tmp_path)])
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_unavailable_backend_requested_is_an_error(tmp_path, capsys):
+    name = _unavailable_backend()
+    if name is None:
+        pytest.skip("every backend is available here")
+    with pytest.raises(SystemExit):
+        main(["--backends", name, "--out", str(tmp_path)])
+    assert f"backend {name!r} is not available here" in capsys.readouterr().err
+
+
+def test_report_only_needs_results(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--report-only", "--out", str(tmp_path)])
+    assert "no results.json" in capsys.readouterr().err
+
+
+def test_fit_exponent_on_synthetic_power_laws():
+    rng = random.Random(0)
+    n = [64**2, 128**2, 256**2, 512**2, 1024**2]
+    exact = fit_exponent(n, [3e-4 * x**1.25 for x in n])
+    assert exact["exponent"] == pytest.approx(1.25, abs=1e-12) and exact["r2"] == pytest.approx(1.0)
+    noisy = fit_exponent(n, [2.0 * x * math.log(x) * rng.uniform(0.95, 1.05) for x in n])
+    assert 1.05 < noisy["exponent"] < 1.2  # N log N grows a little faster than N
+    assert fit_exponent(n, [5.0] * 5)["exponent"] == pytest.approx(0.0, abs=1e-12)
+    # unusable points are dropped; fewer than two distinct sizes give no fit
+    assert fit_exponent([1, 2, 4], [0.0, None, 8.0]) is None
+    assert fit_exponent([4, 4], [1.0, 2.0]) is None
+    assert fit_exponent([1, 2, 4], [1.0, 0.0, 16.0])["exponent"] == pytest.approx(2.0)
+
+
+def test_case_scales_are_written_out():
+    quick = default_cases("cpu", quick=True)
+    assert quick["synapse-2d"].shape == (8, 9, 224, 224)
+    assert quick["synapse-2d"].scale == pytest.approx(1 / 3)
+    assert quick["synapse-2d"].scale_text == "1/3 of 24x9x224x224 (batch 8/24)"
+    assert quick["brats-3d"].shape == (2, 4, 64, 64, 64)
+    assert quick["brats-3d"].scale_text == "1/8 of 2x4x128x128x128 (spatial 64x64x64 of 128x128x128)"
+    full = default_cases("cpu", quick=False)
+    assert full["brats-3d-64"].shape == (2, 4, 64, 64, 64)  # issue 2's acceptance shape
+    gpu = default_cases("cuda", quick=False)
+    assert {c.shape for c in gpu.values()} == {
+        (24, 9, 224, 224), (16, 2, 512, 512), (2, 4, 128, 128, 128), (2, 14, 96, 96, 96)}
+    assert all(c.scale == 1 and c.scale_text == "full SPEC size" for c in gpu.values())
+    assert parse_case("polyp-2d", {}) == Case("polyp-2d", (16, 2, 512, 512), "polyp-2d")
+    assert parse_case("a=2x3x5x7", {}).shape == (2, 3, 5, 7)
+    assert parse_case("2x3x4x5x6", {}).name == "2x3x4x5x6"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="Linux only")
+def test_cpu_high_water_mark_resets():
+    assert measure.reset_hwm()
+    measure.trim_heap()
+    rss0, _ = measure.read_rss()
+    big = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    rss1, hwm1 = measure.read_rss()
+    assert hwm1 - rss0 >= 60 * 2**20
+    del big
+    measure.trim_heap()
+    assert measure.reset_hwm()
+    rss2, hwm2 = measure.read_rss()
+    assert hwm2 - rss2 < 8 * 2**20 and hwm1 - hwm2 >= 50 * 2**20
+
+
+def test_summary_statistics():
+    s = measure.summarize([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert (s["median_ms"], s["q1_ms"], s["q3_ms"], s["min_ms"], s["max_ms"], s["n"]) == (3.0, 2.0, 4.0, 1.0, 5.0, 5)
+    one = measure.summarize([7.0])
+    assert one["median_ms"] == one["q1_ms"] == one["q3_ms"] == 7.0
