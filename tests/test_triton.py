@@ -153,15 +153,16 @@ def test_no_grad_path_matches():
 def test_tiled_loops_and_persistent_grid(monkeypatch):
     # Small blocks force several tiles per axis (as on GPU), and fewer programs than pairs make
     # each program loop over pairs, reusing its scratch.
-    monkeypatch.setattr(triton_scc, "_blocks", lambda H, W: (16, 16, 16, 4))
+    monkeypatch.setattr(triton_scc, "_blocks", lambda H, W, precision: (16, 16, 16, 4, 1))
     monkeypatch.setattr(triton_scc, "_max_programs", lambda device, n_pairs: 2)
     probs, target = make_inputs((2, 3, 37, 45), labels=True, seed=19)
     compare(probs, target, magnitude_weight=0.6, phase_weight=0.4)
 
 
-def test_gpu_block_configuration(monkeypatch):
+@pytest.mark.parametrize("precision", list(triton_scc.GPU_BLOCKS))
+def test_gpu_block_configuration(monkeypatch, precision):
     # The block sizes used on GPU, at a size with partial tiles on both axes.
-    monkeypatch.setattr(triton_scc, "_blocks", lambda H, W: (64, 64, 32, 8))
+    monkeypatch.setattr(triton_scc, "_blocks", lambda H, W, p: triton_scc.GPU_BLOCKS[precision])
     probs, target = make_inputs((1, 2, 70, 66), labels=True, seed=23)
     compare(probs, target)
 

@@ -4,17 +4,21 @@ One program handles one (image, class) pair at a time (a persistent grid loops o
 does all of SPEC section 2 for it:
 
 0. spatial sums of p and y (two passes, so the centered sums have no cancellation);
-1. row DFT along W, real-to-complex onto the ``W // 2 + 1`` half spectrum, as ``tl.dot``
-   products of the p / y tiles with cosine and sine tables (written to a per-program scratch);
-2. column DFT along H (complex), as ``tl.dot`` with the H tables; ``A = |P|``, ``B = |Y|`` and
-   the weighted half-spectrum sums ``T_a, T_b, T_ab`` (P and B kept in the scratch);
-3. the per-pair scalars, exactly as :func:`scc_fast.backends.torch_fft.pair_coefficients`
-   with the zero tests of :mod:`scc_fast._numerics` (float32 epsilon);
+1. row DFTs along W, real-to-complex onto the ``W // 2 + 1`` half spectrum, as ``tl.dot``
+   products of the p / y tiles with cosine and sine tables (one map at a time, into a
+   per-program scratch in global memory, which stays in L2);
+2. column DFTs along H (complex), as ``tl.dot`` with the H tables: first Y (``B = |Y|`` kept
+   in the scratch, ``T_b``), then P (``A = |P|``, ``T_a``, ``T_ab``; P kept for the gradient);
+3. the per-pair scalars, as :func:`scc_fast.backends.torch_fft.pair_coefficients` with the
+   zero tests of :mod:`scc_fast._numerics` (float32 epsilon), plus one guard: the phase term
+   is 0 when A or B is rounding noise over K (a constant map), where 1 / T_ab would explode;
 4. the gradient field ``(c_a + c_ab B_k) U_k`` (``U = P / |P|``, 0 where ``|P| = 0``, DC
-   zeroed when it is out of K) and its inverse column DFT;
+   zeroed when it is out of K, 0 off DC for a constant p) and its inverse column DFT;
 5. the inverse row DFT (complex-to-real, half-spectrum weights 1/2/1), plus the spatial
    terms ``2N c_aa (p - [DC out] mean p) + N c_re (y - [DC out] mean y)``: dSCC/dp is written.
 
+Scratch per program: H x (W // 2 + 1) float32 planes, 7 with the gradient (P1 re/im, Y1 re/im,
+B, P re/im; phase 4 writes its result over P1), 5 without.
 Phases are separated by ``tl.debug_barrier()`` (the scratch is written and read by all threads
 of the program). Integer labels are compared with ``first_class + c`` inside the kernel, so no
 one-hot tensor is ever made. Padded rows and columns of every tile are masked to 0.
@@ -88,6 +92,79 @@ if triton is not None:
         return p, y, mask
 
     @triton.jit
+    def _row_dft(
+        p_base, t_base, cos_w_ptr, sin_w_ptr, out_r, out_i, H, W, WH, cls,
+        TARGET: tl.constexpr, LABELS: tl.constexpr, PRECISION: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    ):
+        """X1 = x @ (C - iS) along W (x = p, or y when TARGET), H x WH, into out_r / out_i."""
+        rm = tl.arange(0, BM)
+        rn = tl.arange(0, BN)
+        rk = tl.arange(0, BK)
+        for h0 in range(0, H, BM):
+            rows = h0 + rm
+            for k0 in range(0, WH, BN):
+                kcols = k0 + rn
+                acc_r = tl.zeros([BM, BN], dtype=tl.float32)
+                acc_i = tl.zeros([BM, BN], dtype=tl.float32)
+                for w0 in range(0, W, BK):
+                    wr = w0 + rk
+                    mask = (rows[:, None] < H) & (wr[None, :] < W)
+                    offs = rows[:, None] * W + wr[None, :]
+                    if TARGET:
+                        if LABELS:
+                            lab = tl.load(t_base + offs, mask=mask, other=0)
+                            x = tl.where(mask & (lab == cls), 1.0, 0.0)
+                        else:
+                            x = tl.load(t_base + offs, mask=mask, other=0.0).to(tl.float32)
+                    else:
+                        x = tl.load(p_base + offs, mask=mask, other=0.0).to(tl.float32)
+                    tmask = (wr[:, None] < W) & (kcols[None, :] < WH)
+                    toffs = wr[:, None] * WH + kcols[None, :]
+                    cw = tl.load(cos_w_ptr + toffs, mask=tmask, other=0.0)
+                    sw = tl.load(sin_w_ptr + toffs, mask=tmask, other=0.0)
+                    acc_r += tl.dot(x, cw, input_precision=PRECISION)
+                    acc_i -= tl.dot(x, sw, input_precision=PRECISION)
+                smask = (rows[:, None] < H) & (kcols[None, :] < WH)
+                soffs = rows[:, None] * WH + kcols[None, :]
+                tl.store(out_r + soffs, acc_r, mask=smask)
+                tl.store(out_i + soffs, acc_i, mask=smask)
+
+    @triton.jit
+    def _col_dft(
+        cos_h_ptr, sin_h_ptr, x1r_ptr, x1i_ptr, khs, kcols, H, WH,
+        PRECISION: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    ):
+        """Tile [khs x kcols] of X = (C - iS) @ X1 along H (X1 = H x WH in scratch)."""
+        rk = tl.arange(0, BK)
+        xr = tl.zeros([BM, BN], dtype=tl.float32)
+        xi = tl.zeros([BM, BN], dtype=tl.float32)
+        for h0 in range(0, H, BK):
+            hs = h0 + rk
+            tmask = (khs[:, None] < H) & (hs[None, :] < H)
+            toffs = khs[:, None] * H + hs[None, :]
+            ch = tl.load(cos_h_ptr + toffs, mask=tmask, other=0.0)
+            sh = tl.load(sin_h_ptr + toffs, mask=tmask, other=0.0)
+            xmask = (hs[:, None] < H) & (kcols[None, :] < WH)
+            xoffs = hs[:, None] * WH + kcols[None, :]
+            a_r = tl.load(x1r_ptr + xoffs, mask=xmask, other=0.0)
+            a_i = tl.load(x1i_ptr + xoffs, mask=xmask, other=0.0)
+            xr += tl.dot(ch, a_r, input_precision=PRECISION) + tl.dot(sh, a_i, input_precision=PRECISION)
+            xi += tl.dot(ch, a_i, input_precision=PRECISION) - tl.dot(sh, a_r, input_precision=PRECISION)
+        return xr, xi
+
+    @triton.jit
+    def _half_spectrum_weight(khs, kcols, H, W, WH, INCLUDE_DC: tl.constexpr):
+        """Weights turning half-spectrum sums into full ones: 2, except bin 0 and the Nyquist
+        bin of even W (1); 0 outside the spectrum and, with DC out of K, at the DC bin."""
+        inside = (khs[:, None] < H) & (kcols[None, :] < WH)
+        once = (kcols[None, :] == 0) | (kcols[None, :] * 2 == W)
+        wgt = tl.where(inside, tl.where(once, 1.0, 2.0), 0.0)
+        if not INCLUDE_DC:
+            wgt = tl.where((khs[:, None] == 0) & (kcols[None, :] == 0), 0.0, wgt)
+        return wgt, inside
+
+    @triton.jit
     def _scc_fused_kernel(
         probs_ptr, target_ptr,  # B*C' x H x W probs; labels B x H x W or float B*C' x H x W
         cos_w_ptr, sin_w_ptr,  # W x WH tables: cos / sin(2 pi w k / W)
@@ -116,9 +193,9 @@ if triton is not None:
         s_p1i = scratch + plane
         s_y1r = scratch + 2 * plane
         s_y1i = scratch + 3 * plane
-        s_pr = scratch + 4 * plane
-        s_pi = scratch + 5 * plane
-        s_b = scratch + 6 * plane
+        s_b = scratch + 4 * plane
+        s_pr = scratch + 5 * plane  # slots 5-6 only with NEED_GRAD
+        s_pi = scratch + 6 * plane
 
         rm = tl.arange(0, BM)
         rn = tl.arange(0, BN)
@@ -133,32 +210,32 @@ if triton is not None:
             else:
                 t_base = target_ptr + tl.cast(pair, tl.int64) * hw
 
-            # ---- phase 0: spatial sums (mean first, then centered sums) ----
-            acc_p = tl.zeros([BM, BN], dtype=tl.float32)
-            acc_y = tl.zeros([BM, BN], dtype=tl.float32)
+            # ---- phase 0: spatial sums (mean first, then centered sums); per-row vectors ----
+            acc_p = tl.zeros([BM], dtype=tl.float32)
+            acc_y = tl.zeros([BM], dtype=tl.float32)
             for h0 in range(0, H, BM):
                 for w0 in range(0, W, BN):
                     p, y, mask = _load_pair_tile(p_base, t_base, h0 + rm, w0 + rn, H, W, cls, LABELS)
-                    acc_p += p
-                    acc_y += y
-            s_p = tl.sum(tl.sum(acc_p, axis=1), axis=0)
-            s_y = tl.sum(tl.sum(acc_y, axis=1), axis=0)
+                    acc_p += tl.sum(p, axis=1)
+                    acc_y += tl.sum(y, axis=1)
+            s_p = tl.sum(acc_p, axis=0)
+            s_y = tl.sum(acc_y, axis=0)
             mean_p = s_p / n_vox
             mean_y = s_y / n_vox
-            acc_pp = tl.zeros([BM, BN], dtype=tl.float32)
-            acc_pyc = tl.zeros([BM, BN], dtype=tl.float32)
-            acc_py = tl.zeros([BM, BN], dtype=tl.float32)
-            acc_yy = tl.zeros([BM, BN], dtype=tl.float32)
+            acc_pp = tl.zeros([BM], dtype=tl.float32)
+            acc_pyc = tl.zeros([BM], dtype=tl.float32)
+            acc_py = tl.zeros([BM], dtype=tl.float32)
+            acc_yy = tl.zeros([BM], dtype=tl.float32)
             for h0 in range(0, H, BM):
                 for w0 in range(0, W, BN):
                     p, y, mask = _load_pair_tile(p_base, t_base, h0 + rm, w0 + rn, H, W, cls, LABELS)
                     pc = tl.where(mask, p - mean_p, 0.0)
                     yc = tl.where(mask, y - mean_y, 0.0)
-                    acc_pp += pc * pc
-                    acc_pyc += pc * y
-                    acc_py += p * y
-                    acc_yy += yc * yc
-            var_p = tl.sum(tl.sum(acc_pp, axis=1), axis=0) / n_vox
+                    acc_pp += tl.sum(pc * pc, axis=1)
+                    acc_pyc += tl.sum(pc * y, axis=1)
+                    acc_py += tl.sum(p * y, axis=1)
+                    acc_yy += tl.sum(yc * yc, axis=1)
+            var_p = tl.sum(acc_pp, axis=0) / n_vox
             total_a = n_vox * (n_vox * (var_p + mean_p * mean_p))
             if LABELS:
                 count = s_y
@@ -170,96 +247,61 @@ if triton is not None:
                     energy_b = count * (n_vox - count)
                     valid = energy_b > 0
             else:
-                var_y = tl.sum(tl.sum(acc_yy, axis=1), axis=0) / n_vox
+                var_y = tl.sum(acc_yy, axis=0) / n_vox
                 total_b = n_vox * n_vox * (var_y + mean_y * mean_y)
                 if INCLUDE_DC:
                     energy_b = total_b
                 else:
                     energy_b = n_vox * n_vox * var_y
-                valid = (energy_b > 1e-9 * total_b) | (energy_b != energy_b)  # NaN target: NaN propagates
+                valid = energy_b > 1e-9 * total_b
             if INCLUDE_DC:
                 energy_a = total_a
-                cross = n_vox * tl.sum(tl.sum(acc_py, axis=1), axis=0)
+                cross = n_vox * tl.sum(acc_py, axis=0)
             else:
                 energy_a = n_vox * n_vox * var_p
-                cross = n_vox * tl.sum(tl.sum(acc_pyc, axis=1), axis=0)
+                cross = n_vox * tl.sum(acc_pyc, axis=0)
 
-            # ---- phase 1: row DFT along W onto the half spectrum: X1 = x @ (C - iS) ----
-            for h0 in range(0, H, BM):
-                rows = h0 + rm
-                for k0 in range(0, WH, BN):
-                    kcols = k0 + rn
-                    p1r = tl.zeros([BM, BN], dtype=tl.float32)
-                    p1i = tl.zeros([BM, BN], dtype=tl.float32)
-                    y1r = tl.zeros([BM, BN], dtype=tl.float32)
-                    y1i = tl.zeros([BM, BN], dtype=tl.float32)
-                    for w0 in range(0, W, BK):
-                        wr = w0 + rk
-                        p, y, mask = _load_pair_tile(p_base, t_base, rows, wr, H, W, cls, LABELS)
-                        tmask = (wr[:, None] < W) & (kcols[None, :] < WH)
-                        toffs = wr[:, None] * WH + kcols[None, :]
-                        cw = tl.load(cos_w_ptr + toffs, mask=tmask, other=0.0)
-                        sw = tl.load(sin_w_ptr + toffs, mask=tmask, other=0.0)
-                        p1r += tl.dot(p, cw, input_precision=PRECISION)
-                        p1i -= tl.dot(p, sw, input_precision=PRECISION)
-                        y1r += tl.dot(y, cw, input_precision=PRECISION)
-                        y1i -= tl.dot(y, sw, input_precision=PRECISION)
-                    smask = (rows[:, None] < H) & (kcols[None, :] < WH)
-                    soffs = rows[:, None] * WH + kcols[None, :]
-                    tl.store(s_p1r + soffs, p1r, mask=smask)
-                    tl.store(s_p1i + soffs, p1i, mask=smask)
-                    tl.store(s_y1r + soffs, y1r, mask=smask)
-                    tl.store(s_y1i + soffs, y1i, mask=smask)
+            # ---- phase 1: row DFTs along W onto the half spectrum, X1 = x @ (C - iS) ----
+            # One map at a time (p into slots 0-1, y into 2-3): two accumulators live, not four.
+            _row_dft(p_base, t_base, cos_w_ptr, sin_w_ptr, s_p1r, s_p1i, H, W, WH, cls,
+                     False, LABELS, PRECISION, BM, BN, BK)
+            _row_dft(p_base, t_base, cos_w_ptr, sin_w_ptr, s_y1r, s_y1i, H, W, WH, cls,
+                     True, LABELS, PRECISION, BM, BN, BK)
             tl.debug_barrier()
 
-            # ---- phase 2: column DFT along H, X = (C - iS) @ X1; |P|, |Y| and the T sums ----
-            acc_ta = tl.zeros([BM, BN], dtype=tl.float32)
-            acc_tb = tl.zeros([BM, BN], dtype=tl.float32)
-            acc_tab = tl.zeros([BM, BN], dtype=tl.float32)
+            # ---- phase 2a: column DFT of Y along H, Y = (C - iS) @ Y1; B = |Y| kept, T_b ----
+            acc_tb = tl.zeros([BM], dtype=tl.float32)
             for kh0 in range(0, H, BM):
                 khs = kh0 + rm
                 for k0 in range(0, WH, BN):
                     kcols = k0 + rn
-                    pr = tl.zeros([BM, BN], dtype=tl.float32)
-                    pi = tl.zeros([BM, BN], dtype=tl.float32)
-                    yr = tl.zeros([BM, BN], dtype=tl.float32)
-                    yi = tl.zeros([BM, BN], dtype=tl.float32)
-                    for h0 in range(0, H, BK):
-                        hs = h0 + rk
-                        tmask = (khs[:, None] < H) & (hs[None, :] < H)
-                        toffs = khs[:, None] * H + hs[None, :]
-                        ch = tl.load(cos_h_ptr + toffs, mask=tmask, other=0.0)
-                        sh = tl.load(sin_h_ptr + toffs, mask=tmask, other=0.0)
-                        xmask = (hs[:, None] < H) & (kcols[None, :] < WH)
-                        xoffs = hs[:, None] * WH + kcols[None, :]
-                        a_r = tl.load(s_p1r + xoffs, mask=xmask, other=0.0)
-                        a_i = tl.load(s_p1i + xoffs, mask=xmask, other=0.0)
-                        b_r = tl.load(s_y1r + xoffs, mask=xmask, other=0.0)
-                        b_i = tl.load(s_y1i + xoffs, mask=xmask, other=0.0)
-                        pr += tl.dot(ch, a_r, input_precision=PRECISION) + tl.dot(sh, a_i, input_precision=PRECISION)
-                        pi += tl.dot(ch, a_i, input_precision=PRECISION) - tl.dot(sh, a_r, input_precision=PRECISION)
-                        yr += tl.dot(ch, b_r, input_precision=PRECISION) + tl.dot(sh, b_i, input_precision=PRECISION)
-                        yi += tl.dot(ch, b_i, input_precision=PRECISION) - tl.dot(sh, b_r, input_precision=PRECISION)
-                    amag = tl.sqrt(pr * pr + pi * pi)
+                    yr, yi = _col_dft(cos_h_ptr, sin_h_ptr, s_y1r, s_y1i, khs, kcols, H, WH, PRECISION, BM, BN, BK)
                     bmag = tl.sqrt(yr * yr + yi * yi)
-                    # Half-spectrum weights: 2, except bin 0 and the Nyquist bin of even W (1);
-                    # 0 outside the spectrum and, with DC out of K, at the DC bin.
-                    inside = (khs[:, None] < H) & (kcols[None, :] < WH)
-                    once = (kcols[None, :] == 0) | (kcols[None, :] * 2 == W)
-                    wgt = tl.where(inside, tl.where(once, 1.0, 2.0), 0.0)
-                    if not INCLUDE_DC:
-                        wgt = tl.where((khs[:, None] == 0) & (kcols[None, :] == 0), 0.0, wgt)
-                    acc_ta += wgt * amag
-                    acc_tb += wgt * bmag
-                    acc_tab += wgt * amag * bmag
+                    wgt, inside = _half_spectrum_weight(khs, kcols, H, W, WH, INCLUDE_DC)
+                    acc_tb += tl.sum(wgt * bmag, axis=1)
+                    tl.store(s_b + khs[:, None] * WH + kcols[None, :], bmag, mask=inside)
+            tl.debug_barrier()
+
+            # ---- phase 2b: column DFT of P; A = |P|, T_a and T_ab (P kept for the gradient) ----
+            acc_ta = tl.zeros([BM], dtype=tl.float32)
+            acc_tab = tl.zeros([BM], dtype=tl.float32)
+            for kh0 in range(0, H, BM):
+                khs = kh0 + rm
+                for k0 in range(0, WH, BN):
+                    kcols = k0 + rn
+                    pr, pi = _col_dft(cos_h_ptr, sin_h_ptr, s_p1r, s_p1i, khs, kcols, H, WH, PRECISION, BM, BN, BK)
+                    amag = tl.sqrt(pr * pr + pi * pi)
+                    wgt, inside = _half_spectrum_weight(khs, kcols, H, W, WH, INCLUDE_DC)
+                    soffs = khs[:, None] * WH + kcols[None, :]
+                    bmag = tl.load(s_b + soffs, mask=inside, other=0.0)
+                    acc_ta += tl.sum(wgt * amag, axis=1)
+                    acc_tab += tl.sum(wgt * amag * bmag, axis=1)
                     if NEED_GRAD:
-                        soffs = khs[:, None] * WH + kcols[None, :]
                         tl.store(s_pr + soffs, pr, mask=inside)
                         tl.store(s_pi + soffs, pi, mask=inside)
-                        tl.store(s_b + soffs, bmag, mask=inside)
-            t_a = tl.sum(tl.sum(acc_ta, axis=1), axis=0)
-            t_b = tl.sum(tl.sum(acc_tb, axis=1), axis=0)
-            t_ab = tl.sum(tl.sum(acc_tab, axis=1), axis=0)
+            t_a = tl.sum(acc_ta, axis=0)
+            t_b = tl.sum(acc_tb, axis=0)
+            t_ab = tl.sum(acc_tab, axis=0)
 
             # ---- phase 3: per-pair scalars, as torch_fft.pair_coefficients ----
             var_a = energy_a - t_a * t_a / n_k
@@ -392,16 +434,30 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _blocks(H: int, W: int) -> tuple[int, int, int, int]:
-    """(BM, BN, BK, num_warps). tl.dot needs every block dim >= 16."""
+#: GPU tile configurations (BM, BN, BK, num_warps, num_stages) per dot precision, chosen so that
+#: ptxas reports no (or next to no) register spills for sm_90 (compiled without a GPU with
+#: triton.compile(..., target=GPUTarget("cuda", 90, 32)) and cuobjdump --dump-resource-usage:
+#: tf32 64/32/32/8/2 -> 16 B stack; ieee 64/32/16/8/2 -> 56 B; tf32x3 64/32/16/8/1 -> 0 B;
+#: 64/64/32/8/3, the first guess, spilled 424 B). Not timed: no GPU was available to tune them.
+GPU_BLOCKS = {
+    "tf32": (64, 32, 32, 8, 2),
+    "ieee": (64, 32, 16, 8, 2),
+    "tf32x3": (64, 32, 16, 8, 1),
+}
+
+
+def _blocks(H: int, W: int, precision: str = "tf32") -> tuple[int, int, int, int, int]:
+    """(BM, BN, BK, num_warps, num_stages). tl.dot needs every block dim >= 16."""
     if _INTERPRET:
         # Each tl op is one numpy call: the fewer, larger blocks the better.
         b = max(16, min(128, _next_pow2(max(H, W // 2 + 1))))
-        return b, b, b, 4
-    bm = max(16, min(64, _next_pow2(H)))
-    bn = max(16, min(64, _next_pow2(max(W // 2 + 1, min(W, 64)))))
-    bk = max(16, min(32, _next_pow2(min(H, W))))
-    return bm, bn, bk, 8
+        return b, b, b, 4, 1
+    bm, bn, bk, warps, stages = GPU_BLOCKS[precision]
+    # Small images: no block larger than the axis it tiles needs.
+    bm = max(16, min(bm, _next_pow2(H)))
+    bn = max(16, min(bn, _next_pow2(W // 2 + 1)))
+    bk = max(16, min(bk, _next_pow2(min(H, W // 2 + 1))))
+    return bm, bn, bk, warps, stages
 
 
 def _max_programs(device: torch.device, n_pairs: int) -> int:
@@ -434,19 +490,19 @@ def _launch(probs, target, first_class, include_dc, magnitude_weight, phase_weig
         target = target.to(torch.uint8)
     cos_w, sin_w = _twiddles(W, WH, device)
     cos_h, sin_h = _twiddles(H, H, device)
-    slots = 7 if need_grad else 4
+    slots = 7 if need_grad else 5
     n_prog = _max_programs(device, n_pairs)
     scratch = torch.empty(n_prog * slots * H * WH, dtype=torch.float32, device=device)
     scc = torch.empty(n_pairs, dtype=torch.float32, device=device)
     valid = torch.empty(n_pairs, dtype=torch.int8, device=device)
     grad = torch.empty((n_batch, n_chan, H, W) if need_grad else (0,), dtype=torch.float32, device=device)
-    bm, bn, bk, warps = _blocks(H, W)
+    bm, bn, bk, warps, stages = _blocks(H, W, precision)
     _scc_fused_kernel[(n_prog,)](
         probs, target, cos_w, sin_w, cos_h, sin_h, scratch, scc, valid, grad if need_grad else scc,
         n_pairs, n_chan, int(first_class), H, W, WH,
         float(magnitude_weight), float(phase_weight),
         LABELS=labels, INCLUDE_DC=bool(include_dc), NEED_GRAD=bool(need_grad),
-        SLOTS=slots, PRECISION=precision, BM=bm, BN=bn, BK=bk, num_warps=warps,
+        SLOTS=slots, PRECISION=precision, BM=bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages,
     )
     return scc.view(n_batch, n_chan), valid.view(n_batch, n_chan).bool(), grad
 
