@@ -192,6 +192,32 @@ def test_unsupported_device_is_reported():
         backends.select_backend("triton_fft", p, t)
 
 
+def test_torch_compile_fullgraph_opcheck_and_double_backward():
+    probs, target = make_inputs((1, 3, 6, 5, 7), labels=True, seed=37)
+    p, t = probs.to(DEVICE, torch.float32), target.to(DEVICE)
+
+    def loss_fn(x, t):
+        return scc_fast.scc_loss(x, t, softmax=True, backend="triton_fft", validate=False)
+
+    x = p.clone().requires_grad_(True)
+    eager = loss_fn(x, t)
+    (g_eager,) = torch.autograd.grad(eager, x)
+    # fullgraph=True fails on any graph break; aot_eager runs AOTAutograd (fake implementation,
+    # autograd registration) without a C++ compiler for the rest of the graph.
+    compiled = torch.compile(loss_fn, backend="aot_eager", fullgraph=True)
+    out = compiled(x, t)
+    (g_compiled,) = torch.autograd.grad(out, x)
+    assert torch.allclose(out, eager) and torch.allclose(g_compiled, g_eager)
+
+    op = torch.ops.scc_fast.triton_fft_correlation.default
+    torch.library.opcheck(op, (p.clone().requires_grad_(True), t, 0, False, 0.5, 0.5, True))
+    torch.library.opcheck(op, (p, t, 0, True, 0.3, 0.7, False))
+
+    y = scc_fast.scc_loss(x, t, softmax=True, backend="triton_fft")
+    with pytest.raises(RuntimeError, match="does not support double backward"):
+        torch.autograd.grad(y, x, create_graph=True)
+
+
 # ---------------------------------------------------------------- public API
 
 

@@ -24,7 +24,10 @@ For any 2D or 3D shape cuFFT handles (B x C' x H x W or B x C' x D x H x W), per
 Each stage is split over (pair, part of the map) programs that write partial results, summed
 in torch in a fixed order (deterministic, no atomics). The gradient is computed in the forward
 call and is all that is saved: backward multiplies it by the per-pair upstream gradient. Only
-one chunk's spectra are alive at a time (``CHUNK_ELEMENTS`` bounds the chunk).
+one chunk's spectra are alive at a time (``CHUNK_ELEMENTS`` bounds the chunk). The whole forward
+is the registered op ``torch.ops.scc_fast.triton_fft_correlation`` (``torch.library.custom_op``
+with a fake implementation and ``register_autograd``), so ``torch.compile`` traces a model using
+it without a graph break.
 
 Triton kernels run on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (set before
 triton is imported) for tests.
@@ -32,6 +35,7 @@ triton is imported) for tests.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -89,6 +93,16 @@ def unsupported_reason(probs: torch.Tensor, target: torch.Tensor) -> str | None:
 
 
 if triton is not None:
+
+    @triton.jit
+    def _narrow_labels_kernel(src_ptr, dst_ptr, n, lo, n_chan, BLOCK: tl.constexpr):
+        """dst = label - lo as int8 where it is a channel (0 <= label - lo < n_chan), else -1."""
+        idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        m = idx < n
+        x = tl.load(src_ptr + idx, mask=m, other=-1)
+        c = x - lo
+        out = tl.where((c >= 0) & (c < n_chan), c, -1).to(tl.int8)
+        tl.store(dst_ptr + idx, out, mask=m)
 
     @triton.jit
     def _spatial_stats_kernel(
@@ -294,11 +308,15 @@ if triton is not None:
         tl.store(out_ptr + b.to(tl.int64) * out_stride_b + j.to(tl.int64) * out_stride_c + idx, out, mask=m)
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int | None) -> int:
+    return torch.cuda.get_device_properties(index if index is not None else torch.cuda.current_device()).multi_processor_count
+
+
 def _config(device: torch.device) -> tuple[int, int]:
     """(BLOCK, target number of programs per reduction launch) for this device."""
     if device.type == "cuda":
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-        return 1024, 8 * sms
+        return 1024, 8 * _sm_count(device.index)
     # Interpreter: each program instance costs about a millisecond, so few, large programs.
     return 4096, 1
 
@@ -366,6 +384,14 @@ def _forward(
     limit = CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
     step = max(1, min(n_chan, limit // per_class))
 
+    class0 = first_class
+    if labels and n_chan <= 127 and target.element_size() > 1:
+        # Every class reads the labels twice (statistics, gradient): narrow them once to int8
+        # channel indices (-1: no channel), 1 byte a voxel instead of 8 per class and pass.
+        narrow = torch.empty(target.shape, dtype=torch.int8, device=device)
+        _narrow_labels_kernel[(-(-target.numel() // block),)](target, narrow, target.numel(), first_class, n_chan, BLOCK=block)
+        target, class0 = narrow, 0
+
     # Labels: B x spatial, the same map for every class (channel stride 0).
     y_src = target
     y_sb, y_sc = (target.stride(0), 0) if labels else (target.stride(0), target.stride(1))
@@ -385,7 +411,7 @@ def _forward(
             p_chunk, probs.stride(0), probs.stride(1),
             y_view, y_sb, y_sc,
             y_chunk, part, counts,
-            n_vox, k, first_class + c0, span, n_sp,
+            n_vox, k, class0 + c0, span, n_sp,
             LABELS=labels, WRITE_Y=labels, BLOCK=block,
         )  # fmt: skip
         mean_p, m2_p, mean_y, m2_y, c_py = _merge_moments(part)
@@ -461,39 +487,67 @@ def _forward(
             y_view, y_sb, y_sc,
             grad_chunk, grad.stride(0), grad.stride(1),
             c_p, c_y, shift,
-            n_vox, k, first_class + c0,
+            n_vox, k, class0 + c0,
             LABELS=labels, BLOCK=block,
         )  # fmt: skip
         del g
     return scc, valid, grad
 
 
-class SCCTritonFFTFunction(torch.autograd.Function):
-    """SCC per pair; dSCC/dp is computed in forward and saved, backward scales it by grad_output."""
+# Registered op: opaque to torch.compile (no graph break, a fake implementation gives the output
+# shapes), with autograd attached. Only the gradient is saved; backward is a scaling.
 
-    @staticmethod
-    def forward(ctx, probs, target, first_class, include_dc, magnitude_weight, phase_weight):
-        need_grad = ctx.needs_input_grad[0]
-        scc, valid, grad = _forward(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad)
-        ctx.mark_non_differentiable(valid)
-        ctx.input_dtype = probs.dtype
-        if need_grad:
-            ctx.save_for_backward(grad)
-        return scc, valid
 
-    @staticmethod
-    def backward(ctx, grad_scc, grad_valid):
-        # once_differentiable misses double backward when grad_scc needs no grad (the usual loss):
-        # the second derivative would be silently wrong, so refuse create_graph=True here.
-        if torch.is_grad_enabled():
-            raise RuntimeError(
-                "scc_fast backend 'triton_fft' does not support double backward (create_graph=True): its "
-                "gradient is computed analytically in the forward pass and is not differentiable. "
-                "Use backend='reference' for higher-order derivatives."
-            )
-        (grad,) = ctx.saved_tensors
-        upstream = grad_scc.to(grad.dtype).view(grad_scc.shape + (1,) * (grad.dim() - 2))
-        return (grad * upstream).to(ctx.input_dtype), None, None, None, None, None
+@torch.library.custom_op("scc_fast::triton_fft_correlation", mutates_args=())
+def triton_fft_correlation(
+    probs: torch.Tensor,
+    target: torch.Tensor,
+    first_class: int,
+    include_dc: bool,
+    magnitude_weight: float,
+    phase_weight: float,
+    need_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SCC (B x C'), valid (B x C' bool) and dSCC/dp (B x C' x spatial; empty when not ``need_grad``),
+    in float32 (float64 for float64 ``probs``)."""
+    scc, valid, grad = _forward(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad)
+    if grad is None:
+        grad = scc.new_empty((0,))
+    return scc, valid, grad
+
+
+@triton_fft_correlation.register_fake
+def _(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad):
+    acc = accumulation_dtype(probs.dtype)
+    n_batch, n_chan = probs.shape[:2]
+    scc = probs.new_empty((n_batch, n_chan), dtype=acc)
+    valid = probs.new_empty((n_batch, n_chan), dtype=torch.bool)
+    grad = probs.new_empty(tuple(probs.shape) if need_grad else (0,), dtype=acc)
+    return scc, valid, grad
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.probs_dtype = inputs[0].dtype
+    ctx.save_for_backward(output[2])
+    ctx.mark_non_differentiable(output[1], output[2])
+
+
+def _backward(ctx, grad_scc, grad_valid, grad_grad):
+    if torch.is_grad_enabled():
+        # The saved gradient is a constant to autograd: a second derivative would be silently wrong.
+        raise RuntimeError(
+            "scc_fast backend 'triton_fft' does not support double backward (create_graph=True): its gradient "
+            "is computed analytically in the forward pass and is not differentiable. Use backend='reference' "
+            "for higher-order derivatives."
+        )
+    (grad,) = ctx.saved_tensors
+    if grad.numel() == 0:
+        raise RuntimeError("scc_fast triton_fft op: backward called but the forward ran with need_grad=False")
+    upstream = grad_scc.to(grad.dtype).view(grad_scc.shape + (1,) * (grad.dim() - 2))
+    return (grad * upstream).to(ctx.probs_dtype), None, None, None, None, None, None
+
+
+triton_fft_correlation.register_autograd(_backward, setup_context=_setup_context)
 
 
 def correlation(
@@ -517,4 +571,8 @@ def correlation(
     """
     if _IMPORT_ERROR is not None:
         raise RuntimeError(_IMPORT_ERROR)
-    return SCCTritonFFTFunction.apply(probs, target, first_class, include_dc, magnitude_weight, phase_weight)
+    need_grad = torch.is_grad_enabled() and probs.requires_grad
+    scc, valid, _ = triton_fft_correlation(
+        probs, target, int(first_class), bool(include_dc), float(magnitude_weight), float(phase_weight), need_grad
+    )
+    return scc, valid
