@@ -429,3 +429,6 @@ def test_gpu_3d_check_smoke_emits_a_loadable_table(tmp_path):
     table = dispatch.load_table(tmp_path / "dispatch_table.json")
     assert table["measured"] and table["smoke"] and len(table["rows"]) == len(results["cases"])
     assert all("triton_fft" in r["ranking"] for r in table["rows"])
+    # A smoke table is valid but never decides (its timings come from the interpreter).
+    decision = dispatch.lookup(torch.device("cpu"), (16, 12), path=tmp_path / "dispatch_table.json")
+    assert decision.ranking is None and "--smoke run" in decision.note

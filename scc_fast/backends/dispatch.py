@@ -21,7 +21,8 @@ from a guess. Format (``"format": "scc_fast.dispatch/1"``)::
 A row matches an input when its device kind and number of spatial dims are the input's and N
 lies in ``[n_min, n_max)`` (``null`` = unbounded). Rows measured on the input's own card are
 preferred; otherwise a row of the same device kind is used and the explanation says so.
-Backends a ranking does not name keep their static order after the ranked ones. The file named
+Backends a ranking does not name keep their static order after the ranked ones. A table
+written by a ``--smoke`` run (``"smoke": true``) is valid but never decides. The file named
 by ``SCC_FAST_DISPATCH_TABLE`` replaces the packaged table. An unreadable or malformed table
 never breaks a training step: "auto" falls back to the static order and says why.
 """
@@ -140,10 +141,7 @@ def _describe(row: dict[str, Any]) -> str:
 def _provenance(table: dict[str, Any], row: dict[str, Any]) -> str:
     prov = {**(table.get("provenance") or {}), **(row.get("provenance") or {})}
     parts = [f"{k} {prov[k]}" for k in ("card", "date", "command") if prov.get(k)]
-    text = "measured " + ", ".join(parts) if parts else "no provenance recorded"
-    if table.get("smoke"):
-        text += " (smoke run: timings meaningless)"
-    return text
+    return "measured " + ", ".join(parts) if parts else "no provenance recorded"
 
 
 def lookup(
@@ -184,6 +182,8 @@ def _decide(name, table, error, device, spatial, card) -> Decision:
     if not table["measured"]:
         note = table.get("note") or "no GPU measurements yet"
         return Decision(None, f"dispatch table {name} has no measurements ({note}); static order used")
+    if table.get("smoke"):
+        return Decision(None, f"dispatch table {name} is from a --smoke run (timings meaningless); static order used")
     n_vox = 1
     for s in spatial:
         n_vox *= int(s)
