@@ -80,7 +80,7 @@ def pair_coefficients(s: PairStatistics, magnitude_weight: float, phase_weight: 
     var_b = s.energy_b - s.t_b * s.t_b / n
     cov = s.t_ab - s.t_a * s.t_b / n
     zero_mag = variance_is_zero(var_a, s.energy_a, s.total_a) | variance_is_zero(var_b, s.energy_b, s.total_b)
-    zero_phase = product_is_zero(s.t_ab, s.energy_a, s.energy_b)
+    zero_phase = product_is_zero(s.t_ab, s.energy_a, s.energy_b, s.total_a, s.total_b)
     one = torch.ones_like(var_a)
     den = torch.sqrt(torch.where(zero_mag, one, var_a * var_b))
     rho_mag = safe_div(cov, den, zero_mag)
@@ -173,10 +173,12 @@ def _one_class(p, y, y_is_label, include_dc, magnitude_weight, phase_weight, nee
     return scc, valid, grad
 
 
-#: Elements per chunk of classes (B x k x spatial). One class at a time measured fastest on CPU
-#: (whole-batch ops over all classes ran 5x slower at 8x9x224x224) and keeps the transient
-#: spectra to one class; raise it for many small images, where per-op overhead dominates.
-CHUNK_ELEMENTS = 1
+#: Elements per chunk of classes (B x k x spatial), per device type. On the CPU one class at a
+#: time measured fastest (whole-batch ops over all classes ran 5x slower at 8x9x224x224) and
+#: keeps the transient spectra to one class. On a GPU the per-class loop is launch-bound (5.5x
+#: slower than the reference at 24x9x224x224 on an H200, bench/RESULTS.md run 1), so classes
+#: are batched up to this many elements (a few times that in transient float32 spectra).
+CHUNK_ELEMENTS = {"cpu": 1, "cuda": 1 << 25}
 
 
 def _forward(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad):
@@ -189,7 +191,8 @@ def _forward(probs, target, first_class, include_dc, magnitude_weight, phase_wei
     valid = torch.empty(n_batch, n_chan, dtype=torch.bool, device=probs.device)
     grad = torch.empty_like(probs, memory_format=torch.contiguous_format) if need_grad else None
     per_class = probs[:, 0].numel()
-    step = max(1, min(n_chan, CHUNK_ELEMENTS // max(per_class, 1)))
+    budget = CHUNK_ELEMENTS.get(probs.device.type, CHUNK_ELEMENTS["cpu"])
+    step = max(1, min(n_chan, budget // max(per_class, 1)))
     for c0 in range(0, n_chan, step):
         c1 = min(n_chan, c0 + step)
         k = c1 - c0
