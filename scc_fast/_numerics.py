@@ -32,10 +32,23 @@ def variance_is_zero(var: torch.Tensor, energy: torch.Tensor, total_energy: torc
     return zero & torch.isfinite(total_energy)
 
 
-def product_is_zero(cross: torch.Tensor, energy_a: torch.Tensor, energy_b: torch.Tensor) -> torch.Tensor:
-    """True where ``sum_K A B`` is rounding noise next to ``sqrt(sum A^2 sum B^2)``."""
+def product_is_zero(
+    cross: torch.Tensor,
+    energy_a: torch.Tensor,
+    energy_b: torch.Tensor,
+    total_a: torch.Tensor | None = None,
+    total_b: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """True where ``sum_K A B`` is rounding noise next to ``sqrt(sum A^2 sum B^2)``, or (given the
+    total energies) where A or B itself is rounding noise over K: a constant map, whose FFT leaves
+    eps-sized residues off DC that would otherwise make a noise-driven phase correlation."""
     eps = torch.finfo(cross.dtype).eps
-    return (cross <= 64 * eps * torch.sqrt(energy_a * energy_b)) & torch.isfinite(cross)
+    zero = cross <= 64 * eps * torch.sqrt(energy_a * energy_b)
+    if total_a is not None:
+        zero = zero | (energy_a <= 1e3 * eps * eps * total_a)
+    if total_b is not None:
+        zero = zero | (energy_b <= 1e3 * eps * eps * total_b)
+    return zero & torch.isfinite(cross)
 
 
 def safe_div(num: torch.Tensor, den: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:

@@ -96,7 +96,7 @@ def reference_correlation(
 
     cross = (A * B).sum(-1)
     real_cross = (P * Y.conj()).real.sum(-1)
-    rho_phase = safe_div(real_cross, cross, product_is_zero(cross, energy_a, energy_b))
+    rho_phase = safe_div(real_cross, cross, product_is_zero(cross, energy_a, energy_b, energy_total_p, energy_total_y))
 
     valid = ~_target_is_degenerate(target, y, energy_b, include_dc)
     return magnitude_weight * rho_mag + phase_weight * rho_phase, valid
