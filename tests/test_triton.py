@@ -159,6 +159,27 @@ def test_tiled_loops_and_persistent_grid(monkeypatch):
     compare(probs, target, magnitude_weight=0.6, phase_weight=0.4)
 
 
+@pytest.mark.parametrize(
+    "shape,labels,include_dc",
+    [((1, 2, 48, 20), True, False), ((2, 2, 32, 17), False, True), ((1, 2, 64, 9), True, True)],
+)
+def test_four_step_column_dft(monkeypatch, shape, labels, include_dc):
+    # Factored DFT along H (H = N1 * N2, N2 = 16; N1 = 3 is padded to a 16 block with masks),
+    # enabled here below its default threshold so that the interpreter stays quick.
+    monkeypatch.setattr(triton_scc, "FOUR_STEP_MIN_H", 32)
+    assert triton_scc._four_step_factors(shape[2]) == (shape[2] // 16, 16)
+    probs, target = make_inputs(shape, labels, seed=47)
+    compare(probs, target, include_dc=include_dc, magnitude_weight=0.3, phase_weight=0.7)
+
+
+def test_four_step_default_threshold():
+    assert triton_scc._four_step_factors(512) == (16, 32) and triton_scc._four_step_factors(224) == (14, 16)
+    assert triton_scc._four_step_factors(100) is None and triton_scc._four_step_factors(250) is None
+    probs, target = make_inputs((1, 2, 128, 9), labels=True, seed=53)
+    probs[0, 0] = 0.5  # also a constant prediction through the factored path
+    compare(probs, target, include_dc=True)
+
+
 @pytest.mark.parametrize("precision", list(triton_scc.GPU_BLOCKS))
 def test_gpu_block_configuration(monkeypatch, precision):
     # The block sizes used on GPU, at a size with partial tiles on both axes.

@@ -18,13 +18,15 @@ does all of SPEC section 2 for it:
    terms ``2N c_aa (p - [DC out] mean p) + N c_re (y - [DC out] mean y)``: dSCC/dp is written.
 
 Scratch per program: H x (W // 2 + 1) float32 planes, 7 with the gradient (P1 re/im, Y1 re/im,
-B, P re/im; phase 4 writes its result over P1), 5 without.
+B, P re/im; phase 4 writes its result over P1), 5 without, plus 2 for the four-step path.
 Phases are separated by ``tl.debug_barrier()`` (the scratch is written and read by all threads
 of the program). Integer labels are compared with ``first_class + c`` inside the kernel, so no
 one-hot tensor is ever made. Padded rows and columns of every tile are masked to 0.
 
-The DFT here is the direct one (O(N) work per output along each axis); the four-step
-factorisation for long axes is not implemented (see the module's ``NOT_IMPLEMENTED`` note).
+Along H, from ``FOUR_STEP_MIN_H`` (128) up when 16 divides H, the DFT is factored (four-step,
+H = N1 N2 with N2 = 16 or 32: N1 DFTs of length N2 as ``tl.dot``, twiddles, N2 DFTs of length
+N1), so the work per output is N1 + N2 instead of H; other H use the direct DFT-as-dot. Along W
+(real-to-complex, and its inverse) the DFT is always the direct one (see ``NOT_IMPLEMENTED``).
 
 Precision of the dots: ``SCC_FAST_TRITON_PRECISION`` (``"tf32"``, the default, ``"tf32x3"`` or
 ``"ieee"``) or the module attribute :data:`input_precision` (it wins when set). The interpreter
@@ -65,7 +67,10 @@ input_precision: str | None = None
 MIN_SIZE, MAX_SIZE = 8, 1024
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-NOT_IMPLEMENTED = "four-step (factored) DFT for long axes: the kernel uses the direct DFT-as-dot on every axis"
+NOT_IMPLEMENTED = (
+    "four-step (factored) DFT along W: the real-to-complex row transform and its inverse use the direct "
+    "DFT-as-dot (work per output grows as W); only the H axis is factored"
+)
 
 _FP32_EPS = float(torch.finfo(torch.float32).eps)
 
@@ -165,17 +170,100 @@ if triton is not None:
         return wgt, inside
 
     @triton.jit
+    def _field_tile(s_pr, s_pi, s_b, offs, mask, khs, kcols, c_a, c_ab, flat_p, INCLUDE_DC: tl.constexpr):
+        """Gradient field (c_a + c_ab B) P / |P| at the given spectrum bins (0 where |P| = 0,
+        at DC when DC is out of K, and off DC for a constant p)."""
+        pr = tl.load(s_pr + offs, mask=mask, other=0.0)
+        pi = tl.load(s_pi + offs, mask=mask, other=0.0)
+        bmag = tl.load(s_b + offs, mask=mask, other=0.0)
+        amag = tl.sqrt(pr * pr + pi * pi)
+        nonzero = amag > 0
+        coef = tl.where(nonzero, (c_a + c_ab * bmag) / tl.where(nonzero, amag, 1.0), 0.0)
+        is_dc = (khs[:, None] == 0) & (kcols[None, :] == 0)
+        if INCLUDE_DC:
+            coef = tl.where(is_dc, coef, tl.where(flat_p, 0.0, coef))
+        else:
+            coef = tl.where(is_dc, 0.0, coef)
+        return coef * pr, coef * pi
+
+    @triton.jit
+    def _fs_step1(
+        src_r, src_i, s_pr, s_pi, s_b, z_r, z_i, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
+        H, WH, N1, N2, c_a, c_ab, flat_p,
+        INV: tl.constexpr, FIELD: tl.constexpr, INCLUDE_DC: tl.constexpr, PRECISION: tl.constexpr,
+        N2P: tl.constexpr, BN: tl.constexpr,
+    ):
+        """Four-step DFT along H (H = N1 N2, h = n1 + N1 n2, k = k2 + N2 k1), steps 1-2:
+        Z[n1 N2 + k2] = w_H^(-+ n1 k2) sum_n2 w_N2^(-+ n2 k2) X[n1 + N1 n2], for every column.
+        X is the plane src (or, with FIELD, the gradient field built from P and B)."""
+        rn2 = tl.arange(0, N2P)
+        rn = tl.arange(0, BN)
+        tmask = (rn2[:, None] < N2) & (rn2[None, :] < N2)
+        toffs = rn2[:, None] * N2 + rn2[None, :]
+        c2 = tl.load(c2_ptr + toffs, mask=tmask, other=0.0)
+        s2 = tl.load(s2_ptr + toffs, mask=tmask, other=0.0)
+        rmask = rn2 < N2
+        for n1 in range(0, N1):
+            rows = n1 + N1 * rn2
+            twc = tl.load(tw_c_ptr + n1 * N2 + rn2, mask=rmask, other=0.0)[:, None]
+            tws = tl.load(tw_s_ptr + n1 * N2 + rn2, mask=rmask, other=0.0)[:, None]
+            for k0 in range(0, WH, BN):
+                kcols = k0 + rn
+                xmask = rmask[:, None] & (kcols[None, :] < WH)
+                xoffs = rows[:, None] * WH + kcols[None, :]
+                if FIELD:
+                    xr, xi = _field_tile(s_pr, s_pi, s_b, xoffs, xmask, rows, kcols, c_a, c_ab, flat_p, INCLUDE_DC)
+                else:
+                    xr = tl.load(src_r + xoffs, mask=xmask, other=0.0)
+                    xi = tl.load(src_i + xoffs, mask=xmask, other=0.0)
+                if INV:  # (C + iS) X, then times (c + i s)
+                    zr = tl.dot(c2, xr, input_precision=PRECISION) - tl.dot(s2, xi, input_precision=PRECISION)
+                    zi = tl.dot(c2, xi, input_precision=PRECISION) + tl.dot(s2, xr, input_precision=PRECISION)
+                    tr = zr * twc - zi * tws
+                    ti = zi * twc + zr * tws
+                else:  # (C - iS) X, then times (c - i s)
+                    zr = tl.dot(c2, xr, input_precision=PRECISION) + tl.dot(s2, xi, input_precision=PRECISION)
+                    zi = tl.dot(c2, xi, input_precision=PRECISION) - tl.dot(s2, xr, input_precision=PRECISION)
+                    tr = zr * twc + zi * tws
+                    ti = zi * twc - zr * tws
+                zoffs = (n1 * N2 + rn2)[:, None] * WH + kcols[None, :]
+                tl.store(z_r + zoffs, tr, mask=xmask)
+                tl.store(z_i + zoffs, ti, mask=xmask)
+
+    @triton.jit
+    def _fs_step3(
+        z_r, z_i, c1, s1, k2, kcols, WH, N1, N2,
+        INV: tl.constexpr, PRECISION: tl.constexpr, N1P: tl.constexpr,
+    ):
+        """Four-step step 3 for one k2 and a column block: rows k = k2 + N2 k1 of the DFT,
+        X[k] = sum_n1 w_N1^(-+ n1 k1) Z[n1 N2 + k2]. Returns (re, im, k)."""
+        rn1 = tl.arange(0, N1P)
+        zmask = (rn1[:, None] < N1) & (kcols[None, :] < WH)
+        zoffs = (rn1 * N2 + k2)[:, None] * WH + kcols[None, :]
+        zr = tl.load(z_r + zoffs, mask=zmask, other=0.0)
+        zi = tl.load(z_i + zoffs, mask=zmask, other=0.0)
+        if INV:
+            xr = tl.dot(c1, zr, input_precision=PRECISION) - tl.dot(s1, zi, input_precision=PRECISION)
+            xi = tl.dot(c1, zi, input_precision=PRECISION) + tl.dot(s1, zr, input_precision=PRECISION)
+        else:
+            xr = tl.dot(c1, zr, input_precision=PRECISION) + tl.dot(s1, zi, input_precision=PRECISION)
+            xi = tl.dot(c1, zi, input_precision=PRECISION) - tl.dot(s1, zr, input_precision=PRECISION)
+        return xr, xi, k2 + N2 * rn1
+
+    @triton.jit
     def _scc_fused_kernel(
         probs_ptr, target_ptr,  # B*C' x H x W probs; labels B x H x W or float B*C' x H x W
         cos_w_ptr, sin_w_ptr,  # W x WH tables: cos / sin(2 pi w k / W)
-        cos_h_ptr, sin_h_ptr,  # H x H tables
+        cos_h_ptr, sin_h_ptr,  # H x H tables (direct DFT along H)
+        c1_ptr, s1_ptr, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,  # N1 x N1, N2 x N2, N1 x N2 (four-step)
         scratch_ptr,  # n_programs x SLOTS x H x WH float32
         scc_ptr, valid_ptr, grad_ptr,  # B*C' float32, B*C' int8, B*C' x H x W float32
-        n_pairs, n_chan, first_class, H, W, WH,
+        n_pairs, n_chan, first_class, H, W, WH, N1, N2,
         magnitude_weight, phase_weight,
         LABELS: tl.constexpr, INCLUDE_DC: tl.constexpr, NEED_GRAD: tl.constexpr,
         SLOTS: tl.constexpr, PRECISION: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+        FOUR_STEP: tl.constexpr, N1P: tl.constexpr, N2P: tl.constexpr,
     ):
         EPS: tl.constexpr = 1.1920928955078125e-07  # float32 epsilon, as in scc_fast._numerics
         FP32_MAX: tl.constexpr = 3.4028234663852886e38  # |x| <= FP32_MAX: finite (False for NaN, Inf)
@@ -196,6 +284,8 @@ if triton is not None:
         s_b = scratch + 4 * plane
         s_pr = scratch + 5 * plane  # slots 5-6 only with NEED_GRAD
         s_pi = scratch + 6 * plane
+        s_zr = scratch + (SLOTS - 2) * plane  # four-step intermediate (last two slots)
+        s_zi = scratch + (SLOTS - 1) * plane
 
         rm = tl.arange(0, BM)
         rn = tl.arange(0, BN)
@@ -269,36 +359,75 @@ if triton is not None:
                      True, LABELS, PRECISION, BM, BN, BK)
             tl.debug_barrier()
 
-            # ---- phase 2a: column DFT of Y along H, Y = (C - iS) @ Y1; B = |Y| kept, T_b ----
-            acc_tb = tl.zeros([BM], dtype=tl.float32)
-            for kh0 in range(0, H, BM):
-                khs = kh0 + rm
-                for k0 in range(0, WH, BN):
-                    kcols = k0 + rn
-                    yr, yi = _col_dft(cos_h_ptr, sin_h_ptr, s_y1r, s_y1i, khs, kcols, H, WH, PRECISION, BM, BN, BK)
-                    bmag = tl.sqrt(yr * yr + yi * yi)
-                    wgt, inside = _half_spectrum_weight(khs, kcols, H, W, WH, INCLUDE_DC)
-                    acc_tb += tl.sum(wgt * bmag, axis=1)
-                    tl.store(s_b + khs[:, None] * WH + kcols[None, :], bmag, mask=inside)
-            tl.debug_barrier()
+            if FOUR_STEP:
+                # ---- phase 2, four-step along H: N1 DFTs of N2, twiddles, N2 DFTs of N1 ----
+                rn1 = tl.arange(0, N1P)
+                t1mask = (rn1[:, None] < N1) & (rn1[None, :] < N1)
+                t1offs = rn1[:, None] * N1 + rn1[None, :]
+                c1 = tl.load(c1_ptr + t1offs, mask=t1mask, other=0.0)
+                s1 = tl.load(s1_ptr + t1offs, mask=t1mask, other=0.0)
+                _fs_step1(s_y1r, s_y1i, s_pr, s_pi, s_b, s_zr, s_zi, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
+                          H, WH, N1, N2, 0.0, 0.0, False, False, False, INCLUDE_DC, PRECISION, N2P, BN)
+                tl.debug_barrier()
+                acc_tb = tl.zeros([N1P], dtype=tl.float32)
+                for k2 in range(0, N2):
+                    for k0 in range(0, WH, BN):
+                        kcols = k0 + rn
+                        yr, yi, khs = _fs_step3(s_zr, s_zi, c1, s1, k2, kcols, WH, N1, N2, False, PRECISION, N1P)
+                        bmag = tl.sqrt(yr * yr + yi * yi)
+                        wgt, inside = _half_spectrum_weight(khs, kcols, H, W, WH, INCLUDE_DC)
+                        acc_tb += tl.sum(wgt * bmag, axis=1)
+                        tl.store(s_b + khs[:, None] * WH + kcols[None, :], bmag, mask=inside)
+                tl.debug_barrier()
+                _fs_step1(s_p1r, s_p1i, s_pr, s_pi, s_b, s_zr, s_zi, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
+                          H, WH, N1, N2, 0.0, 0.0, False, False, False, INCLUDE_DC, PRECISION, N2P, BN)
+                tl.debug_barrier()
+                acc_ta = tl.zeros([N1P], dtype=tl.float32)
+                acc_tab = tl.zeros([N1P], dtype=tl.float32)
+                for k2 in range(0, N2):
+                    for k0 in range(0, WH, BN):
+                        kcols = k0 + rn
+                        pr, pi, khs = _fs_step3(s_zr, s_zi, c1, s1, k2, kcols, WH, N1, N2, False, PRECISION, N1P)
+                        amag = tl.sqrt(pr * pr + pi * pi)
+                        wgt, inside = _half_spectrum_weight(khs, kcols, H, W, WH, INCLUDE_DC)
+                        soffs = khs[:, None] * WH + kcols[None, :]
+                        bmag = tl.load(s_b + soffs, mask=inside, other=0.0)
+                        acc_ta += tl.sum(wgt * amag, axis=1)
+                        acc_tab += tl.sum(wgt * amag * bmag, axis=1)
+                        if NEED_GRAD:
+                            tl.store(s_pr + soffs, pr, mask=inside)
+                            tl.store(s_pi + soffs, pi, mask=inside)
+            else:
+                # ---- phase 2a: column DFT of Y along H, Y = (C - iS) @ Y1; B = |Y| kept, T_b ----
+                acc_tb = tl.zeros([BM], dtype=tl.float32)
+                for kh0 in range(0, H, BM):
+                    khs = kh0 + rm
+                    for k0 in range(0, WH, BN):
+                        kcols = k0 + rn
+                        yr, yi = _col_dft(cos_h_ptr, sin_h_ptr, s_y1r, s_y1i, khs, kcols, H, WH, PRECISION, BM, BN, BK)
+                        bmag = tl.sqrt(yr * yr + yi * yi)
+                        wgt, inside = _half_spectrum_weight(khs, kcols, H, W, WH, INCLUDE_DC)
+                        acc_tb += tl.sum(wgt * bmag, axis=1)
+                        tl.store(s_b + khs[:, None] * WH + kcols[None, :], bmag, mask=inside)
+                tl.debug_barrier()
 
-            # ---- phase 2b: column DFT of P; A = |P|, T_a and T_ab (P kept for the gradient) ----
-            acc_ta = tl.zeros([BM], dtype=tl.float32)
-            acc_tab = tl.zeros([BM], dtype=tl.float32)
-            for kh0 in range(0, H, BM):
-                khs = kh0 + rm
-                for k0 in range(0, WH, BN):
-                    kcols = k0 + rn
-                    pr, pi = _col_dft(cos_h_ptr, sin_h_ptr, s_p1r, s_p1i, khs, kcols, H, WH, PRECISION, BM, BN, BK)
-                    amag = tl.sqrt(pr * pr + pi * pi)
-                    wgt, inside = _half_spectrum_weight(khs, kcols, H, W, WH, INCLUDE_DC)
-                    soffs = khs[:, None] * WH + kcols[None, :]
-                    bmag = tl.load(s_b + soffs, mask=inside, other=0.0)
-                    acc_ta += tl.sum(wgt * amag, axis=1)
-                    acc_tab += tl.sum(wgt * amag * bmag, axis=1)
-                    if NEED_GRAD:
-                        tl.store(s_pr + soffs, pr, mask=inside)
-                        tl.store(s_pi + soffs, pi, mask=inside)
+                # ---- phase 2b: column DFT of P; A = |P|, T_a and T_ab (P kept for the gradient) ----
+                acc_ta = tl.zeros([BM], dtype=tl.float32)
+                acc_tab = tl.zeros([BM], dtype=tl.float32)
+                for kh0 in range(0, H, BM):
+                    khs = kh0 + rm
+                    for k0 in range(0, WH, BN):
+                        kcols = k0 + rn
+                        pr, pi = _col_dft(cos_h_ptr, sin_h_ptr, s_p1r, s_p1i, khs, kcols, H, WH, PRECISION, BM, BN, BK)
+                        amag = tl.sqrt(pr * pr + pi * pi)
+                        wgt, inside = _half_spectrum_weight(khs, kcols, H, W, WH, INCLUDE_DC)
+                        soffs = khs[:, None] * WH + kcols[None, :]
+                        bmag = tl.load(s_b + soffs, mask=inside, other=0.0)
+                        acc_ta += tl.sum(wgt * amag, axis=1)
+                        acc_tab += tl.sum(wgt * amag * bmag, axis=1)
+                        if NEED_GRAD:
+                            tl.store(s_pr + soffs, pr, mask=inside)
+                            tl.store(s_pi + soffs, pi, mask=inside)
             t_a = tl.sum(acc_ta, axis=0)
             t_b = tl.sum(acc_tb, axis=0)
             t_ab = tl.sum(acc_tab, axis=0)
@@ -338,41 +467,43 @@ if triton is not None:
                 flat_p = n_vox * n_vox * var_p <= 1e3 * EPS * EPS * total_a
                 tl.debug_barrier()
 
-                # ---- phase 4: field G = (c_a + c_ab B) P/|P|, inverse column DFT (C + iS) @ G ----
-                for h0 in range(0, H, BM):
-                    rows = h0 + rm
-                    for k0 in range(0, WH, BN):
-                        kcols = k0 + rn
-                        g1r = tl.zeros([BM, BN], dtype=tl.float32)
-                        g1i = tl.zeros([BM, BN], dtype=tl.float32)
-                        for kh0 in range(0, H, BK):
-                            khs = kh0 + rk
-                            tmask = (rows[:, None] < H) & (khs[None, :] < H)
-                            toffs = rows[:, None] * H + khs[None, :]
-                            ch = tl.load(cos_h_ptr + toffs, mask=tmask, other=0.0)
-                            sh = tl.load(sin_h_ptr + toffs, mask=tmask, other=0.0)
-                            xmask = (khs[:, None] < H) & (kcols[None, :] < WH)
-                            xoffs = khs[:, None] * WH + kcols[None, :]
-                            pr = tl.load(s_pr + xoffs, mask=xmask, other=0.0)
-                            pi = tl.load(s_pi + xoffs, mask=xmask, other=0.0)
-                            bmag = tl.load(s_b + xoffs, mask=xmask, other=0.0)
-                            amag = tl.sqrt(pr * pr + pi * pi)
-                            nonzero = amag > 0
-                            coef = tl.where(nonzero, (c_a + c_ab * bmag) / tl.where(nonzero, amag, 1.0), 0.0)
-                            is_dc = (khs[:, None] == 0) & (kcols[None, :] == 0)
-                            if INCLUDE_DC:
-                                coef = tl.where(is_dc, coef, tl.where(flat_p, 0.0, coef))
-                            else:
-                                coef = tl.where(is_dc, 0.0, coef)
-                            gr = coef * pr
-                            gi = coef * pi
-                            g1r += tl.dot(ch, gr, input_precision=PRECISION) - tl.dot(sh, gi, input_precision=PRECISION)
-                            g1i += tl.dot(ch, gi, input_precision=PRECISION) + tl.dot(sh, gr, input_precision=PRECISION)
-                        smask = (rows[:, None] < H) & (kcols[None, :] < WH)
-                        soffs = rows[:, None] * WH + kcols[None, :]
-                        # P1 / Y1 are dead after phase 2: their slots take the half-inverse.
-                        tl.store(s_p1r + soffs, g1r, mask=smask)
-                        tl.store(s_p1i + soffs, g1i, mask=smask)
+                if FOUR_STEP:
+                    # ---- phase 4, four-step: field G built on the fly, inverse DFT along H ----
+                    _fs_step1(s_pr, s_pi, s_pr, s_pi, s_b, s_zr, s_zi, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
+                              H, WH, N1, N2, c_a, c_ab, flat_p, True, True, INCLUDE_DC, PRECISION, N2P, BN)
+                    tl.debug_barrier()
+                    for k2 in range(0, N2):
+                        for k0 in range(0, WH, BN):
+                            kcols = k0 + rn
+                            g1r, g1i, hs = _fs_step3(s_zr, s_zi, c1, s1, k2, kcols, WH, N1, N2, True, PRECISION, N1P)
+                            smask = (hs[:, None] < H) & (kcols[None, :] < WH)
+                            soffs = hs[:, None] * WH + kcols[None, :]
+                            tl.store(s_p1r + soffs, g1r, mask=smask)
+                            tl.store(s_p1i + soffs, g1i, mask=smask)
+                else:
+                    # ---- phase 4: field G = (c_a + c_ab B) P/|P|, inverse column DFT (C + iS) @ G ----
+                    for h0 in range(0, H, BM):
+                        rows = h0 + rm
+                        for k0 in range(0, WH, BN):
+                            kcols = k0 + rn
+                            g1r = tl.zeros([BM, BN], dtype=tl.float32)
+                            g1i = tl.zeros([BM, BN], dtype=tl.float32)
+                            for kh0 in range(0, H, BK):
+                                khs = kh0 + rk
+                                tmask = (rows[:, None] < H) & (khs[None, :] < H)
+                                toffs = rows[:, None] * H + khs[None, :]
+                                ch = tl.load(cos_h_ptr + toffs, mask=tmask, other=0.0)
+                                sh = tl.load(sin_h_ptr + toffs, mask=tmask, other=0.0)
+                                xmask = (khs[:, None] < H) & (kcols[None, :] < WH)
+                                xoffs = khs[:, None] * WH + kcols[None, :]
+                                gr, gi = _field_tile(s_pr, s_pi, s_b, xoffs, xmask, khs, kcols, c_a, c_ab, flat_p, INCLUDE_DC)
+                                g1r += tl.dot(ch, gr, input_precision=PRECISION) - tl.dot(sh, gi, input_precision=PRECISION)
+                                g1i += tl.dot(ch, gi, input_precision=PRECISION) + tl.dot(sh, gr, input_precision=PRECISION)
+                            smask = (rows[:, None] < H) & (kcols[None, :] < WH)
+                            soffs = rows[:, None] * WH + kcols[None, :]
+                            # P1 / Y1 are dead after phase 2: their slots take the half-inverse.
+                            tl.store(s_p1r + soffs, g1r, mask=smask)
+                            tl.store(s_p1i + soffs, g1i, mask=smask)
                 tl.debug_barrier()
 
                 # ---- phase 5: inverse row DFT (complex-to-real) + spatial terms -> dSCC/dp ----
@@ -428,6 +559,31 @@ def _twiddles(n: int, cols: int, device: torch.device) -> tuple[torch.Tensor, to
             torch.sin(angle).to(torch.float32).to(device).contiguous(),
         )
     return _TABLES[key]
+
+
+def _twiddle_grid(n1: int, n2: int, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin(2 pi a b / n) for a < n1, b < n2: the four-step twiddles, n1 x n2 float32."""
+    key = (-n, n1 * 100000 + n2, str(device))
+    if key not in _TABLES:
+        angle = (torch.outer(torch.arange(n1), torch.arange(n2)) % n).to(torch.float64) * (2 * torch.pi / n)
+        _TABLES[key] = (
+            torch.cos(angle).to(torch.float32).to(device).contiguous(),
+            torch.sin(angle).to(torch.float32).to(device).contiguous(),
+        )
+    return _TABLES[key]
+
+
+#: The DFT along H is factored (four-step, H = N1 * N2) from this length up, when 16 divides H;
+#: its work per output then is N1 + N2 instead of H. Shorter or other axes use the direct DFT.
+FOUR_STEP_MIN_H = 128
+
+
+def _four_step_factors(H: int) -> tuple[int, int] | None:
+    """(N1, N2) with H = N1 N2, N2 in {16, 32} (a tl.dot block needs >= 16), or None."""
+    if H < FOUR_STEP_MIN_H or H % 16:
+        return None
+    n2 = 32 if H % 32 == 0 and H // 32 >= 16 else 16
+    return H // n2, n2
 
 
 def _next_pow2(n: int) -> int:
@@ -490,7 +646,17 @@ def _launch(probs, target, first_class, include_dc, magnitude_weight, phase_weig
         target = target.to(torch.uint8)
     cos_w, sin_w = _twiddles(W, WH, device)
     cos_h, sin_h = _twiddles(H, H, device)
-    slots = 7 if need_grad else 5
+    factors = _four_step_factors(H)
+    slots = (7 if need_grad else 5) + (2 if factors else 0)
+    if factors:
+        n1, n2 = factors
+        c1, s1 = _twiddles(n1, n1, device)
+        c2, s2 = _twiddles(n2, n2, device)
+        tw_c, tw_s = _twiddle_grid(n1, n2, H, device)
+        n1p, n2p = max(16, _next_pow2(n1)), n2
+    else:
+        n1, n2, n1p, n2p = 1, 1, 16, 16
+        c1 = s1 = c2 = s2 = tw_c = tw_s = cos_h  # not read
     n_prog = _max_programs(device, n_pairs)
     scratch = torch.empty(n_prog * slots * H * WH, dtype=torch.float32, device=device)
     scc = torch.empty(n_pairs, dtype=torch.float32, device=device)
@@ -498,11 +664,13 @@ def _launch(probs, target, first_class, include_dc, magnitude_weight, phase_weig
     grad = torch.empty((n_batch, n_chan, H, W) if need_grad else (0,), dtype=torch.float32, device=device)
     bm, bn, bk, warps, stages = _blocks(H, W, precision)
     _scc_fused_kernel[(n_prog,)](
-        probs, target, cos_w, sin_w, cos_h, sin_h, scratch, scc, valid, grad if need_grad else scc,
-        n_pairs, n_chan, int(first_class), H, W, WH,
+        probs, target, cos_w, sin_w, cos_h, sin_h, c1, s1, c2, s2, tw_c, tw_s,
+        scratch, scc, valid, grad if need_grad else scc,
+        n_pairs, n_chan, int(first_class), H, W, WH, n1, n2,
         float(magnitude_weight), float(phase_weight),
         LABELS=labels, INCLUDE_DC=bool(include_dc), NEED_GRAD=bool(need_grad),
         SLOTS=slots, PRECISION=precision, BM=bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages,
+        FOUR_STEP=factors is not None, N1P=n1p, N2P=n2p,
     )
     return scc.view(n_batch, n_chan), valid.view(n_batch, n_chan).bool(), grad
 
