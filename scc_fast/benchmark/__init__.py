@@ -69,7 +69,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--job-timeout", type=float, default=None, help="seconds before a row's process is killed")
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds; rows not started by then are reported as not run, compiled rows need 45 s (GPU 30 s) "
-                        "of it left (default: 140 for --quick on a CPU, else none)")
+                        "of it left (default: 130 for --quick on a CPU, else none)")
     p.add_argument("--validate", action="store_true", help="time with validate=True (label-range check, a sync)")
     p.add_argument("--no-plots", action="store_true", help="write JSON and Markdown only")
     p.add_argument("--report-only", action="store_true", help="rewrite Markdown and PNG from the JSON files in --out")
@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
         warmup=warmup,
         isolation=args.isolation or ("none" if gpu else "process"),
         job_timeout=args.job_timeout or (120.0 if args.quick else 600.0),
-        time_budget=args.time_budget if args.time_budget is not None else (140.0 if args.quick and not gpu else None),
+        time_budget=args.time_budget if args.time_budget is not None else (130.0 if args.quick and not gpu else None),
         compile_reserve=30.0 if gpu else 45.0,
         validate=args.validate,
         plots=not args.no_plots,

@@ -380,7 +380,9 @@ def _cpu_phases(fn: LossFn, shape, device, seed) -> dict[str, Any]:
     phases = []
 
     def mark(name: str) -> None:
-        rss, hwm = read_rss()
+        hwm = read_rss()[1]
+        trim_heap()  # what is still live after the phase, without freed-but-kept heap pages
+        rss = read_rss()[0]
         phases.append({"phase": name, "hwm_bytes": hwm - start, "rss_bytes": rss - start})
         reset_hwm()
 
@@ -391,9 +393,8 @@ def _cpu_phases(fn: LossFn, shape, device, seed) -> dict[str, Any]:
     loss.backward()
     mark("backward")
     del loss, x, t
-    trim_heap()
     mark("freed")
-    return {"phases": phases, "start_rss_bytes": start, "method": "VmHWM per phase (reset between phases) above VmRSS at start"}
+    return {"phases": phases, "start_rss_bytes": start, "method": "VmHWM per phase (reset between phases) and VmRSS after it (heap trimmed), above VmRSS at start"}
 
 
 def _cuda_trace(fn: LossFn, shape, device, seed) -> dict[str, Any]:

@@ -266,6 +266,15 @@ def _plt():
     return plt
 
 
+def _loglog(ax) -> None:
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on short decades
+    ax.grid(True, which="both", alpha=0.3)
+
+
 def _style(label: str, labels: list[str]) -> dict:
     if label == "reference":
         return {"color": "black", "linestyle": "-", "marker": "s"}
@@ -296,11 +305,9 @@ def plot_cases(data: dict, path: Path) -> Path:
     for r in rows:
         names.setdefault(r["case"]["elements"], r["case"]["name"])
     for ax, ylab in ((axes[0], "forward + backward time (ms)"), (axes[1], "peak memory above inputs (MiB)")):
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        _loglog(ax)
         ax.set_xlabel("volume size: B x C x voxels (logits)")
         ax.set_ylabel(ylab)
-        ax.grid(True, which="both", alpha=0.3)
         for x, name in names.items():
             ax.axvline(x, color="0.85", linewidth=0.8, zorder=0)
             ax.annotate(name, (x, 1), xycoords=("data", "axes fraction"), rotation=90, fontsize=7,
@@ -339,11 +346,9 @@ def plot_scaling(data: dict, path: Path) -> Path:
                                 label=f"{label} (N^{me['exponent']:.2f})" if me else label, **st)
         for j, ylab in enumerate(("forward + backward time (ms)", "peak memory above inputs (MiB)")):
             ax = axes[i][j]
-            ax.set_xscale("log")
-            ax.set_yscale("log")
+            _loglog(ax)
             ax.set_xlabel(f"N = voxels per image ({nd}D)")
             ax.set_ylabel(ylab)
-            ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=8)
     fig.suptitle(f"scc-fast bench --scaling on {data['meta'].get('device_name', data['meta'].get('device'))}", fontsize=10)
     fig.tight_layout()
