@@ -224,3 +224,54 @@ def test_summary_statistics():
     assert (s["median_ms"], s["q1_ms"], s["q3_ms"], s["min_ms"], s["max_ms"], s["n"]) == (3.0, 2.0, 4.0, 1.0, 5.0, 5)
     one = measure.summarize([7.0])
     assert one["median_ms"] == one["q1_ms"] == one["q3_ms"] == 7.0
+
+
+def _fake_row(case: Case, label: str, ms: float, peak: int, device: str = "cuda") -> dict:
+    t = measure.summarize([ms, ms * 1.1, ms * 0.9])
+    return {"case": case.as_dict(), "label": label, "device": device, "status": "ok", "shape": list(case.shape),
+            "time": {"fwd": t, "fwdbwd": t}, "memory": {"fwd": {"peak_bytes": peak}, "fwdbwd": {"peak_bytes": peak}},
+            "loss": 0.5}
+
+
+def test_gpu_bandwidth_roofline_and_ratios_from_synthetic_rows(tmp_path):
+    from scc_fast.benchmark.report import add_derived, cases_markdown, plot_cases
+
+    case = default_cases("cuda", quick=False)["synapse-2d"]
+    rows = [_fake_row(case, "reference", 20.0, 800 * 2**20), _fake_row(case, "reference-compile", 10.0, 400 * 2**20),
+            _fake_row(case, "triton", 2.0, 100 * 2**20),
+            {"case": case.as_dict(), "label": "native", "device": "cuda", "status": "unsupported",
+             "reason": "RuntimeError: backend 'native' was asked for but cannot run: CPU only", "time": {}, "memory": {}}]
+    meta = {"device": "cuda", "device_name": "Fake H100", "copy_bandwidth": {"GBps": 3000.0, "method": "copy"},
+            "repeats": 3, "warmup": 1}
+    add_derived(rows, meta)
+    d = rows[2]["derived"]
+    assert d["speedup"]["fwdbwd"] == pytest.approx(10.0)
+    assert d["speedup_vs_compiled"]["fwdbwd"] == pytest.approx(5.0)
+    assert d["memory_ratio"]["fwdbwd"] == pytest.approx(8.0)
+    n = 24 * 224 * 224
+    moved = 2 * (9 * n * 4) + n * 8  # logits read + gradient written (float32) + int64 labels read
+    assert d["bytes_moved"]["fwdbwd"] == moved
+    assert d["GBps"]["fwdbwd"] == pytest.approx(moved / 2e-3 / 1e9)
+    assert d["roofline"]["fwdbwd"] == pytest.approx(moved / 2e-3 / 1e9 / 3000.0)
+    md = cases_markdown({"meta": meta, "rows": rows})
+    assert "% of copy BW" in md and "Fake H100" in md and "3000 GB/s" in md
+    assert f"{100 * d['roofline']['fwdbwd']:.1f}%" in md
+    assert "native on synapse-2d: unsupported: RuntimeError: backend 'native'" in md
+    assert "24x9x224x224 (full SPEC size)" in md
+    assert _png(plot_cases({"meta": meta, "rows": rows}, tmp_path / "c.png"))
+
+
+def test_cuda_style_timeline_plots(tmp_path):
+    from scc_fast.benchmark.report import plot_timeline, timeline_markdown
+
+    case = Case("t", (1, 2, 8, 8))
+    rows = [{"label": "reference", "status": "ok", "allocated_bytes": [2**20, 3 * 2**20, 2**20, 0],
+             "forward_end_index": 2, "peak_bytes": 3 * 2**20},
+            {"label": "triton", "status": "ok", "allocated_bytes": [2**20, 0], "forward_end_index": 1,
+             "peak_bytes": 2**20},
+            {"label": "triton_fft", "status": "failed", "reason": "OutOfMemoryError: ..."}]
+    data = {"meta": {"device": "cuda", "device_name": "Fake"}, "case": case.as_dict(), "rows": rows}
+    assert _png(plot_timeline(data, tmp_path / "t.png"))
+    md = timeline_markdown(data)
+    assert "reference: peak 3.0 MiB above the inputs over 4 allocator events" in md
+    assert "triton_fft: failed: OutOfMemoryError" in md

@@ -197,6 +197,17 @@ def cases_markdown(data: dict) -> str:
                 notes.append(f"{r['label']} on {case['name']}: loss differs from the reference by "
                              f"{d['loss_rel_diff']:.2e} (relative)")
         out.append("| " + " | ".join(cells) + " |")
+    auto = meta.get("auto") or {}
+    if auto:
+        out += ["", "`backend=\"auto\"` picks, with its forward + backward against the reference eager:"]
+        for case_name, name in auto.items():
+            row = next((r for r in rows if r["case"]["name"] == case_name and r["label"] == name
+                        and r.get("status") == "ok"), None)
+            d = (row or {}).get("derived", {})
+            sp, mr = d.get("speedup", {}).get("fwdbwd"), d.get("memory_ratio", {}).get("fwdbwd")
+            extra = "" if row is None else (f": {_fmt_ratio(sp)} faster, {_fmt_ratio(mr)} less peak memory"
+                                            if sp is not None else ": not compared")
+            out.append(f"- {case_name}: {name}{extra}")
     if notes:
         out += ["", *[f"[{i + 1}] {n}" for i, n in enumerate(notes)]]
     return "\n".join(out) + "\n"

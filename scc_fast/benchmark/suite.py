@@ -223,6 +223,7 @@ def run_cases(cfg: Config) -> dict[str, Any]:
         progress(cfg, "measuring device-to-device copy bandwidth")
         meta["copy_bandwidth"] = measure.copy_bandwidth("cuda")
         progress(cfg, f"copy bandwidth {meta['copy_bandwidth']['GBps']:.0f} GB/s")
+    meta["auto"] = {c.name: _auto_choice(c, cfg.device) for c in cfg.cases}
     # Eager rows first, compiled rows last: if the budget runs out, the cheap rows are there.
     jobs = [(c, lb) for c in cfg.cases for lb in cfg.labels if lb != "reference-compile"]
     jobs += [(c, lb) for c in cfg.cases for lb in cfg.labels if lb == "reference-compile"]
@@ -255,6 +256,22 @@ def run_cases(cfg: Config) -> dict[str, Any]:
     if cfg.plots:
         write_case_files(cfg.out, data, plots=True)
     return data
+
+
+def _auto_choice(case: Case, device: str) -> str:
+    """The backend ``backend="auto"`` resolves to for this case's tensors (no data touched)."""
+    import torch
+
+    from .. import explain_backend
+
+    probs = torch.empty(case.shape, device=device)
+    labels = torch.empty((case.shape[0], *case.spatial), dtype=torch.long, device=device)
+    try:
+        return explain_backend(probs, labels).splitlines()[0].removeprefix("backend: ").strip()
+    except Exception as exc:  # no backend can run it
+        return f"none ({exc})"
+    finally:
+        del probs, labels
 
 
 def _row_summary(r: dict) -> str:
