@@ -443,9 +443,9 @@ def measure(state, backend, device, results, out, settings) -> None:
             if backend == CHUNKED:
                 triton_fft.CHUNK_ELEMENTS = 1 << 23
             if impl != "reference":
-                status = backends.available_backends()[impl]
-                if not status.available:
-                    r["skipped"] = f"unavailable: {status.reason}"
+                reason = backends._unavailable_reason(impl)  # only this backend (native is not imported)
+                if reason is not None:
+                    r["skipped"] = f"unavailable: {reason}"
                     return
                 why = backends.load(impl).unsupported_reason(logits, labels)
                 if why is not None:
