@@ -160,7 +160,8 @@ class DiceCESCCLoss(nn.Module):
             ce = (ce_map * keep).sum() / keep.sum().clamp_min(1)
         else:
             ce_labels = torch.where(keep[:, 0].bool(), labels, torch.full_like(labels, -100))
-            ce = F.cross_entropy(x, ce_labels, ignore_index=-100) if keep.any() else x.sum() * 0
+            # Mean over kept voxels, 0 if none; no data-dependent branch (torch.compile fullgraph).
+            ce = F.cross_entropy(x, ce_labels, ignore_index=-100, reduction="sum") / keep.sum().clamp_min(1)
         p, y = probs * keep, y * keep
         if not self.include_background and x.shape[1] > 1:
             p, y = p[:, 1:], y[:, 1:]

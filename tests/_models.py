@@ -51,11 +51,16 @@ def backend_input(input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tens
     return probs, target
 
 
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """||out - ref|| / ||ref|| in float64; the absolute error where ref is exactly 0."""
+def rel_err(out: torch.Tensor, ref: torch.Tensor, floor: float = 0.0) -> float:
+    """||out - ref|| / max(||ref||, floor) in float64; the absolute error where that is 0.
+
+    ``floor=1`` for losses and correlations: they are O(1) quantities (the loss is 1 - SCC), and
+    when SCC is close to 1 (or a correlation close to 0) their own rounding is absolute, not
+    relative to a small value.
+    """
     out, ref = out.detach().double(), ref.detach().double()
     diff = torch.linalg.vector_norm(out - ref).item()
-    scale = torch.linalg.vector_norm(ref).item()
+    scale = max(torch.linalg.vector_norm(ref).item(), floor)
     return diff / scale if scale > 0 else diff
 
 
