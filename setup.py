@@ -53,8 +53,8 @@ def native_extension() -> dict:
         cxx = ["/O2", "/openmp", "/std:c++17"]
         ldflags: list[str] = []
     else:
-        # -fopenmp: at::parallel_for is inline OpenMP code; without it the passes run on one thread.
-        cxx = ["-O3", "-fno-math-errno"]
+        # -fno-trapping-math lets the selects in the field loop vectorise. -fopenmp: at::parallel_for is inline OpenMP code; without it the passes run on one thread.
+        cxx = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
         ldflags = []
         if sys.platform != "darwin" and "OpenMP" in torch.__config__.parallel_info():
             cxx.append("-fopenmp")

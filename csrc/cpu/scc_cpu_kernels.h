@@ -29,19 +29,21 @@ inline T target_value(const T* m, int64_t, int64_t i) {
   return m[i];
 }
 
-// z[i] = p[i] + i*y[i] over voxels [i0, i1), and the sums of (p - kp), (p - kp)^2, (y - ky),
-// (y - ky)^2, (p - kp)(y - ky), accumulated in double into acc[0..4].
+// z[i] = p[i] + i*y[i] over voxels [i0, i1) (one row), and the sums of (p - kp), (p - kp)^2,
+// (y - ky), (y - ky)^2, (p - kp)(y - ky), added in double to acc[0..4]. Within the row the sums
+// run in T (short sums of shifted values; float lanes vectorise twice as wide as double).
 template <typename T, typename Y>
 void build_range(const T* p, const Y* ym, int64_t cl, double kp, double ky, T* z, int64_t i0, int64_t i1, double* acc) {
-  double s1 = 0, s2 = 0, t1 = 0, t2 = 0, spy = 0;
+  const T kpt = static_cast<T>(kp), kyt = static_cast<T>(ky);
+  T s1 = 0, s2 = 0, t1 = 0, t2 = 0, spy = 0;
 #pragma omp simd reduction(+ : s1, s2, t1, t2, spy)
   for (int64_t i = i0; i < i1; ++i) {
     const T pv = p[i];
     const T yv = target_value<T>(ym, cl, i);
     z[2 * i] = pv;
     z[2 * i + 1] = yv;
-    const double dp = static_cast<double>(pv) - kp;
-    const double dy = static_cast<double>(yv) - ky;
+    const T dp = pv - kpt;
+    const T dy = yv - kyt;
     s1 += dp;
     s2 += dp * dp;
     t1 += dy;
@@ -89,18 +91,22 @@ void sums_rows(const T* Z, const int64_t* neg_row, int64_t L, int64_t r0, int64_
       tb += b;
       tab += static_cast<double>(a) * b;
     }
-    double ra = 0, rb = 0, rab = 0;
+    // Row sums in T (vectorised), the row totals in double.
+    T ra = 0, rb = 0, rab = 0;
 #pragma omp simd reduction(+ : ra, rb, rab)
     for (int64_t j = 1; j < j_end; ++j) {
-      T qr, qi, qa, qb;
-      split_bin(zr[2 * j], zr[2 * j + 1], zn[2 * (L - j)], zn[2 * (L - j) + 1], qr, qi, qa, qb);
+      // split_bin written out: helpers with reference outputs keep GCC from vectorising this loop.
+      const T xr = zr[2 * j], xi = zr[2 * j + 1], mr = zn[2 * (L - j)], mi = zn[2 * (L - j) + 1];
+      const T pr = xr + mr, pi = xi - mi, yr = xi + mi, yi = mr - xr;  // 2 P and 2 i Y
+      const T qa = T(0.5) * std::sqrt(pr * pr + pi * pi);
+      const T qb = T(0.5) * std::sqrt(yr * yr + yi * yi);
       ra += qa;
       rb += qb;
-      rab += static_cast<double>(qa) * qb;
+      rab += qa * qb;
     }
-    ta += 2 * ra;
-    tb += 2 * rb;
-    tab += 2 * rab;
+    ta += 2 * static_cast<double>(ra);
+    tb += 2 * static_cast<double>(rb);
+    tab += 2 * static_cast<double>(rab);
   }
   acc[0] += ta;
   acc[1] += tb;
@@ -112,8 +118,9 @@ template <typename T>
 inline void field_bin(T zr, T zi, T mr, T mi, T ca, T cab, T& gr, T& gi) {
   T pr, pi, a, b;
   split_bin(zr, zi, mr, mi, pr, pi, a, b);
-  const T inv = a > T(0) ? T(1) / a : T(0);
-  const T f = (ca + cab * b) * inv;
+  // Divide by a safe value, then select: no branch, so the loop vectorises.
+  const bool nz = a > T(0);
+  const T f = nz ? (ca + cab * b) / (nz ? a : T(1)) : T(0);
   gr = f * pr;
   gi = f * pi;
 }
@@ -163,9 +170,20 @@ void field_rows(
 #pragma omp simd
     for (int64_t j = 1; j < j_end; ++j) {
       const int64_t jm = L - j;
-      T h1r, h1i, h2r, h2i;
-      field_bin(a1[2 * j], a1[2 * j + 1], m1[2 * jm], m1[2 * jm + 1], ca1, cab1, h1r, h1i);
-      field_bin(a2[2 * j], a2[2 * j + 1], m2[2 * jm], m2[2 * jm + 1], ca2, cab2, h2r, h2i);
+      // field_bin for both pairs, written out (see sums_rows). With P = (Z_k + conj Z_-k)/2 and
+      // B = |Y|, G = (c_a + c_ab B) P / |P|; the factors 1/2 cancel in P/|P|.
+      const T x1r = a1[2 * j], x1i = a1[2 * j + 1], n1r = m1[2 * jm], n1i = m1[2 * jm + 1];
+      const T p1r = x1r + n1r, p1i = x1i - n1i, y1r = x1i + n1i, y1i = n1r - x1r;
+      const T a1m = std::sqrt(p1r * p1r + p1i * p1i);
+      const T b1m = T(0.5) * std::sqrt(y1r * y1r + y1i * y1i);
+      const T f1 = a1m > T(0) ? (ca1 + cab1 * b1m) / (a1m > T(0) ? a1m : T(1)) : T(0);
+      const T h1r = f1 * p1r, h1i = f1 * p1i;
+      const T x2r = a2[2 * j], x2i = a2[2 * j + 1], n2r = m2[2 * jm], n2i = m2[2 * jm + 1];
+      const T p2r = x2r + n2r, p2i = x2i - n2i, y2r = x2i + n2i, y2i = n2r - x2r;
+      const T a2m = std::sqrt(p2r * p2r + p2i * p2i);
+      const T b2m = T(0.5) * std::sqrt(y2r * y2r + y2i * y2i);
+      const T f2 = a2m > T(0) ? (ca2 + cab2 * b2m) / (a2m > T(0) ? a2m : T(1)) : T(0);
+      const T h2r = f2 * p2r, h2i = f2 * p2i;
       // W_k = G1_k + i G2_k;  W_-k = conj(G1_k) + i conj(G2_k).
       wr[2 * j] = h1r - h2i;
       wr[2 * j + 1] = h1i + h2r;
