@@ -308,6 +308,11 @@ def measure_one(spec: dict[str, Any]) -> dict[str, Any]:
             for mode in modes:
                 out["memory"][mode] = peak_memory(fn, x, t, mode)
                 out["loss"] = out["memory"][mode].pop("loss")
+            base = out["memory"][modes[0]].get("base_bytes")
+            if "rss_after_inputs_bytes" in out and base is not None:
+                # kept by the process after warm-up (caches, lazily loaded code, compiled graphs);
+                # peak above the RSS right after the inputs = peak_bytes + this
+                out["retained_after_warmup_bytes"] = base - out["rss_after_inputs_bytes"]
         else:
             out["loss"] = float(_call(fn, x, t, "fwd").detach())
         for mode in modes:

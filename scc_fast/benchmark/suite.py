@@ -172,24 +172,9 @@ def _run(cfg: Config, spec: dict[str, Any]) -> tuple[list[dict], str | None]:
         return _run_subprocess(spec, timeout)
     spec = dict(spec)
     spec.pop("kind", None)
-    if kind == "series":
-        return [_quiet_series(cfg, spec)], None
     if kind == "timeline":
         return [measure.phase_timeline(spec)], None
     return [measure.measure_one(spec)], None
-
-
-def _quiet_series(cfg: Config, spec: dict[str, Any]) -> dict[str, Any]:
-    results = []
-    for shape in spec["shapes"]:
-        reason = _budget_exhausted(cfg)
-        if reason is not None:
-            results.append(_skipped(reason))
-            continue
-        one = dict(spec, shape=shape)
-        one.pop("shapes")
-        results.append(measure.measure_one(one))
-    return {"series": results}
 
 
 def _skipped(reason: str, status: str = "skipped") -> dict[str, Any]:
@@ -311,28 +296,53 @@ def run_scaling(cfg: Config) -> dict[str, Any]:
     meta["repeats"] = cfg.scaling_repeats
     labels = [lb for lb in cfg.labels if lb != "reference-compile"]
     points: list[dict] = []
+
+    def add(nd: int, label: str, shape: list[int], r: dict) -> None:
+        r.update(ndim=nd, label=label, shape=shape, voxels=math.prod(shape[2:]))
+        points.append(r)
+        if r.get("status") == "ok":
+            progress(cfg, f"  {'x'.join(map(str, shape))}: {_row_summary(r)}")
+        # after every point: a run killed from outside keeps what it measured
+        _write_json(cfg.out / "scaling.json", _scaling_data(cfg, meta, labels, points))
+
     for nd, ((b, c), sizes) in sorted(cfg.scaling_sizes.items()):
         for label in labels:
             shapes = [[b, c] + [s] * nd for s in sizes]
+            spec = {"kind": "series", "shapes": shapes, "device": cfg.device, "backend": label,
+                    "compiled": False, "repeats": cfg.scaling_repeats, "warmup": max(1, cfg.warmup - 1),
+                    "modes": ["fwdbwd"], "memory": True, "validate": cfg.validate}
             reason = _budget_exhausted(cfg)
-            if reason is not None:
-                got = [_skipped(reason) for _ in shapes]
-            else:
+            if reason is None:
                 progress(cfg, f"scaling {nd}D {label}: {b}x{c}x{sizes[0]}^{nd} .. {sizes[-1]}^{nd}")
-                spec = {"kind": "series", "shapes": shapes, "device": cfg.device, "backend": label,
-                        "compiled": False, "repeats": cfg.scaling_repeats, "warmup": max(1, cfg.warmup - 1),
-                        "modes": ["fwdbwd"], "memory": True, "validate": cfg.validate}
-                res, failure = _run(cfg, spec)
-                got = res[0]["series"] if res and "series" in res[0] else res
+            if reason is not None:
+                for shape in shapes:
+                    add(nd, label, shape, _skipped(reason))
+            elif cfg.isolation == "none":  # one shape at a time, the budget checked before each
+                for shape in shapes:
+                    reason = _budget_exhausted(cfg)
+                    one = {k: v for k, v in spec.items() if k not in ("kind", "shapes")}
+                    add(nd, label, shape, _skipped(reason) if reason else measure.measure_one(dict(one, shape=shape)))
+            else:  # one fresh process per (rank, backend), shapes ascending
+                got, failure = _run(cfg, spec)
                 got = got + [_skipped(failure or "no result", "failed") for _ in shapes[len(got):]]
-            for shape, r in zip(shapes, got):
-                r.update(ndim=nd, label=label, shape=shape, voxels=math.prod(shape[2:]))
-                points.append(r)
-                if r.get("status") == "ok":
-                    progress(cfg, f"  {'x'.join(map(str, shape))}: {_row_summary(r)}")
+                for shape, r in zip(shapes, got):
+                    add(nd, label, shape, r)
+    data = _scaling_data(cfg, meta, labels, points)
+    _write_json(cfg.out / "scaling.json", data)
+    (cfg.out / "scaling.md").write_text(report.scaling_markdown(data))
+    if cfg.plots and any(p.get("status") == "ok" for p in points):
+        report.plot_scaling(data, cfg.out / "scaling.png")
+    print(format_exponents(data["fits"]))
+    return data
+
+
+def _scaling_data(cfg: Config, meta: dict, labels: list[str], points: list[dict]) -> dict[str, Any]:
+    """Points plus the growth-exponent fits of every (rank, backend) measured so far."""
     fits = []
     for nd, ((b, c), sizes) in sorted(cfg.scaling_sizes.items()):
         for label in labels:
+            if not any(p["ndim"] == nd and p["label"] == label for p in points):
+                continue
             pts = [p for p in points if p["ndim"] == nd and p["label"] == label and p.get("status") == "ok"]
             n = [p["voxels"] for p in pts]
             t = [p["time"]["fwdbwd"]["median_ms"] for p in pts]
@@ -346,13 +356,7 @@ def run_scaling(cfg: Config) -> dict[str, Any]:
                 "memory_large": report.fit_exponent(n[half:], m[half:]) if len(pts) >= 4 else None,
                 "largest_ms": t[-1] if t else None,
             })
-    data = {"meta": meta, "points": points, "fits": fits}
-    _write_json(cfg.out / "scaling.json", data)
-    (cfg.out / "scaling.md").write_text(report.scaling_markdown(data))
-    if cfg.plots and any(p.get("status") == "ok" for p in points):
-        report.plot_scaling(data, cfg.out / "scaling.png")
-    print(format_exponents(fits))
-    return data
+    return {"meta": meta, "points": points, "fits": fits}
 
 
 def format_exponents(fits: list[dict]) -> str:
@@ -395,6 +399,7 @@ def run_timeline(cfg: Config) -> dict[str, Any]:
             with open(cfg.out / f"timeline_{label}.pickle", "wb") as f:
                 pickle.dump(snap, f)
         rows.append(r)
+        _write_json(cfg.out / "timeline.json", {"meta": meta, "case": case.as_dict(), "rows": rows})
     data = {"meta": meta, "case": case.as_dict(), "rows": rows}
     _write_json(cfg.out / "timeline.json", data)
     (cfg.out / "timeline.md").write_text(report.timeline_markdown(data))
