@@ -172,6 +172,18 @@ def test_four_step_column_dft(monkeypatch, shape, labels, include_dc):
     compare(probs, target, include_dc=include_dc, magnitude_weight=0.3, phase_weight=0.7)
 
 
+@pytest.mark.parametrize(
+    "shape,labels,include_dc",
+    [((1, 2, 9, 48), True, False), ((1, 2, 20, 64), False, True), ((2, 2, 32, 32), True, True)],
+)
+def test_four_step_row_dft(monkeypatch, shape, labels, include_dc):
+    # Factored real-to-complex DFT along W and its Hermitian inverse (and along H too for 32 x 32).
+    monkeypatch.setattr(triton_scc, "FOUR_STEP_MIN_H", 32)
+    assert triton_scc._four_step_factors(shape[3]) == (shape[3] // 16, 16)
+    probs, target = make_inputs(shape, labels, seed=59)
+    compare(probs, target, include_dc=include_dc, magnitude_weight=0.6, phase_weight=0.4)
+
+
 def test_four_step_default_threshold():
     assert triton_scc._four_step_factors(512) == (16, 32) and triton_scc._four_step_factors(224) == (14, 16)
     assert triton_scc._four_step_factors(100) is None and triton_scc._four_step_factors(250) is None

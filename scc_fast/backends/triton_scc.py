@@ -18,15 +18,18 @@ does all of SPEC section 2 for it:
    terms ``2N c_aa (p - [DC out] mean p) + N c_re (y - [DC out] mean y)``: dSCC/dp is written.
 
 Scratch per program: H x (W // 2 + 1) float32 planes, 7 with the gradient (P1 re/im, Y1 re/im,
-B, P re/im; phase 4 writes its result over P1), 5 without, plus 2 for the four-step path.
+B, P re/im; phase 4 writes its result over P1), 5 without, plus 2 for the four-step along H and
+4 (2 x H x W) for the four-step along W.
 Phases are separated by ``tl.debug_barrier()`` (the scratch is written and read by all threads
 of the program). Integer labels are compared with ``first_class + c`` inside the kernel, so no
 one-hot tensor is ever made. Padded rows and columns of every tile are masked to 0.
 
-Along H, from ``FOUR_STEP_MIN_H`` (128) up when 16 divides H, the DFT is factored (four-step,
-H = N1 N2 with N2 = 16 or 32: N1 DFTs of length N2 as ``tl.dot``, twiddles, N2 DFTs of length
-N1), so the work per output is N1 + N2 instead of H; other H use the direct DFT-as-dot. Along W
-(real-to-complex, and its inverse) the DFT is always the direct one (see ``NOT_IMPLEMENTED``).
+Long axes are factored (four-step): from ``FOUR_STEP_MIN_H`` (128) up, when 16 divides the
+length N = N1 N2 (N2 = 16 or 32): N1 DFTs of length N2 as ``tl.dot``, twiddles, N2 DFTs of
+length N1, so the work per output is N1 + N2 instead of N. Along H it is the complex DFT; along
+W the real input is transformed as complex and the half spectrum kept, and the inverse rebuilds
+the full spectrum by Hermitian symmetry and keeps the real part. Other lengths (not a multiple
+of 16, or short) use the direct DFT-as-dot, padded to the block with masks.
 
 Precision of the dots: ``SCC_FAST_TRITON_PRECISION`` (``"tf32"``, the default, ``"tf32x3"`` or
 ``"ieee"``) or the module attribute :data:`input_precision` (it wins when set). The interpreter
@@ -68,8 +71,8 @@ MIN_SIZE, MAX_SIZE = 8, 1024
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 NOT_IMPLEMENTED = (
-    "four-step (factored) DFT along W: the real-to-complex row transform and its inverse use the direct "
-    "DFT-as-dot (work per output grows as W); only the H axis is factored"
+    "four-step DFT for lengths that 16 does not divide (e.g. 250, 1000): they use the direct DFT-as-dot, "
+    "whose work per output grows as the length"
 )
 
 _FP32_EPS = float(torch.finfo(torch.float32).eps)
@@ -251,19 +254,86 @@ if triton is not None:
         return xr, xi, k2 + N2 * rn1
 
     @triton.jit
+    def _load_map_tile(p_base, t_base, rows, cols, H, W, cls, TARGET: tl.constexpr, LABELS: tl.constexpr):
+        """p (or y, when TARGET) at [rows x cols], float32, 0 outside the image."""
+        mask = (rows[:, None] < H) & (cols[None, :] < W)
+        offs = rows[:, None] * W + cols[None, :]
+        if TARGET:
+            if LABELS:
+                lab = tl.load(t_base + offs, mask=mask, other=0)
+                x = tl.where(mask & (lab == cls), 1.0, 0.0)
+            else:
+                x = tl.load(t_base + offs, mask=mask, other=0.0).to(tl.float32)
+        else:
+            x = tl.load(p_base + offs, mask=mask, other=0.0).to(tl.float32)
+        return x
+
+    @triton.jit
+    def _row_dft_fs(
+        p_base, t_base, out_r, out_i, z_r, z_i, c1_ptr, s1_ptr, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
+        H, W, WH, M1, M2, cls,
+        TARGET: tl.constexpr, LABELS: tl.constexpr, PRECISION: tl.constexpr,
+        BM: tl.constexpr, M1P: tl.constexpr, M2P: tl.constexpr,
+    ):
+        """Four-step real-to-complex DFT along W (W = M1 M2, w = m1 + M1 m2, k = k2 + M2 k1)
+        of p (or y): X1[h, k] for k < WH into out_r / out_i. z_r / z_i: H x W scratch."""
+        rm = tl.arange(0, BM)
+        r2 = tl.arange(0, M2P)
+        r1 = tl.arange(0, M1P)
+        t2mask = (r2[:, None] < M2) & (r2[None, :] < M2)
+        c2 = tl.load(c2_ptr + r2[:, None] * M2 + r2[None, :], mask=t2mask, other=0.0)
+        s2 = tl.load(s2_ptr + r2[:, None] * M2 + r2[None, :], mask=t2mask, other=0.0)
+        t1mask = (r1[:, None] < M1) & (r1[None, :] < M1)
+        c1 = tl.load(c1_ptr + r1[:, None] * M1 + r1[None, :], mask=t1mask, other=0.0)
+        s1 = tl.load(s1_ptr + r1[:, None] * M1 + r1[None, :], mask=t1mask, other=0.0)
+        for h0 in range(0, H, BM):
+            rows = h0 + rm
+            # steps 1-2: Z[h, m1 M2 + k2] = w_W^(-m1 k2) sum_m2 x[h, m1 + M1 m2] w_M2^(-m2 k2)
+            for m1 in range(0, M1):
+                x = _load_map_tile(p_base, t_base, rows, m1 + M1 * r2, H, W, cls, TARGET, LABELS)
+                zr = tl.dot(x, c2, input_precision=PRECISION)
+                zi = -tl.dot(x, s2, input_precision=PRECISION)
+                twc = tl.load(tw_c_ptr + m1 * M2 + r2, mask=r2 < M2, other=0.0)[None, :]
+                tws = tl.load(tw_s_ptr + m1 * M2 + r2, mask=r2 < M2, other=0.0)[None, :]
+                zmask = (rows[:, None] < H) & (r2[None, :] < M2)
+                zoffs = rows[:, None] * W + (m1 * M2 + r2)[None, :]
+                tl.store(z_r + zoffs, zr * twc + zi * tws, mask=zmask)
+                tl.store(z_i + zoffs, zi * twc - zr * tws, mask=zmask)
+        tl.debug_barrier()
+        for h0 in range(0, H, BM):
+            rows = h0 + rm
+            # step 3: X1[h, k2 + M2 k1] = sum_m1 Z[h, m1 M2 + k2] w_M1^(-m1 k1); keep k < WH
+            for k2 in range(0, M2):
+                zmask = (rows[:, None] < H) & (r1[None, :] < M1)
+                zoffs = rows[:, None] * W + (r1 * M2 + k2)[None, :]
+                zr = tl.load(z_r + zoffs, mask=zmask, other=0.0)
+                zi = tl.load(z_i + zoffs, mask=zmask, other=0.0)
+                xr = tl.dot(zr, c1, input_precision=PRECISION) + tl.dot(zi, s1, input_precision=PRECISION)
+                xi = tl.dot(zi, c1, input_precision=PRECISION) - tl.dot(zr, s1, input_precision=PRECISION)
+                ks = k2 + M2 * r1
+                omask = (rows[:, None] < H) & (r1[None, :] < M1) & (ks[None, :] < WH)
+                ooffs = rows[:, None] * WH + ks[None, :]
+                tl.store(out_r + ooffs, xr, mask=omask)
+                tl.store(out_i + ooffs, xi, mask=omask)
+        # z is reused by the next transform
+        tl.debug_barrier()
+
+    @triton.jit
     def _scc_fused_kernel(
         probs_ptr, target_ptr,  # B*C' x H x W probs; labels B x H x W or float B*C' x H x W
         cos_w_ptr, sin_w_ptr,  # W x WH tables: cos / sin(2 pi w k / W)
         cos_h_ptr, sin_h_ptr,  # H x H tables (direct DFT along H)
-        c1_ptr, s1_ptr, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,  # N1 x N1, N2 x N2, N1 x N2 (four-step)
+        c1_ptr, s1_ptr, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,  # N1 x N1, N2 x N2, N1 x N2 (four-step, H)
+        d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr,  # M1 x M1, M2 x M2, M1 x M2 (four-step, W)
         scratch_ptr,  # n_programs x SLOTS x H x WH float32
         scc_ptr, valid_ptr, grad_ptr,  # B*C' float32, B*C' int8, B*C' x H x W float32
-        n_pairs, n_chan, first_class, H, W, WH, N1, N2,
+        n_pairs, n_chan, first_class, H, W, WH, N1, N2, M1, M2,
         magnitude_weight, phase_weight,
         LABELS: tl.constexpr, INCLUDE_DC: tl.constexpr, NEED_GRAD: tl.constexpr,
         SLOTS: tl.constexpr, PRECISION: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-        FOUR_STEP: tl.constexpr, N1P: tl.constexpr, N2P: tl.constexpr,
+        FOUR_STEP: tl.constexpr, N1P: tl.constexpr, N2P: tl.constexpr, ZH_SLOT: tl.constexpr,
+        FOUR_STEP_W: tl.constexpr, M1P: tl.constexpr, M2P: tl.constexpr, ZW_SLOT: tl.constexpr,
     ):
         EPS: tl.constexpr = 1.1920928955078125e-07  # float32 epsilon, as in scc_fast._numerics
         FP32_MAX: tl.constexpr = 3.4028234663852886e38  # |x| <= FP32_MAX: finite (False for NaN, Inf)
@@ -284,8 +354,10 @@ if triton is not None:
         s_b = scratch + 4 * plane
         s_pr = scratch + 5 * plane  # slots 5-6 only with NEED_GRAD
         s_pi = scratch + 6 * plane
-        s_zr = scratch + (SLOTS - 2) * plane  # four-step intermediate (last two slots)
-        s_zi = scratch + (SLOTS - 1) * plane
+        s_zr = scratch + ZH_SLOT * plane  # four-step intermediate along H: 2 planes
+        s_zi = scratch + (ZH_SLOT + 1) * plane
+        s_wr = scratch + ZW_SLOT * plane  # four-step intermediate along W: 2 x H x W (4 planes)
+        s_wi = s_wr + hw
 
         rm = tl.arange(0, BM)
         rn = tl.arange(0, BN)
@@ -353,10 +425,16 @@ if triton is not None:
 
             # ---- phase 1: row DFTs along W onto the half spectrum, X1 = x @ (C - iS) ----
             # One map at a time (p into slots 0-1, y into 2-3): two accumulators live, not four.
-            _row_dft(p_base, t_base, cos_w_ptr, sin_w_ptr, s_p1r, s_p1i, H, W, WH, cls,
-                     False, LABELS, PRECISION, BM, BN, BK)
-            _row_dft(p_base, t_base, cos_w_ptr, sin_w_ptr, s_y1r, s_y1i, H, W, WH, cls,
-                     True, LABELS, PRECISION, BM, BN, BK)
+            if FOUR_STEP_W:
+                _row_dft_fs(p_base, t_base, s_p1r, s_p1i, s_wr, s_wi, d1_ptr, e1_ptr, d2_ptr, e2_ptr,
+                            tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls, False, LABELS, PRECISION, BM, M1P, M2P)
+                _row_dft_fs(p_base, t_base, s_y1r, s_y1i, s_wr, s_wi, d1_ptr, e1_ptr, d2_ptr, e2_ptr,
+                            tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls, True, LABELS, PRECISION, BM, M1P, M2P)
+            else:
+                _row_dft(p_base, t_base, cos_w_ptr, sin_w_ptr, s_p1r, s_p1i, H, W, WH, cls,
+                         False, LABELS, PRECISION, BM, BN, BK)
+                _row_dft(p_base, t_base, cos_w_ptr, sin_w_ptr, s_y1r, s_y1i, H, W, WH, cls,
+                         True, LABELS, PRECISION, BM, BN, BK)
             tl.debug_barrier()
 
             if FOUR_STEP:
@@ -514,28 +592,73 @@ if triton is not None:
                     off_p = mean_p
                     off_y = mean_y
                 g_base = grad_ptr + tl.cast(pair, tl.int64) * hw
-                for h0 in range(0, H, BM):
-                    rows = h0 + rm
-                    for w0 in range(0, W, BN):
-                        wcols = w0 + rn
-                        acc = tl.zeros([BM, BN], dtype=tl.float32)
-                        for k0 in range(0, WH, BK):
-                            ks = k0 + rk
-                            xmask = (rows[:, None] < H) & (ks[None, :] < WH)
-                            xoffs = rows[:, None] * WH + ks[None, :]
-                            once = (ks[None, :] == 0) | (ks[None, :] * 2 == W)
-                            kw_w = tl.where(once, 1.0, 2.0)
-                            g1r = tl.load(s_p1r + xoffs, mask=xmask, other=0.0) * kw_w
-                            g1i = tl.load(s_p1i + xoffs, mask=xmask, other=0.0) * kw_w
-                            tmask = (ks[:, None] < WH) & (wcols[None, :] < W)
-                            toffs = wcols[None, :] * WH + ks[:, None]
-                            cw = tl.load(cos_w_ptr + toffs, mask=tmask, other=0.0)
-                            sw = tl.load(sin_w_ptr + toffs, mask=tmask, other=0.0)
-                            acc += tl.dot(g1r, cw, input_precision=PRECISION) - tl.dot(g1i, sw, input_precision=PRECISION)
-                        p, y, mask = _load_pair_tile(p_base, t_base, rows, wcols, H, W, cls, LABELS)
-                        acc += (2.0 * n_vox * c_aa) * (p - off_p) + (n_vox * c_re) * (y - off_y)
-                        offs = rows[:, None] * W + wcols[None, :]
-                        tl.store(g_base + offs, acc, mask=mask)
+                if FOUR_STEP_W:
+                    r1 = tl.arange(0, M1P)
+                    r2 = tl.arange(0, M2P)
+                    t2mask = (r2[:, None] < M2) & (r2[None, :] < M2)
+                    d2 = tl.load(d2_ptr + r2[:, None] * M2 + r2[None, :], mask=t2mask, other=0.0)
+                    e2 = tl.load(e2_ptr + r2[:, None] * M2 + r2[None, :], mask=t2mask, other=0.0)
+                    t1mask = (r1[:, None] < M1) & (r1[None, :] < M1)
+                    d1 = tl.load(d1_ptr + r1[:, None] * M1 + r1[None, :], mask=t1mask, other=0.0)
+                    e1 = tl.load(e1_ptr + r1[:, None] * M1 + r1[None, :], mask=t1mask, other=0.0)
+                    for h0 in range(0, H, BM):
+                        rows = h0 + rm
+                        # steps 1-2 on the full spectrum, G[k] = conj(G[W - k]) for k >= WH:
+                        # Z[h, m1 M2 + k2] = w_W^(m1 k2) sum_m2 G[h, m1 + M1 m2] w_M2^(m2 k2)
+                        for m1 in range(0, M1):
+                            ks = m1 + M1 * r2
+                            lower = ks < WH
+                            kk = tl.where(lower, ks, W - ks)
+                            gmask = (rows[:, None] < H) & (r2[None, :] < M2)
+                            goffs = rows[:, None] * WH + kk[None, :]
+                            gr = tl.load(s_p1r + goffs, mask=gmask, other=0.0)
+                            gi = tl.load(s_p1i + goffs, mask=gmask, other=0.0)
+                            gi = tl.where(lower[None, :], gi, -gi)
+                            zr = tl.dot(gr, d2, input_precision=PRECISION) - tl.dot(gi, e2, input_precision=PRECISION)
+                            zi = tl.dot(gi, d2, input_precision=PRECISION) + tl.dot(gr, e2, input_precision=PRECISION)
+                            twc = tl.load(tv_c_ptr + m1 * M2 + r2, mask=r2 < M2, other=0.0)[None, :]
+                            tws = tl.load(tv_s_ptr + m1 * M2 + r2, mask=r2 < M2, other=0.0)[None, :]
+                            zoffs = rows[:, None] * W + (m1 * M2 + r2)[None, :]
+                            tl.store(s_wr + zoffs, zr * twc - zi * tws, mask=gmask)
+                            tl.store(s_wi + zoffs, zi * twc + zr * tws, mask=gmask)
+                    tl.debug_barrier()
+                    for h0 in range(0, H, BM):
+                        rows = h0 + rm
+                        # step 3, real part: out[h, k2 + M2 k1] = Re sum_m1 Z[h, m1 M2 + k2] w_M1^(m1 k1)
+                        for k2 in range(0, M2):
+                            zmask = (rows[:, None] < H) & (r1[None, :] < M1)
+                            zoffs = rows[:, None] * W + (r1 * M2 + k2)[None, :]
+                            zr = tl.load(s_wr + zoffs, mask=zmask, other=0.0)
+                            zi = tl.load(s_wi + zoffs, mask=zmask, other=0.0)
+                            acc = tl.dot(zr, d1, input_precision=PRECISION) - tl.dot(zi, e1, input_precision=PRECISION)
+                            wcols = k2 + M2 * r1
+                            p, y, mask = _load_pair_tile(p_base, t_base, rows, wcols, H, W, cls, LABELS)
+                            acc += (2.0 * n_vox * c_aa) * (p - off_p) + (n_vox * c_re) * (y - off_y)
+                            offs = rows[:, None] * W + wcols[None, :]
+                            tl.store(g_base + offs, acc, mask=mask & (r1[None, :] < M1))
+                else:
+                    for h0 in range(0, H, BM):
+                        rows = h0 + rm
+                        for w0 in range(0, W, BN):
+                            wcols = w0 + rn
+                            acc = tl.zeros([BM, BN], dtype=tl.float32)
+                            for k0 in range(0, WH, BK):
+                                ks = k0 + rk
+                                xmask = (rows[:, None] < H) & (ks[None, :] < WH)
+                                xoffs = rows[:, None] * WH + ks[None, :]
+                                once = (ks[None, :] == 0) | (ks[None, :] * 2 == W)
+                                kw_w = tl.where(once, 1.0, 2.0)
+                                g1r = tl.load(s_p1r + xoffs, mask=xmask, other=0.0) * kw_w
+                                g1i = tl.load(s_p1i + xoffs, mask=xmask, other=0.0) * kw_w
+                                tmask = (ks[:, None] < WH) & (wcols[None, :] < W)
+                                toffs = wcols[None, :] * WH + ks[:, None]
+                                cw = tl.load(cos_w_ptr + toffs, mask=tmask, other=0.0)
+                                sw = tl.load(sin_w_ptr + toffs, mask=tmask, other=0.0)
+                                acc += tl.dot(g1r, cw, input_precision=PRECISION) - tl.dot(g1i, sw, input_precision=PRECISION)
+                            p, y, mask = _load_pair_tile(p_base, t_base, rows, wcols, H, W, cls, LABELS)
+                            acc += (2.0 * n_vox * c_aa) * (p - off_p) + (n_vox * c_re) * (y - off_y)
+                            offs = rows[:, None] * W + wcols[None, :]
+                            tl.store(g_base + offs, acc, mask=mask)
             # The next pair overwrites the scratch this one has just read.
             tl.debug_barrier()
 
@@ -573,17 +696,17 @@ def _twiddle_grid(n1: int, n2: int, n: int, device: torch.device) -> tuple[torch
     return _TABLES[key]
 
 
-#: The DFT along H is factored (four-step, H = N1 * N2) from this length up, when 16 divides H;
-#: its work per output then is N1 + N2 instead of H. Shorter or other axes use the direct DFT.
+#: An axis is factored (four-step, N = N1 * N2) from this length up, when 16 divides N; the
+#: work per output then is N1 + N2 instead of N. Shorter or other axes use the direct DFT.
 FOUR_STEP_MIN_H = 128
 
 
-def _four_step_factors(H: int) -> tuple[int, int] | None:
-    """(N1, N2) with H = N1 N2, N2 in {16, 32} (a tl.dot block needs >= 16), or None."""
-    if H < FOUR_STEP_MIN_H or H % 16:
+def _four_step_factors(n: int) -> tuple[int, int] | None:
+    """(N1, N2) with n = N1 N2, N2 in {16, 32} (a tl.dot block needs >= 16), or None."""
+    if n < FOUR_STEP_MIN_H or n % 16:
         return None
-    n2 = 32 if H % 32 == 0 and H // 32 >= 16 else 16
-    return H // n2, n2
+    n2 = 32 if n % 32 == 0 and n // 32 >= 16 else 16
+    return n // n2, n2
 
 
 def _next_pow2(n: int) -> int:
@@ -591,14 +714,15 @@ def _next_pow2(n: int) -> int:
 
 
 #: GPU tile configurations (BM, BN, BK, num_warps, num_stages) per dot precision, chosen so that
-#: ptxas reports no (or next to no) register spills for sm_90 (compiled without a GPU with
-#: triton.compile(..., target=GPUTarget("cuda", 90, 32)) and cuobjdump --dump-resource-usage:
-#: tf32 64/32/32/8/2 -> 16 B stack; ieee 64/32/16/8/2 -> 56 B; tf32x3 64/32/16/8/1 -> 0 B;
-#: 64/64/32/8/3, the first guess, spilled 424 B). Not timed: no GPU was available to tune them.
+#: ptxas reports no (or little) register spilling for sm_90 in every path (direct / four-step on
+#: H and W), compiled without a GPU with triton.compile(..., target=GPUTarget("cuda", 90, 32))
+#: and cuobjdump --dump-resource-usage: tf32 64/32/32/8/2: 0-80 B stack; ieee 32/32/16/8/2:
+#: 0-24 B; tf32x3 32/32/16/8/1: 0-104 B (64/64/32/8/3, the first guess, spilled 424 B).
+#: Not timed: no GPU was available to tune them.
 GPU_BLOCKS = {
     "tf32": (64, 32, 32, 8, 2),
-    "ieee": (64, 32, 16, 8, 2),
-    "tf32x3": (64, 32, 16, 8, 1),
+    "ieee": (32, 32, 16, 8, 2),
+    "tf32x3": (32, 32, 16, 8, 1),
 }
 
 
@@ -647,7 +771,22 @@ def _launch(probs, target, first_class, include_dc, magnitude_weight, phase_weig
     cos_w, sin_w = _twiddles(W, WH, device)
     cos_h, sin_h = _twiddles(H, H, device)
     factors = _four_step_factors(H)
-    slots = (7 if need_grad else 5) + (2 if factors else 0)
+    factors_w = _four_step_factors(W)
+    slots = 7 if need_grad else 5
+    zh_slot, zw_slot = slots, slots
+    if factors:
+        slots += 2
+        zw_slot = slots
+    if factors_w:  # 2 x H x W floats fit in 4 planes of H x (W // 2 + 1)
+        slots += 4
+        m1, m2 = factors_w
+        d1, e1 = _twiddles(m1, m1, device)
+        d2, e2 = _twiddles(m2, m2, device)
+        tv_c, tv_s = _twiddle_grid(m1, m2, W, device)
+        m1p, m2p = max(16, _next_pow2(m1)), m2
+    else:
+        m1, m2, m1p, m2p = 1, 1, 16, 16
+        d1 = e1 = d2 = e2 = tv_c = tv_s = cos_w  # not read
     if factors:
         n1, n2 = factors
         c1, s1 = _twiddles(n1, n1, device)
@@ -664,13 +803,14 @@ def _launch(probs, target, first_class, include_dc, magnitude_weight, phase_weig
     grad = torch.empty((n_batch, n_chan, H, W) if need_grad else (0,), dtype=torch.float32, device=device)
     bm, bn, bk, warps, stages = _blocks(H, W, precision)
     _scc_fused_kernel[(n_prog,)](
-        probs, target, cos_w, sin_w, cos_h, sin_h, c1, s1, c2, s2, tw_c, tw_s,
+        probs, target, cos_w, sin_w, cos_h, sin_h, c1, s1, c2, s2, tw_c, tw_s, d1, e1, d2, e2, tv_c, tv_s,
         scratch, scc, valid, grad if need_grad else scc,
-        n_pairs, n_chan, int(first_class), H, W, WH, n1, n2,
+        n_pairs, n_chan, int(first_class), H, W, WH, n1, n2, m1, m2,
         float(magnitude_weight), float(phase_weight),
         LABELS=labels, INCLUDE_DC=bool(include_dc), NEED_GRAD=bool(need_grad),
         SLOTS=slots, PRECISION=precision, BM=bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages,
-        FOUR_STEP=factors is not None, N1P=n1p, N2P=n2p,
+        FOUR_STEP=factors is not None, N1P=n1p, N2P=n2p, ZH_SLOT=zh_slot,
+        FOUR_STEP_W=factors_w is not None, M1P=m1p, M2P=m2p, ZW_SLOT=zw_slot,
     )
     return scc.view(n_batch, n_chan), valid.view(n_batch, n_chan).bool(), grad
 
