@@ -415,7 +415,7 @@ if triton is not None:
                     energy_b = total_b
                 else:
                     energy_b = n_vox * n_vox * var_y
-                valid = energy_b > 1e-9 * total_b
+                valid = (energy_b > 1e-9 * total_b) | (energy_b != energy_b)  # NaN target: NaN propagates
             if INCLUDE_DC:
                 energy_a = total_a
                 cross = n_vox * tl.sum(acc_py, axis=0)
