@@ -190,9 +190,9 @@ def test_case_scales_are_written_out():
     quick = default_cases("cpu", quick=True)
     assert quick["synapse-2d"].shape == (8, 9, 224, 224)
     assert quick["synapse-2d"].scale == pytest.approx(1 / 3)
-    assert quick["synapse-2d"].scale_text == "1/3 of 24x9x224x224 (batch 8/24)"
+    assert quick["synapse-2d"].scale_text == "1/3 of 24x9x224x224: batch 8/24"
     assert quick["brats-3d"].shape == (2, 4, 64, 64, 64)
-    assert quick["brats-3d"].scale_text == "1/8 of 2x4x128x128x128 (spatial 64x64x64 of 128x128x128)"
+    assert quick["brats-3d"].scale_text == "1/8 of 2x4x128x128x128: spatial 64x64x64 of 128x128x128"
     full = default_cases("cpu", quick=False)
     assert full["brats-3d-64"].shape == (2, 4, 64, 64, 64)  # issue 2's acceptance shape
     gpu = default_cases("cuda", quick=False)

@@ -42,7 +42,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="benchmark every available backend against the torch.fft reference",
         description=__doc__.split("\n\n")[0] + " Cases: " + ", ".join(
             f"{n} {'x'.join(map(str, s))}" for n, (s, _) in SPEC_CASES.items()) + ".",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--quick", action="store_true",
                    help="fewer repeats; on a CPU also smaller cases and torch.compile only on the two acceptance shapes "
@@ -54,19 +53,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--backends", nargs="+", metavar="NAME",
                    help=f"row labels: registry backends and {COMPILED!r}; default: reference, {COMPILED} and every "
                         "available backend")
-    p.add_argument("--out", type=Path, default=Path("bench_out"), help="output folder")
+    p.add_argument("--out", type=Path, default=Path("bench_out"), help="output folder (default: bench_out)")
     p.add_argument("--scaling", action="store_true", help="run the scaling study (instead of the cases)")
     p.add_argument("--timeline", action="store_true", help="run the memory timeline (instead of the cases)")
     p.add_argument("--all", action="store_true", help="cases, then timeline, then scaling")
     p.add_argument("--no-compile", action="store_true", help=f"leave out the {COMPILED} rows")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per row (default: 5 quick / 15 CPU / 30 GPU)")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up calls before timing (default: 2 CPU / 5 GPU)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up calls before timing (default: 1 quick CPU / 2 CPU / 5 GPU)")
     p.add_argument("--sizes-2d", type=int, nargs="+", default=None, help="scaling: 2D edge lengths")
     p.add_argument("--sizes-3d", type=int, nargs="+", default=None, help="scaling: 3D edge lengths")
     p.add_argument("--isolation", choices=["process", "none"], default=None,
                    help="process: a fresh interpreter per (case, backend), needed for CPU peak RSS (default on CPU); "
                         "none: everything in this process (default on CUDA)")
-    p.add_argument("--job-timeout", type=float, default=None, help="seconds before a row's process is killed")
+    p.add_argument("--job-timeout", type=float, default=None, help="seconds before a row's worker process is killed (default: 120 quick / 600)")
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds; rows not started by then are reported as not run, compiled rows need 45 s (GPU 30 s) "
                         "of it left (default: 130 for --quick on a CPU, else none)")

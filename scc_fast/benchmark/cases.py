@@ -91,7 +91,7 @@ class Case:
 
     @property
     def scale_text(self) -> str:
-        """E.g. ``"1/3 of 24x9x224x224 (batch 8/24)"``, ``"full size"``, ``"custom"``."""
+        """E.g. ``"1/3 of 24x9x224x224: batch 8/24"``, ``"full SPEC size"``, ``"custom shape"``."""
         full = self.full_shape
         if full is None:
             return "custom shape"
@@ -104,7 +104,7 @@ class Case:
             parts.append(f"channels {self.shape[1]}/{full[1]}")
         if self.spatial != full[2:]:
             parts.append(f"spatial {format_shape(self.spatial)} of {format_shape(full[2:])}")
-        return f"{_fraction(self.scale)} of {format_shape(full)} ({', '.join(parts)})"
+        return f"{_fraction(self.scale)} of {format_shape(full)}: {', '.join(parts)}"
 
     def as_dict(self) -> dict:
         return {

@@ -463,7 +463,7 @@ def _trace_length(snap: dict, device: torch.device) -> int:
 
 
 def _emit(result: dict[str, Any]) -> None:
-    sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
+    sys.stdout.write(RESULT_PREFIX + json.dumps(result, default=str) + "\n")
     sys.stdout.flush()
 
 
