@@ -55,6 +55,9 @@ def _register_python_side() -> None:
         return probs.new_empty(pairs), probs.new_empty(pairs, dtype=torch.bool), grad
 
     def setup_context(ctx, inputs, output):
+        # No zero-filled gradients for the outputs nothing flows into (valid, and the B x C x spatial
+        # grad): that would cost a full-size allocation in every backward.
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(output[2])
 
     def backward(ctx, grad_scc, grad_valid, grad_grad):
@@ -66,6 +69,8 @@ def _register_python_side() -> None:
             )
         (grad,) = ctx.saved_tensors
         torch._check(grad.dim() >= 3, lambda: "scc_forward was called with need_grad=False; it has no gradient")
+        if grad_scc is None:
+            return None, None, None, None, None, None, None
         upstream = grad_scc.reshape(grad_scc.shape + (1,) * (grad.dim() - 2))
         return grad * upstream, None, None, None, None, None, None
 
