@@ -55,10 +55,11 @@ except ImportError as exc:  # pragma: no cover - exercised only without triton i
 __all__ = ["correlation", "unavailable_reason", "unsupported_reason", "CHUNK_ELEMENTS"]
 
 #: Upper bound on B x k x spatial elements per chunk of k classes (at least one class per chunk).
-#: A chunk holds its half spectra P and Y (complex, about 2 x that many floats each way) and the
-#: inverse transform; fewer, larger chunks mean fewer launches. 2^26 keeps every SPEC benchmark
-#: case in one chunk; lower it to trade a little time for peak memory.
-CHUNK_ELEMENTS = 1 << 26
+#: A chunk holds its one-hot target, its half spectra P and Y (about as many floats each) and the
+#: inverse transform; fewer, larger chunks mean fewer launches (about 100 small ones per chunk).
+#: 2^26 keeps every SPEC benchmark case in one chunk; a lower value trades time for peak memory
+#: (bench/gpu_3d_check.py measures 2^23 and 2^22 too). ``SCC_FAST_FFT_CHUNK_ELEMENTS`` sets it.
+CHUNK_ELEMENTS = int(os.environ.get("SCC_FAST_FFT_CHUNK_ELEMENTS", "0") or 0) or (1 << 26)
 
 
 # triton.jit reads TRITON_INTERPRET when the kernels below are defined: what counts is its value
