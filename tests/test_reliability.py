@@ -415,6 +415,29 @@ def test_autocast_cpu_bf16(backend):
     assert rel_err(scc_loss(logits.detach(), t, softmax=True, backend=backend), loss) < 1e-6
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("amp_dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_autocast_cuda(backend, amp_dtype):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 2, 16, 16, generator=g).cuda().requires_grad_(True)
+    t = torch.randint(0, 3, (2, 16, 16), generator=g).cuda()
+    net = _TinyNet().cuda()
+    with torch.autocast("cuda", dtype=amp_dtype):
+        logits = net(x)
+        assert logits.dtype == amp_dtype
+        require_supported(backend, *backend_input(logits, t))
+        logits.retain_grad()
+        loss = scc_loss(logits, t, softmax=True, backend=backend)
+    assert loss.dtype == torch.float32
+    loss.backward()
+    assert x.grad.dtype == torch.float32 and logits.grad.dtype == amp_dtype
+    ref_loss, ref_grad = loss_and_grad(logits.detach().double().cpu(), t.cpu(), "reference", softmax=True)
+    tol = 5e-3 if backend == "triton" else 1e-5  # TF32 dots by default in the triton kernel (SPEC 4)
+    assert rel_err(loss.cpu(), ref_loss) < tol
+    assert rel_err(logits.grad.cpu(), ref_grad) < 1e-2
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype,grad_tol", [(torch.float16, 2e-3), (torch.bfloat16, 1e-2)], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("shape", [(2, 3, 8, 8), (2, 3, 9, 11), (1, 2, 4, 5, 6)], ids=["2d", "2d-odd", "3d-odd"])
@@ -436,10 +459,19 @@ def test_half_precision_input(backend, dtype, grad_tol, shape):
 # ================================================================ determinism
 
 
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", [(2, 3, 8, 10), (1, 2, 4, 6, 5)], ids=["2d", "3d"])
-def test_bitwise_deterministic(backend, shape):
+def test_bitwise_deterministic(backend, shape, device):
+    """Same input, same loss and gradient bit for bit (on CUDA too: no atomics in any backend)."""
     x, t = make(shape)
+    x, t = x.to(device), t.to(device)
     require_supported(backend, *backend_input(x, t))
     first = loss_and_grad(x, t, backend, softmax=True, include_background=False)
     other = make((1, 2) + tuple(shape[2:]), seed=5)
@@ -489,6 +521,7 @@ def test_real_allocation_failure_then_recovers(backend):
         except OSError:
             pytest.skip("cannot read the overcommit policy; not risking a huge allocation")
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    allocated_before = torch.cuda.memory_allocated() if device == "cuda" else 0
     side = 2**20
     leaf = torch.full((1, 1, 1, 1), 0.5, device=device, requires_grad=True)
     huge = leaf.expand(1, 2, side, side)
@@ -506,6 +539,9 @@ def test_real_allocation_failure_then_recovers(backend):
             assert isinstance(info.value, torch.OutOfMemoryError) or "can't allocate memory" in str(
                 info.value
             ) or "not enough memory" in str(info.value), str(info.value)[:300]
+    if device == "cuda":  # nothing of the failed call stays allocated
+        torch.cuda.synchronize()
+        assert torch.cuda.memory_allocated() <= allocated_before + 1024
     x, t = make()
     x = x.to(device)
     require_supported(backend, *backend_input(x, t.to(device)))
