@@ -181,7 +181,12 @@ def test_four_step_row_dft(monkeypatch, shape, labels, include_dc):
     monkeypatch.setattr(triton_scc, "FOUR_STEP_MIN_H", 32)
     assert triton_scc._four_step_factors(shape[3]) == (shape[3] // 16, 16)
     probs, target = make_inputs(shape, labels, seed=59)
-    compare(probs, target, include_dc=include_dc, magnitude_weight=0.6, phase_weight=0.4)
+    kw = dict(include_dc=include_dc, magnitude_weight=0.6, phase_weight=0.4)
+    out, valid, _ = compare(probs, target, **kw)
+    with torch.no_grad():  # the forward-only kernel has its own scratch layout
+        t = target.to(DEVICE) if labels else target.to(DEVICE, torch.float32)
+        out_ng, valid_ng = triton_scc.correlation(probs.to(DEVICE, torch.float32), t, **kw)
+    assert torch.equal(out_ng, out) and torch.equal(valid_ng, valid)
 
 
 def test_four_step_default_threshold():

@@ -319,6 +319,22 @@ if triton is not None:
         tl.debug_barrier()
 
     @triton.jit
+    def _row_pass(
+        p_base, t_base, out_r, out_i, z_r, z_i, cos_w_ptr, sin_w_ptr,
+        d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
+        TARGET: tl.constexpr, LABELS: tl.constexpr, FOUR_STEP_W: tl.constexpr, PRECISION: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, M1P: tl.constexpr, M2P: tl.constexpr,
+    ):
+        """Row transform of p (or y) onto the half spectrum, four-step or direct; then a barrier."""
+        if FOUR_STEP_W:
+            _row_dft_fs(p_base, t_base, out_r, out_i, z_r, z_i, d1_ptr, e1_ptr, d2_ptr, e2_ptr,
+                        tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls, TARGET, LABELS, PRECISION, BM, M1P, M2P)
+        else:
+            _row_dft(p_base, t_base, cos_w_ptr, sin_w_ptr, out_r, out_i, H, W, WH, cls,
+                     TARGET, LABELS, PRECISION, BM, BN, BK)
+        tl.debug_barrier()
+
+    @triton.jit
     def _scc_fused_kernel(
         probs_ptr, target_ptr,  # B*C' x H x W probs; labels B x H x W or float B*C' x H x W
         cos_w_ptr, sin_w_ptr,  # W x WH tables: cos / sin(2 pi w k / W)
@@ -333,7 +349,7 @@ if triton is not None:
         SLOTS: tl.constexpr, PRECISION: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
         FOUR_STEP: tl.constexpr, N1P: tl.constexpr, N2P: tl.constexpr, ZH_SLOT: tl.constexpr,
-        FOUR_STEP_W: tl.constexpr, M1P: tl.constexpr, M2P: tl.constexpr, ZW_SLOT: tl.constexpr,
+        FOUR_STEP_W: tl.constexpr, M1P: tl.constexpr, M2P: tl.constexpr,
     ):
         EPS: tl.constexpr = 1.1920928955078125e-07  # float32 epsilon, as in scc_fast._numerics
         FP32_MAX: tl.constexpr = 3.4028234663852886e38  # |x| <= FP32_MAX: finite (False for NaN, Inf)
@@ -347,17 +363,23 @@ if triton is not None:
         else:
             n_k = n_vox - 1.0
         scratch = scratch_ptr + pid.to(tl.int64) * (SLOTS * plane)
+        # Scratch planes (H x WH each): X1, the row transform of y then of p (0-1); B (2);
+        # P (3-4, with the gradient); the four-step intermediates where they are free.
         s_p1r = scratch
         s_p1i = scratch + plane
-        s_y1r = scratch + 2 * plane
-        s_y1i = scratch + 3 * plane
-        s_b = scratch + 4 * plane
-        s_pr = scratch + 5 * plane  # slots 5-6 only with NEED_GRAD
-        s_pi = scratch + 6 * plane
-        s_zr = scratch + ZH_SLOT * plane  # four-step intermediate along H: 2 planes
+        s_y1r = s_p1r  # y's row transform is consumed (phase 2a) before p's is made
+        s_y1i = s_p1i
+        s_b = scratch + 2 * plane
+        s_pr = scratch + 3 * plane
+        s_pi = scratch + 4 * plane
+        s_zr = scratch + ZH_SLOT * plane  # four-step along H: 2 planes
         s_zi = scratch + (ZH_SLOT + 1) * plane
-        s_wr = scratch + ZW_SLOT * plane  # four-step intermediate along W: 2 x H x W (4 planes)
-        s_wi = s_wr + hw
+        # four-step along W: 2 x H x W floats = 4 planes, at slot 2 (y's rows and the inverse,
+        # while B / P are dead or not yet made) or at slot 3 (p's rows, B alive)
+        s_wr_y = scratch + 2 * plane
+        s_wi_y = s_wr_y + hw
+        s_wr_p = scratch + 3 * plane
+        s_wi_p = s_wr_p + hw
 
         rm = tl.arange(0, BM)
         rn = tl.arange(0, BN)
@@ -423,19 +445,11 @@ if triton is not None:
                 energy_a = n_vox * n_vox * var_p
                 cross = n_vox * tl.sum(acc_pyc, axis=0)
 
-            # ---- phase 1: row DFTs along W onto the half spectrum, X1 = x @ (C - iS) ----
-            # One map at a time (p into slots 0-1, y into 2-3): two accumulators live, not four.
-            if FOUR_STEP_W:
-                _row_dft_fs(p_base, t_base, s_p1r, s_p1i, s_wr, s_wi, d1_ptr, e1_ptr, d2_ptr, e2_ptr,
-                            tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls, False, LABELS, PRECISION, BM, M1P, M2P)
-                _row_dft_fs(p_base, t_base, s_y1r, s_y1i, s_wr, s_wi, d1_ptr, e1_ptr, d2_ptr, e2_ptr,
-                            tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls, True, LABELS, PRECISION, BM, M1P, M2P)
-            else:
-                _row_dft(p_base, t_base, cos_w_ptr, sin_w_ptr, s_p1r, s_p1i, H, W, WH, cls,
-                         False, LABELS, PRECISION, BM, BN, BK)
-                _row_dft(p_base, t_base, cos_w_ptr, sin_w_ptr, s_y1r, s_y1i, H, W, WH, cls,
-                         True, LABELS, PRECISION, BM, BN, BK)
-            tl.debug_barrier()
+            # ---- phase 1y: row DFT of y along W onto the half spectrum, Y1 = y @ (C - iS) ----
+            # (p's comes later into the same planes: one map's row transform is alive at a time)
+            _row_pass(p_base, t_base, s_y1r, s_y1i, s_wr_y, s_wi_y, cos_w_ptr, sin_w_ptr,
+                      d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
+                      True, LABELS, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
 
             if FOUR_STEP:
                 # ---- phase 2, four-step along H: N1 DFTs of N2, twiddles, N2 DFTs of N1 ----
@@ -457,6 +471,10 @@ if triton is not None:
                         acc_tb += tl.sum(wgt * bmag, axis=1)
                         tl.store(s_b + khs[:, None] * WH + kcols[None, :], bmag, mask=inside)
                 tl.debug_barrier()
+                # ---- phase 1p: row DFT of p, P1 = p @ (C - iS), over Y1 ----
+                _row_pass(p_base, t_base, s_p1r, s_p1i, s_wr_p, s_wi_p, cos_w_ptr, sin_w_ptr,
+                          d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
+                          False, LABELS, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
                 _fs_step1(s_p1r, s_p1i, s_pr, s_pi, s_b, s_zr, s_zi, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
                           H, WH, N1, N2, 0.0, 0.0, False, False, False, INCLUDE_DC, PRECISION, N2P, BN)
                 tl.debug_barrier()
@@ -488,6 +506,10 @@ if triton is not None:
                         acc_tb += tl.sum(wgt * bmag, axis=1)
                         tl.store(s_b + khs[:, None] * WH + kcols[None, :], bmag, mask=inside)
                 tl.debug_barrier()
+                # ---- phase 1p: row DFT of p, P1 = p @ (C - iS), over Y1 ----
+                _row_pass(p_base, t_base, s_p1r, s_p1i, s_wr_p, s_wi_p, cos_w_ptr, sin_w_ptr,
+                          d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
+                          False, LABELS, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
 
                 # ---- phase 2b: column DFT of P; A = |P|, T_a and T_ab (P kept for the gradient) ----
                 acc_ta = tl.zeros([BM], dtype=tl.float32)
@@ -619,8 +641,8 @@ if triton is not None:
                             twc = tl.load(tv_c_ptr + m1 * M2 + r2, mask=r2 < M2, other=0.0)[None, :]
                             tws = tl.load(tv_s_ptr + m1 * M2 + r2, mask=r2 < M2, other=0.0)[None, :]
                             zoffs = rows[:, None] * W + (m1 * M2 + r2)[None, :]
-                            tl.store(s_wr + zoffs, zr * twc - zi * tws, mask=gmask)
-                            tl.store(s_wi + zoffs, zi * twc + zr * tws, mask=gmask)
+                            tl.store(s_wr_y + zoffs, zr * twc - zi * tws, mask=gmask)
+                            tl.store(s_wi_y + zoffs, zi * twc + zr * tws, mask=gmask)
                     tl.debug_barrier()
                     for h0 in range(0, H, BM):
                         rows = h0 + rm
@@ -628,8 +650,8 @@ if triton is not None:
                         for k2 in range(0, M2):
                             zmask = (rows[:, None] < H) & (r1[None, :] < M1)
                             zoffs = rows[:, None] * W + (r1 * M2 + k2)[None, :]
-                            zr = tl.load(s_wr + zoffs, mask=zmask, other=0.0)
-                            zi = tl.load(s_wi + zoffs, mask=zmask, other=0.0)
+                            zr = tl.load(s_wr_y + zoffs, mask=zmask, other=0.0)
+                            zi = tl.load(s_wi_y + zoffs, mask=zmask, other=0.0)
                             acc = tl.dot(zr, d1, input_precision=PRECISION) - tl.dot(zi, e1, input_precision=PRECISION)
                             wcols = k2 + M2 * r1
                             p, y, mask = _load_pair_tile(p_base, t_base, rows, wcols, H, W, cls, LABELS)
@@ -772,13 +794,14 @@ def _launch(probs, target, first_class, include_dc, magnitude_weight, phase_weig
     cos_h, sin_h = _twiddles(H, H, device)
     factors = _four_step_factors(H)
     factors_w = _four_step_factors(W)
-    slots = 7 if need_grad else 5
-    zh_slot, zw_slot = slots, slots
-    if factors:
-        slots += 2
-        zw_slot = slots
+    # Planes: X1 (0-1), B (2), P (3-4, gradient only), then the four-step intermediates: along H
+    # 2 planes after those; along W 4 planes (2 x H x W) from slot 2 or 3 (see the kernel).
+    base = 5 if need_grad else 3
+    zh_slot = base
+    slots = base + (2 if factors else 0)
+    if factors_w:
+        slots = max(slots, 7)
     if factors_w:  # 2 x H x W floats fit in 4 planes of H x (W // 2 + 1)
-        slots += 4
         m1, m2 = factors_w
         d1, e1 = _twiddles(m1, m1, device)
         d2, e2 = _twiddles(m2, m2, device)
@@ -810,7 +833,7 @@ def _launch(probs, target, first_class, include_dc, magnitude_weight, phase_weig
         LABELS=labels, INCLUDE_DC=bool(include_dc), NEED_GRAD=bool(need_grad),
         SLOTS=slots, PRECISION=precision, BM=bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages,
         FOUR_STEP=factors is not None, N1P=n1p, N2P=n2p, ZH_SLOT=zh_slot,
-        FOUR_STEP_W=factors_w is not None, M1P=m1p, M2P=m2p, ZW_SLOT=zw_slot,
+        FOUR_STEP_W=factors_w is not None, M1P=m1p, M2P=m2p,
     )
     return scc.view(n_batch, n_chan), valid.view(n_batch, n_chan).bool(), grad
 
