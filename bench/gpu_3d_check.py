@@ -349,7 +349,15 @@ def dispatch_table(results: dict) -> dict:
                     ndim=len(spatial),
                     n=math.prod(spatial),
                     timed=timed,
-                    reference=case["backends"].get("reference", {}).get("median_ms"),
+                    baselines={
+                        name: case["backends"].get(name, {}).get("median_ms")
+                        for name in ("reference", "reference-compiled")
+                    },
+                    peak={
+                        name: round(r["peak_mib"], 1)
+                        for name, r in case.get("backends", {}).items()
+                        if r.get("peak_mib") is not None
+                    },
                 )
             )
     ranges = dispatch.ranges_for([dict(device_kind=device_kind, ndim=c["ndim"], n=c["n"]) for c in measured_cases])
@@ -357,8 +365,7 @@ def dispatch_table(results: dict) -> dict:
     for c, (lo, hi) in zip(measured_cases, ranges):
         ranking = sorted(c["timed"], key=c["timed"].get)
         median = {k: round(v, 4) for k, v in c["timed"].items()}
-        if c["reference"] is not None:
-            median["reference"] = round(c["reference"], 4)
+        median.update({k: round(v, 4) for k, v in c["baselines"].items() if v is not None})
         rows.append(
             dict(
                 case=c["case"],
@@ -370,6 +377,7 @@ def dispatch_table(results: dict) -> dict:
                 shape=c["shape"],
                 ranking=ranking,
                 median_ms=median,
+                peak_mib=c["peak"],
             )
         )
     table = {
