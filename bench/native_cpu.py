@@ -7,6 +7,10 @@ subprocess per backend (Linux: VmHWM after resetting it through /proc/self/clear
 
     python bench/native_cpu.py                   # both cases, 15 repeats
     python bench/native_cpu.py --repeats 31 --cases 2d
+    python bench/native_cpu.py --threads 1       # steadier on a loaded machine
+
+On a machine shared with other jobs, OpenMP threads spin against each other and 2-thread
+timings can be inflated many times; ``--threads 1`` is steadier there.
 """
 
 from __future__ import annotations
@@ -87,9 +91,12 @@ def main():
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     ap.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory_child:
         memory_child(*args.memory_child)
         return

@@ -68,6 +68,10 @@ inline void split_bin(T zr, T zi, T mr, T mi, T& pr, T& pi, T& a, T& b) {
   b = std::sqrt(yr * yr + yi * yi);
 }
 
+// Longest last axis whose mirror row sums_rows reverses into a stack buffer (longer rows take a
+// scalar loop).
+constexpr int64_t kMaxRevRow = 4096;
+
 // T_a, T_b, T_ab over the half spectrum of rows [r0, r1) (columns 0 .. L/2, each column other than 0
 // and Nyquist counted twice for its mirror), DC left out unless include_dc; added to acc[0..2].
 template <typename T>
@@ -91,18 +95,41 @@ void sums_rows(const T* Z, const int64_t* neg_row, int64_t L, int64_t r0, int64_
       tb += b;
       tab += static_cast<double>(a) * b;
     }
+    // The mirror columns L - j, reversed into a local row so that the loop below reads both rows
+    // forwards (GCC does not vectorise the reversed interleaved reads of a reduction loop).
+    T rev[2 * kMaxRevRow];
+    const T* zm = zn;
+    if (L <= kMaxRevRow) {
+      for (int64_t j = 1; j < j_end; ++j) {
+        rev[2 * j] = zn[2 * (L - j)];
+        rev[2 * j + 1] = zn[2 * (L - j) + 1];
+      }
+      zm = rev;
+    }
     // Row sums in T (vectorised), the row totals in double.
     T ra = 0, rb = 0, rab = 0;
+    if (L <= kMaxRevRow) {
 #pragma omp simd reduction(+ : ra, rb, rab)
-    for (int64_t j = 1; j < j_end; ++j) {
-      // split_bin written out: helpers with reference outputs keep GCC from vectorising this loop.
-      const T xr = zr[2 * j], xi = zr[2 * j + 1], mr = zn[2 * (L - j)], mi = zn[2 * (L - j) + 1];
-      const T pr = xr + mr, pi = xi - mi, yr = xi + mi, yi = mr - xr;  // 2 P and 2 i Y
-      const T qa = T(0.5) * std::sqrt(pr * pr + pi * pi);
-      const T qb = T(0.5) * std::sqrt(yr * yr + yi * yi);
-      ra += qa;
-      rb += qb;
-      rab += qa * qb;
+      for (int64_t j = 1; j < j_end; ++j) {
+        // split_bin written out: helpers with reference outputs keep GCC from vectorising.
+        const T xr = zr[2 * j], xi = zr[2 * j + 1], mr = zm[2 * j], mi = zm[2 * j + 1];
+        const T pr = xr + mr, pi = xi - mi, yr = xi + mi, yi = mr - xr;  // 2 P and 2 i Y
+        const T qa = T(0.5) * std::sqrt(pr * pr + pi * pi);
+        const T qb = T(0.5) * std::sqrt(yr * yr + yi * yi);
+        ra += qa;
+        rb += qb;
+        rab += qa * qb;
+      }
+    } else {
+      for (int64_t j = 1; j < j_end; ++j) {
+        const T xr = zr[2 * j], xi = zr[2 * j + 1], mr = zn[2 * (L - j)], mi = zn[2 * (L - j) + 1];
+        const T pr = xr + mr, pi = xi - mi, yr = xi + mi, yi = mr - xr;
+        const T qa = T(0.5) * std::sqrt(pr * pr + pi * pi);
+        const T qb = T(0.5) * std::sqrt(yr * yr + yi * yi);
+        ra += qa;
+        rb += qb;
+        rab += qa * qb;
+      }
     }
     ta += 2 * static_cast<double>(ra);
     tb += 2 * static_cast<double>(rb);
