@@ -379,6 +379,7 @@ def phase_timeline(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _cpu_phases(fn: LossFn, shape, device, seed) -> dict[str, Any]:
     trim_heap()
+    trim_heap()  # a second pass releases what the first pass's collection freed
     if not reset_hwm():
         raise RuntimeError("cannot reset VmHWM via /proc/self/clear_refs: no CPU memory timeline")
     start = read_rss()[0]
