@@ -150,12 +150,16 @@ def test_no_grad_path_matches():
     assert torch.equal(valid.cpu(), ref_valid) and rel_err(without, ref) <= TOL
 
 
-def test_tiled_loops_and_persistent_grid(monkeypatch):
+@pytest.mark.parametrize("shape,four_step", [((2, 3, 37, 45), False), ((1, 3, 48, 64), True)])
+def test_tiled_loops_and_persistent_grid(monkeypatch, shape, four_step):
     # Small blocks force several tiles per axis (as on GPU), and fewer programs than pairs make
-    # each program loop over pairs, reusing its scratch.
+    # each program loop over pairs, reusing its scratch; with four_step, both axes are factored
+    # and the W intermediate is reused block of rows after block of rows.
     monkeypatch.setattr(triton_scc, "_blocks", lambda H, W, precision: (16, 16, 16, 4, 1))
     monkeypatch.setattr(triton_scc, "_max_programs", lambda device, n_pairs: 2)
-    probs, target = make_inputs((2, 3, 37, 45), labels=True, seed=19)
+    if four_step:
+        monkeypatch.setattr(triton_scc, "FOUR_STEP_MIN_H", 32)
+    probs, target = make_inputs(shape, labels=True, seed=19)
     compare(probs, target, magnitude_weight=0.6, phase_weight=0.4)
 
 

@@ -276,7 +276,8 @@ if triton is not None:
         BM: tl.constexpr, M1P: tl.constexpr, M2P: tl.constexpr,
     ):
         """Four-step real-to-complex DFT along W (W = M1 M2, w = m1 + M1 m2, k = k2 + M2 k1)
-        of p (or y): X1[h, k] for k < WH into out_r / out_i. z_r / z_i: H x W scratch."""
+        of p (or y): X1[h, k] for k < WH into out_r / out_i. z_r / z_i: BM x W scratch, reused
+        for each block of rows."""
         rm = tl.arange(0, BM)
         r2 = tl.arange(0, M2P)
         r1 = tl.arange(0, M1P)
@@ -296,16 +297,14 @@ if triton is not None:
                 twc = tl.load(tw_c_ptr + m1 * M2 + r2, mask=r2 < M2, other=0.0)[None, :]
                 tws = tl.load(tw_s_ptr + m1 * M2 + r2, mask=r2 < M2, other=0.0)[None, :]
                 zmask = (rows[:, None] < H) & (r2[None, :] < M2)
-                zoffs = rows[:, None] * W + (m1 * M2 + r2)[None, :]
+                zoffs = rm[:, None] * W + (m1 * M2 + r2)[None, :]
                 tl.store(z_r + zoffs, zr * twc + zi * tws, mask=zmask)
                 tl.store(z_i + zoffs, zi * twc - zr * tws, mask=zmask)
-        tl.debug_barrier()
-        for h0 in range(0, H, BM):
-            rows = h0 + rm
+            tl.debug_barrier()
             # step 3: X1[h, k2 + M2 k1] = sum_m1 Z[h, m1 M2 + k2] w_M1^(-m1 k1); keep k < WH
             for k2 in range(0, M2):
                 zmask = (rows[:, None] < H) & (r1[None, :] < M1)
-                zoffs = rows[:, None] * W + (r1 * M2 + k2)[None, :]
+                zoffs = rm[:, None] * W + (r1 * M2 + k2)[None, :]
                 zr = tl.load(z_r + zoffs, mask=zmask, other=0.0)
                 zi = tl.load(z_i + zoffs, mask=zmask, other=0.0)
                 xr = tl.dot(zr, c1, input_precision=PRECISION) + tl.dot(zi, s1, input_precision=PRECISION)
@@ -315,8 +314,8 @@ if triton is not None:
                 ooffs = rows[:, None] * WH + ks[None, :]
                 tl.store(out_r + ooffs, xr, mask=omask)
                 tl.store(out_i + ooffs, xi, mask=omask)
-        # z is reused by the next transform
-        tl.debug_barrier()
+            # z is reused by the next block of rows
+            tl.debug_barrier()
 
     @triton.jit
     def _row_pass(
@@ -341,14 +340,14 @@ if triton is not None:
         cos_h_ptr, sin_h_ptr,  # H x H tables (direct DFT along H)
         c1_ptr, s1_ptr, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,  # N1 x N1, N2 x N2, N1 x N2 (four-step, H)
         d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr,  # M1 x M1, M2 x M2, M1 x M2 (four-step, W)
-        scratch_ptr,  # n_programs x SLOTS x H x WH float32
+        scratch_ptr,  # per program: SLOTS x H x WH (+ 2 x BM x W) float32
         scc_ptr, valid_ptr, grad_ptr,  # B*C' float32, B*C' int8, B*C' x H x W float32
-        n_pairs, n_chan, first_class, H, W, WH, N1, N2, M1, M2,
+        n_pairs, n_chan, first_class, H, W, WH, N1, N2, M1, M2, PER_PROGRAM,
         magnitude_weight, phase_weight,
         LABELS: tl.constexpr, INCLUDE_DC: tl.constexpr, NEED_GRAD: tl.constexpr,
         SLOTS: tl.constexpr, PRECISION: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-        FOUR_STEP: tl.constexpr, N1P: tl.constexpr, N2P: tl.constexpr, ZH_SLOT: tl.constexpr,
+        FOUR_STEP: tl.constexpr, N1P: tl.constexpr, N2P: tl.constexpr,
         FOUR_STEP_W: tl.constexpr, M1P: tl.constexpr, M2P: tl.constexpr,
     ):
         EPS: tl.constexpr = 1.1920928955078125e-07  # float32 epsilon, as in scc_fast._numerics
@@ -362,24 +361,26 @@ if triton is not None:
             n_k = n_vox
         else:
             n_k = n_vox - 1.0
-        scratch = scratch_ptr + pid.to(tl.int64) * (SLOTS * plane)
-        # Scratch planes (H x WH each): X1, the row transform of y then of p (0-1); B (2);
-        # P (3-4, with the gradient); the four-step intermediates where they are free.
+        scratch = scratch_ptr + pid.to(tl.int64) * PER_PROGRAM
+        # Scratch planes (H x WH each): X1 (0-1), the row transform of y, then of p, then (four-step
+        # along H) P, then the half-inverse of the field; B (2); then 2 more planes: P (direct DFT
+        # along H, with the gradient) or the four-step intermediate along H. After the planes, the
+        # four-step intermediate along W: 2 x BM x W.
         s_p1r = scratch
         s_p1i = scratch + plane
         s_y1r = s_p1r  # y's row transform is consumed (phase 2a) before p's is made
         s_y1i = s_p1i
         s_b = scratch + 2 * plane
-        s_pr = scratch + 3 * plane
-        s_pi = scratch + 4 * plane
-        s_zr = scratch + ZH_SLOT * plane  # four-step along H: 2 planes
-        s_zi = scratch + (ZH_SLOT + 1) * plane
-        # four-step along W: 2 x H x W floats = 4 planes, at slot 2 (y's rows and the inverse,
-        # while B / P are dead or not yet made) or at slot 3 (p's rows, B alive)
-        s_wr_y = scratch + 2 * plane
-        s_wi_y = s_wr_y + hw
-        s_wr_p = scratch + 3 * plane
-        s_wi_p = s_wr_p + hw
+        if FOUR_STEP:
+            s_pr = s_p1r  # P1 is dead once step 1 of its column transform has run
+            s_pi = s_p1i
+        else:
+            s_pr = scratch + 3 * plane
+            s_pi = scratch + 4 * plane
+        s_zr = scratch + 3 * plane
+        s_zi = scratch + 4 * plane
+        s_wr = scratch + SLOTS * plane
+        s_wi = s_wr + BM * W
 
         rm = tl.arange(0, BM)
         rn = tl.arange(0, BN)
@@ -447,7 +448,7 @@ if triton is not None:
 
             # ---- phase 1y: row DFT of y along W onto the half spectrum, Y1 = y @ (C - iS) ----
             # (p's comes later into the same planes: one map's row transform is alive at a time)
-            _row_pass(p_base, t_base, s_y1r, s_y1i, s_wr_y, s_wi_y, cos_w_ptr, sin_w_ptr,
+            _row_pass(p_base, t_base, s_y1r, s_y1i, s_wr, s_wi, cos_w_ptr, sin_w_ptr,
                       d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
                       True, LABELS, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
 
@@ -472,7 +473,7 @@ if triton is not None:
                         tl.store(s_b + khs[:, None] * WH + kcols[None, :], bmag, mask=inside)
                 tl.debug_barrier()
                 # ---- phase 1p: row DFT of p, P1 = p @ (C - iS), over Y1 ----
-                _row_pass(p_base, t_base, s_p1r, s_p1i, s_wr_p, s_wi_p, cos_w_ptr, sin_w_ptr,
+                _row_pass(p_base, t_base, s_p1r, s_p1i, s_wr, s_wi, cos_w_ptr, sin_w_ptr,
                           d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
                           False, LABELS, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
                 _fs_step1(s_p1r, s_p1i, s_pr, s_pi, s_b, s_zr, s_zi, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
@@ -507,7 +508,7 @@ if triton is not None:
                         tl.store(s_b + khs[:, None] * WH + kcols[None, :], bmag, mask=inside)
                 tl.debug_barrier()
                 # ---- phase 1p: row DFT of p, P1 = p @ (C - iS), over Y1 ----
-                _row_pass(p_base, t_base, s_p1r, s_p1i, s_wr_p, s_wi_p, cos_w_ptr, sin_w_ptr,
+                _row_pass(p_base, t_base, s_p1r, s_p1i, s_wr, s_wi, cos_w_ptr, sin_w_ptr,
                           d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
                           False, LABELS, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
 
@@ -640,24 +641,23 @@ if triton is not None:
                             zi = tl.dot(gi, d2, input_precision=PRECISION) + tl.dot(gr, e2, input_precision=PRECISION)
                             twc = tl.load(tv_c_ptr + m1 * M2 + r2, mask=r2 < M2, other=0.0)[None, :]
                             tws = tl.load(tv_s_ptr + m1 * M2 + r2, mask=r2 < M2, other=0.0)[None, :]
-                            zoffs = rows[:, None] * W + (m1 * M2 + r2)[None, :]
-                            tl.store(s_wr_y + zoffs, zr * twc - zi * tws, mask=gmask)
-                            tl.store(s_wi_y + zoffs, zi * twc + zr * tws, mask=gmask)
-                    tl.debug_barrier()
-                    for h0 in range(0, H, BM):
-                        rows = h0 + rm
+                            zoffs = rm[:, None] * W + (m1 * M2 + r2)[None, :]
+                            tl.store(s_wr + zoffs, zr * twc - zi * tws, mask=gmask)
+                            tl.store(s_wi + zoffs, zi * twc + zr * tws, mask=gmask)
+                        tl.debug_barrier()
                         # step 3, real part: out[h, k2 + M2 k1] = Re sum_m1 Z[h, m1 M2 + k2] w_M1^(m1 k1)
                         for k2 in range(0, M2):
                             zmask = (rows[:, None] < H) & (r1[None, :] < M1)
-                            zoffs = rows[:, None] * W + (r1 * M2 + k2)[None, :]
-                            zr = tl.load(s_wr_y + zoffs, mask=zmask, other=0.0)
-                            zi = tl.load(s_wi_y + zoffs, mask=zmask, other=0.0)
+                            zoffs = rm[:, None] * W + (r1 * M2 + k2)[None, :]
+                            zr = tl.load(s_wr + zoffs, mask=zmask, other=0.0)
+                            zi = tl.load(s_wi + zoffs, mask=zmask, other=0.0)
                             acc = tl.dot(zr, d1, input_precision=PRECISION) - tl.dot(zi, e1, input_precision=PRECISION)
                             wcols = k2 + M2 * r1
                             p, y, mask = _load_pair_tile(p_base, t_base, rows, wcols, H, W, cls, LABELS)
                             acc += (2.0 * n_vox * c_aa) * (p - off_p) + (n_vox * c_re) * (y - off_y)
                             offs = rows[:, None] * W + wcols[None, :]
                             tl.store(g_base + offs, acc, mask=mask & (r1[None, :] < M1))
+                        tl.debug_barrier()  # z is reused by the next block of rows
                 else:
                     for h0 in range(0, H, BM):
                         rows = h0 + rm
@@ -763,10 +763,12 @@ def _blocks(H: int, W: int, precision: str = "tf32") -> tuple[int, int, int, int
 
 
 def _max_programs(device: torch.device, n_pairs: int) -> int:
+    """Programs in the persistent grid: one per SM at most (a program holds ~230 registers x 256
+    threads, so one fits per SM; more would only wait, holding their scratch)."""
     if device.type != "cuda":
         return n_pairs
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(n_pairs, 4 * sms))
+    return max(1, min(n_pairs, sms))
 
 
 def _precision() -> str:
@@ -794,13 +796,9 @@ def _launch(probs, target, first_class, include_dc, magnitude_weight, phase_weig
     cos_h, sin_h = _twiddles(H, H, device)
     factors = _four_step_factors(H)
     factors_w = _four_step_factors(W)
-    # Planes: X1 (0-1), B (2), P (3-4, gradient only), then the four-step intermediates: along H
-    # 2 planes after those; along W 4 planes (2 x H x W) from slot 2 or 3 (see the kernel).
-    base = 5 if need_grad else 3
-    zh_slot = base
-    slots = base + (2 if factors else 0)
-    if factors_w:
-        slots = max(slots, 7)
+    # Planes of H x WH: X1 (0-1), B (2), and P (direct DFT along H, with the gradient) or the
+    # four-step intermediate along H (3-4); then 2 x BM x W floats for the four-step along W.
+    slots = 5 if (need_grad or factors) else 3
     if factors_w:  # 2 x H x W floats fit in 4 planes of H x (W // 2 + 1)
         m1, m2 = factors_w
         d1, e1 = _twiddles(m1, m1, device)
@@ -820,19 +818,20 @@ def _launch(probs, target, first_class, include_dc, magnitude_weight, phase_weig
         n1, n2, n1p, n2p = 1, 1, 16, 16
         c1 = s1 = c2 = s2 = tw_c = tw_s = cos_h  # not read
     n_prog = _max_programs(device, n_pairs)
-    scratch = torch.empty(n_prog * slots * H * WH, dtype=torch.float32, device=device)
+    bm, bn, bk, warps, stages = _blocks(H, W, precision)
+    per_program = slots * H * WH + (2 * bm * W if factors_w else 0)
+    scratch = torch.empty(n_prog * per_program, dtype=torch.float32, device=device)
     scc = torch.empty(n_pairs, dtype=torch.float32, device=device)
     valid = torch.empty(n_pairs, dtype=torch.int8, device=device)
     grad = torch.empty((n_batch, n_chan, H, W) if need_grad else (0,), dtype=torch.float32, device=device)
-    bm, bn, bk, warps, stages = _blocks(H, W, precision)
     _scc_fused_kernel[(n_prog,)](
         probs, target, cos_w, sin_w, cos_h, sin_h, c1, s1, c2, s2, tw_c, tw_s, d1, e1, d2, e2, tv_c, tv_s,
         scratch, scc, valid, grad if need_grad else scc,
-        n_pairs, n_chan, int(first_class), H, W, WH, n1, n2, m1, m2,
+        n_pairs, n_chan, int(first_class), H, W, WH, n1, n2, m1, m2, per_program,
         float(magnitude_weight), float(phase_weight),
         LABELS=labels, INCLUDE_DC=bool(include_dc), NEED_GRAD=bool(need_grad),
         SLOTS=slots, PRECISION=precision, BM=bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages,
-        FOUR_STEP=factors is not None, N1P=n1p, N2P=n2p, ZH_SLOT=zh_slot,
+        FOUR_STEP=factors is not None, N1P=n1p, N2P=n2p,
         FOUR_STEP_W=factors_w is not None, M1P=m1p, M2P=m2p,
     )
     return scc.view(n_batch, n_chan), valid.view(n_batch, n_chan).bool(), grad
