@@ -192,57 +192,57 @@ if triton is not None:
     @triton.jit
     def _fs_step1(
         src_r, src_i, s_pr, s_pi, s_b, z_r, z_i, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
-        H, WH, N1, N2, c_a, c_ab, flat_p,
+        k0, H, WH, N1, N2, c_a, c_ab, flat_p,
         INV: tl.constexpr, FIELD: tl.constexpr, INCLUDE_DC: tl.constexpr, PRECISION: tl.constexpr,
         N2P: tl.constexpr, BN: tl.constexpr,
     ):
-        """Four-step DFT along H (H = N1 N2, h = n1 + N1 n2, k = k2 + N2 k1), steps 1-2:
-        Z[n1 N2 + k2] = w_H^(-+ n1 k2) sum_n2 w_N2^(-+ n2 k2) X[n1 + N1 n2], for every column.
-        X is the plane src (or, with FIELD, the gradient field built from P and B)."""
+        """Four-step DFT along H (H = N1 N2, h = n1 + N1 n2, k = k2 + N2 k1), steps 1-2, for the
+        column block k0 + [0, BN): Z[n1 N2 + k2] = w_H^(-+ n1 k2) sum_n2 w_N2^(-+ n2 k2) X[n1 + N1 n2].
+        X is the plane src (or, with FIELD, the gradient field built from P and B); Z is H x BN."""
         rn2 = tl.arange(0, N2P)
         rn = tl.arange(0, BN)
+        kcols = k0 + rn
         tmask = (rn2[:, None] < N2) & (rn2[None, :] < N2)
         toffs = rn2[:, None] * N2 + rn2[None, :]
         c2 = tl.load(c2_ptr + toffs, mask=tmask, other=0.0)
         s2 = tl.load(s2_ptr + toffs, mask=tmask, other=0.0)
         rmask = rn2 < N2
+        xmask = rmask[:, None] & (kcols[None, :] < WH)
         for n1 in range(0, N1):
             rows = n1 + N1 * rn2
             twc = tl.load(tw_c_ptr + n1 * N2 + rn2, mask=rmask, other=0.0)[:, None]
             tws = tl.load(tw_s_ptr + n1 * N2 + rn2, mask=rmask, other=0.0)[:, None]
-            for k0 in range(0, WH, BN):
-                kcols = k0 + rn
-                xmask = rmask[:, None] & (kcols[None, :] < WH)
-                xoffs = rows[:, None] * WH + kcols[None, :]
-                if FIELD:
-                    xr, xi = _field_tile(s_pr, s_pi, s_b, xoffs, xmask, rows, kcols, c_a, c_ab, flat_p, INCLUDE_DC)
-                else:
-                    xr = tl.load(src_r + xoffs, mask=xmask, other=0.0)
-                    xi = tl.load(src_i + xoffs, mask=xmask, other=0.0)
-                if INV:  # (C + iS) X, then times (c + i s)
-                    zr = tl.dot(c2, xr, input_precision=PRECISION) - tl.dot(s2, xi, input_precision=PRECISION)
-                    zi = tl.dot(c2, xi, input_precision=PRECISION) + tl.dot(s2, xr, input_precision=PRECISION)
-                    tr = zr * twc - zi * tws
-                    ti = zi * twc + zr * tws
-                else:  # (C - iS) X, then times (c - i s)
-                    zr = tl.dot(c2, xr, input_precision=PRECISION) + tl.dot(s2, xi, input_precision=PRECISION)
-                    zi = tl.dot(c2, xi, input_precision=PRECISION) - tl.dot(s2, xr, input_precision=PRECISION)
-                    tr = zr * twc + zi * tws
-                    ti = zi * twc - zr * tws
-                zoffs = (n1 * N2 + rn2)[:, None] * WH + kcols[None, :]
-                tl.store(z_r + zoffs, tr, mask=xmask)
-                tl.store(z_i + zoffs, ti, mask=xmask)
+            xoffs = rows[:, None] * WH + kcols[None, :]
+            if FIELD:
+                xr, xi = _field_tile(s_pr, s_pi, s_b, xoffs, xmask, rows, kcols, c_a, c_ab, flat_p, INCLUDE_DC)
+            else:
+                xr = tl.load(src_r + xoffs, mask=xmask, other=0.0)
+                xi = tl.load(src_i + xoffs, mask=xmask, other=0.0)
+            if INV:  # (C + iS) X, then times (c + i s)
+                zr = tl.dot(c2, xr, input_precision=PRECISION) - tl.dot(s2, xi, input_precision=PRECISION)
+                zi = tl.dot(c2, xi, input_precision=PRECISION) + tl.dot(s2, xr, input_precision=PRECISION)
+                tr = zr * twc - zi * tws
+                ti = zi * twc + zr * tws
+            else:  # (C - iS) X, then times (c - i s)
+                zr = tl.dot(c2, xr, input_precision=PRECISION) + tl.dot(s2, xi, input_precision=PRECISION)
+                zi = tl.dot(c2, xi, input_precision=PRECISION) - tl.dot(s2, xr, input_precision=PRECISION)
+                tr = zr * twc + zi * tws
+                ti = zi * twc - zr * tws
+            zoffs = (n1 * N2 + rn2)[:, None] * BN + rn[None, :]
+            tl.store(z_r + zoffs, tr, mask=xmask)
+            tl.store(z_i + zoffs, ti, mask=xmask)
 
     @triton.jit
     def _fs_step3(
         z_r, z_i, c1, s1, k2, kcols, WH, N1, N2,
-        INV: tl.constexpr, PRECISION: tl.constexpr, N1P: tl.constexpr,
+        INV: tl.constexpr, PRECISION: tl.constexpr, N1P: tl.constexpr, BN: tl.constexpr,
     ):
-        """Four-step step 3 for one k2 and a column block: rows k = k2 + N2 k1 of the DFT,
+        """Four-step step 3 for one k2 and the column block of Z: rows k = k2 + N2 k1 of the DFT,
         X[k] = sum_n1 w_N1^(-+ n1 k1) Z[n1 N2 + k2]. Returns (re, im, k)."""
         rn1 = tl.arange(0, N1P)
+        rn = tl.arange(0, BN)
         zmask = (rn1[:, None] < N1) & (kcols[None, :] < WH)
-        zoffs = (rn1 * N2 + k2)[:, None] * WH + kcols[None, :]
+        zoffs = (rn1 * N2 + k2)[:, None] * BN + rn[None, :]
         zr = tl.load(z_r + zoffs, mask=zmask, other=0.0)
         zi = tl.load(z_i + zoffs, mask=zmask, other=0.0)
         if INV:
@@ -363,9 +363,8 @@ if triton is not None:
             n_k = n_vox - 1.0
         scratch = scratch_ptr + pid.to(tl.int64) * PER_PROGRAM
         # Scratch planes (H x WH each): X1 (0-1), the row transform of y, then of p, then (four-step
-        # along H) P, then the half-inverse of the field; B (2); then 2 more planes: P (direct DFT
-        # along H, with the gradient) or the four-step intermediate along H. After the planes, the
-        # four-step intermediate along W: 2 x BM x W.
+        # along H) P, then the half-inverse of the field; B (2); P (3-4: direct DFT along H, with the
+        # gradient). After the planes, the four-step intermediates: 2 x H x BN and 2 x BM x W.
         s_p1r = scratch
         s_p1i = scratch + plane
         s_y1r = s_p1r  # y's row transform is consumed (phase 2a) before p's is made
@@ -377,9 +376,9 @@ if triton is not None:
         else:
             s_pr = scratch + 3 * plane
             s_pi = scratch + 4 * plane
-        s_zr = scratch + 3 * plane
-        s_zi = scratch + 4 * plane
-        s_wr = scratch + SLOTS * plane
+        s_zr = scratch + SLOTS * plane  # four-step along H: 2 x H x BN
+        s_zi = s_zr + H * BN
+        s_wr = s_zi + H * BN  # four-step along W: 2 x BM x W
         s_wi = s_wr + BM * W
 
         rm = tl.arange(0, BM)
@@ -459,32 +458,34 @@ if triton is not None:
                 t1offs = rn1[:, None] * N1 + rn1[None, :]
                 c1 = tl.load(c1_ptr + t1offs, mask=t1mask, other=0.0)
                 s1 = tl.load(s1_ptr + t1offs, mask=t1mask, other=0.0)
-                _fs_step1(s_y1r, s_y1i, s_pr, s_pi, s_b, s_zr, s_zi, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
-                          H, WH, N1, N2, 0.0, 0.0, False, False, False, INCLUDE_DC, PRECISION, N2P, BN)
-                tl.debug_barrier()
+                # One block of columns at a time: Z is H x BN, and a block's output may overwrite
+                # its input (P over P1, the half-inverse over P), as step 1 has consumed it.
                 acc_tb = tl.zeros([N1P], dtype=tl.float32)
-                for k2 in range(0, N2):
-                    for k0 in range(0, WH, BN):
-                        kcols = k0 + rn
-                        yr, yi, khs = _fs_step3(s_zr, s_zi, c1, s1, k2, kcols, WH, N1, N2, False, PRECISION, N1P)
+                for k0 in range(0, WH, BN):
+                    kcols = k0 + rn
+                    _fs_step1(s_y1r, s_y1i, s_pr, s_pi, s_b, s_zr, s_zi, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
+                              k0, H, WH, N1, N2, 0.0, 0.0, False, False, False, INCLUDE_DC, PRECISION, N2P, BN)
+                    tl.debug_barrier()
+                    for k2 in range(0, N2):
+                        yr, yi, khs = _fs_step3(s_zr, s_zi, c1, s1, k2, kcols, WH, N1, N2, False, PRECISION, N1P, BN)
                         bmag = tl.sqrt(yr * yr + yi * yi)
                         wgt, inside = _half_spectrum_weight(khs, kcols, H, W, WH, INCLUDE_DC)
                         acc_tb += tl.sum(wgt * bmag, axis=1)
                         tl.store(s_b + khs[:, None] * WH + kcols[None, :], bmag, mask=inside)
-                tl.debug_barrier()
+                    tl.debug_barrier()
                 # ---- phase 1p: row DFT of p, P1 = p @ (C - iS), over Y1 ----
                 _row_pass(p_base, t_base, s_p1r, s_p1i, s_wr, s_wi, cos_w_ptr, sin_w_ptr,
                           d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
                           False, LABELS, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
-                _fs_step1(s_p1r, s_p1i, s_pr, s_pi, s_b, s_zr, s_zi, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
-                          H, WH, N1, N2, 0.0, 0.0, False, False, False, INCLUDE_DC, PRECISION, N2P, BN)
-                tl.debug_barrier()
                 acc_ta = tl.zeros([N1P], dtype=tl.float32)
                 acc_tab = tl.zeros([N1P], dtype=tl.float32)
-                for k2 in range(0, N2):
-                    for k0 in range(0, WH, BN):
-                        kcols = k0 + rn
-                        pr, pi, khs = _fs_step3(s_zr, s_zi, c1, s1, k2, kcols, WH, N1, N2, False, PRECISION, N1P)
+                for k0 in range(0, WH, BN):
+                    kcols = k0 + rn
+                    _fs_step1(s_p1r, s_p1i, s_pr, s_pi, s_b, s_zr, s_zi, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
+                              k0, H, WH, N1, N2, 0.0, 0.0, False, False, False, INCLUDE_DC, PRECISION, N2P, BN)
+                    tl.debug_barrier()
+                    for k2 in range(0, N2):
+                        pr, pi, khs = _fs_step3(s_zr, s_zi, c1, s1, k2, kcols, WH, N1, N2, False, PRECISION, N1P, BN)
                         amag = tl.sqrt(pr * pr + pi * pi)
                         wgt, inside = _half_spectrum_weight(khs, kcols, H, W, WH, INCLUDE_DC)
                         soffs = khs[:, None] * WH + kcols[None, :]
@@ -494,6 +495,7 @@ if triton is not None:
                         if NEED_GRAD:
                             tl.store(s_pr + soffs, pr, mask=inside)
                             tl.store(s_pi + soffs, pi, mask=inside)
+                    tl.debug_barrier()
             else:
                 # ---- phase 2a: column DFT of Y along H, Y = (C - iS) @ Y1; B = |Y| kept, T_b ----
                 acc_tb = tl.zeros([BM], dtype=tl.float32)
@@ -570,17 +572,18 @@ if triton is not None:
 
                 if FOUR_STEP:
                     # ---- phase 4, four-step: field G built on the fly, inverse DFT along H ----
-                    _fs_step1(s_pr, s_pi, s_pr, s_pi, s_b, s_zr, s_zi, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
-                              H, WH, N1, N2, c_a, c_ab, flat_p, True, True, INCLUDE_DC, PRECISION, N2P, BN)
-                    tl.debug_barrier()
-                    for k2 in range(0, N2):
-                        for k0 in range(0, WH, BN):
-                            kcols = k0 + rn
-                            g1r, g1i, hs = _fs_step3(s_zr, s_zi, c1, s1, k2, kcols, WH, N1, N2, True, PRECISION, N1P)
+                    for k0 in range(0, WH, BN):
+                        kcols = k0 + rn
+                        _fs_step1(s_pr, s_pi, s_pr, s_pi, s_b, s_zr, s_zi, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
+                                  k0, H, WH, N1, N2, c_a, c_ab, flat_p, True, True, INCLUDE_DC, PRECISION, N2P, BN)
+                        tl.debug_barrier()
+                        for k2 in range(0, N2):
+                            g1r, g1i, hs = _fs_step3(s_zr, s_zi, c1, s1, k2, kcols, WH, N1, N2, True, PRECISION, N1P, BN)
                             smask = (hs[:, None] < H) & (kcols[None, :] < WH)
                             soffs = hs[:, None] * WH + kcols[None, :]
                             tl.store(s_p1r + soffs, g1r, mask=smask)
                             tl.store(s_p1i + soffs, g1i, mask=smask)
+                        tl.debug_barrier()
                 else:
                     # ---- phase 4: field G = (c_a + c_ab B) P/|P|, inverse column DFT (C + iS) @ G ----
                     for h0 in range(0, H, BM):
@@ -796,9 +799,9 @@ def _launch(probs, target, first_class, include_dc, magnitude_weight, phase_weig
     cos_h, sin_h = _twiddles(H, H, device)
     factors = _four_step_factors(H)
     factors_w = _four_step_factors(W)
-    # Planes of H x WH: X1 (0-1), B (2), and P (direct DFT along H, with the gradient) or the
-    # four-step intermediate along H (3-4); then 2 x BM x W floats for the four-step along W.
-    slots = 5 if (need_grad or factors) else 3
+    # Planes of H x WH: X1 (0-1), B (2), and P (3-4; direct DFT along H, with the gradient); then
+    # 2 x H x BN floats for the four-step along H and 2 x BM x W for the four-step along W.
+    slots = 5 if (need_grad and not factors) else 3
     if factors_w:  # 2 x H x W floats fit in 4 planes of H x (W // 2 + 1)
         m1, m2 = factors_w
         d1, e1 = _twiddles(m1, m1, device)
@@ -819,7 +822,7 @@ def _launch(probs, target, first_class, include_dc, magnitude_weight, phase_weig
         c1 = s1 = c2 = s2 = tw_c = tw_s = cos_h  # not read
     n_prog = _max_programs(device, n_pairs)
     bm, bn, bk, warps, stages = _blocks(H, W, precision)
-    per_program = slots * H * WH + (2 * bm * W if factors_w else 0)
+    per_program = slots * H * WH + 2 * H * bn + 2 * bm * W
     scratch = torch.empty(n_prog * per_program, dtype=torch.float32, device=device)
     scc = torch.empty(n_pairs, dtype=torch.float32, device=device)
     valid = torch.empty(n_pairs, dtype=torch.int8, device=device)
