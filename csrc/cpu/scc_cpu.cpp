@@ -211,104 +211,126 @@ void run(
 
   int64_t chunk = chunk_bytes() / (N * static_cast<int64_t>(sizeof(cplx)));
   chunk = std::max<int64_t>(2, chunk - chunk % 2);
+  // With pairs enough for every thread to own whole chunks, one parallel region runs over chunks and
+  // each thread takes its chunks through the whole pipeline (its transforms single-threaded) in its
+  // own workspace: no barrier between passes, and a chunk's data stays in its core's cache.
+  // Otherwise chunks run one after another, with every pass and transform parallel inside.
+  const int64_t n_threads = at::get_num_threads();
+  const bool by_chunk = n_threads > 1 && !at::in_parallel_region() && n_pairs >= 2 * n_threads;
+  if (by_chunk) {
+    const int64_t per_thread = (n_pairs + n_threads - 1) / n_threads;
+    chunk = std::min(chunk, per_thread + per_thread % 2);
+  }
   chunk = std::min(chunk, n_pairs);
-
-  std::vector<int64_t> ws_shape{chunk};
-  ws_shape.insert(ws_shape.end(), spatial.begin(), spatial.end());
-  at::Tensor zbuf = at::empty(ws_shape, probs.options().dtype(c10::toComplexType(probs.scalar_type())));
-  scalar_t* z = reinterpret_cast<scalar_t*>(zbuf.data_ptr<cplx>());
+  const int64_t n_chunks = (n_pairs + chunk - 1) / chunk;
 
   const scalar_t* p_all = probs.data_ptr<scalar_t>();
   scalar_t* scc_ptr = scc_out.data_ptr<scalar_t>();
   bool* valid_ptr = valid_out.data_ptr<bool>();
   scalar_t* grad_ptr = need_grad ? grad_out.data_ptr<scalar_t>() : nullptr;
+  const auto complex_options = probs.options().dtype(c10::toComplexType(probs.scalar_type()));
 
-  std::vector<double> part_sp(chunk * nb * kNumSpatial);
-  std::vector<double> part_ss(chunk * nb * kNumSpectral);
-  std::vector<PairCoef> coef(chunk);
+  auto run_chunks = [&](int64_t chunk_begin, int64_t chunk_end) {
+    // Worker threads do not inherit the dispatcher state of the caller: stay below autograd here too.
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    std::vector<int64_t> ws_shape{chunk};
+    ws_shape.insert(ws_shape.end(), spatial.begin(), spatial.end());
+    at::Tensor zbuf = at::empty(ws_shape, complex_options);
+    scalar_t* z = reinterpret_cast<scalar_t*>(zbuf.data_ptr<cplx>());
+    std::vector<double> part_sp(chunk * nb * kNumSpatial);
+    std::vector<double> part_ss(chunk * nb * kNumSpectral);
+    std::vector<PairCoef> coef(chunk);
 
-  for (int64_t q0 = 0; q0 < n_pairs; q0 += chunk) {
-    const int64_t nc = std::min(chunk, n_pairs - q0);
+    for (int64_t ci = chunk_begin; ci < chunk_end; ++ci) {
+      const int64_t q0 = ci * chunk;
+      const int64_t nc = std::min(chunk, n_pairs - q0);
 
-    // 1. Build p + i*y and the spatial sums (shifted by the first voxel of each map).
-    at::parallel_for(0, nc * nb, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t item = begin; item < end; ++item) {
-        const int64_t s = item / nb, blk = item % nb, q = q0 + s;
-        const scalar_t* p = p_all + q * N;
-        const Y* ym = tmap(q);
-        const int64_t cl = tlabel(q);
-        const double ky = labels ? 0.0 : static_cast<double>(ym[0]);
-        double* acc = &part_sp[(s * nb + blk) * kNumSpatial];
-        std::fill(acc, acc + kNumSpatial, 0.0);
-        // Row by row: short sums in double, then added up (pairwise-like accuracy).
-        const int64_t r_end = std::min(g.rows, (blk + 1) * rpb);
-        for (int64_t r = blk * rpb; r < r_end; ++r)
-          K::template build<scalar_t, Y>(p, ym, cl, p[0], ky, z + 2 * s * N, r * L, (r + 1) * L, acc);
+      // 1. Build p + i*y and the spatial sums (shifted by the first voxel of each map).
+      at::parallel_for(0, nc * nb, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t s = item / nb, blk = item % nb, q = q0 + s;
+          const scalar_t* p = p_all + q * N;
+          const Y* ym = tmap(q);
+          const int64_t cl = tlabel(q);
+          const double ky = labels ? 0.0 : static_cast<double>(ym[0]);
+          double* acc = &part_sp[(s * nb + blk) * kNumSpatial];
+          std::fill(acc, acc + kNumSpatial, 0.0);
+          // Row by row: short sums in double, then added up (pairwise-like accuracy).
+          const int64_t r_end = std::min(g.rows, (blk + 1) * rpb);
+          for (int64_t r = blk * rpb; r < r_end; ++r)
+            K::template build<scalar_t, Y>(p, ym, cl, p[0], ky, z + 2 * s * N, r * L, (r + 1) * L, acc);
+        }
+      });
+
+      // 2. One complex transform carries the spectra of p and y.
+      at::Tensor Zt = at::fft_fftn(zbuf.narrow(0, 0, nc), std::nullopt, fft_dims, std::nullopt).contiguous();
+      const scalar_t* Z = reinterpret_cast<const scalar_t*>(Zt.data_ptr<cplx>());
+
+      // 3. T_a, T_b, T_ab over the weighted half spectrum.
+      at::parallel_for(0, nc * nb, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t s = item / nb, blk = item % nb;
+          double* acc = &part_ss[(s * nb + blk) * kNumSpectral];
+          std::fill(acc, acc + kNumSpectral, 0.0);
+          K::template sums<scalar_t>(Z + 2 * s * N, neg_row, L, blk * rpb, std::min(g.rows, (blk + 1) * rpb),
+                                     include_dc, acc);
+        }
+      });
+
+      // 4. Per-pair scalars (partials added in block order: deterministic).
+      for (int64_t s = 0; s < nc; ++s) {
+        double sp[kNumSpatial] = {0, 0, 0, 0, 0}, ss[kNumSpectral] = {0, 0, 0};
+        for (int64_t blk = 0; blk < nb; ++blk) {
+          for (int k = 0; k < kNumSpatial; ++k) sp[k] += part_sp[(s * nb + blk) * kNumSpatial + k];
+          for (int k = 0; k < kNumSpectral; ++k) ss[k] += part_ss[(s * nb + blk) * kNumSpectral + k];
+        }
+        const int64_t q = q0 + s;
+        const double kp = p_all[q * N];
+        const double ky = labels ? 0.0 : static_cast<double>(tmap(q)[0]);
+        coef[s] = pair_coefficients(sp, ss, kp, ky, labels, N, include_dc, w_mag, w_phase, eps);
+        scc_ptr[q] = static_cast<scalar_t>(coef[s].scc);
+        valid_ptr[q] = coef[s].valid;
       }
-    });
+      if (!need_grad) continue;
 
-    // 2. One complex transform carries the spectra of p and y.
-    at::Tensor Zt = at::fft_fftn(zbuf.narrow(0, 0, nc), std::nullopt, fft_dims, std::nullopt).contiguous();
-    const scalar_t* Z = reinterpret_cast<const scalar_t*>(Zt.data_ptr<cplx>());
+      // 5. Fields of two pairs packed in one spectrum, written over z (consumed by the transform).
+      const int64_t n_packed = (nc + 1) / 2;
+      at::parallel_for(0, n_packed * nb, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t m = item / nb, blk = item % nb;
+          const int64_t s1 = 2 * m, s2 = 2 * m + 1;
+          const bool has2 = s2 < nc;
+          const scalar_t* Z1 = Z + 2 * s1 * N;
+          K::template field<scalar_t>(
+              Z1, has2 ? Z + 2 * s2 * N : Z1, static_cast<scalar_t>(coef[s1].c_a), static_cast<scalar_t>(coef[s1].c_ab),
+              has2 ? static_cast<scalar_t>(coef[s2].c_a) : scalar_t(0),
+              has2 ? static_cast<scalar_t>(coef[s2].c_ab) : scalar_t(0), z + 2 * m * N, neg_row, L, blk * rpb,
+              std::min(g.rows, (blk + 1) * rpb), include_dc);
+        }
+      });
+      Zt.reset();
 
-    // 3. T_a, T_b, T_ab over the weighted half spectrum.
-    at::parallel_for(0, nc * nb, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t item = begin; item < end; ++item) {
-        const int64_t s = item / nb, blk = item % nb;
-        double* acc = &part_ss[(s * nb + blk) * kNumSpectral];
-        std::fill(acc, acc + kNumSpectral, 0.0);
-        K::template sums<scalar_t>(Z + 2 * s * N, neg_row, L, blk * rpb, std::min(g.rows, (blk + 1) * rpb),
-                                   include_dc, acc);
-      }
-    });
-
-    // 4. Per-pair scalars (partials added in block order: deterministic).
-    for (int64_t s = 0; s < nc; ++s) {
-      double sp[kNumSpatial] = {0, 0, 0, 0, 0}, ss[kNumSpectral] = {0, 0, 0};
-      for (int64_t blk = 0; blk < nb; ++blk) {
-        for (int k = 0; k < kNumSpatial; ++k) sp[k] += part_sp[(s * nb + blk) * kNumSpatial + k];
-        for (int k = 0; k < kNumSpectral; ++k) ss[k] += part_ss[(s * nb + blk) * kNumSpectral + k];
-      }
-      const int64_t q = q0 + s;
-      const double kp = p_all[q * N];
-      const double ky = labels ? 0.0 : static_cast<double>(tmap(q)[0]);
-      coef[s] = pair_coefficients(sp, ss, kp, ky, labels, N, include_dc, w_mag, w_phase, eps);
-      scc_ptr[q] = static_cast<scalar_t>(coef[s].scc);
-      valid_ptr[q] = coef[s].valid;
+      // 6. Unnormalised inverse transform (DFT^H = N * ifft), then the spatial terms.
+      at::Tensor wt =
+          at::fft_ifftn(zbuf.narrow(0, 0, n_packed), std::nullopt, fft_dims, "forward").contiguous();
+      const scalar_t* w = reinterpret_cast<const scalar_t*>(wt.data_ptr<cplx>());
+      at::parallel_for(0, nc * nb, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t s = item / nb, blk = item % nb, q = q0 + s;
+          const PairCoef& c = coef[s];
+          K::template final<scalar_t, Y>(
+              w + 2 * (s / 2) * N, static_cast<int>(s % 2), p_all + q * N, tmap(q), tlabel(q),
+              static_cast<scalar_t>(c.c_p), static_cast<scalar_t>(c.c_y), static_cast<scalar_t>(c.off_p),
+              static_cast<scalar_t>(c.off_y), grad_ptr + q * N, blk * rpb * L, std::min(g.rows, (blk + 1) * rpb) * L);
+        }
+      });
     }
-    if (!need_grad) continue;
+  };
 
-    // 5. Fields of two pairs packed in one spectrum, written over z (consumed by the transform).
-    const int64_t n_packed = (nc + 1) / 2;
-    at::parallel_for(0, n_packed * nb, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t item = begin; item < end; ++item) {
-        const int64_t m = item / nb, blk = item % nb;
-        const int64_t s1 = 2 * m, s2 = 2 * m + 1;
-        const bool has2 = s2 < nc;
-        const scalar_t* Z1 = Z + 2 * s1 * N;
-        K::template field<scalar_t>(
-            Z1, has2 ? Z + 2 * s2 * N : Z1, static_cast<scalar_t>(coef[s1].c_a), static_cast<scalar_t>(coef[s1].c_ab),
-            has2 ? static_cast<scalar_t>(coef[s2].c_a) : scalar_t(0),
-            has2 ? static_cast<scalar_t>(coef[s2].c_ab) : scalar_t(0), z + 2 * m * N, neg_row, L, blk * rpb,
-            std::min(g.rows, (blk + 1) * rpb), include_dc);
-      }
-    });
-    Zt.reset();
-
-    // 6. Unnormalised inverse transform (DFT^H = N * ifft), then the spatial terms.
-    at::Tensor wt =
-        at::fft_ifftn(zbuf.narrow(0, 0, n_packed), std::nullopt, fft_dims, "forward").contiguous();
-    const scalar_t* w = reinterpret_cast<const scalar_t*>(wt.data_ptr<cplx>());
-    at::parallel_for(0, nc * nb, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t item = begin; item < end; ++item) {
-        const int64_t s = item / nb, blk = item % nb, q = q0 + s;
-        const PairCoef& c = coef[s];
-        K::template final<scalar_t, Y>(
-            w + 2 * (s / 2) * N, static_cast<int>(s % 2), p_all + q * N, tmap(q), tlabel(q),
-            static_cast<scalar_t>(c.c_p), static_cast<scalar_t>(c.c_y), static_cast<scalar_t>(c.off_p),
-            static_cast<scalar_t>(c.off_y), grad_ptr + q * N, blk * rpb * L, std::min(g.rows, (blk + 1) * rpb) * L);
-      }
-    });
+  if (by_chunk) {
+    at::parallel_for(0, n_chunks, 1, run_chunks);
+  } else {
+    run_chunks(0, n_chunks);
   }
 }
 
