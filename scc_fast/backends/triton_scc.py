@@ -17,9 +17,10 @@ does all of SPEC section 2 for it:
 5. the inverse row DFT (complex-to-real, half-spectrum weights 1/2/1), plus the spatial
    terms ``2N c_aa (p - [DC out] mean p) + N c_re (y - [DC out] mean y)``: dSCC/dp is written.
 
-Scratch per program: H x (W // 2 + 1) float32 planes, 7 with the gradient (P1 re/im, Y1 re/im,
-B, P re/im; phase 4 writes its result over P1), 5 without, plus 2 for the four-step along H and
-4 (2 x H x W) for the four-step along W.
+Scratch per program (global memory, L2-resident): 3 planes of H x (W // 2 + 1) float32 (the row
+transform of y, then of p, then P, then the half-inverse of the field, all in place; and B), 2
+more for P when the H axis uses the direct DFT and the gradient is needed, plus 2 x H x BN and
+2 x BM x W floats for the four-step intermediates. The grid has one program per SM at most.
 Phases are separated by ``tl.debug_barrier()`` (the scratch is written and read by all threads
 of the program). Integer labels are compared with ``first_class + c`` inside the kernel, so no
 one-hot tensor is ever made. Padded rows and columns of every tile are masked to 0.
@@ -340,7 +341,7 @@ if triton is not None:
         cos_h_ptr, sin_h_ptr,  # H x H tables (direct DFT along H)
         c1_ptr, s1_ptr, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,  # N1 x N1, N2 x N2, N1 x N2 (four-step, H)
         d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr,  # M1 x M1, M2 x M2, M1 x M2 (four-step, W)
-        scratch_ptr,  # per program: SLOTS x H x WH (+ 2 x BM x W) float32
+        scratch_ptr,  # per program: SLOTS x H x WH + 2 x H x BN + 2 x BM x W float32
         scc_ptr, valid_ptr, grad_ptr,  # B*C' float32, B*C' int8, B*C' x H x W float32
         n_pairs, n_chan, first_class, H, W, WH, N1, N2, M1, M2, PER_PROGRAM,
         magnitude_weight, phase_weight,
