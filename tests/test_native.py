@@ -274,3 +274,18 @@ def test_public_loss_compiles_fullgraph():
     x_ref = logits.clone().requires_grad_(True)
     step(x_ref).backward()
     assert rel_err(x.grad, x_ref.grad) <= 1e-6
+
+
+@needs_op
+@pytest.mark.parametrize("threads", [1, 2])
+def test_thread_modes_agree(threads):
+    """Chunks run one after another (1 thread, or few pairs) or one chunk per thread (enough pairs)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for shape in [(4, 3, 12, 10), (1, 2, 6, 6, 5)]:  # 12 pairs: one chunk per thread; 2 pairs: inner
+            probs, target = make_inputs(shape, labels=True)
+            check_against_reference(probs, target, torch.float64)
+            check_against_reference(probs, target, torch.float32)
+    finally:
+        torch.set_num_threads(before)
