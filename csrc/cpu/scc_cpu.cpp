@@ -118,8 +118,13 @@ struct PairCoef {
 inline bool variance_is_zero(double var, double energy, double total, double eps) {
   return ((var <= 64 * eps * energy) || (energy <= 1e3 * eps * eps * total)) && std::isfinite(total);
 }
-inline bool product_is_zero(double cross, double energy_a, double energy_b, double eps) {
-  return (cross <= 64 * eps * std::sqrt(energy_a * energy_b)) && std::isfinite(cross);
+// Also zero where A or B itself is rounding noise over K (a constant map: its FFT leaves eps-sized
+// residues off DC that would otherwise drive a noise phase correlation).
+inline bool product_is_zero(double cross, double energy_a, double energy_b, double total_a, double total_b,
+                            double eps) {
+  const bool zero = (cross <= 64 * eps * std::sqrt(energy_a * energy_b)) ||
+                    (energy_a <= 1e3 * eps * eps * total_a) || (energy_b <= 1e3 * eps * eps * total_b);
+  return zero && std::isfinite(cross);
 }
 
 // Port of torch_fft._one_class's sums and torch_fft.pair_coefficients for one pair.
@@ -154,7 +159,7 @@ PairCoef pair_coefficients(
     mean_y = shift_y + sp[kT1] / N;
     total_b = N * (nvar_y + N * mean_y * mean_y);
     energy_b = include_dc ? total_b : N * nvar_y;
-    valid = energy_b > 1e-9 * total_b;  // DEGENERATE_TARGET_RTOL
+    valid = !(energy_b <= 1e-9 * total_b);  // DEGENERATE_TARGET_RTOL; a NaN target stays valid (NaN propagates)
   }
   const double cpy = sp[kSpy] - sp[kS1] * sp[kT1] / N;  // sum (p - mean p)(y - mean y)
   const double cross = include_dc ? N * (cpy + N * mean_p * mean_y) : N * cpy;
@@ -165,7 +170,7 @@ PairCoef pair_coefficients(
   const double cov = t_ab - t_a * t_b / n;
   const bool zero_mag =
       variance_is_zero(var_a, energy_a, total_a, eps) || variance_is_zero(var_b, energy_b, total_b, eps);
-  const bool zero_phase = product_is_zero(t_ab, energy_a, energy_b, eps);
+  const bool zero_phase = product_is_zero(t_ab, energy_a, energy_b, total_a, total_b, eps);
   const double den = zero_mag ? 1.0 : std::sqrt(var_a * var_b);
   const double rho_mag = zero_mag ? 0.0 : cov / den;
   const double rho_phase = zero_phase ? 0.0 : cross / t_ab;
