@@ -173,6 +173,9 @@ def cases_markdown(data: dict) -> str:
     out.append("| " + " | ".join(head) + " |")
     out.append("|" + "---|" * len(head))
     notes: list[str] = []
+    case_order = {c["name"]: i for i, c in enumerate(data.get("cases", []))}
+    label_order = {lb: i for i, lb in enumerate(meta.get("labels", []))}
+    rows = sorted(rows, key=lambda r: (case_order.get(r["case"]["name"], 99), label_order.get(r["label"], 99)))
     for r in rows:
         case = r["case"]
         scale = case["scale_text"]

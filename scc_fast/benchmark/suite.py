@@ -209,9 +209,7 @@ def run_cases(cfg: Config) -> dict[str, Any]:
         meta["copy_bandwidth"] = measure.copy_bandwidth("cuda")
         progress(cfg, f"copy bandwidth {meta['copy_bandwidth']['GBps']:.0f} GB/s")
     meta["auto"] = {c.name: _auto_choice(c, cfg.device) for c in cfg.cases}
-    # Eager rows first, compiled rows last: if the budget runs out, the cheap rows are there.
-    jobs = [(c, lb) for c in cfg.cases for lb in cfg.labels if lb != "reference-compile"]
-    jobs += [(c, lb) for c in cfg.cases for lb in cfg.labels if lb == "reference-compile"]
+    jobs = _job_order(cfg)
     rows: list[dict] = []
     data = {"meta": meta, "cases": [c.as_dict() for c in cfg.cases], "rows": rows}
     for i, (case, label) in enumerate(jobs):
@@ -241,6 +239,24 @@ def run_cases(cfg: Config) -> dict[str, Any]:
     if cfg.plots:
         write_case_files(cfg.out, data, plots=True)
     return data
+
+
+def _job_order(cfg: Config) -> list[tuple[Case, str]]:
+    """Eager rows first, compiled rows after the eager rows of the last case that is compiled.
+
+    If a --time-budget runs out, the cheap eager rows of the first cases are there, and so are
+    the compiled baselines of the cases that get one (on a CPU --quick, the acceptance shapes).
+    """
+    eager = [lb for lb in cfg.labels if lb != "reference-compile"]
+    compiled = "reference-compile" in cfg.labels
+    with_compile = [i for i, c in enumerate(cfg.cases) if compiled and c.name not in cfg.compile_skip]
+    cut = with_compile[-1] + 1 if with_compile else len(cfg.cases)
+    jobs = [(c, lb) for c in cfg.cases[:cut] for lb in eager]
+    jobs += [(cfg.cases[i], "reference-compile") for i in with_compile]
+    jobs += [(c, lb) for c in cfg.cases[cut:] for lb in eager]
+    if compiled:  # compile rows that are skipped, listed last with their reason
+        jobs += [(c, "reference-compile") for c in cfg.cases if c.name in cfg.compile_skip]
+    return jobs
 
 
 def _auto_choice(case: Case, device: str) -> str:
