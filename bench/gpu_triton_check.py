@@ -290,6 +290,7 @@ def main():
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # the reference stays IEEE
     cases = SMOKE_CASES if args.smoke else CASES
+    triton_scc.interpret_emulates_tf32 = True  # under the interpreter, show TF32's accuracy too
     if args.cases:
         cases = {k: v for k, v in cases.items() if k in args.cases}
     try:

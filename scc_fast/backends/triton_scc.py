@@ -33,8 +33,10 @@ the full spectrum by Hermitian symmetry and keeps the real part. Other lengths (
 of 16, or short) use the direct DFT-as-dot, padded to the block with masks.
 
 Precision of the dots: ``SCC_FAST_TRITON_PRECISION`` (``"tf32"``, the default, ``"tf32x3"`` or
-``"ieee"``) or the module attribute :data:`input_precision` (it wins when set). The interpreter
-(``TRITON_INTERPRET=1``) ignores it and computes float32 dots.
+``"ieee"``) or the module attribute :data:`input_precision` (it wins when set). With TF32 the
+operands are rounded to nearest TF32 in the kernel (tensor cores would truncate them). The
+interpreter (``TRITON_INTERPRET=1``) computes float32 dots whatever the setting, unless
+:data:`interpret_emulates_tf32` is set.
 
 The op is registered as ``torch.ops.scc_fast.triton_correlation_2d`` (``torch.library.custom_op``
 with a fake implementation and ``register_autograd``), so ``torch.compile`` traces through it
@@ -67,6 +69,9 @@ PRECISION_ENV = "SCC_FAST_TRITON_PRECISION"
 PRECISIONS = ("tf32", "tf32x3", "ieee")
 #: Dot precision; None means ``$SCC_FAST_TRITON_PRECISION`` or ``"tf32"``.
 input_precision: str | None = None
+#: Under the interpreter dots are float32 whatever the precision; set this to True to round the
+#: operands to TF32 there as the kernel does on GPU (for testing that path's accuracy).
+interpret_emulates_tf32: bool = False
 
 MIN_SIZE, MAX_SIZE = 8, 1024
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -841,6 +846,8 @@ def _launch(probs, target, first_class, include_dc, magnitude_weight, phase_weig
     scc = torch.empty(n_pairs, dtype=torch.float32, device=device)
     valid = torch.empty(n_pairs, dtype=torch.int8, device=device)
     grad = torch.empty((n_batch, n_chan, H, W) if need_grad else (0,), dtype=torch.float32, device=device)
+    if _INTERPRET and not interpret_emulates_tf32:
+        precision = "ieee"  # the interpreter computes float32 dots whatever it is told
     _scc_fused_kernel[(n_prog,)](
         probs, target, cos_w, sin_w, cos_h, sin_h, c1, s1, c2, s2, tw_c, tw_s, d1, e1, d2, e2, tv_c, tv_s,
         scratch, scc, valid, grad if need_grad else scc,
