@@ -219,14 +219,19 @@ void run(
   std::vector<int64_t> fft_dims;
   for (int64_t d = 1; d <= static_cast<int64_t>(spatial.size()); ++d) fft_dims.push_back(d);
 
-  int64_t chunk = chunk_bytes() / (N * static_cast<int64_t>(sizeof(cplx)));
-  chunk = std::max<int64_t>(2, chunk - chunk % 2);
   // With pairs enough for every thread to own whole chunks, one parallel region runs over chunks and
   // each thread takes its chunks through the whole pipeline (its transforms single-threaded) in its
-  // own workspace: no barrier between passes, and a chunk's data stays in its core's cache.
-  // Otherwise chunks run one after another, with every pass and transform parallel inside.
+  // own workspace: no barrier between passes, and a chunk's data stays in its core's cache. The
+  // budget is then shared by the threads, so this mode is taken only where two maps per thread fit
+  // in it (else the workspace would grow with the thread count). Otherwise chunks run one after
+  // another, with every pass and transform parallel inside.
+  const int64_t map_bytes = N * static_cast<int64_t>(sizeof(cplx));
+  const int64_t budget = chunk_bytes();
   const int64_t n_threads = at::get_num_threads();
-  const bool by_chunk = n_threads > 1 && !at::in_parallel_region() && n_pairs >= 2 * n_threads;
+  const bool by_chunk = n_threads > 1 && !at::in_parallel_region() && n_pairs >= 2 * n_threads &&
+                        2 * map_bytes * n_threads <= budget;
+  int64_t chunk = (by_chunk ? budget / n_threads : budget) / map_bytes;
+  chunk = std::max<int64_t>(2, chunk - chunk % 2);
   if (by_chunk) {
     const int64_t per_thread = (n_pairs + n_threads - 1) / n_threads;
     chunk = std::min(chunk, per_thread + per_thread % 2);
