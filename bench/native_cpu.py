@@ -3,7 +3,7 @@
 Cases (issue 8): logits B x C x spatial, integer labels, softmax, the public ``scc_loss``,
 forward + backward. Times are medians of interleaved repeats in one process (so the ratios
 share the machine's load); peak memory is the high-water RSS above the inputs of a fresh
-subprocess per backend (Linux: VmHWM after resetting it through /proc/self/clear_refs).
+subprocess per backend (median of 3 processes) (Linux: VmHWM after resetting it through /proc/self/clear_refs).
 
     python bench/native_cpu.py                   # both cases, 15 repeats
     python bench/native_cpu.py --repeats 31 --cases 2d
@@ -79,11 +79,17 @@ def memory_child(case, backend):
     print(json.dumps({"above_inputs_mib": (peak - base) / 1024, "peak_mib": peak / 1024}))
 
 
-def memory(case, backend):
-    out = subprocess.run(
-        [sys.executable, __file__, "--memory-child", case, backend], capture_output=True, text=True, check=True
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def memory(case, backend, threads=None, runs=3):
+    """Median over ``runs`` fresh processes (RSS high-water varies a few MiB with allocator state)."""
+    cmd = [sys.executable, __file__, "--memory-child", case, backend]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    results = []
+    for _ in range(runs):
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    results.sort(key=lambda r: r["above_inputs_mib"])
+    return results[len(results) // 2]
 
 
 def main():
@@ -110,7 +116,7 @@ def main():
             if "native" in ms and b != "native":
                 line += f"   native is {ms[b] / ms['native']:.2f}x faster"
             if not args.no_memory:
-                m = memory(case, b)
+                m = memory(case, b, args.threads)
                 line += f"   peak RSS above inputs {m['above_inputs_mib']:7.1f} MiB (process peak {m['peak_mib']:.0f} MiB)"
             print(line, flush=True)
 
