@@ -29,6 +29,15 @@ from scc_fast.demo.model import UNet
 from scc_fast.demo.train import TrainConfig, evaluate, predict_test, robustness, train_run
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny shapes gain nothing from more threads, and on a loaded CPU extra threads make them crawl."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def data():
     return build_data("synthetic", synthetic_shape=(40, 40, 36))
@@ -110,6 +119,8 @@ def test_sample_batch_3d_stays_in_training_runs(data):
     rng = np.random.default_rng(0)
     x, y = sample_batch_3d(data, rng, 3, (6, 16, 16))
     assert x.shape == (3, 1, 6, 16, 16) and y.shape == (3, 6, 16, 16)
+    x, _ = sample_batch_3d(data, rng, 1, (6, 0, 0))  # 0: the whole slice
+    assert x.shape == (1, 1, 6) + data.image.shape[1:]
     with pytest.raises(ValueError, match="contiguous"):
         sample_batch_3d(data, rng, 1, (data.image.shape[0] + 1, 8, 8))
 
@@ -248,11 +259,26 @@ def test_cli_end_to_end(tmp_path):
     from scc_fast.demo import main
 
     out = tmp_path / "demo"
-    assert main(["--data", "synthetic", "--quick", "--seeds", "2", "--steps", "3", "--out", str(out)]) == 0
+    args = ["--data", "synthetic", "--quick", "--seeds", "2", "--steps", "3", "--threads", "1", "--out", str(out)]
+    assert main(args) == 0
     names = set(os.listdir(out))
     assert {"report.md", "results.json", "learning_curves.png", "robustness.png", "examples.png"} <= names
     text = (out / "report.md").read_text()
     assert "| Dice+CE |" in text and "| SCC − base |" in text and "--steps 3" in text
+
+
+def test_3d_demo_end_to_end(tmp_path):
+    """The --3d path through run_demo and the report, made small (channels, levels) to stay fast."""
+    pytest.importorskip("matplotlib")
+    from scc_fast.demo.run import DemoConfig, run_demo
+
+    cfg = DemoConfig.make(quick=True, dims=3, seeds=2, steps=2, source="synthetic", out=str(tmp_path / "d3"))
+    cfg.train.channels = (4, 8)
+    cfg.levels = {"noise": [0.0, 0.2], "gamma": [0.5, 1.0], "bias": [0.0, 0.5]}
+    results = run_demo(cfg, log=lambda s: None)
+    assert results["config"]["dims"] == 3 and len(results["runs"]["Dice+CE+SCC"]) == 2
+    text = (tmp_path / "d3" / "report.md").read_text()
+    assert "3D UNet" in text and "| SCC − base |" in text
 
 
 def test_add_parser_sets_func():

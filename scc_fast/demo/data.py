@@ -282,12 +282,16 @@ def sample_batch_3d(
     data: DemoData, rng: np.random.Generator, batch_size: int, patch: tuple[int, int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random patches lying wholly inside one contiguous training run, with left-right flips and a
-    mild intensity scale: (B x 1 x D x H x W float, B x D x H x W long)."""
-    pd, ph, pw = patch
+    mild intensity scale: (B x 1 x D x H x W float, B x D x H x W long).
+
+    A patch H or W of 0 means the whole slice: with instance norm, patches much smaller than the
+    slabs predicted at test time would be normalised with different statistics.
+    """
+    _, h, w = data.image.shape
+    pd, ph, pw = patch[0], patch[1] or h, patch[2] or w
     runs = [r for r in data.split.train_runs() if r[1] - r[0] >= pd]
     if not runs:
         raise ValueError(f"no training run holds {pd} contiguous slices; lower the patch depth")
-    _, h, w = data.image.shape
     if ph > h or pw > w:
         raise ValueError(f"patch {patch} is larger than the slice {h} x {w}")
     xs, ys = [], []

@@ -147,16 +147,22 @@ def write_report(results: dict, data, models: dict, cfg) -> str:
         f" one slab in {info['test_every']} is test, and {info['gap']} slices each side of a test slab are used by neither"
         f" set (closest train/test slices are {info['gap'] + 1} apart): {info['n_train']} train, {info['n_test']} test slices"
         f" of {info['slice_hw'][0]} x {info['slice_hw'][1]}.",
-        "* One subject: the training set is one brain, so training augments it with random rotation (±15°), scale"
-        " (0.9-1.1), shift (±6%), left-right flip and a mild intensity scale/offset (0.9-1.1, ±0.05). Noise, gamma and"
-        " bias field are **not** used in training; they are the test-time perturbations below.",
+        (
+            "* One subject: the training set is one brain, so training augments it with random rotation (±15°), scale"
+            " (0.9-1.1), shift (±6%), left-right flip and a mild intensity scale/offset (0.9-1.1, ±0.05)."
+            if cfg.dims == 2
+            else "* One subject: the training set is one brain (augmentation below)."
+        )
+        + " Noise, gamma and bias field are **not** used in training; they are the test-time perturbations below.",
         (
             f"* Model: 2D UNet, channels {tuple(tc['channels'])}, instance norm; Adam lr {tc['lr']} (warm-up, cosine), "
             f"{tc['steps']} steps of batch {tc['batch_size']}."
             if cfg.dims == 2
-            else f"* Model: 3D UNet, channels {tuple(tc['channels'])}, instance norm; patches {tuple(tc['patch'])} from"
-            f" training slabs, {tc['steps']} steps of batch {tc['batch_size']}; each test slab is predicted with"
-            f" {info['gap']} unlabelled context slices on each side."
+            else f"* Model: 3D UNet, channels {tuple(tc['channels'])}, instance norm; patches of"
+            f" {tc['patch'][0]} x {tc['patch'][1] or info['slice_hw'][0]} x {tc['patch'][2] or info['slice_hw'][1]} voxels"
+            f" lying wholly inside the training slices (left-right flip, intensity scale 0.9-1.1, offset ±0.05; no rotation),"
+            f" {tc['steps']} steps of batch {tc['batch_size']}; each test slab is predicted with"
+            f" {info['gap']} unlabelled context slices on each side (never trained on)."
         ),
         f"* Losses: `DiceCESCCLoss(lambda_spectral=0)` (Dice + CE) and `DiceCESCCLoss(lambda_spectral={cfg.lambda_spectral})`"
         " (Dice + CE + lambda (1 - SCC)); softmax, all four classes. Seeds "

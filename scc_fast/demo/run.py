@@ -38,8 +38,8 @@ class DemoConfig:
             train = TrainConfig(dims=2, steps=500 if quick else 2000, batch_size=8, channels=(8, 16, 32, 64), eval_every=50 if quick else 100)
         else:
             train = TrainConfig(
-                dims=3, steps=250 if quick else 800, batch_size=2, lr=3e-3, channels=(8, 16, 32),
-                eval_every=50 if quick else 100, patch=(12, 64, 64),
+                dims=3, steps=300 if quick else 1000, batch_size=1, lr=3e-3, channels=(8, 16, 32),
+                eval_every=50 if quick else 100, patch=(12, 0, 0),
             )
         if steps is not None:
             train.steps = steps

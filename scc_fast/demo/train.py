@@ -27,7 +27,7 @@ class TrainConfig:
     warmup: int = 20
     channels: tuple[int, ...] = (8, 16, 32, 64)
     eval_every: int = 50
-    patch: tuple[int, int, int] = (16, 64, 64)  # 3D only: D x H x W
+    patch: tuple[int, int, int] = (12, 0, 0)  # 3D only: D x H x W, 0 = the whole slice
 
 
 @dataclass
