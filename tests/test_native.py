@@ -279,11 +279,11 @@ def test_public_loss_compiles_fullgraph():
 @needs_op
 @pytest.mark.parametrize("threads", [1, 2])
 def test_thread_modes_agree(threads):
-    """Chunks run one after another (1 thread, or few pairs) or one chunk per thread (enough pairs)."""
+    """1 or 2 threads (the passes split over pairs and row blocks, the transforms over maps) agree."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for shape in [(4, 3, 12, 10), (1, 2, 6, 6, 5)]:  # 12 pairs: one chunk per thread; 2 pairs: inner
+        for shape in [(4, 3, 12, 10), (1, 2, 6, 6, 5)]:  # 12 pairs (2 maps per transform call), 2 pairs
             probs, target = make_inputs(shape, labels=True)
             check_against_reference(probs, target, torch.float64)
             check_against_reference(probs, target, torch.float32)

@@ -16,9 +16,8 @@
 //                    Hermitian, so one complex inverse transform gives both real gradients);
 //   6. w = ifftn(W) (unnormalised), then the final pass: grad_1 = Re w + c_p (p - [DC out] mean p)
 //                    + c_y (y - [DC out] mean y), grad_2 from Im w.
-// Threads: with pairs enough for every thread to own whole chunks, one parallel region runs over
-// chunks (each thread takes its chunks through all six steps, transforms single-threaded); otherwise
-// chunks run in turn and every pass is parallel over (pair, block of rows), transforms multithreaded.
+// Threads: every pass is parallel over (pair, block of rows); in each transform the threads split the
+// maps, each transforming its share in one single-threaded call.
 // Partial sums are added in a fixed order: the per-pair sums do not depend on the thread split.
 // The inner loops (scc_cpu_kernels.h) are compiled twice, baseline and AVX2+FMA, chosen at run time.
 
@@ -219,23 +218,13 @@ void run(
   std::vector<int64_t> fft_dims;
   for (int64_t d = 1; d <= static_cast<int64_t>(spatial.size()); ++d) fft_dims.push_back(d);
 
-  // With pairs enough for every thread to own whole chunks, one parallel region runs over chunks and
-  // each thread takes its chunks through the whole pipeline (its transforms single-threaded) in its
-  // own workspace: no barrier between passes, and a chunk's data stays in its core's cache. The
-  // budget is then shared by the threads, so this mode is taken only where two maps per thread fit
-  // in it (else the workspace would grow with the thread count). Otherwise chunks run one after
-  // another, with every pass and transform parallel inside.
+  // Chunks run one after another; inside a chunk every pass is parallel over (pair, block of rows)
+  // and the threads split the maps of each transform. (A variant giving each thread whole chunks
+  // needed a workspace per thread, which cost more peak memory than backend "torch" at 2 threads,
+  // and was not faster.)
   const int64_t map_bytes = N * static_cast<int64_t>(sizeof(cplx));
-  const int64_t budget = chunk_bytes();
-  const int64_t n_threads = at::get_num_threads();
-  const bool by_chunk = n_threads > 1 && !at::in_parallel_region() && n_pairs >= 2 * n_threads &&
-                        2 * map_bytes * n_threads <= budget;
-  int64_t chunk = (by_chunk ? budget / n_threads : budget) / map_bytes;
+  int64_t chunk = chunk_bytes() / map_bytes;
   chunk = std::max<int64_t>(2, chunk - chunk % 2);
-  if (by_chunk) {
-    const int64_t per_thread = (n_pairs + n_threads - 1) / n_threads;
-    chunk = std::min(chunk, per_thread + per_thread % 2);
-  }
   chunk = std::min(chunk, n_pairs);
   const int64_t n_chunks = (n_pairs + chunk - 1) / chunk;
 
@@ -274,8 +263,6 @@ void run(
   };
 
   auto run_chunks = [&](int64_t chunk_begin, int64_t chunk_end) {
-    // Worker threads do not inherit the dispatcher state of the caller: stay below autograd here too.
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
     std::vector<int64_t> ws_shape{chunk};
     ws_shape.insert(ws_shape.end(), spatial.begin(), spatial.end());
     at::Tensor zbuf = at::empty(ws_shape, complex_options);
@@ -369,11 +356,7 @@ void run(
     }
   };
 
-  if (by_chunk) {
-    at::parallel_for(0, n_chunks, 1, run_chunks);
-  } else {
-    run_chunks(0, n_chunks);
-  }
+  run_chunks(0, n_chunks);
 }
 
 // AVX2 + FMA variant of the inner loops when this CPU has them (SCC_FAST_NATIVE_ISA=baseline forces
