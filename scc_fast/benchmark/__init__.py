@@ -69,6 +69,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds; rows not started by then are reported as not run, compiled rows need 45 s (GPU 30 s) "
                         "of it left (default: 130 for --quick on a CPU, else none)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads in every measurement (default: torch's own choice); 1 gives steadier "
+                        "CPU numbers on a machine shared with other jobs")
     p.add_argument("--validate", action="store_true", help="time with validate=True (label-range check, a sync)")
     p.add_argument("--no-plots", action="store_true", help="write JSON and Markdown only")
     p.add_argument("--report-only", action="store_true", help="rewrite Markdown and PNG from the JSON files in --out")
@@ -147,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
         v = getattr(args, name)
         if v is not None and any(s < 2 for s in v):
             parser.error(f"--{name.replace('_', '-')} sizes must be >= 2, got {v}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
     if args.job_timeout is not None and args.job_timeout <= 0:
         parser.error(f"--job-timeout must be > 0, got {args.job_timeout}")
 
@@ -183,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
         time_budget=args.time_budget if args.time_budget is not None else (130.0 if args.quick and not gpu else None),
         compile_reserve=30.0 if gpu else 45.0,
         validate=args.validate,
+        threads=args.threads,
         plots=not args.no_plots,
         compile_skip=compile_skip,
         label_notes=notes,

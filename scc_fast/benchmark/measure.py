@@ -290,17 +290,32 @@ def measure_one(spec: dict[str, Any]) -> dict[str, Any]:
     }
     x = t = fn = None
     try:
-        rss0 = read_rss() if device.type == "cpu" else None
+        if spec.get("threads"):
+            torch.set_num_threads(int(spec["threads"]))
+        out["threads"] = torch.get_num_threads()
         x, t = make_inputs(shape, device, spec.get("seed", 0))
         _sync(device)
         out["input_bytes"] = x.numel() * x.element_size() + t.numel() * t.element_size()
-        if rss0 is not None:
-            out["rss_after_inputs_bytes"] = read_rss()[0]
+        # First call, in a fresh process (CPU default): its high-water mark above the inputs is
+        # the SPEC's "high-water RSS of a fresh process", one-time costs (imports, JIT,
+        # compilation, caches) included.
+        hwm_ok = False
+        if device.type == "cpu":
+            trim_heap()
+            out["rss_after_inputs_bytes"] = read_rss()[0] if read_rss() else None
+            hwm_ok = reset_hwm()
+        else:
+            base_in = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
         fn = build_loss_fn(spec["backend"], out["compiled"], spec.get("validate", False))
         t0 = time.perf_counter()
         _call(fn, x, t, "fwdbwd")
         _sync(device)
         out["first_call_s"] = time.perf_counter() - t0  # includes compilation / JIT
+        if device.type == "cpu":
+            out["first_call_peak_bytes"] = read_rss()[1] - out["rss_after_inputs_bytes"] if hwm_ok else None
+        else:
+            out["first_call_peak_bytes"] = torch.cuda.max_memory_allocated(device) - base_in
         for _ in range(max(0, int(spec.get("warmup", 1)) - 1)):
             _call(fn, x, t, "fwdbwd")
         _sync(device)
@@ -358,6 +373,8 @@ def phase_timeline(spec: dict[str, Any]) -> dict[str, Any]:
     device = torch.device(spec["device"])
     shape = tuple(spec["shape"])
     out: dict[str, Any] = {"backend": spec["backend"], "shape": list(shape), "device": str(device), "status": "ok"}
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
     try:
         fn = build_loss_fn(spec["backend"])
         # Warm up on the same shape first: imports, code pages, JIT compilation are not phases.

@@ -88,6 +88,10 @@ def add_derived(rows: list[dict], meta: dict) -> None:
             floor = 1 if r["device"].startswith("cuda") else MiB
             if ref_peak is not None and peak is not None and peak >= floor and ref_peak >= floor:
                 d["memory_ratio"][mode] = ref_peak / peak
+        first, ref_first = r.get("first_call_peak_bytes"), refs.get("reference", {}).get("first_call_peak_bytes")
+        floor = 1 if r["device"].startswith("cuda") else MiB
+        if first is not None and ref_first is not None and first >= floor and ref_first >= floor:
+            d["first_call_memory_ratio"] = ref_first / first
         if "reference" in refs and "loss" in r and "loss" in refs["reference"]:
             ref_loss = refs["reference"]["loss"]
             d["loss_rel_diff"] = abs(r["loss"] - ref_loss) / max(abs(ref_loss), 1e-30)
@@ -160,14 +164,17 @@ def cases_markdown(data: dict) -> str:
         f"Logits in, int64 labels, softmax, `scc_loss(..., softmax=True, backend=NAME, validate=False)`, float32. "
         f"Times: median [IQR] in ms over {meta.get('repeats')} calls after {meta.get('warmup')} warm-up calls "
         f"({'CUDA events' if cuda else 'time.perf_counter'}); *fwd* is the forward call of a training step "
-        f"(input requires grad), *fwd+bwd* adds `loss.backward()`. Peak: MiB above what was resident before the "
-        f"call ({'torch.cuda.max_memory_allocated' if cuda else 'VmHWM, reset before the call' + (', a fresh process per row' if meta.get('isolation') == 'process' else ', all rows in one process')}). Speedup = "
+        f"(input requires grad), *fwd+bwd* adds `loss.backward()`. Peak (steady state): MiB above what was resident "
+        f"just before one call after warm-up ({'torch.cuda.max_memory_allocated' if cuda else 'VmHWM reset before the call'}). "
+        f"First-call peak: high-water mark of the first fwd+bwd above the inputs, one-time costs (JIT, compilation, "
+        f"caches, lazily loaded code) included ({'max_memory_allocated' if cuda else 'VmHWM'}"
+        f"{', a fresh process per row' if meta.get('isolation') == 'process' else ', all rows in one process'}). Speedup = "
         f"reference time / row time (eager / compiled reference, same run); memory = reference peak / row peak. "
         f"Scale: fraction of the SPEC case's elements measured."
     )
     out.append("")
     head = ["case", "shape (scale)", "backend", "fwd ms", "fwd+bwd ms", "speedup fwd+bwd (eager / compiled)",
-            "peak MiB fwd / fwd+bwd", "memory vs eager (fwd+bwd)"]
+            "peak MiB fwd / fwd+bwd", "first-call peak MiB", "memory vs eager (steady / first call)"]
     if cuda:
         head += ["GB/s fwd+bwd", "% of copy BW"]
     out.append("| " + " | ".join(head) + " |")
@@ -190,7 +197,8 @@ def cases_markdown(data: dict) -> str:
                 _fmt_ms(r["time"].get("fwdbwd")),
                 f"{_fmt_ratio(d.get('speedup', {}).get('fwdbwd'))} / {_fmt_ratio(d.get('speedup_vs_compiled', {}).get('fwdbwd'))}",
                 f"{_fmt_mib(_peak(r, 'fwd'))} / {_fmt_mib(_peak(r, 'fwdbwd'))}",
-                _fmt_ratio(d.get("memory_ratio", {}).get("fwdbwd")),
+                _fmt_mib(r.get("first_call_peak_bytes")),
+                f"{_fmt_ratio(d.get('memory_ratio', {}).get('fwdbwd'))} / {_fmt_ratio(d.get('first_call_memory_ratio'))}",
             ]
             if cuda:
                 g = d.get("GBps", {}).get("fwdbwd")

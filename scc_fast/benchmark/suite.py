@@ -36,6 +36,7 @@ class Config:
     job_timeout: float = 300.0
     time_budget: float | None = None
     validate: bool = False
+    threads: int | None = None
     plots: bool = True
     compile_reserve: float = 0.0  # seconds of budget a compiled row needs to be started
     compile_skip: dict[str, str] = field(default_factory=dict)  # case name -> reason not to compile it
@@ -112,7 +113,7 @@ def environment(cfg: Config) -> dict[str, Any]:
         "triton": triton_version,
         "platform": platform.platform(),
         "cpu": f"{_cpu_name()}, {ncpu} logical cores",
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": cfg.threads or torch.get_num_threads(),
         "commit": _commit(),
         "repeats": cfg.repeats,
         "warmup": cfg.warmup,
@@ -215,9 +216,8 @@ def run_cases(cfg: Config) -> dict[str, Any]:
     for i, (case, label) in enumerate(jobs):
         backend, compiled = split_label(label)
         tag = f"({i + 1}/{len(jobs)}) {case.name} {'x'.join(map(str, case.shape))} {label}"
-        reason = _budget_exhausted(cfg)
-        if reason is None and compiled and case.name in cfg.compile_skip:
-            reason = cfg.compile_skip[case.name]
+        reason = cfg.compile_skip.get(case.name) if compiled else None
+        reason = reason or _budget_exhausted(cfg)
         left = cfg.budget_left()
         if reason is None and compiled and left is not None and left < cfg.compile_reserve:
             reason = (f"not run: {max(left, 0):.0f} s were left of the time budget (--time-budget "
@@ -228,7 +228,7 @@ def run_cases(cfg: Config) -> dict[str, Any]:
             progress(cfg, f"{tag} ...")
             spec = {"kind": "one", "shape": list(case.shape), "device": cfg.device, "backend": backend,
                     "compiled": compiled, "repeats": cfg.repeats, "warmup": cfg.warmup + (2 if compiled else 0),
-                    "modes": list(measure.MODES), "memory": True, "validate": cfg.validate}
+                    "modes": list(measure.MODES), "memory": True, "validate": cfg.validate, "threads": cfg.threads}
             got, failure = _run(cfg, spec)
             res = got[0] if got else _skipped(failure or "no result", "failed")
         res.update(case=case.as_dict(), label=label, device=res.get("device", cfg.device), shape=list(case.shape))
@@ -326,7 +326,7 @@ def run_scaling(cfg: Config) -> dict[str, Any]:
             shapes = [[b, c] + [s] * nd for s in sizes]
             spec = {"kind": "series", "shapes": shapes, "device": cfg.device, "backend": label,
                     "compiled": False, "repeats": cfg.scaling_repeats, "warmup": max(1, cfg.warmup - 1),
-                    "modes": ["fwdbwd"], "memory": True, "validate": cfg.validate}
+                    "modes": ["fwdbwd"], "memory": True, "validate": cfg.validate, "threads": cfg.threads}
             reason = _budget_exhausted(cfg)
             if reason is None:
                 progress(cfg, f"scaling {nd}D {label}: {b}x{c}x{sizes[0]}^{nd} .. {sizes[-1]}^{nd}")
@@ -405,7 +405,8 @@ def run_timeline(cfg: Config) -> dict[str, Any]:
             r = _skipped(reason)
         else:
             progress(cfg, f"timeline {case.name} {'x'.join(map(str, case.shape))} {label}")
-            spec = {"kind": "timeline", "shape": list(case.shape), "device": cfg.device, "backend": label}
+            spec = {"kind": "timeline", "shape": list(case.shape), "device": cfg.device, "backend": label,
+                    "threads": cfg.threads}
             got, failure = _run(cfg, spec)
             r = got[0] if got else _skipped(failure or "no result", "failed")
         r["label"] = label
