@@ -236,14 +236,26 @@ def _verdict(results: dict, n: int) -> str:
     d = results["summary"]["difference"]["mean_fg_dice"]
     mean, sd = 100 * d["mean"], 100 * d["sd"]
     se = sd / np.sqrt(n) if n > 1 else float("inf")
-    clear = n > 1 and abs(mean) > 2 * se and d["wins"] in (0, n)
+    clear = n >= 3 and abs(mean) > 2 * se and d["wins"] in (0, n)
+    per_class = results["summary"]["difference"]["dice"][1:]
+    top = int(np.argmax([abs(c["mean"]) for c in per_class]))
     noise = results["summary"]["difference"]["robustness"]["noise"]
     worst = noise[-1]
     parts = [
         f"On clean test slices, adding the SCC term changed mean foreground Dice by {mean:+.2f} points "
         f"(paired SD {sd:.2f} over {n} seeds, higher in {d['wins']}/{n})",
         "; the difference is consistent across seeds and larger than twice its standard error." if clear
-        else "; with this many seeds that is within the run-to-run spread, so it is not evidence either way.",
+        else (
+            f"; {n} seed(s) are too few to call a difference either way." if n < 3
+            else "; with this many seeds that is within the run-to-run spread, so it is not evidence either way."
+        ),
+        (
+            f" Most of it comes from {CLASS_NAMES[1 + top]} ({100 * per_class[top]['mean']:+.2f} points): a change that"
+            " large in one class often means one loss had not learned that class yet, so check the learning curves"
+            " before reading it as a property of the loss."
+            if abs(per_class[top]["mean"]) > 0.05
+            else ""
+        ),
         f" At the strongest noise level ({results['config']['levels']['noise'][-1]:g}) the paired difference is "
         f"{100 * worst['mean']:+.2f} ± {100 * worst['sd']:.2f} points ({worst['wins']}/{n} seeds higher).",
         " This is one template brain, a small model and short training: treat it as a sanity check of the claim,"
