@@ -25,8 +25,8 @@ stage() {  # stage NAME SECONDS CMD...
   tail -n 40 "$W/$name.log"
 }
 
-[ -f bench/gpu_triton_check.py ] && stage triton2d 170 python3 bench/gpu_triton_check.py --out "$W/triton2d"
-[ -f bench/gpu_3d_check.py ] && stage hybrid3d 200 python3 bench/gpu_3d_check.py --out "$W/hybrid3d"
+[ -f bench/gpu_triton_check.py ] && stage triton2d 150 python3 bench/gpu_triton_check.py --out "$W/triton2d"
+[ -f bench/gpu_3d_check.py ] && stage hybrid3d 190 python3 bench/gpu_3d_check.py --out "$W/hybrid3d"
 [ -f bench/gpu_bench.sh ] && stage suite 120 bash bench/gpu_bench.sh "$W/suite"
 
 tar -czf "$OUTDIR/gpu_results.tgz" -C "$OUTDIR" work
