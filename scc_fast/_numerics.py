@@ -55,3 +55,17 @@ def safe_div(num: torch.Tensor, den: torch.Tensor, zero: torch.Tensor) -> torch.
     """``num / den`` where ``zero`` is False, exactly 0 (with a 0 gradient) where it is True."""
     ones = torch.ones_like(den)
     return torch.where(zero, torch.zeros_like(num), num / torch.where(zero, ones, den))
+
+
+def refuse_double_backward(backend: str) -> None:
+    """Raise if a fast backend's backward runs under ``create_graph=True``.
+
+    The fast backends save the gradient computed in forward and treat it as a constant, so a
+    second derivative through them would be silently wrong.
+    """
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f"scc_fast backend '{backend}' does not support double backward (create_graph=True): its "
+            "gradient is computed analytically in the forward pass and is not differentiable. "
+            "Use backend='reference' for higher-order derivatives."
+        )

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from .._numerics import refuse_double_backward
+
 __all__ = ["correlation", "unavailable_reason", "unsupported_reason"]
 
 _HOW_TO_BUILD = (
@@ -61,12 +63,7 @@ def _register_python_side() -> None:
         ctx.save_for_backward(output[2])
 
     def backward(ctx, grad_scc, grad_valid, grad_grad):
-        if torch.is_grad_enabled():  # create_graph=True: the saved gradient is a constant, refuse
-            raise RuntimeError(
-                "scc_fast backend 'native' does not support double backward (create_graph=True): its "
-                "gradient is computed analytically in the forward pass and is not differentiable. "
-                "Use backend='reference' for higher-order derivatives."
-            )
+        refuse_double_backward("native")
         (grad,) = ctx.saved_tensors
         torch._check(grad.dim() >= 3, lambda: "scc_forward was called with need_grad=False; it has no gradient")
         if grad_scc is None:

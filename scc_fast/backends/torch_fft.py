@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from .._numerics import (
+    refuse_double_backward,
     DEGENERATE_TARGET_RTOL,
     accumulation_dtype,
     product_is_zero,
@@ -228,12 +229,7 @@ class SCCTorchFunction(torch.autograd.Function):
     def backward(ctx, grad_scc, grad_valid):
         # once_differentiable would only catch double backward when grad_scc requires grad; the
         # usual loss (scc -> mean) would get a silently wrong second derivative, so refuse here.
-        if torch.is_grad_enabled():
-            raise RuntimeError(
-                "scc_fast backend 'torch' does not support double backward (create_graph=True): its "
-                "gradient is computed analytically in the forward pass and is not differentiable. "
-                "Use backend='reference' for higher-order derivatives."
-            )
+        refuse_double_backward("torch")
         (grad,) = ctx.saved_tensors
         upstream = grad_scc.view(grad_scc.shape + (1,) * (grad.dim() - 2))
         return (grad * upstream).to(ctx.saved_tensors[0].dtype), None, None, None, None, None

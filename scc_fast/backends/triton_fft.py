@@ -40,7 +40,7 @@ import os
 
 import torch
 
-from .._numerics import DEGENERATE_TARGET_RTOL, accumulation_dtype
+from .._numerics import DEGENERATE_TARGET_RTOL, accumulation_dtype, refuse_double_backward
 from .torch_fft import PairStatistics, pair_coefficients
 
 try:
@@ -534,13 +534,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_scc, grad_valid, grad_grad):
-    if torch.is_grad_enabled():
-        # The saved gradient is a constant to autograd: a second derivative would be silently wrong.
-        raise RuntimeError(
-            "scc_fast backend 'triton_fft' does not support double backward (create_graph=True): its gradient "
-            "is computed analytically in the forward pass and is not differentiable. Use backend='reference' "
-            "for higher-order derivatives."
-        )
+    refuse_double_backward("triton_fft")
     (grad,) = ctx.saved_tensors
     if grad.numel() == 0:
         raise RuntimeError("scc_fast triton_fft op: backward called but the forward ran with need_grad=False")

@@ -50,6 +50,8 @@ import os
 
 import torch
 
+from .._numerics import refuse_double_backward
+
 try:  # Triton is optional: without it the backend reports itself unavailable.
     import triton
     import triton.language as tl
@@ -898,13 +900,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_scc, grad_valid, grad_grad):
-    if torch.is_grad_enabled():
-        # The saved gradient is a constant to autograd: a second derivative would be silently wrong.
-        raise RuntimeError(
-            "scc_fast backend 'triton' does not support double backward (create_graph=True): its gradient "
-            "is computed analytically in the forward pass and is not differentiable. Use backend='reference' "
-            "for higher-order derivatives."
-        )
+    refuse_double_backward("triton")
     (grad,) = ctx.saved_tensors
     if grad.numel() == 0:
         raise RuntimeError("scc_fast triton op: backward called but the forward ran with need_grad=False")
