@@ -10,14 +10,23 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(scc_fast, m) {
-  // probs: B x C' x spatial, float32/float64. target: integer labels B x spatial (label
-  // first_class + j is channel j, anything else is 0 everywhere) or a float target B x C' x spatial.
-  // Returns (scc B x C', valid B x C' bool, grad): grad = dSCC[b, c]/dprobs[b, c] (B x C' x spatial)
-  // when need_grad, else an empty tensor of shape (0,). The gradient is computed in the forward call
-  // so that backward is a multiplication by grad_output.
+  // input: B x C x spatial, float32/float64: probabilities (activation 0) or logits of a softmax over
+  // C (1) or an elementwise sigmoid (2), applied inside the kernel. Channels first_channel.. are in the
+  // loss (C' of them). target: integer labels B x spatial (label first_class + j is loss channel j,
+  // anything else is 0 everywhere) or a float target B x C' x spatial. Voxels labelled ignore_label
+  // count as p = y = 0 in every channel.
+  // Returns (scc B x C', valid B x C' bool, field, stats): field = dSCC[b, c]/dp[b, c] (B x C' x spatial)
+  // when need_grad, else an empty tensor of shape (0,); stats = per-voxel activation statistics
+  // (B x 2 x spatial: softmax max and keep / sum exp, or the ignore mask) for scc_backward, or (0,).
+  // The gradient field is computed in the forward call so that backward is one elementwise pass.
   m.def(
-      "scc_forward(Tensor probs, Tensor target, int first_class, bool include_dc, "
-      "float magnitude_weight, float phase_weight, bool need_grad) -> (Tensor, Tensor, Tensor)");
+      "scc_forward(Tensor input, Tensor target, int activation, int first_channel, int first_class, "
+      "int? ignore_label, bool include_dc, float magnitude_weight, float phase_weight, bool need_grad) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  // dLoss/dinput from grad_scc (B x C', the upstream gradient of scc) and scc_forward's field and stats.
+  m.def(
+      "scc_backward(Tensor field, Tensor grad_scc, Tensor input, Tensor stats, int activation, "
+      "int first_channel) -> Tensor");
 }
 
 // `import scc_fast._C` loads this library and runs the static registrations above; the module itself

@@ -36,6 +36,13 @@ def _check_input(input: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} must have every spatial size >= 2, got spatial shape {tuple(input.shape[2:])}")
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    """``torch.isfinite(t).all()``, fast: the sum is finite when every element is (a NaN or Inf
+    makes it NaN or Inf); only a non-finite sum, which finite values can also give by overflow,
+    is checked element by element."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
 def _check_target(input: torch.Tensor, target: torch.Tensor, ignore_index: int | None, validate: bool) -> torch.Tensor:
     """Validate ``target`` against ``input``; return labels B x spatial or a float B x C x spatial."""
     if not isinstance(target, torch.Tensor):
@@ -55,7 +62,7 @@ def _check_target(input: torch.Tensor, target: torch.Tensor, ignore_index: int |
                 f"a floating-point target must have the shape of input, B x C x spatial = {tuple(input.shape)}, "
                 f"got {tuple(target.shape)}{hint}"
             )
-        if validate and not torch.isfinite(target).all():
+        if validate and not _all_finite(target):
             raise ValueError("target contains NaN or Inf (pass validate=False to skip this check)")
         return target
     if target.is_complex():
@@ -73,10 +80,16 @@ def _check_target(input: torch.Tensor, target: torch.Tensor, ignore_index: int |
         raise ValueError(f"target spatial shape must equal input's {spatial}, got {tuple(target.shape[1:])}")
     if validate:
         n_labels = max(n_chan, 2)
-        bad = (target < 0) | (target >= n_labels)
-        if ignore_index is not None:
-            bad &= target != ignore_index
-        if bad.any():
+        if target.numel() == 0:
+            bad = None
+        elif ignore_index is None:
+            low, high = torch.aminmax(target)  # one pass, the common case
+            out_of_range = bool((low < 0) | (high >= n_labels))  # one device sync
+            bad = (target < 0) | (target >= n_labels) if out_of_range else None
+        else:
+            bad = ((target < 0) | (target >= n_labels)) & (target != ignore_index)
+            bad = bad if bool(bad.any()) else None
+        if bad is not None:
             found = target[bad]
             raise ValueError(
                 f"target labels must be in [0, {n_labels - 1}] for {n_chan} channel(s)"
@@ -176,7 +189,7 @@ def scc_loss(
     # Value checks branch on data, which torch.compile(fullgraph=True) cannot trace.
     validate = validate and not torch.compiler.is_compiling()
     target = _check_target(input, target, ignore_index, validate)
-    if validate and not torch.isfinite(input).all():
+    if validate and not _all_finite(input):
         raise ValueError("input contains NaN or Inf (pass validate=False to skip this check)")
 
     n_chan = input.shape[1]
@@ -185,29 +198,37 @@ def scc_loss(
     class_weights = _class_weights(weight, n_pairs, include_background or n_chan == 1, input.device)
 
     x = input if input.dtype == torch.float64 else input.float()
-    probs = torch.softmax(x, dim=1) if softmax else torch.sigmoid(x) if sigmoid else x
     labels = not target.is_floating_point()
-    if labels and ignore_index is not None:
-        keep = target != ignore_index
-        probs = probs * keep.unsqueeze(1).to(probs.dtype)
-        target = torch.where(keep, target, torch.full_like(target, -1))
     first_class = 1 if (n_chan == 1 or drop_background) else 0
-    if drop_background:
-        probs = probs[:, 1:]
-        if not labels:
-            target = target[:, 1:]
+    first_channel = 1 if drop_background else 0
     if not labels:
-        target = target.to(probs.dtype)
-
-    impl = backends.select_backend(backend, probs, target)
-    scc, valid = impl.correlation(
-        probs,
-        target,
-        first_class=first_class if labels else 0,
-        include_dc=include_dc,
-        magnitude_weight=float(magnitude_weight),
-        phase_weight=float(phase_weight),
+        target = (target[:, 1:] if drop_background else target).to(x.dtype)
+    activation = "softmax" if softmax else "sigmoid" if sigmoid else None
+    impl = backends.select_backend(backend, x[:, first_channel:], target)
+    coefficients = dict(
+        include_dc=include_dc, magnitude_weight=float(magnitude_weight), phase_weight=float(phase_weight)
     )
+    fused = getattr(impl, "activated_correlation", None)
+    if fused is not None:
+        # The backend applies the activation, the background drop and the ignore mask itself.
+        scc, valid = fused(
+            x,
+            target,
+            activation=activation,
+            first_channel=first_channel,
+            first_class=first_class if labels else 0,
+            ignore_index=ignore_index if labels else None,
+            **coefficients,
+        )
+    else:
+        probs = torch.softmax(x, dim=1) if softmax else torch.sigmoid(x) if sigmoid else x
+        if labels and ignore_index is not None:
+            keep = target != ignore_index
+            probs = probs * keep.unsqueeze(1).to(probs.dtype)
+            target = torch.where(keep, target, torch.full_like(target, -1))
+        if drop_background:
+            probs = probs[:, 1:]
+        scc, valid = impl.correlation(probs, target, first_class=first_class if labels else 0, **coefficients)
     loss = torch.where(valid, 1.0 - scc, torch.zeros_like(scc))
     pair_w = valid.to(loss.dtype)
     if class_weights is not None:

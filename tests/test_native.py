@@ -86,7 +86,7 @@ def test_correlation_matches_reference(shape, include_dc, labels, dtype, isa):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("chunk_bytes", ["1", "40000"])
 def test_several_chunks(dtype, chunk_bytes, monkeypatch):
-    """Pairs split over chunks (2 pairs each, or a few), with an odd number of pairs in all."""
+    """Pairs split over chunks (the minimum of 2 per thread, or a few), with an odd number of pairs in all."""
     monkeypatch.setenv("SCC_FAST_NATIVE_CHUNK_BYTES", chunk_bytes)
     probs, target = make_inputs((3, 3, 20, 18), labels=True)
     check_against_reference(probs, target, dtype, include_dc=False)
@@ -146,8 +146,8 @@ def test_degenerate_pairs(include_dc, dtype):
 @needs_op
 def test_no_grad_call_returns_no_gradient():
     probs, target = make_inputs((2, 3, 9, 8), labels=True)
-    scc, valid, grad = torch.ops.scc_fast.scc_forward(probs, target, 0, False, 0.5, 0.5, False)
-    assert grad.shape == (0,)
+    scc, valid, grad, stats = torch.ops.scc_fast.scc_forward(probs, target, 0, 0, 0, None, False, 0.5, 0.5, False)
+    assert grad.shape == (0,) and stats.shape == (0,)
     assert rel_err(scc, reference_correlation(probs, target)[0]) <= 1e-10
     with torch.no_grad():
         assert rel_err(native.correlation(probs, target)[0], reference_correlation(probs, target)[0]) <= 1e-10
@@ -175,6 +175,60 @@ def test_public_scc_loss(reduction, dtype):
 
 
 @needs_op
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid", None])
+@pytest.mark.parametrize("include_background", [True, False])
+@pytest.mark.parametrize("ignore_index", [None, 255, 1])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_activation_matches_reference(activation, include_background, ignore_index, dtype, isa):
+    # The activation, background drop and ignore mask run inside the operator (activated_correlation):
+    # loss and input gradient against the reference, which applies them with torch ops. ignore_index=1
+    # is also a class label: that class's target is empty where ignored; 255 needs uint8 labels.
+    g = torch.Generator().manual_seed(7)
+    shape = (2, 3, 9, 12) if dtype == torch.float64 else (1, 3, 5, 6, 7)
+    logits = torch.randn(shape, generator=g, dtype=torch.float64) * 3
+    labels = torch.randint(0, 3, (shape[0], *shape[2:]), generator=g)
+    if ignore_index == 255:
+        labels = labels.to(torch.uint8)
+        labels[0, :2] = 255
+    kw = dict(
+        softmax=activation == "softmax",
+        sigmoid=activation == "sigmoid",
+        include_background=include_background,
+        ignore_index=ignore_index,
+        reduction="none",
+    )
+    inputs = logits if activation else torch.softmax(logits, 1)
+    x_ref = inputs.clone().requires_grad_(True)
+    ref = scc_fast.scc_loss(x_ref, labels, backend="reference", **kw)
+    upstream = torch.rand(ref.shape, generator=g, dtype=torch.float64) + 0.5  # per-pair upstream gradients
+    (ref * upstream).sum().backward()
+    x = inputs.to(dtype).requires_grad_(True)
+    out = scc_fast.scc_loss(x, labels, backend="native", **kw)
+    (out * upstream.to(dtype)).sum().backward()
+    assert rel_err(out.detach(), ref.detach()) <= TOL[dtype]
+    assert rel_err(x.grad, x_ref.grad) <= TOL[dtype]
+
+
+@needs_op
+def test_fused_softmax_extreme_logits_and_no_grad():
+    # Logits of +-1e4 (exp underflows to exactly 0) and a call without gradient (no field is made).
+    g = torch.Generator().manual_seed(8)
+    logits = torch.randn(2, 4, 12, 10, generator=g).sign() * 1e4
+    labels = torch.randint(0, 4, (2, 12, 10), generator=g)
+    x_ref = logits.double().requires_grad_(True)
+    ref = scc_fast.scc_loss(x_ref, labels, softmax=True, backend="reference")
+    ref.backward()
+    x = logits.clone().requires_grad_(True)
+    out = scc_fast.scc_loss(x, labels, softmax=True, backend="native")
+    out.backward()
+    assert torch.isfinite(out) and torch.isfinite(x.grad).all()
+    assert abs(out.item() - ref.item()) <= 1e-5 * max(1.0, abs(ref.item()))
+    assert rel_err(x.grad.double(), x_ref.grad) <= 1e-5
+    with torch.no_grad():
+        assert scc_fast.scc_loss(logits, labels, softmax=True, backend="native").item() == pytest.approx(out.item(), rel=1e-6)
+
+
+@needs_op
 def test_public_float_target_and_spectral_correlation():
     probs, target = make_inputs((2, 3, 10, 12), labels=False)
     ref = scc_fast.scc_loss(probs, target, backend="reference", include_dc=True)
@@ -199,16 +253,38 @@ def test_unsupported_inputs_are_named():
     with pytest.raises(RuntimeError, match="float32 or float64"):
         native.correlation(probs.half(), target)
     with pytest.raises(RuntimeError, match="B x spatial"):
-        torch.ops.scc_fast.scc_forward(probs, target[:, :4], 0, False, 0.5, 0.5, True)
+        torch.ops.scc_fast.scc_forward(probs, target[:, :4], 0, 0, 0, None, False, 0.5, 0.5, True)
+    with pytest.raises(RuntimeError, match="activation must be 0"):
+        torch.ops.scc_fast.scc_forward(probs, target, 3, 0, 0, None, False, 0.5, 0.5, True)
+    with pytest.raises(RuntimeError, match=r"first_channel must be in \[0, 1\]"):
+        torch.ops.scc_fast.scc_forward(probs, target, 1, 2, 0, None, False, 0.5, 0.5, True)
+    with pytest.raises(ValueError, match="activation must be None, 'softmax' or 'sigmoid', got 'relu'"):
+        native.activated_correlation(probs, target, activation="relu")
+    # backward's own checks: a field of the wrong shape (a forward without gradient), softmax
+    # without its statistics, and an upstream gradient of the wrong size.
+    field = torch.zeros_like(probs)
+    up = torch.ones(1, 2, dtype=probs.dtype)
+    with pytest.raises(RuntimeError, match="need_grad=False"):
+        torch.ops.scc_fast.scc_backward(torch.zeros(0, dtype=probs.dtype), up, probs, torch.zeros(0), 0, 0)
+    with pytest.raises(RuntimeError, match="softmax needs the statistics"):
+        torch.ops.scc_fast.scc_backward(field, up, probs, torch.zeros(0, dtype=probs.dtype), 1, 0)
+    with pytest.raises(RuntimeError, match="grad_scc must hold"):
+        torch.ops.scc_fast.scc_backward(field, up[:, :1], probs, torch.zeros(0, dtype=probs.dtype), 0, 0)
 
 
 @needs_op
 def test_opcheck():
     probs, target = make_inputs((2, 3, 6, 5), labels=True)
     probs = probs.float().requires_grad_(True)
-    torch.library.opcheck(torch.ops.scc_fast.scc_forward.default, (probs, target, 0, False, 0.5, 0.5, True))
+    fwd = torch.ops.scc_fast.scc_forward.default
+    torch.library.opcheck(fwd, (probs, target, 0, 0, 0, None, False, 0.5, 0.5, True))
+    torch.library.opcheck(fwd, (probs, target, 1, 1, 1, 2, False, 0.5, 0.5, True))  # softmax, no background, ignore 2
     probs2, ftarget = make_inputs((1, 2, 4, 3, 5), labels=False)
-    torch.library.opcheck(torch.ops.scc_fast.scc_forward.default, (probs2, ftarget, 0, True, 0.3, 0.7, False))
+    torch.library.opcheck(fwd, (probs2, ftarget, 0, 0, 0, None, True, 0.3, 0.7, False))
+    torch.library.opcheck(fwd, (probs2.requires_grad_(True), ftarget, 2, 0, 0, None, True, 0.3, 0.7, True))
+    _, _, field, stats = fwd(probs.detach(), target, 1, 0, 0, None, False, 0.5, 0.5, True)
+    up = torch.randn(2, 3)
+    torch.library.opcheck(torch.ops.scc_fast.scc_backward.default, (field, up, probs.detach(), stats, 1, 0))
 
 
 @needs_op

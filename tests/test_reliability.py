@@ -494,16 +494,20 @@ def test_oom_propagates_and_module_still_works(backend, monkeypatch):
     module = SCCLoss(softmax=True, backend=backend)
     before = loss_and_grad(x, t, backend, softmax=True)
     impl = backends.load(backend)
-    real = impl.correlation
+    # Backends with the activation fused (native) enter through activated_correlation.
+    entries = [name for name in ("correlation", "activated_correlation") if hasattr(impl, name)]
+    real = {name: getattr(impl, name) for name in entries}
 
     def fails(*args, **kwargs):
         raise torch.OutOfMemoryError("simulated: CUDA out of memory. Tried to allocate 64.00 GiB")
 
-    monkeypatch.setattr(impl, "correlation", fails)
+    for name in entries:
+        monkeypatch.setattr(impl, name, fails)
     leaf = x.clone().requires_grad_(True)
     with pytest.raises(torch.OutOfMemoryError, match="simulated"):
         module(leaf, t)
-    monkeypatch.setattr(impl, "correlation", real)
+    for name in entries:
+        monkeypatch.setattr(impl, name, real[name])
     loss = module(leaf, t)
     loss.backward()
     assert torch.equal(loss.detach(), before[0]) and torch.equal(leaf.grad, before[1])

@@ -1,12 +1,17 @@
-// CPU kernel of scc_fast::scc_forward: SPEC section 2 with fused passes around ATen's FFT.
+// CPU kernels of scc_fast::scc_forward and scc_fast::scc_backward: SPEC section 2 with fused passes
+// around ATen's FFT, the activation (softmax over channels, or sigmoid) and the ignore mask included.
 //
-// Pairs (image b, class c) are processed in chunks of consecutive pairs (about 2 MB of complex maps
-// each), so the workspace is a few MB whatever the batch, and the transforms run on cache-sized
-// batches (measured: 224x224 maps transform about 2x faster per map in batches of 4 than of 72).
-// Per chunk:
-//   1. build pass:   z = p + i*y for each pair (labels read directly, y built on the fly) and the
-//                    spatial sums of p and y (shifted by the first voxel; row sums in the map dtype,
-//                    totals in double);
+// Forward. With softmax or an ignore mask, a first pass stores per-voxel statistics of each image
+// (softmax: max over channels and keep / sum of exp; the ignore mask as keep), 2 x B x N values, so
+// p = exp(x - max) * keep / sum is computed where it is needed and never kept as a B x C x N tensor.
+// Pairs (image b, class c) are then processed in chunks of consecutive pairs (about 2 MB of complex
+// maps, at least two pairs per thread), so the workspace is a few MB whatever the batch, and the
+// transforms run on cache-sized batches (measured: 224x224 maps transform about 2x faster per map in
+// batches of 4 than of 72). Per chunk:
+//   1. build pass:   p from the input (activation), z = p + i*y for each pair (labels read directly,
+//                    y built on the fly) and the spatial sums of p and y (shifted by the first voxel;
+//                    row sums in the map dtype, totals in double); p is also written into the
+//                    gradient output, which the final pass overwrites in place;
 //   2. Z = fftn(z):  one complex transform for the two real maps of a pair;
 //   3. sums pass:    over the half spectrum, P_k = (Z_k + conj Z_-k)/2, Y_k = (Z_k - conj Z_-k)/(2i),
 //                    T_a = sum_K |P|, T_b = sum_K |Y|, T_ab = sum_K |P||Y| (weighted half spectrum);
@@ -14,8 +19,11 @@
 //                    scc_fast.backends.torch_fft.pair_coefficients / scc_fast._numerics, in double;
 //   5. field pass:   W = G_1 + i*G_2 with G = (c_a + c_ab |Y|) P/|P| for two pairs at once (both
 //                    Hermitian, so one complex inverse transform gives both real gradients);
-//   6. w = ifftn(W) (unnormalised), then the final pass: grad_1 = Re w + c_p (p - [DC out] mean p)
-//                    + c_y (y - [DC out] mean y), grad_2 from Im w.
+//   6. w = ifftn(W) (unnormalised), then the final pass: field_1 = Re w + c_p (p - [DC out] mean p)
+//                    + c_y (y - [DC out] mean y), field_2 from Im w. field = dSCC/dp.
+// Backward (scc_backward): one pass over voxel blocks of each image: p recomputed from the input and
+// the statistics, g_c = grad_scc[b, c] * field_c, and the activation's Jacobian (softmax:
+// p_c (g_c - sum_k p_k g_k)) applied, writing dLoss/dinput.
 // Threads: every pass is parallel over (pair, block of rows); in each transform the threads split the
 // maps, each transforming its share in one single-threaded call.
 // Partial sums are added in a fixed order: the per-pair sums do not depend on the thread split.
@@ -29,9 +37,16 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
+
+namespace scc_fast {
+// Activation codes of the operator (scc_fast/backends/native.py keeps the same numbers).
+enum Activation : int64_t { kActNone = 0, kActSoftmax = 1, kActSigmoid = 2 };
+}  // namespace scc_fast
 
 // The inner loops, compiled twice: portable, and with AVX2 + FMA where GCC targets x86-64.
 #define SCC_KERNEL_NS baseline
@@ -190,30 +205,60 @@ PairCoef pair_coefficients(
   return c;
 }
 
+// What the operator was asked to compute, besides the tensors.
+struct Options {
+  int64_t act = 0;            // Activation applied to the input over channels (kActNone: input is p)
+  int64_t first_channel = 0;  // input channels before this one are not in the loss (background)
+  int64_t first_class = 0;    // label of the first channel in the loss
+  bool has_ignore = false;    // voxels labelled `ignore` count as p = y = 0
+  int64_t ignore = 0;
+  bool include_dc = false;
+  double w_mag = 0.5, w_phase = 0.5;
+  bool need_grad = false;
+};
+
 template <typename scalar_t, typename Y, typename K>
 void run(
-    const at::Tensor& probs,
+    const at::Tensor& input,
     const Y* tdata,
     bool labels,
-    int64_t first_class,
-    bool include_dc,
-    double w_mag,
-    double w_phase,
-    bool need_grad,
+    const Options& o,
     at::Tensor& scc_out,
     at::Tensor& valid_out,
-    at::Tensor& grad_out) {
+    at::Tensor& grad_out,
+    at::Tensor& stats_out) {
   using cplx = c10::complex<scalar_t>;
-  const int64_t n_chan = probs.size(1);
-  const int64_t n_pairs = probs.size(0) * n_chan;
-  const auto spatial = probs.sizes().slice(2);
+  const int64_t first_class = o.first_class, first_channel = o.first_channel, act = o.act;
+  const bool include_dc = o.include_dc, need_grad = o.need_grad;
+  const double w_mag = o.w_mag, w_phase = o.w_phase;
+  const int64_t n_in_chan = input.size(1);
+  const int64_t n_chan = n_in_chan - first_channel;  // channels in the loss
+  const int64_t n_batch = input.size(0);
+  const int64_t n_pairs = n_batch * n_chan;
+  const auto spatial = input.sizes().slice(2);
   const Geometry g = make_geometry(spatial);
   const int64_t N = g.n_vox, L = g.len, rpb = g.rows_per_block, nb = g.blocks;
   const int64_t* neg_row = g.neg_row.data();
   const double eps = std::numeric_limits<scalar_t>::epsilon();
   // Target map of pair q: the image's labels (class label first_class + c) or the pair's float map.
   auto tmap = [&](int64_t q) { return labels ? tdata + (q / n_chan) * N : tdata + q * N; };
-  auto tlabel = [&](int64_t q) { return first_class + q % n_chan; };
+  // A class whose label is the ignored one has y = 0 everywhere: give it a label no voxel has
+  // (the lowest value of the label type; labels are 0 .. C-1 when validated).
+  auto tlabel = [&](int64_t q) -> int64_t {
+    const int64_t cl = first_class + q % n_chan;
+    if constexpr (std::is_integral<Y>::value) {
+      if (o.has_ignore && cl == o.ignore) return static_cast<int64_t>(std::numeric_limits<Y>::lowest());
+    }
+    return cl;
+  };
+  // The activation runs inside the passes (p is never a separate tensor) when there is one to apply
+  // or an ignore mask; otherwise p is the input itself.
+  const bool activated = act != kActNone || o.has_ignore;
+  const scalar_t* x_all = input.data_ptr<scalar_t>();
+  auto xmap = [&](int64_t q) { return x_all + ((q / n_chan) * n_in_chan + first_channel + q % n_chan) * N; };
+  scalar_t* stats = stats_out.numel() > 0 ? stats_out.data_ptr<scalar_t>() : nullptr;
+  auto shift_map = [&](int64_t b) -> const scalar_t* { return stats != nullptr ? stats + b * 2 * N : nullptr; };
+  auto scale_map = [&](int64_t b) -> const scalar_t* { return stats != nullptr ? stats + b * 2 * N + N : nullptr; };
 
   std::vector<int64_t> fft_dims;
   for (int64_t d = 1; d <= static_cast<int64_t>(spatial.size()); ++d) fft_dims.push_back(d);
@@ -224,15 +269,42 @@ void run(
   // and was not faster.)
   const int64_t map_bytes = N * static_cast<int64_t>(sizeof(cplx));
   int64_t chunk = chunk_bytes() / map_bytes;
-  chunk = std::max<int64_t>(2, chunk - chunk % 2);
+  // At least two pairs per thread: the inverse transform packs two pairs per map, and each thread
+  // needs a map of its own (measured, 2 x 4 x 64^3 on 2 threads: the inverse took 3.3 ms with one
+  // packed map per chunk, 1.9 ms with two).
+  chunk = std::max<int64_t>(2 * at::get_num_threads(), chunk - chunk % 2);
   chunk = std::min(chunk, n_pairs);
   const int64_t n_chunks = (n_pairs + chunk - 1) / chunk;
 
-  const scalar_t* p_all = probs.data_ptr<scalar_t>();
   scalar_t* scc_ptr = scc_out.data_ptr<scalar_t>();
   bool* valid_ptr = valid_out.data_ptr<bool>();
   scalar_t* grad_ptr = need_grad ? grad_out.data_ptr<scalar_t>() : nullptr;
-  const auto complex_options = probs.options().dtype(c10::toComplexType(probs.scalar_type()));
+  const auto complex_options = input.options().dtype(c10::toComplexType(input.scalar_type()));
+
+  // Per-voxel statistics of the activation (softmax max and 1 / sum, the ignore mask), one pass over
+  // the input. Saved for backward: 2 x B x N values instead of the B x C x N probabilities.
+  if (stats != nullptr) {
+    const int64_t vblocks = (N + kBlockElems - 1) / kBlockElems;
+    at::parallel_for(0, n_batch * vblocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t b = item / vblocks, i0 = (item % vblocks) * kBlockElems, i1 = std::min(N, i0 + kBlockElems);
+        const Y* lab = (labels && o.has_ignore) ? tdata + b * N : nullptr;
+        K::template stats<scalar_t, Y>(x_all + b * n_in_chan * N, n_in_chan, N, act == kActSoftmax, lab, o.ignore,
+                                       stats + b * 2 * N, stats + b * 2 * N + N, i0, i1);
+      }
+    });
+  }
+  // p at voxel 0 of pair q (the shift of its spatial sums), by the same code as the passes.
+  auto p_first = [&](int64_t q) -> scalar_t {
+    if (!activated) return xmap(q)[0];
+    scalar_t v;
+    const int64_t b = q / n_chan;
+    K::template activate<scalar_t>(xmap(q), shift_map(b), scale_map(b), act, &v, 0, 1);
+    return v;
+  };
+  // Where the final pass reads p: the input, or (activated) the gradient buffer, into which the build
+  // pass wrote p and which the final pass overwrites in place with the gradient.
+  auto pmap = [&](int64_t q) -> const scalar_t* { return activated ? grad_ptr + q * N : xmap(q); };
 
   // Transforms of a batch of maps: each thread transforms its share of the maps in one single-threaded
   // call (measured: MKL's own threading of one 64^3 transform on 2 busy cores was 5-10x slower than one
@@ -270,6 +342,7 @@ void run(
     std::vector<double> part_sp(chunk * nb * kNumSpatial);
     std::vector<double> part_ss(chunk * nb * kNumSpectral);
     std::vector<PairCoef> coef(chunk);
+    std::vector<scalar_t> kp(chunk);
     std::vector<at::Tensor> Zparts, wparts;
     std::vector<const scalar_t*> Zmap, wmap;
 
@@ -277,20 +350,38 @@ void run(
       const int64_t q0 = ci * chunk;
       const int64_t nc = std::min(chunk, n_pairs - q0);
 
-      // 1. Build p + i*y and the spatial sums (shifted by the first voxel of each map).
+      for (int64_t s = 0; s < nc; ++s) kp[s] = p_first(q0 + s);
+      // 1. Build p + i*y and the spatial sums (shifted by the first voxel of each map); p computed
+      //    from the input here when there is an activation or an ignore mask.
       at::parallel_for(0, nc * nb, 1, [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> pbuf;
         for (int64_t item = begin; item < end; ++item) {
           const int64_t s = item / nb, blk = item % nb, q = q0 + s;
-          const scalar_t* p = p_all + q * N;
+          const int64_t r0 = blk * rpb, r_end = std::min(g.rows, (blk + 1) * rpb);
+          const scalar_t* p = xmap(q) + r0 * L;  // p of this block's rows
+          if (activated) {
+            scalar_t* dst;
+            if (need_grad) {
+              dst = grad_ptr + q * N + r0 * L;
+            } else {
+              pbuf.resize((r_end - r0) * L);
+              dst = pbuf.data();
+            }
+            const int64_t b = q / n_chan;
+            const scalar_t* sh = stats != nullptr ? shift_map(b) + r0 * L : nullptr;
+            const scalar_t* sc = stats != nullptr ? scale_map(b) + r0 * L : nullptr;
+            K::template activate<scalar_t>(xmap(q) + r0 * L, sh, sc, act, dst, 0, (r_end - r0) * L);
+            p = dst;
+          }
           const Y* ym = tmap(q);
           const int64_t cl = tlabel(q);
           const double ky = labels ? 0.0 : static_cast<double>(ym[0]);
           double* acc = &part_sp[(s * nb + blk) * kNumSpatial];
           std::fill(acc, acc + kNumSpatial, 0.0);
           // Row by row: short sums in double, then added up (pairwise-like accuracy).
-          const int64_t r_end = std::min(g.rows, (blk + 1) * rpb);
-          for (int64_t r = blk * rpb; r < r_end; ++r)
-            K::template build<scalar_t, Y>(p, ym, cl, p[0], ky, z + 2 * s * N, r * L, (r + 1) * L, acc);
+          for (int64_t r = r0; r < r_end; ++r)
+            K::template build<scalar_t, Y>(p + (r - r0) * L, ym + r * L, cl, kp[s], ky, z + 2 * s * N + 2 * r * L, 0, L,
+                                           acc);
         }
       });
 
@@ -316,9 +407,8 @@ void run(
           for (int k = 0; k < kNumSpectral; ++k) ss[k] += part_ss[(s * nb + blk) * kNumSpectral + k];
         }
         const int64_t q = q0 + s;
-        const double kp = p_all[q * N];
         const double ky = labels ? 0.0 : static_cast<double>(tmap(q)[0]);
-        coef[s] = pair_coefficients(sp, ss, kp, ky, labels, N, include_dc, w_mag, w_phase, eps);
+        coef[s] = pair_coefficients(sp, ss, static_cast<double>(kp[s]), ky, labels, N, include_dc, w_mag, w_phase, eps);
         scc_ptr[q] = static_cast<scalar_t>(coef[s].scc);
         valid_ptr[q] = coef[s].valid;
       }
@@ -348,7 +438,7 @@ void run(
           const int64_t s = item / nb, blk = item % nb, q = q0 + s;
           const PairCoef& c = coef[s];
           K::template final<scalar_t, Y>(
-              wmap[s / 2], static_cast<int>(s % 2), p_all + q * N, tmap(q), tlabel(q),
+              wmap[s / 2], static_cast<int>(s % 2), pmap(q), tmap(q), tlabel(q),
               static_cast<scalar_t>(c.c_p), static_cast<scalar_t>(c.c_y), static_cast<scalar_t>(c.off_p),
               static_cast<scalar_t>(c.off_y), grad_ptr + q * N, blk * rpb * L, std::min(g.rows, (blk + 1) * rpb) * L);
         }
@@ -373,81 +463,171 @@ bool use_avx2() {
 }
 
 template <typename scalar_t, typename Y>
-void run_isa(const at::Tensor& probs, const Y* tdata, bool labels, int64_t first_class, bool include_dc, double w_mag,
-             double w_phase, bool need_grad, at::Tensor& scc, at::Tensor& valid, at::Tensor& grad) {
+void run_isa(const at::Tensor& input, const Y* tdata, bool labels, const Options& o, at::Tensor& scc, at::Tensor& valid,
+             at::Tensor& grad, at::Tensor& stats) {
 #ifdef SCC_HAVE_AVX2_KERNELS
   if (use_avx2()) {
-    run<scalar_t, Y, avx2::Kernels>(probs, tdata, labels, first_class, include_dc, w_mag, w_phase, need_grad, scc,
-                                    valid, grad);
+    run<scalar_t, Y, avx2::Kernels>(input, tdata, labels, o, scc, valid, grad, stats);
     return;
   }
 #endif
-  run<scalar_t, Y, baseline::Kernels>(probs, tdata, labels, first_class, include_dc, w_mag, w_phase, need_grad, scc,
-                                      valid, grad);
+  run<scalar_t, Y, baseline::Kernels>(input, tdata, labels, o, scc, valid, grad, stats);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> scc_forward_cpu(
-    const at::Tensor& probs_in,
+void check_input(const at::Tensor& input, const char* op) {
+  TORCH_CHECK(input.device().is_cpu(), op, " (CPU): input must be a CPU tensor, got ", input.device());
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
+              ": input must be float32 or float64, got ", input.scalar_type());
+  TORCH_CHECK(input.dim() >= 3, op, ": input must be B x C x spatial (3 dims or more), got shape ", input.sizes());
+  TORCH_CHECK(input.size(0) >= 1 && input.size(1) >= 1, op, ": input must have B >= 1 and C >= 1, got shape ",
+              input.sizes());
+  TORCH_CHECK(input.numel() / (input.size(0) * input.size(1)) >= 2, op,
+              ": the spatial size must hold at least 2 voxels, got shape ", input.sizes());
+}
+
+void check_activation(int64_t activation, int64_t first_channel, int64_t n_chan, const char* op) {
+  TORCH_CHECK(activation == kActNone || activation == kActSoftmax || activation == kActSigmoid, op,
+              ": activation must be 0 (none), 1 (softmax) or 2 (sigmoid), got ", activation);
+  TORCH_CHECK(first_channel >= 0 && first_channel < n_chan, op, ": first_channel must be in [0, ", n_chan - 1,
+              "] for ", n_chan, " input channels, got ", first_channel);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> scc_forward_cpu(
+    const at::Tensor& input_in,
     const at::Tensor& target_in,
+    int64_t activation,
+    int64_t first_channel,
     int64_t first_class,
+    std::optional<int64_t> ignore_label,
     bool include_dc,
     double magnitude_weight,
     double phase_weight,
     bool need_grad) {
-  TORCH_CHECK(probs_in.device().is_cpu(), "scc_forward (CPU): probs must be a CPU tensor, got ", probs_in.device());
-  TORCH_CHECK(
-      probs_in.scalar_type() == at::kFloat || probs_in.scalar_type() == at::kDouble,
-      "scc_forward: probs must be float32 or float64, got ",
-      probs_in.scalar_type());
-  TORCH_CHECK(
-      probs_in.dim() >= 3, "scc_forward: probs must be B x C x spatial (3 dims or more), got shape ", probs_in.sizes());
-  TORCH_CHECK(probs_in.size(0) >= 1 && probs_in.size(1) >= 1, "scc_forward: probs must have B >= 1 and C >= 1, got shape ",
-              probs_in.sizes());
-  TORCH_CHECK(probs_in.numel() / (probs_in.size(0) * probs_in.size(1)) >= 2,
-              "scc_forward: the spatial size must hold at least 2 voxels, got shape ", probs_in.sizes());
-  const at::Tensor probs = probs_in.contiguous();
-  const int64_t B = probs.size(0), C = probs.size(1);
-  const int64_t N = probs.numel() / (B * C);
+  check_input(input_in, "scc_forward");
+  const at::Tensor input = input_in.contiguous();
+  const int64_t B = input.size(0), C_in = input.size(1);
+  check_activation(activation, first_channel, C_in, "scc_forward");
+  const int64_t C = C_in - first_channel;
   const bool labels = !at::isFloatingType(target_in.scalar_type());
+  std::vector<int64_t> pair_shape{B, C};
+  std::vector<int64_t> grad_shape{B, C};
+  grad_shape.insert(grad_shape.end(), input.sizes().begin() + 2, input.sizes().end());
   if (labels) {
     TORCH_CHECK(!target_in.is_complex() && target_in.scalar_type() != at::kBool,
                 "scc_forward: target must be integer labels or a float tensor, got ", target_in.scalar_type());
     std::vector<int64_t> want{B};
-    want.insert(want.end(), probs.sizes().begin() + 2, probs.sizes().end());
+    want.insert(want.end(), input.sizes().begin() + 2, input.sizes().end());
     TORCH_CHECK(target_in.sizes() == at::IntArrayRef(want), "scc_forward: integer labels must be B x spatial = ", want,
                 ", got ", target_in.sizes());
   } else {
-    TORCH_CHECK(target_in.sizes() == probs.sizes(), "scc_forward: a float target must have the shape of probs ",
-                probs.sizes(), ", got ", target_in.sizes());
+    TORCH_CHECK(target_in.sizes() == at::IntArrayRef(grad_shape),
+                "scc_forward: a float target must be B x C' x spatial = ", grad_shape, " (C' = channels from ",
+                "first_channel on), got ", target_in.sizes());
+    TORCH_CHECK(!ignore_label.has_value(), "scc_forward: ignore_label applies to integer labels only");
   }
   TORCH_CHECK(target_in.device().is_cpu(), "scc_forward (CPU): target must be a CPU tensor, got ", target_in.device());
 
-  at::Tensor scc = at::empty({B, C}, probs.options());
-  at::Tensor valid = at::empty({B, C}, probs.options().dtype(at::kBool));
-  at::Tensor grad = need_grad ? at::empty(probs.sizes(), probs.options()) : at::empty({0}, probs.options());
+  Options o;
+  o.act = activation;
+  o.first_channel = first_channel;
+  o.first_class = first_class;
+  o.has_ignore = ignore_label.has_value();
+  o.ignore = ignore_label.value_or(0);
+  o.include_dc = include_dc;
+  o.w_mag = magnitude_weight;
+  o.w_phase = phase_weight;
+  o.need_grad = need_grad;
 
-  AT_DISPATCH_FLOATING_TYPES(probs.scalar_type(), "scc_forward_cpu", [&] {
-    const double wm = magnitude_weight, wp = phase_weight;
+  at::Tensor scc = at::empty(pair_shape, input.options());
+  at::Tensor valid = at::empty(pair_shape, input.options().dtype(at::kBool));
+  at::Tensor grad = need_grad ? at::empty(grad_shape, input.options()) : at::empty({0}, input.options());
+  std::vector<int64_t> stats_shape{B, 2};
+  stats_shape.insert(stats_shape.end(), input.sizes().begin() + 2, input.sizes().end());
+  const bool use_stats = activation == kActSoftmax || o.has_ignore;
+  at::Tensor stats = use_stats ? at::empty(stats_shape, input.options()) : at::empty({0}, input.options());
+
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "scc_forward_cpu", [&] {
     if (labels) {
       // int64 and int32 labels are read as they are; narrower integer types are widened once.
       const at::Tensor t =
           target_in.scalar_type() == at::kLong ? target_in.contiguous() : target_in.to(at::kInt).contiguous();
       if (t.scalar_type() == at::kLong)
-        run_isa<scalar_t>(probs, t.data_ptr<int64_t>(), true, first_class, include_dc, wm, wp, need_grad, scc, valid, grad);
+        run_isa<scalar_t>(input, t.data_ptr<int64_t>(), true, o, scc, valid, grad, stats);
       else
-        run_isa<scalar_t>(probs, t.data_ptr<int32_t>(), true, first_class, include_dc, wm, wp, need_grad, scc, valid, grad);
+        run_isa<scalar_t>(input, t.data_ptr<int32_t>(), true, o, scc, valid, grad, stats);
     } else {
-      const at::Tensor t = target_in.to(probs.scalar_type()).contiguous();
-      run_isa<scalar_t>(probs, t.data_ptr<scalar_t>(), false, 0, include_dc, wm, wp, need_grad, scc, valid, grad);
+      const at::Tensor t = target_in.to(input.scalar_type()).contiguous();
+      run_isa<scalar_t>(input, t.data_ptr<scalar_t>(), false, o, scc, valid, grad, stats);
     }
   });
-  return {scc, valid, grad};
+  return {scc, valid, grad, stats};
+}
+
+template <typename scalar_t, typename K>
+void backward_run(const at::Tensor& field, const std::vector<double>& up, const at::Tensor& input,
+                  const at::Tensor& stats, int64_t act, int64_t first_channel, at::Tensor& out) {
+  const int64_t B = input.size(0), C_in = input.size(1), C = C_in - first_channel;
+  const int64_t N = input.numel() / (B * C_in);
+  constexpr int64_t kBlock = 1024;  // voxels per work item: C maps of the block stay in L1/L2
+  const int64_t vblocks = (N + kBlock - 1) / kBlock;
+  const scalar_t* x = input.data_ptr<scalar_t>();
+  const scalar_t* f = field.data_ptr<scalar_t>();
+  const scalar_t* st = stats.numel() > 0 ? stats.data_ptr<scalar_t>() : nullptr;
+  scalar_t* o = out.data_ptr<scalar_t>();
+  at::parallel_for(0, B * vblocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> acc(kBlock);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / vblocks, i0 = (item % vblocks) * kBlock, i1 = std::min(N, i0 + kBlock);
+      K::template activation_backward<scalar_t>(x + b * C_in * N, f + b * C * N, up.data() + b * C,
+                                                st != nullptr ? st + b * 2 * N : nullptr,
+                                                st != nullptr ? st + b * 2 * N + N : nullptr, act, C_in, first_channel,
+                                                N, o + b * C_in * N, acc.data(), i0, i1);
+    }
+  });
+}
+
+// dLoss/dinput = (activation Jacobian)^T (grad_scc[b, c] * field[b, c]): one pass, p recomputed from
+// the input and the saved statistics.
+at::Tensor scc_backward_cpu(const at::Tensor& field_in, const at::Tensor& grad_scc, const at::Tensor& input_in,
+                            const at::Tensor& stats_in, int64_t activation, int64_t first_channel) {
+  check_input(input_in, "scc_backward");
+  const int64_t B = input_in.size(0), C_in = input_in.size(1);
+  check_activation(activation, first_channel, C_in, "scc_backward");
+  const int64_t C = C_in - first_channel;
+  std::vector<int64_t> field_shape{B, C};
+  field_shape.insert(field_shape.end(), input_in.sizes().begin() + 2, input_in.sizes().end());
+  TORCH_CHECK(field_in.sizes() == at::IntArrayRef(field_shape), "scc_backward: field must be ", field_shape, ", got ",
+              field_in.sizes(), " (was scc_forward called with need_grad=False?)");
+  TORCH_CHECK(field_in.scalar_type() == input_in.scalar_type(), "scc_backward: field must have input's dtype ",
+              input_in.scalar_type(), ", got ", field_in.scalar_type());
+  TORCH_CHECK(grad_scc.numel() == B * C, "scc_backward: grad_scc must hold B x C' = ", B * C, " values, got shape ",
+              grad_scc.sizes());
+  const bool need_stats = activation == kActSoftmax;
+  TORCH_CHECK(!need_stats || stats_in.numel() == 2 * input_in.numel() / C_in,
+              "scc_backward: softmax needs the statistics from scc_forward, got shape ", stats_in.sizes());
+  TORCH_CHECK(stats_in.numel() == 0 || stats_in.scalar_type() == input_in.scalar_type(),
+              "scc_backward: stats must have input's dtype");
+  const at::Tensor input = input_in.contiguous(), field = field_in.contiguous(), stats = stats_in.contiguous();
+  const at::Tensor up_t = grad_scc.to(at::kDouble).contiguous();
+  const std::vector<double> up(up_t.data_ptr<double>(), up_t.data_ptr<double>() + B * C);
+  at::Tensor out = at::empty(input.sizes(), input.options());
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "scc_backward_cpu", [&] {
+#ifdef SCC_HAVE_AVX2_KERNELS
+    if (use_avx2()) {
+      backward_run<scalar_t, avx2::Kernels>(field, up, input, stats, activation, first_channel, out);
+      return;
+    }
+#endif
+    backward_run<scalar_t, baseline::Kernels>(field, up, input, stats, activation, first_channel, out);
+  });
+  return out;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(scc_fast, CPU, m) {
   m.impl("scc_forward", &scc_forward_cpu);
+  m.impl("scc_backward", &scc_backward_cpu);
 }
 
 }  // namespace scc_fast

@@ -3,7 +3,8 @@
 // This file is included twice by scc_cpu.cpp, with SCC_KERNEL_NS set to a namespace name: once for
 // the baseline instruction set and once (GCC, x86-64) under `#pragma GCC target("avx2,fma")`, chosen
 // at run time. It therefore has no include guard and must not include headers itself: everything it
-// uses (int64_t, std::sqrt) is included by scc_cpu.cpp before the first inclusion.
+// uses (int64_t, std::sqrt, std::exp, std::numeric_limits) is included by scc_cpu.cpp
+// before the first inclusion.
 //
 // Complex maps are interleaved (re, im) arrays of T. Spectra are in fftn layout, `rows` rows of
 // length L (the last spatial axis); row r's mirror row (leading coordinates negated) is neg_row[r].
@@ -27,6 +28,160 @@ inline T target_value(const int32_t* m, int64_t cl, int64_t i) {
 template <typename T>
 inline T target_value(const T* m, int64_t, int64_t i) {
   return m[i];
+}
+
+// exp for the activations, written so that loops over it vectorise (libm's expf does not without
+// -ffast-math; GCC needs branch-free selects, rounding by the 1.5 * 2^23 trick and a union bit cast).
+// float: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, a degree-7 Taylor polynomial (truncation
+// below 1e-8 relative, under one float ulp) and 2^n built in the exponent bits; 0 below -87.3
+// (where expf goes subnormal: a probability that small is 0 to the loss), +Inf above 88.7.
+// double keeps std::exp: the float64 path is the accuracy reference, not the fast one.
+inline float act_exp(float x) {
+  const float lo = x < -87.3f ? -87.3f : x;
+  const float xc = lo > 88.7f ? 88.7f : lo;
+  const float t = xc * 1.44269504088896341f;
+  const float nf = (t + 12582912.0f) - 12582912.0f;  // round to nearest, |t| < 2^22
+  const float r = (xc - nf * 0.693359375f) + nf * 2.12194440e-4f;  // ln2 split as hi - lo
+  float q = 1.0f / 5040.0f;
+  q = q * r + 1.0f / 720.0f;
+  q = q * r + 1.0f / 120.0f;
+  q = q * r + 1.0f / 24.0f;
+  q = q * r + 1.0f / 6.0f;
+  q = q * r + 0.5f;
+  q = q * r + 1.0f;
+  q = q * r + 1.0f;
+  union {
+    int32_t i;
+    float f;
+  } scale;
+  scale.i = (static_cast<int32_t>(nf) + 127) << 23;
+  const float e = x < -87.3f ? 0.0f : q * scale.f;
+  return x > 88.7f ? std::numeric_limits<float>::infinity() : e;
+}
+inline double act_exp(double x) { return std::exp(x); }
+
+// p[i] for voxels [i0, i1) of one channel: x the channel's input, shift/scale the image's per-voxel
+// statistics (softmax: max over channels and keep / sum of exp; other activations: keep, the ignore
+// mask, or no statistics at all when scale is null).
+template <typename T>
+void activate_range(const T* x, const T* shift, const T* scale, int64_t act, T* out, int64_t i0, int64_t i1) {
+  if (act == kActSoftmax) {
+#pragma omp simd
+    for (int64_t i = i0; i < i1; ++i) out[i] = act_exp(x[i] - shift[i]) * scale[i];
+  } else if (act == kActSigmoid) {
+    if (scale != nullptr) {
+#pragma omp simd
+      for (int64_t i = i0; i < i1; ++i) out[i] = scale[i] / (T(1) + act_exp(-x[i]));
+    } else {
+#pragma omp simd
+      for (int64_t i = i0; i < i1; ++i) out[i] = T(1) / (T(1) + act_exp(-x[i]));
+    }
+  } else if (scale != nullptr) {
+#pragma omp simd
+    for (int64_t i = i0; i < i1; ++i) out[i] = x[i] * scale[i];
+  } else {
+#pragma omp simd
+    for (int64_t i = i0; i < i1; ++i) out[i] = x[i];
+  }
+}
+
+// Per-voxel statistics of one image over voxels [i0, i1). Softmax: shift = max_c x_c and scale =
+// keep / sum_c exp(x_c - shift); other activations: scale = keep (shift unused). keep = 0 where the
+// voxel's label equals ign (lab == nullptr: no voxel is ignored).
+template <typename T, typename Y>
+void stats_range(const T* x, int64_t n_chan, int64_t n_vox, bool softmax, const Y* lab, int64_t ign, T* shift,
+                 T* scale, int64_t i0, int64_t i1) {
+  if (softmax) {
+#pragma omp simd
+    for (int64_t i = i0; i < i1; ++i) shift[i] = x[i];
+    for (int64_t c = 1; c < n_chan; ++c) {
+      const T* xc = x + c * n_vox;
+#pragma omp simd
+      for (int64_t i = i0; i < i1; ++i) shift[i] = xc[i] > shift[i] ? xc[i] : shift[i];
+    }
+#pragma omp simd
+    for (int64_t i = i0; i < i1; ++i) scale[i] = T(0);
+    for (int64_t c = 0; c < n_chan; ++c) {
+      const T* xc = x + c * n_vox;
+#pragma omp simd
+      for (int64_t i = i0; i < i1; ++i) scale[i] += act_exp(xc[i] - shift[i]);
+    }
+#pragma omp simd
+    for (int64_t i = i0; i < i1; ++i) scale[i] = T(1) / scale[i];
+  } else {
+#pragma omp simd
+    for (int64_t i = i0; i < i1; ++i) scale[i] = T(1);
+  }
+  if (lab != nullptr) {
+#pragma omp simd
+    for (int64_t i = i0; i < i1; ++i) scale[i] = static_cast<int64_t>(lab[i]) == ign ? T(0) : scale[i];
+  }
+}
+
+// dLoss/dx of one image over voxels [i0, i1) (backward of the fused activation). g_c = up[c] *
+// field_c for the channels in the loss (c >= first_channel), 0 for a dropped background channel.
+//   softmax: p_c (g_c - sum_k p_k g_k);  sigmoid: g_c keep s (1 - s);  none: g_c keep.
+// out (n_chan maps) holds p between the two softmax loops, so the block's p is computed once.
+template <typename T>
+void activation_backward_range(const T* x, const T* field, const double* up, const T* shift, const T* scale,
+                               int64_t act, int64_t n_chan, int64_t first_channel, int64_t n_vox, T* out, T* acc,
+                               int64_t i0, int64_t i1) {
+  const int64_t n = i1 - i0;
+  if (act == kActSoftmax) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) acc[i] = T(0);
+    for (int64_t c = 0; c < n_chan; ++c) {
+      const T* xc = x + c * n_vox;
+      T* oc = out + c * n_vox;
+      if (c < first_channel) {
+#pragma omp simd
+        for (int64_t i = i0; i < i1; ++i) oc[i] = act_exp(xc[i] - shift[i]) * scale[i];
+        continue;
+      }
+      const T u = static_cast<T>(up[c - first_channel]);
+      const T* fc = field + (c - first_channel) * n_vox;
+#pragma omp simd
+      for (int64_t i = i0; i < i1; ++i) {
+        const T p = act_exp(xc[i] - shift[i]) * scale[i];
+        oc[i] = p;
+        acc[i - i0] += p * (u * fc[i]);
+      }
+    }
+    for (int64_t c = 0; c < n_chan; ++c) {
+      T* oc = out + c * n_vox;
+      if (c < first_channel) {
+#pragma omp simd
+        for (int64_t i = i0; i < i1; ++i) oc[i] = -oc[i] * acc[i - i0];
+        continue;
+      }
+      const T u = static_cast<T>(up[c - first_channel]);
+      const T* fc = field + (c - first_channel) * n_vox;
+#pragma omp simd
+      for (int64_t i = i0; i < i1; ++i) oc[i] = oc[i] * (u * fc[i] - acc[i - i0]);
+    }
+    return;
+  }
+  for (int64_t c = 0; c < n_chan; ++c) {
+    T* oc = out + c * n_vox;
+    if (c < first_channel) {
+#pragma omp simd
+      for (int64_t i = i0; i < i1; ++i) oc[i] = T(0);
+      continue;
+    }
+    const T u = static_cast<T>(up[c - first_channel]);
+    const T* fc = field + (c - first_channel) * n_vox;
+    const T* xc = x + c * n_vox;
+    if (act == kActSigmoid) {
+#pragma omp simd
+      for (int64_t i = i0; i < i1; ++i) {
+        const T s = T(1) / (T(1) + act_exp(-xc[i]));
+        oc[i] = u * fc[i] * (scale != nullptr ? scale[i] : T(1)) * s * (T(1) - s);
+      }
+    } else {
+#pragma omp simd
+      for (int64_t i = i0; i < i1; ++i) oc[i] = u * fc[i] * (scale != nullptr ? scale[i] : T(1));
+    }
+  }
 }
 
 // z[i] = p[i] + i*y[i] over voxels [i0, i1) (one row), and the sums of (p - kp), (p - kp)^2,
@@ -261,6 +416,21 @@ struct Kernels {
   static void field(const T* Z1, const T* Z2, T ca1, T cab1, T ca2, T cab2, T* W, const int64_t* neg_row, int64_t L,
                     int64_t r0, int64_t r1, bool include_dc) {
     field_rows<T>(Z1, Z2, ca1, cab1, ca2, cab2, W, neg_row, L, r0, r1, include_dc);
+  }
+  template <typename T>
+  static void activate(const T* x, const T* shift, const T* scale, int64_t act, T* out, int64_t i0, int64_t i1) {
+    activate_range<T>(x, shift, scale, act, out, i0, i1);
+  }
+  template <typename T, typename Y>
+  static void stats(const T* x, int64_t n_chan, int64_t n_vox, bool softmax, const Y* lab, int64_t ign, T* shift,
+                    T* scale, int64_t i0, int64_t i1) {
+    stats_range<T, Y>(x, n_chan, n_vox, softmax, lab, ign, shift, scale, i0, i1);
+  }
+  template <typename T>
+  static void activation_backward(const T* x, const T* field, const double* up, const T* shift, const T* scale,
+                                  int64_t act, int64_t n_chan, int64_t first_channel, int64_t n_vox, T* out, T* acc,
+                                  int64_t i0, int64_t i1) {
+    activation_backward_range<T>(x, field, up, shift, scale, act, n_chan, first_channel, n_vox, out, acc, i0, i1);
   }
   template <typename T, typename Y>
   static void final(const T* w, int part, const T* p, const Y* ym, int64_t cl, T c_p, T c_y, T off_p, T off_y, T* out,

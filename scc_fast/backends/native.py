@@ -3,7 +3,9 @@
 SPEC section 2 in C++: one complex FFT carries the spectra of p and y (split by Hermitian
 symmetry), fused passes give the spatial sums, ``T_a``, ``T_b``, ``T_ab`` and the gradient field,
 one complex inverse FFT gives the gradients of two pairs, and a last pass adds the spatial terms.
-The gradient is computed in the forward call and saved; backward multiplies it by grad_output.
+The gradient field dSCC/dp is computed in the forward call and saved; backward is one elementwise
+pass (``torch.ops.scc_fast.scc_backward``). With :func:`activated_correlation` the softmax or
+sigmoid (and the ignore mask) run inside the operator, so no probability tensor is made or kept.
 
 The operator is optional at build time (``scc_fast._C``). This module registers its fake
 (meta) kernel, so ``torch.compile`` traces it, and its autograd formula.
@@ -15,7 +17,7 @@ import torch
 
 from .._numerics import refuse_double_backward
 
-__all__ = ["correlation", "unavailable_reason", "unsupported_reason"]
+__all__ = ["activated_correlation", "correlation", "unavailable_reason", "unsupported_reason"]
 
 _HOW_TO_BUILD = (
     "build it with `pip install --no-build-isolation -e .` (or `pip install --no-build-isolation .`) from a "
@@ -39,37 +41,57 @@ def _load() -> str | None:
             + _HOW_TO_BUILD
         )
         return _LOAD_ERROR
-    if not hasattr(torch.ops.scc_fast, "scc_forward"):
-        _LOAD_ERROR = "scc_fast._C was imported but did not register torch.ops.scc_fast.scc_forward; " + _HOW_TO_BUILD
+    if not (hasattr(torch.ops.scc_fast, "scc_forward") and hasattr(torch.ops.scc_fast, "scc_backward")):
+        _LOAD_ERROR = (
+            "scc_fast._C was imported but did not register torch.ops.scc_fast.scc_forward and scc_backward "
+            "(a build from older sources?); " + _HOW_TO_BUILD
+        )
         return _LOAD_ERROR
     _register_python_side()
     _REGISTERED = True
     return None
 
 
+# Activation codes of the operator (csrc/cpu/scc_cpu.cpp, enum Activation).
+ACTIVATIONS = {None: 0, "softmax": 1, "sigmoid": 2}
+
+
 def _register_python_side() -> None:
     @torch.library.register_fake("scc_fast::scc_forward")
-    def _(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad):
-        torch._check(probs.dim() >= 3, lambda: f"probs must be B x C x spatial, got {tuple(probs.shape)}")
-        torch._check(probs.dtype in (torch.float32, torch.float64), lambda: f"probs must be float32/64, got {probs.dtype}")
-        pairs = probs.shape[:2]
-        grad = probs.new_empty(probs.shape) if need_grad else probs.new_empty((0,))
-        return probs.new_empty(pairs), probs.new_empty(pairs, dtype=torch.bool), grad
+    def _(input, target, activation, first_channel, first_class, ignore_label, include_dc, magnitude_weight,
+          phase_weight, need_grad):
+        torch._check(input.dim() >= 3, lambda: f"input must be B x C x spatial, got {tuple(input.shape)}")
+        torch._check(input.dtype in (torch.float32, torch.float64), lambda: f"input must be float32/64, got {input.dtype}")
+        torch._check(0 <= first_channel < input.shape[1], lambda: f"first_channel out of range: {first_channel}")
+        pairs = (input.shape[0], input.shape[1] - first_channel)
+        grad = input.new_empty(pairs + tuple(input.shape[2:])) if need_grad else input.new_empty((0,))
+        uses_stats = activation == ACTIVATIONS["softmax"] or ignore_label is not None
+        stats = input.new_empty((input.shape[0], 2) + tuple(input.shape[2:])) if uses_stats else input.new_empty((0,))
+        return input.new_empty(pairs), input.new_empty(pairs, dtype=torch.bool), grad, stats
+
+    @torch.library.register_fake("scc_fast::scc_backward")
+    def _(field, grad_scc, input, stats, activation, first_channel):
+        return input.new_empty(input.shape)
 
     def setup_context(ctx, inputs, output):
-        # No zero-filled gradients for the outputs nothing flows into (valid, and the B x C x spatial
-        # grad): that would cost a full-size allocation in every backward.
+        input, _target, activation, first_channel = inputs[:4]
+        # No zero-filled gradients for the outputs nothing flows into (valid, field, stats): that
+        # would cost full-size allocations in every backward.
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(output[2])
+        ctx.save_for_backward(input, output[2], output[3])
+        ctx.activation, ctx.first_channel = activation, first_channel
 
-    def backward(ctx, grad_scc, grad_valid, grad_grad):
+    def backward(ctx, grad_scc, grad_valid, grad_field, grad_stats):
         refuse_double_backward("native")
-        (grad,) = ctx.saved_tensors
-        torch._check(grad.dim() >= 3, lambda: "scc_forward was called with need_grad=False; it has no gradient")
+        input, field, stats = ctx.saved_tensors
+        torch._check(field.dim() >= 3, lambda: "scc_forward was called with need_grad=False; it has no gradient")
+        nones = (None,) * 9
         if grad_scc is None:
-            return None, None, None, None, None, None, None
-        upstream = grad_scc.reshape(grad_scc.shape + (1,) * (grad.dim() - 2))
-        return grad * upstream, None, None, None, None, None, None
+            return (None,) + nones
+        grad_input = torch.ops.scc_fast.scc_backward(
+            field, grad_scc.contiguous(), input, stats, ctx.activation, ctx.first_channel
+        )
+        return (grad_input,) + nones
 
     torch.library.register_autograd("scc_fast::scc_forward", backward, setup_context=setup_context)
 
@@ -106,14 +128,70 @@ def correlation(
     Returns:
         ``(scc, valid)``, both B x C'; ``scc`` is differentiable in ``probs``.
     """
+    return activated_correlation(
+        probs,
+        target,
+        activation=None,
+        first_class=first_class,
+        include_dc=include_dc,
+        magnitude_weight=magnitude_weight,
+        phase_weight=phase_weight,
+    )
+
+
+def activated_correlation(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    activation: str | None,
+    first_channel: int = 0,
+    first_class: int = 0,
+    ignore_index: int | None = None,
+    include_dc: bool = False,
+    magnitude_weight: float = 0.5,
+    phase_weight: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair SCC of ``activation(input)``, the activation fused into the operator.
+
+    The probabilities are never a tensor: the forward pass computes them inside its passes
+    (softmax from per-voxel max and 1 / sum, 2 x B x spatial values), and backward recomputes
+    them from ``input`` while it applies the activation's Jacobian, in one pass. This saves
+    the B x C x spatial probabilities and the separate softmax forward and backward.
+
+    Args:
+        input: B x C x spatial logits (``activation`` "softmax" over C, or "sigmoid"), or
+            probabilities (``activation=None``); float32 or float64, on CPU.
+        target: integer labels B x spatial, or a float target B x C' x spatial for the
+            channels in the loss (C' = C - first_channel).
+        activation: None, "softmax" or "sigmoid".
+        first_channel: channels before it take part in the softmax but not in the loss (1
+            leaves the background out).
+        first_class: the label of loss channel 0 (integer labels only).
+        ignore_index: voxels with this label count as probability 0 and target 0 in every
+            channel, and get no gradient (integer labels only).
+
+    Returns:
+        ``(scc, valid)``, both B x C'; ``scc`` is differentiable in ``input``.
+    """
     reason = _load()
     if reason is not None:
         raise RuntimeError(f"backend 'native' cannot run: {reason}")
-    reason = unsupported_reason(probs, target)
+    reason = unsupported_reason(input, target)
     if reason is not None:
         raise RuntimeError(f"backend 'native' cannot run: {reason}")
-    need_grad = torch.is_grad_enabled() and probs.requires_grad
-    scc, valid, _ = torch.ops.scc_fast.scc_forward(
-        probs, target, int(first_class), bool(include_dc), float(magnitude_weight), float(phase_weight), need_grad
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be None, 'softmax' or 'sigmoid', got {activation!r}")
+    need_grad = torch.is_grad_enabled() and input.requires_grad
+    scc, valid, _, _ = torch.ops.scc_fast.scc_forward(
+        input,
+        target,
+        ACTIVATIONS[activation],
+        int(first_channel),
+        int(first_class),
+        None if ignore_index is None else int(ignore_index),
+        bool(include_dc),
+        float(magnitude_weight),
+        float(phase_weight),
+        need_grad,
     )
     return scc, valid
