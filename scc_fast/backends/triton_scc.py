@@ -183,15 +183,22 @@ if triton is not None:
         return xr, xi
 
     @triton.jit
-    def _half_spectrum_weight(khs, kcols, H, W, WH, INCLUDE_DC: tl.constexpr):
+    def _spectrum_weight(inside, kw, is_dc, W, INCLUDE_DC: tl.constexpr):
         """Weights turning half-spectrum sums into full ones: 2, except bin 0 and the Nyquist
-        bin of even W (1); 0 outside the spectrum and, with DC out of K, at the DC bin."""
-        inside = (khs[:, None] < H) & (kcols[None, :] < WH)
-        once = (kcols[None, :] == 0) | (kcols[None, :] * 2 == W)
+        bin of even W along the halved axis (kw) (1); 0 outside the spectrum and, with DC out of
+        K, at the DC bin."""
+        once = (kw == 0) | (kw * 2 == W)
         wgt = tl.where(inside, tl.where(once, 1.0, 2.0), 0.0)
         if not INCLUDE_DC:
-            wgt = tl.where((khs[:, None] == 0) & (kcols[None, :] == 0), 0.0, wgt)
-        return wgt, inside
+            wgt = tl.where(is_dc, 0.0, wgt)
+        return wgt
+
+    @triton.jit
+    def _half_spectrum_weight(khs, kcols, H, W, WH, INCLUDE_DC: tl.constexpr):
+        """_spectrum_weight at the bins [khs x kcols] of an H x WH half spectrum; and the mask."""
+        inside = (khs[:, None] < H) & (kcols[None, :] < WH)
+        is_dc = (khs[:, None] == 0) & (kcols[None, :] == 0)
+        return _spectrum_weight(inside, kcols[None, :], is_dc, W, INCLUDE_DC), inside
 
     @triton.jit
     def _field_tile(s_pr, s_pi, s_b, offs, mask, khs, kcols, c_a, c_ab, flat_p, INCLUDE_DC: tl.constexpr):
@@ -355,6 +362,276 @@ if triton is not None:
         tl.debug_barrier()
 
     @triton.jit
+    def _spatial_sums(p_base, t_base, H, W, cls, LABELS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+        """Sums over one H x W map: (S_p, S_y, sum (p - mean p)^2, sum (p - mean p) y, sum p y,
+        sum (y - mean y)^2). Two passes (mean first), so the centered sums have no cancellation."""
+        rm = tl.arange(0, BM)
+        rn = tl.arange(0, BN)
+        n = (H * W).to(tl.float32)
+        acc_p = tl.zeros([BM], dtype=tl.float32)
+        acc_y = tl.zeros([BM], dtype=tl.float32)
+        for h0 in range(0, H, BM):
+            for w0 in range(0, W, BN):
+                p, y, mask = _load_pair_tile(p_base, t_base, h0 + rm, w0 + rn, H, W, cls, LABELS)
+                acc_p += tl.sum(p, axis=1)
+                acc_y += tl.sum(y, axis=1)
+        s_p = tl.sum(acc_p, axis=0)
+        s_y = tl.sum(acc_y, axis=0)
+        mean_p = s_p / n
+        mean_y = s_y / n
+        acc_pp = tl.zeros([BM], dtype=tl.float32)
+        acc_pyc = tl.zeros([BM], dtype=tl.float32)
+        acc_py = tl.zeros([BM], dtype=tl.float32)
+        acc_yy = tl.zeros([BM], dtype=tl.float32)
+        for h0 in range(0, H, BM):
+            for w0 in range(0, W, BN):
+                p, y, mask = _load_pair_tile(p_base, t_base, h0 + rm, w0 + rn, H, W, cls, LABELS)
+                pc = tl.where(mask, p - mean_p, 0.0)
+                yc = tl.where(mask, y - mean_y, 0.0)
+                acc_pp += tl.sum(pc * pc, axis=1)
+                acc_pyc += tl.sum(pc * y, axis=1)
+                acc_py += tl.sum(p * y, axis=1)
+                acc_yy += tl.sum(yc * yc, axis=1)
+        m2_p = tl.sum(acc_pp, axis=0)
+        pyc = tl.sum(acc_pyc, axis=0)
+        py = tl.sum(acc_py, axis=0)
+        m2_y = tl.sum(acc_yy, axis=0)
+        return s_p, s_y, m2_p, pyc, py, m2_y
+
+    @triton.jit
+    def _energies(s_p, s_y, m2_p, pyc, py, m2_y, n_vox, LABELS: tl.constexpr, INCLUDE_DC: tl.constexpr):
+        """SPEC section 2's Parseval sums from the spatial sums of a pair (n_vox voxels): returns
+        (mean_p, mean_y, var_p, total_a, energy_a, total_b, energy_b, cross, valid)."""
+        mean_p = s_p / n_vox
+        mean_y = s_y / n_vox
+        var_p = m2_p / n_vox
+        total_a = n_vox * (n_vox * (var_p + mean_p * mean_p))
+        if LABELS:
+            count = s_y
+            total_b = n_vox * count
+            if INCLUDE_DC:
+                energy_b = total_b
+                valid = count > 0
+            else:
+                energy_b = count * (n_vox - count)
+                valid = energy_b > 0
+        else:
+            var_y = m2_y / n_vox
+            total_b = n_vox * n_vox * (var_y + mean_y * mean_y)
+            if INCLUDE_DC:
+                energy_b = total_b
+            else:
+                energy_b = n_vox * n_vox * var_y
+            valid = (energy_b > 1e-9 * total_b) | (energy_b != energy_b)  # NaN target: NaN propagates
+        if INCLUDE_DC:
+            energy_a = total_a
+            cross = n_vox * py
+        else:
+            energy_a = n_vox * n_vox * var_p
+            cross = n_vox * pyc
+        return mean_p, mean_y, var_p, total_a, energy_a, total_b, energy_b, cross, valid
+
+    @triton.jit
+    def _pair_scalars(energy_a, total_a, energy_b, total_b, cross, t_a, t_b, t_ab, n_k, magnitude_weight, phase_weight):
+        """Per-pair scalars, as torch_fft.pair_coefficients with the zero tests of _numerics (float32
+        epsilon). Returns (scc, rho_mag, rho_phase, den, zero_mag, zero_phase, var_a)."""
+        EPS: tl.constexpr = 1.1920928955078125e-07  # float32 epsilon, as in scc_fast._numerics
+        FP32_MAX: tl.constexpr = 3.4028234663852886e38  # |x| <= FP32_MAX: finite (False for NaN, Inf)
+        var_a = energy_a - t_a * t_a / n_k
+        var_b = energy_b - t_b * t_b / n_k
+        cov = t_ab - t_a * t_b / n_k
+        # An Inf energy (Inf in the input) is not "zero": it propagates as NaN (_numerics).
+        zero_a = (var_a <= 64 * EPS * energy_a) | (energy_a <= 1e3 * EPS * EPS * total_a)
+        zero_a = zero_a & (tl.abs(total_a) <= FP32_MAX)
+        zero_b = (var_b <= 64 * EPS * energy_b) | (energy_b <= 1e3 * EPS * EPS * total_b)
+        zero_b = zero_b & (tl.abs(total_b) <= FP32_MAX)
+        zero_mag = zero_a | zero_b
+        # product_is_zero, and also 0 when A or B is rounding noise over K (a constant map):
+        # then T_ab is noise too, and 1 / T_ab would blow the gradient up.
+        zero_phase = (t_ab <= 64 * EPS * tl.sqrt(energy_a * energy_b)) | (energy_a <= 1e3 * EPS * EPS * total_a)
+        zero_phase = (zero_phase | (energy_b <= 1e3 * EPS * EPS * total_b)) & (tl.abs(t_ab) <= FP32_MAX)
+        den = tl.sqrt(tl.where(zero_mag, 1.0, var_a * var_b))
+        rho_mag = tl.where(zero_mag, 0.0, cov / den)
+        t_ab_safe = tl.where(zero_phase, 1.0, t_ab)
+        rho_phase = tl.where(zero_phase, 0.0, cross / t_ab_safe)
+        scc = magnitude_weight * rho_mag + phase_weight * rho_phase
+        return scc, rho_mag, rho_phase, den, zero_mag, zero_phase, var_a
+
+    @triton.jit
+    def _grad_coefficients(
+        rho_mag, rho_phase, den, zero_mag, zero_phase, var_a, t_a, t_b, t_ab, n_k, var_p, total_a, n_vox,
+        magnitude_weight, phase_weight,
+    ):
+        """dSCC/dp = Re DFT^H[(c_a + c_ab B) P/|P|] + 2N c_aa (p - [DC out] mean p) + N c_re (y - [DC
+        out] mean y). Returns (c_a, c_ab, c_aa, c_re, flat_p)."""
+        EPS: tl.constexpr = 1.1920928955078125e-07
+        wm = tl.where(zero_mag, 0.0, magnitude_weight / den)
+        var_a_safe = tl.where(zero_mag, 1.0, var_a)
+        wp = tl.where(zero_phase, 0.0, phase_weight / tl.where(zero_phase, 1.0, t_ab))
+        c_ab = wm - wp * rho_phase
+        c_a = (-wm * t_b + magnitude_weight * rho_mag * t_a / var_a_safe) / n_k
+        c_aa = -0.5 * magnitude_weight * rho_mag / var_a_safe
+        # A constant p has no spectrum off DC: there P_k is rounding noise and its phase
+        # U_k is random, where the exact U_k is 0 (as the float64 reference has it).
+        flat_p = n_vox * n_vox * var_p <= 1e3 * EPS * EPS * total_a
+        return c_a, c_ab, c_aa, wp, flat_p
+
+    @triton.jit
+    def _icol_tile(
+        cos_ptr, sin_ptr, src_r, src_i, s_b, rows, kcols, NR, NC, c_a, c_ab, flat_p,
+        FIELD: tl.constexpr, INCLUDE_DC: tl.constexpr, PRECISION: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    ):
+        """Tile [rows x kcols] of (C + iS) @ X, the inverse DFT along the first axis of an NR x NC
+        plane (row stride NC): X is the plane at src, or with FIELD the gradient field built from P
+        (at src) and B (at s_b), whose DC bin is row 0, column 0."""
+        rk = tl.arange(0, BK)
+        g1r = tl.zeros([BM, BN], dtype=tl.float32)
+        g1i = tl.zeros([BM, BN], dtype=tl.float32)
+        for kh0 in range(0, NR, BK):
+            khs = kh0 + rk
+            tmask = (rows[:, None] < NR) & (khs[None, :] < NR)
+            toffs = rows[:, None] * NR + khs[None, :]
+            ch = tl.load(cos_ptr + toffs, mask=tmask, other=0.0)
+            sh = tl.load(sin_ptr + toffs, mask=tmask, other=0.0)
+            xmask = (khs[:, None] < NR) & (kcols[None, :] < NC)
+            xoffs = khs[:, None] * NC + kcols[None, :]
+            if FIELD:
+                gr, gi = _field_tile(src_r, src_i, s_b, xoffs, xmask, khs, kcols, c_a, c_ab, flat_p, INCLUDE_DC)
+            else:
+                gr = tl.load(src_r + xoffs, mask=xmask, other=0.0)
+                gi = tl.load(src_i + xoffs, mask=xmask, other=0.0)
+            g1r += _dot(ch, gr, PRECISION) - _dot(sh, gi, PRECISION)
+            g1i += _dot(ch, gi, PRECISION) + _dot(sh, gr, PRECISION)
+        return g1r, g1i
+
+    @triton.jit
+    def _inv_col_pass(
+        src_r, src_i, s_b, dst_r, dst_i, z_r, z_i, cos_h_ptr, sin_h_ptr,
+        c1_ptr, s1_ptr, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr, H, WH, N1, N2, c_a, c_ab, flat_p,
+        FIELD: tl.constexpr, FOUR_STEP: tl.constexpr, INCLUDE_DC: tl.constexpr, PRECISION: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, N1P: tl.constexpr, N2P: tl.constexpr,
+    ):
+        """Inverse DFT along H, (C + iS) @ X, of an H x WH plane (src, or with FIELD the gradient
+        field from P at src and B at s_b) into dst; four-step or direct; then a barrier. The
+        four-step goes one block of columns at a time through Z (H x BN), so dst may be src
+        there; the direct DFT needs dst apart from src."""
+        rm = tl.arange(0, BM)
+        rn = tl.arange(0, BN)
+        if FOUR_STEP:
+            rn1 = tl.arange(0, N1P)
+            t1mask = (rn1[:, None] < N1) & (rn1[None, :] < N1)
+            t1offs = rn1[:, None] * N1 + rn1[None, :]
+            c1 = tl.load(c1_ptr + t1offs, mask=t1mask, other=0.0)
+            s1 = tl.load(s1_ptr + t1offs, mask=t1mask, other=0.0)
+            for k0 in range(0, WH, BN):
+                kcols = k0 + rn
+                _fs_step1(src_r, src_i, src_r, src_i, s_b, z_r, z_i, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
+                          k0, H, WH, N1, N2, c_a, c_ab, flat_p, True, FIELD, INCLUDE_DC, PRECISION, N2P, BN)
+                tl.debug_barrier()
+                for k2 in range(0, N2):
+                    g1r, g1i, hs = _fs_step3(z_r, z_i, c1, s1, k2, kcols, WH, N1, N2, True, PRECISION, N1P, BN)
+                    smask = (hs[:, None] < H) & (kcols[None, :] < WH)
+                    soffs = hs[:, None] * WH + kcols[None, :]
+                    tl.store(dst_r + soffs, g1r, mask=smask)
+                    tl.store(dst_i + soffs, g1i, mask=smask)
+                tl.debug_barrier()
+        else:
+            for h0 in range(0, H, BM):
+                rows = h0 + rm
+                for k0 in range(0, WH, BN):
+                    kcols = k0 + rn
+                    g1r, g1i = _icol_tile(cos_h_ptr, sin_h_ptr, src_r, src_i, s_b, rows, kcols, H, WH,
+                                          c_a, c_ab, flat_p, FIELD, INCLUDE_DC, PRECISION, BM, BN, BK)
+                    smask = (rows[:, None] < H) & (kcols[None, :] < WH)
+                    soffs = rows[:, None] * WH + kcols[None, :]
+                    tl.store(dst_r + soffs, g1r, mask=smask)
+                    tl.store(dst_i + soffs, g1i, mask=smask)
+        tl.debug_barrier()
+
+    @triton.jit
+    def _inv_row_pass(
+        g_r, g_i, w_r, w_i, p_base, t_base, g_base, cos_w_ptr, sin_w_ptr,
+        d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
+        n_vox, c_aa, c_re, off_p, off_y,
+        LABELS: tl.constexpr, FOUR_STEP_W: tl.constexpr, PRECISION: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, M1P: tl.constexpr, M2P: tl.constexpr,
+    ):
+        """Inverse row DFT (complex-to-real, half-spectrum weights 1/2/1) of the H x WH plane g,
+        plus the spatial terms 2N c_aa (p - off_p) + N c_re (y - off_y) (N = n_vox, the voxels of
+        the whole pair): one H x W map of dSCC/dp written at g_base. w_r / w_i: BM x W scratch
+        for the four-step along W, reused block of rows after block of rows."""
+        rm = tl.arange(0, BM)
+        rn = tl.arange(0, BN)
+        rk = tl.arange(0, BK)
+        if FOUR_STEP_W:
+            r1 = tl.arange(0, M1P)
+            r2 = tl.arange(0, M2P)
+            t2mask = (r2[:, None] < M2) & (r2[None, :] < M2)
+            d2 = tl.load(d2_ptr + r2[:, None] * M2 + r2[None, :], mask=t2mask, other=0.0)
+            e2 = tl.load(e2_ptr + r2[:, None] * M2 + r2[None, :], mask=t2mask, other=0.0)
+            t1mask = (r1[:, None] < M1) & (r1[None, :] < M1)
+            d1 = tl.load(d1_ptr + r1[:, None] * M1 + r1[None, :], mask=t1mask, other=0.0)
+            e1 = tl.load(e1_ptr + r1[:, None] * M1 + r1[None, :], mask=t1mask, other=0.0)
+            for h0 in range(0, H, BM):
+                rows = h0 + rm
+                # steps 1-2 on the full spectrum, G[k] = conj(G[W - k]) for k >= WH:
+                # Z[h, m1 M2 + k2] = w_W^(m1 k2) sum_m2 G[h, m1 + M1 m2] w_M2^(m2 k2)
+                for m1 in range(0, M1):
+                    ks = m1 + M1 * r2
+                    lower = ks < WH
+                    kk = tl.where(lower, ks, W - ks)
+                    gmask = (rows[:, None] < H) & (r2[None, :] < M2)
+                    goffs = rows[:, None] * WH + kk[None, :]
+                    gr = tl.load(g_r + goffs, mask=gmask, other=0.0)
+                    gi = tl.load(g_i + goffs, mask=gmask, other=0.0)
+                    gi = tl.where(lower[None, :], gi, -gi)
+                    zr = _dot(gr, d2, PRECISION) - _dot(gi, e2, PRECISION)
+                    zi = _dot(gi, d2, PRECISION) + _dot(gr, e2, PRECISION)
+                    twc = tl.load(tv_c_ptr + m1 * M2 + r2, mask=r2 < M2, other=0.0)[None, :]
+                    tws = tl.load(tv_s_ptr + m1 * M2 + r2, mask=r2 < M2, other=0.0)[None, :]
+                    zoffs = rm[:, None] * W + (m1 * M2 + r2)[None, :]
+                    tl.store(w_r + zoffs, zr * twc - zi * tws, mask=gmask)
+                    tl.store(w_i + zoffs, zi * twc + zr * tws, mask=gmask)
+                tl.debug_barrier()
+                # step 3, real part: out[h, k2 + M2 k1] = Re sum_m1 Z[h, m1 M2 + k2] w_M1^(m1 k1)
+                for k2 in range(0, M2):
+                    zmask = (rows[:, None] < H) & (r1[None, :] < M1)
+                    zoffs = rm[:, None] * W + (r1 * M2 + k2)[None, :]
+                    zr = tl.load(w_r + zoffs, mask=zmask, other=0.0)
+                    zi = tl.load(w_i + zoffs, mask=zmask, other=0.0)
+                    acc = _dot(zr, d1, PRECISION) - _dot(zi, e1, PRECISION)
+                    wcols = k2 + M2 * r1
+                    p, y, mask = _load_pair_tile(p_base, t_base, rows, wcols, H, W, cls, LABELS)
+                    acc += (2.0 * n_vox * c_aa) * (p - off_p) + (n_vox * c_re) * (y - off_y)
+                    offs = rows[:, None] * W + wcols[None, :]
+                    tl.store(g_base + offs, acc, mask=mask & (r1[None, :] < M1))
+                tl.debug_barrier()  # z is reused by the next block of rows
+        else:
+            for h0 in range(0, H, BM):
+                rows = h0 + rm
+                for w0 in range(0, W, BN):
+                    wcols = w0 + rn
+                    acc = tl.zeros([BM, BN], dtype=tl.float32)
+                    for k0 in range(0, WH, BK):
+                        ks = k0 + rk
+                        xmask = (rows[:, None] < H) & (ks[None, :] < WH)
+                        xoffs = rows[:, None] * WH + ks[None, :]
+                        once = (ks[None, :] == 0) | (ks[None, :] * 2 == W)
+                        kw_w = tl.where(once, 1.0, 2.0)
+                        g1r = tl.load(g_r + xoffs, mask=xmask, other=0.0) * kw_w
+                        g1i = tl.load(g_i + xoffs, mask=xmask, other=0.0) * kw_w
+                        tmask = (ks[:, None] < WH) & (wcols[None, :] < W)
+                        toffs = wcols[None, :] * WH + ks[:, None]
+                        cw = tl.load(cos_w_ptr + toffs, mask=tmask, other=0.0)
+                        sw = tl.load(sin_w_ptr + toffs, mask=tmask, other=0.0)
+                        acc += _dot(g1r, cw, PRECISION) - _dot(g1i, sw, PRECISION)
+                    p, y, mask = _load_pair_tile(p_base, t_base, rows, wcols, H, W, cls, LABELS)
+                    acc += (2.0 * n_vox * c_aa) * (p - off_p) + (n_vox * c_re) * (y - off_y)
+                    offs = rows[:, None] * W + wcols[None, :]
+                    tl.store(g_base + offs, acc, mask=mask)
+
+    @triton.jit
     def _scc_fused_kernel(
         probs_ptr, target_ptr,  # B*C' x H x W probs; labels B x H x W or float B*C' x H x W
         cos_w_ptr, sin_w_ptr,  # W x WH tables: cos / sin(2 pi w k / W)
@@ -371,8 +648,6 @@ if triton is not None:
         FOUR_STEP: tl.constexpr, N1P: tl.constexpr, N2P: tl.constexpr,
         FOUR_STEP_W: tl.constexpr, M1P: tl.constexpr, M2P: tl.constexpr,
     ):
-        EPS: tl.constexpr = 1.1920928955078125e-07  # float32 epsilon, as in scc_fast._numerics
-        FP32_MAX: tl.constexpr = 3.4028234663852886e38  # |x| <= FP32_MAX: finite (False for NaN, Inf)
         pid = tl.program_id(0)
         n_prog = tl.num_programs(0)
         hw = H * W
@@ -404,7 +679,6 @@ if triton is not None:
 
         rm = tl.arange(0, BM)
         rn = tl.arange(0, BN)
-        rk = tl.arange(0, BK)
 
         for pair in range(pid, n_pairs, n_prog):
             img = pair // n_chan
@@ -415,56 +689,10 @@ if triton is not None:
             else:
                 t_base = target_ptr + tl.cast(pair, tl.int64) * hw
 
-            # ---- phase 0: spatial sums (mean first, then centered sums); per-row vectors ----
-            acc_p = tl.zeros([BM], dtype=tl.float32)
-            acc_y = tl.zeros([BM], dtype=tl.float32)
-            for h0 in range(0, H, BM):
-                for w0 in range(0, W, BN):
-                    p, y, mask = _load_pair_tile(p_base, t_base, h0 + rm, w0 + rn, H, W, cls, LABELS)
-                    acc_p += tl.sum(p, axis=1)
-                    acc_y += tl.sum(y, axis=1)
-            s_p = tl.sum(acc_p, axis=0)
-            s_y = tl.sum(acc_y, axis=0)
-            mean_p = s_p / n_vox
-            mean_y = s_y / n_vox
-            acc_pp = tl.zeros([BM], dtype=tl.float32)
-            acc_pyc = tl.zeros([BM], dtype=tl.float32)
-            acc_py = tl.zeros([BM], dtype=tl.float32)
-            acc_yy = tl.zeros([BM], dtype=tl.float32)
-            for h0 in range(0, H, BM):
-                for w0 in range(0, W, BN):
-                    p, y, mask = _load_pair_tile(p_base, t_base, h0 + rm, w0 + rn, H, W, cls, LABELS)
-                    pc = tl.where(mask, p - mean_p, 0.0)
-                    yc = tl.where(mask, y - mean_y, 0.0)
-                    acc_pp += tl.sum(pc * pc, axis=1)
-                    acc_pyc += tl.sum(pc * y, axis=1)
-                    acc_py += tl.sum(p * y, axis=1)
-                    acc_yy += tl.sum(yc * yc, axis=1)
-            var_p = tl.sum(acc_pp, axis=0) / n_vox
-            total_a = n_vox * (n_vox * (var_p + mean_p * mean_p))
-            if LABELS:
-                count = s_y
-                total_b = n_vox * count
-                if INCLUDE_DC:
-                    energy_b = total_b
-                    valid = count > 0
-                else:
-                    energy_b = count * (n_vox - count)
-                    valid = energy_b > 0
-            else:
-                var_y = tl.sum(acc_yy, axis=0) / n_vox
-                total_b = n_vox * n_vox * (var_y + mean_y * mean_y)
-                if INCLUDE_DC:
-                    energy_b = total_b
-                else:
-                    energy_b = n_vox * n_vox * var_y
-                valid = (energy_b > 1e-9 * total_b) | (energy_b != energy_b)  # NaN target: NaN propagates
-            if INCLUDE_DC:
-                energy_a = total_a
-                cross = n_vox * tl.sum(acc_py, axis=0)
-            else:
-                energy_a = n_vox * n_vox * var_p
-                cross = n_vox * tl.sum(acc_pyc, axis=0)
+            # ---- phase 0: spatial sums and the Parseval sums of SPEC section 2 ----
+            s_p, s_y, m2_p, pyc, py, m2_y = _spatial_sums(p_base, t_base, H, W, cls, LABELS, BM, BN)
+            mean_p, mean_y, var_p, total_a, energy_a, total_b, energy_b, cross, valid = _energies(
+                s_p, s_y, m2_p, pyc, py, m2_y, n_vox, LABELS, INCLUDE_DC)
 
             # ---- phase 1y: row DFT of y along W onto the half spectrum, Y1 = y @ (C - iS) ----
             # (p's comes later into the same planes: one map's row transform is alive at a time)
@@ -557,80 +785,21 @@ if triton is not None:
             t_ab = tl.sum(acc_tab, axis=0)
 
             # ---- phase 3: per-pair scalars, as torch_fft.pair_coefficients ----
-            var_a = energy_a - t_a * t_a / n_k
-            var_b = energy_b - t_b * t_b / n_k
-            cov = t_ab - t_a * t_b / n_k
-            # An Inf energy (Inf in the input) is not "zero": it propagates as NaN (_numerics).
-            zero_a = (var_a <= 64 * EPS * energy_a) | (energy_a <= 1e3 * EPS * EPS * total_a)
-            zero_a = zero_a & (tl.abs(total_a) <= FP32_MAX)
-            zero_b = (var_b <= 64 * EPS * energy_b) | (energy_b <= 1e3 * EPS * EPS * total_b)
-            zero_b = zero_b & (tl.abs(total_b) <= FP32_MAX)
-            zero_mag = zero_a | zero_b
-            # product_is_zero, and also 0 when A or B is rounding noise over K (a constant map):
-            # then T_ab is noise too, and 1 / T_ab would blow the gradient up.
-            zero_phase = (t_ab <= 64 * EPS * tl.sqrt(energy_a * energy_b)) | (energy_a <= 1e3 * EPS * EPS * total_a)
-            zero_phase = (zero_phase | (energy_b <= 1e3 * EPS * EPS * total_b)) & (tl.abs(t_ab) <= FP32_MAX)
-            den = tl.sqrt(tl.where(zero_mag, 1.0, var_a * var_b))
-            rho_mag = tl.where(zero_mag, 0.0, cov / den)
-            t_ab_safe = tl.where(zero_phase, 1.0, t_ab)
-            rho_phase = tl.where(zero_phase, 0.0, cross / t_ab_safe)
-            scc = magnitude_weight * rho_mag + phase_weight * rho_phase
+            scc, rho_mag, rho_phase, den, zero_mag, zero_phase, var_a = _pair_scalars(
+                energy_a, total_a, energy_b, total_b, cross, t_a, t_b, t_ab, n_k, magnitude_weight, phase_weight)
             tl.store(scc_ptr + pair, scc)
             tl.store(valid_ptr + pair, valid.to(tl.int8))
 
             if NEED_GRAD:
-                wm = tl.where(zero_mag, 0.0, magnitude_weight / den)
-                var_a_safe = tl.where(zero_mag, 1.0, var_a)
-                wp = tl.where(zero_phase, 0.0, phase_weight / t_ab_safe)
-                c_ab = wm - wp * rho_phase
-                c_a = (-wm * t_b + magnitude_weight * rho_mag * t_a / var_a_safe) / n_k
-                c_aa = -0.5 * magnitude_weight * rho_mag / var_a_safe
-                c_re = wp
-                # A constant p has no spectrum off DC: there P_k is rounding noise and its phase
-                # U_k is random, where the exact U_k is 0 (as the float64 reference has it).
-                flat_p = n_vox * n_vox * var_p <= 1e3 * EPS * EPS * total_a
+                c_a, c_ab, c_aa, c_re, flat_p = _grad_coefficients(
+                    rho_mag, rho_phase, den, zero_mag, zero_phase, var_a, t_a, t_b, t_ab, n_k, var_p, total_a,
+                    n_vox, magnitude_weight, phase_weight)
                 tl.debug_barrier()
-
-                if FOUR_STEP:
-                    # ---- phase 4, four-step: field G built on the fly, inverse DFT along H ----
-                    for k0 in range(0, WH, BN):
-                        kcols = k0 + rn
-                        _fs_step1(s_pr, s_pi, s_pr, s_pi, s_b, s_zr, s_zi, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
-                                  k0, H, WH, N1, N2, c_a, c_ab, flat_p, True, True, INCLUDE_DC, PRECISION, N2P, BN)
-                        tl.debug_barrier()
-                        for k2 in range(0, N2):
-                            g1r, g1i, hs = _fs_step3(s_zr, s_zi, c1, s1, k2, kcols, WH, N1, N2, True, PRECISION, N1P, BN)
-                            smask = (hs[:, None] < H) & (kcols[None, :] < WH)
-                            soffs = hs[:, None] * WH + kcols[None, :]
-                            tl.store(s_p1r + soffs, g1r, mask=smask)
-                            tl.store(s_p1i + soffs, g1i, mask=smask)
-                        tl.debug_barrier()
-                else:
-                    # ---- phase 4: field G = (c_a + c_ab B) P/|P|, inverse column DFT (C + iS) @ G ----
-                    for h0 in range(0, H, BM):
-                        rows = h0 + rm
-                        for k0 in range(0, WH, BN):
-                            kcols = k0 + rn
-                            g1r = tl.zeros([BM, BN], dtype=tl.float32)
-                            g1i = tl.zeros([BM, BN], dtype=tl.float32)
-                            for kh0 in range(0, H, BK):
-                                khs = kh0 + rk
-                                tmask = (rows[:, None] < H) & (khs[None, :] < H)
-                                toffs = rows[:, None] * H + khs[None, :]
-                                ch = tl.load(cos_h_ptr + toffs, mask=tmask, other=0.0)
-                                sh = tl.load(sin_h_ptr + toffs, mask=tmask, other=0.0)
-                                xmask = (khs[:, None] < H) & (kcols[None, :] < WH)
-                                xoffs = khs[:, None] * WH + kcols[None, :]
-                                gr, gi = _field_tile(s_pr, s_pi, s_b, xoffs, xmask, khs, kcols, c_a, c_ab, flat_p, INCLUDE_DC)
-                                g1r += _dot(ch, gr, PRECISION) - _dot(sh, gi, PRECISION)
-                                g1i += _dot(ch, gi, PRECISION) + _dot(sh, gr, PRECISION)
-                            smask = (rows[:, None] < H) & (kcols[None, :] < WH)
-                            soffs = rows[:, None] * WH + kcols[None, :]
-                            # P1 / Y1 are dead after phase 2: their slots take the half-inverse.
-                            tl.store(s_p1r + soffs, g1r, mask=smask)
-                            tl.store(s_p1i + soffs, g1i, mask=smask)
-                tl.debug_barrier()
-
+                # ---- phase 4: field G = (c_a + c_ab B) P/|P|, inverse column DFT (C + iS) @ G ----
+                # P1 / Y1 are dead after phase 2: their slots take the half-inverse.
+                _inv_col_pass(s_pr, s_pi, s_b, s_p1r, s_p1i, s_zr, s_zi, cos_h_ptr, sin_h_ptr,
+                              c1_ptr, s1_ptr, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr, H, WH, N1, N2, c_a, c_ab, flat_p,
+                              True, FOUR_STEP, INCLUDE_DC, PRECISION, BM, BN, BK, N1P, N2P)
                 # ---- phase 5: inverse row DFT (complex-to-real) + spatial terms -> dSCC/dp ----
                 if INCLUDE_DC:
                     off_p = 0.0
@@ -639,72 +808,9 @@ if triton is not None:
                     off_p = mean_p
                     off_y = mean_y
                 g_base = grad_ptr + tl.cast(pair, tl.int64) * hw
-                if FOUR_STEP_W:
-                    r1 = tl.arange(0, M1P)
-                    r2 = tl.arange(0, M2P)
-                    t2mask = (r2[:, None] < M2) & (r2[None, :] < M2)
-                    d2 = tl.load(d2_ptr + r2[:, None] * M2 + r2[None, :], mask=t2mask, other=0.0)
-                    e2 = tl.load(e2_ptr + r2[:, None] * M2 + r2[None, :], mask=t2mask, other=0.0)
-                    t1mask = (r1[:, None] < M1) & (r1[None, :] < M1)
-                    d1 = tl.load(d1_ptr + r1[:, None] * M1 + r1[None, :], mask=t1mask, other=0.0)
-                    e1 = tl.load(e1_ptr + r1[:, None] * M1 + r1[None, :], mask=t1mask, other=0.0)
-                    for h0 in range(0, H, BM):
-                        rows = h0 + rm
-                        # steps 1-2 on the full spectrum, G[k] = conj(G[W - k]) for k >= WH:
-                        # Z[h, m1 M2 + k2] = w_W^(m1 k2) sum_m2 G[h, m1 + M1 m2] w_M2^(m2 k2)
-                        for m1 in range(0, M1):
-                            ks = m1 + M1 * r2
-                            lower = ks < WH
-                            kk = tl.where(lower, ks, W - ks)
-                            gmask = (rows[:, None] < H) & (r2[None, :] < M2)
-                            goffs = rows[:, None] * WH + kk[None, :]
-                            gr = tl.load(s_p1r + goffs, mask=gmask, other=0.0)
-                            gi = tl.load(s_p1i + goffs, mask=gmask, other=0.0)
-                            gi = tl.where(lower[None, :], gi, -gi)
-                            zr = _dot(gr, d2, PRECISION) - _dot(gi, e2, PRECISION)
-                            zi = _dot(gi, d2, PRECISION) + _dot(gr, e2, PRECISION)
-                            twc = tl.load(tv_c_ptr + m1 * M2 + r2, mask=r2 < M2, other=0.0)[None, :]
-                            tws = tl.load(tv_s_ptr + m1 * M2 + r2, mask=r2 < M2, other=0.0)[None, :]
-                            zoffs = rm[:, None] * W + (m1 * M2 + r2)[None, :]
-                            tl.store(s_wr + zoffs, zr * twc - zi * tws, mask=gmask)
-                            tl.store(s_wi + zoffs, zi * twc + zr * tws, mask=gmask)
-                        tl.debug_barrier()
-                        # step 3, real part: out[h, k2 + M2 k1] = Re sum_m1 Z[h, m1 M2 + k2] w_M1^(m1 k1)
-                        for k2 in range(0, M2):
-                            zmask = (rows[:, None] < H) & (r1[None, :] < M1)
-                            zoffs = rm[:, None] * W + (r1 * M2 + k2)[None, :]
-                            zr = tl.load(s_wr + zoffs, mask=zmask, other=0.0)
-                            zi = tl.load(s_wi + zoffs, mask=zmask, other=0.0)
-                            acc = _dot(zr, d1, PRECISION) - _dot(zi, e1, PRECISION)
-                            wcols = k2 + M2 * r1
-                            p, y, mask = _load_pair_tile(p_base, t_base, rows, wcols, H, W, cls, LABELS)
-                            acc += (2.0 * n_vox * c_aa) * (p - off_p) + (n_vox * c_re) * (y - off_y)
-                            offs = rows[:, None] * W + wcols[None, :]
-                            tl.store(g_base + offs, acc, mask=mask & (r1[None, :] < M1))
-                        tl.debug_barrier()  # z is reused by the next block of rows
-                else:
-                    for h0 in range(0, H, BM):
-                        rows = h0 + rm
-                        for w0 in range(0, W, BN):
-                            wcols = w0 + rn
-                            acc = tl.zeros([BM, BN], dtype=tl.float32)
-                            for k0 in range(0, WH, BK):
-                                ks = k0 + rk
-                                xmask = (rows[:, None] < H) & (ks[None, :] < WH)
-                                xoffs = rows[:, None] * WH + ks[None, :]
-                                once = (ks[None, :] == 0) | (ks[None, :] * 2 == W)
-                                kw_w = tl.where(once, 1.0, 2.0)
-                                g1r = tl.load(s_p1r + xoffs, mask=xmask, other=0.0) * kw_w
-                                g1i = tl.load(s_p1i + xoffs, mask=xmask, other=0.0) * kw_w
-                                tmask = (ks[:, None] < WH) & (wcols[None, :] < W)
-                                toffs = wcols[None, :] * WH + ks[:, None]
-                                cw = tl.load(cos_w_ptr + toffs, mask=tmask, other=0.0)
-                                sw = tl.load(sin_w_ptr + toffs, mask=tmask, other=0.0)
-                                acc += _dot(g1r, cw, PRECISION) - _dot(g1i, sw, PRECISION)
-                            p, y, mask = _load_pair_tile(p_base, t_base, rows, wcols, H, W, cls, LABELS)
-                            acc += (2.0 * n_vox * c_aa) * (p - off_p) + (n_vox * c_re) * (y - off_y)
-                            offs = rows[:, None] * W + wcols[None, :]
-                            tl.store(g_base + offs, acc, mask=mask)
+                _inv_row_pass(s_p1r, s_p1i, s_wr, s_wi, p_base, t_base, g_base, cos_w_ptr, sin_w_ptr,
+                              d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
+                              n_vox, c_aa, c_re, off_p, off_y, LABELS, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
             # The next pair overwrites the scratch this one has just read.
             tl.debug_barrier()
 
