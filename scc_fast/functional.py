@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 
 from . import backends
+from .backends.activation import probabilities
 
 __all__ = ["scc_loss", "spectral_correlation"]
 
@@ -221,13 +222,7 @@ def scc_loss(
             **coefficients,
         )
     else:
-        probs = torch.softmax(x, dim=1) if softmax else torch.sigmoid(x) if sigmoid else x
-        if labels and ignore_index is not None:
-            keep = target != ignore_index
-            probs = probs * keep.unsqueeze(1).to(probs.dtype)
-            target = torch.where(keep, target, torch.full_like(target, -1))
-        if drop_background:
-            probs = probs[:, 1:]
+        probs, target = probabilities(x, target, activation, first_channel, ignore_index if labels else None)
         scc, valid = impl.correlation(probs, target, first_class=first_class if labels else 0, **coefficients)
     loss = torch.where(valid, 1.0 - scc, torch.zeros_like(scc))
     pair_w = valid.to(loss.dtype)

@@ -13,6 +13,12 @@ ignored voxels) is 0 in every channel, or a float target B x C' x spatial. ``val
 for degenerate pairs. Backends live in their own modules, imported only when first used, and
 each module also provides ``unavailable_reason()`` and ``unsupported_reason(probs, target)``
 (None when it can run, else a sentence saying why not).
+
+A backend may also take the logits itself: ``activated_correlation(x, target, *, activation,
+first_channel, first_class, ignore_index, include_dc, magnitude_weight, phase_weight)``, with
+the activation, background drop and ignore mask fused so that no probability tensor is kept for
+backward (native in C++; torch and triton_fft through :mod:`scc_fast.backends.activation`, from
+their ``correlation_field``). The public API uses it when the chosen backend has it.
 """
 
 from __future__ import annotations

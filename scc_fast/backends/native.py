@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from .._numerics import refuse_double_backward
+from .activation import ACTIVATIONS  # the C++ enum Activation (csrc/cpu/scc_cpu.cpp) uses these codes
 
 __all__ = ["activated_correlation", "correlation", "unavailable_reason", "unsupported_reason"]
 
@@ -50,10 +51,6 @@ def _load() -> str | None:
     _register_python_side()
     _REGISTERED = True
     return None
-
-
-# Activation codes of the operator (csrc/cpu/scc_cpu.cpp, enum Activation).
-ACTIVATIONS = {None: 0, "softmax": 1, "sigmoid": 2}
 
 
 def _register_python_side() -> None:

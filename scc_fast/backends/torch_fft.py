@@ -248,6 +248,20 @@ def correlation(
     return SCCTorchFunction.apply(probs, target, first_class, include_dc, magnitude_weight, phase_weight)
 
 
+def correlation_field(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad):
+    """``(scc, valid, field)`` without autograd: field = dSCC/dp (B x C' x spatial, or (0,))."""
+    scc, valid, grad = _forward(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad)
+    return scc, valid, grad if grad is not None else scc.new_empty((0,))
+
+
+def activated_correlation(x: torch.Tensor, target: torch.Tensor, **options) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair SCC of ``activation(x)``, the probabilities never saved for backward; see
+    :func:`scc_fast.backends.activation.activated_correlation` for the arguments."""
+    from .activation import activated_correlation
+
+    return activated_correlation("torch", x, target, **options)
+
+
 def complex_correlation(
     probs: torch.Tensor,
     target: torch.Tensor,

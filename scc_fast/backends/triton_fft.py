@@ -571,3 +571,21 @@ def correlation(
         probs, target, int(first_class), bool(include_dc), float(magnitude_weight), float(phase_weight), need_grad
     )
     return scc, valid
+
+
+def correlation_field(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad):
+    """``(scc, valid, field)`` without autograd: field = dSCC/dp (B x C' x spatial, or (0,))."""
+    if _IMPORT_ERROR is not None:
+        raise RuntimeError(_IMPORT_ERROR)
+    with torch.no_grad():
+        return triton_fft_correlation(
+            probs, target, int(first_class), bool(include_dc), float(magnitude_weight), float(phase_weight), need_grad
+        )
+
+
+def activated_correlation(x: torch.Tensor, target: torch.Tensor, **options) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair SCC of ``activation(x)``, the probabilities never saved for backward; see
+    :func:`scc_fast.backends.activation.activated_correlation` for the arguments."""
+    from .activation import activated_correlation
+
+    return activated_correlation("triton_fft", x, target, **options)

@@ -1,0 +1,154 @@
+"""The fused activation layer (scc_fast/backends/activation.py) against the float64 reference.
+
+The public API hands logits to backends that provide ``activated_correlation``; the probabilities
+are computed inside one registered op and never saved, and backward recomputes them (one Triton
+kernel for the Triton backends, torch ops otherwise). Tolerances: float64 1e-10, float32 1e-5
+(relative, loss and input gradient), as for every backend.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import scc_fast
+from scc_fast import backends
+from scc_fast.backends import activation
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def available(name: str) -> bool:
+    return backends.available_backends()[name].available
+
+
+FUSED = [name for name in ("torch", "triton_fft") if available(name)]
+
+
+def case(shape, ignore_index, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(shape, generator=g, dtype=torch.float64) * 3
+    labels = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g)
+    if ignore_index == 255:
+        labels = labels.to(torch.uint8)
+    if ignore_index is not None:
+        labels[0, :2] = ignore_index
+    return logits, labels
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("act", ["softmax", "sigmoid", None])
+@pytest.mark.parametrize("include_background", [True, False])
+@pytest.mark.parametrize("ignore_index", [None, 255, 1])
+@pytest.mark.parametrize("shape", [(2, 3, 9, 12), (1, 3, 5, 6, 7)])
+def test_fused_matches_reference(backend, act, include_background, ignore_index, shape):
+    dtype = torch.float32 if backend == "triton_fft" else torch.float64
+    logits, labels = case(shape, ignore_index)
+    kw = dict(
+        softmax=act == "softmax",
+        sigmoid=act == "sigmoid",
+        include_background=include_background,
+        ignore_index=ignore_index,
+        reduction="none",
+    )
+    inputs = logits if act else torch.softmax(logits, 1)
+    x_ref = inputs.clone().requires_grad_(True)
+    ref = scc_fast.scc_loss(x_ref, labels, backend="reference", **kw)
+    upstream = torch.rand(ref.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.5
+    (ref * upstream).sum().backward()
+    x = inputs.to(dtype).requires_grad_(True)
+    out = scc_fast.scc_loss(x, labels, backend=backend, **kw)
+    (out * upstream.to(out.dtype)).sum().backward()
+    assert rel_err(out.detach(), ref.detach()) <= TOL[dtype]
+    assert rel_err(x.grad, x_ref.grad) <= TOL[dtype]
+
+
+@pytest.mark.skipif(not available("triton_fft"), reason="Triton (or TRITON_INTERPRET=1) not available")
+@pytest.mark.parametrize("act", [0, 1, 2])
+@pytest.mark.parametrize("first_channel", [0, 1])
+@pytest.mark.parametrize("ignore_index", [None, 2])
+def test_kernel_equals_torch_ops(act, first_channel, ignore_index):
+    """The Triton backward kernel and the torch-ops backward compute the same dL/dx."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 4, 6, 10, generator=g) * 4
+    labels = torch.randint(0, 4, (2, 6, 10), generator=g)
+    field = torch.randn(2, 4 - first_channel, 6, 10, generator=g)
+    up = torch.randn(2, 4 - first_channel, generator=g)
+    op = torch.ops.scc_fast.activation_backward
+    by_kernel = op(x, field, up, labels, act, first_channel, ignore_index, True)
+    by_torch = op(x, field, up, labels, act, first_channel, ignore_index, False)
+    assert rel_err(by_kernel, by_torch) <= 1e-6
+    if ignore_index is not None:
+        assert (by_kernel.transpose(0, 1)[:, labels == ignore_index] == 0).all()
+
+
+def test_probabilities_masks_and_drops():
+    logits, labels = case((2, 3, 4, 5), 255)
+    p, t = activation.probabilities(logits, labels, "softmax", 1, 255)
+    assert p.shape == (2, 2, 4, 5)
+    assert (p.transpose(0, 1)[:, labels == 255] == 0).all()
+    assert torch.allclose(p, (torch.softmax(logits, 1) * (labels != 255).unsqueeze(1))[:, 1:])
+    assert t.dtype == labels.dtype and not (t == 1).logical_and(labels == 255).any()
+
+
+def test_bad_activation_is_named():
+    logits, labels = case((1, 2, 4, 4), None)
+    with pytest.raises(ValueError, match="activation must be None, 'softmax' or 'sigmoid', got 'tanh'"):
+        activation.activated_correlation("torch", logits, labels, activation="tanh")
+
+
+def test_backward_without_field_is_an_error():
+    logits, labels = case((1, 2, 6, 6), None)
+    x = logits.clone().requires_grad_(True)
+    scc, _, field = torch.ops.scc_fast.activated_correlation(x, labels, "torch", 1, 0, 0, None, False, 0.5, 0.5, False)
+    assert field.shape == (0,)
+    with pytest.raises(RuntimeError, match="need_grad=False"):
+        scc.sum().backward()
+
+
+def test_opcheck():
+    logits, labels = case((2, 3, 5, 6), 1)
+    x = logits.float().requires_grad_(True)
+    torch.library.opcheck(
+        torch.ops.scc_fast.activated_correlation.default, (x, labels, "torch", 1, 1, 1, 1, False, 0.5, 0.5, True)
+    )
+    field = torch.randn(2, 2, 5, 6)
+    up = torch.randn(2, 2)
+    torch.library.opcheck(
+        torch.ops.scc_fast.activation_backward.default, (x.detach(), field, up, labels, 1, 1, 1, False)
+    )
+
+
+def test_no_probabilities_saved_for_backward():
+    """The graph keeps the input and the field dSCC/dp, not a B x C x spatial probability tensor
+    (applied outside, softmax would save one more full-size tensor)."""
+    logits, labels = case((2, 4, 16, 16), None)
+    x = logits.float().requires_grad_(True)
+    loss = scc_fast.scc_loss(x, labels, softmax=True, backend="torch")
+    saved = []
+    node = loss.grad_fn
+    seen = set()
+    stack = [node]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for name in dir(node):
+            if name.startswith("_saved_") or name == "saved_tensors":
+                try:
+                    value = getattr(node, name)
+                except Exception:  # noqa: BLE001 - some saved attributes raise once freed
+                    continue
+                for v in value if isinstance(value, tuple) else (value,):
+                    if isinstance(v, torch.Tensor):
+                        saved.append(v)
+        stack.extend(n for n, _ in node.next_functions)
+    full = [t for t in saved if t.shape == x.shape and t.data_ptr() != x.data_ptr()]
+    assert len(full) == 1, f"full-size tensors saved besides the input: {len(full)}"
+    assert (full[0] < 0).any()  # the field (signed), not probabilities
