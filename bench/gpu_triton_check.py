@@ -198,6 +198,8 @@ def run_case(name, shape, device, args, budget_s):
         ("reference", "reference", None),
         ("reference+compile", "reference", "compile"),
         ("torch", "torch", None),
+        ("torch[unfused]", "torch", "unfused"),
+        (f"triton[{args.precisions[0]},unfused]", "triton", "unfused"),
     ] + [(f"triton[{p}]", "triton", p) for p in args.precisions[1:]]
     for label, backend, opt in contenders:
         if opt == "compile" and (args.no_compile or elapsed() > budget_s):
@@ -209,8 +211,10 @@ def run_case(name, shape, device, args, budget_s):
                 torch._dynamo.reset()
                 fn = torch.compile(fn)
                 fwd_bwd(fn, logits, labels)  # compile outside the timed region
-            if backend == "triton":
+            if backend == "triton" and opt != "unfused":
                 triton_scc.input_precision = opt
+            # "unfused": the activation applied with torch ops outside the backend (A/B of the fusion).
+            scc_fast.functional.FUSE_ACTIVATION = opt != "unfused"
             row["time_ms"][label] = time_median(fn, logits, labels, device, reps=args.reps)
             row["peak_mib"][label] = peak_memory_mib(fn, logits, labels, device)
         except Exception as exc:  # noqa: BLE001
@@ -218,6 +222,7 @@ def run_case(name, shape, device, args, budget_s):
             traceback.print_exc()
         finally:
             triton_scc.input_precision = None
+            scc_fast.functional.FUSE_ACTIVATION = True
         if device.type == "cuda":
             torch.cuda.empty_cache()
     base_t = row["time_ms"].get("reference")

@@ -8,6 +8,7 @@ reduces the per-pair values. Backends only compute per-pair correlations.
 from __future__ import annotations
 
 import math
+import os
 from typing import Sequence
 
 import torch
@@ -16,6 +17,12 @@ from . import backends
 from .backends.activation import probabilities
 
 __all__ = ["scc_loss", "spectral_correlation"]
+
+#: Hand logits to backends that fuse the activation (``activated_correlation``): no probability
+#: tensor is kept for backward. False applies the activation here with torch ops, as before the
+#: fusion (for A/B benchmarks: bench/gpu_triton_check.py); ``SCC_FAST_FUSE_ACTIVATION=0`` at
+#: import sets it False.
+FUSE_ACTIVATION: bool = os.environ.get("SCC_FAST_FUSE_ACTIVATION", "1").strip() not in ("0", "false", "False")
 
 _REDUCTIONS = ("mean", "sum", "none")
 _KINDS = ("scc", "magnitude", "phase", "complex")
@@ -209,7 +216,7 @@ def scc_loss(
     coefficients = dict(
         include_dc=include_dc, magnitude_weight=float(magnitude_weight), phase_weight=float(phase_weight)
     )
-    fused = getattr(impl, "activated_correlation", None)
+    fused = getattr(impl, "activated_correlation", None) if FUSE_ACTIVATION else None
     if fused is not None:
         # The backend applies the activation, the background drop and the ignore mask itself.
         scc, valid = fused(
