@@ -152,3 +152,19 @@ def test_no_probabilities_saved_for_backward():
     full = [t for t in saved if t.shape == x.shape and t.data_ptr() != x.data_ptr()]
     assert len(full) == 1, f"full-size tensors saved besides the input: {len(full)}"
     assert (full[0] < 0).any()  # the field (signed), not probabilities
+
+
+@pytest.mark.parametrize("backend", [name for name in ("torch", "native") if available(name)])
+def test_unfused_switch_gives_the_same_result(backend, monkeypatch):
+    """FUSE_ACTIVATION=False applies the activation with torch ops outside the backend (A/B)."""
+    logits, labels = case((2, 3, 8, 9), 255)
+    kw = dict(softmax=True, include_background=False, ignore_index=255, backend=backend)
+    x1 = logits.clone().requires_grad_(True)
+    fused = scc_fast.scc_loss(x1, labels, **kw)
+    fused.backward()
+    monkeypatch.setattr(scc_fast.functional, "FUSE_ACTIVATION", False)
+    x2 = logits.clone().requires_grad_(True)
+    unfused = scc_fast.scc_loss(x2, labels, **kw)
+    unfused.backward()
+    assert rel_err(fused.detach(), unfused.detach()) <= 1e-10
+    assert rel_err(x1.grad, x2.grad) <= 1e-10
