@@ -1,4 +1,4 @@
-"""Backend "triton" (fused 2D kernel) against the float64 reference.
+"""Backend "triton" (fused 2D kernel) against the float64 reference; 3D input: test_triton_3d.py.
 
 On a machine without CUDA the kernel runs under Triton's interpreter: tests/conftest.py sets
 TRITON_INTERPRET=1 before anything imports triton. Tolerance (SPEC section 4): relative error
@@ -265,7 +265,7 @@ def test_unsupported_inputs_are_reported():
     lab = torch.zeros(1, 16, 16, dtype=torch.long, device=DEVICE)
     assert triton_scc.unsupported_reason(p, lab) is None
     cases = {
-        "2D": (torch.rand(1, 2, 8, 8, 8, device=DEVICE), torch.zeros(1, 8, 8, 8, dtype=torch.long, device=DEVICE)),
+        "2D (B x C x H x W) and 3D": (torch.rand(1, 2, 8, device=DEVICE), torch.zeros(1, 8, dtype=torch.long, device=DEVICE)),
         "[8, 1024]": (torch.rand(1, 2, 7, 16, device=DEVICE), torch.zeros(1, 7, 16, dtype=torch.long, device=DEVICE)),
         "float64": (p.double(), lab),
         "shape of probs": (p, torch.rand(1, 3, 16, 16, device=DEVICE)),

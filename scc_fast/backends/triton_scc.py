@@ -1,6 +1,7 @@
-"""Backend "triton": SCC forward and gradient for 2D input in one fused Triton kernel launch.
+"""Backend "triton": SCC forward and gradient in Triton kernels that do the DFT themselves, for
+2D input in one fused launch and for 3D input in five launches that share its code (below).
 
-One program handles one (image, class) pair at a time (a persistent grid loops over pairs) and
+2D input (B x C' x H x W). One program handles one (image, class) pair at a time (a persistent grid loops over pairs) and
 does all of SPEC section 2 for it:
 
 0. spatial sums of p and y (two passes, so the centered sums have no cancellation);
@@ -38,10 +39,42 @@ operands are rounded to nearest TF32 in the kernel (tensor cores would truncate 
 interpreter (``TRITON_INTERPRET=1``) computes float32 dots whatever the setting, unless
 :data:`interpret_emulates_tf32` is set.
 
-The op is registered as ``torch.ops.scc_fast.triton_correlation_2d`` (``torch.library.custom_op``
-with a fake implementation and ``register_autograd``), so ``torch.compile`` traces through it
-without a graph break. Its backward multiplies the gradient saved by the forward by the
-per-pair upstream gradient.
+3D input (B x C' x D x H x W): the per-slice (H, W) transforms are the 2D kernel's (its row
+pass, column DFT, inverse column and row passes, spatial sums and per-pair scalars are jit
+helpers called by both), the depth axis and the spectral sums are a further stage. Five launches
+per chunk of pairs (three without the gradient):
+
+1. ``_scc3d_slices_fwd`` (persistent grid over (pair, depth slice)): the slice's spatial sums
+   (6 floats) and the half spectra of its p and y maps, into a workspace;
+2. ``_scc3d_depth_fwd`` (one program per pair and block of the H x (W // 2 + 1) bins): the DFT
+   along D, as ``tl.dot`` with D x D tables (the 2D column-DFT tile with D rows), first of Y
+   (``B = |Y|`` kept), then of P (``A = |P|``, this block's part of ``T_a``, ``T_b``, ``T_ab``;
+   P written over Y's slices, which are consumed by then);
+3. ``_scc3d_scalars`` (one program per pair): the slices' sums combined by the parallel variance
+   formula (the centered sums keep no cancellation), the T parts summed, the 2D kernel's
+   per-pair scalars and gradient coefficients;
+4. ``_scc3d_depth_inv``: the gradient field ``(c_a + c_ab B) P / |P|`` and its inverse DFT along
+   D, into the slots of p's slice spectra (dead since launch 2);
+5. ``_scc3d_slices_inv`` (persistent, per slice): the 2D kernel's inverse column and row passes
+   plus the spatial terms: dSCC/dp written.
+
+The depth axis always uses the direct DFT-as-dot (no four-step), so its work per output grows
+as D; D may be 2 to 1024 (``MIN_DEPTH``, ``MAX_DEPTH``), H and W as for 2D. Transient workspace
+per pair (:func:`workspace_bytes_per_pair`): 5 volumes of D x H x (W // 2 + 1) float32 (p's and
+y's slice spectra, re and im, then P and the depth-inverted field; B), about 10 bytes per voxel,
+plus 6 floats per slice and a few per pair; e.g. 21.3 MB per pair at 128^3 (170 MB for brats-3d,
+2 x 4 pairs) and 9.0 MB at 96^3 (253 MB for btcv-3d, 2 x 14 pairs). Pairs go in chunks whose
+workspace fits :data:`WORKSPACE_BYTES` (1 GiB). The slice passes add the 2D kernel's
+per-program scratch (2 x H x (W // 2 + 1) + 2 x H x BN + 2 x BM x W floats). Only the gradient
+(4 bytes per voxel per pair) is kept for backward. A variant that recomputes instead of keeping
+the slice spectra in a workspace was not written: no GPU was available to measure either, and
+the GPU block sizes of the depth passes (``GPU_BLOCKS``, clipped to D) are not tuned.
+
+The ops are registered as ``torch.ops.scc_fast.triton_correlation_2d`` and
+``torch.ops.scc_fast.triton_correlation_3d`` (``torch.library.custom_op`` with a fake
+implementation and ``register_autograd``), so ``torch.compile`` traces through them without a
+graph break. Their backward multiplies the gradient saved by the forward by the per-pair
+upstream gradient.
 """
 
 from __future__ import annotations
@@ -79,8 +112,8 @@ MIN_SIZE, MAX_SIZE = 8, 1024
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 NOT_IMPLEMENTED = (
-    "four-step DFT for lengths that 16 does not divide (e.g. 250, 1000): they use the direct DFT-as-dot, "
-    "whose work per output grows as the length"
+    "four-step DFT for lengths that 16 does not divide (e.g. 250, 1000), and along the depth of 3D input: "
+    "they use the direct DFT-as-dot, whose work per output grows as the length"
 )
 
 _FP32_EPS = float(torch.finfo(torch.float32).eps)
@@ -815,6 +848,333 @@ if triton is not None:
             tl.debug_barrier()
 
 
+    # ----------------------------------------------------------------------------------------
+    # 3D: B x C' x D x H x W, in five launches sharing the helpers above (see the module doc)
+    # ----------------------------------------------------------------------------------------
+
+    @triton.jit
+    def _slice_spectrum(
+        p_base, t_base, out_r, out_i, x1r, x1i, z_r, z_i, w_r, w_i,
+        cos_w_ptr, sin_w_ptr, cos_h_ptr, sin_h_ptr, c1_ptr, s1_ptr, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
+        d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, N1, N2, M1, M2, cls,
+        TARGET: tl.constexpr, LABELS: tl.constexpr, FOUR_STEP: tl.constexpr, FOUR_STEP_W: tl.constexpr,
+        PRECISION: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+        N1P: tl.constexpr, N2P: tl.constexpr, M1P: tl.constexpr, M2P: tl.constexpr,
+    ):
+        """Half spectrum (H x WH, complex) of one H x W map of p (or y, when TARGET) into out:
+        the 2D kernel's row pass into x1, then its column DFT (four-step or direct)."""
+        _row_pass(p_base, t_base, x1r, x1i, w_r, w_i, cos_w_ptr, sin_w_ptr,
+                  d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
+                  TARGET, LABELS, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
+        rm = tl.arange(0, BM)
+        rn = tl.arange(0, BN)
+        if FOUR_STEP:
+            rn1 = tl.arange(0, N1P)
+            t1mask = (rn1[:, None] < N1) & (rn1[None, :] < N1)
+            t1offs = rn1[:, None] * N1 + rn1[None, :]
+            c1 = tl.load(c1_ptr + t1offs, mask=t1mask, other=0.0)
+            s1 = tl.load(s1_ptr + t1offs, mask=t1mask, other=0.0)
+            for k0 in range(0, WH, BN):
+                kcols = k0 + rn
+                _fs_step1(x1r, x1i, x1r, x1i, x1r, z_r, z_i, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
+                          k0, H, WH, N1, N2, 0.0, 0.0, False, False, False, False, PRECISION, N2P, BN)
+                tl.debug_barrier()
+                for k2 in range(0, N2):
+                    xr, xi, khs = _fs_step3(z_r, z_i, c1, s1, k2, kcols, WH, N1, N2, False, PRECISION, N1P, BN)
+                    omask = (khs[:, None] < H) & (kcols[None, :] < WH)
+                    ooffs = khs[:, None] * WH + kcols[None, :]
+                    tl.store(out_r + ooffs, xr, mask=omask)
+                    tl.store(out_i + ooffs, xi, mask=omask)
+                tl.debug_barrier()
+        else:
+            for kh0 in range(0, H, BM):
+                khs = kh0 + rm
+                for k0 in range(0, WH, BN):
+                    kcols = k0 + rn
+                    xr, xi = _col_dft(cos_h_ptr, sin_h_ptr, x1r, x1i, khs, kcols, H, WH, PRECISION, BM, BN, BK)
+                    omask = (khs[:, None] < H) & (kcols[None, :] < WH)
+                    ooffs = khs[:, None] * WH + kcols[None, :]
+                    tl.store(out_r + ooffs, xr, mask=omask)
+                    tl.store(out_i + ooffs, xi, mask=omask)
+        tl.debug_barrier()
+
+    @triton.jit
+    def _scc3d_slices_fwd(
+        probs_ptr, target_ptr,  # B*C' x D x H x W probs; labels B x D x H x W or float B*C' x D x H x W
+        cos_w_ptr, sin_w_ptr, cos_h_ptr, sin_h_ptr, c1_ptr, s1_ptr, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
+        d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr,  # the 2D kernel's tables
+        scratch_ptr,  # per program: 2 x H x WH + 2 x H x BN + 2 x BM x W float32
+        ws_ptr,  # per pair of the chunk: 5 x D x H x WH float32 (P2 re, im; Y2 re, im; B)
+        stats_ptr,  # per slice of the chunk: 6 float32 spatial sums
+        pair0, n_slices, n_chan, first_class, D, H, W, WH, N1, N2, M1, M2, PER_PROGRAM, PAIR_WS,
+        LABELS: tl.constexpr, PRECISION: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+        FOUR_STEP: tl.constexpr, N1P: tl.constexpr, N2P: tl.constexpr,
+        FOUR_STEP_W: tl.constexpr, M1P: tl.constexpr, M2P: tl.constexpr,
+    ):
+        """Launch 1: per (pair, depth slice), the slice's spatial sums and the half spectra of its
+        p and y maps (2D transforms over H and W), into the workspace. Persistent grid."""
+        pid = tl.program_id(0)
+        n_prog = tl.num_programs(0)
+        hw = H * W
+        plane = H * WH
+        vol = tl.cast(D, tl.int64) * plane
+        scratch = scratch_ptr + pid.to(tl.int64) * PER_PROGRAM
+        x1r = scratch
+        x1i = scratch + plane
+        z_r = scratch + 2 * plane
+        z_i = z_r + H * BN
+        w_r = z_i + H * BN
+        w_i = w_r + BM * W
+        for sl in range(pid, n_slices, n_prog):
+            pair = sl // D
+            d = sl % D
+            gpair = pair0 + pair
+            cls = first_class + gpair % n_chan
+            g_slice = tl.cast(gpair, tl.int64) * D + d
+            p_base = probs_ptr + g_slice * hw
+            if LABELS:
+                t_base = target_ptr + (tl.cast(gpair // n_chan, tl.int64) * D + d) * hw
+            else:
+                t_base = target_ptr + g_slice * hw
+            s_p, s_y, m2_p, pyc, py, m2_y = _spatial_sums(p_base, t_base, H, W, cls, LABELS, BM, BN)
+            st = stats_ptr + tl.cast(sl, tl.int64) * 6
+            tl.store(st + 0, s_p)
+            tl.store(st + 1, s_y)
+            tl.store(st + 2, m2_p)
+            tl.store(st + 3, pyc)
+            tl.store(st + 4, py)
+            tl.store(st + 5, m2_y)
+            ws = ws_ptr + tl.cast(pair, tl.int64) * PAIR_WS + d * plane
+            _slice_spectrum(p_base, t_base, ws + 2 * vol, ws + 3 * vol, x1r, x1i, z_r, z_i, w_r, w_i,
+                            cos_w_ptr, sin_w_ptr, cos_h_ptr, sin_h_ptr, c1_ptr, s1_ptr, c2_ptr, s2_ptr,
+                            tw_c_ptr, tw_s_ptr, d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr,
+                            H, W, WH, N1, N2, M1, M2, cls, True, LABELS, FOUR_STEP, FOUR_STEP_W, PRECISION,
+                            BM, BN, BK, N1P, N2P, M1P, M2P)
+            _slice_spectrum(p_base, t_base, ws, ws + vol, x1r, x1i, z_r, z_i, w_r, w_i,
+                            cos_w_ptr, sin_w_ptr, cos_h_ptr, sin_h_ptr, c1_ptr, s1_ptr, c2_ptr, s2_ptr,
+                            tw_c_ptr, tw_s_ptr, d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr,
+                            H, W, WH, N1, N2, M1, M2, cls, False, LABELS, FOUR_STEP, FOUR_STEP_W, PRECISION,
+                            BM, BN, BK, N1P, N2P, M1P, M2P)
+
+    @triton.jit
+    def _scc3d_depth_fwd(
+        ws_ptr, parts_ptr, cos_d_ptr, sin_d_ptr, D, W, WH, NBINS, N_BLOCKS, PAIR_WS,
+        INCLUDE_DC: tl.constexpr, NEED_GRAD: tl.constexpr, PRECISION: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    ):
+        """Launch 2: per (pair, block of BN of the NBINS = H x WH bins of a slice's half spectrum),
+        the DFT along D (the 2D kernel's column DFT tile, over rows d), then B = |Y| (kept), A = |P|
+        and this block's part of T_a, T_b, T_ab. P, when the gradient is needed, takes the place
+        of Y2 (this block's columns of Y2 are consumed by then, and no other program reads them)."""
+        task = tl.program_id(0)
+        pair = task // N_BLOCKS
+        blk = task % N_BLOCKS
+        vol = tl.cast(D, tl.int64) * NBINS
+        ws = ws_ptr + tl.cast(pair, tl.int64) * PAIR_WS
+        s_p2r = ws
+        s_p2i = ws + vol
+        s_y2r = ws + 2 * vol
+        s_y2i = ws + 3 * vol
+        s_b = ws + 4 * vol
+        rm = tl.arange(0, BM)
+        kcols = blk * BN + tl.arange(0, BN)
+        kw = (kcols % WH)[None, :]
+        acc_tb = tl.zeros([BM], dtype=tl.float32)
+        for kd0 in range(0, D, BM):
+            kds = kd0 + rm
+            yr, yi = _col_dft(cos_d_ptr, sin_d_ptr, s_y2r, s_y2i, kds, kcols, D, NBINS, PRECISION, BM, BN, BK)
+            bmag = tl.sqrt(yr * yr + yi * yi)
+            inside = (kds[:, None] < D) & (kcols[None, :] < NBINS)
+            wgt = _spectrum_weight(inside, kw, (kds[:, None] == 0) & (kcols[None, :] == 0), W, INCLUDE_DC)
+            acc_tb += tl.sum(wgt * bmag, axis=1)
+            tl.store(s_b + kds[:, None] * NBINS + kcols[None, :], bmag, mask=inside)
+        tl.debug_barrier()
+        acc_ta = tl.zeros([BM], dtype=tl.float32)
+        acc_tab = tl.zeros([BM], dtype=tl.float32)
+        for kd0 in range(0, D, BM):
+            kds = kd0 + rm
+            pr, pi = _col_dft(cos_d_ptr, sin_d_ptr, s_p2r, s_p2i, kds, kcols, D, NBINS, PRECISION, BM, BN, BK)
+            amag = tl.sqrt(pr * pr + pi * pi)
+            inside = (kds[:, None] < D) & (kcols[None, :] < NBINS)
+            wgt = _spectrum_weight(inside, kw, (kds[:, None] == 0) & (kcols[None, :] == 0), W, INCLUDE_DC)
+            soffs = kds[:, None] * NBINS + kcols[None, :]
+            bmag = tl.load(s_b + soffs, mask=inside, other=0.0)
+            acc_ta += tl.sum(wgt * amag, axis=1)
+            acc_tab += tl.sum(wgt * amag * bmag, axis=1)
+            if NEED_GRAD:
+                tl.store(s_y2r + soffs, pr, mask=inside)
+                tl.store(s_y2i + soffs, pi, mask=inside)
+        tl.store(parts_ptr + task * 3 + 0, tl.sum(acc_ta, axis=0))
+        tl.store(parts_ptr + task * 3 + 1, tl.sum(acc_tb, axis=0))
+        tl.store(parts_ptr + task * 3 + 2, tl.sum(acc_tab, axis=0))
+
+    @triton.jit
+    def _scc3d_scalars(
+        stats_ptr, parts_ptr, scc_ptr, valid_ptr, coef_ptr, pair0, D, HW, N_BLOCKS, n_vox,
+        magnitude_weight, phase_weight,
+        LABELS: tl.constexpr, INCLUDE_DC: tl.constexpr, NEED_GRAD: tl.constexpr,
+        BD: tl.constexpr, BB: tl.constexpr,
+    ):
+        """Launch 3: per pair, the slices' spatial sums combined (centered sums by the parallel
+        variance formula: no cancellation), the T parts summed, then the 2D kernel's per-pair
+        scalars; SCC, valid and the gradient coefficients (c_a, c_ab, c_aa, c_re, flat_p, and the
+        means to subtract) written."""
+        pair = tl.program_id(0)
+        hw = HW.to(tl.float32)
+        st = stats_ptr + tl.cast(pair, tl.int64) * D * 6
+        rd = tl.arange(0, BD)
+        acc_p = tl.zeros([BD], dtype=tl.float32)
+        acc_y = tl.zeros([BD], dtype=tl.float32)
+        acc_py = tl.zeros([BD], dtype=tl.float32)
+        for d0 in range(0, D, BD):
+            ds = d0 + rd
+            m = ds < D
+            acc_p += tl.load(st + ds * 6 + 0, mask=m, other=0.0)
+            acc_y += tl.load(st + ds * 6 + 1, mask=m, other=0.0)
+            acc_py += tl.load(st + ds * 6 + 4, mask=m, other=0.0)
+        s_p = tl.sum(acc_p, axis=0)
+        s_y = tl.sum(acc_y, axis=0)
+        mean_p = s_p / n_vox
+        mean_y = s_y / n_vox
+        acc_pp = tl.zeros([BD], dtype=tl.float32)
+        acc_pyc = tl.zeros([BD], dtype=tl.float32)
+        acc_yy = tl.zeros([BD], dtype=tl.float32)
+        for d0 in range(0, D, BD):
+            ds = d0 + rd
+            m = ds < D
+            sp_d = tl.load(st + ds * 6 + 0, mask=m, other=0.0)
+            sy_d = tl.load(st + ds * 6 + 1, mask=m, other=0.0)
+            dp = tl.where(m, sp_d / hw - mean_p, 0.0)
+            dy = tl.where(m, sy_d / hw - mean_y, 0.0)
+            # sum (p - mean)^2 = sum_d [sum (p - mean_d)^2 + n_d (mean_d - mean)^2]; likewise the rest
+            acc_pp += tl.load(st + ds * 6 + 2, mask=m, other=0.0) + hw * dp * dp
+            acc_pyc += tl.load(st + ds * 6 + 3, mask=m, other=0.0) + dp * sy_d
+            acc_yy += tl.load(st + ds * 6 + 5, mask=m, other=0.0) + hw * dy * dy
+        rb = tl.arange(0, BB)
+        acc_ta = tl.zeros([BB], dtype=tl.float32)
+        acc_tb = tl.zeros([BB], dtype=tl.float32)
+        acc_tab = tl.zeros([BB], dtype=tl.float32)
+        pp = parts_ptr + tl.cast(pair, tl.int64) * N_BLOCKS * 3
+        for b0 in range(0, N_BLOCKS, BB):
+            bs = b0 + rb
+            m = bs < N_BLOCKS
+            acc_ta += tl.load(pp + bs * 3 + 0, mask=m, other=0.0)
+            acc_tb += tl.load(pp + bs * 3 + 1, mask=m, other=0.0)
+            acc_tab += tl.load(pp + bs * 3 + 2, mask=m, other=0.0)
+        t_a = tl.sum(acc_ta, axis=0)
+        t_b = tl.sum(acc_tb, axis=0)
+        t_ab = tl.sum(acc_tab, axis=0)
+        mean_p, mean_y, var_p, total_a, energy_a, total_b, energy_b, cross, valid = _energies(
+            s_p, s_y, tl.sum(acc_pp, axis=0), tl.sum(acc_pyc, axis=0), tl.sum(acc_py, axis=0),
+            tl.sum(acc_yy, axis=0), n_vox, LABELS, INCLUDE_DC)
+        if INCLUDE_DC:
+            n_k = n_vox
+        else:
+            n_k = n_vox - 1.0
+        scc, rho_mag, rho_phase, den, zero_mag, zero_phase, var_a = _pair_scalars(
+            energy_a, total_a, energy_b, total_b, cross, t_a, t_b, t_ab, n_k, magnitude_weight, phase_weight)
+        tl.store(scc_ptr + pair0 + pair, scc)
+        tl.store(valid_ptr + pair0 + pair, valid.to(tl.int8))
+        if NEED_GRAD:
+            c_a, c_ab, c_aa, c_re, flat_p = _grad_coefficients(
+                rho_mag, rho_phase, den, zero_mag, zero_phase, var_a, t_a, t_b, t_ab, n_k, var_p, total_a,
+                n_vox, magnitude_weight, phase_weight)
+            if INCLUDE_DC:
+                off_p = 0.0
+                off_y = 0.0
+            else:
+                off_p = mean_p
+                off_y = mean_y
+            cp = coef_ptr + pair * 8
+            tl.store(cp + 0, c_a)
+            tl.store(cp + 1, c_ab)
+            tl.store(cp + 2, c_aa)
+            tl.store(cp + 3, c_re)
+            tl.store(cp + 4, flat_p.to(tl.float32))
+            tl.store(cp + 5, off_p)
+            tl.store(cp + 6, off_y)
+
+    @triton.jit
+    def _scc3d_depth_inv(
+        ws_ptr, coef_ptr, cos_d_ptr, sin_d_ptr, D, NBINS, N_BLOCKS, PAIR_WS,
+        INCLUDE_DC: tl.constexpr, PRECISION: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    ):
+        """Launch 4: per (pair, block of bins), the gradient field (c_a + c_ab B) P/|P| (the 2D
+        kernel's field tile: DC is kd = 0, bin 0) and its inverse DFT along D, into the P2 slots
+        (dead since launch 2)."""
+        task = tl.program_id(0)
+        pair = task // N_BLOCKS
+        blk = task % N_BLOCKS
+        vol = tl.cast(D, tl.int64) * NBINS
+        ws = ws_ptr + tl.cast(pair, tl.int64) * PAIR_WS
+        cp = coef_ptr + pair * 8
+        c_a = tl.load(cp + 0)
+        c_ab = tl.load(cp + 1)
+        flat_p = tl.load(cp + 4) > 0.5
+        rm = tl.arange(0, BM)
+        kcols = blk * BN + tl.arange(0, BN)
+        for d0 in range(0, D, BM):
+            rows = d0 + rm
+            g2r, g2i = _icol_tile(cos_d_ptr, sin_d_ptr, ws + 2 * vol, ws + 3 * vol, ws + 4 * vol, rows, kcols,
+                                  D, NBINS, c_a, c_ab, flat_p, True, INCLUDE_DC, PRECISION, BM, BN, BK)
+            smask = (rows[:, None] < D) & (kcols[None, :] < NBINS)
+            soffs = rows[:, None] * NBINS + kcols[None, :]
+            tl.store(ws + soffs, g2r, mask=smask)
+            tl.store(ws + vol + soffs, g2i, mask=smask)
+
+    @triton.jit
+    def _scc3d_slices_inv(
+        probs_ptr, target_ptr, cos_w_ptr, sin_w_ptr, cos_h_ptr, sin_h_ptr, c1_ptr, s1_ptr, c2_ptr, s2_ptr,
+        tw_c_ptr, tw_s_ptr, d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr,
+        scratch_ptr, ws_ptr, coef_ptr, grad_ptr,
+        pair0, n_slices, n_chan, first_class, D, H, W, WH, N1, N2, M1, M2, PER_PROGRAM, PAIR_WS, n_vox,
+        LABELS: tl.constexpr, INCLUDE_DC: tl.constexpr, PRECISION: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+        FOUR_STEP: tl.constexpr, N1P: tl.constexpr, N2P: tl.constexpr,
+        FOUR_STEP_W: tl.constexpr, M1P: tl.constexpr, M2P: tl.constexpr,
+    ):
+        """Launch 5: per (pair, depth slice), the 2D kernel's inverse column and row passes of the
+        slice's plane of the depth-inverted field, plus the spatial terms: dSCC/dp written."""
+        pid = tl.program_id(0)
+        n_prog = tl.num_programs(0)
+        hw = H * W
+        plane = H * WH
+        vol = tl.cast(D, tl.int64) * plane
+        scratch = scratch_ptr + pid.to(tl.int64) * PER_PROGRAM
+        x1r = scratch
+        x1i = scratch + plane
+        z_r = scratch + 2 * plane
+        z_i = z_r + H * BN
+        w_r = z_i + H * BN
+        w_i = w_r + BM * W
+        for sl in range(pid, n_slices, n_prog):
+            pair = sl // D
+            d = sl % D
+            gpair = pair0 + pair
+            cls = first_class + gpair % n_chan
+            g_slice = tl.cast(gpair, tl.int64) * D + d
+            p_base = probs_ptr + g_slice * hw
+            if LABELS:
+                t_base = target_ptr + (tl.cast(gpair // n_chan, tl.int64) * D + d) * hw
+            else:
+                t_base = target_ptr + g_slice * hw
+            cp = coef_ptr + pair * 8
+            c_aa = tl.load(cp + 2)
+            c_re = tl.load(cp + 3)
+            off_p = tl.load(cp + 5)
+            off_y = tl.load(cp + 6)
+            ws = ws_ptr + tl.cast(pair, tl.int64) * PAIR_WS + d * plane
+            _inv_col_pass(ws, ws + vol, ws, x1r, x1i, z_r, z_i, cos_h_ptr, sin_h_ptr,
+                          c1_ptr, s1_ptr, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr, H, WH, N1, N2, 0.0, 0.0, False,
+                          False, FOUR_STEP, INCLUDE_DC, PRECISION, BM, BN, BK, N1P, N2P)
+            _inv_row_pass(x1r, x1i, w_r, w_i, p_base, t_base, grad_ptr + g_slice * hw, cos_w_ptr, sin_w_ptr,
+                          d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
+                          n_vox, c_aa, c_re, off_p, off_y, LABELS, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
+            # The next slice overwrites the scratch this one has just read.
+            tl.debug_barrier()
+
 # --------------------------------------------------------------------------------------------
 # Host side
 # --------------------------------------------------------------------------------------------
@@ -911,25 +1271,16 @@ def _precision() -> str:
     return value
 
 
-def _launch(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad, precision):
-    """Run the fused kernel. Returns (scc B x C' float32, valid B x C' bool, grad float32 or empty)."""
-    probs = probs.contiguous()
-    target = target.contiguous()
-    n_batch, n_chan, H, W = probs.shape
+def _slice_tables(H: int, W: int, device: torch.device):
+    """The tables of the per-map 2D transform (shared by the 2D kernel and the 3D slice passes):
+    ``(tables, ints, constexprs)``: the 18 table tensors in kernel argument order, (N1, N2, M1,
+    M2), and FOUR_STEP / N1P / N2P / FOUR_STEP_W / M1P / M2P."""
     WH = W // 2 + 1
-    n_pairs = n_batch * n_chan
-    device = probs.device
-    labels = not target.is_floating_point()
-    if labels and target.dtype == torch.bool:
-        target = target.to(torch.uint8)
     cos_w, sin_w = _twiddles(W, WH, device)
     cos_h, sin_h = _twiddles(H, H, device)
     factors = _four_step_factors(H)
     factors_w = _four_step_factors(W)
-    # Planes of H x WH: X1 (0-1), B (2), and P (3-4; direct DFT along H, with the gradient); then
-    # 2 x H x BN floats for the four-step along H and 2 x BM x W for the four-step along W.
-    slots = 5 if (need_grad and not factors) else 3
-    if factors_w:  # 2 x H x W floats fit in 4 planes of H x (W // 2 + 1)
+    if factors_w:
         m1, m2 = factors_w
         d1, e1 = _twiddles(m1, m1, device)
         d2, e2 = _twiddles(m2, m2, device)
@@ -947,6 +1298,36 @@ def _launch(probs, target, first_class, include_dc, magnitude_weight, phase_weig
     else:
         n1, n2, n1p, n2p = 1, 1, 16, 16
         c1 = s1 = c2 = s2 = tw_c = tw_s = cos_h  # not read
+    tables = (cos_w, sin_w, cos_h, sin_h, c1, s1, c2, s2, tw_c, tw_s, d1, e1, d2, e2, tv_c, tv_s)
+    constexprs = dict(
+        FOUR_STEP=factors is not None, N1P=n1p, N2P=n2p, FOUR_STEP_W=factors_w is not None, M1P=m1p, M2P=m2p
+    )
+    return tables, (n1, n2, m1, m2), constexprs
+
+
+def _prepare(probs, target, precision):
+    """Contiguous inputs, whether the target is labels (bool labels as uint8), the dot precision."""
+    probs = probs.contiguous()
+    target = target.contiguous()
+    labels = not target.is_floating_point()
+    if labels and target.dtype == torch.bool:
+        target = target.to(torch.uint8)
+    if _INTERPRET and not interpret_emulates_tf32:
+        precision = "ieee"  # the interpreter computes float32 dots whatever it is told
+    return probs, target, labels, precision
+
+
+def _launch(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad, precision):
+    """Run the fused kernel. Returns (scc B x C' float32, valid B x C' bool, grad float32 or empty)."""
+    probs, target, labels, precision = _prepare(probs, target, precision)
+    n_batch, n_chan, H, W = probs.shape
+    WH = W // 2 + 1
+    n_pairs = n_batch * n_chan
+    device = probs.device
+    tables, (n1, n2, m1, m2), constexprs = _slice_tables(H, W, device)
+    # Planes of H x WH: X1 (0-1), B (2), and P (3-4; direct DFT along H, with the gradient); then
+    # 2 x H x BN floats for the four-step along H and 2 x BM x W for the four-step along W.
+    slots = 5 if (need_grad and not constexprs["FOUR_STEP"]) else 3
     n_prog = _max_programs(device, n_pairs)
     bm, bn, bk, warps, stages = _blocks(H, W, precision)
     per_program = slots * H * WH + 2 * H * bn + 2 * bm * W
@@ -954,18 +1335,103 @@ def _launch(probs, target, first_class, include_dc, magnitude_weight, phase_weig
     scc = torch.empty(n_pairs, dtype=torch.float32, device=device)
     valid = torch.empty(n_pairs, dtype=torch.int8, device=device)
     grad = torch.empty((n_batch, n_chan, H, W) if need_grad else (0,), dtype=torch.float32, device=device)
-    if _INTERPRET and not interpret_emulates_tf32:
-        precision = "ieee"  # the interpreter computes float32 dots whatever it is told
     _scc_fused_kernel[(n_prog,)](
-        probs, target, cos_w, sin_w, cos_h, sin_h, c1, s1, c2, s2, tw_c, tw_s, d1, e1, d2, e2, tv_c, tv_s,
+        probs, target, *tables,
         scratch, scc, valid, grad if need_grad else scc,
         n_pairs, n_chan, int(first_class), H, W, WH, n1, n2, m1, m2, per_program,
         float(magnitude_weight), float(phase_weight),
         LABELS=labels, INCLUDE_DC=bool(include_dc), NEED_GRAD=bool(need_grad),
         SLOTS=slots, PRECISION=precision, BM=bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages,
-        FOUR_STEP=factors is not None, N1P=n1p, N2P=n2p,
-        FOUR_STEP_W=factors_w is not None, M1P=m1p, M2P=m2p,
+        **constexprs,
     )
+    return scc.view(n_batch, n_chan), valid.view(n_batch, n_chan).bool(), grad
+
+
+#: 3D workspace per call, at most (bytes): pairs are processed in chunks whose workspace
+#: (``WORKSPACE_BYTES_PER_PAIR`` each, see :func:`workspace_bytes_per_pair`) fits; at least one
+#: pair per chunk. Each chunk costs its own five launches.
+WORKSPACE_BYTES = 1 << 30
+
+MIN_DEPTH, MAX_DEPTH = 2, 1024
+
+
+def workspace_bytes_per_pair(D: int, H: int, W: int) -> int:
+    """Transient 3D workspace per (image, class) pair: 5 volumes of D x H x (W // 2 + 1) float32
+    (the slices' half spectra of p and y, re and im; B), plus 6 floats per slice of spatial sums
+    and 8 of coefficients; the T parts are 3 floats per block of bins."""
+    return 4 * (5 * D * H * (W // 2 + 1) + 6 * D + 8)
+
+
+def _depth_blocks(D: int, n_bins: int, precision: str) -> tuple[int, int, int, int, int]:
+    """(BM, BN, BK, num_warps, num_stages) of the depth passes: tiles of depth x bins."""
+    if _INTERPRET:
+        bd = max(16, min(128, _next_pow2(D)))
+        return bd, max(16, min(512, _next_pow2(n_bins))), bd, 4, 1
+    bm, bn, bk, warps, stages = GPU_BLOCKS[precision]
+    bm = max(16, min(bm, _next_pow2(D)))
+    bk = max(16, min(bk, _next_pow2(D)))
+    return bm, bn, bk, warps, stages
+
+
+def _launch3d(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad, precision):
+    """Run the 3D passes (five launches per chunk of pairs; three without the gradient).
+    Returns (scc B x C' float32, valid B x C' bool, grad float32 or empty)."""
+    probs, target, labels, precision = _prepare(probs, target, precision)
+    n_batch, n_chan, D, H, W = probs.shape
+    WH = W // 2 + 1
+    n_bins = H * WH
+    n_pairs = n_batch * n_chan
+    device = probs.device
+    tables, (n1, n2, m1, m2), constexprs = _slice_tables(H, W, device)
+    cos_d, sin_d = _twiddles(D, D, device)
+    bm, bn, bk, warps, stages = _blocks(H, W, precision)
+    dbm, dbn, dbk, dwarps, dstages = _depth_blocks(D, n_bins, precision)
+    n_blocks = -(-n_bins // dbn)
+    pair_ws = 5 * D * n_bins
+    chunk = max(1, min(n_pairs, WORKSPACE_BYTES // workspace_bytes_per_pair(D, H, W)))
+    ws = torch.empty(chunk * pair_ws, dtype=torch.float32, device=device)
+    stats = torch.empty(chunk * D * 6, dtype=torch.float32, device=device)
+    parts = torch.empty(chunk * n_blocks * 3, dtype=torch.float32, device=device)
+    coefs = torch.empty(chunk * 8, dtype=torch.float32, device=device)
+    n_prog = _max_programs(device, chunk * D)
+    # Per program of the slice passes: X1 (2 planes of H x WH), then 2 x H x BN (four-step along
+    # H) and 2 x BM x W (four-step along W), as in the 2D kernel.
+    per_program = 2 * H * WH + 2 * H * bn + 2 * bm * W
+    scratch = torch.empty(n_prog * per_program, dtype=torch.float32, device=device)
+    scc = torch.empty(n_pairs, dtype=torch.float32, device=device)
+    valid = torch.empty(n_pairs, dtype=torch.int8, device=device)
+    grad = torch.empty(probs.shape if need_grad else (0,), dtype=torch.float32, device=device)
+    n_vox = float(D * H * W)
+    slice_kw = dict(PRECISION=precision, BM=bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages, **constexprs)
+    depth_kw = dict(PRECISION=precision, BM=dbm, BN=dbn, BK=dbk, num_warps=dwarps, num_stages=dstages)
+    for pair0 in range(0, n_pairs, chunk):
+        n_here = min(chunk, n_pairs - pair0)
+        n_slices = n_here * D
+        grid_slices = (min(n_prog, n_slices),)
+        _scc3d_slices_fwd[grid_slices](
+            probs, target, *tables, scratch, ws, stats,
+            pair0, n_slices, n_chan, int(first_class), D, H, W, WH, n1, n2, m1, m2, per_program, pair_ws,
+            LABELS=labels, **slice_kw,
+        )
+        _scc3d_depth_fwd[(n_here * n_blocks,)](
+            ws, parts, cos_d, sin_d, D, W, WH, n_bins, n_blocks, pair_ws,
+            INCLUDE_DC=bool(include_dc), NEED_GRAD=bool(need_grad), **depth_kw,
+        )
+        _scc3d_scalars[(n_here,)](
+            stats, parts, scc, valid, coefs, pair0, D, H * W, n_blocks, n_vox,
+            float(magnitude_weight), float(phase_weight),
+            LABELS=labels, INCLUDE_DC=bool(include_dc), NEED_GRAD=bool(need_grad),
+            BD=max(16, min(1024, _next_pow2(D))), BB=max(16, min(1024, _next_pow2(n_blocks))),
+        )
+        if need_grad:
+            _scc3d_depth_inv[(n_here * n_blocks,)](
+                ws, coefs, cos_d, sin_d, D, n_bins, n_blocks, pair_ws, INCLUDE_DC=bool(include_dc), **depth_kw,
+            )
+            _scc3d_slices_inv[grid_slices](
+                probs, target, *tables, scratch, ws, coefs, grad,
+                pair0, n_slices, n_chan, int(first_class), D, H, W, WH, n1, n2, m1, m2, per_program, pair_ws,
+                n_vox, LABELS=labels, INCLUDE_DC=bool(include_dc), **slice_kw,
+            )
     return scc.view(n_batch, n_chan), valid.view(n_batch, n_chan).bool(), grad
 
 
@@ -990,13 +1456,32 @@ def triton_correlation_2d(
     return _launch(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad, precision)
 
 
-@triton_correlation_2d.register_fake
-def _(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad, precision):
+@torch.library.custom_op("scc_fast::triton_correlation_3d", mutates_args=())
+def triton_correlation_3d(
+    probs: torch.Tensor,
+    target: torch.Tensor,
+    first_class: int,
+    include_dc: bool,
+    magnitude_weight: float,
+    phase_weight: float,
+    need_grad: bool,
+    precision: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """As :func:`triton_correlation_2d` for B x C' x D x H x W input, in five launches per chunk
+    of pairs (three when ``need_grad`` is False)."""
+    return _launch3d(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad, precision)
+
+
+def _fake(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad, precision):
     n_batch, n_chan = probs.shape[:2]
     scc = probs.new_empty((n_batch, n_chan), dtype=torch.float32)
     valid = probs.new_empty((n_batch, n_chan), dtype=torch.bool)
     grad = probs.new_empty(tuple(probs.shape) if need_grad else (0,), dtype=torch.float32)
     return scc, valid, grad
+
+
+triton_correlation_2d.register_fake(_fake)
+triton_correlation_3d.register_fake(_fake)
 
 
 def _setup_context(ctx, inputs, output):
@@ -1010,11 +1495,13 @@ def _backward(ctx, grad_scc, grad_valid, grad_grad):
     (grad,) = ctx.saved_tensors
     if grad.numel() == 0:
         raise RuntimeError("scc_fast triton op: backward called but the forward ran with need_grad=False")
-    upstream = grad_scc.to(grad.dtype)[:, :, None, None]
+    # Per-pair upstream gradient (reduction="none" gives any B x C' weights), over every spatial dim.
+    upstream = grad_scc.to(grad.dtype).reshape(tuple(grad_scc.shape) + (1,) * (grad.dim() - 2))
     return (grad * upstream).to(ctx.probs_dtype), None, None, None, None, None, None, None
 
 
 triton_correlation_2d.register_autograd(_backward, setup_context=_setup_context)
+triton_correlation_3d.register_autograd(_backward, setup_context=_setup_context)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1033,22 +1520,32 @@ def unavailable_reason() -> str | None:
 
 def unsupported_reason(probs: torch.Tensor, target: torch.Tensor) -> str | None:
     """None when the kernel supports these tensors, else a sentence saying why not."""
-    if probs.dim() != 4:
-        return f"the triton kernel handles 2D input (B x C x H x W) only, got {probs.dim() - 2}D spatial shape {tuple(probs.shape[2:])}"
-    H, W = probs.shape[2:]
+    if probs.dim() not in (4, 5):
+        return (
+            "the triton kernel handles 2D (B x C x H x W) and 3D (B x C x D x H x W) input, "
+            f"got {probs.dim() - 2}D spatial shape {tuple(probs.shape[2:])}"
+        )
+    H, W = probs.shape[-2:]
     if not (MIN_SIZE <= H <= MAX_SIZE and MIN_SIZE <= W <= MAX_SIZE):
         return f"the triton kernel needs H and W in [{MIN_SIZE}, {MAX_SIZE}], got H x W = {H} x {W}"
+    if probs.dim() == 5 and not (MIN_DEPTH <= probs.shape[2] <= MAX_DEPTH):
+        return (
+            f"the triton kernel needs the depth D of 3D input in [{MIN_DEPTH}, {MAX_DEPTH}], "
+            f"got D x H x W = {tuple(probs.shape[2:])}"
+        )
     if probs.dtype not in _SUPPORTED_DTYPES:
         return f"the triton kernel computes float32/float16/bfloat16 input, got {probs.dtype} (the torch backend handles float64)"
     if probs.device.type != "cuda" and not (_INTERPRET and probs.device.type == "cpu"):
         return f"the triton kernel needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got device {probs.device}"
     if target.device != probs.device:
         return f"target must be on the device of probs ({probs.device}), got {target.device}"
+    spatial = tuple(probs.shape[2:])
     if target.is_floating_point():
         if tuple(target.shape) != tuple(probs.shape):
             return f"a float target must have the shape of probs {tuple(probs.shape)}, got {tuple(target.shape)}"
-    elif tuple(target.shape) != (probs.shape[0], H, W):
-        return f"integer labels must be B x H x W = {(probs.shape[0], H, W)}, got {tuple(target.shape)}"
+    elif tuple(target.shape) != (probs.shape[0], *spatial):
+        names = "B x H x W" if probs.dim() == 4 else "B x D x H x W"
+        return f"integer labels must be {names} = {(probs.shape[0], *spatial)}, got {tuple(target.shape)}"
     return None
 
 
@@ -1064,8 +1561,9 @@ def correlation(
     """Per-pair SCC and the non-degenerate mask; see :mod:`scc_fast.backends` for the contract.
 
     Args:
-        probs: B x C' x H x W, float32 (float16/bfloat16 are read and computed in float32).
-        target: integer labels B x H x W, or a float target B x C' x H x W.
+        probs: B x C' x H x W or B x C' x D x H x W, float32 (float16/bfloat16 are read and
+            computed in float32).
+        target: integer labels B x spatial, or a float target of the shape of ``probs``.
 
     Returns:
         ``(scc, valid)``: B x C' float32 (differentiable in ``probs``), B x C' bool.
@@ -1074,7 +1572,8 @@ def correlation(
     if reason is not None:
         raise RuntimeError(f"backend 'triton' cannot run: {reason}")
     need_grad = probs.requires_grad and torch.is_grad_enabled()
-    scc, valid, _ = triton_correlation_2d(
+    op = triton_correlation_2d if probs.dim() == 4 else triton_correlation_3d
+    scc, valid, _ = op(
         probs, target, int(first_class), bool(include_dc), float(magnitude_weight), float(phase_weight),
         need_grad, _precision(),
     )

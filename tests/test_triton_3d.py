@@ -1,0 +1,288 @@
+"""Backend "triton" on 3D input (B x C x D x H x W) against the float64 reference.
+
+The 3D path runs the 2D kernel's per-slice transforms and a depth DFT in five launches (see
+scc_fast/backends/triton_scc.py). On a machine without CUDA it runs under Triton's interpreter
+(tests/conftest.py sets TRITON_INTERPRET=1); shapes are kept small for that. Tolerance (SPEC
+section 4): ||out - ref|| / ||ref|| <= 1e-5 for SCC and dSCC/dp, with IEEE dots on GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import scc_fast
+from scc_fast import backends
+from scc_fast.reference import reference_correlation
+
+triton_scc = pytest.importorskip("scc_fast.backends.triton_scc")
+if triton_scc.unavailable_reason() is not None:
+    pytest.skip(f"triton backend unavailable: {triton_scc.unavailable_reason()}", allow_module_level=True)
+
+from test_triton import DEVICE, TOL, compare, make_inputs, rel_err  # noqa: E402  (the 2D tests' helpers)
+
+
+@pytest.fixture(autouse=True)
+def _ieee_dots(monkeypatch):
+    monkeypatch.setattr(triton_scc, "input_precision", "ieee")
+
+
+# Odd and even sizes, non-powers of two, one channel (sigmoid), the smallest depth (2).
+CASES = [
+    ((1, 2, 8, 12, 10), True),
+    ((2, 3, 5, 9, 8), False),
+    ((1, 1, 2, 8, 9), True),
+    ((1, 2, 3, 16, 11), False),
+]
+
+
+@pytest.mark.parametrize("shape,labels", CASES, ids=["x".join(map(str, c[0])) for c in CASES])
+@pytest.mark.parametrize("include_dc", [False, True])
+def test_matches_reference(shape, labels, include_dc):
+    probs, target = make_inputs(shape, labels)
+    compare(probs, target, first_class=0, include_dc=include_dc, magnitude_weight=0.3, phase_weight=0.7)
+
+
+@pytest.mark.parametrize("weights", [(1.0, 0.0), (0.0, 1.0)])
+def test_magnitude_phase_weights(weights):
+    probs, target = make_inputs((1, 2, 4, 9, 10), labels=True, seed=3)
+    compare(probs, target, magnitude_weight=weights[0], phase_weight=weights[1])
+
+
+@pytest.mark.parametrize("include_dc", [False, True])
+def test_ignored_labels_and_first_class(include_dc):
+    # Channel j is label 1 + j; label 0 (background, dropped) and -1 (ignored) are 0 in every channel.
+    probs, target = make_inputs((2, 3, 3, 10, 9), labels=True, ignore=True, n_labels=4, seed=5)
+    compare(probs, target, first_class=1, include_dc=include_dc)
+
+
+@pytest.mark.parametrize("include_dc", [False, True])
+def test_degenerate_pairs_and_constant_prediction(include_dc):
+    probs, target = make_inputs((3, 3, 3, 9, 8), labels=True, seed=7)
+    target[0] = 0  # image 0: class 0 covers everything (degenerate without DC), 1 and 2 absent
+    target[1][target[1] == 2] = 1  # image 1: class 2 absent
+    probs[2, 1] = 0.25  # image 2, class 1: a constant prediction (no spectral energy outside DC)
+    out, valid, grad = compare(probs, target, include_dc=include_dc)
+    assert not valid[0, 1] and not valid[0, 2] and not valid[1, 2]
+    assert bool(valid[0, 0]) == include_dc
+    if not include_dc:
+        assert out[2, 1] == 0  # both correlations have a zero denominator: defined as 0
+
+
+def test_degenerate_float_target():
+    probs, target = make_inputs((2, 2, 3, 8, 10), labels=False, seed=11)
+    target[0, 0] = 0.3  # constant soft target: degenerate with DC out
+    target[1, 1] = 0.0  # all zero: degenerate either way
+    for include_dc in (False, True):
+        _, valid, _ = compare(probs, target, include_dc=include_dc)
+        assert bool(valid[0, 0]) == include_dc and not valid[1, 1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_are_read_as_float32(dtype):
+    probs, target = make_inputs((1, 2, 3, 10, 8), labels=True, seed=13)
+    rounded = probs.to(dtype)
+    x64 = rounded.double().requires_grad_(True)
+    ref, _ = reference_correlation(x64, target)
+    (ref_grad,) = torch.autograd.grad(ref.sum(), x64)
+    x = rounded.to(DEVICE).requires_grad_(True)
+    out, _ = triton_scc.correlation(x, target.to(DEVICE))
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    assert out.dtype == torch.float32 and grad.dtype == dtype
+    assert rel_err(out, ref.detach()) <= TOL
+    # The gradient comes back rounded to the input dtype: that rounding is the only error.
+    assert rel_err(grad, ref_grad) <= 2 * torch.finfo(dtype).eps
+
+
+def test_no_grad_path_matches():
+    probs, target = make_inputs((2, 2, 3, 9, 9), labels=True, seed=17)
+    p, t = probs.to(DEVICE, torch.float32), target.to(DEVICE)
+    with_grad, _ = triton_scc.correlation(p.clone().requires_grad_(True), t)
+    with torch.no_grad():
+        without, valid = triton_scc.correlation(p, t)
+    assert torch.equal(with_grad.detach(), without)
+    ref, ref_valid = reference_correlation(probs, target)
+    assert torch.equal(valid.cpu(), ref_valid) and rel_err(without, ref) <= TOL
+
+
+def test_tiled_loops_chunks_and_persistent_grid(monkeypatch):
+    # Small blocks force several tiles along every axis, depth included (37 = 2 x 16 + 5); fewer
+    # programs than slices make each program loop over slices, reusing its scratch; a workspace
+    # budget of one pair makes one chunk (five launches) per pair.
+    monkeypatch.setattr(triton_scc, "_blocks", lambda H, W, precision: (16, 16, 16, 4, 1))
+    monkeypatch.setattr(triton_scc, "_depth_blocks", lambda D, n_bins, precision: (16, 16, 16, 4, 1))
+    monkeypatch.setattr(triton_scc, "_max_programs", lambda device, n: 3)
+    monkeypatch.setattr(triton_scc, "WORKSPACE_BYTES", triton_scc.workspace_bytes_per_pair(37, 17, 9))
+    probs, target = make_inputs((1, 3, 37, 17, 9), labels=True, seed=19)
+    compare(probs, target, magnitude_weight=0.6, phase_weight=0.4)
+
+
+@pytest.mark.parametrize("labels,include_dc", [(True, False), (False, True)])
+def test_four_step_slices(monkeypatch, labels, include_dc):
+    # The factored DFT along H (32 = 2 x 16) and along W (48 = 3 x 16) in the slice passes,
+    # enabled below its default threshold so that the interpreter stays quick.
+    monkeypatch.setattr(triton_scc, "FOUR_STEP_MIN_H", 32)
+    assert triton_scc._four_step_factors(32) == (2, 16) and triton_scc._four_step_factors(48) == (3, 16)
+    probs, target = make_inputs((1, 2, 3, 32, 48), labels, seed=47)
+    compare(probs, target, include_dc=include_dc, magnitude_weight=0.3, phase_weight=0.7)
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 2, 128, 9), (1, 1, 2, 9, 128)], ids=["H128", "W128"])
+def test_four_step_default_threshold(shape):
+    # 128 = 8 x 16 is factored at the default threshold; a constant prediction goes through it too.
+    assert triton_scc._four_step_factors(128) == (8, 16)
+    probs, target = make_inputs(shape, labels=True, seed=53)
+    probs[0, 0] = 0.5
+    compare(probs, target, include_dc=True)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_public_api_every_reduction(reduction):
+    g = torch.Generator().manual_seed(29)
+    logits = torch.randn(2, 3, 3, 9, 8, generator=g, dtype=torch.float64)
+    target = torch.randint(0, 3, (2, 3, 9, 8), generator=g)
+    target[0, :, :3] = 255
+    kw = dict(softmax=True, ignore_index=255, include_background=False, weight=[1.0, 2.0], reduction=reduction)
+    x = logits.clone().requires_grad_(True)
+    ref = scc_fast.scc_loss(x, target, backend="reference", **kw)
+    w = torch.rand(ref.shape, generator=g, dtype=torch.float64)  # per-pair upstream weights for "none"
+    (ref_grad,) = torch.autograd.grad((ref * w).sum(), x)
+    x32 = logits.to(DEVICE, torch.float32).requires_grad_(True)
+    out = scc_fast.scc_loss(x32, target.to(DEVICE), backend="triton", **kw)
+    (grad,) = torch.autograd.grad((out * w.to(DEVICE, torch.float32)).sum(), x32)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert rel_err(out, ref) <= TOL and rel_err(grad, ref_grad) <= TOL
+
+
+def test_public_api_sigmoid_single_channel_and_soft_target():
+    g = torch.Generator().manual_seed(31)
+    logits = torch.randn(2, 1, 2, 9, 10, generator=g, dtype=torch.float64)
+    mask = (torch.rand(2, 1, 2, 9, 10, generator=g) < 0.3).long()
+    soft = torch.rand(2, 1, 2, 9, 10, generator=g, dtype=torch.float64)
+    for target in (mask, soft):
+        x = logits.clone().requires_grad_(True)
+        ref = scc_fast.scc_loss(x, target, sigmoid=True, backend="reference")
+        (ref_grad,) = torch.autograd.grad(ref, x)
+        x32 = logits.to(DEVICE, torch.float32).requires_grad_(True)
+        out = scc_fast.scc_loss(x32, target.to(DEVICE), sigmoid=True, backend="triton")
+        (grad,) = torch.autograd.grad(out, x32)
+        assert rel_err(out, ref) <= TOL and rel_err(grad, ref_grad) <= TOL
+
+
+def test_torch_compile_fullgraph_and_opcheck():
+    probs, target = make_inputs((1, 2, 2, 9, 8), labels=True, seed=37)
+    p, t = probs.to(DEVICE, torch.float32), target.to(DEVICE)
+
+    def loss_fn(x, t):
+        return scc_fast.scc_loss(x, t, softmax=True, backend="triton", validate=False, reduction="none")
+
+    w = torch.rand(1, 2, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    x = p.clone().requires_grad_(True)
+    eager = loss_fn(x, t)
+    (g_eager,) = torch.autograd.grad((eager * w).sum(), x)
+    compiled = torch.compile(loss_fn, backend="aot_eager", fullgraph=True)
+    out = compiled(x, t)
+    (g_compiled,) = torch.autograd.grad((out * w).sum(), x)
+    assert torch.allclose(out, eager) and torch.allclose(g_compiled, g_eager)
+
+    op = torch.ops.scc_fast.triton_correlation_3d.default
+    torch.library.opcheck(op, (p.clone().requires_grad_(True), t, 0, False, 0.5, 0.5, True, "ieee"))
+    torch.library.opcheck(op, (p, t, 0, True, 0.3, 0.7, False, "ieee"))
+
+
+def test_unsupported_3d_inputs_are_reported():
+    p = torch.rand(1, 2, 2, 8, 8, device=DEVICE)
+    lab = torch.zeros(1, 2, 8, 8, dtype=torch.long, device=DEVICE)
+    assert triton_scc.unsupported_reason(p, lab) is None
+    meta = dict(device="meta")
+    cases = {
+        "depth D of 3D input in [2, 1024], got D x H x W = (1025, 8, 8)": (
+            torch.empty(1, 2, 1025, 8, 8, **meta), torch.empty(1, 1025, 8, 8, dtype=torch.long, **meta)),
+        "H and W in [8, 1024], got H x W = 8 x 7": (
+            torch.rand(1, 2, 4, 8, 7, device=DEVICE), torch.zeros(1, 4, 8, 7, dtype=torch.long, device=DEVICE)),
+        "B x D x H x W = (1, 2, 8, 8)": (p, torch.zeros(1, 8, 8, dtype=torch.long, device=DEVICE)),
+        "shape of probs": (p, torch.rand(1, 3, 2, 8, 8, device=DEVICE)),
+        "float64": (p.double(), lab),
+        "got 1D spatial shape (8,)": (torch.rand(1, 2, 8, device=DEVICE), torch.zeros(1, 8, dtype=torch.long, device=DEVICE)),
+    }
+    for needle, (pp, tt) in cases.items():
+        reason = triton_scc.unsupported_reason(pp, tt)
+        assert reason is not None and needle in reason, (needle, reason)
+    # Asked for by name: the error names the shape; "auto" goes to another backend.
+    logits = torch.randn(1, 2, 3, 8, 6, device=DEVICE)
+    labels = torch.zeros(1, 3, 8, 6, dtype=torch.long, device=DEVICE)
+    with pytest.raises(RuntimeError, match=r"backend 'triton' was asked for but cannot run: .*8 x 6"):
+        scc_fast.scc_loss(logits, labels, softmax=True, backend="triton")
+    assert "backend: triton\n" not in backends.explain_backend(torch.softmax(logits, 1), labels) + "\n"
+
+
+def test_auto_keeps_the_measured_3d_choice():
+    # backend="auto" on CUDA follows the measured table; triton is not measured on 3D there, so
+    # accepting 3D must not move it ahead of the backends the table ranks.
+    for spatial in ((128, 128, 128), (96, 96, 96), (8, 8, 8)):
+        order, note = backends._ranked_candidates(torch.device("cuda"), spatial, card="")
+        table = backends.dispatch.lookup(torch.device("cuda"), spatial, card="").ranking
+        if table is not None:
+            assert order[: len(table)] == tuple(n for n in table if n in backends.BACKENDS)
+            assert "triton" not in table or order.index("triton") == table.index("triton")
+
+
+_AOT_SCRIPT = r"""
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from scc_fast.backends import triton_scc as m
+
+target = GPUTarget("cuda", 90, 32)  # H100 / H200
+f = "*fp32"
+TABLES = ["cos_w_ptr", "sin_w_ptr", "cos_h_ptr", "sin_h_ptr", "c1_ptr", "s1_ptr", "c2_ptr", "s2_ptr", "tw_c_ptr",
+          "tw_s_ptr", "d1_ptr", "e1_ptr", "d2_ptr", "e2_ptr", "tv_c_ptr", "tv_s_ptr"]
+SLICE_INTS = ["pair0", "n_slices", "n_chan", "first_class", "D", "H", "W", "WH", "N1", "N2", "M1", "M2",
+              "PER_PROGRAM", "PAIR_WS"]
+
+
+def compile_(fn, sig, consts, warps=4, stages=1):
+    src = ASTSource(fn=fn, signature={**sig, **{k: "constexpr" for k in consts}}, constexprs=consts)
+    triton.compile(src, target=target, options=dict(num_warps=warps, num_stages=stages))
+
+
+bm, bn, bk, warps, stages = m.GPU_BLOCKS["tf32"]
+for labels, four in ((True, True), (False, False)):
+    lab = "*i64" if labels else f
+    fs = dict(FOUR_STEP=four, N1P=16, N2P=16, FOUR_STEP_W=four, M1P=16, M2P=16)
+    blocks = dict(PRECISION="tf32", BM=bm, BN=bn, BK=bk)
+    compile_(m._scc3d_slices_fwd, dict(probs_ptr=f, target_ptr=lab, **{t: f for t in TABLES}, scratch_ptr=f, ws_ptr=f,
+             stats_ptr=f, **{i: "i32" for i in SLICE_INTS}), dict(LABELS=labels, **blocks, **fs), warps, stages)
+    compile_(m._scc3d_slices_inv, dict(probs_ptr=f, target_ptr=lab, **{t: f for t in TABLES}, scratch_ptr=f, ws_ptr=f,
+             coef_ptr=f, grad_ptr=f, **{i: "i32" for i in SLICE_INTS}, n_vox="fp32"),
+             dict(LABELS=labels, INCLUDE_DC=not labels, **blocks, **fs), warps, stages)
+    compile_(m._scc3d_depth_fwd, dict(ws_ptr=f, parts_ptr=f, cos_d_ptr=f, sin_d_ptr=f, D="i32", W="i32", WH="i32",
+             NBINS="i32", N_BLOCKS="i32", PAIR_WS="i64"), dict(INCLUDE_DC=labels, NEED_GRAD=labels, **blocks), warps, stages)
+    compile_(m._scc3d_scalars, dict(stats_ptr=f, parts_ptr=f, scc_ptr=f, valid_ptr="*i8", coef_ptr=f, pair0="i32",
+             D="i32", HW="i32", N_BLOCKS="i32", n_vox="fp32", magnitude_weight="fp32", phase_weight="fp32"),
+             dict(LABELS=labels, INCLUDE_DC=labels, NEED_GRAD=labels, BD=128, BB=1024))
+    compile_(m._scc3d_depth_inv, dict(ws_ptr=f, coef_ptr=f, cos_d_ptr=f, sin_d_ptr=f, D="i32", NBINS="i32",
+             N_BLOCKS="i32", PAIR_WS="i64"), dict(INCLUDE_DC=labels, **blocks), warps, stages)
+    compile_(m._scc_fused_kernel, dict(probs_ptr=f, target_ptr=lab, **{t: f for t in TABLES}, scratch_ptr=f, scc_ptr=f,
+             valid_ptr="*i8", grad_ptr=f, **{i: "i32" for i in ["n_pairs", "n_chan", "first_class", "H", "W", "WH", "N1",
+             "N2", "M1", "M2", "PER_PROGRAM"]}, magnitude_weight="fp32", phase_weight="fp32"),
+             dict(LABELS=labels, INCLUDE_DC=labels, NEED_GRAD=True, SLOTS=3 if four else 5, **blocks, **fs), warps, stages)
+print("compiled")
+"""
+
+
+def test_kernels_compile_for_the_gpu():
+    # The interpreter accepts code the compiler rejects: compile the 3D kernels (and the 2D
+    # kernel, whose phases they share) to sm_90 cubins ahead of time, no GPU needed.
+    pytest.importorskip("triton.backends.nvidia")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0 and "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
+        pytest.skip("no ptxas in this triton installation")
+    assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
