@@ -1,8 +1,8 @@
 """Backend "triton": SCC forward and gradient in Triton kernels that do the DFT themselves, for
 2D input in one fused launch and for 3D input in five launches that share its code (below).
 
-2D input (B x C' x H x W). One program handles one (image, class) pair at a time (a persistent grid loops over pairs) and
-does all of SPEC section 2 for it:
+2D input (B x C' x H x W). One program handles one (image, class) pair at a time (a persistent
+grid loops over pairs) and does all of SPEC section 2 for it:
 
 0. spatial sums of p and y (two passes, so the centered sums have no cancellation);
 1. row DFTs along W, real-to-complex onto the ``W // 2 + 1`` half spectrum, as ``tl.dot``
@@ -57,6 +57,8 @@ per chunk of pairs (three without the gradient):
    D, into the slots of p's slice spectra (dead since launch 2);
 5. ``_scc3d_slices_inv`` (persistent, per slice): the 2D kernel's inverse column and row passes
    plus the spatial terms: dSCC/dp written.
+
+Labels are read in-kernel by launches 1 and 5, as in 2D (no one-hot tensor).
 
 The depth axis always uses the direct DFT-as-dot (no four-step), so its work per output grows
 as D; D may be 2 to 1024 (``MIN_DEPTH``, ``MAX_DEPTH``), H and W as for 2D. Transient workspace
