@@ -17,7 +17,7 @@ each module also provides ``unavailable_reason()`` and ``unsupported_reason(prob
 A backend may also take the logits itself: ``activated_correlation(x, target, *, activation,
 first_channel, first_class, ignore_index, include_dc, magnitude_weight, phase_weight)``, with
 the activation, background drop and ignore mask fused so that no probability tensor is kept for
-backward (native in C++; torch and triton_fft through :mod:`scc_fast.backends.activation`, from
+backward (native in C++; torch, triton and triton_fft through :mod:`scc_fast.backends.activation`, from
 their ``correlation_field``). The public API uses it when the chosen backend has it.
 """
 

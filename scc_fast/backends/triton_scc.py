@@ -1580,3 +1580,24 @@ def correlation(
         need_grad, _precision(),
     )
     return scc, valid
+
+
+def correlation_field(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad):
+    """``(scc, valid, field)`` without autograd: field = dSCC/dp (B x C' x spatial float32, or (0,))."""
+    reason = unavailable_reason() or unsupported_reason(probs, target)
+    if reason is not None:
+        raise RuntimeError(f"backend 'triton' cannot run: {reason}")
+    op = triton_correlation_2d if probs.dim() == 4 else triton_correlation_3d
+    with torch.no_grad():
+        return op(
+            probs, target, int(first_class), bool(include_dc), float(magnitude_weight), float(phase_weight),
+            need_grad, _precision(),
+        )
+
+
+def activated_correlation(x: torch.Tensor, target: torch.Tensor, **options) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair SCC of ``activation(x)``, the probabilities never saved for backward; see
+    :func:`scc_fast.backends.activation.activated_correlation` for the arguments."""
+    from .activation import activated_correlation
+
+    return activated_correlation("triton", x, target, **options)
