@@ -13,9 +13,12 @@ input and applies the upstream gradients and the activation's Jacobian,
     softmax: dL/dx_c = keep * p_c (g_c - sum_k p_k g_k),   g_c = grad_scc[b, c] * field_c
     sigmoid: dL/dx_c = keep * g_c s_c (1 - s_c),            none: dL/dx_c = keep * g_c
 
-(g_c = 0 for a dropped background channel; keep = 0 at ignored voxels). On CUDA, and on CPU
-under ``TRITON_INTERPRET=1`` for the Triton backends, that pass is one Triton kernel; otherwise
-it is written with torch ops. The native CPU operator does the same inside its own C++ code
+(g_c = 0 for a dropped background channel; keep = 0 at ignored voxels). That pass is one Triton
+kernel, used on CUDA (float32 and narrower) and, for the Triton backends, on CPU under
+``TRITON_INTERPRET=1``. Elsewhere (CPU torch backend, float64) the activation is applied outside
+as usual: written with torch ops the fused backward is no leaner than autograd's (measured on the
+2-core CPU, 8x9x224²: slower, and no lower peak). The torch-ops version of the pass stays as the
+op's fallback and as the kernel's check in the tests. The native CPU operator does the same inside its own C++ code
 (:mod:`scc_fast.backends.native`).
 
 A backend opts in by providing ``correlation_field(probs, target, first_class, include_dc,
@@ -70,6 +73,14 @@ def probabilities(
     if first_channel:
         p = p[:, first_channel:]
     return p, target
+
+
+def _kernel_backward(x: torch.Tensor, backend: str) -> bool:
+    """Whether backward runs as the one-pass Triton kernel (float32/16 on CUDA, or a Triton
+    backend under the interpreter)."""
+    if triton is None or x.dtype == torch.float64:
+        return False
+    return x.is_cuda or (_INTERPRETED and backend in _TRITON_BACKENDS and x.device.type == "cpu")
 
 
 def _field(backend: str, p, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad):
@@ -129,7 +140,7 @@ def _backward(ctx, grad_scc, grad_valid, grad_field):
         return (None,) + nones
     if field.numel() == 0:
         raise RuntimeError(f"scc_fast {ctx.backend}: backward called but the forward ran with need_grad=False")
-    use_kernel = triton is not None and (x.is_cuda or (_INTERPRETED and ctx.backend in _TRITON_BACKENDS))
+    use_kernel = _kernel_backward(x, ctx.backend)
     grad_x = torch.ops.scc_fast.activation_backward(
         x, field, grad_scc.contiguous(), target, ctx.activation, ctx.first_channel, ctx.ignore_index, use_kernel
     )
@@ -253,7 +264,7 @@ def _activation_backward_op(
 ) -> torch.Tensor:
     """dLoss/dx from the upstream ``grad_scc`` (B x C') and the saved field (B x C' x spatial)."""
     # The kernel computes in float32; float64 keeps its precision through torch ops.
-    if use_kernel and x.dtype != torch.float64:
+    if use_kernel and x.dtype != torch.float64 and triton is not None:
         return _backward_kernel(x, field, grad_scc, target, activation, first_channel, ignore_index)
     return _backward_torch(x, field, grad_scc, target, activation, first_channel, ignore_index)
 
@@ -294,6 +305,17 @@ def activated_correlation(
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be None, 'softmax' or 'sigmoid', got {activation!r}")
+    if not _kernel_backward(x, backend):
+        # Written with torch ops, the fused backward recomputes the softmax and holds as many
+        # full-size temporaries as autograd's own softmax backward (measured on CPU: slower, no
+        # lower peak), so without the kernel the activation is applied outside, as usual.
+        from . import load
+
+        p, backend_target = probabilities(x, target, activation, first_channel, ignore_index)
+        return load(backend).correlation(
+            p, backend_target, first_class=first_class, include_dc=include_dc,
+            magnitude_weight=magnitude_weight, phase_weight=phase_weight,
+        )
     need_grad = torch.is_grad_enabled() and x.requires_grad
     scc, valid, _ = _activated_correlation_op(
         x,
