@@ -40,7 +40,8 @@ import os
 
 import torch
 
-from .._numerics import DEGENERATE_TARGET_RTOL, accumulation_dtype, refuse_double_backward
+from .._numerics import DEGENERATE_TARGET_RTOL, accumulation_dtype
+from ._field_autograd import field_scaling_autograd
 from .torch_fft import PairStatistics, pair_coefficients
 
 try:
@@ -527,21 +528,7 @@ def _(probs, target, first_class, include_dc, magnitude_weight, phase_weight, ne
     return scc, valid, grad
 
 
-def _setup_context(ctx, inputs, output):
-    ctx.probs_dtype = inputs[0].dtype
-    ctx.save_for_backward(output[2])
-    ctx.mark_non_differentiable(output[1], output[2])
-
-
-def _backward(ctx, grad_scc, grad_valid, grad_grad):
-    refuse_double_backward("triton_fft")
-    (grad,) = ctx.saved_tensors
-    if grad.numel() == 0:
-        raise RuntimeError("scc_fast triton_fft op: backward called but the forward ran with need_grad=False")
-    upstream = grad_scc.to(grad.dtype).view(grad_scc.shape + (1,) * (grad.dim() - 2))
-    return (grad * upstream).to(ctx.probs_dtype), None, None, None, None, None, None
-
-
+_setup_context, _backward = field_scaling_autograd("triton_fft", n_inputs=7)
 triton_fft_correlation.register_autograd(_backward, setup_context=_setup_context)
 
 

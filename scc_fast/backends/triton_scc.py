@@ -85,7 +85,7 @@ import os
 
 import torch
 
-from .._numerics import refuse_double_backward
+from ._field_autograd import field_scaling_autograd
 
 try:  # Triton is optional: without it the backend reports itself unavailable.
     import triton
@@ -1486,22 +1486,9 @@ triton_correlation_2d.register_fake(_fake)
 triton_correlation_3d.register_fake(_fake)
 
 
-def _setup_context(ctx, inputs, output):
-    ctx.probs_dtype = inputs[0].dtype
-    ctx.save_for_backward(output[2])  # only the gradient: the backward is a scaling
-    ctx.mark_non_differentiable(output[1], output[2])
-
-
-def _backward(ctx, grad_scc, grad_valid, grad_grad):
-    refuse_double_backward("triton")
-    (grad,) = ctx.saved_tensors
-    if grad.numel() == 0:
-        raise RuntimeError("scc_fast triton op: backward called but the forward ran with need_grad=False")
-    # Per-pair upstream gradient (reduction="none" gives any B x C' weights), over every spatial dim.
-    upstream = grad_scc.to(grad.dtype).reshape(tuple(grad_scc.shape) + (1,) * (grad.dim() - 2))
-    return (grad * upstream).to(ctx.probs_dtype), None, None, None, None, None, None, None
-
-
+# Backward scales the saved field by each pair's upstream gradient (reduction="none" gives any
+# B x C' weights), over every spatial dim.
+_setup_context, _backward = field_scaling_autograd("triton", n_inputs=8)
 triton_correlation_2d.register_autograd(_backward, setup_context=_setup_context)
 triton_correlation_3d.register_autograd(_backward, setup_context=_setup_context)
 
