@@ -29,25 +29,24 @@ calls :func:`activated_correlation` with its name.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import torch
 
 from .._numerics import accumulation_dtype, refuse_double_backward
 
-try:  # Triton is optional: without it the backward pass is written with torch ops.
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the installation
-    triton = None
-    tl = None
+# Triton is optional (without it the backward pass is written with torch ops), and imported only
+# when the kernel runs: the kernel lives in _activation_kernel, so `import scc_fast` stays light.
+_HAVE_TRITON = importlib.util.find_spec("triton") is not None
 
 __all__ = ["ACTIVATIONS", "activated_correlation", "probabilities"]
 
 #: Activation codes of the registered ops (the native operator uses the same numbers).
 ACTIVATIONS: dict[str | None, int] = {None: 0, "softmax": 1, "sigmoid": 2}
 
-# triton.jit reads TRITON_INTERPRET when the kernel is defined: its value at import counts.
+# CPU tensors go to the kernel only under the Triton interpreter; like triton_scc and triton_fft,
+# this reads TRITON_INTERPRET once, at import.
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 _TRITON_BACKENDS = ("triton", "triton_fft")
 
@@ -78,7 +77,7 @@ def probabilities(
 def _kernel_backward(x: torch.Tensor, backend: str) -> bool:
     """Whether backward runs as the one-pass Triton kernel (float32/16 on CUDA, or a Triton
     backend under the interpreter)."""
-    if triton is None or x.dtype == torch.float64:
+    if not _HAVE_TRITON or x.dtype == torch.float64:
         return False
     return x.is_cuda or (_INTERPRETED and backend in _TRITON_BACKENDS and x.device.type == "cpu")
 
@@ -175,82 +174,6 @@ def _backward_torch(x, field, grad_scc, target, activation, first_channel, ignor
     return grad.to(x.dtype)
 
 
-if triton is not None:
-
-    @triton.jit
-    def _activation_backward_kernel(
-        x_ptr, field_ptr, up_ptr, label_ptr, out_ptr,
-        n_vox, n_chan, first_channel, ignore_index,
-        ACTIVATION: tl.constexpr, HAS_IGNORE: tl.constexpr, BLOCK: tl.constexpr,
-    ):
-        """One block of voxels of one image: p recomputed from x over all channels, then
-        dL/dx for every channel (see the module docstring)."""
-        b = tl.program_id(1)
-        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < n_vox
-        n_loss = n_chan - first_channel
-        x_img = x_ptr + b * n_chan * n_vox
-        f_img = field_ptr + b * n_loss * n_vox
-        o_img = out_ptr + b * n_chan * n_vox
-        keep = tl.full([BLOCK], 1.0, tl.float32)
-        if HAS_IGNORE:
-            lab = tl.load(label_ptr + b * n_vox + offs, mask=mask, other=0)
-            keep = tl.where(lab == ignore_index, 0.0, 1.0)
-        if ACTIVATION == 1:
-            m = tl.full([BLOCK], -float("inf"), tl.float32)
-            for c in range(0, n_chan):
-                m = tl.maximum(m, tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32))
-            s = tl.zeros([BLOCK], tl.float32)
-            for c in range(0, n_chan):
-                s += tl.exp(tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32) - m)
-            scale = keep / s  # p' = keep * p, so an ignored voxel gets 0 in every channel
-            dot = tl.zeros([BLOCK], tl.float32)
-            for c in range(first_channel, n_chan):
-                p = tl.exp(tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32) - m) * scale
-                u = tl.load(up_ptr + b * n_loss + c - first_channel).to(tl.float32)
-                f = tl.load(f_img + (c - first_channel) * n_vox + offs, mask=mask, other=0.0).to(tl.float32)
-                dot += p * (u * f)
-            for c in range(0, first_channel):
-                p = tl.exp(tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32) - m) * scale
-                tl.store(o_img + c * n_vox + offs, (-p * dot).to(out_ptr.dtype.element_ty), mask=mask)
-            for c in range(first_channel, n_chan):
-                p = tl.exp(tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32) - m) * scale
-                u = tl.load(up_ptr + b * n_loss + c - first_channel).to(tl.float32)
-                f = tl.load(f_img + (c - first_channel) * n_vox + offs, mask=mask, other=0.0).to(tl.float32)
-                tl.store(o_img + c * n_vox + offs, (p * (u * f - dot)).to(out_ptr.dtype.element_ty), mask=mask)
-        else:
-            for c in range(0, first_channel):
-                tl.store(o_img + c * n_vox + offs, tl.zeros([BLOCK], tl.float32).to(out_ptr.dtype.element_ty),
-                         mask=mask)
-            for c in range(first_channel, n_chan):
-                u = tl.load(up_ptr + b * n_loss + c - first_channel).to(tl.float32)
-                f = tl.load(f_img + (c - first_channel) * n_vox + offs, mask=mask, other=0.0).to(tl.float32)
-                g = u * f * keep
-                if ACTIVATION == 2:
-                    xs = tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32)
-                    sg = 1.0 / (1.0 + tl.exp(-xs))
-                    g = g * sg * (1.0 - sg)
-                tl.store(o_img + c * n_vox + offs, g.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-def _backward_kernel(x, field, grad_scc, target, activation, first_channel, ignore_index):
-    n_batch, n_chan = x.shape[:2]
-    n_vox = x[0, 0].numel()
-    x = x.contiguous()
-    field = field.contiguous()
-    out = torch.empty_like(x)
-    # The interpreter costs about 1 ms per program instance whatever its size: few, large blocks.
-    block = min(triton.next_power_of_2(n_vox), 8192) if x.device.type == "cpu" else 1024
-    labels = target.contiguous() if ignore_index is not None else x  # any pointer when unused
-    grid = (triton.cdiv(n_vox, block), n_batch)
-    _activation_backward_kernel[grid](
-        x, field, grad_scc.to(torch.float32).contiguous(), labels, out,
-        n_vox, n_chan, first_channel, 0 if ignore_index is None else int(ignore_index),
-        ACTIVATION=activation, HAS_IGNORE=ignore_index is not None, BLOCK=block,
-    )
-    return out
-
-
 @torch.library.custom_op("scc_fast::activation_backward", mutates_args=())
 def _activation_backward_op(
     x: torch.Tensor,
@@ -264,8 +187,10 @@ def _activation_backward_op(
 ) -> torch.Tensor:
     """dLoss/dx from the upstream ``grad_scc`` (B x C') and the saved field (B x C' x spatial)."""
     # The kernel computes in float32; float64 keeps its precision through torch ops.
-    if use_kernel and x.dtype != torch.float64 and triton is not None:
-        return _backward_kernel(x, field, grad_scc, target, activation, first_channel, ignore_index)
+    if use_kernel and x.dtype != torch.float64 and _HAVE_TRITON:
+        from ._activation_kernel import activation_backward
+
+        return activation_backward(x, field, grad_scc, target, activation, first_channel, ignore_index)
     return _backward_torch(x, field, grad_scc, target, activation, first_channel, ignore_index)
 
 

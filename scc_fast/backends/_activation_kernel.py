@@ -1,0 +1,85 @@
+"""Triton kernel of :func:`scc_fast.backends.activation`'s backward pass: upstream gradients and the
+activation's Jacobian in one pass, p recomputed from the input (imported only when it runs)."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["activation_backward"]
+
+
+@triton.jit
+def _activation_backward_kernel(
+    x_ptr, field_ptr, up_ptr, label_ptr, out_ptr,
+    n_vox, n_chan, first_channel, ignore_index,
+    ACTIVATION: tl.constexpr, HAS_IGNORE: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """One block of voxels of one image: p recomputed from x over all channels, then
+    dL/dx for every channel (formulas in scc_fast.backends.activation)."""
+    b = tl.program_id(1)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n_vox
+    n_loss = n_chan - first_channel
+    x_img = x_ptr + b * n_chan * n_vox
+    f_img = field_ptr + b * n_loss * n_vox
+    o_img = out_ptr + b * n_chan * n_vox
+    keep = tl.full([BLOCK], 1.0, tl.float32)
+    if HAS_IGNORE:
+        lab = tl.load(label_ptr + b * n_vox + offs, mask=mask, other=0)
+        keep = tl.where(lab == ignore_index, 0.0, 1.0)
+    if ACTIVATION == 1:
+        m = tl.full([BLOCK], -float("inf"), tl.float32)
+        for c in range(0, n_chan):
+            m = tl.maximum(m, tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32))
+        s = tl.zeros([BLOCK], tl.float32)
+        for c in range(0, n_chan):
+            s += tl.exp(tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32) - m)
+        scale = keep / s  # p' = keep * p, so an ignored voxel gets 0 in every channel
+        dot = tl.zeros([BLOCK], tl.float32)
+        for c in range(first_channel, n_chan):
+            p = tl.exp(tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32) - m) * scale
+            u = tl.load(up_ptr + b * n_loss + c - first_channel).to(tl.float32)
+            f = tl.load(f_img + (c - first_channel) * n_vox + offs, mask=mask, other=0.0).to(tl.float32)
+            dot += p * (u * f)
+        for c in range(0, first_channel):
+            p = tl.exp(tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32) - m) * scale
+            tl.store(o_img + c * n_vox + offs, (-p * dot).to(out_ptr.dtype.element_ty), mask=mask)
+        for c in range(first_channel, n_chan):
+            p = tl.exp(tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32) - m) * scale
+            u = tl.load(up_ptr + b * n_loss + c - first_channel).to(tl.float32)
+            f = tl.load(f_img + (c - first_channel) * n_vox + offs, mask=mask, other=0.0).to(tl.float32)
+            tl.store(o_img + c * n_vox + offs, (p * (u * f - dot)).to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        for c in range(0, first_channel):
+            tl.store(o_img + c * n_vox + offs, tl.zeros([BLOCK], tl.float32).to(out_ptr.dtype.element_ty),
+                     mask=mask)
+        for c in range(first_channel, n_chan):
+            u = tl.load(up_ptr + b * n_loss + c - first_channel).to(tl.float32)
+            f = tl.load(f_img + (c - first_channel) * n_vox + offs, mask=mask, other=0.0).to(tl.float32)
+            g = u * f * keep
+            if ACTIVATION == 2:
+                xs = tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32)
+                sg = 1.0 / (1.0 + tl.exp(-xs))
+                g = g * sg * (1.0 - sg)
+            tl.store(o_img + c * n_vox + offs, g.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def activation_backward(x, field, grad_scc, target, activation, first_channel, ignore_index):
+    """dL/dx in one launch: see scc_fast.backends.activation for the formula."""
+    n_batch, n_chan = x.shape[:2]
+    n_vox = x[0, 0].numel()
+    x = x.contiguous()
+    field = field.contiguous()
+    out = torch.empty_like(x)
+    # The interpreter costs about 1 ms per program instance whatever its size: few, large blocks.
+    block = min(triton.next_power_of_2(n_vox), 8192) if x.device.type == "cpu" else 1024
+    labels = target.contiguous() if ignore_index is not None else x  # any pointer when unused
+    grid = (triton.cdiv(n_vox, block), n_batch)
+    _activation_backward_kernel[grid](
+        x, field, grad_scc.to(torch.float32).contiguous(), labels, out,
+        n_vox, n_chan, first_channel, 0 if ignore_index is None else int(ignore_index),
+        ACTIVATION=activation, HAS_IGNORE=ignore_index is not None, BLOCK=block,
+    )
+    return out
