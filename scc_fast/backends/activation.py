@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from typing import Optional
 
 import torch
 
@@ -98,7 +99,7 @@ def _activated_correlation_op(
     activation: int,
     first_channel: int,
     first_class: int,
-    ignore_index: int | None,
+    ignore_index: Optional[int],  # typing.Optional: the spelling torch.library documents
     include_dc: bool,
     magnitude_weight: float,
     phase_weight: float,
@@ -182,7 +183,7 @@ def _activation_backward_op(
     target: torch.Tensor,
     activation: int,
     first_channel: int,
-    ignore_index: int | None,
+    ignore_index: Optional[int],
     use_kernel: bool,
 ) -> torch.Tensor:
     """dLoss/dx from the upstream ``grad_scc`` (B x C') and the saved field (B x C' x spatial)."""
