@@ -175,8 +175,11 @@ def scc_loss(
             check would break the graph), a NaN/Inf in ``input`` propagates to a NaN loss and
             gradient as in torch's own losses, and labels outside the classes count as 0 in
             every channel.
-        backend: ``"auto"``, ``"torch"``, ``"triton"``, ``"native"`` or ``"reference"``; the
-            environment variable ``SCC_FAST_BACKEND`` overrides ``"auto"``.
+        backend: ``"auto"``, ``"torch"``, ``"triton"``, ``"triton_fft"``, ``"native"`` or
+            ``"reference"``; the environment variable ``SCC_FAST_BACKEND`` overrides ``"auto"``.
+            ``native`` and the Triton backends (and ``torch`` on CUDA) apply the softmax or
+            sigmoid, the background drop and ``ignore_index`` inside their op, so no probability
+            tensor is kept for backward (:data:`FUSE_ACTIVATION` = False turns that off).
 
     Returns:
         A scalar (``"mean"``, ``"sum"``) or B x C' tensor (``"none"``), float32 (float64 for
