@@ -365,3 +365,23 @@ def test_thread_modes_agree(threads):
             check_against_reference(probs, target, torch.float32)
     finally:
         torch.set_num_threads(before)
+
+
+@needs_op
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("include_background", [True, False])
+def test_fused_activation_float_target(activation, include_background):
+    """A soft float target with the activation fused: the target keeps only the loss channels."""
+    g = torch.Generator().manual_seed(9)
+    logits = torch.randn(2, 3, 7, 10, generator=g, dtype=torch.float64) * 2
+    soft = torch.softmax(torch.randn(2, 3, 7, 10, generator=g, dtype=torch.float64) * 3, dim=1)
+    kw = dict(softmax=activation == "softmax", sigmoid=activation == "sigmoid",
+              include_background=include_background, reduction="none")
+    x_ref = logits.clone().requires_grad_(True)
+    ref = scc_fast.scc_loss(x_ref, soft, backend="reference", **kw)
+    ref.sum().backward()
+    x = logits.clone().requires_grad_(True)
+    out = scc_fast.scc_loss(x, soft, backend="native", **kw)
+    out.sum().backward()
+    assert rel_err(out.detach(), ref.detach()) <= 1e-10
+    assert rel_err(x.grad, x_ref.grad) <= 1e-10
