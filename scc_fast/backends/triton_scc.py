@@ -855,6 +855,32 @@ if triton is not None:
     # ----------------------------------------------------------------------------------------
 
     @triton.jit
+    def _slice_scratch(scratch_ptr, pid, PER_PROGRAM, plane, H, W, BM: tl.constexpr, BN: tl.constexpr):
+        """The slice kernels' per-program scratch: X1 (re, im planes of H x WH), then the four-step
+        intermediates (2 x H x BN along H, 2 x BM x W along W)."""
+        scratch = scratch_ptr + pid.to(tl.int64) * PER_PROGRAM
+        z_r = scratch + 2 * plane
+        z_i = z_r + H * BN
+        w_r = z_i + H * BN
+        w_i = w_r + BM * W
+        return scratch, scratch + plane, z_r, z_i, w_r, w_i
+
+    @triton.jit
+    def _slice_maps(sl, pair0, n_chan, first_class, D, hw, probs_ptr, target_ptr, LABELS: tl.constexpr):
+        """Slice sl of the chunk: its pair in the chunk, depth d, class label, global slice index
+        and the H x W maps of p and of the target (the image's labels, or the pair's float map)."""
+        pair = sl // D
+        d = sl % D
+        gpair = pair0 + pair
+        cls = first_class + gpair % n_chan
+        g_slice = tl.cast(gpair, tl.int64) * D + d
+        if LABELS:
+            t_base = target_ptr + (tl.cast(gpair // n_chan, tl.int64) * D + d) * hw
+        else:
+            t_base = target_ptr + g_slice * hw
+        return pair, d, cls, g_slice, probs_ptr + g_slice * hw, t_base
+
+    @triton.jit
     def _slice_spectrum(
         p_base, t_base, out_r, out_i, x1r, x1i, z_r, z_i, w_r, w_i,
         cos_w_ptr, sin_w_ptr, cos_h_ptr, sin_h_ptr, c1_ptr, s1_ptr, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
@@ -921,24 +947,10 @@ if triton is not None:
         hw = H * W
         plane = H * WH
         vol = tl.cast(D, tl.int64) * plane
-        scratch = scratch_ptr + pid.to(tl.int64) * PER_PROGRAM
-        x1r = scratch
-        x1i = scratch + plane
-        z_r = scratch + 2 * plane
-        z_i = z_r + H * BN
-        w_r = z_i + H * BN
-        w_i = w_r + BM * W
+        x1r, x1i, z_r, z_i, w_r, w_i = _slice_scratch(scratch_ptr, pid, PER_PROGRAM, plane, H, W, BM, BN)
         for sl in range(pid, n_slices, n_prog):
-            pair = sl // D
-            d = sl % D
-            gpair = pair0 + pair
-            cls = first_class + gpair % n_chan
-            g_slice = tl.cast(gpair, tl.int64) * D + d
-            p_base = probs_ptr + g_slice * hw
-            if LABELS:
-                t_base = target_ptr + (tl.cast(gpair // n_chan, tl.int64) * D + d) * hw
-            else:
-                t_base = target_ptr + g_slice * hw
+            pair, d, cls, g_slice, p_base, t_base = _slice_maps(
+                sl, pair0, n_chan, first_class, D, hw, probs_ptr, target_ptr, LABELS)
             s_p, s_y, m2_p, pyc, py, m2_y = _spatial_sums(p_base, t_base, H, W, cls, LABELS, BM, BN)
             st = stats_ptr + tl.cast(sl, tl.int64) * 6
             tl.store(st + 0, s_p)
@@ -1144,24 +1156,10 @@ if triton is not None:
         hw = H * W
         plane = H * WH
         vol = tl.cast(D, tl.int64) * plane
-        scratch = scratch_ptr + pid.to(tl.int64) * PER_PROGRAM
-        x1r = scratch
-        x1i = scratch + plane
-        z_r = scratch + 2 * plane
-        z_i = z_r + H * BN
-        w_r = z_i + H * BN
-        w_i = w_r + BM * W
+        x1r, x1i, z_r, z_i, w_r, w_i = _slice_scratch(scratch_ptr, pid, PER_PROGRAM, plane, H, W, BM, BN)
         for sl in range(pid, n_slices, n_prog):
-            pair = sl // D
-            d = sl % D
-            gpair = pair0 + pair
-            cls = first_class + gpair % n_chan
-            g_slice = tl.cast(gpair, tl.int64) * D + d
-            p_base = probs_ptr + g_slice * hw
-            if LABELS:
-                t_base = target_ptr + (tl.cast(gpair // n_chan, tl.int64) * D + d) * hw
-            else:
-                t_base = target_ptr + g_slice * hw
+            pair, d, cls, g_slice, p_base, t_base = _slice_maps(
+                sl, pair0, n_chan, first_class, D, hw, probs_ptr, target_ptr, LABELS)
             cp = coef_ptr + pair * 8
             c_aa = tl.load(cp + 2)
             c_re = tl.load(cp + 3)
