@@ -97,16 +97,24 @@ def test_magnitude_phase_weights(weights):
     compare(probs, target, magnitude_weight=weights[0], phase_weight=weights[1])
 
 
+# The label-layout cases below run in 2D and 3D (the 3D path's own tests: test_triton_3d.py).
+RANKS = ["2d", "3d"]
+
+
+@pytest.mark.parametrize("rank", RANKS)
 @pytest.mark.parametrize("include_dc", [False, True])
-def test_ignored_labels_and_first_class(include_dc):
+def test_ignored_labels_and_first_class(include_dc, rank):
     # Channel j is label 1 + j; label 0 (background, dropped) and -1 (ignored) are 0 in every channel.
-    probs, target = make_inputs((2, 3, 13, 10), labels=True, ignore=True, n_labels=4, seed=5)
+    shape = {"2d": (2, 3, 13, 10), "3d": (2, 3, 3, 10, 9)}[rank]
+    probs, target = make_inputs(shape, labels=True, ignore=True, n_labels=4, seed=5)
     compare(probs, target, first_class=1, include_dc=include_dc)
 
 
+@pytest.mark.parametrize("rank", RANKS)
 @pytest.mark.parametrize("include_dc", [False, True])
-def test_degenerate_pairs_and_constant_prediction(include_dc):
-    probs, target = make_inputs((3, 3, 12, 9), labels=True, seed=7)
+def test_degenerate_pairs_and_constant_prediction(include_dc, rank):
+    shape = {"2d": (3, 3, 12, 9), "3d": (3, 3, 3, 9, 8)}[rank]
+    probs, target = make_inputs(shape, labels=True, seed=7)
     target[0] = 0  # image 0: class 0 covers everything (degenerate without DC), 1 and 2 absent
     target[1][target[1] == 2] = 1  # image 1: class 2 absent
     probs[2, 1] = 0.25  # image 2, class 1: a constant prediction (no spectral energy outside DC)
@@ -117,8 +125,10 @@ def test_degenerate_pairs_and_constant_prediction(include_dc):
         assert out[2, 1] == 0  # both correlations have a zero denominator: defined as 0
 
 
-def test_degenerate_float_target():
-    probs, target = make_inputs((2, 2, 10, 12), labels=False, seed=11)
+@pytest.mark.parametrize("rank", RANKS)
+def test_degenerate_float_target(rank):
+    shape = {"2d": (2, 2, 10, 12), "3d": (2, 2, 3, 8, 10)}[rank]
+    probs, target = make_inputs(shape, labels=False, seed=11)
     target[0, 0] = 0.3  # constant soft target: degenerate with DC out
     target[1, 1] = 0.0  # all zero: degenerate either way
     for include_dc in (False, True):

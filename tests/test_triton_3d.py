@@ -3,7 +3,9 @@
 The 3D path runs the 2D kernel's per-slice transforms and a depth DFT in five launches (see
 scc_fast/backends/triton_scc.py). On a machine without CUDA it runs under Triton's interpreter
 (tests/conftest.py sets TRITON_INTERPRET=1); shapes are kept small for that. Tolerance (SPEC
-section 4): ||out - ref|| / ||ref|| <= 1e-5 for SCC and dSCC/dp, with IEEE dots on GPU.
+section 4): ||out - ref|| / ||ref|| <= 1e-5 for SCC and dSCC/dp, with IEEE dots on GPU. The
+label-layout cases (ignored labels, degenerate pairs and targets) run in 2D and 3D in
+test_triton.py.
 """
 
 from __future__ import annotations
@@ -52,35 +54,6 @@ def test_matches_reference(shape, labels, include_dc):
 def test_magnitude_phase_weights(weights):
     probs, target = make_inputs((1, 2, 4, 9, 10), labels=True, seed=3)
     compare(probs, target, magnitude_weight=weights[0], phase_weight=weights[1])
-
-
-@pytest.mark.parametrize("include_dc", [False, True])
-def test_ignored_labels_and_first_class(include_dc):
-    # Channel j is label 1 + j; label 0 (background, dropped) and -1 (ignored) are 0 in every channel.
-    probs, target = make_inputs((2, 3, 3, 10, 9), labels=True, ignore=True, n_labels=4, seed=5)
-    compare(probs, target, first_class=1, include_dc=include_dc)
-
-
-@pytest.mark.parametrize("include_dc", [False, True])
-def test_degenerate_pairs_and_constant_prediction(include_dc):
-    probs, target = make_inputs((3, 3, 3, 9, 8), labels=True, seed=7)
-    target[0] = 0  # image 0: class 0 covers everything (degenerate without DC), 1 and 2 absent
-    target[1][target[1] == 2] = 1  # image 1: class 2 absent
-    probs[2, 1] = 0.25  # image 2, class 1: a constant prediction (no spectral energy outside DC)
-    out, valid, grad = compare(probs, target, include_dc=include_dc)
-    assert not valid[0, 1] and not valid[0, 2] and not valid[1, 2]
-    assert bool(valid[0, 0]) == include_dc
-    if not include_dc:
-        assert out[2, 1] == 0  # both correlations have a zero denominator: defined as 0
-
-
-def test_degenerate_float_target():
-    probs, target = make_inputs((2, 2, 3, 8, 10), labels=False, seed=11)
-    target[0, 0] = 0.3  # constant soft target: degenerate with DC out
-    target[1, 1] = 0.0  # all zero: degenerate either way
-    for include_dc in (False, True):
-        _, valid, _ = compare(probs, target, include_dc=include_dc)
-        assert bool(valid[0, 0]) == include_dc and not valid[1, 1]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
