@@ -41,10 +41,18 @@ from .._numerics import accumulation_dtype, refuse_double_backward
 # when the kernel runs: the kernel lives in _activation_kernel, so `import scc_fast` stays light.
 _HAVE_TRITON = importlib.util.find_spec("triton") is not None
 
-__all__ = ["ACTIVATIONS", "activated_correlation", "probabilities"]
+__all__ = ["ACTIVATIONS", "activated_correlation", "activation_code", "probabilities"]
 
 #: Activation codes of the registered ops (the native operator uses the same numbers).
 ACTIVATIONS: dict[str | None, int] = {None: 0, "softmax": 1, "sigmoid": 2}
+
+
+def activation_code(activation: str | None) -> int:
+    """The ops' code of ``activation`` (None, "softmax" or "sigmoid"); ValueError for anything else."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be None, 'softmax' or 'sigmoid', got {activation!r}")
+    return ACTIVATIONS[activation]
+
 
 # CPU tensors go to the kernel only under the Triton interpreter; like triton_scc and triton_fft,
 # this reads TRITON_INTERPRET once, at import.
@@ -229,8 +237,7 @@ def activated_correlation(
     Returns:
         ``(scc, valid)``, both B x C'; ``scc`` is differentiable in ``x``.
     """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be None, 'softmax' or 'sigmoid', got {activation!r}")
+    code = activation_code(activation)
     if not _kernel_backward(x, backend):
         # Written with torch ops, the fused backward recomputes the softmax and holds as many
         # full-size temporaries as autograd's own softmax backward (measured on CPU: slower, no
@@ -247,7 +254,7 @@ def activated_correlation(
         x,
         target,
         backend,
-        ACTIVATIONS[activation],
+        code,
         int(first_channel),
         int(first_class),
         None if ignore_index is None else int(ignore_index),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from .._numerics import refuse_double_backward
-from .activation import ACTIVATIONS  # the C++ enum Activation (csrc/cpu/scc_cpu.cpp) uses these codes
+from .activation import ACTIVATIONS, activation_code  # the C++ enum Activation (csrc/cpu/scc_cpu.cpp) uses these codes
 
 __all__ = ["activated_correlation", "correlation", "unavailable_reason", "unsupported_reason"]
 
@@ -176,13 +176,12 @@ def activated_correlation(
     reason = unsupported_reason(input, target)
     if reason is not None:
         raise RuntimeError(f"backend 'native' cannot run: {reason}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be None, 'softmax' or 'sigmoid', got {activation!r}")
+    code = activation_code(activation)
     need_grad = torch.is_grad_enabled() and input.requires_grad
     scc, valid, _, _ = torch.ops.scc_fast.scc_forward(
         input,
         target,
-        ACTIVATIONS[activation],
+        code,
         int(first_channel),
         int(first_class),
         None if ignore_index is None else int(ignore_index),
