@@ -15,6 +15,8 @@ import scc_fast
 from scc_fast import backends
 from scc_fast.backends import activation
 
+from _fused import fused_case, fused_vs_reference
+
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
@@ -30,17 +32,6 @@ def available(name: str) -> bool:
 FUSED = [name for name in ("torch", "triton", "triton_fft") if available(name)]
 
 
-def case(shape, ignore_index, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(shape, generator=g, dtype=torch.float64) * 3
-    labels = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g)
-    if ignore_index == 255:
-        labels = labels.to(torch.uint8)
-    if ignore_index is not None:
-        labels[0, :2] = ignore_index
-    return logits, labels
-
-
 @pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("act", ["softmax", "sigmoid", None])
 @pytest.mark.parametrize("include_background", [True, False])
@@ -48,24 +39,9 @@ def case(shape, ignore_index, seed=0):
 @pytest.mark.parametrize("shape", [(2, 3, 9, 12), (1, 3, 4, 8, 9)])
 def test_fused_matches_reference(backend, act, include_background, ignore_index, shape):
     dtype = torch.float64 if backend == "torch" else torch.float32  # the Triton backends compute float32
-    logits, labels = case(shape, ignore_index)
-    kw = dict(
-        softmax=act == "softmax",
-        sigmoid=act == "sigmoid",
-        include_background=include_background,
-        ignore_index=ignore_index,
-        reduction="none",
-    )
-    inputs = logits if act else torch.softmax(logits, 1)
-    x_ref = inputs.clone().requires_grad_(True)
-    ref = scc_fast.scc_loss(x_ref, labels, backend="reference", **kw)
-    upstream = torch.rand(ref.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.5
-    (ref * upstream).sum().backward()
-    x = inputs.to(dtype).requires_grad_(True)
-    out = scc_fast.scc_loss(x, labels, backend=backend, **kw)
-    (out * upstream.to(out.dtype)).sum().backward()
-    assert rel_err(out.detach(), ref.detach()) <= TOL[dtype]
-    assert rel_err(x.grad, x_ref.grad) <= TOL[dtype]
+    out, ref, grad, ref_grad = fused_vs_reference(backend, act, include_background, ignore_index, shape, dtype)
+    assert rel_err(out, ref) <= TOL[dtype]
+    assert rel_err(grad, ref_grad) <= TOL[dtype]
 
 
 @pytest.mark.skipif(not available("triton_fft"), reason="Triton (or TRITON_INTERPRET=1) not available")
@@ -88,7 +64,7 @@ def test_kernel_equals_torch_ops(act, first_channel, ignore_index):
 
 
 def test_probabilities_masks_and_drops():
-    logits, labels = case((2, 3, 4, 5), 255)
+    logits, labels = fused_case((2, 3, 4, 5), 255)
     p, t = activation.probabilities(logits, labels, "softmax", 1, 255)
     assert p.shape == (2, 2, 4, 5)
     assert (p.transpose(0, 1)[:, labels == 255] == 0).all()
@@ -97,13 +73,13 @@ def test_probabilities_masks_and_drops():
 
 
 def test_bad_activation_is_named():
-    logits, labels = case((1, 2, 4, 4), None)
+    logits, labels = fused_case((1, 2, 4, 4), None)
     with pytest.raises(ValueError, match="activation must be None, 'softmax' or 'sigmoid', got 'tanh'"):
         activation.activated_correlation("torch", logits, labels, activation="tanh")
 
 
 def test_backward_without_field_is_an_error():
-    logits, labels = case((1, 2, 6, 6), None)
+    logits, labels = fused_case((1, 2, 6, 6), None)
     x = logits.clone().requires_grad_(True)
     scc, _, field = torch.ops.scc_fast.activated_correlation(x, labels, "torch", 1, 0, 0, None, False, 0.5, 0.5, False)
     # (the op itself works for every backend with correlation_field, kernel or not)
@@ -113,7 +89,7 @@ def test_backward_without_field_is_an_error():
 
 
 def test_opcheck():
-    logits, labels = case((2, 3, 5, 6), 1)
+    logits, labels = fused_case((2, 3, 5, 6), 1)
     x = logits.float().requires_grad_(True)
     torch.library.opcheck(
         torch.ops.scc_fast.activated_correlation.default, (x, labels, "torch", 1, 1, 1, 1, False, 0.5, 0.5, True)
@@ -132,7 +108,7 @@ FUSED_HERE = "triton_fft" if available("triton_fft") else None  # fused on CPU o
 def test_no_probabilities_saved_for_backward():
     """The graph keeps the input and the field dSCC/dp, not a B x C x spatial probability tensor
     (applied outside, softmax would save one more full-size tensor)."""
-    logits, labels = case((2, 4, 16, 16), None)
+    logits, labels = fused_case((2, 4, 16, 16), None)
     x = logits.float().requires_grad_(True)
     loss = scc_fast.scc_loss(x, labels, softmax=True, backend=FUSED_HERE)
     saved = []
@@ -162,7 +138,7 @@ def test_no_probabilities_saved_for_backward():
 @pytest.mark.parametrize("backend", [name for name in ("torch", "native") if available(name)])
 def test_unfused_switch_gives_the_same_result(backend, monkeypatch):
     """FUSE_ACTIVATION=False applies the activation with torch ops outside the backend (A/B)."""
-    logits, labels = case((2, 3, 8, 9), 255)
+    logits, labels = fused_case((2, 3, 8, 9), 255)
     kw = dict(softmax=True, include_background=False, ignore_index=255, backend=backend)
     x1 = logits.clone().requires_grad_(True)
     fused = scc_fast.scc_loss(x1, labels, **kw)

@@ -17,6 +17,8 @@ from scc_fast import backends
 from scc_fast.backends import native
 from scc_fast.reference import reference_correlation
 
+from _fused import fused_vs_reference
+
 NOT_BUILT = native.unavailable_reason()
 needs_op = pytest.mark.skipif(NOT_BUILT is not None, reason=f"native operator not built: {NOT_BUILT}")
 
@@ -183,30 +185,11 @@ def test_fused_activation_matches_reference(activation, include_background, igno
     # The activation, background drop and ignore mask run inside the operator (activated_correlation):
     # loss and input gradient against the reference, which applies them with torch ops. ignore_index=1
     # is also a class label: that class's target is empty where ignored; 255 needs uint8 labels.
-    g = torch.Generator().manual_seed(7)
     shape = (2, 3, 9, 12) if dtype == torch.float64 else (1, 3, 5, 6, 7)
-    logits = torch.randn(shape, generator=g, dtype=torch.float64) * 3
-    labels = torch.randint(0, 3, (shape[0], *shape[2:]), generator=g)
-    if ignore_index == 255:
-        labels = labels.to(torch.uint8)
-        labels[0, :2] = 255
-    kw = dict(
-        softmax=activation == "softmax",
-        sigmoid=activation == "sigmoid",
-        include_background=include_background,
-        ignore_index=ignore_index,
-        reduction="none",
-    )
-    inputs = logits if activation else torch.softmax(logits, 1)
-    x_ref = inputs.clone().requires_grad_(True)
-    ref = scc_fast.scc_loss(x_ref, labels, backend="reference", **kw)
-    upstream = torch.rand(ref.shape, generator=g, dtype=torch.float64) + 0.5  # per-pair upstream gradients
-    (ref * upstream).sum().backward()
-    x = inputs.to(dtype).requires_grad_(True)
-    out = scc_fast.scc_loss(x, labels, backend="native", **kw)
-    (out * upstream.to(dtype)).sum().backward()
-    assert rel_err(out.detach(), ref.detach()) <= TOL[dtype]
-    assert rel_err(x.grad, x_ref.grad) <= TOL[dtype]
+    out, ref, grad, ref_grad = fused_vs_reference("native", activation, include_background, ignore_index, shape,
+                                                  dtype, seed=7)
+    assert rel_err(out, ref) <= TOL[dtype]
+    assert rel_err(grad, ref_grad) <= TOL[dtype]
 
 
 @needs_op
