@@ -253,6 +253,14 @@ if triton is not None:
         return coef * pr, coef * pi
 
     @triton.jit
+    def _square_tables(cos_ptr, sin_ptr, n, NP: tl.constexpr):
+        """An n x n pair of DFT tables (cos, sin), padded to NP x NP with zeros."""
+        r = tl.arange(0, NP)
+        mask = (r[:, None] < n) & (r[None, :] < n)
+        offs = r[:, None] * n + r[None, :]
+        return tl.load(cos_ptr + offs, mask=mask, other=0.0), tl.load(sin_ptr + offs, mask=mask, other=0.0)
+
+    @triton.jit
     def _fs_step1(
         src_r, src_i, s_pr, s_pi, s_b, z_r, z_i, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
         k0, H, WH, N1, N2, c_a, c_ab, flat_p,
@@ -344,12 +352,8 @@ if triton is not None:
         rm = tl.arange(0, BM)
         r2 = tl.arange(0, M2P)
         r1 = tl.arange(0, M1P)
-        t2mask = (r2[:, None] < M2) & (r2[None, :] < M2)
-        c2 = tl.load(c2_ptr + r2[:, None] * M2 + r2[None, :], mask=t2mask, other=0.0)
-        s2 = tl.load(s2_ptr + r2[:, None] * M2 + r2[None, :], mask=t2mask, other=0.0)
-        t1mask = (r1[:, None] < M1) & (r1[None, :] < M1)
-        c1 = tl.load(c1_ptr + r1[:, None] * M1 + r1[None, :], mask=t1mask, other=0.0)
-        s1 = tl.load(s1_ptr + r1[:, None] * M1 + r1[None, :], mask=t1mask, other=0.0)
+        c2, s2 = _square_tables(c2_ptr, s2_ptr, M2, M2P)
+        c1, s1 = _square_tables(c1_ptr, s1_ptr, M1, M1P)
         for h0 in range(0, H, BM):
             rows = h0 + rm
             # steps 1-2: Z[h, m1 M2 + k2] = w_W^(-m1 k2) sum_m2 x[h, m1 + M1 m2] w_M2^(-m2 k2)
@@ -554,11 +558,7 @@ if triton is not None:
         rm = tl.arange(0, BM)
         rn = tl.arange(0, BN)
         if FOUR_STEP:
-            rn1 = tl.arange(0, N1P)
-            t1mask = (rn1[:, None] < N1) & (rn1[None, :] < N1)
-            t1offs = rn1[:, None] * N1 + rn1[None, :]
-            c1 = tl.load(c1_ptr + t1offs, mask=t1mask, other=0.0)
-            s1 = tl.load(s1_ptr + t1offs, mask=t1mask, other=0.0)
+            c1, s1 = _square_tables(c1_ptr, s1_ptr, N1, N1P)
             for k0 in range(0, WH, BN):
                 kcols = k0 + rn
                 _fs_step1(src_r, src_i, src_r, src_i, s_b, z_r, z_i, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
@@ -602,12 +602,8 @@ if triton is not None:
         if FOUR_STEP_W:
             r1 = tl.arange(0, M1P)
             r2 = tl.arange(0, M2P)
-            t2mask = (r2[:, None] < M2) & (r2[None, :] < M2)
-            d2 = tl.load(d2_ptr + r2[:, None] * M2 + r2[None, :], mask=t2mask, other=0.0)
-            e2 = tl.load(e2_ptr + r2[:, None] * M2 + r2[None, :], mask=t2mask, other=0.0)
-            t1mask = (r1[:, None] < M1) & (r1[None, :] < M1)
-            d1 = tl.load(d1_ptr + r1[:, None] * M1 + r1[None, :], mask=t1mask, other=0.0)
-            e1 = tl.load(e1_ptr + r1[:, None] * M1 + r1[None, :], mask=t1mask, other=0.0)
+            d2, e2 = _square_tables(d2_ptr, e2_ptr, M2, M2P)
+            d1, e1 = _square_tables(d1_ptr, e1_ptr, M1, M1P)
             for h0 in range(0, H, BM):
                 rows = h0 + rm
                 # steps 1-2 on the full spectrum, G[k] = conj(G[W - k]) for k >= WH:
@@ -737,11 +733,7 @@ if triton is not None:
 
             if FOUR_STEP:
                 # ---- phase 2, four-step along H: N1 DFTs of N2, twiddles, N2 DFTs of N1 ----
-                rn1 = tl.arange(0, N1P)
-                t1mask = (rn1[:, None] < N1) & (rn1[None, :] < N1)
-                t1offs = rn1[:, None] * N1 + rn1[None, :]
-                c1 = tl.load(c1_ptr + t1offs, mask=t1mask, other=0.0)
-                s1 = tl.load(s1_ptr + t1offs, mask=t1mask, other=0.0)
+                c1, s1 = _square_tables(c1_ptr, s1_ptr, N1, N1P)
                 # One block of columns at a time: Z is H x BN, and a block's output may overwrite
                 # its input (P over P1, the half-inverse over P), as step 1 has consumed it.
                 acc_tb = tl.zeros([N1P], dtype=tl.float32)
@@ -897,11 +889,7 @@ if triton is not None:
         rm = tl.arange(0, BM)
         rn = tl.arange(0, BN)
         if FOUR_STEP:
-            rn1 = tl.arange(0, N1P)
-            t1mask = (rn1[:, None] < N1) & (rn1[None, :] < N1)
-            t1offs = rn1[:, None] * N1 + rn1[None, :]
-            c1 = tl.load(c1_ptr + t1offs, mask=t1mask, other=0.0)
-            s1 = tl.load(s1_ptr + t1offs, mask=t1mask, other=0.0)
+            c1, s1 = _square_tables(c1_ptr, s1_ptr, N1, N1P)
             for k0 in range(0, WH, BN):
                 kcols = k0 + rn
                 _fs_step1(x1r, x1i, x1r, x1i, x1r, z_r, z_i, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
