@@ -219,16 +219,18 @@ def test_gpu_block_configuration(monkeypatch, precision):
     compare(probs, target)
 
 
+@pytest.mark.parametrize("rank", RANKS)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_public_api_every_reduction(reduction):
+def test_public_api_every_reduction(reduction, rank):
+    shape, ignored_rows = {"2d": ((2, 3, 12, 11), 4), "3d": ((2, 3, 3, 9, 8), 3)}[rank]
     g = torch.Generator().manual_seed(29)
-    logits = torch.randn(2, 3, 12, 11, generator=g, dtype=torch.float64)
-    target = torch.randint(0, 3, (2, 12, 11), generator=g)
-    target[0, :4] = 255
+    logits = torch.randn(shape, generator=g, dtype=torch.float64)
+    target = torch.randint(0, 3, (shape[0], *shape[2:]), generator=g)
+    target[0, ..., :ignored_rows, :] = 255
     kw = dict(softmax=True, ignore_index=255, include_background=False, weight=[1.0, 2.0], reduction=reduction)
     x = logits.clone().requires_grad_(True)
     ref = scc_fast.scc_loss(x, target, backend="reference", **kw)
-    w = torch.rand(ref.shape, generator=g, dtype=torch.float64)
+    w = torch.rand(ref.shape, generator=g, dtype=torch.float64)  # per-pair upstream weights for "none"
     (ref_grad,) = torch.autograd.grad((ref * w).sum(), x)
     x32 = logits.to(DEVICE, torch.float32).requires_grad_(True)
     out = scc_fast.scc_loss(x32, target.to(DEVICE), backend="triton", **kw)
@@ -237,15 +239,21 @@ def test_public_api_every_reduction(reduction):
     assert rel_err(out, ref) <= TOL and rel_err(grad, ref_grad) <= TOL
 
 
-def test_public_api_sigmoid_single_channel_and_soft_target():
+@pytest.mark.parametrize("rank", RANKS)
+def test_public_api_sigmoid_single_channel_and_soft_target(rank):
+    shape = {"2d": (2, 1, 9, 16), "3d": (2, 1, 2, 9, 10)}[rank]
     g = torch.Generator().manual_seed(31)
-    logits = torch.randn(2, 1, 9, 16, generator=g, dtype=torch.float64)
-    mask = (torch.rand(2, 1, 9, 16, generator=g) < 0.3).long()
-    soft = torch.rand(2, 1, 9, 16, generator=g, dtype=torch.float64)
+    logits = torch.randn(shape, generator=g, dtype=torch.float64)
+    mask = (torch.rand(shape, generator=g) < 0.3).long()
+    soft = torch.rand(shape, generator=g, dtype=torch.float64)
     for target in (mask, soft):
-        ref = scc_fast.scc_loss(logits, target, sigmoid=True, backend="reference")
-        out = scc_fast.scc_loss(logits.to(DEVICE, torch.float32), target.to(DEVICE), sigmoid=True, backend="triton")
-        assert rel_err(out, ref) <= TOL
+        x = logits.clone().requires_grad_(True)
+        ref = scc_fast.scc_loss(x, target, sigmoid=True, backend="reference")
+        (ref_grad,) = torch.autograd.grad(ref, x)
+        x32 = logits.to(DEVICE, torch.float32).requires_grad_(True)
+        out = scc_fast.scc_loss(x32, target.to(DEVICE), sigmoid=True, backend="triton")
+        (grad,) = torch.autograd.grad(out, x32)
+        assert rel_err(out, ref) <= TOL and rel_err(grad, ref_grad) <= TOL
 
 
 def test_torch_compile_fullgraph_and_opcheck():
