@@ -88,9 +88,7 @@ def _check_target(input: torch.Tensor, target: torch.Tensor, ignore_index: int |
         raise ValueError(f"target spatial shape must equal input's {spatial}, got {tuple(target.shape[1:])}")
     if validate:
         n_labels = max(n_chan, 2)
-        if target.numel() == 0:
-            bad = None
-        elif ignore_index is None:
+        if ignore_index is None:  # (never empty: _check_input wants B >= 1 and spatial sizes >= 2)
             low, high = torch.aminmax(target)  # one pass, the common case
             out_of_range = bool((low < 0) | (high >= n_labels))  # one device sync
             bad = (target < 0) | (target >= n_labels) if out_of_range else None
