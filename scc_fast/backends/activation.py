@@ -41,7 +41,7 @@ from .._numerics import accumulation_dtype, refuse_double_backward
 # when the kernel runs: the kernel lives in _activation_kernel, so `import scc_fast` stays light.
 _HAVE_TRITON = importlib.util.find_spec("triton") is not None
 
-__all__ = ["ACTIVATIONS", "activated_correlation", "activation_code", "probabilities"]
+__all__ = ["ACTIVATIONS", "activated_correlation", "activation_code", "fused_entry", "probabilities"]
 
 #: Activation codes of the registered ops (the native operator uses the same numbers).
 ACTIVATIONS: dict[str | None, int] = {None: 0, "softmax": 1, "sigmoid": 2}
@@ -264,3 +264,18 @@ def activated_correlation(
         need_grad,
     )
     return scc, valid
+
+
+def fused_entry(backend: str):
+    """The ``activated_correlation`` of ``backend`` (a module with ``correlation_field``):
+    :func:`activated_correlation` with the backend's name bound."""
+
+    def activated(x: torch.Tensor, target: torch.Tensor, **options) -> tuple[torch.Tensor, torch.Tensor]:
+        return activated_correlation(backend, x, target, **options)
+
+    activated.__name__ = activated.__qualname__ = "activated_correlation"
+    activated.__doc__ = (
+        f"Per-pair SCC of ``activation(x)`` by backend {backend!r}, the probabilities never saved for "
+        "backward; see :func:`scc_fast.backends.activation.activated_correlation` for the arguments."
+    )
+    return activated

@@ -22,6 +22,7 @@ from .._numerics import (
     safe_div,
     variance_is_zero,
 )
+from .activation import fused_entry
 
 __all__ = ["correlation", "complex_correlation", "PairStatistics", "pair_coefficients"]
 
@@ -254,12 +255,8 @@ def correlation_field(probs, target, first_class, include_dc, magnitude_weight, 
     return scc, valid, grad if grad is not None else scc.new_empty((0,))
 
 
-def activated_correlation(x: torch.Tensor, target: torch.Tensor, **options) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-pair SCC of ``activation(x)``, the probabilities never saved for backward; see
-    :func:`scc_fast.backends.activation.activated_correlation` for the arguments."""
-    from .activation import activated_correlation
-
-    return activated_correlation("torch", x, target, **options)
+# The activation fused around correlation_field (scc_fast.backends.activation).
+activated_correlation = fused_entry("torch")
 
 
 def complex_correlation(

@@ -42,6 +42,7 @@ import torch
 
 from .._numerics import DEGENERATE_TARGET_RTOL, accumulation_dtype
 from ._field_autograd import field_scaling_autograd
+from .activation import fused_entry
 from .torch_fft import PairStatistics, pair_coefficients
 
 try:
@@ -570,9 +571,5 @@ def correlation_field(probs, target, first_class, include_dc, magnitude_weight, 
         )
 
 
-def activated_correlation(x: torch.Tensor, target: torch.Tensor, **options) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-pair SCC of ``activation(x)``, the probabilities never saved for backward; see
-    :func:`scc_fast.backends.activation.activated_correlation` for the arguments."""
-    from .activation import activated_correlation
-
-    return activated_correlation("triton_fft", x, target, **options)
+# The activation fused around correlation_field (scc_fast.backends.activation).
+activated_correlation = fused_entry("triton_fft")

@@ -86,6 +86,7 @@ import os
 import torch
 
 from ._field_autograd import field_scaling_autograd
+from .activation import fused_entry
 
 try:  # Triton is optional: without it the backend reports itself unavailable.
     import triton
@@ -1568,9 +1569,5 @@ def correlation_field(probs, target, first_class, include_dc, magnitude_weight, 
         )
 
 
-def activated_correlation(x: torch.Tensor, target: torch.Tensor, **options) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-pair SCC of ``activation(x)``, the probabilities never saved for backward; see
-    :func:`scc_fast.backends.activation.activated_correlation` for the arguments."""
-    from .activation import activated_correlation
-
-    return activated_correlation("triton", x, target, **options)
+# The activation fused around correlation_field (scc_fast.backends.activation).
+activated_correlation = fused_entry("triton")
