@@ -149,8 +149,10 @@ def test_half_inputs_are_read_as_float32(dtype):
     assert grad.dtype == dtype
 
 
-def test_no_grad_path_matches():
-    probs, target = make_inputs((2, 3, 11, 9), labels=True, seed=17)
+@pytest.mark.parametrize("rank", RANKS)
+def test_no_grad_path_matches(rank):
+    shape = {"2d": (2, 3, 11, 9), "3d": (2, 2, 3, 9, 9)}[rank]
+    probs, target = make_inputs(shape, labels=True, seed=17)
     p, t = probs.to(DEVICE, torch.float32), target.to(DEVICE)
     with_grad, _ = triton_scc.correlation(p.clone().requires_grad_(True), t)
     with torch.no_grad():
