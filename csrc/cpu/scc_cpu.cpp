@@ -1,17 +1,18 @@
 // CPU kernels of scc_fast::scc_forward and scc_fast::scc_backward: SPEC section 2 with fused passes
 // around ATen's FFT, the activation (softmax over channels, or sigmoid) and the ignore mask included.
 //
-// Forward. With softmax or an ignore mask, a first pass stores per-voxel statistics of each image
-// (softmax: max over channels and keep / sum of exp; the ignore mask as keep), 2 x B x N values, so
-// p = exp(x - max) * keep / sum is computed where it is needed and never kept as a B x C x N tensor.
+// Forward. With an activation (softmax, sigmoid) or an ignore mask, a first pass over each image
+// writes p into the gradient output (which the final pass overwrites in place with the gradient)
+// and the per-voxel statistics the backward needs (softmax: max over channels and keep / sum of exp;
+// the ignore mask as keep), 2 x B x N values, so no B x C x N probability tensor is made or kept.
+// (Without a gradient, only the statistics are stored and the build pass computes p row by row.)
 // Pairs (image b, class c) are then processed in chunks of consecutive pairs (about 2 MB of complex
 // maps, at least two pairs per thread), so the workspace is a few MB whatever the batch, and the
 // transforms run on cache-sized batches (measured: 224x224 maps transform about 2x faster per map in
 // batches of 4 than of 72). Per chunk:
-//   1. build pass:   p from the input (activation), z = p + i*y for each pair (labels read directly,
-//                    y built on the fly) and the spatial sums of p and y (shifted by the first voxel;
-//                    row sums in the map dtype, totals in double); p is also written into the
-//                    gradient output, which the final pass overwrites in place;
+//   1. build pass:   z = p + i*y for each pair (labels read directly, y built on the fly) and the
+//                    spatial sums of p and y (shifted by the first voxel; row sums in the map dtype,
+//                    totals in double);
 //   2. Z = fftn(z):  one complex transform for the two real maps of a pair;
 //   3. sums pass:    over the half spectrum, P_k = (Z_k + conj Z_-k)/2, Y_k = (Z_k - conj Z_-k)/(2i),
 //                    T_a = sum_K |P|, T_b = sum_K |Y|, T_ab = sum_K |P||Y| (weighted half spectrum);
@@ -281,29 +282,40 @@ void run(
   scalar_t* grad_ptr = need_grad ? grad_out.data_ptr<scalar_t>() : nullptr;
   const auto complex_options = input.options().dtype(c10::toComplexType(input.scalar_type()));
 
-  // Per-voxel statistics of the activation (softmax max and 1 / sum, the ignore mask), one pass over
-  // the input. Saved for backward: 2 x B x N values instead of the B x C x N probabilities.
-  if (stats != nullptr) {
+  // With a gradient to compute, p goes into the gradient buffer (which the final pass overwrites in
+  // place): one activation pass over each image writes p and the per-voxel statistics (softmax max and
+  // keep / sum, the ignore mask) that the backward needs, 2 x B x N values instead of the B x C x N
+  // probabilities. Without one (a metric), only the statistics are stored, and the build pass
+  // computes p block by block into a scratch row buffer.
+  const bool p_in_grad = activated && need_grad;
+  if (p_in_grad || stats != nullptr) {
     const int64_t vblocks = (N + kBlockElems - 1) / kBlockElems;
     at::parallel_for(0, n_batch * vblocks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t item = begin; item < end; ++item) {
         const int64_t b = item / vblocks, i0 = (item % vblocks) * kBlockElems, i1 = std::min(N, i0 + kBlockElems);
         const Y* lab = (labels && o.has_ignore) ? tdata + b * N : nullptr;
-        K::template stats<scalar_t, Y>(x_all + b * n_in_chan * N, n_in_chan, N, act == kActSoftmax, lab, o.ignore,
-                                       stats + b * 2 * N, stats + b * 2 * N + N, i0, i1);
+        scalar_t* sh = stats != nullptr ? stats + b * 2 * N : nullptr;
+        scalar_t* sc = stats != nullptr ? stats + b * 2 * N + N : nullptr;
+        if (p_in_grad) {
+          K::template activation_pass<scalar_t, Y>(x_all + b * n_in_chan * N, n_in_chan, first_channel, N, act, lab,
+                                                   o.ignore, sh, sc, grad_ptr + b * n_chan * N, i0, i1);
+        } else {
+          K::template stats<scalar_t, Y>(x_all + b * n_in_chan * N, n_in_chan, N, act == kActSoftmax, lab, o.ignore,
+                                         sh, sc, i0, i1);
+        }
       }
     });
   }
   // p at voxel 0 of pair q (the shift of its spatial sums), by the same code as the passes.
   auto p_first = [&](int64_t q) -> scalar_t {
     if (!activated) return xmap(q)[0];
+    if (p_in_grad) return grad_ptr[q * N];
     scalar_t v;
     const int64_t b = q / n_chan;
     K::template activate<scalar_t>(xmap(q), shift_map(b), scale_map(b), act, &v, 0, 1);
     return v;
   };
-  // Where the final pass reads p: the input, or (activated) the gradient buffer, into which the build
-  // pass wrote p and which the final pass overwrites in place with the gradient.
+  // Where the build and final passes read p: the input, or (activated) the gradient buffer.
   auto pmap = [&](int64_t q) -> const scalar_t* { return activated ? grad_ptr + q * N : xmap(q); };
 
   // Transforms of a batch of maps: each thread transforms its share of the maps in one single-threaded
@@ -351,27 +363,22 @@ void run(
       const int64_t nc = std::min(chunk, n_pairs - q0);
 
       for (int64_t s = 0; s < nc; ++s) kp[s] = p_first(q0 + s);
-      // 1. Build p + i*y and the spatial sums (shifted by the first voxel of each map); p computed
-      //    from the input here when there is an activation or an ignore mask.
+      // 1. Build p + i*y and the spatial sums (shifted by the first voxel of each map).
       at::parallel_for(0, nc * nb, 1, [&](int64_t begin, int64_t end) {
         std::vector<scalar_t> pbuf;
         for (int64_t item = begin; item < end; ++item) {
           const int64_t s = item / nb, blk = item % nb, q = q0 + s;
           const int64_t r0 = blk * rpb, r_end = std::min(g.rows, (blk + 1) * rpb);
-          const scalar_t* p = xmap(q) + r0 * L;  // p of this block's rows
-          if (activated) {
-            scalar_t* dst;
-            if (need_grad) {
-              dst = grad_ptr + q * N + r0 * L;
-            } else {
-              pbuf.resize((r_end - r0) * L);
-              dst = pbuf.data();
-            }
+          const scalar_t* p;  // p of this block's rows
+          if (activated && !need_grad) {
+            pbuf.resize((r_end - r0) * L);
             const int64_t b = q / n_chan;
             const scalar_t* sh = stats != nullptr ? shift_map(b) + r0 * L : nullptr;
             const scalar_t* sc = stats != nullptr ? scale_map(b) + r0 * L : nullptr;
-            K::template activate<scalar_t>(xmap(q) + r0 * L, sh, sc, act, dst, 0, (r_end - r0) * L);
-            p = dst;
+            K::template activate<scalar_t>(xmap(q) + r0 * L, sh, sc, act, pbuf.data(), 0, (r_end - r0) * L);
+            p = pbuf.data();
+          } else {
+            p = pmap(q) + r0 * L;
           }
           const Y* ym = tmap(q);
           const int64_t cl = tlabel(q);

@@ -118,6 +118,56 @@ void stats_range(const T* x, int64_t n_chan, int64_t n_vox, bool softmax, const 
   }
 }
 
+// The activation of one image over voxels [i0, i1), written as p (the n_chan - first_channel maps in
+// the loss) next to the statistics the backward needs (shift/scale as stats_range; null when the
+// activation needs none). Each exp is taken once: softmax stores exp(x_c - max) in p, then scales it.
+// p matches activate_range with the same statistics bit for bit (the backward recomputes it so).
+template <typename T, typename Y>
+void activation_pass_range(const T* x, int64_t n_chan, int64_t first_channel, int64_t n_vox, int64_t act,
+                           const Y* lab, int64_t ign, T* shift, T* scale, T* p, int64_t i0, int64_t i1) {
+  if (act == kActSoftmax) {
+#pragma omp simd
+    for (int64_t i = i0; i < i1; ++i) shift[i] = x[i];
+    for (int64_t c = 1; c < n_chan; ++c) {
+      const T* xc = x + c * n_vox;
+#pragma omp simd
+      for (int64_t i = i0; i < i1; ++i) shift[i] = xc[i] > shift[i] ? xc[i] : shift[i];
+    }
+#pragma omp simd
+    for (int64_t i = i0; i < i1; ++i) scale[i] = T(0);
+    for (int64_t c = 0; c < n_chan; ++c) {
+      const T* xc = x + c * n_vox;
+      if (c < first_channel) {
+#pragma omp simd
+        for (int64_t i = i0; i < i1; ++i) scale[i] += act_exp(xc[i] - shift[i]);
+        continue;
+      }
+      T* pc = p + (c - first_channel) * n_vox;
+#pragma omp simd
+      for (int64_t i = i0; i < i1; ++i) {
+        const T e = act_exp(xc[i] - shift[i]);
+        pc[i] = e;
+        scale[i] += e;
+      }
+    }
+#pragma omp simd
+    for (int64_t i = i0; i < i1; ++i) scale[i] = T(1) / scale[i];
+    if (lab != nullptr) {
+#pragma omp simd
+      for (int64_t i = i0; i < i1; ++i) scale[i] = static_cast<int64_t>(lab[i]) == ign ? T(0) : scale[i];
+    }
+    for (int64_t c = first_channel; c < n_chan; ++c) {
+      T* pc = p + (c - first_channel) * n_vox;
+#pragma omp simd
+      for (int64_t i = i0; i < i1; ++i) pc[i] *= scale[i];
+    }
+    return;
+  }
+  if (scale != nullptr) stats_range<T, Y>(x, n_chan, n_vox, false, lab, ign, shift, scale, i0, i1);
+  for (int64_t c = first_channel; c < n_chan; ++c)
+    activate_range<T>(x + c * n_vox, shift, scale, act, p + (c - first_channel) * n_vox, i0, i1);
+}
+
 // dLoss/dx of one image over voxels [i0, i1) (backward of the fused activation). g_c = up[c] *
 // field_c for the channels in the loss (c >= first_channel), 0 for a dropped background channel.
 //   softmax: p_c (g_c - sum_k p_k g_k);  sigmoid: g_c keep s (1 - s);  none: g_c keep.
@@ -425,6 +475,11 @@ struct Kernels {
   static void stats(const T* x, int64_t n_chan, int64_t n_vox, bool softmax, const Y* lab, int64_t ign, T* shift,
                     T* scale, int64_t i0, int64_t i1) {
     stats_range<T, Y>(x, n_chan, n_vox, softmax, lab, ign, shift, scale, i0, i1);
+  }
+  template <typename T, typename Y>
+  static void activation_pass(const T* x, int64_t n_chan, int64_t first_channel, int64_t n_vox, int64_t act,
+                              const Y* lab, int64_t ign, T* shift, T* scale, T* p, int64_t i0, int64_t i1) {
+    activation_pass_range<T, Y>(x, n_chan, first_channel, n_vox, act, lab, ign, shift, scale, p, i0, i1);
   }
   template <typename T>
   static void activation_backward(const T* x, const T* field, const double* up, const T* shift, const T* scale,
