@@ -368,3 +368,72 @@ def test_fused_activation_float_target(activation, include_background):
     out.sum().backward()
     assert rel_err(out.detach(), ref.detach()) <= 1e-10
     assert rel_err(x.grad, x_ref.grad) <= 1e-10
+
+
+def _softmax_step(logits, labels, backend, **kw):
+    x = logits.detach().clone().requires_grad_(True)
+    out = scc_fast.scc_loss(x, labels, softmax=True, backend=backend, reduction="none", **kw)
+    (grad,) = torch.autograd.grad((out * torch.linspace(0.5, 1.5, out.numel()).reshape(out.shape).to(out.dtype)).sum(), x)
+    return out.detach(), grad
+
+
+@needs_op
+@pytest.mark.parametrize("shape", [(2, 4, 16, 12), (1, 3, 9, 7), (2, 2, 6, 5, 7), (2, 4, 8, 8, 8), (1, 5, 7, 6, 5)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("chunk_bytes", [None, "1"])
+@pytest.mark.parametrize("include_dc", [False, True])
+def test_complement_spectrum(shape, dtype, chunk_bytes, include_dc, monkeypatch):
+    """Softmax over every channel with in-range labels: one class's spectrum per image is N(1+i) at DC
+    minus the others' (SCC_FAST_NATIVE_COMPLEMENT, on by default). Against the reference with it on
+    and off; the two differ in rounding only, which shows the complement really ran."""
+    if chunk_bytes is not None:
+        monkeypatch.setenv("SCC_FAST_NATIVE_CHUNK_BYTES", chunk_bytes)  # one image per chunk where C is even
+    g = torch.Generator().manual_seed(11)
+    logits = torch.randn(shape, generator=g, dtype=torch.float64) * 3
+    labels = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g)
+    labels[0][labels[0] == 1] = 0  # an empty class in the first image
+    ref, ref_grad = _softmax_step(logits, labels, "reference", include_dc=include_dc)
+    results = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("SCC_FAST_NATIVE_COMPLEMENT", flag)
+        out, grad = _softmax_step(logits.to(dtype), labels, "native", include_dc=include_dc)
+        assert rel_err(out, ref) <= TOL[dtype] and rel_err(grad, ref_grad) <= TOL[dtype]
+        results[flag] = grad
+    # Chunks hold whole images, an even number of pairs: the smallest chunk (2 pairs per thread) holds
+    # C or 2C pairs only when that is at most 2 x threads.
+    unit = shape[1] if shape[1] % 2 == 0 else 2 * shape[1]
+    applies = chunk_bytes is None or unit <= 2 * torch.get_num_threads()
+    assert torch.equal(results["1"], results["0"]) != applies
+
+
+@needs_op
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_complement_falls_back_for_labels_out_of_range(dtype):
+    """validate=False with labels outside [0, C): those voxels are in no class (as in the reference), the
+    maps no longer sum to one, and the image's spectra are all transformed."""
+    g = torch.Generator().manual_seed(12)
+    logits = torch.randn(2, 3, 10, 9, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 3, (2, 10, 9), generator=g)
+    labels[1, :2] = 3
+    ref, ref_grad = _softmax_step(logits, labels, "reference", validate=False)
+    out, grad = _softmax_step(logits.to(dtype), labels, "native", validate=False)
+    assert rel_err(out, ref) <= TOL[dtype] and rel_err(grad, ref_grad) <= TOL[dtype]
+
+
+@needs_op
+@pytest.mark.parametrize("threads", [1, 2])
+def test_complement_thread_modes(threads):
+    """With 1 thread every transform is one call; with 2, the map left over by the even split (3 of an
+    image's 4 classes) runs on MKL's own threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(13)
+        logits = torch.randn(3, 4, 6, 7, 8, generator=g, dtype=torch.float64)
+        labels = torch.randint(0, 4, (3, 6, 7, 8), generator=g)
+        ref, ref_grad = _softmax_step(logits, labels, "reference")
+        for dtype in (torch.float64, torch.float32):
+            out, grad = _softmax_step(logits.to(dtype), labels, "native")
+            assert rel_err(out, ref) <= TOL[dtype] and rel_err(grad, ref_grad) <= TOL[dtype]
+    finally:
+        torch.set_num_threads(before)

@@ -425,6 +425,23 @@ void field_rows(
   }
 }
 
+// Spectrum of the class whose maps are one minus the others' (softmax over every channel, labels
+// in range): out = -(sum of the n_others spectra) over interleaved values [v0, v1); the caller adds
+// N (1 + i) at DC. The others are added in the order given (deterministic).
+template <typename T>
+void complement_range(const T* const* others, int64_t n_others, T* out, int64_t v0, int64_t v1) {
+  const T* first = others[0];
+#pragma omp simd
+  for (int64_t v = v0; v < v1; ++v) out[v] = first[v];
+  for (int64_t o = 1; o < n_others; ++o) {
+    const T* z = others[o];
+#pragma omp simd
+    for (int64_t v = v0; v < v1; ++v) out[v] += z[v];
+  }
+#pragma omp simd
+  for (int64_t v = v0; v < v1; ++v) out[v] = -out[v];
+}
+
 // out[i] = w[i].re (part 0) or .im (part 1) + c_p (p[i] - off_p) + c_y (y[i] - off_y), i in [i0, i1).
 template <typename T, typename Y>
 void final_range(
@@ -486,6 +503,10 @@ struct Kernels {
                                   int64_t act, int64_t n_chan, int64_t first_channel, int64_t n_vox, T* out, T* acc,
                                   int64_t i0, int64_t i1) {
     activation_backward_range<T>(x, field, up, shift, scale, act, n_chan, first_channel, n_vox, out, acc, i0, i1);
+  }
+  template <typename T>
+  static void complement(const T* const* others, int64_t n_others, T* out, int64_t v0, int64_t v1) {
+    complement_range<T>(others, n_others, out, v0, v1);
   }
   template <typename T, typename Y>
   static void final(const T* w, int part, const T* p, const Y* ym, int64_t cl, T c_p, T c_y, T off_p, T off_y, T* out,
