@@ -2,7 +2,8 @@
 
 Cases (issue 8): logits B x C x spatial, integer labels, softmax, the public ``scc_loss``,
 forward + backward. Times are medians of interleaved repeats in one process (so the ratios
-share the machine's load); peak memory is the high-water RSS above the inputs of a fresh
+share the machine's load); ratios are the median of per-round ratios, with their inter-quartile
+range; peak memory is the high-water RSS above the inputs of a fresh
 subprocess per backend (median of 3 processes) (Linux: VmHWM after resetting it through /proc/self/clear_refs).
 
     python bench/native_cpu.py                   # both cases, 15 repeats
@@ -55,7 +56,15 @@ def time_case(shape, backends, repeats):
             t0 = time.perf_counter()
             step(logits, labels, b)
             times[b].append(time.perf_counter() - t0)
-    return {b: statistics.median(v) * 1e3 for b, v in times.items()}
+    return times
+
+
+def ratio_summary(times, slow, fast="native"):
+    """slow/fast per round (the two steps ran back to back), as median and inter-quartile range:
+    steadier than a ratio of medians when the machine's speed drifts during the run."""
+    r = sorted(a / b for a, b in zip(times[slow], times[fast]))
+    q = statistics.quantiles(r, n=4) if len(r) >= 2 else [r[0]] * 3
+    return f"native is {statistics.median(r):.2f}x faster (per-round ratio, IQR {q[0]:.2f}-{q[2]:.2f})"
 
 
 def _status_kib(field):
@@ -109,12 +118,12 @@ def main():
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu count {os.cpu_count()}")
     for case in args.cases:
         shape = CASES[case]
-        ms = time_case(shape, args.backends, args.repeats)
+        times = time_case(shape, args.backends, args.repeats)
         print(f"\n{case} {'x'.join(map(str, shape))}: forward+backward, median of {args.repeats} (ms)")
         for b in args.backends:
-            line = f"  {b:10s} {ms[b]:8.2f} ms"
-            if "native" in ms and b != "native":
-                line += f"   native is {ms[b] / ms['native']:.2f}x faster"
+            line = f"  {b:10s} {statistics.median(times[b]) * 1e3:8.2f} ms"
+            if "native" in times and b != "native":
+                line += "   " + ratio_summary(times, b)
             if not args.no_memory:
                 m = memory(case, b, args.threads)
                 line += f"   peak RSS above inputs {m['above_inputs_mib']:7.1f} MiB (process peak {m['peak_mib']:.0f} MiB)"
