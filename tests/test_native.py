@@ -450,3 +450,19 @@ def test_complement_bitwise_deterministic():
         _softmax_step(torch.randn(1, 2, 9, 8, 7, generator=g), torch.randint(0, 2, (1, 9, 8, 7), generator=g), "native")
         again = _softmax_step(logits, labels, "native")
         assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+
+
+@needs_op
+@pytest.mark.parametrize("shape", [(2, 3, 10, 12), (2, 4, 6, 6, 6)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_complement_with_one_class_covering_an_image(shape, dtype):
+    """An image labelled with one class only: that class (all N voxels) is the derived one, every other
+    target of the image is empty (degenerate pairs, SCC 0 and no gradient from them)."""
+    g = torch.Generator().manual_seed(15)
+    logits = torch.randn(shape, generator=g, dtype=torch.float64) * 2
+    labels = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g)
+    labels[0] = 1
+    ref, ref_grad = _softmax_step(logits, labels, "reference")
+    out, grad = _softmax_step(logits.to(dtype), labels, "native")
+    assert torch.isfinite(out).all() and torch.isfinite(grad).all()
+    assert rel_err(out, ref) <= TOL[dtype] and rel_err(grad, ref_grad) <= TOL[dtype]
