@@ -378,7 +378,7 @@ void run(
     ws_shape.insert(ws_shape.end(), spatial.begin(), spatial.end());
     at::Tensor zbuf = at::empty(ws_shape, complex_options);
     scalar_t* z = reinterpret_cast<scalar_t*>(zbuf.data_ptr<cplx>());
-    std::vector<double> part_sp(chunk * nb * kNumSpatial);
+    std::vector<double> part_sp(chunk * nb * kNumSpatial), sp_pair(chunk * kNumSpatial);
     std::vector<double> part_ss(chunk * nb * kNumSpectral);
     std::vector<PairCoef> coef(chunk);
     std::vector<scalar_t> kp(chunk);
@@ -419,6 +419,12 @@ void run(
         }
       });
 
+      // Spatial sums per pair (partials added in block order: deterministic).
+      std::fill(sp_pair.begin(), sp_pair.end(), 0.0);
+      for (int64_t s = 0; s < nc; ++s)
+        for (int64_t blk = 0; blk < nb; ++blk)
+          for (int k = 0; k < kNumSpatial; ++k) sp_pair[s * kNumSpatial + k] += part_sp[(s * nb + blk) * kNumSpatial + k];
+
       // 2. One complex transform carries the spectra of p and y; with `complement`, the class of each
       //    image with the most voxels (the best-conditioned difference) is left out and follows
       //    from the others, when the image's labels are all in range (class counts add up to N).
@@ -428,8 +434,7 @@ void run(
           double total = 0, most = -1;
           int64_t pick = -1;
           for (int64_t s = s0; s < s0 + n_chan; ++s) {
-            double count = 0;
-            for (int64_t blk = 0; blk < nb; ++blk) count += part_sp[(s * nb + blk) * kNumSpatial + kT1];
+            const double count = sp_pair[s * kNumSpatial + kT1];
             total += count;
             if (count > most) most = count, pick = s;
           }
@@ -479,14 +484,12 @@ void run(
 
       // 4. Per-pair scalars (partials added in block order: deterministic).
       for (int64_t s = 0; s < nc; ++s) {
-        double sp[kNumSpatial] = {0, 0, 0, 0, 0}, ss[kNumSpectral] = {0, 0, 0};
-        for (int64_t blk = 0; blk < nb; ++blk) {
-          for (int k = 0; k < kNumSpatial; ++k) sp[k] += part_sp[(s * nb + blk) * kNumSpatial + k];
+        double ss[kNumSpectral] = {0, 0, 0};
+        for (int64_t blk = 0; blk < nb; ++blk)
           for (int k = 0; k < kNumSpectral; ++k) ss[k] += part_ss[(s * nb + blk) * kNumSpectral + k];
-        }
         const int64_t q = q0 + s;
         const double ky = labels ? 0.0 : static_cast<double>(tmap(q)[0]);
-        coef[s] = pair_coefficients(sp, ss, static_cast<double>(kp[s]), ky, labels, N, include_dc, w_mag, w_phase, eps);
+        coef[s] = pair_coefficients(&sp_pair[s * kNumSpatial], ss, static_cast<double>(kp[s]), ky, labels, N, include_dc, w_mag, w_phase, eps);
         scc_ptr[q] = static_cast<scalar_t>(coef[s].scc);
         valid_ptr[q] = coef[s].valid;
       }

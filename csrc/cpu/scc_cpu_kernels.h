@@ -87,10 +87,11 @@ void activate_range(const T* x, const T* shift, const T* scale, int64_t act, T* 
 
 // Per-voxel statistics of one image over voxels [i0, i1). Softmax: shift = max_c x_c and scale =
 // keep / sum_c exp(x_c - shift); other activations: scale = keep (shift unused). keep = 0 where the
-// voxel's label equals ign (lab == nullptr: no voxel is ignored).
+// voxel's label equals ign (lab == nullptr: no voxel is ignored). With e (softmax only), the terms
+// exp(x_c - shift) of the channels c >= first_channel are also stored, map c - first_channel of e.
 template <typename T, typename Y>
 void stats_range(const T* x, int64_t n_chan, int64_t n_vox, bool softmax, const Y* lab, int64_t ign, T* shift,
-                 T* scale, int64_t i0, int64_t i1) {
+                 T* scale, int64_t i0, int64_t i1, T* e = nullptr, int64_t first_channel = 0) {
   if (softmax) {
 #pragma omp simd
     for (int64_t i = i0; i < i1; ++i) shift[i] = x[i];
@@ -103,8 +104,18 @@ void stats_range(const T* x, int64_t n_chan, int64_t n_vox, bool softmax, const 
     for (int64_t i = i0; i < i1; ++i) scale[i] = T(0);
     for (int64_t c = 0; c < n_chan; ++c) {
       const T* xc = x + c * n_vox;
+      if (e == nullptr || c < first_channel) {
 #pragma omp simd
-      for (int64_t i = i0; i < i1; ++i) scale[i] += act_exp(xc[i] - shift[i]);
+        for (int64_t i = i0; i < i1; ++i) scale[i] += act_exp(xc[i] - shift[i]);
+        continue;
+      }
+      T* ec = e + (c - first_channel) * n_vox;
+#pragma omp simd
+      for (int64_t i = i0; i < i1; ++i) {
+        const T v = act_exp(xc[i] - shift[i]);
+        ec[i] = v;
+        scale[i] += v;
+      }
     }
 #pragma omp simd
     for (int64_t i = i0; i < i1; ++i) scale[i] = T(1) / scale[i];
@@ -126,36 +137,7 @@ template <typename T, typename Y>
 void activation_pass_range(const T* x, int64_t n_chan, int64_t first_channel, int64_t n_vox, int64_t act,
                            const Y* lab, int64_t ign, T* shift, T* scale, T* p, int64_t i0, int64_t i1) {
   if (act == kActSoftmax) {
-#pragma omp simd
-    for (int64_t i = i0; i < i1; ++i) shift[i] = x[i];
-    for (int64_t c = 1; c < n_chan; ++c) {
-      const T* xc = x + c * n_vox;
-#pragma omp simd
-      for (int64_t i = i0; i < i1; ++i) shift[i] = xc[i] > shift[i] ? xc[i] : shift[i];
-    }
-#pragma omp simd
-    for (int64_t i = i0; i < i1; ++i) scale[i] = T(0);
-    for (int64_t c = 0; c < n_chan; ++c) {
-      const T* xc = x + c * n_vox;
-      if (c < first_channel) {
-#pragma omp simd
-        for (int64_t i = i0; i < i1; ++i) scale[i] += act_exp(xc[i] - shift[i]);
-        continue;
-      }
-      T* pc = p + (c - first_channel) * n_vox;
-#pragma omp simd
-      for (int64_t i = i0; i < i1; ++i) {
-        const T e = act_exp(xc[i] - shift[i]);
-        pc[i] = e;
-        scale[i] += e;
-      }
-    }
-#pragma omp simd
-    for (int64_t i = i0; i < i1; ++i) scale[i] = T(1) / scale[i];
-    if (lab != nullptr) {
-#pragma omp simd
-      for (int64_t i = i0; i < i1; ++i) scale[i] = static_cast<int64_t>(lab[i]) == ign ? T(0) : scale[i];
-    }
+    stats_range<T, Y>(x, n_chan, n_vox, true, lab, ign, shift, scale, i0, i1, p, first_channel);
     for (int64_t c = first_channel; c < n_chan; ++c) {
       T* pc = p + (c - first_channel) * n_vox;
 #pragma omp simd
