@@ -466,3 +466,125 @@ def test_complement_with_one_class_covering_an_image(shape, dtype):
     out, grad = _softmax_step(logits.to(dtype), labels, "native")
     assert torch.isfinite(out).all() and torch.isfinite(grad).all()
     assert rel_err(out, ref) <= TOL[dtype] and rel_err(grad, ref_grad) <= TOL[dtype]
+
+
+@needs_op
+def test_fft_engine_switch(monkeypatch):
+    """In place through MKL where libtorch exports it (x86-64 torch builds), ATen when asked."""
+    monkeypatch.delenv("SCC_FAST_NATIVE_FFT", raising=False)
+    engine = native.fft_engine()
+    assert engine in ("mkl_inplace", "aten")
+    if sys.platform.startswith("linux") and torch.backends.mkl.is_available():
+        assert engine == "mkl_inplace"
+    monkeypatch.setenv("SCC_FAST_NATIVE_FFT", "aten")
+    assert native.fft_engine() == "aten"
+
+
+@needs_op
+@pytest.mark.parametrize("engine", ["mkl_inplace", "aten"])
+@pytest.mark.parametrize("shape", [(2, 4, 16, 12), (1, 3, 9, 7), (2, 2, 6, 5, 7), (1, 5, 7, 6, 5)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("chunk_bytes", [None, "1"])
+def test_fft_engines_match_reference(engine, shape, dtype, chunk_bytes, monkeypatch):
+    """Both transform engines, with the complement spectrum (softmax, labels) and without it (a float
+    target), one image or several per chunk, odd pair counts (an unpaired last inverse map)."""
+    if engine == "aten":
+        monkeypatch.setenv("SCC_FAST_NATIVE_FFT", "aten")
+    else:
+        monkeypatch.delenv("SCC_FAST_NATIVE_FFT", raising=False)
+        if native.fft_engine() != engine:
+            pytest.skip("libtorch does not export MKL's DFTI here")
+    if chunk_bytes is not None:
+        monkeypatch.setenv("SCC_FAST_NATIVE_CHUNK_BYTES", chunk_bytes)
+    g = torch.Generator().manual_seed(21)
+    logits = torch.randn(shape, generator=g, dtype=torch.float64) * 2
+    labels = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g)
+    ref, ref_grad = _softmax_step(logits, labels, "reference")
+    out, grad = _softmax_step(logits.to(dtype), labels, "native")
+    assert rel_err(out, ref) <= TOL[dtype] and rel_err(grad, ref_grad) <= TOL[dtype]
+    probs, target = make_inputs(shape, labels=False, seed=22)
+    check_against_reference(probs, target, dtype)
+
+
+@needs_op
+def test_buffer_cache_reuses_released_buffers(monkeypatch):
+    """Released buffers are kept (up to SCC_FAST_NATIVE_CACHE_MB) and reused; live outputs are never
+    shared between calls; a cap of 0 keeps nothing; empty_cache frees everything."""
+    monkeypatch.delenv("SCC_FAST_NATIVE_CACHE_MB", raising=False)
+    g = torch.Generator().manual_seed(23)
+    logits = torch.randn(2, 3, 12, 10, 8, generator=g)
+    labels = torch.randint(0, 3, (2, 12, 10, 8), generator=g)
+    native.empty_cache()
+    assert native.cached_bytes() == 0
+    first = _softmax_step(logits, labels, "native")
+    kept = native.cached_bytes()
+    # the field and statistics saved for backward and the workspace came back after the step
+    field_bytes = logits.numel() * logits.element_size()
+    assert kept >= field_bytes, kept
+
+    # Two live results: distinct memory, and writing into one leaves the other alone.
+    a = _softmax_step(logits, labels, "native")
+    b = _softmax_step(logits, labels, "native")
+    assert a[1].data_ptr() != b[1].data_ptr()
+    assert torch.equal(a[1], first[1]) and torch.equal(b[1], first[1])
+    a[1].zero_()
+    assert torch.equal(b[1], first[1])
+    del a
+    c = _softmax_step(logits, labels, "native")  # may reuse a's released gradient buffer
+    assert torch.equal(c[1], first[1]) and torch.equal(c[0], first[0])
+
+    monkeypatch.setenv("SCC_FAST_NATIVE_CACHE_MB", "0")
+    native.empty_cache()
+    again = _softmax_step(logits, labels, "native")
+    assert native.cached_bytes() == 0
+    assert torch.equal(again[1], first[1])
+    monkeypatch.delenv("SCC_FAST_NATIVE_CACHE_MB")
+    _softmax_step(logits, labels, "native")
+    assert native.cached_bytes() > 0
+    native.empty_cache()
+    assert native.cached_bytes() == 0
+
+
+@needs_op
+def test_buffer_cache_respects_its_cap(monkeypatch):
+    """Blocks that would take the idle total over the cap are freed, not kept."""
+    g = torch.Generator().manual_seed(24)
+    logits = torch.randn(1, 2, 64, 64, 32, generator=g)  # 1 MiB field: over a 1 MiB cap with the rest
+    labels = torch.randint(0, 2, (1, 64, 64, 32), generator=g)
+    native.empty_cache()
+    monkeypatch.setenv("SCC_FAST_NATIVE_CACHE_MB", "1")
+    _softmax_step(logits, labels, "native")
+    assert 0 < native.cached_bytes() <= 1 << 20
+    native.empty_cache()
+
+
+@needs_op
+def test_concurrent_calls_from_threads():
+    """Calls from several Python threads at once (shared cache and transform descriptors) give the
+    results of calls made one at a time."""
+    import threading
+
+    g = torch.Generator().manual_seed(25)
+    cases = []
+    for shape in [(2, 4, 10, 9, 8), (1, 3, 20, 18), (2, 2, 8, 8, 8)]:
+        logits = torch.randn(shape, generator=g)
+        labels = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g)
+        cases.append((logits, labels, _softmax_step(logits, labels, "native")))
+    errors = []
+
+    def worker(k):
+        try:
+            for i in range(6):
+                logits, labels, want = cases[(k + i) % len(cases)]
+                out, grad = _softmax_step(logits, labels, "native")
+                if not (torch.equal(out, want[0]) and torch.equal(grad, want[1])):
+                    errors.append(f"thread {k}, call {i}: result differs")
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            errors.append(f"thread {k}: {exc!r}")
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors

@@ -1,5 +1,7 @@
 // CPU kernels of scc_fast::scc_forward and scc_fast::scc_backward: SPEC section 2 with fused passes
-// around ATen's FFT, the activation (softmax over channels, or sigmoid) and the ignore mask included.
+// around the FFTs (MKL in place where libtorch exports it, else ATen's: scc_cpu_fft.h), the
+// activation (softmax over channels, or sigmoid) and the ignore mask included. Outputs, saved
+// tensors and workspace come from a cache of released buffers (scc_cpu_buffers.h).
 //
 // Forward. With an activation (softmax, sigmoid) or an ignore mask, a first pass over each image
 // writes p into the gradient output (which the final pass overwrites in place with the gradient)
@@ -13,7 +15,7 @@
 //   1. build pass:   z = p + i*y for each pair (labels read directly, y built on the fly) and the
 //                    spatial sums of p and y (shifted by the first voxel; row sums in the map dtype,
 //                    totals in double);
-//   2. Z = fftn(z):  one complex transform for the two real maps of a pair. With softmax over every
+//   2. Z = fftn(z):  one complex transform for the two real maps of a pair (in place in z). With softmax over every
 //                    channel and labels all in range, each image's maps sum to one (p and y alike),
 //                    so one class's Z is N (1 + i) at DC minus the others': one transform fewer;
 //   3. sums pass:    over the half spectrum, P_k = (Z_k + conj Z_-k)/2, Y_k = (Z_k - conj Z_-k)/(2i),
@@ -21,7 +23,8 @@
 //   4. scalars:      SCC and the gradient coefficients, the formulas and zero tests of
 //                    scc_fast.backends.torch_fft.pair_coefficients / scc_fast._numerics, in double;
 //   5. field pass:   W = G_1 + i*G_2 with G = (c_a + c_ab |Y|) P/|P| for two pairs at once (both
-//                    Hermitian, so one complex inverse transform gives both real gradients);
+//                    Hermitian, so one complex inverse transform gives both real gradients), into
+//                    maps after z's (over z with ATen's transforms, whose spectra are new tensors);
 //   6. w = ifftn(W) (unnormalised), then the final pass: field_1 = Re w + c_p (p - [DC out] mean p)
 //                    + c_y (y - [DC out] mean y), field_2 from Im w. field = dSCC/dp.
 // Backward (scc_backward): one pass over voxel blocks of each image: p recomputed from the input and
@@ -36,6 +39,9 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include "scc_cpu_buffers.h"
+#include "scc_cpu_fft.h"
 
 #include <algorithm>
 #include <cmath>
@@ -340,24 +346,34 @@ void run(
   // share in single-threaded calls (one per run of consecutive slots); the maps left over by the
   // even split are transformed from this thread, where MKL uses its own threads (measured on this
   // project's 2-core machine, one 64^3 map: 0.83 ms on one thread, 0.41 ms on two).
-  // map[slot] points to the slot's spectrum, parts keeps the results alive.
+  // `inplace`: the maps are transformed where they are (MKL's DFTI, scc_cpu_fft.h); otherwise ATen
+  // returns new tensors, which parts keeps alive. map[slot] points to the slot's spectrum.
+  const bool inplace = inplace_fft_available(input.scalar_type());
   auto transform = [&](const at::Tensor& in, const std::vector<int64_t>& slots, bool forward,
                        std::vector<at::Tensor>& parts, std::vector<const scalar_t*>& map) {
     const int64_t n = static_cast<int64_t>(slots.size());
     parts.assign(n, at::Tensor());
     map.assign(in.size(0), nullptr);
-    auto run_slots = [&](int64_t i, int64_t j) {
+    scalar_t* in_data = reinterpret_cast<scalar_t*>(in.data_ptr<cplx>());
+    auto run_slots = [&](int64_t i, int64_t j, int64_t mkl_threads) {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
       while (i < j) {
         int64_t k = i + 1;
         while (k < j && slots[k] == slots[k - 1] + 1) ++k;
-        const at::Tensor part = in.narrow(0, slots[i], k - i);
-        at::Tensor out = forward ? at::fft_fftn(part, std::nullopt, fft_dims, std::nullopt)
-                                 : at::fft_ifftn(part, std::nullopt, fft_dims, "forward");
-        out = out.contiguous();
-        const scalar_t* base = reinterpret_cast<const scalar_t*>(out.data_ptr<cplx>());
+        const scalar_t* base;
+        if (inplace) {
+          scalar_t* maps = in_data + 2 * slots[i] * N;
+          inplace_fft(maps, input.scalar_type(), spatial, k - i, forward, mkl_threads);
+          base = maps;
+        } else {
+          const at::Tensor part = in.narrow(0, slots[i], k - i);
+          at::Tensor out = forward ? at::fft_fftn(part, std::nullopt, fft_dims, std::nullopt)
+                                   : at::fft_ifftn(part, std::nullopt, fft_dims, "forward");
+          out = out.contiguous();
+          base = reinterpret_cast<const scalar_t*>(out.data_ptr<cplx>());
+          parts[i] = std::move(out);
+        }
         for (int64_t l = i; l < k; ++l) map[slots[l]] = base + 2 * (l - i) * N;
-        parts[i] = std::move(out);
         i = k;
       }
     };
@@ -365,19 +381,29 @@ void run(
     const int64_t even = n - n % threads;
     if (even > 0 && threads > 1) {
       at::parallel_for(0, threads, 1, [&](int64_t b, int64_t e) {
-        for (int64_t t = b; t < e; ++t) run_slots(t * even / threads, (t + 1) * even / threads);
+        for (int64_t t = b; t < e; ++t) run_slots(t * even / threads, (t + 1) * even / threads, 1);
       });
     } else {
-      run_slots(0, even);
+      run_slots(0, even, threads);
     }
-    run_slots(even, n);
+    run_slots(even, n, threads);
   };
 
   auto run_chunks = [&](int64_t chunk_begin, int64_t chunk_end) {
+    // z: the chunk's maps. The packed fields go over z when the spectra are separate tensors (ATen),
+    // else to w, maps of their own after z's, since z holds the spectra they are built from.
+    const int64_t w_maps = inplace && need_grad ? (chunk + 1) / 2 : 0;
+    const at::Tensor workspace = cached_empty({(chunk + w_maps) * N}, complex_options);
     std::vector<int64_t> ws_shape{chunk};
     ws_shape.insert(ws_shape.end(), spatial.begin(), spatial.end());
-    at::Tensor zbuf = at::empty(ws_shape, complex_options);
+    const at::Tensor zbuf = workspace.narrow(0, 0, chunk * N).view(ws_shape);
     scalar_t* z = reinterpret_cast<scalar_t*>(zbuf.data_ptr<cplx>());
+    at::Tensor wbuf = zbuf;
+    if (w_maps > 0) {
+      ws_shape[0] = w_maps;
+      wbuf = workspace.narrow(0, chunk * N, w_maps * N).view(ws_shape);
+    }
+    scalar_t* w = reinterpret_cast<scalar_t*>(wbuf.data_ptr<cplx>());
     std::vector<double> part_sp(chunk * nb * kNumSpatial), sp_pair(chunk * kNumSpatial);
     std::vector<double> part_ss(chunk * nb * kNumSpectral);
     std::vector<PairCoef> coef(chunk);
@@ -449,9 +475,13 @@ void run(
         std::vector<const scalar_t*> others(n_img * (n_chan - 1));
         for (int64_t m = 0; m < n_img; ++m) {
           if (comp_slot[m] < 0) continue;
-          at::Tensor zc = at::empty({N}, complex_options);
-          Zmap[comp_slot[m]] = reinterpret_cast<const scalar_t*>(zc.data_ptr<cplx>());
-          Zparts.push_back(std::move(zc));
+          if (inplace) {  // the derived class's own slot of z (its p + i*y is not transformed)
+            Zmap[comp_slot[m]] = z + 2 * comp_slot[m] * N;
+          } else {
+            at::Tensor zc = at::empty({N}, complex_options);
+            Zmap[comp_slot[m]] = reinterpret_cast<const scalar_t*>(zc.data_ptr<cplx>());
+            Zparts.push_back(std::move(zc));
+          }
           int64_t k = 0;
           for (int64_t s = m * n_chan; s < (m + 1) * n_chan; ++s)
             if (s != comp_slot[m]) others[m * (n_chan - 1) + k++] = Zmap[s];
@@ -495,7 +525,7 @@ void run(
       }
       if (!need_grad) continue;
 
-      // 5. Fields of two pairs packed in one spectrum, written over z (consumed by the transform).
+      // 5. Fields of two pairs packed in one spectrum, written to w.
       const int64_t n_packed = (nc + 1) / 2;
       at::parallel_for(0, n_packed * nb, 1, [&](int64_t begin, int64_t end) {
         for (int64_t item = begin; item < end; ++item) {
@@ -506,7 +536,7 @@ void run(
           K::template field<scalar_t>(
               Z1, has2 ? Zmap[s2] : Z1, static_cast<scalar_t>(coef[s1].c_a), static_cast<scalar_t>(coef[s1].c_ab),
               has2 ? static_cast<scalar_t>(coef[s2].c_a) : scalar_t(0),
-              has2 ? static_cast<scalar_t>(coef[s2].c_ab) : scalar_t(0), z + 2 * m * N, neg_row, L, blk * rpb,
+              has2 ? static_cast<scalar_t>(coef[s2].c_ab) : scalar_t(0), w + 2 * m * N, neg_row, L, blk * rpb,
               std::min(g.rows, (blk + 1) * rpb), include_dc);
         }
       });
@@ -515,7 +545,7 @@ void run(
       // 6. Unnormalised inverse transform (DFT^H = N * ifft), then the spatial terms.
       std::vector<int64_t> packed(n_packed);
       for (int64_t m = 0; m < n_packed; ++m) packed[m] = m;
-      transform(zbuf.narrow(0, 0, n_packed), packed, false, wparts, wmap);
+      transform(wbuf.narrow(0, 0, n_packed), packed, false, wparts, wmap);
       at::parallel_for(0, nc * nb, 1, [&](int64_t begin, int64_t end) {
         for (int64_t item = begin; item < end; ++item) {
           const int64_t s = item / nb, blk = item % nb, q = q0 + s;
@@ -623,11 +653,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> scc_forward_cpu(
 
   at::Tensor scc = at::empty(pair_shape, input.options());
   at::Tensor valid = at::empty(pair_shape, input.options().dtype(at::kBool));
-  at::Tensor grad = need_grad ? at::empty(grad_shape, input.options()) : at::empty({0}, input.options());
+  at::Tensor grad = need_grad ? cached_empty(grad_shape, input.options()) : at::empty({0}, input.options());
   std::vector<int64_t> stats_shape{B, 2};
   stats_shape.insert(stats_shape.end(), input.sizes().begin() + 2, input.sizes().end());
   const bool use_stats = activation == kActSoftmax || o.has_ignore;
-  at::Tensor stats = use_stats ? at::empty(stats_shape, input.options()) : at::empty({0}, input.options());
+  at::Tensor stats = use_stats ? cached_empty(stats_shape, input.options()) : at::empty({0}, input.options());
 
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "scc_forward_cpu", [&] {
     if (labels) {
@@ -693,7 +723,7 @@ at::Tensor scc_backward_cpu(const at::Tensor& field_in, const at::Tensor& grad_s
   const at::Tensor input = input_in.contiguous(), field = field_in.contiguous(), stats = stats_in.contiguous();
   const at::Tensor up_t = grad_scc.to(at::kDouble).contiguous();
   const std::vector<double> up(up_t.data_ptr<double>(), up_t.data_ptr<double>() + B * C);
-  at::Tensor out = at::empty(input.sizes(), input.options());
+  at::Tensor out = cached_empty(input.sizes(), input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "scc_backward_cpu", [&] {
 #ifdef SCC_HAVE_AVX2_KERNELS
     if (use_avx2()) {

@@ -3,6 +3,8 @@
 SPEC section 2 in C++: one complex FFT carries the spectra of p and y (split by Hermitian
 symmetry), fused passes give the spatial sums, ``T_a``, ``T_b``, ``T_ab`` and the gradient field,
 one complex inverse FFT gives the gradients of two pairs, and a last pass adds the spatial terms.
+The transforms run in place through MKL where libtorch exports it (:func:`fft_engine`), and the
+operator's buffers are reused from call to call (:func:`cached_bytes`, :func:`empty_cache`).
 The gradient field dSCC/dp is computed in the forward call and saved; backward is one elementwise
 pass (``torch.ops.scc_fast.scc_backward``). With :func:`activated_correlation` the softmax or
 sigmoid (and the ignore mask) run inside the operator, so no probability tensor is made or kept.
@@ -18,12 +20,23 @@ import torch
 from .._numerics import refuse_double_backward
 from .activation import ACTIVATIONS, activation_code  # the C++ enum Activation (csrc/cpu/scc_cpu.cpp) uses these codes
 
-__all__ = ["activated_correlation", "correlation", "unavailable_reason", "unsupported_reason"]
+__all__ = [
+    "activated_correlation",
+    "cached_bytes",
+    "correlation",
+    "empty_cache",
+    "fft_engine",
+    "unavailable_reason",
+    "unsupported_reason",
+]
 
 _HOW_TO_BUILD = (
     "build it with `pip install --no-build-isolation -e .` (or `pip install --no-build-isolation .`) from a "
     "source checkout, with torch installed and a C++ compiler on PATH, and without SCC_FAST_SKIP_NATIVE=1"
 )
+
+# The operators scc_fast._C registers (csrc/scc_ops.cpp, csrc/cpu/).
+_OPS = ("scc_forward", "scc_backward", "native_fft_engine", "native_cache_bytes", "native_empty_cache")
 
 _LOAD_ERROR: str | None = None
 _REGISTERED = False
@@ -42,9 +55,10 @@ def _load() -> str | None:
             + _HOW_TO_BUILD
         )
         return _LOAD_ERROR
-    if not (hasattr(torch.ops.scc_fast, "scc_forward") and hasattr(torch.ops.scc_fast, "scc_backward")):
+    missing = [name for name in _OPS if not hasattr(torch.ops.scc_fast, name)]
+    if missing:
         _LOAD_ERROR = (
-            "scc_fast._C was imported but did not register torch.ops.scc_fast.scc_forward and scc_backward "
+            f"scc_fast._C was imported but did not register torch.ops.scc_fast.{', '.join(missing)} "
             "(a build from older sources?); " + _HOW_TO_BUILD
         )
         return _LOAD_ERROR
@@ -95,6 +109,42 @@ def _register_python_side() -> None:
 
 def unavailable_reason() -> str | None:
     return _load()
+
+
+def _require() -> None:
+    reason = _load()
+    if reason is not None:
+        raise RuntimeError(f"backend 'native' cannot run: {reason}")
+
+
+def fft_engine() -> str:
+    """The transforms the operator uses: ``"mkl_inplace"`` (MKL's DFTI called in place, where
+    libtorch exports it: x86-64 builds of torch) or ``"aten"`` (``torch.fft``, out of place).
+
+    ``SCC_FAST_NATIVE_FFT=aten`` selects ATen's transforms (comparisons, tests). Both give the
+    same results to rounding.
+    """
+    _require()
+    return torch.ops.scc_fast.native_fft_engine()
+
+
+def cached_bytes() -> int:
+    """Bytes of released operator buffers kept for reuse.
+
+    The gradient field and statistics saved for backward, the workspace and the input gradient
+    are the same sizes call after call in training; writing into reused memory instead of fresh
+    pages is measurably faster (``bench/RESULTS.md``). The cache holds at most
+    ``SCC_FAST_NATIVE_CACHE_MB`` MiB (default 64; ``0`` turns it off); memory in use by live
+    tensors is never counted or touched.
+    """
+    _require()
+    return int(torch.ops.scc_fast.native_cache_bytes())
+
+
+def empty_cache() -> None:
+    """Frees the released operator buffers the cache holds (as ``torch.cuda.empty_cache`` does)."""
+    _require()
+    torch.ops.scc_fast.native_empty_cache()
 
 
 def unsupported_reason(probs: torch.Tensor, target: torch.Tensor) -> str | None:
@@ -170,9 +220,7 @@ def activated_correlation(
     Returns:
         ``(scc, valid)``, both B x C'; ``scc`` is differentiable in ``input``.
     """
-    reason = _load()
-    if reason is not None:
-        raise RuntimeError(f"backend 'native' cannot run: {reason}")
+    _require()
     reason = unsupported_reason(input, target)
     if reason is not None:
         raise RuntimeError(f"backend 'native' cannot run: {reason}")

@@ -1,0 +1,26 @@
+// In-place batched complex FFTs for the CPU operator.
+//
+// ATen's fftn/ifftn always return a new tensor: for the operator that is an output buffer per
+// transform, first touched (page-faulted) in every call, next to the input it no longer needs.
+// Where libtorch exports Intel MKL's DFTI entry points (the x86-64 builds of torch link MKL and
+// export them) the maps are transformed in place with MKL directly: the same library and
+// algorithm ATen calls, no output allocation. Elsewhere (no MKL, another platform, or
+// SCC_FAST_NATIVE_FFT=aten) the operator keeps using ATen's out-of-place transforms.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+namespace scc_fast {
+
+// Whether in-place transforms are available for this dtype (float32 or float64 maps).
+bool inplace_fft_available(at::ScalarType real_dtype);
+
+// Transforms `count` contiguous complex maps of shape `dims` at `data` in place, unnormalised in
+// both directions (forward: exp(-i...), inverse: exp(+i...)), with at most `threads` threads
+// (1 inside a parallel region). Throws (c10::Error) when MKL reports an error.
+void inplace_fft(void* data, at::ScalarType real_dtype, at::IntArrayRef dims, int64_t count, bool forward,
+                 int64_t threads);
+
+}  // namespace scc_fast
