@@ -588,3 +588,26 @@ def test_concurrent_calls_from_threads():
     for t in threads:
         t.join()
     assert not errors, errors
+
+
+@needs_op
+def test_buffer_cache_keeps_the_newest_shape(monkeypatch):
+    """When the cap is reached, the oldest released blocks go first: after a change of shape the
+    cache holds the new shape's buffers, not the old ones'."""
+    g = torch.Generator().manual_seed(26)
+
+    def step(depth):
+        logits = torch.randn(1, 2, 32, 32, depth, generator=g)
+        _softmax_step(logits, torch.randint(0, 2, (1, 32, 32, depth), generator=g), "native")
+
+    monkeypatch.setenv("SCC_FAST_NATIVE_CACHE_MB", "2")  # room for one shape's buffers, not two
+    native.empty_cache()
+    step(40)
+    kept_new = native.cached_bytes()
+    native.empty_cache()
+    step(32)
+    kept_old = native.cached_bytes()
+    assert kept_old != kept_new and kept_old + kept_new > 2 << 20, (kept_old, kept_new)
+    step(40)
+    assert native.cached_bytes() == kept_new
+    native.empty_cache()

@@ -8,7 +8,8 @@
 #include <cstdlib>
 #include <mutex>
 #include <string>
-#include <unordered_map>
+#include <iterator>
+#include <list>
 #include <vector>
 
 namespace scc_fast {
@@ -22,9 +23,14 @@ size_t cap_bytes() {
   return mb > 0 ? static_cast<size_t>(mb) << 20 : 0;
 }
 
+struct Block {
+  size_t bytes;
+};
+
+// Released blocks, oldest first: a new shape's blocks push out those of a shape no longer used.
 struct Cache {
   std::mutex mutex;
-  std::unordered_map<size_t, std::vector<void*>> idle;  // released blocks by byte size
+  std::list<Block*> idle;
   size_t idle_bytes = 0;
 };
 
@@ -34,23 +40,25 @@ Cache& cache() {
   return *c;
 }
 
-struct Block {
-  size_t bytes;
-};
-
 // Deleter of a cached tensor's storage: ctx is the block header placed before the data.
 void release(void* ctx) {
   Block* block = static_cast<Block*>(ctx);
-  Cache& c = cache();
-  {
+  const size_t cap = cap_bytes();
+  std::vector<Block*> evicted;
+  if (block->bytes > cap) {
+    evicted.push_back(block);
+  } else {
+    Cache& c = cache();
     std::lock_guard<std::mutex> lock(c.mutex);
-    if (c.idle_bytes + block->bytes <= cap_bytes()) {
-      c.idle[block->bytes].push_back(block);
-      c.idle_bytes += block->bytes;
-      return;
+    c.idle.push_back(block);
+    c.idle_bytes += block->bytes;
+    while (c.idle_bytes > cap) {
+      evicted.push_back(c.idle.front());
+      c.idle_bytes -= c.idle.front()->bytes;
+      c.idle.pop_front();
     }
   }
-  c10::free_cpu(block);
+  for (Block* b : evicted) c10::free_cpu(b);
 }
 
 // Data start of a block: a 64-byte header keeps the data at the allocator's 64-byte alignment.
@@ -63,22 +71,24 @@ at::Tensor cached_empty(at::IntArrayRef sizes, const at::TensorOptions& options)
   for (auto s : sizes) numel *= s;
   const size_t bytes = static_cast<size_t>(numel) * options.dtype().itemsize();
   if (bytes == 0 || cap_bytes() == 0) return at::empty(sizes, options);
-  void* block = nullptr;
+  Block* block = nullptr;
   {
     Cache& c = cache();
     std::lock_guard<std::mutex> lock(c.mutex);
-    auto it = c.idle.find(bytes);
-    if (it != c.idle.end() && !it->second.empty()) {
-      block = it->second.back();
-      it->second.pop_back();
-      c.idle_bytes -= bytes;
+    for (auto it = c.idle.rbegin(); it != c.idle.rend(); ++it) {  // the most recently released first
+      if ((*it)->bytes == bytes) {
+        block = *it;
+        c.idle.erase(std::next(it).base());
+        c.idle_bytes -= bytes;
+        break;
+      }
     }
   }
   if (block == nullptr) {
-    block = c10::alloc_cpu(kHeader + bytes);
-    static_cast<Block*>(block)->bytes = bytes;
+    block = static_cast<Block*>(c10::alloc_cpu(kHeader + bytes));
+    block->bytes = bytes;
   }
-  void* data = static_cast<char*>(block) + kHeader;
+  void* data = reinterpret_cast<char*>(block) + kHeader;
   c10::DataPtr ptr(data, block, &release, c10::Device(c10::kCPU));
   c10::Storage storage(c10::Storage::use_byte_size_t(), bytes, std::move(ptr), /*allocator=*/nullptr,
                        /*resizable=*/false);
@@ -92,15 +102,14 @@ int64_t cached_bytes() {
 }
 
 void release_cached_buffers() {
-  std::vector<void*> blocks;
+  std::list<Block*> blocks;
   {
     Cache& c = cache();
     std::lock_guard<std::mutex> lock(c.mutex);
-    for (auto& kv : c.idle) blocks.insert(blocks.end(), kv.second.begin(), kv.second.end());
-    c.idle.clear();
+    blocks.swap(c.idle);
     c.idle_bytes = 0;
   }
-  for (void* b : blocks) c10::free_cpu(b);
+  for (Block* b : blocks) c10::free_cpu(b);
 }
 
 }  // namespace scc_fast
