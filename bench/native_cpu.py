@@ -1,9 +1,13 @@
 """Forward + backward timing and peak memory of backend "native" against "torch" and the reference.
 
 Cases (issue 8): logits B x C x spatial, integer labels, softmax, the public ``scc_loss``,
-forward + backward. Times are medians of interleaved repeats in one process (so the ratios
-share the machine's load); ratios are the median of per-round ratios, with their inter-quartile
-range; peak memory is the high-water RSS above the inputs of a fresh
+forward + backward. Each round runs every backend in turn (order alternating), each for a block
+of consecutive steps, as a training loop calls its loss step after step; the first step of a
+block, which meets the memory the previous backend left, is not timed (``--block 1`` times
+single interleaved steps, the method before 2026-11-27 07:40: it let the other backends' freed
+memory inflate the reference by 20-30% through page faults). A backend's time is the median over
+rounds of its block medians; ratios are the median of per-round ratios, with their
+inter-quartile range; peak memory is the high-water RSS above the inputs of a fresh
 subprocess per backend (median of 3 processes) (Linux: VmHWM after resetting it through /proc/self/clear_refs).
 
     python bench/native_cpu.py                   # both cases, 15 repeats
@@ -46,16 +50,21 @@ def step(logits, labels, backend):
     return x.grad
 
 
-def time_case(shape, backends, repeats):
+def time_case(shape, backends, repeats, block=4):
+    """Per backend, one time per round: the median of the timed steps of its block."""
     logits, labels = make_inputs(shape)
     for b in backends:  # warm-up (plan caches, first-touch of buffers)
         step(logits, labels, b)
     times = {b: [] for b in backends}
-    for _ in range(repeats):
-        for b in backends:
-            t0 = time.perf_counter()
-            step(logits, labels, b)
-            times[b].append(time.perf_counter() - t0)
+    for r in range(repeats):
+        for b in backends if r % 2 == 0 else backends[::-1]:
+            block_times = []
+            for i in range(block):
+                t0 = time.perf_counter()
+                step(logits, labels, b)
+                if i > 0 or block == 1:
+                    block_times.append(time.perf_counter() - t0)
+            times[b].append(statistics.median(block_times))
     return times
 
 
@@ -105,7 +114,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     ap.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
-    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--repeats", type=int, default=15, help="rounds")
+    ap.add_argument("--block", type=int, default=4, help="consecutive steps per backend per round (first not timed)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
@@ -118,8 +128,11 @@ def main():
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu count {os.cpu_count()}")
     for case in args.cases:
         shape = CASES[case]
-        times = time_case(shape, args.backends, args.repeats)
-        print(f"\n{case} {'x'.join(map(str, shape))}: forward+backward, median of {args.repeats} (ms)")
+        times = time_case(shape, tuple(args.backends), args.repeats, args.block)
+        print(
+            f"\n{case} {'x'.join(map(str, shape))}: forward+backward, median of {args.repeats} rounds "
+            f"of {args.block}-step blocks (ms)"
+        )
         for b in args.backends:
             line = f"  {b:10s} {statistics.median(times[b]) * 1e3:8.2f} ms"
             if "native" in times and b != "native":
