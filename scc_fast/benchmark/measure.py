@@ -16,7 +16,8 @@ Definitions (the same on every device):
 * peak memory above the inputs: CUDA, ``max_memory_allocated()`` after
   ``reset_peak_memory_stats()`` minus ``memory_allocated()`` just before the call (the inputs and
   whatever the backend keeps between calls). CPU: ``VmHWM`` (reset by writing 5 to
-  ``/proc/self/clear_refs``) minus ``VmRSS`` just before the call, after ``malloc_trim``; the
+  ``/proc/self/clear_refs``) minus ``VmRSS`` just before the call, after ``malloc_trim`` and after
+  emptying backend ``native``'s cache of released buffers (so the buffers it reuses count); the
   call is measured after one warm-up call so that imports, code pages and one-time compilation
   are not counted.
 """
@@ -215,6 +216,14 @@ def trim_heap() -> None:
         pass
 
 
+def _empty_backend_caches() -> None:
+    """Free the released buffers backend ``native`` keeps for its next call (when it is loaded)."""
+    from ..backends import native
+
+    if native.unavailable_reason() is None:
+        native.empty_cache()
+
+
 def maxrss_bytes() -> int:
     """``getrusage`` high-water RSS of this process (KiB on Linux), in bytes."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -236,6 +245,7 @@ def peak_memory(fn: LossFn, x: torch.Tensor, t: torch.Tensor, mode: str) -> dict
         x.grad = None
         return {"peak_bytes": peak - base, "base_bytes": base, "loss": value,
                 "method": "cuda max_memory_allocated - memory_allocated before"}
+    _empty_backend_caches()
     trim_heap()
     if not reset_hwm():
         loss = _call(fn, x, t, mode)
