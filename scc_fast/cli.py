@@ -15,7 +15,12 @@ def _backends(args: argparse.Namespace) -> int:
         print(explain_shape(args.shape, args.device, args.backend, args.target))
         return 0
     for name, status in available_backends().items():
-        print(f"{name:10s} {'yes' if status.available else 'no ':3s}  {status.reason}")
+        detail = status.reason
+        if name == "native" and status.available:
+            from .backends import native
+
+            detail += f" (transforms: {native.fft_engine()}; cached buffers now: {native.cached_bytes() >> 20} MiB)"
+        print(f"{name:10s} {'yes' if status.available else 'no ':3s}  {detail}")
     return 0
 
 

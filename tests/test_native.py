@@ -611,3 +611,13 @@ def test_buffer_cache_keeps_the_newest_shape(monkeypatch):
     step(40)
     assert native.cached_bytes() == kept_new
     native.empty_cache()
+
+
+@needs_op
+def test_cli_backends_names_the_transforms(capsys, monkeypatch):
+    from scc_fast import cli
+
+    monkeypatch.setenv("SCC_FAST_NATIVE_FFT", "aten")
+    assert cli.main(["backends"]) == 0
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("native")][0]
+    assert "yes" in line and "transforms: aten" in line and "cached buffers now:" in line
