@@ -15,9 +15,10 @@
 //   1. build pass:   z = p + i*y for each pair (labels read directly, y built on the fly) and the
 //                    spatial sums of p and y (shifted by the first voxel; row sums in the map dtype,
 //                    totals in double);
-//   2. Z = fftn(z):  one complex transform for the two real maps of a pair (in place in z). With softmax over every
-//                    channel and labels all in range, each image's maps sum to one (p and y alike),
-//                    so one class's Z is N (1 + i) at DC minus the others': one transform fewer;
+//   2. Z = fftn(z):  one complex transform for the two real maps of a pair (in place in z). With
+//                    softmax over every channel and labels all in range, each image's maps sum to one
+//                    (p and y alike), so one class's Z is N (1 + i) at DC minus the others': one
+//                    transform fewer;
 //   3. sums pass:    over the half spectrum, P_k = (Z_k + conj Z_-k)/2, Y_k = (Z_k - conj Z_-k)/(2i),
 //                    T_a = sum_K |P|, T_b = sum_K |Y|, T_ab = sum_K |P||Y| (weighted half spectrum);
 //   4. scalars:      SCC and the gradient coefficients, the formulas and zero tests of
