@@ -621,3 +621,54 @@ def test_cli_backends_names_the_transforms(capsys, monkeypatch):
     assert cli.main(["backends"]) == 0
     line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("native")][0]
     assert "yes" in line and "transforms: aten" in line and "cached buffers now:" in line
+
+
+@needs_op
+@pytest.mark.parametrize("row_pad", [None, "0", "1", "5"])
+@pytest.mark.parametrize("shape", [(2, 4, 16, 16), (1, 3, 6, 5, 24), (2, 2, 8, 8, 8), (1, 3, 9, 7)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_padded_workspace_rows_match_reference(row_pad, shape, dtype, monkeypatch):
+    """The in-place transforms run on workspace maps whose rows are padded (by default 2 elements
+    where the last axis is a multiple of 8; SCC_FAST_NATIVE_ROW_PAD sets it): every pass must read
+    and write rows at that stride, with the complement spectrum (softmax, labels) and without it."""
+    monkeypatch.delenv("SCC_FAST_NATIVE_FFT", raising=False)
+    if native.fft_engine() != "mkl_inplace":
+        pytest.skip("libtorch does not export MKL's DFTI here: no padded workspace")
+    if row_pad is None:
+        monkeypatch.delenv("SCC_FAST_NATIVE_ROW_PAD", raising=False)
+    else:
+        monkeypatch.setenv("SCC_FAST_NATIVE_ROW_PAD", row_pad)
+    g = torch.Generator().manual_seed(27)
+    logits = torch.randn(shape, generator=g, dtype=torch.float64) * 2
+    labels = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g)
+    ref, ref_grad = _softmax_step(logits, labels, "reference")
+    out, grad = _softmax_step(logits.to(dtype), labels, "native")
+    assert rel_err(out, ref) <= TOL[dtype] and rel_err(grad, ref_grad) <= TOL[dtype]
+    probs, target = make_inputs(shape, labels=False, seed=28)
+    check_against_reference(probs, target, dtype)
+
+
+@needs_op
+def test_workspace_rows_padded_by_default_where_the_last_axis_is_a_multiple_of_8(monkeypatch):
+    """The default padding shows in the size of the cached workspace: larger than unpadded for a last
+    axis of 16, the same for a last axis of 7."""
+    monkeypatch.delenv("SCC_FAST_NATIVE_FFT", raising=False)
+    monkeypatch.delenv("SCC_FAST_NATIVE_CACHE_MB", raising=False)
+    if native.fft_engine() != "mkl_inplace":
+        pytest.skip("libtorch does not export MKL's DFTI here: no padded workspace")
+    g = torch.Generator().manual_seed(29)
+
+    def kept(shape, row_pad):
+        if row_pad is None:
+            monkeypatch.delenv("SCC_FAST_NATIVE_ROW_PAD", raising=False)
+        else:
+            monkeypatch.setenv("SCC_FAST_NATIVE_ROW_PAD", row_pad)
+        native.empty_cache()
+        logits = torch.randn(shape, generator=g)
+        _softmax_step(logits, torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g), "native")
+        return native.cached_bytes()
+
+    assert kept((1, 4, 8, 12, 16), None) > kept((1, 4, 8, 12, 16), "0")
+    assert kept((1, 4, 8, 12, 7), None) == kept((1, 4, 8, 12, 7), "0")
+    native.empty_cache()
+

@@ -15,7 +15,8 @@
 //   1. build pass:   z = p + i*y for each pair (labels read directly, y built on the fly) and the
 //                    spatial sums of p and y (shifted by the first voxel; row sums in the map dtype,
 //                    totals in double);
-//   2. Z = fftn(z):  one complex transform for the two real maps of a pair (in place in z). With
+//   2. Z = fftn(z):  one complex transform for the two real maps of a pair (in place in z, whose rows
+//                    are padded where that makes MKL faster: workspace_row_stride). With
 //                    softmax over every channel and labels all in range, each image's maps sum to one
 //                    (p and y alike), so one class's Z is N (1 + i) at DC minus the others': one
 //                    transform fewer;
@@ -91,6 +92,18 @@ int64_t chunk_bytes() {
 bool env_is_zero(const char* name) {
   const char* v = std::getenv(name);
   return v != nullptr && std::string(v) == "0";
+}
+// Row stride (complex elements) of the workspace maps. MKL transforms maps whose rows are a multiple
+// of 8 elements long faster when the rows are padded by 2 elements: with power-of-two strides the
+// columns of the leading axes collide in the cache. Measured per single-threaded transform on this
+// project's 2-core machine (bench/RESULTS.md): 64^3 0.74 -> 0.65 ms, 128^3 6.7 -> 5.6 ms, 512^2
+// 1.11 -> 0.61 ms, 224^2 0.142 -> 0.138 ms. Only the in-place transforms take a stride (ATen's
+// return packed maps). SCC_FAST_NATIVE_ROW_PAD sets the padding in elements (0: none).
+int64_t workspace_row_stride(int64_t len, bool inplace) {
+  if (!inplace) return len;
+  const char* env = std::getenv("SCC_FAST_NATIVE_ROW_PAD");
+  if (env != nullptr && *env != '\0') return len + std::max<long long>(0, std::atoll(env));
+  return len % 8 == 0 ? len + 2 : len;
 }
 // Rows per work item aim at this many elements, so small maps still split over threads.
 constexpr int64_t kBlockElems = 8192;
@@ -279,11 +292,16 @@ void run(
   std::vector<int64_t> fft_dims;
   for (int64_t d = 1; d <= static_cast<int64_t>(spatial.size()); ++d) fft_dims.push_back(d);
 
+  // Complex workspace maps (z, w, and the spectra when transformed in place) have rows LS elements
+  // apart, M elements per map; real maps are packed (N).
+  const bool inplace = inplace_fft_available(input.scalar_type());
+  const int64_t LS = workspace_row_stride(L, inplace), M = g.rows * LS;
+
   // Chunks run one after another; inside a chunk every pass is parallel over (pair, block of rows)
   // and the threads split the maps of each transform. (A variant giving each thread whole chunks
   // needed a workspace per thread, which cost more peak memory than backend "torch" at 2 threads,
   // and was not faster.)
-  const int64_t map_bytes = N * static_cast<int64_t>(sizeof(cplx));
+  const int64_t map_bytes = M * static_cast<int64_t>(sizeof(cplx));
   int64_t chunk = chunk_bytes() / map_bytes;
   // At least two pairs per thread: the inverse transform packs two pairs per map, and each thread
   // needs a map of its own (measured, 2 x 4 x 64^3 on 2 threads: the inverse took 3.3 ms with one
@@ -302,6 +320,9 @@ void run(
   chunk = std::min(chunk, n_pairs);
   const int64_t n_chunks = (n_pairs + chunk - 1) / chunk;
 
+  // Workspace: the chunk's maps z, and the packed fields w in maps after z's when the spectra are in
+  // z (in place), over z otherwise (ATen's spectra are separate tensors).
+  const int64_t w_maps = inplace && need_grad ? (chunk + 1) / 2 : 0;
   scalar_t* scc_ptr = scc_out.data_ptr<scalar_t>();
   bool* valid_ptr = valid_out.data_ptr<bool>();
   scalar_t* grad_ptr = need_grad ? grad_out.data_ptr<scalar_t>() : nullptr;
@@ -349,7 +370,6 @@ void run(
   // project's 2-core machine, one 64^3 map: 0.83 ms on one thread, 0.41 ms on two).
   // `inplace`: the maps are transformed where they are (MKL's DFTI, scc_cpu_fft.h); otherwise ATen
   // returns new tensors, which parts keeps alive. map[slot] points to the slot's spectrum.
-  const bool inplace = inplace_fft_available(input.scalar_type());
   auto transform = [&](const at::Tensor& in, const std::vector<int64_t>& slots, bool forward,
                        std::vector<at::Tensor>& parts, std::vector<const scalar_t*>& map) {
     const int64_t n = static_cast<int64_t>(slots.size());
@@ -363,8 +383,8 @@ void run(
         while (k < j && slots[k] == slots[k - 1] + 1) ++k;
         const scalar_t* base;
         if (inplace) {
-          scalar_t* maps = in_data + 2 * slots[i] * N;
-          inplace_fft(maps, input.scalar_type(), spatial, k - i, forward, mkl_threads);
+          scalar_t* maps = in_data + 2 * slots[i] * M;
+          inplace_fft(maps, input.scalar_type(), spatial, LS, k - i, forward, mkl_threads);
           base = maps;
         } else {
           const at::Tensor part = in.narrow(0, slots[i], k - i);
@@ -374,7 +394,7 @@ void run(
           base = reinterpret_cast<const scalar_t*>(out.data_ptr<cplx>());
           parts[i] = std::move(out);
         }
-        for (int64_t l = i; l < k; ++l) map[slots[l]] = base + 2 * (l - i) * N;
+        for (int64_t l = i; l < k; ++l) map[slots[l]] = base + 2 * (l - i) * M;  // M == N for ATen's
         i = k;
       }
     };
@@ -391,18 +411,20 @@ void run(
   };
 
   auto run_chunks = [&](int64_t chunk_begin, int64_t chunk_end) {
-    // z: the chunk's maps. The packed fields go over z when the spectra are separate tensors (ATen),
-    // else to w, maps of their own after z's, since z holds the spectra they are built from.
-    const int64_t w_maps = inplace && need_grad ? (chunk + 1) / 2 : 0;
-    const at::Tensor workspace = cached_empty({(chunk + w_maps) * N}, complex_options);
+    // (Maps of M elements; ATen's transforms take them as tensors of the spatial shape, M == N.)
+    const at::Tensor workspace = cached_empty({(chunk + w_maps) * M}, complex_options);
     std::vector<int64_t> ws_shape{chunk};
-    ws_shape.insert(ws_shape.end(), spatial.begin(), spatial.end());
-    const at::Tensor zbuf = workspace.narrow(0, 0, chunk * N).view(ws_shape);
+    if (inplace) {
+      ws_shape.push_back(M);
+    } else {
+      ws_shape.insert(ws_shape.end(), spatial.begin(), spatial.end());
+    }
+    const at::Tensor zbuf = workspace.narrow(0, 0, chunk * M).view(ws_shape);
     scalar_t* z = reinterpret_cast<scalar_t*>(zbuf.data_ptr<cplx>());
     at::Tensor wbuf = zbuf;
     if (w_maps > 0) {
       ws_shape[0] = w_maps;
-      wbuf = workspace.narrow(0, chunk * N, w_maps * N).view(ws_shape);
+      wbuf = workspace.narrow(0, chunk * M, w_maps * M).view(ws_shape);
     }
     scalar_t* w = reinterpret_cast<scalar_t*>(wbuf.data_ptr<cplx>());
     std::vector<double> part_sp(chunk * nb * kNumSpatial), sp_pair(chunk * kNumSpatial);
@@ -441,8 +463,8 @@ void run(
           std::fill(acc, acc + kNumSpatial, 0.0);
           // Row by row: short sums in double, then added up (pairwise-like accuracy).
           for (int64_t r = r0; r < r_end; ++r)
-            K::template build<scalar_t, Y>(p + (r - r0) * L, ym + r * L, cl, kp[s], ky, z + 2 * s * N + 2 * r * L, 0, L,
-                                           acc);
+            K::template build<scalar_t, Y>(p + (r - r0) * L, ym + r * L, cl, kp[s], ky, z + 2 * s * M + 2 * r * LS, 0,
+                                           L, acc);
         }
       });
 
@@ -472,12 +494,12 @@ void run(
         if (!complement || comp_slot[s / n_chan] != s) slots.push_back(s);
       transform(zbuf.narrow(0, 0, nc), slots, true, Zparts, Zmap);
       if (complement) {
-        const int64_t n_img = nc / n_chan, vblocks = (2 * N + 2 * kBlockElems - 1) / (2 * kBlockElems);
+        const int64_t n_img = nc / n_chan;
         std::vector<const scalar_t*> others(n_img * (n_chan - 1));
         for (int64_t m = 0; m < n_img; ++m) {
           if (comp_slot[m] < 0) continue;
           if (inplace) {  // the derived class's own slot of z (its p + i*y is not transformed)
-            Zmap[comp_slot[m]] = z + 2 * comp_slot[m] * N;
+            Zmap[comp_slot[m]] = z + 2 * comp_slot[m] * M;
           } else {
             at::Tensor zc = at::empty({N}, complex_options);
             Zmap[comp_slot[m]] = reinterpret_cast<const scalar_t*>(zc.data_ptr<cplx>());
@@ -487,14 +509,14 @@ void run(
           for (int64_t s = m * n_chan; s < (m + 1) * n_chan; ++s)
             if (s != comp_slot[m]) others[m * (n_chan - 1) + k++] = Zmap[s];
         }
-        at::parallel_for(0, n_img * vblocks, 1, [&](int64_t begin, int64_t end) {
+        at::parallel_for(0, n_img * nb, 1, [&](int64_t begin, int64_t end) {
           for (int64_t item = begin; item < end; ++item) {
-            const int64_t m = item / vblocks, v0 = (item % vblocks) * 2 * kBlockElems;
+            const int64_t m = item / nb, blk = item % nb;
             if (comp_slot[m] < 0) continue;
             scalar_t* out = const_cast<scalar_t*>(Zmap[comp_slot[m]]);
-            K::template complement<scalar_t>(others.data() + m * (n_chan - 1), n_chan - 1, out, v0,
-                                             std::min(2 * N, v0 + 2 * kBlockElems));
-            if (v0 == 0) {
+            K::template complement<scalar_t>(others.data() + m * (n_chan - 1), n_chan - 1, out, L, LS, blk * rpb,
+                                             std::min(g.rows, (blk + 1) * rpb));
+            if (blk == 0) {
               out[0] += static_cast<scalar_t>(N);
               out[1] += static_cast<scalar_t>(N);
             }
@@ -508,7 +530,7 @@ void run(
           const int64_t s = item / nb, blk = item % nb;
           double* acc = &part_ss[(s * nb + blk) * kNumSpectral];
           std::fill(acc, acc + kNumSpectral, 0.0);
-          K::template sums<scalar_t>(Zmap[s], neg_row, L, blk * rpb, std::min(g.rows, (blk + 1) * rpb),
+          K::template sums<scalar_t>(Zmap[s], neg_row, L, LS, blk * rpb, std::min(g.rows, (blk + 1) * rpb),
                                      include_dc, acc);
         }
       });
@@ -537,7 +559,7 @@ void run(
           K::template field<scalar_t>(
               Z1, has2 ? Zmap[s2] : Z1, static_cast<scalar_t>(coef[s1].c_a), static_cast<scalar_t>(coef[s1].c_ab),
               has2 ? static_cast<scalar_t>(coef[s2].c_a) : scalar_t(0),
-              has2 ? static_cast<scalar_t>(coef[s2].c_ab) : scalar_t(0), w + 2 * m * N, neg_row, L, blk * rpb,
+              has2 ? static_cast<scalar_t>(coef[s2].c_ab) : scalar_t(0), w + 2 * m * M, neg_row, L, LS, blk * rpb,
               std::min(g.rows, (blk + 1) * rpb), include_dc);
         }
       });
@@ -554,7 +576,7 @@ void run(
           K::template final<scalar_t, Y>(
               wmap[s / 2], static_cast<int>(s % 2), pmap(q), tmap(q), tlabel(q),
               static_cast<scalar_t>(c.c_p), static_cast<scalar_t>(c.c_y), static_cast<scalar_t>(c.off_p),
-              static_cast<scalar_t>(c.off_y), grad_ptr + q * N, blk * rpb * L, std::min(g.rows, (blk + 1) * rpb) * L);
+              static_cast<scalar_t>(c.off_y), grad_ptr + q * N, L, LS, blk * rpb, std::min(g.rows, (blk + 1) * rpb));
         }
       });
     }

@@ -44,6 +44,8 @@ namespace {
 
 // mkl_dfti.h: enum DFTI_CONFIG_PARAM and DFTI_CONFIG_VALUE.
 constexpr int kDftiNumberOfTransforms = 7;
+constexpr int kDftiInputStrides = 12;
+constexpr int kDftiOutputStrides = 13;
 constexpr int kDftiInputDistance = 14;
 constexpr int kDftiOutputDistance = 15;
 constexpr int kDftiThreadLimit = 27;
@@ -71,22 +73,28 @@ struct Descriptor {
   }
 };
 
-using Key = std::tuple<bool, std::vector<int64_t>, int64_t, int64_t>;  // double, dims, count, threads
+using Key = std::tuple<bool, std::vector<int64_t>, int64_t, int64_t, int64_t>;  // double, dims, row stride, count, threads
 
 // Committing a descriptor costs about as much as a transform, so they are kept. A committed
 // descriptor may be used by several threads at once (MKL's documented model); the shared_ptr
 // keeps one alive for a caller while the cache is cleared.
-std::shared_ptr<Descriptor> descriptor(bool is_double, at::IntArrayRef dims, int64_t count, int64_t threads) {
+std::shared_ptr<Descriptor> descriptor(bool is_double, at::IntArrayRef dims, int64_t row_stride, int64_t count,
+                                       int64_t threads) {
   static std::mutex mutex;
   static std::map<Key, std::shared_ptr<Descriptor>> cache;
-  Key key{is_double, dims.vec(), count, threads};
+  Key key{is_double, dims.vec(), row_stride, count, threads};
   std::lock_guard<std::mutex> lock(mutex);
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
   if (cache.size() >= 64) cache.clear();  // many shapes: start over rather than grow without bound
   auto d = std::make_shared<Descriptor>();
-  int64_t n = 1;
-  for (auto s : dims) n *= s;
+  // Element strides of the map: rows `row_stride` apart, the leading axes packed above them.
+  const int64_t rank = static_cast<int64_t>(dims.size());
+  std::vector<long> strides(rank + 1, 1);
+  strides[0] = 0;  // offset of the first element
+  for (int64_t d = rank - 2; d >= 0; --d)
+    strides[d + 1] = d == rank - 2 ? static_cast<long>(row_stride) : strides[d + 2] * static_cast<long>(dims[d + 1]);
+  const long distance = rank == 1 ? static_cast<long>(row_stride) : strides[1] * static_cast<long>(dims[0]);
   long status;
   if (dims.size() == 1) {
     status = is_double ? DftiCreateDescriptor_d_1d(&d->handle, kDftiComplex, static_cast<long>(dims[0]))
@@ -99,8 +107,10 @@ std::shared_ptr<Descriptor> descriptor(bool is_double, at::IntArrayRef dims, int
   check(status, "descriptor creation");
   // Placement in place and scales of 1 in both directions are DFTI's defaults.
   check(DftiSetValue(d->handle, kDftiNumberOfTransforms, static_cast<long>(count)), "set number of transforms");
-  check(DftiSetValue(d->handle, kDftiInputDistance, static_cast<long>(n)), "set input distance");
-  check(DftiSetValue(d->handle, kDftiOutputDistance, static_cast<long>(n)), "set output distance");
+  check(DftiSetValue(d->handle, kDftiInputStrides, strides.data()), "set input strides");
+  check(DftiSetValue(d->handle, kDftiOutputStrides, strides.data()), "set output strides");
+  check(DftiSetValue(d->handle, kDftiInputDistance, distance), "set input distance");
+  check(DftiSetValue(d->handle, kDftiOutputDistance, distance), "set output distance");
   check(DftiSetValue(d->handle, kDftiThreadLimit, static_cast<long>(threads)), "set thread limit");
   check(DftiCommitDescriptor(d->handle), "commit");
   cache.emplace(std::move(key), d);
@@ -122,16 +132,18 @@ bool inplace_fft_available(at::ScalarType real_dtype) {
 #endif
 }
 
-void inplace_fft(void* data, at::ScalarType real_dtype, at::IntArrayRef dims, int64_t count, bool forward,
-                 int64_t threads) {
+void inplace_fft(void* data, at::ScalarType real_dtype, at::IntArrayRef dims, int64_t row_stride, int64_t count,
+                 bool forward, int64_t threads) {
 #ifdef SCC_DFTI_WEAK
   TORCH_CHECK(inplace_fft_available(real_dtype), "scc_fast native: in-place transforms are not available");
+  TORCH_CHECK(row_stride >= dims.back(), "scc_fast native: row stride ", row_stride, " is shorter than a row (",
+              dims.back(), ")");
   if (count <= 0) return;
-  auto d = descriptor(real_dtype == at::kDouble, dims, count, std::max<int64_t>(1, threads));
+  auto d = descriptor(real_dtype == at::kDouble, dims, row_stride, count, std::max<int64_t>(1, threads));
   check(forward ? DftiComputeForward(d->handle, data) : DftiComputeBackward(d->handle, data),
         forward ? "forward transform" : "inverse transform");
 #else
-  (void)data, (void)dims, (void)count, (void)forward, (void)threads;
+  (void)data, (void)dims, (void)row_stride, (void)count, (void)forward, (void)threads;
   TORCH_CHECK(false, "scc_fast native: in-place transforms are not available on this platform (real dtype ",
               real_dtype, ")");
 #endif

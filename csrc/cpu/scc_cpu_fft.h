@@ -17,10 +17,13 @@ namespace scc_fast {
 // Whether in-place transforms are available for this dtype (float32 or float64 maps).
 bool inplace_fft_available(at::ScalarType real_dtype);
 
-// Transforms `count` contiguous complex maps of shape `dims` at `data` in place, unnormalised in
-// both directions (forward: exp(-i...), inverse: exp(+i...)), with at most `threads` threads
-// (1 inside a parallel region). Throws (c10::Error) when MKL reports an error.
-void inplace_fft(void* data, at::ScalarType real_dtype, at::IntArrayRef dims, int64_t count, bool forward,
-                 int64_t threads);
+// Transforms `count` complex maps of shape `dims` at `data` in place, unnormalised in both
+// directions (forward: exp(-i...), inverse: exp(+i...)), with at most `threads` threads (1 inside
+// a parallel region). The rows (last axis) of a map start `row_stride` complex elements apart
+// (>= dims.back(); the elements after a row are not read or written), the leading axes are packed
+// above them, and the maps follow one another (rows * row_stride elements each). Throws
+// (c10::Error) when MKL reports an error.
+void inplace_fft(void* data, at::ScalarType real_dtype, at::IntArrayRef dims, int64_t row_stride, int64_t count,
+                 bool forward, int64_t threads);
 
 }  // namespace scc_fast

@@ -7,7 +7,9 @@
 // before the first inclusion.
 //
 // Complex maps are interleaved (re, im) arrays of T. Spectra are in fftn layout, `rows` rows of
-// length L (the last spatial axis); row r's mirror row (leading coordinates negated) is neg_row[r].
+// length L (the last spatial axis) starting `ls` complex elements apart (ls >= L: the workspace pads
+// its rows, see scc_cpu.cpp); row r's mirror row (leading coordinates negated) is neg_row[r].
+// Real maps (p, targets, gradients) are packed, rows L apart.
 
 #ifndef SCC_KERNEL_NS
 #error "define SCC_KERNEL_NS before including scc_cpu_kernels.h"
@@ -262,12 +264,13 @@ constexpr int64_t kMaxRevRow = 4096;
 // T_a, T_b, T_ab over the half spectrum of rows [r0, r1) (columns 0 .. L/2, each column other than 0
 // and Nyquist counted twice for its mirror), DC left out unless include_dc; added to acc[0..2].
 template <typename T>
-void sums_rows(const T* Z, const int64_t* neg_row, int64_t L, int64_t r0, int64_t r1, bool include_dc, double* acc) {
+void sums_rows(const T* Z, const int64_t* neg_row, int64_t L, int64_t ls, int64_t r0, int64_t r1, bool include_dc,
+               double* acc) {
   const int64_t j_end = (L + 1) / 2;  // columns [1, j_end) have their mirror L - j outside the half
   double ta = 0, tb = 0, tab = 0;
   for (int64_t r = r0; r < r1; ++r) {
-    const T* zr = Z + 2 * r * L;
-    const T* zn = Z + 2 * neg_row[r] * L;
+    const T* zr = Z + 2 * r * ls;
+    const T* zn = Z + 2 * neg_row[r] * ls;
     T pr, pi, a, b;
     if (r != 0 || include_dc) {
       split_bin(zr[0], zr[1], zn[0], zn[1], pr, pi, a, b);
@@ -355,18 +358,19 @@ void field_rows(
     T* W,
     const int64_t* neg_row,
     int64_t L,
+    int64_t ls,
     int64_t r0,
     int64_t r1,
     bool include_dc) {
   const int64_t j_end = (L + 1) / 2;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t rn = neg_row[r];
-    const T* a1 = Z1 + 2 * r * L;
-    const T* m1 = Z1 + 2 * rn * L;
-    const T* a2 = Z2 + 2 * r * L;
-    const T* m2 = Z2 + 2 * rn * L;
-    T* wr = W + 2 * r * L;
-    T* wn = W + 2 * rn * L;
+    const T* a1 = Z1 + 2 * r * ls;
+    const T* m1 = Z1 + 2 * rn * ls;
+    const T* a2 = Z2 + 2 * r * ls;
+    const T* m2 = Z2 + 2 * rn * ls;
+    T* wr = W + 2 * r * ls;
+    T* wn = W + 2 * rn * ls;
     T g1r, g1i, g2r, g2i;
     // Column 0 (and the DC bin, zeroed when DC is out of K).
     field_bin(a1[0], a1[1], m1[0], m1[1], ca1, cab1, g1r, g1i);
@@ -446,6 +450,20 @@ void final_range(
   }
 }
 
+// complement_range over rows [r0, r1) of spectra whose rows are ls apart (the padding is skipped).
+template <typename T>
+void complement_rows(const T* const* others, int64_t n_others, T* out, int64_t L, int64_t ls, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) complement_range<T>(others, n_others, out, 2 * r * ls, 2 * r * ls + 2 * L);
+}
+
+// final_range over rows [r0, r1): w's rows are ls apart, the real maps' L apart.
+template <typename T, typename Y>
+void final_rows(const T* w, int part, const T* p, const Y* ym, int64_t cl, T c_p, T c_y, T off_p, T off_y, T* out,
+                int64_t L, int64_t ls, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r)
+    final_range<T, Y>(w + 2 * r * ls, part, p + r * L, ym + r * L, cl, c_p, c_y, off_p, off_y, out + r * L, 0, L);
+}
+
 }  // namespace SCC_KERNEL_NS
 }  // namespace scc_fast
 
@@ -458,13 +476,14 @@ struct Kernels {
     build_range<T, Y>(p, ym, cl, kp, ky, z, i0, i1, acc);
   }
   template <typename T>
-  static void sums(const T* Z, const int64_t* neg_row, int64_t L, int64_t r0, int64_t r1, bool include_dc, double* acc) {
-    sums_rows<T>(Z, neg_row, L, r0, r1, include_dc, acc);
+  static void sums(const T* Z, const int64_t* neg_row, int64_t L, int64_t ls, int64_t r0, int64_t r1, bool include_dc,
+                   double* acc) {
+    sums_rows<T>(Z, neg_row, L, ls, r0, r1, include_dc, acc);
   }
   template <typename T>
   static void field(const T* Z1, const T* Z2, T ca1, T cab1, T ca2, T cab2, T* W, const int64_t* neg_row, int64_t L,
-                    int64_t r0, int64_t r1, bool include_dc) {
-    field_rows<T>(Z1, Z2, ca1, cab1, ca2, cab2, W, neg_row, L, r0, r1, include_dc);
+                    int64_t ls, int64_t r0, int64_t r1, bool include_dc) {
+    field_rows<T>(Z1, Z2, ca1, cab1, ca2, cab2, W, neg_row, L, ls, r0, r1, include_dc);
   }
   template <typename T>
   static void activate(const T* x, const T* shift, const T* scale, int64_t act, T* out, int64_t i0, int64_t i1) {
@@ -487,13 +506,14 @@ struct Kernels {
     activation_backward_range<T>(x, field, up, shift, scale, act, n_chan, first_channel, n_vox, out, acc, i0, i1);
   }
   template <typename T>
-  static void complement(const T* const* others, int64_t n_others, T* out, int64_t v0, int64_t v1) {
-    complement_range<T>(others, n_others, out, v0, v1);
+  static void complement(const T* const* others, int64_t n_others, T* out, int64_t L, int64_t ls, int64_t r0,
+                         int64_t r1) {
+    complement_rows<T>(others, n_others, out, L, ls, r0, r1);
   }
   template <typename T, typename Y>
   static void final(const T* w, int part, const T* p, const Y* ym, int64_t cl, T c_p, T c_y, T off_p, T off_y, T* out,
-                    int64_t i0, int64_t i1) {
-    final_range<T, Y>(w, part, p, ym, cl, c_p, c_y, off_p, off_y, out, i0, i1);
+                    int64_t L, int64_t ls, int64_t r0, int64_t r1) {
+    final_rows<T, Y>(w, part, p, ym, cl, c_p, c_y, off_p, off_y, out, L, ls, r0, r1);
   }
 };
 }  // namespace SCC_KERNEL_NS
