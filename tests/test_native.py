@@ -672,3 +672,24 @@ def test_workspace_rows_padded_by_default_where_the_last_axis_is_a_multiple_of_8
     assert kept((1, 4, 8, 12, 7), None) == kept((1, 4, 8, 12, 7), "0")
     native.empty_cache()
 
+
+@needs_op
+def test_buffer_cache_default_cap_keeps_a_large_calls_buffers(monkeypatch):
+    """By default the cap is 64 MiB or the latest call's buffers, whichever is more: a volume whose
+    buffers pass 64 MiB keeps them all for the next step; a smaller call after it brings the cap back
+    to 64 MiB. An explicit SCC_FAST_NATIVE_CACHE_MB is the cap."""
+    monkeypatch.delenv("SCC_FAST_NATIVE_CACHE_MB", raising=False)
+    g = torch.Generator().manual_seed(30)
+    big = torch.randn(1, 4, 96, 96, 96, generator=g)  # field, statistics, workspace, gradient: about 79 MB
+    big_labels = torch.randint(0, 4, (1, 96, 96, 96), generator=g)
+    native.empty_cache()
+    _softmax_step(big, big_labels, "native")
+    assert native.cached_bytes() > 64 << 20, native.cached_bytes()
+    small = torch.randn(1, 2, 16, 16, generator=g)
+    _softmax_step(small, torch.randint(0, 2, (1, 16, 16), generator=g), "native")
+    assert native.cached_bytes() <= 64 << 20, native.cached_bytes()
+    monkeypatch.setenv("SCC_FAST_NATIVE_CACHE_MB", "64")
+    native.empty_cache()
+    _softmax_step(big, big_labels, "native")
+    assert 0 < native.cached_bytes() <= 64 << 20, native.cached_bytes()
+    native.empty_cache()

@@ -5,6 +5,8 @@
 #include <c10/core/impl/alloc_cpu.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <mutex>
 #include <string>
@@ -15,10 +17,15 @@
 namespace scc_fast {
 namespace {
 
+// Bytes of the buffers the latest forward call takes (set_call_bytes).
+std::atomic<size_t> g_call_bytes{0};
+
 // The cap on idle bytes, read at each use so that a change of the variable takes effect at once.
+// Default: 64 MiB, or the latest call's buffers where they are more (a large volume's buffers
+// would otherwise be pushed out by each other within one step and be fresh pages in every call).
 size_t cap_bytes() {
   const char* env = std::getenv("SCC_FAST_NATIVE_CACHE_MB");
-  if (env == nullptr) return size_t(64) << 20;
+  if (env == nullptr || *env == '\0') return std::max(size_t(64) << 20, g_call_bytes.load(std::memory_order_relaxed));
   const long long mb = std::atoll(env);
   return mb > 0 ? static_cast<size_t>(mb) << 20 : 0;
 }
@@ -94,6 +101,8 @@ at::Tensor cached_empty(at::IntArrayRef sizes, const at::TensorOptions& options)
                        /*resizable=*/false);
   return at::empty({0}, options).set_(storage, 0, sizes);
 }
+
+void set_call_bytes(size_t bytes) { g_call_bytes.store(bytes, std::memory_order_relaxed); }
 
 int64_t cached_bytes() {
   Cache& c = cache();

@@ -7,8 +7,9 @@
 // 0.6-0.9 us per 4 KiB page on this project's CPU machines (measured: the backward at 2 x 4 x 64^3
 // took 0.95 ms writing into reused memory and 2.7 ms into fresh pages), while glibc returns large
 // freed blocks to the system (or keeps them) depending on its trim heuristics. Released buffers
-// are kept here up to SCC_FAST_NATIVE_CACHE_MB MiB (default 64; 0 turns the cache off), the oldest
-// released going first when the cap is reached; a request takes a kept block of exactly its size.
+// are kept here up to SCC_FAST_NATIVE_CACHE_MB MiB (default: 64 MiB, or the bytes of the latest
+// call's buffers where those are more; 0 turns the cache off), the oldest released going first when
+// the cap is reached; a request takes a kept block of exactly its size.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -19,6 +20,10 @@ namespace scc_fast {
 
 // at::empty(sizes, options) (CPU, contiguous) served from the cache of released buffers.
 at::Tensor cached_empty(at::IntArrayRef sizes, const at::TensorOptions& options);
+
+// The bytes of buffers the current call takes (outputs, saved tensors, workspace, the input
+// gradient its backward will make): the default cap is at least this, so one step's buffers fit.
+void set_call_bytes(size_t bytes);
 
 // Bytes of released buffers held by the cache now.
 int64_t cached_bytes();

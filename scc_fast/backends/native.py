@@ -134,7 +134,8 @@ def cached_bytes() -> int:
     The gradient field and statistics saved for backward, the workspace and the input gradient
     are the same sizes call after call in training; writing into reused memory instead of fresh
     pages is measurably faster (``bench/RESULTS.md``). The cache holds at most
-    ``SCC_FAST_NATIVE_CACHE_MB`` MiB (default 64; ``0`` turns it off); memory in use by live
+    ``SCC_FAST_NATIVE_CACHE_MB`` MiB (default: 64, or the bytes of the latest call's buffers where
+    those are more, so that one step's buffers always fit; ``0`` turns it off); memory in use by live
     tensors is never counted or touched.
     """
     _require()
