@@ -468,6 +468,19 @@ def test_complement_with_one_class_covering_an_image(shape, dtype):
     assert rel_err(out, ref) <= TOL[dtype] and rel_err(grad, ref_grad) <= TOL[dtype]
 
 
+def _check_labels_and_float_target(shape, dtype, seed):
+    """Softmax of logits with integer labels (the complement spectrum where it applies) and
+    probabilities with a float target (no complement), both against the float64 reference."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(shape, generator=g, dtype=torch.float64) * 2
+    labels = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g)
+    ref, ref_grad = _softmax_step(logits, labels, "reference")
+    out, grad = _softmax_step(logits.to(dtype), labels, "native")
+    assert rel_err(out, ref) <= TOL[dtype] and rel_err(grad, ref_grad) <= TOL[dtype]
+    probs, target = make_inputs(shape, labels=False, seed=seed + 1)
+    check_against_reference(probs, target, dtype)
+
+
 @needs_op
 def test_fft_engine_switch(monkeypatch):
     """In place through MKL where libtorch exports it (x86-64 torch builds), ATen when asked."""
@@ -496,14 +509,7 @@ def test_fft_engines_match_reference(engine, shape, dtype, chunk_bytes, monkeypa
             pytest.skip("libtorch does not export MKL's DFTI here")
     if chunk_bytes is not None:
         monkeypatch.setenv("SCC_FAST_NATIVE_CHUNK_BYTES", chunk_bytes)
-    g = torch.Generator().manual_seed(21)
-    logits = torch.randn(shape, generator=g, dtype=torch.float64) * 2
-    labels = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g)
-    ref, ref_grad = _softmax_step(logits, labels, "reference")
-    out, grad = _softmax_step(logits.to(dtype), labels, "native")
-    assert rel_err(out, ref) <= TOL[dtype] and rel_err(grad, ref_grad) <= TOL[dtype]
-    probs, target = make_inputs(shape, labels=False, seed=22)
-    check_against_reference(probs, target, dtype)
+    _check_labels_and_float_target(shape, dtype, seed=21)
 
 
 @needs_op
@@ -638,14 +644,7 @@ def test_padded_workspace_rows_match_reference(row_pad, shape, dtype, monkeypatc
         monkeypatch.delenv("SCC_FAST_NATIVE_ROW_PAD", raising=False)
     else:
         monkeypatch.setenv("SCC_FAST_NATIVE_ROW_PAD", row_pad)
-    g = torch.Generator().manual_seed(27)
-    logits = torch.randn(shape, generator=g, dtype=torch.float64) * 2
-    labels = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g)
-    ref, ref_grad = _softmax_step(logits, labels, "reference")
-    out, grad = _softmax_step(logits.to(dtype), labels, "native")
-    assert rel_err(out, ref) <= TOL[dtype] and rel_err(grad, ref_grad) <= TOL[dtype]
-    probs, target = make_inputs(shape, labels=False, seed=28)
-    check_against_reference(probs, target, dtype)
+    _check_labels_and_float_target(shape, dtype, seed=27)
 
 
 @needs_op
