@@ -3,8 +3,10 @@
 SPEC section 2 in C++: one complex FFT carries the spectra of p and y (split by Hermitian
 symmetry), fused passes give the spatial sums, ``T_a``, ``T_b``, ``T_ab`` and the gradient field,
 one complex inverse FFT gives the gradients of two pairs, and a last pass adds the spatial terms.
-The transforms run in place through MKL where libtorch exports it (:func:`fft_engine`), and the
-operator's buffers are reused from call to call (:func:`cached_bytes`, :func:`empty_cache`).
+The transforms run in place through MKL where libtorch exports it (:func:`fft_engine`), on maps
+whose rows are padded where the last axis is a multiple of 8 (power-of-two strides collide in the
+cache), and the operator's buffers are reused from call to call (:func:`cached_bytes`,
+:func:`empty_cache`).
 The gradient field dSCC/dp is computed in the forward call and saved; backward is one elementwise
 pass (``torch.ops.scc_fast.scc_backward``). With :func:`activated_correlation` the softmax or
 sigmoid (and the ignore mask) run inside the operator, so no probability tensor is made or kept.
