@@ -277,3 +277,41 @@ def test_cuda_style_timeline_plots(tmp_path):
     md = timeline_markdown(data)
     assert "reference: peak 3.0 MiB above the inputs over 4 allocator events" in md
     assert "triton_fft: failed: OutOfMemoryError" in md
+
+
+def _run_gpu_profile(*args):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_profile.py"
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+
+
+def test_gpu_profile_script_dry_run_on_cpu(tmp_path):
+    """bench/gpu_profile.py (a stage of the prepared GPU call) runs end to end on CPU: a row per
+    backend with step/host times, the validate=True time and the profiler's host table."""
+    wanted = ["reference", "torch"] + (["native"] if available_backends()["native"].available else [])
+    done = _run_gpu_profile("--smoke", "--device", "cpu", "--cases", "smoke-2d", "--reps", "2",
+                            "--backends", ",".join(wanted), "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert [r["backend"] for r in data["rows"]] == wanted and not data["skipped"]
+    for r in data["rows"]:
+        assert "error" not in r, r
+        assert r["step_ms"] > 0 and 0 < r["host_ms"] <= r["step_ms"] and r["step_ms_validate"] > 0
+        assert r["gpu_ms"] is None  # no CUDA events on CPU
+        table = (tmp_path / f"profile_smoke-2d_{r['backend']}.txt").read_text()
+        assert "Top ops by host time" in table
+    md = (tmp_path / "results.md").read_text()
+    assert "| smoke-2d | torch |" in md and data["environment"]["card"] == "CPU (dry run)"
+
+
+def test_gpu_profile_script_refuses_bad_arguments(tmp_path):
+    done = _run_gpu_profile("--smoke", "--device", "cpu", "--backends", "torch,nope", "--out", str(tmp_path))
+    assert done.returncode == 2 and "unknown backends ['nope']" in done.stderr
+    done = _run_gpu_profile("--smoke", "--device", "cpu", "--cases", "brats-3d", "--out", str(tmp_path))
+    assert done.returncode == 2 and "unknown cases ['brats-3d']" in done.stderr
+    if not torch.cuda.is_available():
+        done = _run_gpu_profile("--out", str(tmp_path))
+        assert done.returncode == 2 and "no CUDA device" in done.stderr

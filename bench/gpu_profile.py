@@ -1,0 +1,236 @@
+"""Where a forward + backward step spends its time on the GPU: the host or the kernels.
+
+GPU run 2 (bench/RESULTS.md) missed issue 3's and issue 4's targets with every backend at 2-6 ms per
+step and 1-2% of the HBM roofline, and put that down to fixed per-step costs. This script measures
+it, per SPEC case and backend (logits, integer labels, softmax, ``scc_loss``, forward + backward):
+
+- ``step_ms``: wall time of a step, synchronised before and after (what a training loop pays);
+- ``host_ms``: wall time of issuing the step without waiting for the device (the host's own cost:
+  Python, dispatch, launches; a step is launch-bound when this is close to ``step_ms``);
+- ``gpu_ms``: CUDA events around the step;
+- ``kernel_ms`` and ``kernels``: the summed duration and the number of device kernels per step
+  (``torch.profiler``), and the ops taking the most device time and the most host time;
+- ``step_ms`` with ``validate=True`` as well (its checks wait for the device).
+
+Writes ``results.json``, ``results.md`` and one ``profile_<case>_<backend>.txt`` (the profiler's
+tables) per row to ``--out``, after every row. ``--budget`` bounds the run (rows not started are
+listed as skipped).
+
+    python bench/gpu_profile.py --out /tmp/profile                                   # on the GPU
+    TRITON_INTERPRET=1 python bench/gpu_profile.py --smoke --device cpu --out /tmp/p    # dry run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import scc_fast  # noqa: E402
+from scc_fast import backends  # noqa: E402
+from scc_fast.benchmark.measure import make_inputs  # noqa: E402
+from scc_fast.benchmark.suite import _commit  # noqa: E402
+
+CASES = {
+    "synapse-2d": (24, 9, 224, 224),
+    "polyp-2d": (16, 2, 512, 512),
+    "brats-3d": (2, 4, 128, 128, 128),
+    "btcv-3d": (2, 14, 96, 96, 96),
+}
+SMOKE_CASES = {"smoke-2d": (2, 3, 16, 12), "smoke-3d": (1, 2, 8, 12, 10)}
+BACKENDS = ("reference", "torch", "triton", "triton_fft", "native")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="bench/out/gpu_profile", help="output folder")
+    ap.add_argument("--device", default="cuda", help="cuda (default) or cpu (a dry run of the script)")
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes (with --device cpu and TRITON_INTERPRET=1)")
+    ap.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
+    ap.add_argument("--backends", default=None, help="comma-separated backends (default: every available one)")
+    ap.add_argument("--reps", type=int, default=10, help="timed steps per measurement")
+    ap.add_argument("--budget", type=float, default=40.0, help="seconds: no row starts after this")
+    return ap.parse_args(argv)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step(x, labels, backend, validate):
+    leaf = x.detach().requires_grad_(True)
+    scc_fast.scc_loss(leaf, labels, softmax=True, backend=backend, validate=validate).backward()
+
+
+def median_ms(samples):
+    return round(statistics.median(samples) * 1e3, 4)
+
+
+def time_row(x, labels, backend, device, reps):
+    """step_ms, host_ms, gpu_ms (validate=False) and step_ms with validate=True."""
+    row = {}
+    for validate in (False, True):
+        walls, hosts, gpus = [], [], []
+        for _ in range(reps):
+            sync(device)
+            start = torch.cuda.Event(enable_timing=True) if device.type == "cuda" else None
+            end = torch.cuda.Event(enable_timing=True) if device.type == "cuda" else None
+            t0 = time.perf_counter()
+            if start is not None:
+                start.record()
+            step(x, labels, backend, validate)
+            if end is not None:
+                end.record()
+            t1 = time.perf_counter()
+            sync(device)
+            t2 = time.perf_counter()
+            walls.append(t2 - t0)
+            hosts.append(t1 - t0)
+            if start is not None:
+                gpus.append(start.elapsed_time(end) / 1e3)
+        if validate:
+            row["step_ms_validate"] = median_ms(walls)
+        else:
+            row["step_ms"], row["host_ms"] = median_ms(walls), median_ms(hosts)
+            row["gpu_ms"] = median_ms(gpus) if gpus else None
+    return row
+
+
+def profile_row(x, labels, backend, device, steps=3):
+    """Kernel time and count per step, and the profiler's tables."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync(device)
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step(x, labels, backend, False)
+        sync(device)
+    averages = prof.key_averages()
+    kernel_us, kernels = 0.0, 0
+    for e in averages:
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            kernel_us += e.self_device_time_total
+            kernels += e.count
+    tables = []
+    if device.type == "cuda":
+        tables.append("Top ops by device time (3 steps):\n" + averages.table(sort_by="self_device_time_total", row_limit=15))
+    tables.append("Top ops by host time (3 steps):\n" + averages.table(sort_by="self_cpu_time_total", row_limit=15))
+    stats = {"kernel_ms": round(kernel_us / 1e3 / steps, 4), "kernels": kernels // steps} if device.type == "cuda" else {}
+    return stats, "\n\n".join(tables)
+
+
+def environment(device, argv) -> dict:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (dry run)"
+    return {
+        "card": card,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "triton": triton_version,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": _commit(),
+        "command": " ".join(["python", "bench/gpu_profile.py", *argv]),
+    }
+
+
+def markdown(results):
+    env = results["environment"]
+    lines = [
+        "# Where a step's time goes (bench/gpu_profile.py)",
+        "",
+        f"- {env.get('card')}; torch {env.get('torch')}, triton {env.get('triton')}; {env.get('date')}, "
+        f"commit {env.get('commit')}",
+        f"- command: `{env.get('command')}`",
+        "- forward + backward of `scc_loss` (logits, int labels, softmax), median of the timed steps; host = issuing "
+        "the step without waiting; kernels from torch.profiler over 3 steps",
+        "",
+        "| case | backend | step ms | host ms | gpu ms | kernel ms | kernels/step | step ms, validate=True |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['case']} | {r['backend']} | {r['error']} | | | | | |")
+            continue
+        cells = [r.get(k) for k in ("step_ms", "host_ms", "gpu_ms", "kernel_ms", "kernels", "step_ms_validate")]
+        lines.append(f"| {r['case']} | {r['backend']} | " + " | ".join("-" if c is None else str(c) for c in cells) + " |")
+    if results["skipped"]:
+        lines += ["", "Not run (budget): " + ", ".join(results["skipped"])]
+    return "\n".join(lines) + "\n"
+
+
+def write(out: Path, results):
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(markdown(results))
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: run with --device cpu (and --smoke) to check the script", file=sys.stderr)
+        return 2
+    cases = SMOKE_CASES if args.smoke else CASES
+    if args.cases:
+        unknown = sorted(set(args.cases.split(",")) - set(cases))
+        if unknown:
+            print(f"unknown cases {unknown}; known: {sorted(cases)}", file=sys.stderr)
+            return 2
+        cases = {k: v for k, v in cases.items() if k in args.cases.split(",")}
+    wanted = args.backends.split(",") if args.backends else list(BACKENDS)
+    unknown = sorted(set(wanted) - set(BACKENDS))
+    if unknown:
+        print(f"unknown backends {unknown}; known: {list(BACKENDS)}", file=sys.stderr)
+        return 2
+    status = backends.available_backends()
+    # native is a CPU operator: on a GPU it has nothing to measure.
+    available = [b for b in wanted if status[b].available and not (b == "native" and device.type == "cuda")]
+    out = Path(args.out)
+    results = {"environment": environment(device, argv), "rows": [], "skipped": []}
+    t_start = time.perf_counter()
+    for case, shape in cases.items():
+        x, labels = make_inputs(shape, device)
+        for backend in available:
+            name = f"{case}/{backend}"
+            if time.perf_counter() - t_start > args.budget:
+                results["skipped"].append(name)
+                continue
+            row = {"case": case, "shape": list(shape), "backend": backend}
+            try:
+                for _ in range(3):  # warm-up: compilation, plans, caches
+                    step(x, labels, backend, False)
+                row.update(time_row(x, labels, backend, device, args.reps))
+                stats, tables = profile_row(x, labels, backend, device)
+                row.update(stats)
+                (out / f"profile_{case}_{backend}.txt").parent.mkdir(parents=True, exist_ok=True)
+                (out / f"profile_{case}_{backend}.txt").write_text(tables + "\n")
+            except Exception as exc:  # noqa: BLE001 - one row's failure must not lose the others
+                row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+                traceback.print_exc()
+            results["rows"].append(row)
+            print(json.dumps(row), flush=True)
+            write(out, results)
+        del x, labels
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    write(out, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
