@@ -323,14 +323,6 @@ void run(
   // Workspace: the chunk's maps z, and the packed fields w in maps after z's when the spectra are in
   // z (in place), over z otherwise (ATen's spectra are separate tensors).
   const int64_t w_maps = inplace && need_grad ? (chunk + 1) / 2 : 0;
-  // The buffers of this call and of its backward, so that the buffer cache keeps one step's worth.
-  {
-    const int64_t real_bytes = static_cast<int64_t>(sizeof(scalar_t));
-    int64_t bytes = (chunk + w_maps) * map_bytes + stats_out.numel() * real_bytes;
-    if (need_grad) bytes += (grad_out.numel() + input.numel()) * real_bytes;  // field; input gradient
-    set_call_bytes(static_cast<size_t>(bytes));
-  }
-
   scalar_t* scc_ptr = scc_out.data_ptr<scalar_t>();
   bool* valid_ptr = valid_out.data_ptr<bool>();
   scalar_t* grad_ptr = need_grad ? grad_out.data_ptr<scalar_t>() : nullptr;
@@ -421,6 +413,14 @@ void run(
   auto run_chunks = [&](int64_t chunk_begin, int64_t chunk_end) {
     // (Maps of M elements; ATen's transforms take them as tensors of the spatial shape, M == N.)
     const at::Tensor workspace = cached_empty({(chunk + w_maps) * M}, complex_options);
+    // The buffers of this call and of its backward, so that the buffer cache keeps one step's worth
+    // (told once the forward's buffers are allocated: a call that fails for memory leaves the cap).
+    {
+      const int64_t real_bytes = static_cast<int64_t>(sizeof(scalar_t));
+      int64_t bytes = (chunk + w_maps) * map_bytes + stats_out.numel() * real_bytes;
+      if (need_grad) bytes += (grad_out.numel() + input.numel()) * real_bytes;  // field; input gradient
+      set_call_bytes(static_cast<size_t>(bytes));
+    }
     std::vector<int64_t> ws_shape{chunk};
     if (inplace) {
       ws_shape.push_back(M);
