@@ -37,7 +37,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import scc_fast  # noqa: E402
 from scc_fast import backends  # noqa: E402
-from scc_fast.benchmark.measure import make_inputs  # noqa: E402
+from scc_fast.benchmark.measure import _sync as sync, make_inputs  # noqa: E402
 from scc_fast.benchmark.suite import _commit  # noqa: E402
 
 CASES = {
@@ -60,11 +60,6 @@ def parse_args(argv=None):
     ap.add_argument("--reps", type=int, default=10, help="timed steps per measurement")
     ap.add_argument("--budget", type=float, default=40.0, help="seconds: no row starts after this")
     return ap.parse_args(argv)
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def step(x, labels, backend, validate):

@@ -415,12 +415,8 @@ void run(
     const at::Tensor workspace = cached_empty({(chunk + w_maps) * M}, complex_options);
     // The buffers of this call and of its backward, so that the buffer cache keeps one step's worth
     // (told once the forward's buffers are allocated: a call that fails for memory leaves the cap).
-    {
-      const int64_t real_bytes = static_cast<int64_t>(sizeof(scalar_t));
-      int64_t bytes = (chunk + w_maps) * map_bytes + stats_out.numel() * real_bytes;
-      if (need_grad) bytes += (grad_out.numel() + input.numel()) * real_bytes;  // field; input gradient
-      set_call_bytes(static_cast<size_t>(bytes));
-    }
+    // The backward's input gradient is the size of the input.
+    set_call_bytes(workspace.nbytes() + stats_out.nbytes() + (need_grad ? grad_out.nbytes() + input.nbytes() : 0));
     std::vector<int64_t> ws_shape{chunk};
     if (inplace) {
       ws_shape.push_back(M);

@@ -92,8 +92,9 @@ std::shared_ptr<Descriptor> descriptor(bool is_double, at::IntArrayRef dims, int
   const int64_t rank = static_cast<int64_t>(dims.size());
   std::vector<long> strides(rank + 1, 1);
   strides[0] = 0;  // offset of the first element
-  for (int64_t d = rank - 2; d >= 0; --d)
-    strides[d + 1] = d == rank - 2 ? static_cast<long>(row_stride) : strides[d + 2] * static_cast<long>(dims[d + 1]);
+  for (int64_t axis = rank - 2; axis >= 0; --axis)
+    strides[axis + 1] =
+        axis == rank - 2 ? static_cast<long>(row_stride) : strides[axis + 2] * static_cast<long>(dims[axis + 1]);
   const long distance = rank == 1 ? static_cast<long>(row_stride) : strides[1] * static_cast<long>(dims[0]);
   long status;
   if (dims.size() == 1) {
