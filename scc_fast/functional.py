@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from . import backends
+from ._checks import NONFINITE_INPUT, NONFINITE_TARGET, all_finite, check_labels
 from .backends.activation import probabilities
 
 __all__ = ["scc_loss", "spectral_correlation"]
@@ -44,15 +45,20 @@ def _check_input(input: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} must have every spatial size >= 2, got spatial shape {tuple(input.shape[2:])}")
 
 
-def _all_finite(t: torch.Tensor) -> bool:
-    """``torch.isfinite(t).all()``, fast: the sum is finite when every element is (a NaN or Inf
-    makes it NaN or Inf); only a non-finite sum, which finite values can also give by overflow,
-    is checked element by element."""
-    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+def _check_values(input: torch.Tensor, target: torch.Tensor, ignore_index: int | None) -> None:
+    """``validate=True``'s value checks: the target (label range, or NaN/Inf), then the input."""
+    if target.is_floating_point():
+        if not all_finite(target):
+            raise ValueError(NONFINITE_TARGET)
+    else:
+        check_labels(target, input.shape[1], ignore_index)
+    if not all_finite(input):
+        raise ValueError(NONFINITE_INPUT)
 
 
 def _check_target(input: torch.Tensor, target: torch.Tensor, ignore_index: int | None, validate: bool) -> torch.Tensor:
-    """Validate ``target`` against ``input``; return labels B x spatial or a float B x C x spatial."""
+    """Check ``target``'s type and shape against ``input`` (and its values with ``validate``);
+    return labels B x spatial or a float B x C x spatial."""
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     if target.device != input.device:
@@ -70,8 +76,8 @@ def _check_target(input: torch.Tensor, target: torch.Tensor, ignore_index: int |
                 f"a floating-point target must have the shape of input, B x C x spatial = {tuple(input.shape)}, "
                 f"got {tuple(target.shape)}{hint}"
             )
-        if validate and not _all_finite(target):
-            raise ValueError("target contains NaN or Inf (pass validate=False to skip this check)")
+        if validate and not all_finite(target):
+            raise ValueError(NONFINITE_TARGET)
         return target
     if target.is_complex():
         raise TypeError(f"target must be integer labels or a real floating-point tensor, got dtype {target.dtype}")
@@ -87,21 +93,7 @@ def _check_target(input: torch.Tensor, target: torch.Tensor, ignore_index: int |
     if tuple(target.shape[1:]) != spatial:
         raise ValueError(f"target spatial shape must equal input's {spatial}, got {tuple(target.shape[1:])}")
     if validate:
-        n_labels = max(n_chan, 2)
-        if ignore_index is None:  # (never empty: _check_input wants B >= 1 and spatial sizes >= 2)
-            low, high = torch.aminmax(target)  # one pass, the common case
-            out_of_range = bool((low < 0) | (high >= n_labels))  # one device sync
-            bad = (target < 0) | (target >= n_labels) if out_of_range else None
-        else:
-            bad = ((target < 0) | (target >= n_labels)) & (target != ignore_index)
-            bad = bad if bool(bad.any()) else None
-        if bad is not None:
-            found = target[bad]
-            raise ValueError(
-                f"target labels must be in [0, {n_labels - 1}] for {n_chan} channel(s)"
-                + (f" or equal ignore_index={ignore_index}" if ignore_index is not None else "")
-                + f", got values from {int(found.min())} to {int(found.max())}"
-            )
+        check_labels(target, n_chan, ignore_index)
     return target
 
 
@@ -168,7 +160,8 @@ def scc_loss(
         ignore_index: a label whose voxels are set to 0 in both prediction and target.
         reduction: ``"mean"`` over non-degenerate pairs (class-weighted), ``"sum"`` or
             ``"none"`` (B x C, or B x (C - 1) without background; degenerate pairs are 0).
-        validate: check label range and NaN/Inf (costs a device sync). With
+        validate: check label range and NaN/Inf (costs a device sync; backend ``native``
+            makes the checks inside its operator for softmax with integer labels). With
             ``validate=False``, and while ``torch.compile`` traces the call (a data-dependent
             check would break the graph), a NaN/Inf in ``input`` propagates to a NaN loss and
             gradient as in torch's own losses, and labels outside the classes count as 0 in
@@ -197,27 +190,36 @@ def scc_loss(
         raise ValueError(f"ignore_index must be an int or None, got {ignore_index!r}")
     # Value checks branch on data, which torch.compile(fullgraph=True) cannot trace.
     validate = validate and not torch.compiler.is_compiling()
-    target = _check_target(input, target, ignore_index, validate)
-    if validate and not _all_finite(input):
-        raise ValueError("input contains NaN or Inf (pass validate=False to skip this check)")
+    target = _check_target(input, target, ignore_index, validate=False)
 
     n_chan = input.shape[1]
     drop_background = not include_background and n_chan > 1
     n_pairs = n_chan - 1 if drop_background else n_chan
-    class_weights = _class_weights(weight, n_pairs, include_background or n_chan == 1, input.device)
-
     x = input if input.dtype == torch.float64 else input.float()
     labels = not target.is_floating_point()
     first_class = 1 if (n_chan == 1 or drop_background) else 0
     first_channel = 1 if drop_background else 0
-    if not labels:
-        target = (target[:, 1:] if drop_background else target).to(x.dtype)
     activation = "softmax" if softmax else "sigmoid" if sigmoid else None
-    impl = backends.select_backend(backend, x[:, first_channel:], target)
+    target_in_loss = target if labels else (target[:, 1:] if drop_background else target).to(x.dtype)
+    impl = backends.select_backend(backend, x[:, first_channel:], target_in_loss)
+    fused = getattr(impl, "activated_correlation", None) if FUSE_ACTIVATION else None
+    # A backend whose operator reads every logit and label anyway may make the checks there (the
+    # same errors, raised after its forward call) instead of in passes of their own here.
+    checks_in_op = (
+        validate
+        and fused is not None
+        and getattr(impl, "validates_in_op", lambda **_: False)(
+            activation=activation, labels=labels, first_channel=first_channel, ignore_index=ignore_index
+        )
+    )
+    class_weights = _class_weights(weight, n_pairs, include_background or n_chan == 1, input.device)
+    if validate and not checks_in_op:
+        _check_values(input, target, ignore_index)
+    target = target_in_loss
+
     coefficients = dict(
         include_dc=include_dc, magnitude_weight=float(magnitude_weight), phase_weight=float(phase_weight)
     )
-    fused = getattr(impl, "activated_correlation", None) if FUSE_ACTIVATION else None
     if fused is not None:
         # The backend applies the activation, the background drop and the ignore mask itself.
         scc, valid = fused(
@@ -228,6 +230,7 @@ def scc_loss(
             first_class=first_class if labels else 0,
             ignore_index=ignore_index if labels else None,
             **coefficients,
+            **({"validate": True} if checks_in_op else {}),
         )
     else:
         probs, target = probabilities(x, target, activation, first_channel, ignore_index if labels else None)

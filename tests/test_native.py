@@ -148,7 +148,7 @@ def test_degenerate_pairs(include_dc, dtype):
 @needs_op
 def test_no_grad_call_returns_no_gradient():
     probs, target = make_inputs((2, 3, 9, 8), labels=True)
-    scc, valid, grad, stats = torch.ops.scc_fast.scc_forward(probs, target, 0, 0, 0, None, False, 0.5, 0.5, False)
+    scc, valid, grad, stats, _ = torch.ops.scc_fast.scc_forward(probs, target, 0, 0, 0, None, False, 0.5, 0.5, False)
     assert grad.shape == (0,) and stats.shape == (0,)
     assert rel_err(scc, reference_correlation(probs, target)[0]) <= 1e-10
     with torch.no_grad():
@@ -265,7 +265,7 @@ def test_opcheck():
     probs2, ftarget = make_inputs((1, 2, 4, 3, 5), labels=False)
     torch.library.opcheck(fwd, (probs2, ftarget, 0, 0, 0, None, True, 0.3, 0.7, False))
     torch.library.opcheck(fwd, (probs2.requires_grad_(True), ftarget, 2, 0, 0, None, True, 0.3, 0.7, True))
-    _, _, field, stats = fwd(probs.detach(), target, 1, 0, 0, None, False, 0.5, 0.5, True)
+    _, _, field, stats, _ = fwd(probs.detach(), target, 1, 0, 0, None, False, 0.5, 0.5, True)
     up = torch.randn(2, 3)
     torch.library.opcheck(torch.ops.scc_fast.scc_backward.default, (field, up, probs.detach(), stats, 1, 0))
 
@@ -692,3 +692,156 @@ def test_buffer_cache_default_cap_keeps_a_large_calls_buffers(monkeypatch):
     _softmax_step(big, big_labels, "native")
     assert 0 < native.cached_bytes() <= 64 << 20, native.cached_bytes()
     native.empty_cache()
+
+
+# ---- validate=True inside the operator: flags from its passes, the errors of scc_loss's own checks ----
+
+FLAG_NONFINITE, FLAG_LABEL = 1, 2
+
+
+def _op_flags(x, target, activation=1, first_channel=0, first_class=0, ignore=None, need_grad=True):
+    out = torch.ops.scc_fast.scc_forward(x, target, activation, first_channel, first_class, ignore, False, 0.5, 0.5,
+                                         need_grad)
+    assert out[4].dtype == torch.uint8 and out[4].shape == (x.shape[0],)
+    return out[4].tolist()
+
+
+@needs_op
+@pytest.mark.parametrize("shape", [(3, 4, 12, 10), (3, 3, 6, 5, 7)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("need_grad", [True, False])
+@pytest.mark.parametrize("chunk_bytes", [None, "1"])
+def test_op_flags_name_the_images_with_bad_values(shape, dtype, need_grad, chunk_bytes, isa, monkeypatch):
+    """Bit 1: a NaN/+-Inf logit seen by the softmax (any channel, any voxel); bit 2: a label that is no
+    loss channel's. Per image, with the images split over chunks ("1") or not, with and without the
+    gradient (activation pass or statistics pass)."""
+    if chunk_bytes is not None:
+        monkeypatch.setenv("SCC_FAST_NATIVE_CHUNK_BYTES", chunk_bytes)
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(shape, generator=g, dtype=dtype)
+    labels = torch.randint(0, shape[1], (shape[0],) + shape[2:], generator=g)
+    assert _op_flags(x, labels, need_grad=need_grad) == [0, 0, 0]
+    for value, where in ((float("nan"), (1, 0)), (float("inf"), (1, 2)), (float("-inf"), (1, shape[1] - 1))):
+        bad = x.clone()
+        bad[where + (-1,) * (len(shape) - 2)] = value  # the last voxel of the image
+        assert _op_flags(bad, labels, need_grad=need_grad) == [0, FLAG_NONFINITE, 0], value
+    for value in (shape[1], -1, 1000):
+        bad_labels = labels.clone()
+        bad_labels[(2,) + (0,) * (len(shape) - 2)] = value
+        assert _op_flags(x, bad_labels, need_grad=need_grad) == [0, 0, FLAG_LABEL], value
+    both = x.clone()
+    both[0, 1] = float("nan")
+    bad_labels = labels.clone()
+    bad_labels[0, 0] = shape[1]
+    assert _op_flags(both, bad_labels, need_grad=need_grad) == [FLAG_NONFINITE | FLAG_LABEL, 0, 0]
+
+
+@needs_op
+def test_op_flags_where_the_passes_do_not_see_everything():
+    """The flags say what the passes saw: a dropped background channel still goes through the
+    softmax (bit 1), but its label 0 is no loss channel's (bit 2); the sigmoid and probabilities are
+    not tested for NaN (bit 1 stays 0); an ignored label is no loss channel's; float targets have no
+    labels."""
+    g = torch.Generator().manual_seed(22)
+    x = torch.randn(2, 3, 8, 9, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 3, (2, 8, 9), generator=g)
+    labels[:, 0, 0] = 0
+    bad = x.clone()
+    bad[1, 0, 2, 2] = float("nan")
+    assert _op_flags(bad, labels, first_channel=1, first_class=1) == [FLAG_LABEL, FLAG_LABEL | FLAG_NONFINITE]
+    assert _op_flags(bad, labels, activation=2) == [0, 0]
+    assert _op_flags(bad.softmax(1).nan_to_num(), labels, activation=0) == [0, 0]
+    labels[:, 1, 1] = 2
+    assert _op_flags(x, labels, ignore=2) == [FLAG_LABEL, FLAG_LABEL]
+    ftarget = torch.rand(2, 3, 8, 9, generator=g, dtype=torch.float64)
+    assert _op_flags(bad, ftarget) == [0, FLAG_NONFINITE]
+
+
+def _loss_error(backend, x, target, **kw):
+    with pytest.raises(ValueError) as info:
+        scc_fast.scc_loss(x, target, softmax=True, backend=backend, **kw)
+    return str(info.value)
+
+
+@needs_op
+@pytest.mark.parametrize("shape", [(2, 4, 12, 10), (2, 3, 6, 5, 7)])
+def test_validate_in_op_raises_what_scc_loss_checks_raise(shape, monkeypatch):
+    """softmax + integer labels: native makes validate's checks in its operator, with the errors the
+    checks in scc_fast.functional give for backend "torch" (labels first when both are bad)."""
+    g = torch.Generator().manual_seed(23)
+    x = torch.randn(shape, generator=g)
+    labels = torch.randint(0, shape[1], (shape[0],) + shape[2:], generator=g)
+    nan_x = x.clone()
+    nan_x[1, 0, 0] = float("nan")
+    inf_x = x.clone()
+    inf_x[0, -1, -1] = float("-inf")
+    out_labels = labels.clone()
+    out_labels[1, 0] = shape[1]
+    out_labels[0, -1] = -3
+    cases = [(nan_x, labels), (inf_x, labels), (x, out_labels), (nan_x, out_labels)]
+    expected = [_loss_error("torch", *case) for case in cases]
+    assert "NaN or Inf" in expected[0] and f"got values from -3 to {shape[1]}" in expected[2] and expected[3] == expected[2]
+
+    # The op makes the checks: scc_fast.functional's own must not run on this path.
+    def not_here(*args, **kwargs):
+        raise AssertionError("validate's checks ran outside the operator")
+
+    monkeypatch.setattr(scc_fast.functional, "_check_values", not_here)
+    assert [_loss_error("native", *case) for case in cases] == expected
+    ok = scc_fast.scc_loss(x.requires_grad_(True), labels, softmax=True, backend="native")
+    ok.backward()
+    assert torch.isfinite(ok) and torch.isfinite(x.grad).all()
+    # validate=False: NaN propagates as in backend torch; labels outside count in no class.
+    assert torch.isnan(scc_fast.scc_loss(nan_x, labels, softmax=True, backend="native", validate=False))
+    loose = scc_fast.scc_loss(x.detach(), out_labels, softmax=True, backend="native", validate=False)
+    assert torch.allclose(loose, scc_fast.scc_loss(x.detach(), out_labels, softmax=True, backend="torch", validate=False))
+
+
+@needs_op
+@pytest.mark.parametrize(
+    "kw",
+    [dict(sigmoid=True), dict(softmax=True, include_background=False), dict(softmax=True, ignore_index=9), dict()],
+    ids=["sigmoid", "no-background", "ignore_index", "probabilities"],
+)
+def test_validate_outside_the_op_for_other_configurations(kw):
+    """Where the operator cannot see everything, native's checks run before it, as for every backend."""
+    assert not native.validates_in_op(
+        activation="sigmoid" if kw.get("sigmoid") else "softmax" if kw.get("softmax") else None,
+        labels=True,
+        first_channel=0 if kw.get("include_background", True) else 1,
+        ignore_index=kw.get("ignore_index"),
+    )
+    g = torch.Generator().manual_seed(24)
+    x = torch.rand(2, 3, 8, 7, generator=g)
+    labels = torch.randint(0, 3, (2, 8, 7), generator=g)
+    nan_x = x.clone()
+    nan_x[0, 1, 2, 3] = float("nan")
+    out_labels = labels.clone()
+    out_labels[1, 1, 1] = 5
+    for case in ((nan_x, labels), (x, out_labels)):
+        errors = []
+        for backend in ("torch", "native"):
+            with pytest.raises(ValueError) as info:
+                scc_fast.scc_loss(*case, backend=backend, **kw)
+            errors.append(str(info.value))
+        assert errors[0] == errors[1]
+
+
+@needs_op
+def test_validates_in_op_contract():
+    assert native.validates_in_op(activation="softmax", labels=True, first_channel=0, ignore_index=None)
+    for kw in (
+        dict(activation="sigmoid", labels=True, first_channel=0, ignore_index=None),
+        dict(activation=None, labels=True, first_channel=0, ignore_index=None),
+        dict(activation="softmax", labels=False, first_channel=0, ignore_index=None),
+        dict(activation="softmax", labels=True, first_channel=1, ignore_index=None),
+        dict(activation="softmax", labels=True, first_channel=0, ignore_index=255),
+    ):
+        assert not native.validates_in_op(**kw), kw
+    x = torch.randn(1, 3, 6, 6)
+    with pytest.raises(ValueError, match="validate=True needs softmax.*activation='sigmoid'"):
+        native.activated_correlation(x, torch.zeros(1, 6, 6, dtype=torch.long), activation="sigmoid", validate=True)
+    with pytest.raises(ValueError, match="validate=True needs softmax.*ignore_index=4"):
+        native.activated_correlation(
+            x, torch.zeros(1, 6, 6, dtype=torch.long), activation="softmax", ignore_index=4, validate=True
+        )

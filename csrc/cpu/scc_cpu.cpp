@@ -58,6 +58,8 @@
 namespace scc_fast {
 // Activation codes of the operator (scc_fast/backends/native.py keeps the same numbers).
 enum Activation : int64_t { kActNone = 0, kActSoftmax = 1, kActSigmoid = 2 };
+// Bits of scc_forward's per-image flags output (scc_fast/backends/native.py reads the same values).
+enum InputFlag : uint8_t { kFlagNonFiniteInput = 1, kFlagLabelOutside = 2 };
 }  // namespace scc_fast
 
 // The inner loops, compiled twice: portable, and with AVX2 + FMA where GCC targets x86-64.
@@ -255,7 +257,8 @@ void run(
     at::Tensor& scc_out,
     at::Tensor& valid_out,
     at::Tensor& grad_out,
-    at::Tensor& stats_out) {
+    at::Tensor& stats_out,
+    at::Tensor& flags_out) {
   using cplx = c10::complex<scalar_t>;
   const int64_t first_class = o.first_class, first_channel = o.first_channel, act = o.act;
   const bool include_dc = o.include_dc, need_grad = o.need_grad;
@@ -334,24 +337,31 @@ void run(
   // probabilities. Without one (a metric), only the statistics are stored, and the build pass
   // computes p block by block into a scratch row buffer.
   const bool p_in_grad = activated && need_grad;
+  uint8_t* flags = flags_out.data_ptr<uint8_t>();
   if (p_in_grad || stats != nullptr) {
     const int64_t vblocks = (N + kBlockElems - 1) / kBlockElems;
+    // Per work item: the softmax read a NaN or Inf (items write their own byte; no shared writes).
+    std::vector<uint8_t> nonfinite(n_batch * vblocks, 0);
     at::parallel_for(0, n_batch * vblocks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t item = begin; item < end; ++item) {
         const int64_t b = item / vblocks, i0 = (item % vblocks) * kBlockElems, i1 = std::min(N, i0 + kBlockElems);
         const Y* lab = (labels && o.has_ignore) ? tdata + b * N : nullptr;
         scalar_t* sh = stats != nullptr ? stats + b * 2 * N : nullptr;
         scalar_t* sc = stats != nullptr ? stats + b * 2 * N + N : nullptr;
-        if (p_in_grad) {
-          K::template activation_pass<scalar_t, Y>(x_all + b * n_in_chan * N, n_in_chan, first_channel, N, act, lab,
-                                                   o.ignore, sh, sc, grad_ptr + b * n_chan * N, i0, i1);
-        } else {
-          K::template stats<scalar_t, Y>(x_all + b * n_in_chan * N, n_in_chan, N, act == kActSoftmax, lab, o.ignore,
-                                         sh, sc, i0, i1);
-        }
+        const bool finite =
+            p_in_grad ? K::template activation_pass<scalar_t, Y>(x_all + b * n_in_chan * N, n_in_chan, first_channel, N,
+                                                                 act, lab, o.ignore, sh, sc, grad_ptr + b * n_chan * N,
+                                                                 i0, i1)
+                      : K::template stats<scalar_t, Y>(x_all + b * n_in_chan * N, n_in_chan, N, act == kActSoftmax,
+                                                       lab, o.ignore, sh, sc, i0, i1);
+        nonfinite[item] = finite ? 0 : 1;
       }
     });
+    for (int64_t item = 0; item < n_batch * vblocks; ++item)
+      if (nonfinite[item]) flags[item / vblocks] |= kFlagNonFiniteInput;
   }
+  // Voxels per image whose label is one of the loss channels' (the build pass counts them per pair).
+  std::vector<double> label_count(labels ? n_batch : 0, 0.0);
   // p at voxel 0 of pair q (the shift of its spatial sums), by the same code as the passes.
   auto p_first = [&](int64_t q) -> scalar_t {
     if (!activated) return xmap(q)[0];
@@ -477,6 +487,8 @@ void run(
       for (int64_t s = 0; s < nc; ++s)
         for (int64_t blk = 0; blk < nb; ++blk)
           for (int k = 0; k < kNumSpatial; ++k) sp_pair[s * kNumSpatial + k] += part_sp[(s * nb + blk) * kNumSpatial + k];
+      if (labels)
+        for (int64_t s = 0; s < nc; ++s) label_count[(q0 + s) / n_chan] += sp_pair[s * kNumSpatial + kT1];
 
       // 2. One complex transform carries the spectra of p and y; with `complement`, the class of each
       //    image with the most voxels (the best-conditioned difference) is left out and follows
@@ -587,6 +599,9 @@ void run(
   };
 
   run_chunks(0, n_chunks);
+  // Counts are exact integers in double.
+  for (int64_t b = 0; b < static_cast<int64_t>(label_count.size()); ++b)
+    if (label_count[b] != static_cast<double>(N)) flags[b] |= kFlagLabelOutside;
 }
 
 // AVX2 + FMA variant of the inner loops when this CPU has them (SCC_FAST_NATIVE_ISA=baseline forces
@@ -604,14 +619,14 @@ bool use_avx2() {
 
 template <typename scalar_t, typename Y>
 void run_isa(const at::Tensor& input, const Y* tdata, bool labels, const Options& o, at::Tensor& scc, at::Tensor& valid,
-             at::Tensor& grad, at::Tensor& stats) {
+             at::Tensor& grad, at::Tensor& stats, at::Tensor& flags) {
 #ifdef SCC_HAVE_AVX2_KERNELS
   if (use_avx2()) {
-    run<scalar_t, Y, avx2::Kernels>(input, tdata, labels, o, scc, valid, grad, stats);
+    run<scalar_t, Y, avx2::Kernels>(input, tdata, labels, o, scc, valid, grad, stats, flags);
     return;
   }
 #endif
-  run<scalar_t, Y, baseline::Kernels>(input, tdata, labels, o, scc, valid, grad, stats);
+  run<scalar_t, Y, baseline::Kernels>(input, tdata, labels, o, scc, valid, grad, stats, flags);
 }
 
 void check_input(const at::Tensor& input, const char* op) {
@@ -632,7 +647,7 @@ void check_activation(int64_t activation, int64_t first_channel, int64_t n_chan,
               "] for ", n_chan, " input channels, got ", first_channel);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> scc_forward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> scc_forward_cpu(
     const at::Tensor& input_in,
     const at::Tensor& target_in,
     int64_t activation,
@@ -685,6 +700,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> scc_forward_cpu(
   stats_shape.insert(stats_shape.end(), input.sizes().begin() + 2, input.sizes().end());
   const bool use_stats = activation == kActSoftmax || o.has_ignore;
   at::Tensor stats = use_stats ? cached_empty(stats_shape, input.options()) : at::empty({0}, input.options());
+  at::Tensor flags = at::zeros({B}, input.options().dtype(at::kByte));
 
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "scc_forward_cpu", [&] {
     if (labels) {
@@ -692,15 +708,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> scc_forward_cpu(
       const at::Tensor t =
           target_in.scalar_type() == at::kLong ? target_in.contiguous() : target_in.to(at::kInt).contiguous();
       if (t.scalar_type() == at::kLong)
-        run_isa<scalar_t>(input, t.data_ptr<int64_t>(), true, o, scc, valid, grad, stats);
+        run_isa<scalar_t>(input, t.data_ptr<int64_t>(), true, o, scc, valid, grad, stats, flags);
       else
-        run_isa<scalar_t>(input, t.data_ptr<int32_t>(), true, o, scc, valid, grad, stats);
+        run_isa<scalar_t>(input, t.data_ptr<int32_t>(), true, o, scc, valid, grad, stats, flags);
     } else {
       const at::Tensor t = target_in.to(input.scalar_type()).contiguous();
-      run_isa<scalar_t>(input, t.data_ptr<scalar_t>(), false, o, scc, valid, grad, stats);
+      run_isa<scalar_t>(input, t.data_ptr<scalar_t>(), false, o, scc, valid, grad, stats, flags);
     }
   });
-  return {scc, valid, grad, stats};
+  return {scc, valid, grad, stats, flags};
 }
 
 template <typename scalar_t, typename K>

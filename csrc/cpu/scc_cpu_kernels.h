@@ -91,17 +91,28 @@ void activate_range(const T* x, const T* shift, const T* scale, int64_t act, T* 
 // keep / sum_c exp(x_c - shift); other activations: scale = keep (shift unused). keep = 0 where the
 // voxel's label equals ign (lab == nullptr: no voxel is ignored). With e (softmax only), the terms
 // exp(x_c - shift) of the channels c >= first_channel are also stored, map c - first_channel of e.
+// Returns false when softmax read a NaN or +-Inf among the inputs (x * 0 is 0 for finite x, NaN
+// otherwise: one multiply-add per element in a loop bound by memory), true otherwise.
 template <typename T, typename Y>
-void stats_range(const T* x, int64_t n_chan, int64_t n_vox, bool softmax, const Y* lab, int64_t ign, T* shift,
+bool stats_range(const T* x, int64_t n_chan, int64_t n_vox, bool softmax, const Y* lab, int64_t ign, T* shift,
                  T* scale, int64_t i0, int64_t i1, T* e = nullptr, int64_t first_channel = 0) {
+  bool finite = true;
   if (softmax) {
-#pragma omp simd
-    for (int64_t i = i0; i < i1; ++i) shift[i] = x[i];
+    T check = 0;
+#pragma omp simd reduction(+ : check)
+    for (int64_t i = i0; i < i1; ++i) {
+      shift[i] = x[i];
+      check += x[i] * T(0);
+    }
     for (int64_t c = 1; c < n_chan; ++c) {
       const T* xc = x + c * n_vox;
-#pragma omp simd
-      for (int64_t i = i0; i < i1; ++i) shift[i] = xc[i] > shift[i] ? xc[i] : shift[i];
+#pragma omp simd reduction(+ : check)
+      for (int64_t i = i0; i < i1; ++i) {
+        shift[i] = xc[i] > shift[i] ? xc[i] : shift[i];
+        check += xc[i] * T(0);
+      }
     }
+    finite = check == T(0);
 #pragma omp simd
     for (int64_t i = i0; i < i1; ++i) scale[i] = T(0);
     for (int64_t c = 0; c < n_chan; ++c) {
@@ -129,27 +140,30 @@ void stats_range(const T* x, int64_t n_chan, int64_t n_vox, bool softmax, const 
 #pragma omp simd
     for (int64_t i = i0; i < i1; ++i) scale[i] = static_cast<int64_t>(lab[i]) == ign ? T(0) : scale[i];
   }
+  return finite;
 }
 
 // The activation of one image over voxels [i0, i1), written as p (the n_chan - first_channel maps in
 // the loss) next to the statistics the backward needs (shift/scale as stats_range; null when the
 // activation needs none). Each exp is taken once: softmax stores exp(x_c - max) in p, then scales it.
 // p matches activate_range with the same statistics bit for bit (the backward recomputes it so).
+// Returns stats_range's finiteness test (softmax; true for the other activations).
 template <typename T, typename Y>
-void activation_pass_range(const T* x, int64_t n_chan, int64_t first_channel, int64_t n_vox, int64_t act,
+bool activation_pass_range(const T* x, int64_t n_chan, int64_t first_channel, int64_t n_vox, int64_t act,
                            const Y* lab, int64_t ign, T* shift, T* scale, T* p, int64_t i0, int64_t i1) {
   if (act == kActSoftmax) {
-    stats_range<T, Y>(x, n_chan, n_vox, true, lab, ign, shift, scale, i0, i1, p, first_channel);
+    const bool finite = stats_range<T, Y>(x, n_chan, n_vox, true, lab, ign, shift, scale, i0, i1, p, first_channel);
     for (int64_t c = first_channel; c < n_chan; ++c) {
       T* pc = p + (c - first_channel) * n_vox;
 #pragma omp simd
       for (int64_t i = i0; i < i1; ++i) pc[i] *= scale[i];
     }
-    return;
+    return finite;
   }
   if (scale != nullptr) stats_range<T, Y>(x, n_chan, n_vox, false, lab, ign, shift, scale, i0, i1);
   for (int64_t c = first_channel; c < n_chan; ++c)
     activate_range<T>(x + c * n_vox, shift, scale, act, p + (c - first_channel) * n_vox, i0, i1);
+  return true;
 }
 
 // dLoss/dx of one image over voxels [i0, i1) (backward of the fused activation). g_c = up[c] *
@@ -490,14 +504,14 @@ struct Kernels {
     activate_range<T>(x, shift, scale, act, out, i0, i1);
   }
   template <typename T, typename Y>
-  static void stats(const T* x, int64_t n_chan, int64_t n_vox, bool softmax, const Y* lab, int64_t ign, T* shift,
+  static bool stats(const T* x, int64_t n_chan, int64_t n_vox, bool softmax, const Y* lab, int64_t ign, T* shift,
                     T* scale, int64_t i0, int64_t i1) {
-    stats_range<T, Y>(x, n_chan, n_vox, softmax, lab, ign, shift, scale, i0, i1);
+    return stats_range<T, Y>(x, n_chan, n_vox, softmax, lab, ign, shift, scale, i0, i1);
   }
   template <typename T, typename Y>
-  static void activation_pass(const T* x, int64_t n_chan, int64_t first_channel, int64_t n_vox, int64_t act,
+  static bool activation_pass(const T* x, int64_t n_chan, int64_t first_channel, int64_t n_vox, int64_t act,
                               const Y* lab, int64_t ign, T* shift, T* scale, T* p, int64_t i0, int64_t i1) {
-    activation_pass_range<T, Y>(x, n_chan, first_channel, n_vox, act, lab, ign, shift, scale, p, i0, i1);
+    return activation_pass_range<T, Y>(x, n_chan, first_channel, n_vox, act, lab, ign, shift, scale, p, i0, i1);
   }
   template <typename T>
   static void activation_backward(const T* x, const T* field, const double* up, const T* shift, const T* scale,

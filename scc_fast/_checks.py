@@ -1,0 +1,56 @@
+"""The value checks of ``validate=True``, shared by :mod:`scc_fast.functional` and the backends
+that make them inside their operator (backend "native": its passes read every logit and label
+anyway, so the checks cost no pass of their own there).
+
+Each check raises the same ``ValueError`` wherever it runs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+NONFINITE_INPUT = "input contains NaN or Inf (pass validate=False to skip this check)"
+NONFINITE_TARGET = "target contains NaN or Inf (pass validate=False to skip this check)"
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """``torch.isfinite(t).all()``, fast: the sum is finite when every element is (a NaN or Inf
+    makes it NaN or Inf); only a non-finite sum, which finite values can also give by overflow,
+    is checked element by element."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
+def label_range(n_chan: int) -> int:
+    """The number of valid labels for ``n_chan`` channels: 0 .. C - 1 (with C = 1, labels 0/1)."""
+    return max(n_chan, 2)
+
+
+def check_labels(target: torch.Tensor, n_chan: int, ignore_index: int | None) -> None:
+    """Integer labels must be in [0, :func:`label_range` - 1] or equal ``ignore_index``."""
+    n_labels = label_range(n_chan)
+    if ignore_index is None:  # (never empty: scc_loss wants B >= 1 and spatial sizes >= 2)
+        low, high = torch.aminmax(target)  # one pass, the common case
+        out_of_range = bool((low < 0) | (high >= n_labels))  # one device sync
+        bad = (target < 0) | (target >= n_labels) if out_of_range else None
+    else:
+        bad = ((target < 0) | (target >= n_labels)) & (target != ignore_index)
+        bad = bad if bool(bad.any()) else None
+    if bad is not None:
+        raise_label_error(target, n_chan, ignore_index, bad)
+
+
+def raise_label_error(
+    target: torch.Tensor, n_chan: int, ignore_index: int | None, bad: torch.Tensor | None = None
+) -> None:
+    """Raise the out-of-range error for ``target``, naming the range of the values outside it."""
+    n_labels = label_range(n_chan)
+    if bad is None:
+        bad = (target < 0) | (target >= n_labels)
+        if ignore_index is not None:
+            bad &= target != ignore_index
+    found = target[bad]
+    raise ValueError(
+        f"target labels must be in [0, {n_labels - 1}] for {n_chan} channel(s)"
+        + (f" or equal ignore_index={ignore_index}" if ignore_index is not None else "")
+        + f", got values from {int(found.min())} to {int(found.max())}"
+    )
