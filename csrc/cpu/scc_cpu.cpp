@@ -25,8 +25,9 @@
 //   4. scalars:      SCC and the gradient coefficients, the formulas and zero tests of
 //                    scc_fast.backends.torch_fft.pair_coefficients / scc_fast._numerics, in double;
 //   5. field pass:   W = G_1 + i*G_2 with G = (c_a + c_ab |Y|) P/|P| for two pairs at once (both
-//                    Hermitian, so one complex inverse transform gives both real gradients), into
-//                    maps after z's (over z with ATen's transforms, whose spectra are new tensors);
+//                    Hermitian, so one complex inverse transform gives both real gradients), in place
+//                    over the first pair's spectrum (over z's maps with ATen's transforms, whose
+//                    spectra are new tensors);
 //   6. w = ifftn(W) (unnormalised), then the final pass: field_1 = Re w + c_p (p - [DC out] mean p)
 //                    + c_y (y - [DC out] mean y), field_2 from Im w. field = dSCC/dp.
 // Backward (scc_backward): one pass over voxel blocks of each image: p recomputed from the input and
@@ -323,9 +324,11 @@ void run(
   chunk = std::min(chunk, n_pairs);
   const int64_t n_chunks = (n_pairs + chunk - 1) / chunk;
 
-  // Workspace: the chunk's maps z, and the packed fields w in maps after z's when the spectra are in
-  // z (in place), over z otherwise (ATen's spectra are separate tensors).
-  const int64_t w_maps = inplace && need_grad ? (chunk + 1) / 2 : 0;
+  // Workspace: the chunk's maps z only. The packed field of pairs 2m and 2m + 1 is written over z's map
+  // 2m when the spectra are in z (in place: field_rows reads each element's inputs before writing it),
+  // over map m otherwise (ATen's spectra are separate tensors). (Separate field maps cost a third more
+  // workspace, and were slower: bench/RESULTS.md.)
+  const int64_t w_slot_step = inplace ? 2 : 1;
   scalar_t* scc_ptr = scc_out.data_ptr<scalar_t>();
   bool* valid_ptr = valid_out.data_ptr<bool>();
   scalar_t* grad_ptr = need_grad ? grad_out.data_ptr<scalar_t>() : nullptr;
@@ -422,7 +425,7 @@ void run(
 
   auto run_chunks = [&](int64_t chunk_begin, int64_t chunk_end) {
     // (Maps of M elements; ATen's transforms take them as tensors of the spatial shape, M == N.)
-    const at::Tensor workspace = cached_empty({(chunk + w_maps) * M}, complex_options);
+    const at::Tensor workspace = cached_empty({chunk * M}, complex_options);
     // The buffers of this call and of its backward, so that the buffer cache keeps one step's worth
     // (told once the forward's buffers are allocated: a call that fails for memory leaves the cap).
     // The backward's input gradient is the size of the input.
@@ -433,14 +436,8 @@ void run(
     } else {
       ws_shape.insert(ws_shape.end(), spatial.begin(), spatial.end());
     }
-    const at::Tensor zbuf = workspace.narrow(0, 0, chunk * M).view(ws_shape);
+    const at::Tensor zbuf = workspace.view(ws_shape);
     scalar_t* z = reinterpret_cast<scalar_t*>(zbuf.data_ptr<cplx>());
-    at::Tensor wbuf = zbuf;
-    if (w_maps > 0) {
-      ws_shape[0] = w_maps;
-      wbuf = workspace.narrow(0, chunk * M, w_maps * M).view(ws_shape);
-    }
-    scalar_t* w = reinterpret_cast<scalar_t*>(wbuf.data_ptr<cplx>());
     std::vector<double> part_sp(chunk * nb * kNumSpatial), sp_pair(chunk * kNumSpatial);
     std::vector<double> part_ss(chunk * nb * kNumSpectral);
     std::vector<PairCoef> coef(chunk);
@@ -575,7 +572,8 @@ void run(
           K::template field<scalar_t>(
               Z1, has2 ? Zmap[s2] : Z1, static_cast<scalar_t>(coef[s1].c_a), static_cast<scalar_t>(coef[s1].c_ab),
               has2 ? static_cast<scalar_t>(coef[s2].c_a) : scalar_t(0),
-              has2 ? static_cast<scalar_t>(coef[s2].c_ab) : scalar_t(0), w + 2 * m * M, neg_row, L, LS, blk * rpb,
+              has2 ? static_cast<scalar_t>(coef[s2].c_ab) : scalar_t(0), z + 2 * (w_slot_step * m) * M, neg_row, L, LS,
+              blk * rpb,
               std::min(g.rows, (blk + 1) * rpb), include_dc);
         }
       });
@@ -583,14 +581,14 @@ void run(
 
       // 6. Unnormalised inverse transform (DFT^H = N * ifft), then the spatial terms.
       std::vector<int64_t> packed(n_packed);
-      for (int64_t m = 0; m < n_packed; ++m) packed[m] = m;
-      transform(wbuf.narrow(0, 0, n_packed), packed, false, wparts, wmap);
+      for (int64_t m = 0; m < n_packed; ++m) packed[m] = w_slot_step * m;
+      transform(zbuf.narrow(0, 0, nc), packed, false, wparts, wmap);
       at::parallel_for(0, nc * nb, 1, [&](int64_t begin, int64_t end) {
         for (int64_t item = begin; item < end; ++item) {
           const int64_t s = item / nb, blk = item % nb, q = q0 + s;
           const PairCoef& c = coef[s];
           K::template final<scalar_t, Y>(
-              wmap[s / 2], static_cast<int>(s % 2), pmap(q), tmap(q), tlabel(q),
+              wmap[w_slot_step * (s / 2)], static_cast<int>(s % 2), pmap(q), tmap(q), tlabel(q),
               static_cast<scalar_t>(c.c_p), static_cast<scalar_t>(c.c_y), static_cast<scalar_t>(c.off_p),
               static_cast<scalar_t>(c.off_y), grad_ptr + q * N, L, LS, blk * rpb, std::min(g.rows, (blk + 1) * rpb));
         }

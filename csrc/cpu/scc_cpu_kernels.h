@@ -358,8 +358,10 @@ inline void field_bin(T zr, T zi, T mr, T mi, T ca, T cab, T& gr, T& gi) {
 
 // W = G1 + i G2 over rows [r0, r1) of the full spectrum (pairs 1 and 2 share one Hermitian-pair
 // spectrum: both G are Hermitian, so Re/Im of the inverse transform are their two gradients).
-// Row r writes its columns 0 .. L/2 and the mirrors L - j of columns 1 .. ceil(L/2) - 1 in row
-// neg_row[r]; columns 0 and Nyquist are their own mirrors' columns, written when their row is visited.
+// Row r writes its columns 1 .. ceil(L/2) - 1 and their mirrors L - j in row neg_row[r], and, where
+// r <= neg_row[r], columns 0 and Nyquist of both rows. Each element of W is written from the
+// elements of Z1 and Z2 at its own and its mirror position only, after reading them, and no other
+// row's work reads those: W may be Z1 (in place), with rows split over threads.
 // Pass Z2 = Z1 and ca2 = cab2 = 0 when there is no second pair.
 template <typename T>
 void field_rows(
@@ -385,19 +387,20 @@ void field_rows(
     const T* m2 = Z2 + 2 * rn * ls;
     T* wr = W + 2 * r * ls;
     T* wn = W + 2 * rn * ls;
-    T g1r, g1i, g2r, g2i;
-    // Column 0 (and the DC bin, zeroed when DC is out of K).
-    field_bin(a1[0], a1[1], m1[0], m1[1], ca1, cab1, g1r, g1i);
-    field_bin(a2[0], a2[1], m2[0], m2[1], ca2, cab2, g2r, g2i);
-    if (r == 0 && !include_dc) g1r = g1i = g2r = g2i = T(0);
-    wr[0] = g1r - g2i;
-    wr[1] = g1i + g2r;
-    if (L % 2 == 0) {
-      const int64_t h = L / 2;
-      field_bin(a1[2 * h], a1[2 * h + 1], m1[2 * h], m1[2 * h + 1], ca1, cab1, g1r, g1i);
-      field_bin(a2[2 * h], a2[2 * h + 1], m2[2 * h], m2[2 * h + 1], ca2, cab2, g2r, g2i);
-      wr[2 * h] = g1r - g2i;
-      wr[2 * h + 1] = g1i + g2r;
+    // Columns 0 and Nyquist are their own mirrors' columns: the row of the two (r, rn) that comes
+    // first writes both, reading every input before writing (W may be Z1 itself).
+    if (rn >= r) {
+      for (int64_t c = 0; c < (L % 2 == 0 ? 2 : 1); ++c) {
+        const int64_t o = c == 0 ? 0 : L;  // interleaved offset of column 0 or L / 2
+        T g1r, g1i, g2r, g2i;
+        field_bin(a1[o], a1[o + 1], m1[o], m1[o + 1], ca1, cab1, g1r, g1i);
+        field_bin(a2[o], a2[o + 1], m2[o], m2[o + 1], ca2, cab2, g2r, g2i);
+        if (r == 0 && o == 0 && !include_dc) g1r = g1i = g2r = g2i = T(0);  // the DC bin
+        wr[o] = g1r - g2i;
+        wr[o + 1] = g1i + g2r;
+        wn[o] = g1r + g2i;  // W_-k = conj(G1_k) + i conj(G2_k); the same values where rn == r
+        wn[o + 1] = g2r - g1i;
+      }
     }
 #pragma omp simd
     for (int64_t j = 1; j < j_end; ++j) {
