@@ -3,10 +3,11 @@
 // activation (softmax over channels, or sigmoid) and the ignore mask included. Outputs, saved
 // tensors and workspace come from a cache of released buffers (scc_cpu_buffers.h).
 //
-// Forward. With an activation (softmax, sigmoid) or an ignore mask, a first pass over each image
-// writes p into the gradient output (which the final pass overwrites in place with the gradient)
-// and the per-voxel statistics the backward needs (softmax: max over channels and keep / sum of exp;
-// the ignore mask as keep), 2 x B x N values, so no B x C x N probability tensor is made or kept.
+// Forward. With an activation (softmax, sigmoid) or an ignore mask, the per-voxel statistics the
+// backward needs (softmax: max over channels and keep / sum of exp; the ignore mask as keep), 2 x B x N
+// values, are stored, and no B x C x N probability tensor is made or kept: p is computed by an
+// activation pass over each image into the gradient output (which the last pass overwrites with the
+// gradient), or, where chunks hold whole images (below), block by block inside the build pass.
 // (Without a gradient, only the statistics are stored and the build pass computes p row by row.)
 // Pairs (image b, class c) are then processed in chunks of consecutive pairs (about 2 MB of complex
 // maps, at least two pairs per thread), so the workspace is a few MB whatever the batch, and the
@@ -14,7 +15,8 @@
 // batches of 4 than of 72). Per chunk:
 //   1. build pass:   z = p + i*y for each pair (labels read directly, y built on the fly) and the
 //                    spatial sums of p and y (shifted by the first voxel; row sums in the map dtype,
-//                    totals in double);
+//                    totals in double); for chunks of whole images with softmax, per block of voxels
+//                    of an image: the softmax, then the maps of all its classes (p stays in cache);
 //   2. Z = fftn(z):  one complex transform for the two real maps of a pair (in place in z, whose rows
 //                    are padded where that makes MKL faster: workspace_row_stride). With
 //                    softmax over every channel and labels all in range, each image's maps sum to one
@@ -24,12 +26,13 @@
 //                    T_a = sum_K |P|, T_b = sum_K |Y|, T_ab = sum_K |P||Y| (weighted half spectrum);
 //   4. scalars:      SCC and the gradient coefficients, the formulas and zero tests of
 //                    scc_fast.backends.torch_fft.pair_coefficients / scc_fast._numerics, in double;
-//   5. field pass:   W = G_1 + i*G_2 with G = (c_a + c_ab |Y|) P/|P| for two pairs at once (both
-//                    Hermitian, so one complex inverse transform gives both real gradients), in place
-//                    over the first pair's spectrum (over z's maps with ATen's transforms, whose
-//                    spectra are new tensors);
-//   6. w = ifftn(W) (unnormalised), then the final pass: field_1 = Re w + c_p (p - [DC out] mean p)
-//                    + c_y (y - [DC out] mean y), field_2 from Im w. field = dSCC/dp.
+//   5. field pass:   W = G_1 + i*G_2 with G = (c_a + c_ab |Y|) P/|P| + (c_p P + c_y Y) / N for two
+//                    pairs at once (both Hermitian, so one complex inverse transform gives both real
+//                    gradients; the last two terms are the spatial terms c_p (p - [DC out] mean p) +
+//                    c_y (y - [DC out] mean y) in the spectrum), in place over the first pair's
+//                    spectrum (over z's maps with ATen's transforms, whose spectra are new tensors);
+//   6. w = ifftn(W) (unnormalised): field_1 = Re w, field_2 = Im w, unpacked into the gradient
+//                    output. field = dSCC/dp.
 // Backward (scc_backward): one pass over voxel blocks of each image: p recomputed from the input and
 // the statistics, g_c = grad_scc[b, c] * field_c, and the activation's Jacobian (softmax:
 // p_c (g_c - sum_k p_k g_k)) applied, writing dLoss/dinput.
@@ -153,8 +156,9 @@ Geometry make_geometry(at::IntArrayRef spatial) {
 // Everything known about one pair once its sums are in.
 struct PairCoef {
   double c_a = 0, c_ab = 0;  // field (c_a + c_ab B_k) U_k
-  double c_p = 0, c_y = 0;   // spatial terms c_p (p - off_p) + c_y (y - off_y)
-  double off_p = 0, off_y = 0;
+  // Spatial terms c_p (p - [DC out] mean p) + c_y (y - [DC out] mean y), added in the spectrum as
+  // (c_p P_k + c_y Y_k) / N (over K: the DC bin is K's or not).
+  double c_p = 0, c_y = 0;
   double scc = 0;
   bool valid = false;
 };
@@ -230,8 +234,6 @@ PairCoef pair_coefficients(
   const double c_aa = -0.5 * w_mag * rho_mag / var_a_safe;
   c.c_p = 2 * N * c_aa;
   c.c_y = N * wp;
-  c.off_p = include_dc ? 0.0 : mean_p;
-  c.off_y = include_dc ? 0.0 : mean_y;
   c.scc = w_mag * rho_mag + w_phase * rho_phase;
   c.valid = valid;
   return c;
@@ -334,14 +336,18 @@ void run(
   scalar_t* grad_ptr = need_grad ? grad_out.data_ptr<scalar_t>() : nullptr;
   const auto complex_options = input.options().dtype(c10::toComplexType(input.scalar_type()));
 
-  // With a gradient to compute, p goes into the gradient buffer (which the final pass overwrites in
+  // With a gradient to compute, p goes into the gradient buffer (which the last pass overwrites in
   // place): one activation pass over each image writes p and the per-voxel statistics (softmax max and
   // keep / sum, the ignore mask) that the backward needs, 2 x B x N values instead of the B x C x N
-  // probabilities. Without one (a metric), only the statistics are stored, and the build pass
-  // computes p block by block into a scratch row buffer.
+  // probabilities (or the build pass does, below). Without one (a metric), only the statistics are
+  // stored, and the build pass computes p block by block into a scratch row buffer.
   const bool p_in_grad = activated && need_grad;
+  // Chunks of whole images (complement) run the softmax inside their build pass, block by block: p is
+  // a block-sized scratch then, never written to memory or read back (measured, bench/RESULTS.md:
+  // 3-6% of a step at 2 x 4 x 64^3).
+  const bool fused_build = complement && p_in_grad && stats != nullptr && act == kActSoftmax;
   uint8_t* flags = flags_out.data_ptr<uint8_t>();
-  if (p_in_grad || stats != nullptr) {
+  if ((p_in_grad || stats != nullptr) && !fused_build) {
     const int64_t vblocks = (N + kBlockElems - 1) / kBlockElems;
     // Per work item: the softmax read a NaN or Inf (items write their own byte; no shared writes).
     std::vector<uint8_t> nonfinite(n_batch * vblocks, 0);
@@ -354,7 +360,7 @@ void run(
         const bool finite =
             p_in_grad ? K::template activation_pass<scalar_t, Y>(x_all + b * n_in_chan * N, n_in_chan, first_channel, N,
                                                                  act, lab, o.ignore, sh, sc, grad_ptr + b * n_chan * N,
-                                                                 i0, i1)
+                                                                 i0, i1, N)
                       : K::template stats<scalar_t, Y>(x_all + b * n_in_chan * N, n_in_chan, N, act == kActSoftmax,
                                                        lab, o.ignore, sh, sc, i0, i1);
         nonfinite[item] = finite ? 0 : 1;
@@ -374,7 +380,7 @@ void run(
     K::template activate<scalar_t>(xmap(q), shift_map(b), scale_map(b), act, &v, 0, 1);
     return v;
   };
-  // Where the build and final passes read p: the input, or (activated) the gradient buffer.
+  // Where the build pass reads p: the input, or (activated) the gradient buffer.
   auto pmap = [&](int64_t q) -> const scalar_t* { return activated ? grad_ptr + q * N : xmap(q); };
 
   // Transforms of the maps `slots` of `in`: the threads split them evenly, each transforming its
@@ -449,8 +455,49 @@ void run(
       const int64_t q0 = ci * chunk;
       const int64_t nc = std::min(chunk, n_pairs - q0);
 
-      for (int64_t s = 0; s < nc; ++s) kp[s] = p_first(q0 + s);
       // 1. Build p + i*y and the spatial sums (shifted by the first voxel of each map).
+      if (fused_build) {
+        // Whole images: voxel 0 first (the shift of the sums), then each block's activation and the
+        // maps of all the image's classes from it.
+        const int64_t b0 = q0 / n_chan, n_img = nc / n_chan;
+        std::vector<uint8_t> nonfinite(n_img * nb, 0);
+        for (int64_t m = 0; m < n_img; ++m) {
+          const int64_t b = b0 + m;
+          if (!K::template activation_pass<scalar_t, Y>(x_all + b * n_in_chan * N, n_in_chan, 0, N, act, nullptr, 0,
+                                                         stats + b * 2 * N, stats + b * 2 * N + N,
+                                                         grad_ptr + b * n_chan * N, 0, 1, N))
+            flags[b] |= kFlagNonFiniteInput;
+        }
+        for (int64_t s = 0; s < nc; ++s) kp[s] = p_first(q0 + s);
+        at::parallel_for(0, n_img * nb, 1, [&](int64_t begin, int64_t end) {
+          std::vector<scalar_t> pbuf;  // the block's p, n_chan maps of n values
+          for (int64_t item = begin; item < end; ++item) {
+            const int64_t m = item / nb, blk = item % nb, b = b0 + m;
+            const int64_t r0 = blk * rpb, r_end = std::min(g.rows, (blk + 1) * rpb);
+            const int64_t i0 = r0 * L, n = (r_end - r0) * L;
+            pbuf.resize(n_chan * n);
+            // The block as one of its own (channels still N apart in x), p into pbuf.
+            const bool finite = K::template activation_pass<scalar_t, Y>(
+                x_all + b * n_in_chan * N + i0, n_in_chan, 0, N, act, nullptr, 0, stats + b * 2 * N + i0,
+                stats + b * 2 * N + N + i0, pbuf.data(), 0, n, n);
+            nonfinite[item] = finite ? 0 : 1;
+            const Y* ym = tdata + b * N;
+            for (int64_t s = m * n_chan; s < (m + 1) * n_chan; ++s) {
+              const int64_t q = q0 + s;
+              const scalar_t* p = pbuf.data() + (s - m * n_chan) * n;
+              const int64_t cl = tlabel(q);
+              double* acc = &part_sp[(s * nb + blk) * kNumSpatial];
+              std::fill(acc, acc + kNumSpatial, 0.0);
+              for (int64_t r = r0; r < r_end; ++r)
+                K::template build<scalar_t, Y>(p + (r - r0) * L, ym + r * L, cl, kp[s], 0.0, z + 2 * s * M + 2 * r * LS,
+                                               0, L, acc);
+            }
+          }
+        });
+        for (int64_t item = 0; item < n_img * nb; ++item)
+          if (nonfinite[item]) flags[b0 + item / nb] |= kFlagNonFiniteInput;
+      } else {
+      for (int64_t s = 0; s < nc; ++s) kp[s] = p_first(q0 + s);
       at::parallel_for(0, nc * nb, 1, [&](int64_t begin, int64_t end) {
         std::vector<scalar_t> pbuf;
         for (int64_t item = begin; item < end; ++item) {
@@ -478,6 +525,7 @@ void run(
                                            L, acc);
         }
       });
+      }
 
       // Spatial sums per pair (partials added in block order: deterministic).
       std::fill(sp_pair.begin(), sp_pair.end(), 0.0);
@@ -569,28 +617,28 @@ void run(
           const int64_t s1 = 2 * m, s2 = 2 * m + 1;
           const bool has2 = s2 < nc;
           const scalar_t* Z1 = Zmap[s1];
+          const PairCoef& c1 = coef[s1];
+          const PairCoef c2 = has2 ? coef[s2] : PairCoef();  // all zero: an empty second field
+          const double inv_n = 1.0 / static_cast<double>(N);
           K::template field<scalar_t>(
-              Z1, has2 ? Zmap[s2] : Z1, static_cast<scalar_t>(coef[s1].c_a), static_cast<scalar_t>(coef[s1].c_ab),
-              has2 ? static_cast<scalar_t>(coef[s2].c_a) : scalar_t(0),
-              has2 ? static_cast<scalar_t>(coef[s2].c_ab) : scalar_t(0), z + 2 * (w_slot_step * m) * M, neg_row, L, LS,
-              blk * rpb,
+              Z1, has2 ? Zmap[s2] : Z1, static_cast<scalar_t>(c1.c_a), static_cast<scalar_t>(c1.c_ab),
+              static_cast<scalar_t>(c1.c_p * inv_n), static_cast<scalar_t>(c1.c_y * inv_n),
+              static_cast<scalar_t>(c2.c_a), static_cast<scalar_t>(c2.c_ab), static_cast<scalar_t>(c2.c_p * inv_n),
+              static_cast<scalar_t>(c2.c_y * inv_n), z + 2 * (w_slot_step * m) * M, neg_row, L, LS, blk * rpb,
               std::min(g.rows, (blk + 1) * rpb), include_dc);
         }
       });
       Zparts.clear();
 
-      // 6. Unnormalised inverse transform (DFT^H = N * ifft), then the spatial terms.
+      // 6. Unnormalised inverse transform (DFT^H = N * ifft), unpacked into the gradient output.
       std::vector<int64_t> packed(n_packed);
       for (int64_t m = 0; m < n_packed; ++m) packed[m] = w_slot_step * m;
       transform(zbuf.narrow(0, 0, nc), packed, false, wparts, wmap);
       at::parallel_for(0, nc * nb, 1, [&](int64_t begin, int64_t end) {
         for (int64_t item = begin; item < end; ++item) {
           const int64_t s = item / nb, blk = item % nb, q = q0 + s;
-          const PairCoef& c = coef[s];
-          K::template final<scalar_t, Y>(
-              wmap[w_slot_step * (s / 2)], static_cast<int>(s % 2), pmap(q), tmap(q), tlabel(q),
-              static_cast<scalar_t>(c.c_p), static_cast<scalar_t>(c.c_y), static_cast<scalar_t>(c.off_p),
-              static_cast<scalar_t>(c.off_y), grad_ptr + q * N, L, LS, blk * rpb, std::min(g.rows, (blk + 1) * rpb));
+          K::template unpack<scalar_t>(wmap[w_slot_step * (s / 2)], static_cast<int>(s % 2), grad_ptr + q * N, L, LS,
+                                       blk * rpb, std::min(g.rows, (blk + 1) * rpb));
         }
       });
     }

@@ -90,12 +90,13 @@ void activate_range(const T* x, const T* shift, const T* scale, int64_t act, T* 
 // Per-voxel statistics of one image over voxels [i0, i1). Softmax: shift = max_c x_c and scale =
 // keep / sum_c exp(x_c - shift); other activations: scale = keep (shift unused). keep = 0 where the
 // voxel's label equals ign (lab == nullptr: no voxel is ignored). With e (softmax only), the terms
-// exp(x_c - shift) of the channels c >= first_channel are also stored, map c - first_channel of e.
+// exp(x_c - shift) of the channels c >= first_channel are also stored, map c - first_channel of e
+// (maps e_stride apart).
 // Returns false when softmax read a NaN or +-Inf among the inputs (x * 0 is 0 for finite x, NaN
 // otherwise: one multiply-add per element in a loop bound by memory), true otherwise.
 template <typename T, typename Y>
 bool stats_range(const T* x, int64_t n_chan, int64_t n_vox, bool softmax, const Y* lab, int64_t ign, T* shift,
-                 T* scale, int64_t i0, int64_t i1, T* e = nullptr, int64_t first_channel = 0) {
+                 T* scale, int64_t i0, int64_t i1, T* e = nullptr, int64_t first_channel = 0, int64_t e_stride = 0) {
   bool finite = true;
   if (softmax) {
     T check = 0;
@@ -122,7 +123,7 @@ bool stats_range(const T* x, int64_t n_chan, int64_t n_vox, bool softmax, const 
         for (int64_t i = i0; i < i1; ++i) scale[i] += act_exp(xc[i] - shift[i]);
         continue;
       }
-      T* ec = e + (c - first_channel) * n_vox;
+      T* ec = e + (c - first_channel) * e_stride;
 #pragma omp simd
       for (int64_t i = i0; i < i1; ++i) {
         const T v = act_exp(xc[i] - shift[i]);
@@ -147,14 +148,17 @@ bool stats_range(const T* x, int64_t n_chan, int64_t n_vox, bool softmax, const 
 // the loss) next to the statistics the backward needs (shift/scale as stats_range; null when the
 // activation needs none). Each exp is taken once: softmax stores exp(x_c - max) in p, then scales it.
 // p matches activate_range with the same statistics bit for bit (the backward recomputes it so).
+// p's maps are p_stride apart (n_vox for the gradient buffer; a block's length for a scratch block).
 // Returns stats_range's finiteness test (softmax; true for the other activations).
 template <typename T, typename Y>
 bool activation_pass_range(const T* x, int64_t n_chan, int64_t first_channel, int64_t n_vox, int64_t act,
-                           const Y* lab, int64_t ign, T* shift, T* scale, T* p, int64_t i0, int64_t i1) {
+                           const Y* lab, int64_t ign, T* shift, T* scale, T* p, int64_t i0, int64_t i1,
+                           int64_t p_stride) {
   if (act == kActSoftmax) {
-    const bool finite = stats_range<T, Y>(x, n_chan, n_vox, true, lab, ign, shift, scale, i0, i1, p, first_channel);
+    const bool finite =
+        stats_range<T, Y>(x, n_chan, n_vox, true, lab, ign, shift, scale, i0, i1, p, first_channel, p_stride);
     for (int64_t c = first_channel; c < n_chan; ++c) {
-      T* pc = p + (c - first_channel) * n_vox;
+      T* pc = p + (c - first_channel) * p_stride;
 #pragma omp simd
       for (int64_t i = i0; i < i1; ++i) pc[i] *= scale[i];
     }
@@ -162,7 +166,7 @@ bool activation_pass_range(const T* x, int64_t n_chan, int64_t first_channel, in
   }
   if (scale != nullptr) stats_range<T, Y>(x, n_chan, n_vox, false, lab, ign, shift, scale, i0, i1);
   for (int64_t c = first_channel; c < n_chan; ++c)
-    activate_range<T>(x + c * n_vox, shift, scale, act, p + (c - first_channel) * n_vox, i0, i1);
+    activate_range<T>(x + c * n_vox, shift, scale, act, p + (c - first_channel) * p_stride, i0, i1);
   return true;
 }
 
@@ -344,16 +348,20 @@ void sums_rows(const T* Z, const int64_t* neg_row, int64_t L, int64_t ls, int64_
   acc[2] += tab;
 }
 
-// G_k = (c_a + c_ab |Y_k|) P_k / |P_k| (0 where |P_k| = 0) of one pair at bin (zr, zi; mirror mr, mi).
+// G_k = (c_a + c_ab |Y_k|) P_k / |P_k| (0 where |P_k| = 0) + s_p P_k + s_y Y_k of one pair at bin
+// (zr, zi; mirror mr, mi). The last two are the spatial terms c_p (p - off_p) + c_y (y - off_y) of the
+// gradient moved into the spectrum (s = c / N: DFT^H of P / N is p, and without DC, p less its mean),
+// so that the inverse transform gives the whole field and no pass reads p or y again.
 template <typename T>
-inline void field_bin(T zr, T zi, T mr, T mi, T ca, T cab, T& gr, T& gi) {
+inline void field_bin(T zr, T zi, T mr, T mi, T ca, T cab, T sp, T sy, T& gr, T& gi) {
   T pr, pi, a, b;
   split_bin(zr, zi, mr, mi, pr, pi, a, b);
+  const T yr = (zi + mi) * T(0.5), yi = (mr - zr) * T(0.5);
   // Divide by a safe value, then select: no branch, so the loop vectorises.
   const bool nz = a > T(0);
   const T f = nz ? (ca + cab * b) / (nz ? a : T(1)) : T(0);
-  gr = f * pr;
-  gi = f * pi;
+  gr = (f + sp) * pr + sy * yr;
+  gi = (f + sp) * pi + sy * yi;
 }
 
 // W = G1 + i G2 over rows [r0, r1) of the full spectrum (pairs 1 and 2 share one Hermitian-pair
@@ -362,15 +370,19 @@ inline void field_bin(T zr, T zi, T mr, T mi, T ca, T cab, T& gr, T& gi) {
 // r <= neg_row[r], columns 0 and Nyquist of both rows. Each element of W is written from the
 // elements of Z1 and Z2 at its own and its mirror position only, after reading them, and no other
 // row's work reads those: W may be Z1 (in place), with rows split over threads.
-// Pass Z2 = Z1 and ca2 = cab2 = 0 when there is no second pair.
+// Pass Z2 = Z1 and ca2 = cab2 = sp2 = sy2 = 0 when there is no second pair.
 template <typename T>
 void field_rows(
     const T* Z1,
     const T* Z2,
     T ca1,
     T cab1,
+    T sp1,
+    T sy1,
     T ca2,
     T cab2,
+    T sp2,
+    T sy2,
     T* W,
     const int64_t* neg_row,
     int64_t L,
@@ -379,6 +391,8 @@ void field_rows(
     int64_t r1,
     bool include_dc) {
   const int64_t j_end = (L + 1) / 2;
+  // The loop below has 2 P and 2 Y: the spatial terms' factors halved.
+  const T hp1 = sp1 * T(0.5), hy1 = sy1 * T(0.5), hp2 = sp2 * T(0.5), hy2 = sy2 * T(0.5);
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t rn = neg_row[r];
     const T* a1 = Z1 + 2 * r * ls;
@@ -393,8 +407,8 @@ void field_rows(
       for (int64_t c = 0; c < (L % 2 == 0 ? 2 : 1); ++c) {
         const int64_t o = c == 0 ? 0 : L;  // interleaved offset of column 0 or L / 2
         T g1r, g1i, g2r, g2i;
-        field_bin(a1[o], a1[o + 1], m1[o], m1[o + 1], ca1, cab1, g1r, g1i);
-        field_bin(a2[o], a2[o + 1], m2[o], m2[o + 1], ca2, cab2, g2r, g2i);
+        field_bin(a1[o], a1[o + 1], m1[o], m1[o + 1], ca1, cab1, sp1, sy1, g1r, g1i);
+        field_bin(a2[o], a2[o + 1], m2[o], m2[o + 1], ca2, cab2, sp2, sy2, g2r, g2i);
         if (r == 0 && o == 0 && !include_dc) g1r = g1i = g2r = g2i = T(0);  // the DC bin
         wr[o] = g1r - g2i;
         wr[o + 1] = g1i + g2r;
@@ -412,13 +426,13 @@ void field_rows(
       const T a1m = std::sqrt(p1r * p1r + p1i * p1i);
       const T b1m = T(0.5) * std::sqrt(y1r * y1r + y1i * y1i);
       const T f1 = a1m > T(0) ? (ca1 + cab1 * b1m) / (a1m > T(0) ? a1m : T(1)) : T(0);
-      const T h1r = f1 * p1r, h1i = f1 * p1i;
+      const T h1r = (f1 + hp1) * p1r + hy1 * y1r, h1i = (f1 + hp1) * p1i + hy1 * y1i;
       const T x2r = a2[2 * j], x2i = a2[2 * j + 1], n2r = m2[2 * jm], n2i = m2[2 * jm + 1];
       const T p2r = x2r + n2r, p2i = x2i - n2i, y2r = x2i + n2i, y2i = n2r - x2r;
       const T a2m = std::sqrt(p2r * p2r + p2i * p2i);
       const T b2m = T(0.5) * std::sqrt(y2r * y2r + y2i * y2i);
       const T f2 = a2m > T(0) ? (ca2 + cab2 * b2m) / (a2m > T(0) ? a2m : T(1)) : T(0);
-      const T h2r = f2 * p2r, h2i = f2 * p2i;
+      const T h2r = (f2 + hp2) * p2r + hy2 * y2r, h2i = (f2 + hp2) * p2i + hy2 * y2i;
       // W_k = G1_k + i G2_k;  W_-k = conj(G1_k) + i conj(G2_k).
       wr[2 * j] = h1r - h2i;
       wr[2 * j + 1] = h1i + h2r;
@@ -445,40 +459,22 @@ void complement_range(const T* const* others, int64_t n_others, T* out, int64_t 
   for (int64_t v = v0; v < v1; ++v) out[v] = -out[v];
 }
 
-// out[i] = w[i].re (part 0) or .im (part 1) + c_p (p[i] - off_p) + c_y (y[i] - off_y), i in [i0, i1).
-template <typename T, typename Y>
-void final_range(
-    const T* w,
-    int part,
-    const T* p,
-    const Y* ym,
-    int64_t cl,
-    T c_p,
-    T c_y,
-    T off_p,
-    T off_y,
-    T* out,
-    int64_t i0,
-    int64_t i1) {
-  const T* wp = w + part;
-#pragma omp simd
-  for (int64_t i = i0; i < i1; ++i) {
-    out[i] = wp[2 * i] + c_p * (p[i] - off_p) + c_y * (target_value<T>(ym, cl, i) - off_y);
-  }
-}
-
 // complement_range over rows [r0, r1) of spectra whose rows are ls apart (the padding is skipped).
 template <typename T>
 void complement_rows(const T* const* others, int64_t n_others, T* out, int64_t L, int64_t ls, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; ++r) complement_range<T>(others, n_others, out, 2 * r * ls, 2 * r * ls + 2 * L);
 }
 
-// final_range over rows [r0, r1): w's rows are ls apart, the real maps' L apart.
-template <typename T, typename Y>
-void final_rows(const T* w, int part, const T* p, const Y* ym, int64_t cl, T c_p, T c_y, T off_p, T off_y, T* out,
-                int64_t L, int64_t ls, int64_t r0, int64_t r1) {
-  for (int64_t r = r0; r < r1; ++r)
-    final_range<T, Y>(w + 2 * r * ls, part, p + r * L, ym + r * L, cl, c_p, c_y, off_p, off_y, out + r * L, 0, L);
+// The gradient fields of rows [r0, r1): part 0 (Re) or 1 (Im) of the inverse-transformed packed
+// spectrum w (rows ls apart) into the packed map out.
+template <typename T>
+void unpack_rows(const T* w, int part, T* out, int64_t L, int64_t ls, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* wr = w + 2 * r * ls + part;
+    T* o = out + r * L;
+#pragma omp simd
+    for (int64_t j = 0; j < L; ++j) o[j] = wr[2 * j];
+  }
 }
 
 }  // namespace SCC_KERNEL_NS
@@ -498,9 +494,9 @@ struct Kernels {
     sums_rows<T>(Z, neg_row, L, ls, r0, r1, include_dc, acc);
   }
   template <typename T>
-  static void field(const T* Z1, const T* Z2, T ca1, T cab1, T ca2, T cab2, T* W, const int64_t* neg_row, int64_t L,
-                    int64_t ls, int64_t r0, int64_t r1, bool include_dc) {
-    field_rows<T>(Z1, Z2, ca1, cab1, ca2, cab2, W, neg_row, L, ls, r0, r1, include_dc);
+  static void field(const T* Z1, const T* Z2, T ca1, T cab1, T sp1, T sy1, T ca2, T cab2, T sp2, T sy2, T* W,
+                    const int64_t* neg_row, int64_t L, int64_t ls, int64_t r0, int64_t r1, bool include_dc) {
+    field_rows<T>(Z1, Z2, ca1, cab1, sp1, sy1, ca2, cab2, sp2, sy2, W, neg_row, L, ls, r0, r1, include_dc);
   }
   template <typename T>
   static void activate(const T* x, const T* shift, const T* scale, int64_t act, T* out, int64_t i0, int64_t i1) {
@@ -513,8 +509,10 @@ struct Kernels {
   }
   template <typename T, typename Y>
   static bool activation_pass(const T* x, int64_t n_chan, int64_t first_channel, int64_t n_vox, int64_t act,
-                              const Y* lab, int64_t ign, T* shift, T* scale, T* p, int64_t i0, int64_t i1) {
-    return activation_pass_range<T, Y>(x, n_chan, first_channel, n_vox, act, lab, ign, shift, scale, p, i0, i1);
+                              const Y* lab, int64_t ign, T* shift, T* scale, T* p, int64_t i0, int64_t i1,
+                              int64_t p_stride) {
+    return activation_pass_range<T, Y>(x, n_chan, first_channel, n_vox, act, lab, ign, shift, scale, p, i0, i1,
+                                       p_stride);
   }
   template <typename T>
   static void activation_backward(const T* x, const T* field, const double* up, const T* shift, const T* scale,
@@ -527,10 +525,9 @@ struct Kernels {
                          int64_t r1) {
     complement_rows<T>(others, n_others, out, L, ls, r0, r1);
   }
-  template <typename T, typename Y>
-  static void final(const T* w, int part, const T* p, const Y* ym, int64_t cl, T c_p, T c_y, T off_p, T off_y, T* out,
-                    int64_t L, int64_t ls, int64_t r0, int64_t r1) {
-    final_rows<T, Y>(w, part, p, ym, cl, c_p, c_y, off_p, off_y, out, L, ls, r0, r1);
+  template <typename T>
+  static void unpack(const T* w, int part, T* out, int64_t L, int64_t ls, int64_t r0, int64_t r1) {
+    unpack_rows<T>(w, part, out, L, ls, r0, r1);
   }
 };
 }  // namespace SCC_KERNEL_NS
