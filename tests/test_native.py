@@ -846,3 +846,24 @@ def test_validates_in_op_contract():
         native.activated_correlation(
             x, torch.zeros(1, 6, 6, dtype=torch.long), activation="softmax", ignore_index=4, validate=True
         )
+
+
+@needs_op
+@pytest.mark.parametrize("budget, whole_images", [(4000, True), (3000, False)])
+def test_chunks_grow_to_whole_images_within_four_budgets(budget, whole_images, monkeypatch):
+    """Where one image unit (C pairs, 2C for odd C) is more than the chunk budget but at most four
+    times it, chunks hold whole images (the complement spectrum and the softmax inside the build
+    pass then apply); beyond that they do not. float32 16 x 16 maps with padded rows are 2304 bytes,
+    a unit of 2 x 3 pairs 13824."""
+    monkeypatch.setenv("SCC_FAST_NATIVE_CHUNK_BYTES", str(budget))
+    g = torch.Generator().manual_seed(32)
+    logits = torch.randn(2, 3, 16, 16, generator=g, dtype=torch.float64) * 3
+    labels = torch.randint(0, 3, (2, 16, 16), generator=g)
+    ref, ref_grad = _softmax_step(logits, labels, "reference")
+    results = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("SCC_FAST_NATIVE_COMPLEMENT", flag)
+        out, grad = _softmax_step(logits.float(), labels, "native")
+        assert rel_err(out, ref) <= TOL[torch.float32] and rel_err(grad, ref_grad) <= TOL[torch.float32]
+        results[flag] = grad
+    assert torch.equal(results["1"], results["0"]) != whole_images
