@@ -455,52 +455,52 @@ void run(
     std::vector<at::Tensor> Zparts, wparts;
     std::vector<const scalar_t*> Zmap, wmap;
 
-    for (int64_t ci = chunk_begin; ci < chunk_end; ++ci) {
-      const int64_t q0 = ci * chunk;
-      const int64_t nc = std::min(chunk, n_pairs - q0);
-
-      // 1. Build p + i*y and the spatial sums (shifted by the first voxel of each map).
-      if (fused_build) {
-        // Whole images: voxel 0 first (the shift of the sums), then each block's activation and the
-        // maps of all the image's classes from it.
-        const int64_t b0 = q0 / n_chan, n_img = nc / n_chan;
-        std::vector<uint8_t> nonfinite(n_img * nb, 0);
-        for (int64_t m = 0; m < n_img; ++m) {
-          const int64_t b = b0 + m;
-          if (!K::template activation_pass<scalar_t, Y>(x_all + b * n_in_chan * N, n_in_chan, 0, N, act, nullptr, 0,
-                                                         stats + b * 2 * N, stats + b * 2 * N + N,
-                                                         grad_ptr + b * n_chan * N, 0, 1, N))
-            flags[b] |= kFlagNonFiniteInput;
-        }
-        for (int64_t s = 0; s < nc; ++s) kp[s] = p_first(q0 + s);
-        at::parallel_for(0, n_img * nb, 1, [&](int64_t begin, int64_t end) {
-          std::vector<scalar_t> pbuf;  // the block's p, n_chan maps of n values
-          for (int64_t item = begin; item < end; ++item) {
-            const int64_t m = item / nb, blk = item % nb, b = b0 + m;
-            const int64_t r0 = blk * rpb, r_end = std::min(g.rows, (blk + 1) * rpb);
-            const int64_t i0 = r0 * L, n = (r_end - r0) * L;
-            pbuf.resize(n_chan * n);
-            // The block as one of its own (channels still N apart in x), p into pbuf.
-            const bool finite = K::template activation_pass<scalar_t, Y>(
-                x_all + b * n_in_chan * N + i0, n_in_chan, 0, N, act, nullptr, 0, stats + b * 2 * N + i0,
-                stats + b * 2 * N + N + i0, pbuf.data(), 0, n, n);
-            nonfinite[item] = finite ? 0 : 1;
-            const Y* ym = tdata + b * N;
-            for (int64_t s = m * n_chan; s < (m + 1) * n_chan; ++s) {
-              const int64_t q = q0 + s;
-              const scalar_t* p = pbuf.data() + (s - m * n_chan) * n;
-              const int64_t cl = tlabel(q);
-              double* acc = &part_sp[(s * nb + blk) * kNumSpatial];
-              std::fill(acc, acc + kNumSpatial, 0.0);
-              for (int64_t r = r0; r < r_end; ++r)
-                K::template build<scalar_t, Y>(p + (r - r0) * L, ym + r * L, cl, kp[s], 0.0, z + 2 * s * M + 2 * r * LS,
-                                               0, L, acc);
-            }
+    // 1. Build p + i*y and the spatial sums (shifted by the first voxel of each map), for chunks of
+    //    whole images with the softmax inside (fused_build): voxel 0 first (the shift of the sums),
+    //    then per block of an image's voxels the softmax and the maps of all its classes from it.
+    auto build_whole_images = [&](int64_t q0, int64_t nc) {
+      const int64_t b0 = q0 / n_chan, n_img = nc / n_chan;
+      std::vector<uint8_t> nonfinite(n_img * nb, 0);
+      // p at voxel 0 into the gradient buffer, where p_first reads it (the unpack pass overwrites it).
+      for (int64_t m = 0; m < n_img; ++m) {
+        const int64_t b = b0 + m;
+        if (!K::template activation_pass<scalar_t, Y>(x_all + b * n_in_chan * N, n_in_chan, 0, N, act, nullptr, 0,
+                                                       stats + b * 2 * N, stats + b * 2 * N + N,
+                                                       grad_ptr + b * n_chan * N, 0, 1, N))
+          flags[b] |= kFlagNonFiniteInput;
+      }
+      for (int64_t s = 0; s < nc; ++s) kp[s] = p_first(q0 + s);
+      at::parallel_for(0, n_img * nb, 1, [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> pbuf;  // the block's p, n_chan maps of n values
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t m = item / nb, blk = item % nb, b = b0 + m;
+          const int64_t r0 = blk * rpb, r_end = std::min(g.rows, (blk + 1) * rpb);
+          const int64_t i0 = r0 * L, n = (r_end - r0) * L;
+          pbuf.resize(n_chan * n);
+          // The block as one of its own (channels still N apart in x), p into pbuf.
+          const bool finite = K::template activation_pass<scalar_t, Y>(
+              x_all + b * n_in_chan * N + i0, n_in_chan, 0, N, act, nullptr, 0, stats + b * 2 * N + i0,
+              stats + b * 2 * N + N + i0, pbuf.data(), 0, n, n);
+          nonfinite[item] = finite ? 0 : 1;
+          const Y* ym = tdata + b * N;
+          for (int64_t s = m * n_chan; s < (m + 1) * n_chan; ++s) {
+            const int64_t q = q0 + s;
+            const scalar_t* p = pbuf.data() + (s - m * n_chan) * n;
+            const int64_t cl = tlabel(q);
+            double* acc = &part_sp[(s * nb + blk) * kNumSpatial];
+            std::fill(acc, acc + kNumSpatial, 0.0);
+            for (int64_t r = r0; r < r_end; ++r)
+              K::template build<scalar_t, Y>(p + (r - r0) * L, ym + r * L, cl, kp[s], 0.0, z + 2 * s * M + 2 * r * LS,
+                                             0, L, acc);
           }
-        });
-        for (int64_t item = 0; item < n_img * nb; ++item)
-          if (nonfinite[item]) flags[b0 + item / nb] |= kFlagNonFiniteInput;
-      } else {
+        }
+      });
+      for (int64_t item = 0; item < n_img * nb; ++item)
+        if (nonfinite[item]) flags[b0 + item / nb] |= kFlagNonFiniteInput;
+    };
+    //    Otherwise pair by pair, p read from the gradient buffer or the input, or computed per row
+    //    block (without a gradient).
+    auto build_pairs = [&](int64_t q0, int64_t nc) {
       for (int64_t s = 0; s < nc; ++s) kp[s] = p_first(q0 + s);
       at::parallel_for(0, nc * nb, 1, [&](int64_t begin, int64_t end) {
         std::vector<scalar_t> pbuf;
@@ -529,6 +529,17 @@ void run(
                                            L, acc);
         }
       });
+    };
+
+    for (int64_t ci = chunk_begin; ci < chunk_end; ++ci) {
+      const int64_t q0 = ci * chunk;
+      const int64_t nc = std::min(chunk, n_pairs - q0);
+
+      // 1. Build p + i*y and the spatial sums.
+      if (fused_build) {
+        build_whole_images(q0, nc);
+      } else {
+        build_pairs(q0, nc);
       }
 
       // Spatial sums per pair (partials added in block order: deterministic).
