@@ -45,26 +45,31 @@ def _check_input(input: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} must have every spatial size >= 2, got spatial shape {tuple(input.shape[2:])}")
 
 
-def _check_values(input: torch.Tensor, target: torch.Tensor, ignore_index: int | None) -> None:
-    """``validate=True``'s value checks: the target (label range, or NaN/Inf), then the input."""
+def _check_target_values(target: torch.Tensor, n_chan: int, ignore_index: int | None) -> None:
+    """``validate=True``'s check of a target from :func:`_check_target`: label range, or NaN/Inf."""
     if target.is_floating_point():
         if not all_finite(target):
             raise ValueError(NONFINITE_TARGET)
     else:
-        check_labels(target, input.shape[1], ignore_index)
+        check_labels(target, n_chan, ignore_index)
+
+
+def _check_values(input: torch.Tensor, target: torch.Tensor, ignore_index: int | None) -> None:
+    """``validate=True``'s value checks: the target, then the input."""
+    _check_target_values(target, input.shape[1], ignore_index)
     if not all_finite(input):
         raise ValueError(NONFINITE_INPUT)
 
 
-def _check_target(input: torch.Tensor, target: torch.Tensor, ignore_index: int | None, validate: bool) -> torch.Tensor:
-    """Check ``target``'s type and shape against ``input`` (and its values with ``validate``);
-    return labels B x spatial or a float B x C x spatial."""
+def _check_target(input: torch.Tensor, target: torch.Tensor, ignore_index: int | None) -> torch.Tensor:
+    """Check ``target``'s type and shape against ``input``; return labels B x spatial or a float
+    B x C x spatial."""
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     if target.device != input.device:
         raise ValueError(f"target must be on the device of input ({input.device}), got {target.device}")
     spatial = tuple(input.shape[2:])
-    n_batch, n_chan = input.shape[:2]
+    n_batch = input.shape[0]
     if target.dtype == torch.bool:
         target = target.to(input.dtype if input.dtype == torch.float64 else torch.float32)
     if target.is_floating_point():
@@ -76,8 +81,6 @@ def _check_target(input: torch.Tensor, target: torch.Tensor, ignore_index: int |
                 f"a floating-point target must have the shape of input, B x C x spatial = {tuple(input.shape)}, "
                 f"got {tuple(target.shape)}{hint}"
             )
-        if validate and not all_finite(target):
-            raise ValueError(NONFINITE_TARGET)
         return target
     if target.is_complex():
         raise TypeError(f"target must be integer labels or a real floating-point tensor, got dtype {target.dtype}")
@@ -92,8 +95,6 @@ def _check_target(input: torch.Tensor, target: torch.Tensor, ignore_index: int |
         raise ValueError(f"target batch size must equal input's ({n_batch}), got {target.shape[0]}")
     if tuple(target.shape[1:]) != spatial:
         raise ValueError(f"target spatial shape must equal input's {spatial}, got {tuple(target.shape[1:])}")
-    if validate:
-        check_labels(target, n_chan, ignore_index)
     return target
 
 
@@ -190,7 +191,7 @@ def scc_loss(
         raise ValueError(f"ignore_index must be an int or None, got {ignore_index!r}")
     # Value checks branch on data, which torch.compile(fullgraph=True) cannot trace.
     validate = validate and not torch.compiler.is_compiling()
-    target = _check_target(input, target, ignore_index, validate=False)
+    target = _check_target(input, target, ignore_index)
 
     n_chan = input.shape[1]
     drop_background = not include_background and n_chan > 1
@@ -284,7 +285,9 @@ def spectral_correlation(
         _check_weights(magnitude_weight, phase_weight)
     else:
         magnitude_weight, phase_weight = (1.0, 0.0) if kind == "magnitude" else (0.0, 1.0)
-    target = _check_target(probs, target, None, not torch.compiler.is_compiling())
+    target = _check_target(probs, target, None)
+    if not torch.compiler.is_compiling():
+        _check_target_values(target, probs.shape[1], None)
     first_class = 1 if probs.shape[1] == 1 else 0
     x = probs if probs.dtype == torch.float64 else probs.float()
     if target.is_floating_point():
