@@ -298,8 +298,8 @@ void run(
   std::vector<int64_t> fft_dims;
   for (int64_t d = 1; d <= static_cast<int64_t>(spatial.size()); ++d) fft_dims.push_back(d);
 
-  // Complex workspace maps (z, w, and the spectra when transformed in place) have rows LS elements
-  // apart, M elements per map; real maps are packed (N).
+  // Complex workspace maps (z, and the spectra and packed fields over it when transformed in place)
+  // have rows LS elements apart, M elements per map; real maps are packed (N).
   const bool inplace = inplace_fft_available(input.scalar_type());
   const int64_t LS = workspace_row_stride(L, inplace), M = g.rows * LS;
 
@@ -461,13 +461,13 @@ void run(
     auto build_whole_images = [&](int64_t q0, int64_t nc) {
       const int64_t b0 = q0 / n_chan, n_img = nc / n_chan;
       std::vector<uint8_t> nonfinite(n_img * nb, 0);
-      // p at voxel 0 into the gradient buffer, where p_first reads it (the unpack pass overwrites it).
+      // p at voxel 0 into the gradient buffer, where p_first reads it (the unpack pass overwrites it;
+      // block 0 below tests voxel 0 for NaN/Inf with the rest).
       for (int64_t m = 0; m < n_img; ++m) {
         const int64_t b = b0 + m;
-        if (!K::template activation_pass<scalar_t, Y>(x_all + b * n_in_chan * N, n_in_chan, 0, N, act, nullptr, 0,
-                                                       stats + b * 2 * N, stats + b * 2 * N + N,
-                                                       grad_ptr + b * n_chan * N, 0, 1, N))
-          flags[b] |= kFlagNonFiniteInput;
+        K::template activation_pass<scalar_t, Y>(x_all + b * n_in_chan * N, n_in_chan, 0, N, act, nullptr, 0,
+                                                 stats + b * 2 * N, stats + b * 2 * N + N, grad_ptr + b * n_chan * N,
+                                                 0, 1, N);
       }
       for (int64_t s = 0; s < nc; ++s) kp[s] = p_first(q0 + s);
       at::parallel_for(0, n_img * nb, 1, [&](int64_t begin, int64_t end) {
@@ -624,7 +624,7 @@ void run(
       }
       if (!need_grad) continue;
 
-      // 5. Fields of two pairs packed in one spectrum, written to w.
+      // 5. Fields of two pairs packed in one spectrum, written over z (the first pair's map in place).
       const int64_t n_packed = (nc + 1) / 2;
       at::parallel_for(0, n_packed * nb, 1, [&](int64_t begin, int64_t end) {
         for (int64_t item = begin; item < end; ++item) {
