@@ -19,7 +19,7 @@ def _backends(args: argparse.Namespace) -> int:
         if name == "native" and status.available:
             from .backends import native
 
-            detail += f" (transforms: {native.fft_engine()}; cached buffers now: {native.cached_bytes() >> 20} MiB)"
+            detail += f" (transforms: {native.fft_engine()}; inner loops: {native.isa()}; cached buffers now: {native.cached_bytes() >> 20} MiB)"
         print(f"{name:10s} {'yes' if status.available else 'no ':3s}  {detail}")
     return 0
 

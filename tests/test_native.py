@@ -66,9 +66,9 @@ def check_against_reference(probs, target, dtype, **kw):
     assert rel_err(grad, ref_grad) <= TOL[dtype], rel_err(grad, ref_grad)
 
 
-@pytest.fixture(params=["avx2", "baseline"])
+@pytest.fixture(params=["avx512", "avx2", "baseline"])
 def isa(request, monkeypatch):
-    """Both builds of the inner loops (AVX2 runs only where the CPU has it; else both are baseline)."""
+    """Every build of the inner loops (each capped at what the CPU runs: native.isa() says which)."""
     monkeypatch.setenv("SCC_FAST_NATIVE_ISA", request.param)
     return request.param
 
@@ -479,6 +479,28 @@ def _check_labels_and_float_target(shape, dtype, seed):
     assert rel_err(out, ref) <= TOL[dtype] and rel_err(grad, ref_grad) <= TOL[dtype]
     probs, target = make_inputs(shape, labels=False, seed=seed + 1)
     check_against_reference(probs, target, dtype)
+
+
+@needs_op
+def test_isa_switch(monkeypatch):
+    # The environment variable caps the build; native.isa() reports the one that runs.
+    monkeypatch.delenv("SCC_FAST_NATIVE_ISA", raising=False)
+    widest = native.isa()
+    assert widest in ("avx512", "avx2", "baseline")
+    order = ["baseline", "avx2", "avx512"]
+    for cap in order:
+        monkeypatch.setenv("SCC_FAST_NATIVE_ISA", cap)
+        assert native.isa() == order[min(order.index(cap), order.index(widest))]
+
+
+@needs_op
+def test_isa_switch_rejects_unknown_values(monkeypatch):
+    monkeypatch.setenv("SCC_FAST_NATIVE_ISA", "sse4")
+    with pytest.raises(RuntimeError, match="SCC_FAST_NATIVE_ISA must be baseline, avx2 or avx512.*'sse4'"):
+        native.isa()
+    probs = torch.rand(1, 2, 8, 8, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="SCC_FAST_NATIVE_ISA"):
+        native.correlation(probs, torch.randint(0, 2, (1, 8, 8)))
 
 
 @needs_op

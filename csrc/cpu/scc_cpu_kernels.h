@@ -1,8 +1,8 @@
 // Inner loops of the CPU kernel (csrc/cpu/scc_cpu.cpp), on raw pointers so they vectorise.
 //
-// This file is included twice by scc_cpu.cpp, with SCC_KERNEL_NS set to a namespace name: once for
-// the baseline instruction set and once (GCC, x86-64) under `#pragma GCC target("avx2,fma")`, chosen
-// at run time. It therefore has no include guard and must not include headers itself: everything it
+// This file is included three times by scc_cpu.cpp, with SCC_KERNEL_NS set to a namespace name: once
+// for the baseline instruction set and (GCC, x86-64) under `#pragma GCC target` for AVX2 + FMA and for
+// AVX-512, chosen at run time. It therefore has no include guard and must not include headers itself: everything it
 // uses (int64_t, std::sqrt, std::exp, std::numeric_limits) is included by scc_cpu.cpp
 // before the first inclusion.
 //
@@ -284,7 +284,10 @@ constexpr int64_t kMaxRevRow = 4096;
 template <typename T>
 void sums_rows(const T* Z, const int64_t* neg_row, int64_t L, int64_t ls, int64_t r0, int64_t r1, bool include_dc,
                double* acc) {
-  const int64_t j_end = (L + 1) / 2;  // columns [1, j_end) have their mirror L - j outside the half
+  // Columns [1, j_end) have their mirror L - j outside the half and count twice. For even L the loop
+  // also runs over the Nyquist column L/2 (its mirror is itself; counted once, so taken back once
+  // below): L/2 iterations fill whole vectors where L has factors of two.
+  const int64_t j_end = L % 2 == 0 ? L / 2 + 1 : (L + 1) / 2;
   double ta = 0, tb = 0, tab = 0;
   for (int64_t r = r0; r < r1; ++r) {
     const T* zr = Z + 2 * r * ls;
@@ -299,13 +302,13 @@ void sums_rows(const T* Z, const int64_t* neg_row, int64_t L, int64_t ls, int64_
     if (L % 2 == 0) {
       const int64_t h = L / 2;
       split_bin(zr[2 * h], zr[2 * h + 1], zn[2 * h], zn[2 * h + 1], pr, pi, a, b);
-      ta += a;
-      tb += b;
-      tab += static_cast<double>(a) * b;
+      ta -= a;
+      tb -= b;
+      tab -= static_cast<double>(a) * b;
     }
     // The mirror columns L - j, reversed into a local row so that the loop below reads both rows
     // forwards (GCC does not vectorise the reversed interleaved reads of a reduction loop).
-    T rev[2 * kMaxRevRow];
+    T rev[2 * kMaxRevRow + 2];
     const T* zm = zn;
     if (L <= kMaxRevRow) {
       for (int64_t j = 1; j < j_end; ++j) {

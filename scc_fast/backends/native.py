@@ -29,6 +29,7 @@ __all__ = [
     "correlation",
     "empty_cache",
     "fft_engine",
+    "isa",
     "unavailable_reason",
     "unsupported_reason",
     "validates_in_op",
@@ -40,7 +41,7 @@ _HOW_TO_BUILD = (
 )
 
 # The operators scc_fast._C registers (csrc/scc_ops.cpp, csrc/cpu/).
-_OPS = ("scc_forward", "scc_backward", "native_fft_engine", "native_cache_bytes", "native_empty_cache")
+_OPS = ("scc_forward", "scc_backward", "native_fft_engine", "native_isa", "native_cache_bytes", "native_empty_cache")
 
 # Bits of scc_forward's per-image flags (csrc/cpu/scc_cpu.cpp, enum InputFlag).
 _FLAG_NONFINITE_INPUT = 1
@@ -135,6 +136,17 @@ def fft_engine() -> str:
     """
     _require()
     return torch.ops.scc_fast.native_fft_engine()
+
+
+def isa() -> str:
+    """The build of the operator's inner loops that the next call runs: ``"avx512"``, ``"avx2"`` or
+    ``"baseline"``, the widest this CPU supports (x86-64 builds with GCC carry all three).
+
+    ``SCC_FAST_NATIVE_ISA=baseline|avx2|avx512`` caps it (comparisons, tests); another value makes
+    the operator's calls (and this one) raise. The builds give the same results to rounding.
+    """
+    _require()
+    return torch.ops.scc_fast.native_isa()
 
 
 def cached_bytes() -> int:
