@@ -3,7 +3,7 @@
 // This file is included three times by scc_cpu.cpp, with SCC_KERNEL_NS set to a namespace name: once
 // for the baseline instruction set and (GCC, x86-64) under `#pragma GCC target` for AVX2 + FMA and for
 // AVX-512, chosen at run time. It therefore has no include guard and must not include headers itself: everything it
-// uses (int64_t, std::sqrt, std::exp, std::numeric_limits) is included by scc_cpu.cpp
+// uses (int64_t, std::sqrt, std::exp, std::numeric_limits, std::vector, std::memcpy) is included by scc_cpu.cpp
 // before the first inclusion.
 //
 // Complex maps are interleaved (re, im) arrays of T. Spectra are in fftn layout, `rows` rows of
@@ -396,6 +396,15 @@ void field_rows(
   const int64_t j_end = (L + 1) / 2;
   // The loop below has 2 P and 2 Y: the spatial terms' factors halved.
   const T hp1 = sp1 * T(0.5), hy1 = sy1 * T(0.5), hp2 = sp2 * T(0.5), hy2 = sy2 * T(0.5);
+  // For even L the loop also computes the Nyquist column (L/2 iterations fill whole vectors where L
+  // has factors of two; L/2 - 1 left a scalar tail), into a row buffer: the Nyquist values of a row
+  // whose mirror row comes first may read inputs that row has already overwritten, so they are not
+  // stored, and the first row of the two stores them.
+  const bool buffered = L % 2 == 0;
+  const int64_t j_loop = buffered ? L / 2 + 1 : j_end;
+  std::vector<T> buf(buffered ? 4 * j_loop : 0);
+  T* br = buf.data();            // W_k of columns j = 1 .. L/2 at 2 j
+  T* bn = buf.data() + 2 * j_loop;  // W_-k of the same columns at 2 j
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t rn = neg_row[r];
     const T* a1 = Z1 + 2 * r * ls;
@@ -404,23 +413,24 @@ void field_rows(
     const T* m2 = Z2 + 2 * rn * ls;
     T* wr = W + 2 * r * ls;
     T* wn = W + 2 * rn * ls;
-    // Columns 0 and Nyquist are their own mirrors' columns: the row of the two (r, rn) that comes
+    // Column 0 is its own mirror's column (Nyquist too): the row of the two (r, rn) that comes
     // first writes both, reading every input before writing (W may be Z1 itself).
     if (rn >= r) {
-      for (int64_t c = 0; c < (L % 2 == 0 ? 2 : 1); ++c) {
-        const int64_t o = c == 0 ? 0 : L;  // interleaved offset of column 0 or L / 2
-        T g1r, g1i, g2r, g2i;
-        field_bin(a1[o], a1[o + 1], m1[o], m1[o + 1], ca1, cab1, sp1, sy1, g1r, g1i);
-        field_bin(a2[o], a2[o + 1], m2[o], m2[o + 1], ca2, cab2, sp2, sy2, g2r, g2i);
-        if (r == 0 && o == 0 && !include_dc) g1r = g1i = g2r = g2i = T(0);  // the DC bin
-        wr[o] = g1r - g2i;
-        wr[o + 1] = g1i + g2r;
-        wn[o] = g1r + g2i;  // W_-k = conj(G1_k) + i conj(G2_k); the same values where rn == r
-        wn[o + 1] = g2r - g1i;
-      }
+      T g1r, g1i, g2r, g2i;
+      field_bin(a1[0], a1[1], m1[0], m1[1], ca1, cab1, sp1, sy1, g1r, g1i);
+      field_bin(a2[0], a2[1], m2[0], m2[1], ca2, cab2, sp2, sy2, g2r, g2i);
+      if (r == 0 && !include_dc) g1r = g1i = g2r = g2i = T(0);  // the DC bin
+      wr[0] = g1r - g2i;
+      wr[1] = g1i + g2r;
+      wn[0] = g1r + g2i;  // W_-k = conj(G1_k) + i conj(G2_k); the same values where rn == r
+      wn[1] = g2r - g1i;
     }
+    T* outr = buffered ? br : wr;
+    T* outn = buffered ? bn : wn;
+    const int64_t n_off = buffered ? 0 : L;  // outn's index of column j: 2 j (buffer) or 2 (L - j)
+    const int64_t n_sign = buffered ? 1 : -1;
 #pragma omp simd
-    for (int64_t j = 1; j < j_end; ++j) {
+    for (int64_t j = 1; j < j_loop; ++j) {
       const int64_t jm = L - j;
       // field_bin for both pairs, written out (see sums_rows). With P = (Z_k + conj Z_-k)/2 and
       // B = |Y|, G = (c_a + c_ab B) P / |P|; the factors 1/2 cancel in P/|P|.
@@ -437,10 +447,25 @@ void field_rows(
       const T f2 = a2m > T(0) ? (ca2 + cab2 * b2m) / (a2m > T(0) ? a2m : T(1)) : T(0);
       const T h2r = (f2 + hp2) * p2r + hy2 * y2r, h2i = (f2 + hp2) * p2i + hy2 * y2i;
       // W_k = G1_k + i G2_k;  W_-k = conj(G1_k) + i conj(G2_k).
-      wr[2 * j] = h1r - h2i;
-      wr[2 * j + 1] = h1i + h2r;
-      wn[2 * jm] = h1r + h2i;
-      wn[2 * jm + 1] = h2r - h1i;
+      const int64_t jn = n_off + n_sign * j;
+      outr[2 * j] = h1r - h2i;
+      outr[2 * j + 1] = h1i + h2r;
+      outn[2 * jn] = h1r + h2i;
+      outn[2 * jn + 1] = h2r - h1i;
+    }
+    if (!buffered) continue;
+    const int64_t h = L / 2;
+    std::memcpy(wr + 2, br + 2, sizeof(T) * 2 * (h - 1));
+#pragma omp simd
+    for (int64_t j = 1; j < h; ++j) {
+      wn[2 * (L - j)] = bn[2 * j];
+      wn[2 * (L - j) + 1] = bn[2 * j + 1];
+    }
+    if (rn >= r) {  // Nyquist: W_-k last, as for column 0 (equal where rn == r)
+      wr[2 * h] = br[2 * h];
+      wr[2 * h + 1] = br[2 * h + 1];
+      wn[2 * h] = bn[2 * h];
+      wn[2 * h + 1] = bn[2 * h + 1];
     }
   }
 }
