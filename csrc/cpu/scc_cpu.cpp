@@ -51,6 +51,8 @@
 #include "scc_cpu_fft.h"
 
 #include <algorithm>
+#include <atomic>
+#include <memory>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -118,6 +120,52 @@ struct Avx512Kernels : avx512::Kernels {
 
 namespace scc_fast {
 namespace {
+
+// Runs items 0 .. n-1 over the threads: each thread works through its own equal, consecutive share
+// first (as at::parallel_for: the same thread then touches the same rows in every pass, which stay
+// in its core's cache), and when done takes the items not yet started from the end of the other
+// threads' shares. This machine's second CPU is at times shared with other work (measured,
+// bench/RESULTS.md: two threads then ran 1.3x one thread's speed instead of 1.9x), and with fixed
+// shares a thread waits for the slower one's in every pass.
+// worker(take) runs once per thread; take() returns the next item, or -1 when none is left. Every
+// item runs exactly once (claimed by an atomic exchange); per-item results must go to per-item
+// slots, as in every pass here, so the results do not depend on which thread ran an item.
+template <typename W>
+void parallel_items(int64_t n, const W& worker) {
+  if (n <= 0) return;
+  const int64_t threads = at::in_parallel_region() ? 1 : std::min<int64_t>(at::get_num_threads(), n);
+  std::unique_ptr<std::atomic<uint8_t>[]> claimed(new std::atomic<uint8_t>[n]);
+  for (int64_t i = 0; i < n; ++i) claimed[i].store(0, std::memory_order_relaxed);
+  auto run_thread = [&](int64_t t) {
+    int64_t own = t * n / threads;
+    const int64_t own_end = (t + 1) * n / threads;
+    std::vector<int64_t> steal(threads);  // next item to try from the end of thread u's share
+    for (int64_t u = 0; u < threads; ++u) steal[u] = (u + 1) * n / threads - 1;
+    int64_t victim = 1;  // offset of the share being taken from
+    auto take = [&]() -> int64_t {
+      while (own < own_end) {
+        const int64_t i = own++;
+        if (claimed[i].exchange(1, std::memory_order_relaxed) == 0) return i;
+      }
+      for (; victim < threads; ++victim) {
+        const int64_t u = (t + victim) % threads, lo = u * n / threads;
+        while (steal[u] >= lo) {
+          const int64_t i = steal[u]--;
+          if (claimed[i].exchange(1, std::memory_order_relaxed) == 0) return i;
+        }
+      }
+      return -1;
+    };
+    worker(take);
+  };
+  if (threads <= 1) {
+    run_thread(0);
+    return;
+  }
+  at::parallel_for(0, threads, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) run_thread(t);
+  });
+}
 
 // Workspace budget per chunk: the complex p + i*y maps of the chunk. About 2 MB keeps the transforms
 // in cache (measured on a 2-core machine: 224x224 maps are 2x faster per map in batches of 4 than 72).
@@ -391,8 +439,8 @@ void run(
     const int64_t vblocks = (N + kBlockElems - 1) / kBlockElems;
     // Per work item: the softmax read a NaN or Inf (items write their own byte; no shared writes).
     std::vector<uint8_t> nonfinite(n_batch * vblocks, 0);
-    at::parallel_for(0, n_batch * vblocks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t item = begin; item < end; ++item) {
+    parallel_items(n_batch * vblocks, [&](auto take) {
+      for (int64_t item; (item = take()) >= 0;) {
         const int64_t b = item / vblocks, i0 = (item % vblocks) * kBlockElems, i1 = std::min(N, i0 + kBlockElems);
         const Y* lab = (labels && o.has_ignore) ? tdata + b * N : nullptr;
         scalar_t* sh = stats != nullptr ? stats + b * 2 * N : nullptr;
@@ -506,9 +554,9 @@ void run(
                                                  0, 1, N);
       }
       for (int64_t s = 0; s < nc; ++s) kp[s] = p_first(q0 + s);
-      at::parallel_for(0, n_img * nb, 1, [&](int64_t begin, int64_t end) {
+      parallel_items(n_img * nb, [&](auto take) {
         std::vector<scalar_t> pbuf;  // the block's p, n_chan maps of n values
-        for (int64_t item = begin; item < end; ++item) {
+        for (int64_t item; (item = take()) >= 0;) {
           const int64_t m = item / nb, blk = item % nb, b = b0 + m;
           const int64_t r0 = blk * rpb, r_end = std::min(g.rows, (blk + 1) * rpb);
           const int64_t i0 = r0 * L, n = (r_end - r0) * L;
@@ -538,9 +586,9 @@ void run(
     //    block (without a gradient).
     auto build_pairs = [&](int64_t q0, int64_t nc) {
       for (int64_t s = 0; s < nc; ++s) kp[s] = p_first(q0 + s);
-      at::parallel_for(0, nc * nb, 1, [&](int64_t begin, int64_t end) {
+      parallel_items(nc * nb, [&](auto take) {
         std::vector<scalar_t> pbuf;
-        for (int64_t item = begin; item < end; ++item) {
+        for (int64_t item; (item = take()) >= 0;) {
           const int64_t s = item / nb, blk = item % nb, q = q0 + s;
           const int64_t r0 = blk * rpb, r_end = std::min(g.rows, (blk + 1) * rpb);
           const scalar_t* p;  // p of this block's rows
@@ -621,8 +669,8 @@ void run(
           for (int64_t s = m * n_chan; s < (m + 1) * n_chan; ++s)
             if (s != comp_slot[m]) others[m * (n_chan - 1) + k++] = Zmap[s];
         }
-        at::parallel_for(0, n_img * nb, 1, [&](int64_t begin, int64_t end) {
-          for (int64_t item = begin; item < end; ++item) {
+        parallel_items(n_img * nb, [&](auto take) {
+          for (int64_t item; (item = take()) >= 0;) {
             const int64_t m = item / nb, blk = item % nb;
             if (comp_slot[m] < 0) continue;
             scalar_t* out = const_cast<scalar_t*>(Zmap[comp_slot[m]]);
@@ -637,8 +685,8 @@ void run(
       }
 
       // 3. T_a, T_b, T_ab over the weighted half spectrum.
-      at::parallel_for(0, nc * nb, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t item = begin; item < end; ++item) {
+      parallel_items(nc * nb, [&](auto take) {
+        for (int64_t item; (item = take()) >= 0;) {
           const int64_t s = item / nb, blk = item % nb;
           double* acc = &part_ss[(s * nb + blk) * kNumSpectral];
           std::fill(acc, acc + kNumSpectral, 0.0);
@@ -662,8 +710,8 @@ void run(
 
       // 5. Fields of two pairs packed in one spectrum, written over z (the first pair's map in place).
       const int64_t n_packed = (nc + 1) / 2;
-      at::parallel_for(0, n_packed * nb, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t item = begin; item < end; ++item) {
+      parallel_items(n_packed * nb, [&](auto take) {
+        for (int64_t item; (item = take()) >= 0;) {
           const int64_t m = item / nb, blk = item % nb;
           const int64_t s1 = 2 * m, s2 = 2 * m + 1;
           const bool has2 = s2 < nc;
@@ -685,8 +733,8 @@ void run(
       std::vector<int64_t> packed(n_packed);
       for (int64_t m = 0; m < n_packed; ++m) packed[m] = w_slot_step * m;
       transform(zbuf.narrow(0, 0, nc), packed, false, wparts, wmap);
-      at::parallel_for(0, nc * nb, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t item = begin; item < end; ++item) {
+      parallel_items(nc * nb, [&](auto take) {
+        for (int64_t item; (item = take()) >= 0;) {
           const int64_t s = item / nb, blk = item % nb, q = q0 + s;
           K::template unpack<scalar_t>(wmap[w_slot_step * (s / 2)], static_cast<int>(s % 2), grad_ptr + q * N, L, LS,
                                        blk * rpb, std::min(g.rows, (blk + 1) * rpb));
@@ -858,9 +906,9 @@ void backward_run(const at::Tensor& field, const std::vector<double>& up, const 
   const scalar_t* f = field.data_ptr<scalar_t>();
   const scalar_t* st = stats.numel() > 0 ? stats.data_ptr<scalar_t>() : nullptr;
   scalar_t* o = out.data_ptr<scalar_t>();
-  at::parallel_for(0, B * vblocks, 1, [&](int64_t begin, int64_t end) {
+  parallel_items(B * vblocks, [&](auto take) {
     std::vector<scalar_t> acc(kBlock);
-    for (int64_t item = begin; item < end; ++item) {
+    for (int64_t item; (item = take()) >= 0;) {
       const int64_t b = item / vblocks, i0 = (item % vblocks) * kBlock, i1 = std::min(N, i0 + kBlock);
       K::template activation_backward<scalar_t>(x + b * C_in * N, f + b * C * N, up.data() + b * C,
                                                 st != nullptr ? st + b * 2 * N : nullptr,
