@@ -453,6 +453,31 @@ def test_complement_bitwise_deterministic():
 
 
 @needs_op
+@pytest.mark.skipif(sys.platform != "linux", reason="busy processes as CPU competitors: Linux only here")
+def test_results_do_not_depend_on_which_thread_runs_an_item():
+    """The passes' items go to whichever thread is free (a thread done with its own share takes the
+    other's last ones): with busy processes competing for the CPUs, so that threads run at unequal
+    speeds and items change hands, every step gives the bits of an undisturbed one."""
+    import subprocess
+
+    if torch.get_num_threads() < 2:
+        pytest.skip("needs 2 threads")
+    g = torch.Generator().manual_seed(15)
+    logits = torch.randn(2, 4, 48, 40, 32, generator=g)  # 8 row blocks per image and pass
+    labels = torch.randint(0, 4, (2, 48, 40, 32), generator=g)
+    first = _softmax_step(logits, labels, "native")
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        for _ in range(6):
+            again = _softmax_step(logits, labels, "native")
+            assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    finally:
+        for proc in busy:
+            proc.kill()
+            proc.wait()
+
+
+@needs_op
 @pytest.mark.parametrize("shape", [(2, 3, 10, 12), (2, 4, 6, 6, 6)])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_complement_with_one_class_covering_an_image(shape, dtype):
