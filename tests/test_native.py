@@ -7,6 +7,7 @@ skips, saying why, only when it was genuinely not built (CI builds it).
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
@@ -458,8 +459,6 @@ def test_results_do_not_depend_on_which_thread_runs_an_item():
     """The passes' items go to whichever thread is free (a thread done with its own share takes the
     other's last ones): with busy processes competing for the CPUs, so that threads run at unequal
     speeds and items change hands, every step gives the bits of an undisturbed one."""
-    import subprocess
-
     if torch.get_num_threads() < 2:
         pytest.skip("needs 2 threads")
     g = torch.Generator().manual_seed(15)

@@ -2,9 +2,9 @@
 //
 // This file is included three times by scc_cpu.cpp, with SCC_KERNEL_NS set to a namespace name: once
 // for the baseline instruction set and (GCC, x86-64) under `#pragma GCC target` for AVX2 + FMA and for
-// AVX-512, chosen at run time. It therefore has no include guard and must not include headers itself: everything it
-// uses (int64_t, std::sqrt, std::exp, std::numeric_limits, std::vector, std::memcpy) is included by scc_cpu.cpp
-// before the first inclusion.
+// AVX-512, chosen at run time. It therefore has no include guard and must not include headers itself:
+// everything it uses (int64_t, std::sqrt, std::exp, std::numeric_limits, std::vector, std::memcpy) is
+// included by scc_cpu.cpp before the first inclusion.
 //
 // Complex maps are interleaved (re, im) arrays of T. Spectra are in fftn layout, `rows` rows of
 // length L (the last spatial axis) starting `ls` complex elements apart (ls >= L: the workspace pads
@@ -308,7 +308,7 @@ void sums_rows(const T* Z, const int64_t* neg_row, int64_t L, int64_t ls, int64_
     }
     // The mirror columns L - j, reversed into a local row so that the loop below reads both rows
     // forwards (GCC does not vectorise the reversed interleaved reads of a reduction loop).
-    T rev[2 * kMaxRevRow + 2];
+    T rev[2 * kMaxRevRow];  // (re, im) of columns up to L/2: indices up to L + 1 <= kMaxRevRow + 1
     const T* zm = zn;
     if (L <= kMaxRevRow) {
       for (int64_t j = 1; j < j_end; ++j) {
@@ -352,8 +352,8 @@ void sums_rows(const T* Z, const int64_t* neg_row, int64_t L, int64_t ls, int64_
 }
 
 // G_k = (c_a + c_ab |Y_k|) P_k / |P_k| (0 where |P_k| = 0) + s_p P_k + s_y Y_k of one pair at bin
-// (zr, zi; mirror mr, mi). The last two are the spatial terms c_p (p - off_p) + c_y (y - off_y) of the
-// gradient moved into the spectrum (s = c / N: DFT^H of P / N is p, and without DC, p less its mean),
+// (zr, zi; mirror mr, mi). The last two are the spatial terms c_p (p - [DC out] mean p) +
+// c_y (y - [DC out] mean y) of the gradient moved into the spectrum (s = c / N: DFT^H of P / N is p, and without DC, p less its mean),
 // so that the inverse transform gives the whole field and no pass reads p or y again.
 template <typename T>
 inline void field_bin(T zr, T zi, T mr, T mi, T ca, T cab, T sp, T sy, T& gr, T& gi) {
