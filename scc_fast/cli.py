@@ -19,7 +19,11 @@ def _backends(args: argparse.Namespace) -> int:
         if name == "native" and status.available:
             from .backends import native
 
-            detail += f" (transforms: {native.fft_engine()}; inner loops: {native.isa()}; cached buffers now: {native.cached_bytes() >> 20} MiB)"
+            engines = native.fft_engine()
+            pow2 = native.fft_engine((64, 64))
+            if pow2 != engines:
+                engines = f"{pow2} for power-of-two float32 maps, {engines} otherwise"
+            detail += f" (transforms: {engines}; inner loops: {native.isa()}; cached buffers now: {native.cached_bytes() >> 20} MiB)"
         print(f"{name:10s} {'yes' if status.available else 'no ':3s}  {detail}")
     return 0
 

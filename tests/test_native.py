@@ -529,14 +529,130 @@ def test_isa_switch_rejects_unknown_values(monkeypatch):
 
 @needs_op
 def test_fft_engine_switch(monkeypatch):
-    """In place through MKL where libtorch exports it (x86-64 torch builds), ATen when asked."""
+    """In place through MKL where libtorch exports it (x86-64 torch builds), the operator's own
+    transform for float32 power-of-two maps where the AVX-512 build runs, ATen or MKL when asked."""
     monkeypatch.delenv("SCC_FAST_NATIVE_FFT", raising=False)
+    monkeypatch.delenv("SCC_FAST_NATIVE_ISA", raising=False)
     engine = native.fft_engine()
     assert engine in ("mkl_inplace", "aten")
     if sys.platform.startswith("linux") and torch.backends.mkl.is_available():
         assert engine == "mkl_inplace"
+    assert native.fft_engine((48, 48)) == engine  # not powers of two
+    assert native.fft_engine((64, 32)) == engine  # last axis under 64
+    assert native.fft_engine((64, 64, 64), torch.float64) == engine
+    pow2 = native.fft_engine((64, 64, 64))
+    assert pow2 == ("pow2_avx512" if native.isa() == "avx512" else engine)
+    assert native.fft_engine((2, 4096)) == engine  # last axis over 2048
+    monkeypatch.setenv("SCC_FAST_NATIVE_ISA", "avx2")
+    assert native.fft_engine((64, 64, 64)) == engine
+    monkeypatch.delenv("SCC_FAST_NATIVE_ISA")
+    monkeypatch.setenv("SCC_FAST_NATIVE_FFT", "mkl")
+    assert native.fft_engine((64, 64, 64)) == engine
     monkeypatch.setenv("SCC_FAST_NATIVE_FFT", "aten")
-    assert native.fft_engine() == "aten"
+    assert native.fft_engine() == "aten" and native.fft_engine((64, 64, 64)) == "aten"
+
+
+@needs_op
+def test_fft_engine_rejects_bad_arguments_and_settings(monkeypatch):
+    monkeypatch.delenv("SCC_FAST_NATIVE_FFT", raising=False)
+    with pytest.raises(ValueError, match="dtype must be torch.float32 or torch.float64, got torch.float16"):
+        native.fft_engine((64, 64), torch.float16)
+    with pytest.raises(ValueError, match="spatial_shape must be a non-empty sequence of sizes >= 1, got \\(64, 0\\)"):
+        native.fft_engine((64, 0))
+    with pytest.raises(ValueError, match="spatial_shape"):
+        native.fft_engine(())
+    monkeypatch.setenv("SCC_FAST_NATIVE_FFT", "fftw")
+    with pytest.raises(RuntimeError, match="SCC_FAST_NATIVE_FFT must be mkl or aten.*'fftw'"):
+        native.fft_engine()
+    with pytest.raises(RuntimeError, match="SCC_FAST_NATIVE_FFT"):
+        native.correlation(torch.rand(1, 2, 8, 8), torch.randint(0, 2, (1, 8, 8)))
+
+
+def _require_pow2(monkeypatch):
+    """Skips unless the operator's own power-of-two transform runs here (AVX-512, GCC x86-64)."""
+    monkeypatch.delenv("SCC_FAST_NATIVE_FFT", raising=False)
+    monkeypatch.delenv("SCC_FAST_NATIVE_ISA", raising=False)
+    if native.fft_engine((64, 64)) != "pow2_avx512":
+        pytest.skip("the power-of-two transform needs AVX-512 and a GCC x86-64 build")
+
+
+# 2D and 3D; last axis 64 (one 8 x 8 step per row), 128 and 2048 (Mv-point transforms across the
+# row's vectors), leading axes of 1 (no butterflies), 2 and up.
+POW2_FFT_SHAPES = [(2, 64, 64, 64), (3, 4, 64), (1, 2, 128), (2, 8, 2, 64), (1, 4, 16, 256), (1, 1, 2048), (2, 1, 64),
+                   (1, 2, 1, 64), (1, 32, 512)]
+
+
+@needs_op
+@pytest.mark.parametrize("shape", POW2_FFT_SHAPES)
+@pytest.mark.parametrize("forward", [True, False])
+@pytest.mark.parametrize("reverse_items", [False, True])
+def test_pow2_fft_matches_torch_fft(shape, forward, reverse_items, monkeypatch):
+    """The operator's own transform (through a padded workspace, spectra unpermuted by the test hook)
+    against torch.fft in complex128: forward fftn, inverse n * ifftn; each stage's items in either
+    order (threads split them)."""
+    _require_pow2(monkeypatch)
+    g = torch.Generator().manual_seed(31)
+    x = torch.complex(torch.randn(shape, generator=g), torch.randn(shape, generator=g))
+    dims = tuple(range(1, x.dim()))
+    x64 = x.to(torch.complex128)
+    ref = torch.fft.fftn(x64, dim=dims) if forward else torch.fft.ifftn(x64, dim=dims, norm="forward")
+    out = torch.ops.scc_fast.native_pow2_fft(x, forward, reverse_items)
+    err = ((out.to(torch.complex128) - ref).abs().max() / ref.abs().max()).item()
+    assert err <= 1e-6, err
+
+
+@needs_op
+def test_pow2_fft_hook_rejects_what_it_cannot_transform(monkeypatch):
+    _require_pow2(monkeypatch)
+    with pytest.raises(RuntimeError, match="maps must be a complex64 CPU tensor, got ComplexDouble"):
+        torch.ops.scc_fast.native_pow2_fft(torch.zeros(1, 4, 64, dtype=torch.complex128), True)
+    with pytest.raises(RuntimeError, match="does not fit the transform"):
+        torch.ops.scc_fast.native_pow2_fft(torch.zeros(1, 48, 48, dtype=torch.complex64), True)
+    with pytest.raises(RuntimeError, match="does not fit the transform"):
+        torch.ops.scc_fast.native_pow2_fft(torch.zeros(1, 4, 32, dtype=torch.complex64), True)
+    with pytest.raises(RuntimeError, match="K x spatial \\(2 or 3 axes\\)"):
+        torch.ops.scc_fast.native_pow2_fft(torch.zeros(64, dtype=torch.complex64), True)
+
+
+@needs_op
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    "shape",
+    # complement: 2 images x 3 of 4 classes (even split) and 1 image x 1 of 2 (one map, split over
+    # the threads by stages); 3D with 2 of 3 and 4 of 5 classes transformed; float targets: 3 maps.
+    [(2, 4, 8, 64), (1, 2, 4, 64), (1, 3, 2, 4, 64), (2, 5, 4, 2, 128), (1, 3, 16, 256)],
+)
+def test_pow2_engine_matches_reference(shape, threads, monkeypatch):
+    """Float32 losses and gradients through the power-of-two transform (its spectra with bit-reversed
+    leading axes: the passes reach mirror rows through its own table) against the float64 reference,
+    with the complement spectrum (softmax, labels) and without it (a float target)."""
+    _require_pow2(monkeypatch)
+    assert native.fft_engine(shape[2:]) == "pow2_avx512"
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check_labels_and_float_target(shape, torch.float32, seed=33)
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_op
+def test_pow2_engine_results_do_not_depend_on_the_thread_count(monkeypatch):
+    """One thread transforms every map itself; two split the maps, and a map left over stage by stage:
+    the same arithmetic per item, so the same bits."""
+    _require_pow2(monkeypatch)
+    g = torch.Generator().manual_seed(35)
+    logits = torch.randn(1, 2, 8, 16, 64, generator=g)  # 1 map per transform: split by stages
+    labels = torch.randint(0, 2, (1, 8, 16, 64), generator=g)
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(_softmax_step(logits, labels, "native"))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
 
 
 @needs_op
@@ -678,12 +794,13 @@ def test_cli_backends_names_the_transforms(capsys, monkeypatch):
 
 @needs_op
 @pytest.mark.parametrize("row_pad", [None, "0", "1", "5"])
-@pytest.mark.parametrize("shape", [(2, 4, 16, 16), (1, 3, 6, 5, 24), (2, 2, 8, 8, 8), (1, 3, 9, 7)])
+@pytest.mark.parametrize("shape", [(2, 4, 16, 16), (1, 3, 6, 5, 24), (2, 2, 8, 8, 8), (1, 3, 9, 7), (1, 3, 2, 4, 64)])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_padded_workspace_rows_match_reference(row_pad, shape, dtype, monkeypatch):
     """The in-place transforms run on workspace maps whose rows are padded (by default 2 elements
     where the last axis is a multiple of 8; SCC_FAST_NATIVE_ROW_PAD sets it): every pass must read
-    and write rows at that stride, with the complement spectrum (softmax, labels) and without it."""
+    and write rows at that stride, with the complement spectrum (softmax, labels) and without it
+    (float32 x 2 x 4 x 64: the power-of-two transform where it runs)."""
     monkeypatch.delenv("SCC_FAST_NATIVE_FFT", raising=False)
     if native.fft_engine() != "mkl_inplace":
         pytest.skip("libtorch does not export MKL's DFTI here: no padded workspace")

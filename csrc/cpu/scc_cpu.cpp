@@ -1,5 +1,6 @@
 // CPU kernels of scc_fast::scc_forward and scc_fast::scc_backward: SPEC section 2 with fused passes
-// around the FFTs (MKL in place where libtorch exports it, else ATen's: scc_cpu_fft.h), the
+// around the FFTs (in place: the operator's own for float32 power-of-two maps on AVX-512 CPUs,
+// scc_cpu_pow2_fft.h, MKL where libtorch exports it; else ATen's: scc_cpu_fft.h), the
 // activation (softmax over channels, or sigmoid) and the ignore mask included. Outputs, saved
 // tensors and workspace come from a cache of released buffers (scc_cpu_buffers.h).
 //
@@ -37,8 +38,9 @@
 // the statistics, g_c = grad_scc[b, c] * field_c, and the activation's Jacobian (softmax:
 // p_c (g_c - sum_k p_k g_k)) applied, writing dLoss/dinput.
 // Threads: every pass is parallel over (pair, block of rows); in each transform the threads split the
-// maps evenly, each transforming its share in single-threaded calls, and MKL's threads take the
-// maps left over.
+// maps evenly, each transforming its share in single-threaded calls, and the maps left over are split
+// over the threads by the power-of-two transform's stages (planes, then pencils) or run on MKL's
+// threads.
 // Partial sums are added in a fixed order: the per-pair sums do not depend on the thread split.
 // The inner loops (scc_cpu_kernels.h) are compiled three times, baseline, AVX2+FMA and AVX-512, the
 // widest the CPU runs chosen at run time (kernel_isa).
@@ -49,6 +51,7 @@
 
 #include "scc_cpu_buffers.h"
 #include "scc_cpu_fft.h"
+#include "scc_cpu_pow2_fft.h"
 
 #include <algorithm>
 #include <atomic>
@@ -187,7 +190,8 @@ bool env_is_zero(const char* name) {
 // of 8 elements long faster when the rows are padded by 2 elements: with power-of-two strides the
 // columns of the leading axes collide in the cache. Measured per single-threaded transform on this
 // project's 2-core machine (bench/RESULTS.md): 64^3 0.74 -> 0.65 ms, 128^3 6.7 -> 5.6 ms, 512^2
-// 1.11 -> 0.61 ms, 224^2 0.142 -> 0.138 ms. Only the in-place transforms take a stride (ATen's
+// 1.11 -> 0.61 ms, 224^2 0.142 -> 0.138 ms; the power-of-two transform 64^3 0.40 -> 0.35 ms (8
+// elements: 0.39). Only the in-place transforms take a stride (ATen's
 // return packed maps). SCC_FAST_NATIVE_ROW_PAD sets the padding in elements (0: none).
 int64_t workspace_row_stride(int64_t len, bool inplace) {
   if (!inplace) return len;
@@ -323,6 +327,15 @@ PairCoef pair_coefficients(
   return c;
 }
 
+Isa kernel_isa();
+
+// Whether the operator's own power-of-two transform runs for these maps: float32, a shape it fits,
+// the AVX-512 build of the kernels chosen (kernel_isa) and SCC_FAST_NATIVE_FFT unset.
+bool use_pow2_fft(at::ScalarType dtype, at::IntArrayRef spatial) {
+  return dtype == at::kFloat && fft_choice() == FftChoice::kAuto && kernel_isa() == Isa::kAvx512 &&
+         pow2_fft_compiled_and_supported() && pow2_fft_fits(spatial);
+}
+
 // What the operator was asked to compute, besides the tensors.
 struct Options {
   int64_t act = 0;            // Activation applied to the input over channels (kActNone: input is p)
@@ -357,7 +370,6 @@ void run(
   const auto spatial = input.sizes().slice(2);
   const Geometry g = make_geometry(spatial);
   const int64_t N = g.n_vox, L = g.len, rpb = g.rows_per_block, nb = g.blocks;
-  const int64_t* neg_row = g.neg_row.data();
   const double eps = std::numeric_limits<scalar_t>::epsilon();
   // Target map of pair q: the image's labels (class label first_class + c) or the pair's float map.
   auto tmap = [&](int64_t q) { return labels ? tdata + (q / n_chan) * N : tdata + q * N; };
@@ -384,8 +396,15 @@ void run(
 
   // Complex workspace maps (z, and the spectra and packed fields over it when transformed in place)
   // have rows LS elements apart, M elements per map; real maps are packed (N).
-  const bool inplace = inplace_fft_available(input.scalar_type());
+  // The operator's own transform (scc_cpu_pow2_fft.h) for float32 power-of-two maps on AVX-512, whose
+  // spectra keep the leading axes in bit-reversed order (the passes only see it through neg_row);
+  // MKL's in place elsewhere where libtorch exports it, else ATen's.
+  const bool pow2 = use_pow2_fft(input.scalar_type(), spatial);
+  const bool inplace = pow2 || inplace_fft_available(input.scalar_type());
   const int64_t LS = workspace_row_stride(L, inplace), M = g.rows * LS;
+  const std::vector<int64_t> pow2_neg = pow2 ? pow2_neg_row(spatial) : std::vector<int64_t>();
+  const int64_t* neg_row = pow2 ? pow2_neg.data() : g.neg_row.data();
+  const std::shared_ptr<const Pow2Plan> plan = pow2 ? pow2_plan(spatial, LS) : nullptr;
 
   // Chunks run one after another; inside a chunk every pass is parallel over (pair, block of rows)
   // and the threads split the maps of each transform. (A variant giving each thread whole chunks
@@ -474,9 +493,11 @@ void run(
   // Transforms of the maps `slots` of `in`: the threads split them evenly, each transforming its
   // share in single-threaded calls (one per run of consecutive slots); the maps left over by the
   // even split are transformed from this thread, where MKL uses its own threads (measured on this
-  // project's 2-core machine, one 64^3 map: 0.83 ms on one thread, 0.41 ms on two).
-  // `inplace`: the maps are transformed where they are (MKL's DFTI, scc_cpu_fft.h); otherwise ATen
-  // returns new tensors, which parts keeps alive. map[slot] points to the slot's spectrum.
+  // project's 2-core machine, one 64^3 map: 0.83 ms on one thread, 0.41 ms on two) and the
+  // power-of-two transform splits each stage's items over the threads.
+  // `inplace`: the maps are transformed where they are (the power-of-two transform, or MKL's DFTI,
+  // scc_cpu_fft.h); otherwise ATen returns new tensors, which parts keeps alive. map[slot] points to
+  // the slot's spectrum.
   auto transform = [&](const at::Tensor& in, const std::vector<int64_t>& slots, bool forward,
                        std::vector<at::Tensor>& parts, std::vector<const scalar_t*>& map) {
     const int64_t n = static_cast<int64_t>(slots.size());
@@ -489,7 +510,24 @@ void run(
         int64_t k = i + 1;
         while (k < j && slots[k] == slots[k - 1] + 1) ++k;
         const scalar_t* base;
-        if (inplace) {
+        if (pow2) {
+          scalar_t* maps = in_data + 2 * slots[i] * M;
+          for (int64_t l = 0; l < k - i; ++l) {
+            float* map1 = reinterpret_cast<float*>(maps + 2 * l * M);
+            if (mkl_threads <= 1) {
+              pow2_fft(map1, *plan, forward);
+              continue;
+            }
+            // A map left over by the even split: its two stages, each split over the threads.
+            for (int st = 0; st < 2; ++st) {
+              const int stage = forward ? st : 1 - st;
+              parallel_items(pow2_stage_items(*plan, stage), [&](auto take) {
+                for (int64_t item; (item = take()) >= 0;) pow2_stage(map1, *plan, forward, stage, item, item + 1);
+              });
+            }
+          }
+          base = maps;
+        } else if (inplace) {
           scalar_t* maps = in_data + 2 * slots[i] * M;
           inplace_fft(maps, input.scalar_type(), spatial, LS, k - i, forward, mkl_threads);
           base = maps;
@@ -957,9 +995,23 @@ std::string native_isa() {
   return isa == Isa::kAvx512 ? "avx512" : isa == Isa::kAvx2 ? "avx2" : "baseline";
 }
 
+// The transforms the operator uses for maps of this spatial shape and dtype (float32 by default):
+// "pow2_avx512", "mkl_inplace" or "aten"; without a shape, those of shapes the power-of-two transform
+// does not fit.
+std::string native_fft_engine(at::IntArrayRef spatial, std::optional<at::ScalarType> dtype) {
+  const at::ScalarType t = dtype.value_or(at::kFloat);
+  TORCH_CHECK(t == at::kFloat || t == at::kDouble, "native_fft_engine: dtype must be float32 or float64, got ", t);
+  for (auto s : spatial) TORCH_CHECK(s >= 1, "native_fft_engine: spatial sizes must be >= 1, got ", spatial);
+  if (!spatial.empty() && use_pow2_fft(t, spatial)) return "pow2_avx512";
+  return inplace_fft_available(t) ? "mkl_inplace" : "aten";
+}
+
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(scc_fast, m) { m.def("native_isa() -> str", &native_isa); }
+TORCH_LIBRARY_FRAGMENT(scc_fast, m) {
+  m.def("native_isa() -> str", &native_isa);
+  m.def("native_fft_engine(int[] spatial=[], ScalarType? dtype=None) -> str", &native_fft_engine);
+}
 
 TORCH_LIBRARY_IMPL(scc_fast, CPU, m) {
   m.impl("scc_forward", &scc_forward_cpu);

@@ -121,10 +121,18 @@ std::shared_ptr<Descriptor> descriptor(bool is_double, at::IntArrayRef dims, int
 }  // namespace
 #endif
 
+FftChoice fft_choice() {
+  const char* env = std::getenv("SCC_FAST_NATIVE_FFT");
+  if (env == nullptr || *env == '\0') return FftChoice::kAuto;
+  const std::string v(env);
+  if (v == "mkl") return FftChoice::kMkl;
+  if (v == "aten") return FftChoice::kAten;
+  TORCH_CHECK(false, "SCC_FAST_NATIVE_FFT must be mkl or aten (or unset: the fastest available), got '", v, "'");
+}
+
 bool inplace_fft_available(at::ScalarType real_dtype) {
   if (real_dtype != at::kFloat && real_dtype != at::kDouble) return false;
-  const char* env = std::getenv("SCC_FAST_NATIVE_FFT");
-  if (env != nullptr && std::string(env) == "aten") return false;
+  if (fft_choice() == FftChoice::kAten) return false;
 #ifdef SCC_DFTI_WEAK
   static const bool present = symbols_present();
   return present;
@@ -151,10 +159,3 @@ void inplace_fft(void* data, at::ScalarType real_dtype, at::IntArrayRef dims, in
 }
 
 }  // namespace scc_fast
-
-namespace {
-// Which transforms the operator uses now for float32 maps: "mkl_inplace" or "aten".
-std::string native_fft_engine() { return scc_fast::inplace_fft_available(at::kFloat) ? "mkl_inplace" : "aten"; }
-}  // namespace
-
-TORCH_LIBRARY_FRAGMENT(scc_fast, m) { m.def("native_fft_engine() -> str", &native_fft_engine); }
