@@ -20,9 +20,9 @@ def _backends(args: argparse.Namespace) -> int:
             from .backends import native
 
             engines = native.fft_engine()
-            pow2 = native.fft_engine((64, 64))
-            if pow2 != engines:
-                engines = f"{pow2} for power-of-two float32 maps, {engines} otherwise"
+            radix = native.fft_engine((64, 64))
+            if radix != engines:
+                engines = f"{radix} for float32 maps it fits (native.fft_engine(shape)), {engines} otherwise"
             detail += f" (transforms: {engines}; inner loops: {native.isa()}; cached buffers now: {native.cached_bytes() >> 20} MiB)"
         print(f"{name:10s} {'yes' if status.available else 'no ':3s}  {detail}")
     return 0

@@ -529,20 +529,21 @@ def test_isa_switch_rejects_unknown_values(monkeypatch):
 
 @needs_op
 def test_fft_engine_switch(monkeypatch):
-    """In place through MKL where libtorch exports it (x86-64 torch builds), the operator's own
-    transform for float32 power-of-two maps where the AVX-512 build runs, ATen or MKL when asked."""
+    """In place through MKL where libtorch exports it (x86-64 torch builds), the operator's own radix
+    transform for float32 maps it fits where the AVX-512 build runs, ATen or MKL when asked."""
     monkeypatch.delenv("SCC_FAST_NATIVE_FFT", raising=False)
     monkeypatch.delenv("SCC_FAST_NATIVE_ISA", raising=False)
     engine = native.fft_engine()
     assert engine in ("mkl_inplace", "aten")
     if sys.platform.startswith("linux") and torch.backends.mkl.is_available():
         assert engine == "mkl_inplace"
-    assert native.fft_engine((48, 48)) == engine  # not powers of two
-    assert native.fft_engine((64, 32)) == engine  # last axis under 64
+    radix = "radix_avx512" if native.isa() == "avx512" else engine
+    for shape in [(64, 64, 64), (224, 224), (96, 96, 96), (7, 5, 16), (1, 2048)]:
+        assert native.fft_engine(shape) == radix, shape
+    # A prime factor of 11, 13; a last axis not a multiple of 8, under 16 or over 2048.
+    for shape in [(44, 64), (64, 13, 64), (64, 60), (9, 7), (64, 8), (2, 4096)]:
+        assert native.fft_engine(shape) == engine, shape
     assert native.fft_engine((64, 64, 64), torch.float64) == engine
-    pow2 = native.fft_engine((64, 64, 64))
-    assert pow2 == ("pow2_avx512" if native.isa() == "avx512" else engine)
-    assert native.fft_engine((2, 4096)) == engine  # last axis over 2048
     monkeypatch.setenv("SCC_FAST_NATIVE_ISA", "avx2")
     assert native.fft_engine((64, 64, 64)) == engine
     monkeypatch.delenv("SCC_FAST_NATIVE_ISA")
@@ -568,50 +569,52 @@ def test_fft_engine_rejects_bad_arguments_and_settings(monkeypatch):
         native.correlation(torch.rand(1, 2, 8, 8), torch.randint(0, 2, (1, 8, 8)))
 
 
-def _require_pow2(monkeypatch):
-    """Skips unless the operator's own power-of-two transform runs here (AVX-512, GCC x86-64)."""
+def _require_radix(monkeypatch):
+    """Skips unless the operator's own radix transform runs here (AVX-512, GCC x86-64)."""
     monkeypatch.delenv("SCC_FAST_NATIVE_FFT", raising=False)
     monkeypatch.delenv("SCC_FAST_NATIVE_ISA", raising=False)
-    if native.fft_engine((64, 64)) != "pow2_avx512":
-        pytest.skip("the power-of-two transform needs AVX-512 and a GCC x86-64 build")
+    if native.fft_engine((64, 64)) != "radix_avx512":
+        pytest.skip("the radix transform needs AVX-512 and a GCC x86-64 build")
 
 
-# 2D and 3D; last axis 64 (one 8 x 8 step per row), 128 and 2048 (Mv-point transforms across the
-# row's vectors), leading axes of 1 (no butterflies), 2 and up.
-POW2_FFT_SHAPES = [(2, 64, 64, 64), (3, 4, 64), (1, 2, 128), (2, 8, 2, 64), (1, 4, 16, 256), (1, 1, 2048), (2, 1, 64),
-                   (1, 2, 1, 64), (1, 32, 512)]
+# 2D and 3D; every radix (2, 3, 4, 5, 7) on the leading axes and inside rows: a last axis of 64
+# (one 8 x 8 step per row), 16 and 40 (partial groups of 8), 224 (7 x 4: three whole groups and a
+# partial one), 128 and 2048 (radix-4 and -2 stages across the row's vectors); leading axes of 1 (no
+# butterflies), 2 and up.
+RADIX_FFT_SHAPES = [(2, 64, 64, 64), (3, 4, 64), (1, 2, 128), (2, 8, 2, 64), (1, 4, 16, 256), (1, 1, 2048),
+                    (2, 1, 64), (1, 2, 1, 64), (1, 32, 512), (2, 224, 224), (1, 3, 5, 16), (2, 6, 10, 40),
+                    (1, 14, 12, 56), (1, 7, 5, 24), (1, 25, 27, 120), (1, 9, 1680)]
 
 
 @needs_op
-@pytest.mark.parametrize("shape", POW2_FFT_SHAPES)
+@pytest.mark.parametrize("shape", RADIX_FFT_SHAPES)
 @pytest.mark.parametrize("forward", [True, False])
 @pytest.mark.parametrize("reverse_items", [False, True])
-def test_pow2_fft_matches_torch_fft(shape, forward, reverse_items, monkeypatch):
+def test_radix_fft_matches_torch_fft(shape, forward, reverse_items, monkeypatch):
     """The operator's own transform (through a padded workspace, spectra unpermuted by the test hook)
     against torch.fft in complex128: forward fftn, inverse n * ifftn; each stage's items in either
     order (threads split them)."""
-    _require_pow2(monkeypatch)
+    _require_radix(monkeypatch)
     g = torch.Generator().manual_seed(31)
     x = torch.complex(torch.randn(shape, generator=g), torch.randn(shape, generator=g))
     dims = tuple(range(1, x.dim()))
     x64 = x.to(torch.complex128)
     ref = torch.fft.fftn(x64, dim=dims) if forward else torch.fft.ifftn(x64, dim=dims, norm="forward")
-    out = torch.ops.scc_fast.native_pow2_fft(x, forward, reverse_items)
+    out = torch.ops.scc_fast.native_radix_fft(x, forward, reverse_items)
     err = ((out.to(torch.complex128) - ref).abs().max() / ref.abs().max()).item()
     assert err <= 1e-6, err
 
 
 @needs_op
-def test_pow2_fft_hook_rejects_what_it_cannot_transform(monkeypatch):
-    _require_pow2(monkeypatch)
+def test_radix_fft_hook_rejects_what_it_cannot_transform(monkeypatch):
+    _require_radix(monkeypatch)
     with pytest.raises(RuntimeError, match="maps must be a complex64 CPU tensor, got ComplexDouble"):
-        torch.ops.scc_fast.native_pow2_fft(torch.zeros(1, 4, 64, dtype=torch.complex128), True)
-    with pytest.raises(RuntimeError, match="does not fit the transform"):
-        torch.ops.scc_fast.native_pow2_fft(torch.zeros(1, 48, 48, dtype=torch.complex64), True)
-    with pytest.raises(RuntimeError, match="does not fit the transform"):
-        torch.ops.scc_fast.native_pow2_fft(torch.zeros(1, 4, 32, dtype=torch.complex64), True)
+        torch.ops.scc_fast.native_radix_fft(torch.zeros(1, 4, 64, dtype=torch.complex128), True)
+    for shape in [(1, 11, 64), (1, 4, 60), (1, 4, 8)]:
+        with pytest.raises(RuntimeError, match="does not fit the transform"):
+            torch.ops.scc_fast.native_radix_fft(torch.zeros(shape, dtype=torch.complex64), True)
     with pytest.raises(RuntimeError, match="K x spatial \\(2 or 3 axes\\)"):
-        torch.ops.scc_fast.native_pow2_fft(torch.zeros(64, dtype=torch.complex64), True)
+        torch.ops.scc_fast.native_radix_fft(torch.zeros(64, dtype=torch.complex64), True)
 
 
 @needs_op
@@ -620,14 +623,16 @@ def test_pow2_fft_hook_rejects_what_it_cannot_transform(monkeypatch):
     "shape",
     # complement: 2 images x 3 of 4 classes (even split) and 1 image x 1 of 2 (one map, split over
     # the threads by stages); 3D with 2 of 3 and 4 of 5 classes transformed; float targets: 3 maps.
-    [(2, 4, 8, 64), (1, 2, 4, 64), (1, 3, 2, 4, 64), (2, 5, 4, 2, 128), (1, 3, 16, 256)],
+    # Sizes with radices 7 (224 = 7 x 32), 3 and 5.
+    [(2, 4, 8, 64), (1, 2, 4, 64), (1, 3, 2, 4, 64), (2, 5, 4, 2, 128), (1, 3, 16, 256), (1, 3, 14, 224),
+     (2, 2, 6, 5, 40)],
 )
-def test_pow2_engine_matches_reference(shape, threads, monkeypatch):
-    """Float32 losses and gradients through the power-of-two transform (its spectra with bit-reversed
+def test_radix_engine_matches_reference(shape, threads, monkeypatch):
+    """Float32 losses and gradients through the radix transform (its spectra with digit-reversed
     leading axes: the passes reach mirror rows through its own table) against the float64 reference,
     with the complement spectrum (softmax, labels) and without it (a float target)."""
-    _require_pow2(monkeypatch)
-    assert native.fft_engine(shape[2:]) == "pow2_avx512"
+    _require_radix(monkeypatch)
+    assert native.fft_engine(shape[2:]) == "radix_avx512"
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -637,10 +642,10 @@ def test_pow2_engine_matches_reference(shape, threads, monkeypatch):
 
 
 @needs_op
-def test_pow2_engine_results_do_not_depend_on_the_thread_count(monkeypatch):
+def test_radix_engine_results_do_not_depend_on_the_thread_count(monkeypatch):
     """One thread transforms every map itself; two split the maps, and a map left over stage by stage:
     the same arithmetic per item, so the same bits."""
-    _require_pow2(monkeypatch)
+    _require_radix(monkeypatch)
     g = torch.Generator().manual_seed(35)
     logits = torch.randn(1, 2, 8, 16, 64, generator=g)  # 1 map per transform: split by stages
     labels = torch.randint(0, 2, (1, 8, 16, 64), generator=g)
@@ -800,7 +805,7 @@ def test_padded_workspace_rows_match_reference(row_pad, shape, dtype, monkeypatc
     """The in-place transforms run on workspace maps whose rows are padded (by default 2 elements
     where the last axis is a multiple of 8; SCC_FAST_NATIVE_ROW_PAD sets it): every pass must read
     and write rows at that stride, with the complement spectrum (softmax, labels) and without it
-    (float32 x 2 x 4 x 64: the power-of-two transform where it runs)."""
+    (float32 x 2 x 4 x 64: the radix transform where it runs)."""
     monkeypatch.delenv("SCC_FAST_NATIVE_FFT", raising=False)
     if native.fft_engine() != "mkl_inplace":
         pytest.skip("libtorch does not export MKL's DFTI here: no padded workspace")

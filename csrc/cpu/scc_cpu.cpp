@@ -1,6 +1,6 @@
 // CPU kernels of scc_fast::scc_forward and scc_fast::scc_backward: SPEC section 2 with fused passes
-// around the FFTs (in place: the operator's own for float32 power-of-two maps on AVX-512 CPUs,
-// scc_cpu_pow2_fft.h, MKL where libtorch exports it; else ATen's: scc_cpu_fft.h), the
+// around the FFTs (in place: the operator's own for float32 maps of sizes with prime factors up to 7
+// on AVX-512 CPUs, scc_cpu_radix_fft.h, MKL where libtorch exports it; else ATen's: scc_cpu_fft.h), the
 // activation (softmax over channels, or sigmoid) and the ignore mask included. Outputs, saved
 // tensors and workspace come from a cache of released buffers (scc_cpu_buffers.h).
 //
@@ -39,7 +39,7 @@
 // p_c (g_c - sum_k p_k g_k)) applied, writing dLoss/dinput.
 // Threads: every pass is parallel over (pair, block of rows); in each transform the threads split the
 // maps evenly, each transforming its share in single-threaded calls, and the maps left over are split
-// over the threads by the power-of-two transform's stages (planes, then pencils) or run on MKL's
+// over the threads by the radix transform's stages (planes, then pencils) or run on MKL's
 // threads.
 // Partial sums are added in a fixed order: the per-pair sums do not depend on the thread split.
 // The inner loops (scc_cpu_kernels.h) are compiled three times, baseline, AVX2+FMA and AVX-512, the
@@ -51,7 +51,7 @@
 
 #include "scc_cpu_buffers.h"
 #include "scc_cpu_fft.h"
-#include "scc_cpu_pow2_fft.h"
+#include "scc_cpu_radix_fft.h"
 
 #include <algorithm>
 #include <atomic>
@@ -190,8 +190,8 @@ bool env_is_zero(const char* name) {
 // of 8 elements long faster when the rows are padded by 2 elements: with power-of-two strides the
 // columns of the leading axes collide in the cache. Measured per single-threaded transform on this
 // project's 2-core machine (bench/RESULTS.md): 64^3 0.74 -> 0.65 ms, 128^3 6.7 -> 5.6 ms, 512^2
-// 1.11 -> 0.61 ms, 224^2 0.142 -> 0.138 ms; the power-of-two transform 64^3 0.40 -> 0.35 ms (8
-// elements: 0.39). Only the in-place transforms take a stride (ATen's
+// 1.11 -> 0.61 ms, 224^2 0.142 -> 0.138 ms; the radix transform (radix 2 then) 64^3 0.40 -> 0.35 ms
+// (8 elements: 0.39). Only the in-place transforms take a stride (ATen's
 // return packed maps). SCC_FAST_NATIVE_ROW_PAD sets the padding in elements (0: none).
 int64_t workspace_row_stride(int64_t len, bool inplace) {
   if (!inplace) return len;
@@ -329,11 +329,11 @@ PairCoef pair_coefficients(
 
 Isa kernel_isa();
 
-// Whether the operator's own power-of-two transform runs for these maps: float32, a shape it fits,
+// Whether the operator's own radix transform runs for these maps: float32, a shape it fits,
 // the AVX-512 build of the kernels chosen (kernel_isa) and SCC_FAST_NATIVE_FFT unset.
-bool use_pow2_fft(at::ScalarType dtype, at::IntArrayRef spatial) {
+bool use_radix_fft(at::ScalarType dtype, at::IntArrayRef spatial) {
   return dtype == at::kFloat && fft_choice() == FftChoice::kAuto && kernel_isa() == Isa::kAvx512 &&
-         pow2_fft_compiled_and_supported() && pow2_fft_fits(spatial);
+         radix_fft_compiled_and_supported() && radix_fft_fits(spatial);
 }
 
 // What the operator was asked to compute, besides the tensors.
@@ -396,15 +396,15 @@ void run(
 
   // Complex workspace maps (z, and the spectra and packed fields over it when transformed in place)
   // have rows LS elements apart, M elements per map; real maps are packed (N).
-  // The operator's own transform (scc_cpu_pow2_fft.h) for float32 power-of-two maps on AVX-512, whose
-  // spectra keep the leading axes in bit-reversed order (the passes only see it through neg_row);
+  // The operator's own transform (scc_cpu_radix_fft.h) for float32 maps it fits on AVX-512, whose
+  // spectra keep the leading axes in digit-reversed order (the passes only see it through neg_row);
   // MKL's in place elsewhere where libtorch exports it, else ATen's.
-  const bool pow2 = use_pow2_fft(input.scalar_type(), spatial);
-  const bool inplace = pow2 || inplace_fft_available(input.scalar_type());
+  const bool radix = use_radix_fft(input.scalar_type(), spatial);
+  const bool inplace = radix || inplace_fft_available(input.scalar_type());
   const int64_t LS = workspace_row_stride(L, inplace), M = g.rows * LS;
-  const std::vector<int64_t> pow2_neg = pow2 ? pow2_neg_row(spatial) : std::vector<int64_t>();
-  const int64_t* neg_row = pow2 ? pow2_neg.data() : g.neg_row.data();
-  const std::shared_ptr<const Pow2Plan> plan = pow2 ? pow2_plan(spatial, LS) : nullptr;
+  const std::shared_ptr<const RadixPlan> plan = radix ? radix_plan(spatial, LS) : nullptr;
+  const std::vector<int64_t> radix_neg = radix ? radix_neg_row(*plan) : std::vector<int64_t>();
+  const int64_t* neg_row = radix ? radix_neg.data() : g.neg_row.data();
 
   // Chunks run one after another; inside a chunk every pass is parallel over (pair, block of rows)
   // and the threads split the maps of each transform. (A variant giving each thread whole chunks
@@ -494,8 +494,8 @@ void run(
   // share in single-threaded calls (one per run of consecutive slots); the maps left over by the
   // even split are transformed from this thread, where MKL uses its own threads (measured on this
   // project's 2-core machine, one 64^3 map: 0.83 ms on one thread, 0.41 ms on two) and the
-  // power-of-two transform splits each stage's items over the threads.
-  // `inplace`: the maps are transformed where they are (the power-of-two transform, or MKL's DFTI,
+  // radix transform splits each stage's items over the threads.
+  // `inplace`: the maps are transformed where they are (the radix transform, or MKL's DFTI,
   // scc_cpu_fft.h); otherwise ATen returns new tensors, which parts keeps alive. map[slot] points to
   // the slot's spectrum.
   auto transform = [&](const at::Tensor& in, const std::vector<int64_t>& slots, bool forward,
@@ -510,19 +510,19 @@ void run(
         int64_t k = i + 1;
         while (k < j && slots[k] == slots[k - 1] + 1) ++k;
         const scalar_t* base;
-        if (pow2) {
+        if (radix) {
           scalar_t* maps = in_data + 2 * slots[i] * M;
           for (int64_t l = 0; l < k - i; ++l) {
             float* map1 = reinterpret_cast<float*>(maps + 2 * l * M);
             if (mkl_threads <= 1) {
-              pow2_fft(map1, *plan, forward);
+              radix_fft(map1, *plan, forward);
               continue;
             }
             // A map left over by the even split: its two stages, each split over the threads.
             for (int st = 0; st < 2; ++st) {
               const int stage = forward ? st : 1 - st;
-              parallel_items(pow2_stage_items(*plan, stage), [&](auto take) {
-                for (int64_t item; (item = take()) >= 0;) pow2_stage(map1, *plan, forward, stage, item, item + 1);
+              parallel_items(radix_stage_items(*plan, stage), [&](auto take) {
+                for (int64_t item; (item = take()) >= 0;) radix_stage(map1, *plan, forward, stage, item, item + 1);
               });
             }
           }
@@ -996,13 +996,13 @@ std::string native_isa() {
 }
 
 // The transforms the operator uses for maps of this spatial shape and dtype (float32 by default):
-// "pow2_avx512", "mkl_inplace" or "aten"; without a shape, those of shapes the power-of-two transform
+// "radix_avx512", "mkl_inplace" or "aten"; without a shape, those of shapes the radix transform
 // does not fit.
 std::string native_fft_engine(at::IntArrayRef spatial, std::optional<at::ScalarType> dtype) {
   const at::ScalarType t = dtype.value_or(at::kFloat);
   TORCH_CHECK(t == at::kFloat || t == at::kDouble, "native_fft_engine: dtype must be float32 or float64, got ", t);
   for (auto s : spatial) TORCH_CHECK(s >= 1, "native_fft_engine: spatial sizes must be >= 1, got ", spatial);
-  if (!spatial.empty() && use_pow2_fft(t, spatial)) return "pow2_avx512";
+  if (!spatial.empty() && use_radix_fft(t, spatial)) return "radix_avx512";
   return inplace_fft_available(t) ? "mkl_inplace" : "aten";
 }
 

@@ -6,7 +6,7 @@
 // export them) the maps are transformed in place with MKL directly: the same library and
 // algorithm ATen calls, no output allocation. Elsewhere (no MKL, another platform, or
 // SCC_FAST_NATIVE_FFT=aten) the operator keeps using ATen's out-of-place transforms. (Float32
-// power-of-two maps on AVX-512 CPUs take the operator's own transform, scc_cpu_pow2_fft.h.)
+// maps of the shapes it fits on AVX-512 CPUs take the operator's own transform, scc_cpu_radix_fft.h.)
 #pragma once
 
 #include <ATen/ATen.h>
@@ -15,7 +15,7 @@
 
 namespace scc_fast {
 
-// SCC_FAST_NATIVE_FFT, read at every call: unset (kAuto: the operator's own power-of-two transform
+// SCC_FAST_NATIVE_FFT, read at every call: unset (kAuto: the operator's own radix transform
 // where it fits, MKL in place elsewhere, ATen where MKL is not exported), "mkl" (MKL in place
 // wherever exported) or "aten" (ATen's out-of-place transforms). Another value throws.
 enum class FftChoice { kAuto, kMkl, kAten };

@@ -3,10 +3,10 @@
 SPEC section 2 in C++: one complex FFT carries the spectra of p and y (split by Hermitian
 symmetry), fused passes give the spatial sums, ``T_a``, ``T_b``, ``T_ab`` and the gradient field,
 one complex inverse FFT gives the gradients of two pairs, and a last pass adds the spatial terms.
-The transforms run in place, by the operator's own power-of-two FFT (AVX-512, float32) or MKL where
-libtorch exports it (:func:`fft_engine`), on maps whose rows are padded where the last axis is a multiple of 8 (power-of-two strides collide in the
-cache), and the operator's buffers are reused from call to call (:func:`cached_bytes`,
-:func:`empty_cache`).
+The transforms run in place, by the operator's own mixed-radix FFT (AVX-512, float32) or MKL where
+libtorch exports it (:func:`fft_engine`), on maps whose rows are padded where the last axis is a
+multiple of 8 (power-of-two strides collide in the cache), and the operator's buffers are reused
+from call to call (:func:`cached_bytes`, :func:`empty_cache`).
 The gradient field dSCC/dp is computed in the forward call and saved; backward is one elementwise
 pass (``torch.ops.scc_fast.scc_backward``). With :func:`activated_correlation` the softmax or
 sigmoid (and the ignore mask) run inside the operator, so no probability tensor is made or kept.
@@ -50,7 +50,7 @@ _OPS = (
     "native_isa",
     "native_cache_bytes",
     "native_empty_cache",
-    "native_pow2_fft",
+    "native_radix_fft",
 )
 
 # Bits of scc_forward's per-image flags (csrc/cpu/scc_cpu.cpp, enum InputFlag).
@@ -141,10 +141,11 @@ def fft_engine(spatial_shape: Sequence[int] | None = None, dtype: torch.dtype = 
     """The transforms the operator uses for maps of ``spatial_shape`` (e.g. ``(64, 64, 64)``) in
     ``dtype`` (float32 or float64); without a shape, those of shapes the first engine does not fit.
 
-    - ``"pow2_avx512"``: the operator's own in-place power-of-two FFT, for float32 maps with 2 or 3
-      axes, all powers of two, the last 64 to 2048 long, where the CPU has AVX-512 (and the AVX-512
-      build of the inner loops runs: :func:`isa`). On this project's AMD EPYC machine it takes half
-      the time of libtorch's MKL per map (bench/RESULTS.md);
+    - ``"radix_avx512"``: the operator's own in-place mixed-radix FFT (radices 2, 3, 4, 5, 7), for
+      float32 maps with 2 or 3 axes whose sizes have no prime factor above 7, the last a multiple of
+      8 from 16 to 2048 (64^3, 224^2, 96^3, 256^2, ...), where the CPU has AVX-512 and the AVX-512
+      build of the inner loops runs (:func:`isa`). On this project's AMD EPYC machine a step takes
+      about 0.7 of its time with MKL's transforms (bench/RESULTS.md);
     - ``"mkl_inplace"``: MKL's DFTI called in place, where libtorch exports it (x86-64 torch builds);
     - ``"aten"``: ``torch.fft``, out of place.
 
