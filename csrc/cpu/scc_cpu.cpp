@@ -37,10 +37,10 @@
 // Backward (scc_backward): one pass over voxel blocks of each image: p recomputed from the input and
 // the statistics, g_c = grad_scc[b, c] * field_c, and the activation's Jacobian (softmax:
 // p_c (g_c - sum_k p_k g_k)) applied, writing dLoss/dinput.
-// Threads: every pass is parallel over (pair, block of rows); in each transform the threads split the
-// maps evenly, each transforming its share in single-threaded calls, and the maps left over are split
-// over the threads by the radix transform's stages (planes, then pencils) or run on MKL's
-// threads.
+// Threads: every pass is parallel over (pair, block of rows); the radix transform's work items are
+// whole maps, or where there are few maps their stages' planes or rows, then pencils or columns; with
+// MKL the threads split the maps evenly, each transforming its share in single-threaded calls, and
+// MKL's threads take the maps left over.
 // Partial sums are added in a fixed order: the per-pair sums do not depend on the thread split.
 // The inner loops (scc_cpu_kernels.h) are compiled three times, baseline, AVX2+FMA and AVX-512, the
 // widest the CPU runs chosen at run time (kernel_isa).
@@ -490,11 +490,11 @@ void run(
   // Where the build pass reads p: the input, or (activated) the gradient buffer.
   auto pmap = [&](int64_t q) -> const scalar_t* { return activated ? grad_ptr + q * N : xmap(q); };
 
-  // Transforms of the maps `slots` of `in`: the threads split them evenly, each transforming its
-  // share in single-threaded calls (one per run of consecutive slots); the maps left over by the
-  // even split are transformed from this thread, where MKL uses its own threads (measured on this
-  // project's 2-core machine, one 64^3 map: 0.83 ms on one thread, 0.41 ms on two) and the
-  // radix transform splits each stage's items over the threads.
+  // Transforms of the maps `slots` of `in`. The radix transform: items shared with stealing (below).
+  // MKL and ATen: the threads split the maps evenly, each transforming its share in single-threaded
+  // calls (one per run of consecutive slots); the maps left over by the even split are transformed
+  // from this thread, where MKL uses its own threads (measured on this project's 2-core machine, one
+  // 64^3 map: 0.83 ms on one thread, 0.41 ms on two).
   // `inplace`: the maps are transformed where they are (the radix transform, or MKL's DFTI,
   // scc_cpu_fft.h); otherwise ATen returns new tensors, which parts keeps alive. map[slot] points to
   // the slot's spectrum.
@@ -504,30 +504,37 @@ void run(
     parts.assign(n, at::Tensor());
     map.assign(in.size(0), nullptr);
     scalar_t* in_data = reinterpret_cast<scalar_t*>(in.data_ptr<cplx>());
+    if (radix) {
+      // Items the threads share with stealing (parallel_items): whole maps where there are at least 4
+      // per thread, else the maps' stage items (planes or rows, then pencils or columns), so that a
+      // faster thread takes over work of a slower one (measured, bench/RESULTS.md: 2 x 4 x 64^3 with a
+      // busy process on the second CPU 0.88 of the time with whole maps split evenly; a quiet machine
+      // 1.00, while stage items at 8 x 9 x 224^2 cost 3%).
+      auto map_of = [&](int64_t l) { return reinterpret_cast<float*>(in_data + 2 * slots[l] * M); };
+      if (n >= 4 * at::get_num_threads()) {
+        parallel_items(n, [&](auto take) {
+          for (int64_t item; (item = take()) >= 0;) radix_fft(map_of(item), *plan, forward);
+        });
+      } else {
+        for (int st = 0; st < 2; ++st) {
+          const int stage = forward ? st : 1 - st;
+          const int64_t per_map = radix_stage_items(*plan, stage);
+          parallel_items(n * per_map, [&](auto take) {
+            for (int64_t item; (item = take()) >= 0;)
+              radix_stage(map_of(item / per_map), *plan, forward, stage, item % per_map, item % per_map + 1);
+          });
+        }
+      }
+      for (int64_t l = 0; l < n; ++l) map[slots[l]] = in_data + 2 * slots[l] * M;
+      return;
+    }
     auto run_slots = [&](int64_t i, int64_t j, int64_t mkl_threads) {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
       while (i < j) {
         int64_t k = i + 1;
         while (k < j && slots[k] == slots[k - 1] + 1) ++k;
         const scalar_t* base;
-        if (radix) {
-          scalar_t* maps = in_data + 2 * slots[i] * M;
-          for (int64_t l = 0; l < k - i; ++l) {
-            float* map1 = reinterpret_cast<float*>(maps + 2 * l * M);
-            if (mkl_threads <= 1) {
-              radix_fft(map1, *plan, forward);
-              continue;
-            }
-            // A map left over by the even split: its two stages, each split over the threads.
-            for (int st = 0; st < 2; ++st) {
-              const int stage = forward ? st : 1 - st;
-              parallel_items(radix_stage_items(*plan, stage), [&](auto take) {
-                for (int64_t item; (item = take()) >= 0;) radix_stage(map1, *plan, forward, stage, item, item + 1);
-              });
-            }
-          }
-          base = maps;
-        } else if (inplace) {
+        if (inplace) {
           scalar_t* maps = in_data + 2 * slots[i] * M;
           inplace_fft(maps, input.scalar_type(), spatial, LS, k - i, forward, mkl_threads);
           base = maps;
