@@ -315,3 +315,41 @@ def test_gpu_profile_script_refuses_bad_arguments(tmp_path):
     if not torch.cuda.is_available():
         done = _run_gpu_profile("--out", str(tmp_path))
         assert done.returncode == 2 and "no CUDA device" in done.stderr
+
+
+def _run_native_fft_ab(*args):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "native_fft_ab.py"
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif(not available_backends()["native"].available, reason="native operator not built")
+def test_native_fft_ab_script_runs_each_engine():
+    """bench/native_fft_ab.py: a row per engine with the engine fft_engine names for the shape and a
+    ratio against the first (1.000 for itself)."""
+    done = _run_native_fft_ab("--shapes", "1x2x8x64", "1x3x4x4x16", "--engines", "auto", "mkl", "aten",
+                              "--rounds", "2", "--block", "1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [ln.split() for ln in done.stdout.splitlines() if ln.startswith("1x")]
+    assert [(r[0], r[1]) for r in rows] == [(s, e) for s in ("1x2x8x64", "1x3x4x4x16") for e in ("auto", "mkl", "aten")]
+    from scc_fast.backends import native
+
+    for r in rows:
+        shape = tuple(int(v) for v in r[0].split("x"))[2:]
+        want = {"auto": native.fft_engine(shape), "mkl": "mkl_inplace", "aten": "aten"}[r[1]]
+        if r[1] == "mkl" and native.fft_engine() == "aten":
+            want = "aten"  # libtorch without MKL's DFTI
+        assert r[2] == f"({want})" and float(r[3]) > 0
+        assert r[-1] == "1.000" if r[1] == "auto" else float(r[-1]) > 0
+
+
+def test_native_fft_ab_script_refuses_bad_arguments():
+    done = _run_native_fft_ab("--shapes", "2x4x64")
+    assert done.returncode == 2 and "a shape needs B, C and 2 or 3 spatial sizes" in done.stderr
+    done = _run_native_fft_ab("--engines", "fftw")
+    assert done.returncode == 2 and "invalid choice: 'fftw'" in done.stderr
+    done = _run_native_fft_ab("--rounds", "0")
+    assert done.returncode == 2 and "--rounds and --block must be >= 1" in done.stderr
