@@ -123,13 +123,19 @@ def test_non_contiguous_probs():
 @needs_op
 @pytest.mark.parametrize("include_dc", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_degenerate_pairs(include_dc, dtype):
+@pytest.mark.parametrize("size", [(12, 12), (12, 64)])  # (12, 64) float32: the radix transform where it runs
+def test_degenerate_pairs(include_dc, dtype, size):
     """Absent class, class covering the image, constant prediction, zero float target: no NaN, same as reference."""
-    probs, target = make_inputs((2, 4, 12, 12), labels=True, ignore=False)
+    probs, target = make_inputs((2, 4, *size), labels=True, ignore=False)
     target[0] = 1  # image 0: class 1 everywhere (degenerate without DC), classes 0, 2, 3 absent
     target[1][target[1] == 3] = 0  # image 1: class 3 absent
     probs = probs.clone()
-    probs[1, 2] = 0.25  # a constant prediction: zero spectrum outside DC
+    # A constant prediction: zero spectrum outside DC. (Not at 12 x 64 with DC in K: there the FFT
+    # leaves rounding residues off DC and the gradient follows their phases, P/|P|: the reference's
+    # own gradient of that pair changes by 88% when p moves by 1e-15. Small sizes transform a
+    # constant exactly. With 1e-9 of noise on the map native and reference agree to 1e-8.)
+    if not (include_dc and size != (12, 12)):
+        probs[1, 2] = 0.25
     ref, ref_valid, ref_grad = per_pair_grad(reference_correlation, probs, target, include_dc=include_dc)
     out, valid, grad = per_pair_grad(native.correlation, probs.to(dtype), target, include_dc=include_dc)
     assert torch.equal(valid, ref_valid) and not valid.all()
