@@ -32,8 +32,8 @@ constexpr int kTwFloats = 32;  // one row twiddle vector pair: 16 floats of re, 
 constexpr int64_t kColumnVectors = 8;
 constexpr int64_t kMaxRowVectors = 256;  // width <= 2048
 
-// Radices of n, outermost first (odd ones, then 4s, then a last 2); empty if n has a prime factor
-// above 7.
+// Radices of n, outermost first (odd ones, then 4s, then a last 2): empty for n = 1, {0} if n has a
+// prime factor above 7.
 std::vector<int> radices_of(int64_t n) {
   std::vector<int> r;
   for (int p : {7, 5, 3})
@@ -43,7 +43,11 @@ std::vector<int> radices_of(int64_t n) {
   if (n != 1) r.clear(), r.push_back(0);  // marks "does not fit"
   return r;
 }
-bool smooth(int64_t n) { return n >= 1 && (radices_of(n).empty() || radices_of(n)[0] != 0); }
+bool smooth(int64_t n) {
+  if (n < 1) return false;
+  const std::vector<int> r = radices_of(n);
+  return r.empty() || r[0] != 0;
+}
 
 RadixPlan::Axis make_axis(int64_t n) {
   RadixPlan::Axis a;
