@@ -403,8 +403,7 @@ void run(
   const bool inplace = radix || inplace_fft_available(input.scalar_type());
   const int64_t LS = workspace_row_stride(L, inplace), M = g.rows * LS;
   const std::shared_ptr<const RadixPlan> plan = radix ? radix_plan(spatial, LS) : nullptr;
-  const std::vector<int64_t> radix_neg = radix ? radix_neg_row(*plan) : std::vector<int64_t>();
-  const int64_t* neg_row = radix ? radix_neg.data() : g.neg_row.data();
+  const int64_t* neg_row = radix ? plan->neg_row.data() : g.neg_row.data();
 
   // Chunks run one after another; inside a chunk every pass is parallel over (pair, block of rows)
   // and the threads split the maps of each transform. (A variant giving each thread whole chunks

@@ -120,18 +120,13 @@ std::shared_ptr<const RadixPlan> radix_plan(at::IntArrayRef spatial, int64_t ls)
       }
     }
   }
-  cache.emplace(std::move(key), p);
-  return p;
-}
-
-std::vector<int64_t> radix_neg_row(const RadixPlan& p) {
-  const int64_t depth = p.depth, height = p.height;
-  std::vector<int64_t> neg(depth * height);
   // Stored row i holds frequency f = freq_of_pos[i]; -f is stored at pos_of_freq[-f mod n].
   auto mirror = [](const RadixPlan::Axis& a, int64_t i) { return a.pos_of_freq[(a.n - a.freq_of_pos[i]) % a.n]; };
-  for (int64_t i = 0; i < depth; ++i)
-    for (int64_t j = 0; j < height; ++j) neg[i * height + j] = mirror(p.d, i) * height + mirror(p.h, j);
-  return neg;
+  p->neg_row.resize(p->depth * p->height);
+  for (int64_t i = 0; i < p->depth; ++i)
+    for (int64_t j = 0; j < p->height; ++j) p->neg_row[i * p->height + j] = mirror(p->d, i) * p->height + mirror(p->h, j);
+  cache.emplace(std::move(key), p);
+  return p;
 }
 
 int64_t radix_stage_items(const RadixPlan& p, int stage) {
@@ -332,19 +327,20 @@ void row_fft(float* row, const RadixPlan& p, bool fwd) {
   const int64_t mv = p.width / 8;
   V buf[kMaxRowVectors], tmp[kMaxRowVectors];
   for (int64_t m = 0; m < mv; ++m) buf[m] = ld(row + 16 * m);
+  V* nat = buf;  // the Mv-point transforms' outputs in natural order
   if (mv == 8) {
     fft8(buf, fwd);
   } else {
     dif(reinterpret_cast<float*>(buf), 16, 1, p.m, fwd);
     for (int64_t k = 0; k < mv; ++k) tmp[k] = buf[p.m.pos_of_freq[k]];
-    for (int64_t k = 0; k < mv; ++k) buf[k] = tmp[k];
+    nat = tmp;
   }
   const float* tw = fwd ? p.row_tw_fwd.data() : p.row_tw_inv.data();
-  for (int64_t k1 = 1; k1 < mv; ++k1) buf[k1] = cmul(buf[k1], tw_vec(tw + kTwFloats * k1));
+  for (int64_t k1 = 1; k1 < mv; ++k1) nat[k1] = cmul(nat[k1], tw_vec(tw + kTwFloats * k1));
   for (int64_t a = 0; a < mv; a += 8) {
     const int64_t cnt = std::min<int64_t>(8, mv - a);  // k1 values in this group (lanes stored)
     V x[8];
-    for (int64_t t = 0; t < 8; ++t) x[t] = t < cnt ? buf[a + t] : V{};
+    for (int64_t t = 0; t < 8; ++t) x[t] = t < cnt ? nat[a + t] : V{};
     transpose8(x);
     fft8(x, fwd);
     for (int64_t k2 = 0; k2 < 8; ++k2) {

@@ -10,7 +10,7 @@
 // float32, rows of the last axis `ls` complex elements apart (ls >= width), leading axes packed above
 // them. The forward transform leaves the leading axes in digit-reversed order (the last axis in
 // natural order) and the inverse takes them so, which saves the permutation passes: the spectral
-// passes only need each row's mirror row (radix_neg_row) and the DC bin, which stays at index 0.
+// passes only need each row's mirror row (RadixPlan::neg_row) and the DC bin, which stays at index 0.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -33,6 +33,9 @@ struct RadixPlan {
   int64_t depth = 1, height = 1, width = 1, ls = 1;  // 2D maps have depth 1
   Axis d, h, m;                                     // m: the width / 8 vectors of a row
   std::vector<float> row_tw_fwd, row_tw_inv;        // per vector k1 of a row: lane n2 -> W_width^(n2 k1), 32 floats
+  // Rows indexed in the transform's order: row r (leading axes digit-reversed) -> the row holding the
+  // mirror frequency (leading frequencies negated).
+  std::vector<int64_t> neg_row;
 };
 
 // Whether this build and CPU run the transform at all (GCC on x86-64, AVX-512 F/DQ/BW/VL).
@@ -41,9 +44,6 @@ bool radix_fft_compiled_and_supported();
 bool radix_fft_fits(at::IntArrayRef spatial);
 // The plan for this shape and row stride (cached).
 std::shared_ptr<const RadixPlan> radix_plan(at::IntArrayRef spatial, int64_t ls);
-// Rows of the map indexed in the transform's order: row r (leading axes digit-reversed) -> the row
-// holding the mirror frequency (leading frequencies negated).
-std::vector<int64_t> radix_neg_row(const RadixPlan& plan);
 
 // A transform is two stages, each a set of independent items (so one map can be split over threads):
 // forward runs stage 0 then stage 1, inverse stage 1 then stage 0. Unnormalised in both directions.

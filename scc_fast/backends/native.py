@@ -2,7 +2,8 @@
 
 SPEC section 2 in C++: one complex FFT carries the spectra of p and y (split by Hermitian
 symmetry), fused passes give the spatial sums, ``T_a``, ``T_b``, ``T_ab`` and the gradient field,
-one complex inverse FFT gives the gradients of two pairs, and a last pass adds the spatial terms.
+one complex inverse FFT gives the gradients of two pairs (the spatial terms added in the spectrum),
+and a last pass unpacks them.
 The transforms run in place, by the operator's own mixed-radix FFT (AVX-512, float32) or MKL where
 libtorch exports it (:func:`fft_engine`), on maps whose rows are padded where the last axis is a
 multiple of 8 (power-of-two strides collide in the cache), and the operator's buffers are reused
