@@ -2,12 +2,14 @@
 
 For each case (logits in, integer labels, softmax, forward + backward of ``scc_loss``):
 
-1. correctness: loss and dL/dlogits of backend "triton" (TF32 default, 3xTF32, IEEE dots) against
-   backend "reference" run in float64 on the same GPU, as ||out - ref|| / ||ref||
+1. correctness: loss and dL/dlogits of backend "triton" (TF32 default, 3xTF32, IEEE dots; and
+   the 2D split mode, ``SCC_FAST_TRITON_2D=split``, at each precision) against backend
+   "reference" run in float64 on the same GPU, as ||out - ref|| / ||ref||
    (SPEC section 4: TF32 <= 5e-3, IEEE / 3xTF32 <= 1e-5);
-2. median forward + backward time and peak memory above the inputs for triton, torch, reference
-   eager and reference under ``torch.compile``, with ratios against the reference, all measured
-   in this run on this device; and the roofline (bytes that must move / measured copy bandwidth).
+2. median forward + backward time and peak memory above the inputs for triton (fused and split),
+   torch, reference eager and reference under ``torch.compile``, with ratios against the
+   reference, all measured in this run on this device; and the roofline (bytes that must move /
+   measured copy bandwidth).
 
 Every case and every measurement is wrapped so one failure does not lose the rest. Prints a
 table and markdown rows; writes ``results.json`` to ``--out``. Budget: well under 3 minutes
@@ -171,9 +173,11 @@ def run_case(name, shape, device, args, budget_s):
         row["errors"]["reference_fp64"] = f"{type(exc).__name__}: {exc}"
         ref_loss = ref_grad = None
     row["accuracy"] = {}
-    for prec in args.precisions:
+    for prec, mode in [(p, m) for p in args.precisions for m in triton_scc.MODES_2D]:
+        key = prec if mode == "fused" else f"{prec},{mode}"
         try:
             triton_scc.input_precision = prec
+            triton_scc.mode_2d = mode
             loss, grad = fwd_bwd(loss_fn("triton"), logits, labels)
             entry = {"loss": loss.item()}
             if ref_loss is not None:
@@ -181,25 +185,28 @@ def run_case(name, shape, device, args, budget_s):
                 entry["rel_err_grad"] = rel_err(grad, ref_grad)
                 entry["tolerance"] = TOLERANCE[prec]
                 entry["ok"] = entry["rel_err_loss"] <= TOLERANCE[prec] and entry["rel_err_grad"] <= TOLERANCE[prec]
-            row["accuracy"][prec] = entry
+            row["accuracy"][key] = entry
         except Exception as exc:  # noqa: BLE001
-            row["errors"][f"triton_{prec}"] = f"{type(exc).__name__}: {exc}"
+            row["errors"][f"triton_{key}"] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
         finally:
             triton_scc.input_precision = None
+            triton_scc.mode_2d = None
     del ref_grad
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
     # --- speed and memory ---
     row["time_ms"], row["peak_mib"] = {}, {}
-    # The headline ratios first (default precision, reference eager and compiled), then the rest.
-    contenders = [(f"triton[{args.precisions[0]}]", "triton", args.precisions[0])] + [
+    # The headline ratios first (default precision in both 2D modes, reference eager and
+    # compiled), then the rest.
+    first = args.precisions[0]
+    contenders = [(f"triton[{first}]", "triton", first), (f"triton[{first},split]", "triton", first)] + [
         ("reference", "reference", None),
         ("reference+compile", "reference", "compile"),
         ("torch", "torch", None),
         ("torch[unfused]", "torch", "unfused"),
-        (f"triton[{args.precisions[0]},unfused]", "triton", "unfused"),
+        (f"triton[{first},unfused]", "triton", "unfused"),
     ] + [(f"triton[{p}]", "triton", p) for p in args.precisions[1:]]
     for label, backend, opt in contenders:
         if opt == "compile" and (args.no_compile or elapsed() > budget_s):
@@ -213,6 +220,7 @@ def run_case(name, shape, device, args, budget_s):
                 fwd_bwd(fn, logits, labels)  # compile outside the timed region
             if backend == "triton" and opt != "unfused":
                 triton_scc.input_precision = opt
+            triton_scc.mode_2d = "split" if label.endswith(",split]") else None
             # "unfused": the activation applied with torch ops outside the backend (A/B of the fusion).
             scc_fast.functional.FUSE_ACTIVATION = opt != "unfused"
             row["time_ms"][label] = time_median(fn, logits, labels, device, reps=args.reps)
@@ -222,6 +230,7 @@ def run_case(name, shape, device, args, budget_s):
             traceback.print_exc()
         finally:
             triton_scc.input_precision = None
+            triton_scc.mode_2d = None
             scc_fast.functional.FUSE_ACTIVATION = True
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -242,7 +251,7 @@ def print_table(rows, device_name):
         print(f"\n{row['case']} {tuple(row['shape'])}  reference loss (fp64) = {row.get('ref_loss')}")
         for prec, e in row.get("accuracy", {}).items():
             print(
-                f"  accuracy {prec:7s} rel err loss {e.get('rel_err_loss', float('nan')):.2e}  "
+                f"  accuracy {prec:11s} rel err loss {e.get('rel_err_loss', float('nan')):.2e}  "
                 f"grad {e.get('rel_err_grad', float('nan')):.2e}  (tol {e.get('tolerance')})  ok={e.get('ok')}"
             )
         print(f"  {'contender':20s} {'ms':>9s} {'x eager':>8s} {'x compiled':>10s} {'peak MiB':>9s} {'mem ratio':>9s}")

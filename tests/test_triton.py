@@ -1,4 +1,5 @@
-"""Backend "triton" (fused 2D kernel) against the float64 reference; 3D input: test_triton_3d.py.
+"""Backend "triton" (fused 2D kernel, and the 2D split mode) against the float64 reference; 3D
+input: test_triton_3d.py.
 
 On a machine without CUDA the kernel runs under Triton's interpreter: tests/conftest.py sets
 TRITON_INTERPRET=1 before anything imports triton. Tolerance (SPEC section 4): relative error
@@ -26,8 +27,14 @@ TOL = 1e-5
 
 
 @pytest.fixture(autouse=True)
-def _ieee_dots(monkeypatch):
+def _ieee_dots_and_2d_mode(request, monkeypatch):
     monkeypatch.setattr(triton_scc, "input_precision", "ieee")
+    # Tests parametrised over RANKS run 2D input in both modes; "2d-split" cuts maps into blocks
+    # of 5 rows, so there are several slices per pair and (mostly) a shorter last one.
+    callspec = getattr(request.node, "callspec", None)
+    split = callspec is not None and callspec.params.get("rank") == "2d-split"
+    monkeypatch.setattr(triton_scc, "mode_2d", "split" if split else "fused")
+    monkeypatch.setattr(triton_scc, "split_rows", 5 if split else None)
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -97,15 +104,16 @@ def test_magnitude_phase_weights(weights):
     compare(probs, target, magnitude_weight=weights[0], phase_weight=weights[1])
 
 
-# The label-layout cases below run in 2D and 3D (the 3D path's own tests: test_triton_3d.py).
-RANKS = ["2d", "3d"]
+# The label-layout cases below run in 2D (both modes) and 3D (the 3D path's own tests:
+# test_triton_3d.py); shapes are looked up by rank[:2].
+RANKS = ["2d", "2d-split", "3d"]
 
 
 @pytest.mark.parametrize("rank", RANKS)
 @pytest.mark.parametrize("include_dc", [False, True])
 def test_ignored_labels_and_first_class(include_dc, rank):
     # Channel j is label 1 + j; label 0 (background, dropped) and -1 (ignored) are 0 in every channel.
-    shape = {"2d": (2, 3, 13, 10), "3d": (2, 3, 3, 10, 9)}[rank]
+    shape = {"2d": (2, 3, 13, 10), "3d": (2, 3, 3, 10, 9)}[rank[:2]]
     probs, target = make_inputs(shape, labels=True, ignore=True, n_labels=4, seed=5)
     compare(probs, target, first_class=1, include_dc=include_dc)
 
@@ -113,7 +121,7 @@ def test_ignored_labels_and_first_class(include_dc, rank):
 @pytest.mark.parametrize("rank", RANKS)
 @pytest.mark.parametrize("include_dc", [False, True])
 def test_degenerate_pairs_and_constant_prediction(include_dc, rank):
-    shape = {"2d": (3, 3, 12, 9), "3d": (3, 3, 3, 9, 8)}[rank]
+    shape = {"2d": (3, 3, 12, 9), "3d": (3, 3, 3, 9, 8)}[rank[:2]]
     probs, target = make_inputs(shape, labels=True, seed=7)
     target[0] = 0  # image 0: class 0 covers everything (degenerate without DC), 1 and 2 absent
     target[1][target[1] == 2] = 1  # image 1: class 2 absent
@@ -127,7 +135,7 @@ def test_degenerate_pairs_and_constant_prediction(include_dc, rank):
 
 @pytest.mark.parametrize("rank", RANKS)
 def test_degenerate_float_target(rank):
-    shape = {"2d": (2, 2, 10, 12), "3d": (2, 2, 3, 8, 10)}[rank]
+    shape = {"2d": (2, 2, 10, 12), "3d": (2, 2, 3, 8, 10)}[rank[:2]]
     probs, target = make_inputs(shape, labels=False, seed=11)
     target[0, 0] = 0.3  # constant soft target: degenerate with DC out
     target[1, 1] = 0.0  # all zero: degenerate either way
@@ -151,7 +159,7 @@ def test_half_inputs_are_read_as_float32(dtype):
 
 @pytest.mark.parametrize("rank", RANKS)
 def test_no_grad_path_matches(rank):
-    shape = {"2d": (2, 3, 11, 9), "3d": (2, 2, 3, 9, 9)}[rank]
+    shape = {"2d": (2, 3, 11, 9), "3d": (2, 2, 3, 9, 9)}[rank[:2]]
     probs, target = make_inputs(shape, labels=True, seed=17)
     p, t = probs.to(DEVICE, torch.float32), target.to(DEVICE)
     with_grad, _ = triton_scc.correlation(p.clone().requires_grad_(True), t)
@@ -213,18 +221,77 @@ def test_four_step_default_threshold():
     compare(probs, target, include_dc=True)
 
 
+@pytest.mark.parametrize("mode", triton_scc.MODES_2D)
 @pytest.mark.parametrize("precision", list(triton_scc.GPU_BLOCKS))
-def test_gpu_block_configuration(monkeypatch, precision):
-    # The block sizes used on GPU, at a size with partial tiles on both axes.
+def test_gpu_block_configuration(monkeypatch, precision, mode):
+    # The block sizes used on GPU, at a size with partial tiles on both axes (split: row blocks of
+    # BM rows, the last shorter, and the depth passes' tiles along H).
     monkeypatch.setattr(triton_scc, "_blocks", lambda H, W, p: triton_scc.GPU_BLOCKS[precision])
+    monkeypatch.setattr(triton_scc, "mode_2d", mode)
     probs, target = make_inputs((1, 2, 70, 66), labels=True, seed=23)
     compare(probs, target)
+
+
+# The split mode (2D input through the sliced passes: blocks of rows transformed along W, the
+# column DFT in the depth passes). Rows per slice: None = the row block (one slice per pair
+# under the interpreter's large blocks); otherwise several slices, the last one shorter.
+SPLIT_CASES = [
+    ((2, 3, 20, 24), None, True, False),
+    ((2, 3, 21, 17), 5, False, True),  # last slice: 1 row
+    ((1, 2, 37, 45), 8, True, True),
+    ((1, 3, 9, 130), 4, True, False),
+    ((1, 2, 12, 128), 5, True, False),  # four-step along W
+    ((2, 2, 16, 256), None, False, True),  # four-step along W, 256 = 16 x 16
+    ((3, 1, 10, 11), 1, False, False),  # one row per slice
+]
+
+
+@pytest.mark.parametrize("shape,rows,labels,include_dc", SPLIT_CASES)
+def test_split_mode_matches_reference(monkeypatch, shape, rows, labels, include_dc):
+    monkeypatch.setattr(triton_scc, "mode_2d", "split")
+    monkeypatch.setattr(triton_scc, "split_rows", rows)
+    probs, target = make_inputs(shape, labels, seed=61)
+    compare(probs, target, include_dc=include_dc, magnitude_weight=0.35, phase_weight=0.65)
+
+
+def test_split_mode_chunks_and_persistent_grid(monkeypatch):
+    # GPU-like small tiles (3 row blocks of 16, 16, 5 rows per pair; 16-row tiles along H in the
+    # depth passes), fewer programs than slices (each loops, reusing its scratch), and a
+    # workspace cap of 2 pairs: 6 pairs in 3 chunks of five launches each.
+    monkeypatch.setattr(triton_scc, "mode_2d", "split")
+    monkeypatch.setattr(triton_scc, "_blocks", lambda H, W, precision: (16, 16, 16, 4, 1))
+    monkeypatch.setattr(triton_scc, "_depth_blocks", lambda D, n_bins, precision: (16, 16, 16, 4, 1))
+    monkeypatch.setattr(triton_scc, "_max_programs", lambda device, n: 3)
+    cap = 2 * triton_scc.workspace_bytes_per_pair(1, 37, 40, n_slices=3)
+    monkeypatch.setattr(triton_scc, "WORKSPACE_BYTES", cap)
+    probs, target = make_inputs((2, 3, 37, 40), labels=True, seed=67, ignore=True)
+    compare(probs, target, first_class=0, include_dc=False)
+
+
+def test_2d_mode_setting(monkeypatch):
+    probs, target = make_inputs((1, 2, 12, 10), labels=True, seed=71)
+    p, t = probs.to(DEVICE, torch.float32), target.to(DEVICE)
+    monkeypatch.setattr(triton_scc, "mode_2d", None)
+    monkeypatch.delenv(triton_scc.MODE_2D_ENV, raising=False)
+    assert triton_scc._op(p) is triton_scc.triton_correlation_2d  # "fused" by default
+    assert triton_scc._op(p[:, :, None]) is triton_scc.triton_correlation_3d  # 3D: one way only
+    monkeypatch.setenv(triton_scc.MODE_2D_ENV, "split")
+    assert triton_scc._op(p) is triton_scc.triton_correlation_2d_split
+    split, _ = triton_scc.correlation(p, t)
+    monkeypatch.setattr(triton_scc, "mode_2d", "fused")  # the module attribute wins
+    assert triton_scc._op(p) is triton_scc.triton_correlation_2d
+    fused, _ = triton_scc.correlation(p, t)
+    assert rel_err(split, fused) <= TOL
+    monkeypatch.setattr(triton_scc, "mode_2d", None)
+    monkeypatch.setenv(triton_scc.MODE_2D_ENV, "rows")
+    with pytest.raises(ValueError, match=r"SCC_FAST_TRITON_2D.*'fused', 'split'.*'rows'"):
+        triton_scc.correlation(p, t)
 
 
 @pytest.mark.parametrize("rank", RANKS)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_public_api_every_reduction(reduction, rank):
-    shape, ignored_rows = {"2d": ((2, 3, 12, 11), 4), "3d": ((2, 3, 3, 9, 8), 3)}[rank]
+    shape, ignored_rows = {"2d": ((2, 3, 12, 11), 4), "3d": ((2, 3, 3, 9, 8), 3)}[rank[:2]]
     g = torch.Generator().manual_seed(29)
     logits = torch.randn(shape, generator=g, dtype=torch.float64)
     target = torch.randint(0, 3, (shape[0], *shape[2:]), generator=g)
@@ -243,7 +310,7 @@ def test_public_api_every_reduction(reduction, rank):
 
 @pytest.mark.parametrize("rank", RANKS)
 def test_public_api_sigmoid_single_channel_and_soft_target(rank):
-    shape = {"2d": (2, 1, 9, 16), "3d": (2, 1, 2, 9, 10)}[rank]
+    shape = {"2d": (2, 1, 9, 16), "3d": (2, 1, 2, 9, 10)}[rank[:2]]
     g = torch.Generator().manual_seed(31)
     logits = torch.randn(shape, generator=g, dtype=torch.float64)
     mask = (torch.rand(shape, generator=g) < 0.3).long()
@@ -275,9 +342,9 @@ def test_torch_compile_fullgraph_and_opcheck():
     (g_compiled,) = torch.autograd.grad(out, x)
     assert torch.allclose(out, eager) and torch.allclose(g_compiled, g_eager)
 
-    op = torch.ops.scc_fast.triton_correlation_2d.default
-    torch.library.opcheck(op, (p.clone().requires_grad_(True), t, 0, False, 0.5, 0.5, True, "ieee"))
-    torch.library.opcheck(op, (p, t, 0, True, 0.3, 0.7, False, "ieee"))
+    for op in (torch.ops.scc_fast.triton_correlation_2d.default, torch.ops.scc_fast.triton_correlation_2d_split.default):
+        torch.library.opcheck(op, (p.clone().requires_grad_(True), t, 0, False, 0.5, 0.5, True, "ieee"))
+        torch.library.opcheck(op, (p, t, 0, True, 0.3, 0.7, False, "ieee"))
 
 
 def test_unsupported_inputs_are_reported():

@@ -172,7 +172,7 @@ target = GPUTarget("cuda", 90, 32)  # H100 / H200
 f = "*fp32"
 TABLES = ["cos_w_ptr", "sin_w_ptr", "cos_h_ptr", "sin_h_ptr", "c1_ptr", "s1_ptr", "c2_ptr", "s2_ptr", "tw_c_ptr",
           "tw_s_ptr", "d1_ptr", "e1_ptr", "d2_ptr", "e2_ptr", "tv_c_ptr", "tv_s_ptr"]
-SLICE_INTS = ["pair0", "n_slices", "n_chan", "first_class", "D", "H", "W", "WH", "N1", "N2", "M1", "M2",
+SLICE_INTS = ["pair0", "n_slices", "n_chan", "first_class", "D", "H", "ROWS", "W", "WH", "N1", "N2", "M1", "M2",
               "PER_PROGRAM", "PAIR_WS"]
 
 
@@ -186,15 +186,18 @@ for labels, four in ((True, True), (False, False)):
     lab = "*i64" if labels else f
     fs = dict(FOUR_STEP=four, N1P=16, N2P=16, FOUR_STEP_W=four, M1P=16, M2P=16)
     blocks = dict(PRECISION="tf32", BM=bm, BN=bn, BK=bk)
-    compile_(m._scc3d_slices_fwd, dict(probs_ptr=f, target_ptr=lab, **{t: f for t in TABLES}, scratch_ptr=f, ws_ptr=f,
-             stats_ptr=f, **{i: "i32" for i in SLICE_INTS}), dict(LABELS=labels, **blocks, **fs), warps, stages)
-    compile_(m._scc3d_slices_inv, dict(probs_ptr=f, target_ptr=lab, **{t: f for t in TABLES}, scratch_ptr=f, ws_ptr=f,
-             coef_ptr=f, grad_ptr=f, **{i: "i32" for i in SLICE_INTS}, n_vox="fp32"),
-             dict(LABELS=labels, INCLUDE_DC=not labels, **blocks, **fs), warps, stages)
+    for rows_only in (False, True):  # 3D slices; blocks of rows of the 2D split (no column DFT)
+        sfs = dict(fs, FOUR_STEP=four and not rows_only, ROWS_ONLY=rows_only)
+        compile_(m._scc3d_slices_fwd, dict(probs_ptr=f, target_ptr=lab, **{t: f for t in TABLES}, scratch_ptr=f,
+                 ws_ptr=f, stats_ptr=f, **{i: "i32" for i in SLICE_INTS}), dict(LABELS=labels, **blocks, **sfs),
+                 warps, stages)
+        compile_(m._scc3d_slices_inv, dict(probs_ptr=f, target_ptr=lab, **{t: f for t in TABLES}, scratch_ptr=f,
+                 ws_ptr=f, coef_ptr=f, grad_ptr=f, **{i: "i32" for i in SLICE_INTS}, n_vox="fp32"),
+                 dict(LABELS=labels, INCLUDE_DC=not labels, **blocks, **sfs), warps, stages)
     compile_(m._scc3d_depth_fwd, dict(ws_ptr=f, parts_ptr=f, cos_d_ptr=f, sin_d_ptr=f, D="i32", W="i32", WH="i32",
              NBINS="i32", N_BLOCKS="i32", PAIR_WS="i64"), dict(INCLUDE_DC=labels, NEED_GRAD=labels, **blocks), warps, stages)
     compile_(m._scc3d_scalars, dict(stats_ptr=f, parts_ptr=f, scc_ptr=f, valid_ptr="*i8", coef_ptr=f, pair0="i32",
-             D="i32", HW="i32", N_BLOCKS="i32", n_vox="fp32", magnitude_weight="fp32", phase_weight="fp32"),
+             D="i32", HW="i32", LAST_HW="i32", N_BLOCKS="i32", n_vox="fp32", magnitude_weight="fp32", phase_weight="fp32"),
              dict(LABELS=labels, INCLUDE_DC=labels, NEED_GRAD=labels, BD=128, BB=1024))
     compile_(m._scc3d_depth_inv, dict(ws_ptr=f, coef_ptr=f, cos_d_ptr=f, sin_d_ptr=f, D="i32", NBINS="i32",
              N_BLOCKS="i32", PAIR_WS="i64"), dict(INCLUDE_DC=labels, **blocks), warps, stages)

@@ -1,5 +1,6 @@
 """Backend "triton": SCC forward and gradient in Triton kernels that do the DFT themselves, for
-2D input in one fused launch and for 3D input in five launches that share its code (below).
+2D input in one fused launch and for 3D input in five launches that share its code (below);
+2D input can also take the 3D passes (the split mode, at the end).
 
 2D input (B x C' x H x W). One program handles one (image, class) pair at a time (a persistent
 grid loops over pairs) and does all of SPEC section 2 for it:
@@ -72,9 +73,19 @@ per-program scratch (2 x H x (W // 2 + 1) + 2 x H x BN + 2 x BM x W floats). Onl
 the slice spectra in a workspace was not written: no GPU was available to measure either, and
 the GPU block sizes of the depth passes (``GPU_BLOCKS``, clipped to D) are not tuned.
 
-The ops are registered as ``torch.ops.scc_fast.triton_correlation_2d`` and
-``torch.ops.scc_fast.triton_correlation_3d`` (``torch.library.custom_op`` with a fake
-implementation and ``register_autograd``), so ``torch.compile`` traces through them without a
+2D split mode (``SCC_FAST_TRITON_2D=split`` or :data:`mode_2d`): the fused kernel gives a pair to
+one program, so a call with fewer pairs than SMs leaves SMs idle (16 x 2 x 512 x 512: 32 pairs
+for 132 SMs, GPU run 2). The split mode runs 2D input through the five 3D launches instead, with
+blocks of rows as the slices: launch 1 transforms each block along W only (``ROWS_ONLY``; the
+last block may be shorter, and the per-slice spatial sums are combined as for 3D), launches 2 and
+4 do the DFT along H over blocks of the W // 2 + 1 frequency columns (the depth pass, direct
+DFT), launch 5 inverts each block along W and adds the spatial terms. Many programs per pair,
+about 10 bytes per pixel and class of transient workspace. Not yet timed on a GPU, so "fused"
+stays the default; ``bench/gpu_triton_check.py`` measures both.
+
+The ops are registered as ``torch.ops.scc_fast.triton_correlation_2d``,
+``torch.ops.scc_fast.triton_correlation_2d_split`` and ``torch.ops.scc_fast.triton_correlation_3d``
+(``torch.library.custom_op`` with a fake implementation and ``register_autograd``), so ``torch.compile`` traces through them without a
 graph break. Their backward multiplies the gradient saved by the forward by the per-pair
 upstream gradient.
 """
@@ -98,7 +109,9 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     tl = None
     _IMPORT_ERROR = f"triton is not importable ({exc})"
 
-__all__ = ["correlation", "unavailable_reason", "unsupported_reason", "input_precision", "PRECISIONS"]
+__all__ = [
+    "correlation", "unavailable_reason", "unsupported_reason", "input_precision", "PRECISIONS", "mode_2d", "MODES_2D",
+]
 
 #: Read once: the interpreter is chosen by Triton when the kernel is decorated (at import).
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -859,19 +872,26 @@ if triton is not None:
         return scratch, scratch + plane, z_r, z_i, w_r, w_i
 
     @triton.jit
-    def _slice_maps(sl, pair0, n_chan, first_class, D, hw, probs_ptr, target_ptr, LABELS: tl.constexpr):
-        """Slice sl of the chunk: its pair in the chunk, depth d, class label, global slice index
-        and the H x W maps of p and of the target (the image's labels, or the pair's float map)."""
+    def _slice_maps(
+        sl, pair0, n_chan, first_class, D, H, ROWS, W, probs_ptr, target_ptr, LABELS: tl.constexpr
+    ):
+        """Slice sl of the chunk (D slices of H rows per pair; a pair's map has ROWS rows of W, so
+        the last slice may be shorter): its pair in the chunk, index d, rows, class label, the
+        element offset of its first voxel in the B x C' maps, and the maps of p and of the target
+        (the image's labels, or the pair's float map) there."""
         pair = sl // D
         d = sl % D
+        rows = tl.minimum(H, ROWS - d * H)
         gpair = pair0 + pair
         cls = first_class + gpair % n_chan
-        g_slice = tl.cast(gpair, tl.int64) * D + d
+        pair_elems = tl.cast(ROWS, tl.int64) * W
+        in_map = tl.cast(d, tl.int64) * H * W
+        elem = tl.cast(gpair, tl.int64) * pair_elems + in_map
         if LABELS:
-            t_base = target_ptr + (tl.cast(gpair // n_chan, tl.int64) * D + d) * hw
+            t_base = target_ptr + tl.cast(gpair // n_chan, tl.int64) * pair_elems + in_map
         else:
-            t_base = target_ptr + g_slice * hw
-        return pair, d, cls, g_slice, probs_ptr + g_slice * hw, t_base
+            t_base = target_ptr + elem
+        return pair, d, rows, cls, elem, probs_ptr + elem, t_base
 
     @triton.jit
     def _slice_spectrum(
@@ -920,27 +940,31 @@ if triton is not None:
         probs_ptr, target_ptr,  # B*C' x D x H x W probs; labels B x D x H x W or float B*C' x D x H x W
         cos_w_ptr, sin_w_ptr, cos_h_ptr, sin_h_ptr, c1_ptr, s1_ptr, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
         d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr,  # the 2D kernel's tables
-        scratch_ptr,  # per program: 2 x H x WH + 2 x H x BN + 2 x BM x W float32
-        ws_ptr,  # per pair of the chunk: 5 x D x H x WH float32 (P2 re, im; Y2 re, im; B)
+        scratch_ptr,  # per program: 2 x H x WH + 2 x H x BN + 2 x BM x W float32 (2 x BM x W: ROWS_ONLY)
+        ws_ptr,  # per pair of the chunk: 5 x ROWS x WH float32 (P2 re, im; Y2 re, im; B)
         stats_ptr,  # per slice of the chunk: 6 float32 spatial sums
-        pair0, n_slices, n_chan, first_class, D, H, W, WH, N1, N2, M1, M2, PER_PROGRAM, PAIR_WS,
-        LABELS: tl.constexpr, PRECISION: tl.constexpr,
+        pair0, n_slices, n_chan, first_class, D, H, ROWS, W, WH, N1, N2, M1, M2, PER_PROGRAM, PAIR_WS,
+        LABELS: tl.constexpr, ROWS_ONLY: tl.constexpr, PRECISION: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
         FOUR_STEP: tl.constexpr, N1P: tl.constexpr, N2P: tl.constexpr,
         FOUR_STEP_W: tl.constexpr, M1P: tl.constexpr, M2P: tl.constexpr,
     ):
-        """Launch 1: per (pair, depth slice), the slice's spatial sums and the half spectra of its
-        p and y maps (2D transforms over H and W), into the workspace. Persistent grid."""
+        """Launch 1: per (pair, slice), the slice's spatial sums and the half spectra of its p and
+        y maps into the workspace: 2D transforms over H and W (3D: a slice is a depth plane), or
+        with ROWS_ONLY the transform along W alone (2D split: a slice is a block of H rows of the
+        map, and the column DFT is the depth pass's). Persistent grid."""
         pid = tl.program_id(0)
         n_prog = tl.num_programs(0)
-        hw = H * W
         plane = H * WH
-        vol = tl.cast(D, tl.int64) * plane
-        x1r, x1i, z_r, z_i, w_r, w_i = _slice_scratch(scratch_ptr, pid, PER_PROGRAM, plane, H, W, BM, BN)
+        vol = tl.cast(ROWS, tl.int64) * WH
+        if ROWS_ONLY:
+            x1r, x1i, z_r, z_i, w_r, w_i = _slice_scratch(scratch_ptr, pid, PER_PROGRAM, 0, 0, W, BM, BN)
+        else:
+            x1r, x1i, z_r, z_i, w_r, w_i = _slice_scratch(scratch_ptr, pid, PER_PROGRAM, plane, H, W, BM, BN)
         for sl in range(pid, n_slices, n_prog):
-            pair, d, cls, g_slice, p_base, t_base = _slice_maps(
-                sl, pair0, n_chan, first_class, D, hw, probs_ptr, target_ptr, LABELS)
-            s_p, s_y, m2_p, pyc, py, m2_y = _spatial_sums(p_base, t_base, H, W, cls, LABELS, BM, BN)
+            pair, d, rows, cls, elem, p_base, t_base = _slice_maps(
+                sl, pair0, n_chan, first_class, D, H, ROWS, W, probs_ptr, target_ptr, LABELS)
+            s_p, s_y, m2_p, pyc, py, m2_y = _spatial_sums(p_base, t_base, rows, W, cls, LABELS, BM, BN)
             st = stats_ptr + tl.cast(sl, tl.int64) * 6
             tl.store(st + 0, s_p)
             tl.store(st + 1, s_y)
@@ -949,16 +973,24 @@ if triton is not None:
             tl.store(st + 4, py)
             tl.store(st + 5, m2_y)
             ws = ws_ptr + tl.cast(pair, tl.int64) * PAIR_WS + d * plane
-            _slice_spectrum(p_base, t_base, ws + 2 * vol, ws + 3 * vol, x1r, x1i, z_r, z_i, w_r, w_i,
-                            cos_w_ptr, sin_w_ptr, cos_h_ptr, sin_h_ptr, c1_ptr, s1_ptr, c2_ptr, s2_ptr,
-                            tw_c_ptr, tw_s_ptr, d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr,
-                            H, W, WH, N1, N2, M1, M2, cls, True, LABELS, FOUR_STEP, FOUR_STEP_W, PRECISION,
-                            BM, BN, BK, N1P, N2P, M1P, M2P)
-            _slice_spectrum(p_base, t_base, ws, ws + vol, x1r, x1i, z_r, z_i, w_r, w_i,
-                            cos_w_ptr, sin_w_ptr, cos_h_ptr, sin_h_ptr, c1_ptr, s1_ptr, c2_ptr, s2_ptr,
-                            tw_c_ptr, tw_s_ptr, d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr,
-                            H, W, WH, N1, N2, M1, M2, cls, False, LABELS, FOUR_STEP, FOUR_STEP_W, PRECISION,
-                            BM, BN, BK, N1P, N2P, M1P, M2P)
+            if ROWS_ONLY:
+                _row_pass(p_base, t_base, ws + 2 * vol, ws + 3 * vol, w_r, w_i, cos_w_ptr, sin_w_ptr,
+                          d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, rows, W, WH, M1, M2, cls,
+                          True, LABELS, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
+                _row_pass(p_base, t_base, ws, ws + vol, w_r, w_i, cos_w_ptr, sin_w_ptr,
+                          d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, rows, W, WH, M1, M2, cls,
+                          False, LABELS, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
+            else:
+                _slice_spectrum(p_base, t_base, ws + 2 * vol, ws + 3 * vol, x1r, x1i, z_r, z_i, w_r, w_i,
+                                cos_w_ptr, sin_w_ptr, cos_h_ptr, sin_h_ptr, c1_ptr, s1_ptr, c2_ptr, s2_ptr,
+                                tw_c_ptr, tw_s_ptr, d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr,
+                                H, W, WH, N1, N2, M1, M2, cls, True, LABELS, FOUR_STEP, FOUR_STEP_W,
+                                PRECISION, BM, BN, BK, N1P, N2P, M1P, M2P)
+                _slice_spectrum(p_base, t_base, ws, ws + vol, x1r, x1i, z_r, z_i, w_r, w_i,
+                                cos_w_ptr, sin_w_ptr, cos_h_ptr, sin_h_ptr, c1_ptr, s1_ptr, c2_ptr, s2_ptr,
+                                tw_c_ptr, tw_s_ptr, d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr,
+                                H, W, WH, N1, N2, M1, M2, cls, False, LABELS, FOUR_STEP, FOUR_STEP_W,
+                                PRECISION, BM, BN, BK, N1P, N2P, M1P, M2P)
 
     @triton.jit
     def _scc3d_depth_fwd(
@@ -1014,7 +1046,7 @@ if triton is not None:
 
     @triton.jit
     def _scc3d_scalars(
-        stats_ptr, parts_ptr, scc_ptr, valid_ptr, coef_ptr, pair0, D, HW, N_BLOCKS, n_vox,
+        stats_ptr, parts_ptr, scc_ptr, valid_ptr, coef_ptr, pair0, D, HW, LAST_HW, N_BLOCKS, n_vox,
         magnitude_weight, phase_weight,
         LABELS: tl.constexpr, INCLUDE_DC: tl.constexpr, NEED_GRAD: tl.constexpr,
         BD: tl.constexpr, BB: tl.constexpr,
@@ -1022,9 +1054,9 @@ if triton is not None:
         """Launch 3: per pair, the slices' spatial sums combined (centered sums by the parallel
         variance formula: no cancellation), the T parts summed, then the 2D kernel's per-pair
         scalars; SCC, valid and the gradient coefficients (c_a, c_ab, c_aa, c_re, flat_p, and the
-        means to subtract) written."""
+        means to subtract) written. A slice has HW voxels, the last LAST_HW (a 2D split's last
+        block of rows may be shorter)."""
         pair = tl.program_id(0)
-        hw = HW.to(tl.float32)
         st = stats_ptr + tl.cast(pair, tl.int64) * D * 6
         rd = tl.arange(0, BD)
         acc_p = tl.zeros([BD], dtype=tl.float32)
@@ -1048,6 +1080,7 @@ if triton is not None:
             m = ds < D
             sp_d = tl.load(st + ds * 6 + 0, mask=m, other=0.0)
             sy_d = tl.load(st + ds * 6 + 1, mask=m, other=0.0)
+            hw = tl.where(ds == D - 1, LAST_HW, HW).to(tl.float32)
             dp = tl.where(m, sp_d / hw - mean_p, 0.0)
             dy = tl.where(m, sy_d / hw - mean_y, 0.0)
             # sum (p - mean)^2 = sum_d [sum (p - mean_d)^2 + n_d (mean_d - mean)^2]; likewise the rest
@@ -1132,35 +1165,43 @@ if triton is not None:
         probs_ptr, target_ptr, cos_w_ptr, sin_w_ptr, cos_h_ptr, sin_h_ptr, c1_ptr, s1_ptr, c2_ptr, s2_ptr,
         tw_c_ptr, tw_s_ptr, d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr,
         scratch_ptr, ws_ptr, coef_ptr, grad_ptr,
-        pair0, n_slices, n_chan, first_class, D, H, W, WH, N1, N2, M1, M2, PER_PROGRAM, PAIR_WS, n_vox,
-        LABELS: tl.constexpr, INCLUDE_DC: tl.constexpr, PRECISION: tl.constexpr,
+        pair0, n_slices, n_chan, first_class, D, H, ROWS, W, WH, N1, N2, M1, M2, PER_PROGRAM, PAIR_WS, n_vox,
+        LABELS: tl.constexpr, ROWS_ONLY: tl.constexpr, INCLUDE_DC: tl.constexpr, PRECISION: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
         FOUR_STEP: tl.constexpr, N1P: tl.constexpr, N2P: tl.constexpr,
         FOUR_STEP_W: tl.constexpr, M1P: tl.constexpr, M2P: tl.constexpr,
     ):
-        """Launch 5: per (pair, depth slice), the 2D kernel's inverse column and row passes of the
-        slice's plane of the depth-inverted field, plus the spatial terms: dSCC/dp written."""
+        """Launch 5: per (pair, slice), the 2D kernel's inverse column and row passes of the
+        slice's plane of the depth-inverted field (with ROWS_ONLY the row pass alone: the depth
+        pass was the column DFT), plus the spatial terms: dSCC/dp written."""
         pid = tl.program_id(0)
         n_prog = tl.num_programs(0)
-        hw = H * W
         plane = H * WH
-        vol = tl.cast(D, tl.int64) * plane
-        x1r, x1i, z_r, z_i, w_r, w_i = _slice_scratch(scratch_ptr, pid, PER_PROGRAM, plane, H, W, BM, BN)
+        vol = tl.cast(ROWS, tl.int64) * WH
+        if ROWS_ONLY:
+            x1r, x1i, z_r, z_i, w_r, w_i = _slice_scratch(scratch_ptr, pid, PER_PROGRAM, 0, 0, W, BM, BN)
+        else:
+            x1r, x1i, z_r, z_i, w_r, w_i = _slice_scratch(scratch_ptr, pid, PER_PROGRAM, plane, H, W, BM, BN)
         for sl in range(pid, n_slices, n_prog):
-            pair, d, cls, g_slice, p_base, t_base = _slice_maps(
-                sl, pair0, n_chan, first_class, D, hw, probs_ptr, target_ptr, LABELS)
+            pair, d, rows, cls, elem, p_base, t_base = _slice_maps(
+                sl, pair0, n_chan, first_class, D, H, ROWS, W, probs_ptr, target_ptr, LABELS)
             cp = coef_ptr + pair * 8
             c_aa = tl.load(cp + 2)
             c_re = tl.load(cp + 3)
             off_p = tl.load(cp + 5)
             off_y = tl.load(cp + 6)
             ws = ws_ptr + tl.cast(pair, tl.int64) * PAIR_WS + d * plane
-            _inv_col_pass(ws, ws + vol, ws, x1r, x1i, z_r, z_i, cos_h_ptr, sin_h_ptr,
-                          c1_ptr, s1_ptr, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr, H, WH, N1, N2, 0.0, 0.0, False,
-                          False, FOUR_STEP, INCLUDE_DC, PRECISION, BM, BN, BK, N1P, N2P)
-            _inv_row_pass(x1r, x1i, w_r, w_i, p_base, t_base, grad_ptr + g_slice * hw, cos_w_ptr, sin_w_ptr,
-                          d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
-                          n_vox, c_aa, c_re, off_p, off_y, LABELS, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
+            if ROWS_ONLY:
+                _inv_row_pass(ws, ws + vol, w_r, w_i, p_base, t_base, grad_ptr + elem, cos_w_ptr, sin_w_ptr,
+                              d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, rows, W, WH, M1, M2, cls,
+                              n_vox, c_aa, c_re, off_p, off_y, LABELS, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
+            else:
+                _inv_col_pass(ws, ws + vol, ws, x1r, x1i, z_r, z_i, cos_h_ptr, sin_h_ptr,
+                              c1_ptr, s1_ptr, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr, H, WH, N1, N2, 0.0, 0.0, False,
+                              False, FOUR_STEP, INCLUDE_DC, PRECISION, BM, BN, BK, N1P, N2P)
+                _inv_row_pass(x1r, x1i, w_r, w_i, p_base, t_base, grad_ptr + elem, cos_w_ptr, sin_w_ptr,
+                              d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
+                              n_vox, c_aa, c_re, off_p, off_y, LABELS, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
             # The next slice overwrites the scratch this one has just read.
             tl.debug_barrier()
 
@@ -1336,19 +1377,31 @@ def _launch(probs, target, first_class, include_dc, magnitude_weight, phase_weig
     return scc.view(n_batch, n_chan), valid.view(n_batch, n_chan).bool(), grad
 
 
-#: 3D workspace per call, at most (bytes): pairs are processed in chunks whose workspace
-#: (``WORKSPACE_BYTES_PER_PAIR`` each, see :func:`workspace_bytes_per_pair`) fits; at least one
+#: Workspace of the sliced passes (3D, and 2D split) per call, at most (bytes): pairs are
+#: processed in chunks whose workspace (:func:`workspace_bytes_per_pair` each) fits; at least one
 #: pair per chunk. Each chunk costs its own five launches.
 WORKSPACE_BYTES = 1 << 30
 
 MIN_DEPTH, MAX_DEPTH = 2, 1024
 
+MODE_2D_ENV = "SCC_FAST_TRITON_2D"
+MODES_2D = ("fused", "split")
+#: How 2D input runs; None means ``$SCC_FAST_TRITON_2D`` or ``"fused"``. ``"fused"``: the one
+#: launch of :func:`_scc_fused_kernel`, one program per pair at a time. ``"split"``: the 3D passes
+#: with blocks of rows as slices (five launches, many programs per pair: for few pairs of large
+#: maps, e.g. 16 x 2 x 512 x 512, where "fused" keeps most SMs idle). Not timed on a GPU yet, so
+#: "fused" stays the default until a measurement says otherwise.
+mode_2d: str | None = None
+#: Rows per slice of the 2D split (None: the row block of the tiles); a test hook.
+split_rows: int | None = None
 
-def workspace_bytes_per_pair(D: int, H: int, W: int) -> int:
-    """Transient 3D workspace per (image, class) pair: 5 volumes of D x H x (W // 2 + 1) float32
-    (the slices' half spectra of p and y, re and im; B), plus 6 floats per slice of spatial sums
-    and 8 of coefficients; the T parts are 3 floats per block of bins."""
-    return 4 * (5 * D * H * (W // 2 + 1) + 6 * D + 8)
+
+def workspace_bytes_per_pair(D: int, H: int, W: int, n_slices: int | None = None) -> int:
+    """Transient workspace of the sliced passes per (image, class) pair: 5 volumes of D x H x
+    (W // 2 + 1) float32 (the slices' half spectra of p and y, re and im; B), plus 6 floats per
+    slice of spatial sums (D slices, or ``n_slices``) and 8 of coefficients; the T parts are 3
+    floats per block of bins. A 2D split is D = 1 with H rows in ``n_slices`` blocks."""
+    return 4 * (5 * D * H * (W // 2 + 1) + 6 * (D if n_slices is None else n_slices) + 8)
 
 
 def _depth_blocks(D: int, n_bins: int, precision: str) -> tuple[int, int, int, int, int]:
@@ -1362,64 +1415,91 @@ def _depth_blocks(D: int, n_bins: int, precision: str) -> tuple[int, int, int, i
     return bm, bn, bk, warps, stages
 
 
-def _launch3d(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad, precision):
-    """Run the 3D passes (five launches per chunk of pairs; three without the gradient).
+def _mode_2d() -> str:
+    value = mode_2d if mode_2d is not None else os.environ.get(MODE_2D_ENV, "").strip() or "fused"
+    if value not in MODES_2D:
+        raise ValueError(
+            f"the triton 2D mode ({MODE_2D_ENV} or scc_fast.backends.triton_scc.mode_2d) must be one of "
+            f"{', '.join(repr(m) for m in MODES_2D)}, got {value!r}"
+        )
+    return value
+
+
+def _launch_sliced(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad, precision):
+    """Run the sliced passes (five launches per chunk of pairs; three without the gradient) on
+    3D input (slices: depth planes, transformed over H and W; depth pass: along D) or on 2D input
+    (the split mode; slices: blocks of rows, transformed along W; depth pass: along H).
     Returns (scc B x C' float32, valid B x C' bool, grad float32 or empty)."""
     probs, target, labels, precision = _prepare(probs, target, precision)
-    n_batch, n_chan, D, H, W = probs.shape
+    n_batch, n_chan = probs.shape[:2]
+    H, W = probs.shape[-2:]
     WH = W // 2 + 1
-    n_bins = H * WH
     n_pairs = n_batch * n_chan
     device = probs.device
     tables, (n1, n2, m1, m2), constexprs = _slice_tables(H, W, device)
-    cos_d, sin_d = _twiddles(D, D, device)
     bm, bn, bk, warps, stages = _blocks(H, W, precision)
-    dbm, dbn, dbk, dwarps, dstages = _depth_blocks(D, n_bins, precision)
+    if probs.dim() == 5:
+        D = probs.shape[2]
+        per_pair, slice_rows, rows = D, H, D * H
+        depth, n_bins = D, H * WH
+        cos_d, sin_d = _twiddles(D, D, device)
+        # Per program: X1 (2 planes of H x WH), then 2 x H x BN (four-step along H) and
+        # 2 x BM x W (four-step along W), as in the 2D kernel.
+        per_program = 2 * H * WH + 2 * H * bn + 2 * bm * W
+        rows_only = False
+    else:
+        slice_rows = max(1, min(H, split_rows if split_rows is not None else bm))
+        per_pair, rows = -(-H // slice_rows), H
+        depth, n_bins = H, WH
+        cos_d, sin_d = tables[2], tables[3]  # the H x H tables: the depth pass is the column DFT
+        per_program = 2 * bm * W  # the four-step along W only
+        rows_only = True
+        constexprs = dict(constexprs, FOUR_STEP=False)  # no column DFT in the slices
+    dbm, dbn, dbk, dwarps, dstages = _depth_blocks(depth, n_bins, precision)
     n_blocks = -(-n_bins // dbn)
-    pair_ws = 5 * D * n_bins
-    chunk = max(1, min(n_pairs, WORKSPACE_BYTES // workspace_bytes_per_pair(D, H, W)))
+    pair_ws = 5 * rows * WH
+    chunk = max(1, min(n_pairs, WORKSPACE_BYTES // workspace_bytes_per_pair(1, rows, W, per_pair)))
     ws = torch.empty(chunk * pair_ws, dtype=torch.float32, device=device)
-    stats = torch.empty(chunk * D * 6, dtype=torch.float32, device=device)
+    stats = torch.empty(chunk * per_pair * 6, dtype=torch.float32, device=device)
     parts = torch.empty(chunk * n_blocks * 3, dtype=torch.float32, device=device)
     coefs = torch.empty(chunk * 8, dtype=torch.float32, device=device)
-    n_prog = _max_programs(device, chunk * D)
-    # Per program of the slice passes: X1 (2 planes of H x WH), then 2 x H x BN (four-step along
-    # H) and 2 x BM x W (four-step along W), as in the 2D kernel.
-    per_program = 2 * H * WH + 2 * H * bn + 2 * bm * W
+    n_prog = _max_programs(device, chunk * per_pair)
     scratch = torch.empty(n_prog * per_program, dtype=torch.float32, device=device)
     scc = torch.empty(n_pairs, dtype=torch.float32, device=device)
     valid = torch.empty(n_pairs, dtype=torch.int8, device=device)
     grad = torch.empty(probs.shape if need_grad else (0,), dtype=torch.float32, device=device)
-    n_vox = float(D * H * W)
-    slice_kw = dict(PRECISION=precision, BM=bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages, **constexprs)
+    n_vox = float(rows * W)
+    last_rows = rows - (per_pair - 1) * slice_rows
+    slice_kw = dict(ROWS_ONLY=rows_only, PRECISION=precision, BM=bm, BN=bn, BK=bk, num_warps=warps,
+                    num_stages=stages, **constexprs)
     depth_kw = dict(PRECISION=precision, BM=dbm, BN=dbn, BK=dbk, num_warps=dwarps, num_stages=dstages)
     for pair0 in range(0, n_pairs, chunk):
         n_here = min(chunk, n_pairs - pair0)
-        n_slices = n_here * D
+        n_slices = n_here * per_pair
         grid_slices = (min(n_prog, n_slices),)
         _scc3d_slices_fwd[grid_slices](
             probs, target, *tables, scratch, ws, stats,
-            pair0, n_slices, n_chan, int(first_class), D, H, W, WH, n1, n2, m1, m2, per_program, pair_ws,
-            LABELS=labels, **slice_kw,
+            pair0, n_slices, n_chan, int(first_class), per_pair, slice_rows, rows, W, WH, n1, n2, m1, m2,
+            per_program, pair_ws, LABELS=labels, **slice_kw,
         )
         _scc3d_depth_fwd[(n_here * n_blocks,)](
-            ws, parts, cos_d, sin_d, D, W, WH, n_bins, n_blocks, pair_ws,
+            ws, parts, cos_d, sin_d, depth, W, WH, n_bins, n_blocks, pair_ws,
             INCLUDE_DC=bool(include_dc), NEED_GRAD=bool(need_grad), **depth_kw,
         )
         _scc3d_scalars[(n_here,)](
-            stats, parts, scc, valid, coefs, pair0, D, H * W, n_blocks, n_vox,
+            stats, parts, scc, valid, coefs, pair0, per_pair, slice_rows * W, last_rows * W, n_blocks, n_vox,
             float(magnitude_weight), float(phase_weight),
             LABELS=labels, INCLUDE_DC=bool(include_dc), NEED_GRAD=bool(need_grad),
-            BD=max(16, min(1024, _next_pow2(D))), BB=max(16, min(1024, _next_pow2(n_blocks))),
+            BD=max(16, min(1024, _next_pow2(per_pair))), BB=max(16, min(1024, _next_pow2(n_blocks))),
         )
         if need_grad:
             _scc3d_depth_inv[(n_here * n_blocks,)](
-                ws, coefs, cos_d, sin_d, D, n_bins, n_blocks, pair_ws, INCLUDE_DC=bool(include_dc), **depth_kw,
+                ws, coefs, cos_d, sin_d, depth, n_bins, n_blocks, pair_ws, INCLUDE_DC=bool(include_dc), **depth_kw,
             )
             _scc3d_slices_inv[grid_slices](
                 probs, target, *tables, scratch, ws, coefs, grad,
-                pair0, n_slices, n_chan, int(first_class), D, H, W, WH, n1, n2, m1, m2, per_program, pair_ws,
-                n_vox, LABELS=labels, INCLUDE_DC=bool(include_dc), **slice_kw,
+                pair0, n_slices, n_chan, int(first_class), per_pair, slice_rows, rows, W, WH, n1, n2, m1, m2,
+                per_program, pair_ws, n_vox, LABELS=labels, INCLUDE_DC=bool(include_dc), **slice_kw,
             )
     return scc.view(n_batch, n_chan), valid.view(n_batch, n_chan).bool(), grad
 
@@ -1458,7 +1538,23 @@ def triton_correlation_3d(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """As :func:`triton_correlation_2d` for B x C' x D x H x W input, in five launches per chunk
     of pairs (three when ``need_grad`` is False)."""
-    return _launch3d(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad, precision)
+    return _launch_sliced(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad, precision)
+
+
+@torch.library.custom_op("scc_fast::triton_correlation_2d_split", mutates_args=())
+def triton_correlation_2d_split(
+    probs: torch.Tensor,
+    target: torch.Tensor,
+    first_class: int,
+    include_dc: bool,
+    magnitude_weight: float,
+    phase_weight: float,
+    need_grad: bool,
+    precision: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """As :func:`triton_correlation_2d` in the 2D split mode: the 3D passes with blocks of rows
+    as slices, five launches per chunk of pairs (three when ``need_grad`` is False)."""
+    return _launch_sliced(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad, precision)
 
 
 def _fake(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad, precision):
@@ -1471,6 +1567,7 @@ def _fake(probs, target, first_class, include_dc, magnitude_weight, phase_weight
 
 triton_correlation_2d.register_fake(_fake)
 triton_correlation_3d.register_fake(_fake)
+triton_correlation_2d_split.register_fake(_fake)
 
 
 # Backward scales the saved field by each pair's upstream gradient (reduction="none" gives any
@@ -1478,6 +1575,7 @@ triton_correlation_3d.register_fake(_fake)
 _setup_context, _backward = field_scaling_autograd("triton", n_inputs=8)
 triton_correlation_2d.register_autograd(_backward, setup_context=_setup_context)
 triton_correlation_3d.register_autograd(_backward, setup_context=_setup_context)
+triton_correlation_2d_split.register_autograd(_backward, setup_context=_setup_context)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1525,6 +1623,13 @@ def unsupported_reason(probs: torch.Tensor, target: torch.Tensor) -> str | None:
     return None
 
 
+def _op(probs: torch.Tensor):
+    """The registered op for this input: 3D, or 2D in the chosen mode (:data:`mode_2d`)."""
+    if probs.dim() == 5:
+        return triton_correlation_3d
+    return triton_correlation_2d_split if _mode_2d() == "split" else triton_correlation_2d
+
+
 def correlation(
     probs: torch.Tensor,
     target: torch.Tensor,
@@ -1548,7 +1653,7 @@ def correlation(
     if reason is not None:
         raise RuntimeError(f"backend 'triton' cannot run: {reason}")
     need_grad = probs.requires_grad and torch.is_grad_enabled()
-    op = triton_correlation_2d if probs.dim() == 4 else triton_correlation_3d
+    op = _op(probs)
     scc, valid, _ = op(
         probs, target, int(first_class), bool(include_dc), float(magnitude_weight), float(phase_weight),
         need_grad, _precision(),
@@ -1561,7 +1666,7 @@ def correlation_field(probs, target, first_class, include_dc, magnitude_weight, 
     reason = unavailable_reason() or unsupported_reason(probs, target)
     if reason is not None:
         raise RuntimeError(f"backend 'triton' cannot run: {reason}")
-    op = triton_correlation_2d if probs.dim() == 4 else triton_correlation_3d
+    op = _op(probs)
     with torch.no_grad():
         return op(
             probs, target, int(first_class), bool(include_dc), float(magnitude_weight), float(phase_weight),
