@@ -144,8 +144,9 @@ def test_degenerate_float_target(rank):
         assert bool(valid[0, 0]) == include_dc and not valid[1, 1]
 
 
+@pytest.mark.parametrize("rank", ["2d", "2d-split"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_inputs_are_read_as_float32(dtype):
+def test_half_inputs_are_read_as_float32(dtype, rank):
     probs, target = make_inputs((2, 2, 12, 10), labels=True, seed=13)
     rounded = probs.to(dtype)
     ref, _ = reference_correlation(rounded.double(), target)

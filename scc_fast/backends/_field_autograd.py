@@ -1,6 +1,6 @@
 """Autograd of the registered ops that return ``(scc, valid, field)`` with ``field = dSCC/dprobs``
 computed in the forward call: backward is the field scaled by each pair's upstream gradient.
-Shared by the Triton ops (``triton_correlation_2d``/``_3d``, ``triton_fft_correlation``)."""
+Shared by the Triton ops (``triton_correlation_2d``/``_2d_split``/``_3d``, ``triton_fft_correlation``)."""
 
 from __future__ import annotations
 

@@ -1509,54 +1509,6 @@ def _launch_sliced(probs, target, first_class, include_dc, magnitude_weight, pha
 # --------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("scc_fast::triton_correlation_2d", mutates_args=())
-def triton_correlation_2d(
-    probs: torch.Tensor,
-    target: torch.Tensor,
-    first_class: int,
-    include_dc: bool,
-    magnitude_weight: float,
-    phase_weight: float,
-    need_grad: bool,
-    precision: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """SCC (B x C' float32), valid (B x C' bool) and dSCC/dp (B x C' x H x W float32; empty
-    when ``need_grad`` is False) in one kernel launch."""
-    return _launch(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad, precision)
-
-
-@torch.library.custom_op("scc_fast::triton_correlation_3d", mutates_args=())
-def triton_correlation_3d(
-    probs: torch.Tensor,
-    target: torch.Tensor,
-    first_class: int,
-    include_dc: bool,
-    magnitude_weight: float,
-    phase_weight: float,
-    need_grad: bool,
-    precision: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """As :func:`triton_correlation_2d` for B x C' x D x H x W input, in five launches per chunk
-    of pairs (three when ``need_grad`` is False)."""
-    return _launch_sliced(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad, precision)
-
-
-@torch.library.custom_op("scc_fast::triton_correlation_2d_split", mutates_args=())
-def triton_correlation_2d_split(
-    probs: torch.Tensor,
-    target: torch.Tensor,
-    first_class: int,
-    include_dc: bool,
-    magnitude_weight: float,
-    phase_weight: float,
-    need_grad: bool,
-    precision: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """As :func:`triton_correlation_2d` in the 2D split mode: the 3D passes with blocks of rows
-    as slices, five launches per chunk of pairs (three when ``need_grad`` is False)."""
-    return _launch_sliced(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad, precision)
-
-
 def _fake(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad, precision):
     n_batch, n_chan = probs.shape[:2]
     scc = probs.new_empty((n_batch, n_chan), dtype=torch.float32)
@@ -1565,17 +1517,48 @@ def _fake(probs, target, first_class, include_dc, magnitude_weight, phase_weight
     return scc, valid, grad
 
 
-triton_correlation_2d.register_fake(_fake)
-triton_correlation_3d.register_fake(_fake)
-triton_correlation_2d_split.register_fake(_fake)
-
-
 # Backward scales the saved field by each pair's upstream gradient (reduction="none" gives any
 # B x C' weights), over every spatial dim.
 _setup_context, _backward = field_scaling_autograd("triton", n_inputs=8)
-triton_correlation_2d.register_autograd(_backward, setup_context=_setup_context)
-triton_correlation_3d.register_autograd(_backward, setup_context=_setup_context)
-triton_correlation_2d_split.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _register(name: str, launch, doc: str):
+    """``torch.ops.scc_fast.<name>``: (scc B x C' float32, valid B x C' bool, dSCC/dp float32 of
+    the input's shape or empty when ``need_grad`` is False) by ``launch``, with a fake
+    implementation and autograd."""
+
+    def op(
+        probs: torch.Tensor,
+        target: torch.Tensor,
+        first_class: int,
+        include_dc: bool,
+        magnitude_weight: float,
+        phase_weight: float,
+        need_grad: bool,
+        precision: str,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return launch(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad, precision)
+
+    op.__name__ = op.__qualname__ = name
+    op.__doc__ = doc
+    registered = torch.library.custom_op(f"scc_fast::{name}", op, mutates_args=())
+    registered.register_fake(_fake)
+    registered.register_autograd(_backward, setup_context=_setup_context)
+    return registered
+
+
+triton_correlation_2d = _register(
+    "triton_correlation_2d", _launch, "2D input (B x C' x H x W) in one launch of the fused kernel."
+)
+triton_correlation_2d_split = _register(
+    "triton_correlation_2d_split", _launch_sliced,
+    "2D input in the split mode: the 3D passes with blocks of rows as slices, five launches per chunk of "
+    "pairs (three when need_grad is False).",
+)
+triton_correlation_3d = _register(
+    "triton_correlation_3d", _launch_sliced,
+    "3D input (B x C' x D x H x W) in five launches per chunk of pairs (three when need_grad is False).",
+)
 
 
 # --------------------------------------------------------------------------------------------
