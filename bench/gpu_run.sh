@@ -3,7 +3,7 @@
 # Run from the repository root on the device machine:  bash bench/gpu_run.sh "$OUT"
 # Each stage has its own time limit and failures do not stop later stages; everything lands in
 # OUTDIR (the device tool returns at most 8 files, so the logs are bundled into one archive).
-# Stage limits add up to 565 s, under the device tool's 600 s per command.
+# Stage limits add up to 570 s, under the device tool's 600 s per command.
 set -u
 OUTDIR=${1:-gpu_out}
 mkdir -p "$OUTDIR/work"
@@ -27,11 +27,13 @@ stage() {  # stage NAME SECONDS CMD...
 }
 
 [ -f bench/gpu_triton_check.py ] && stage triton2d 165 python3 bench/gpu_triton_check.py --out "$W/triton2d"
-[ -f bench/gpu_3d_check.py ] && stage hybrid3d 190 python3 bench/gpu_3d_check.py --out "$W/hybrid3d"
+[ -f bench/gpu_3d_check.py ] && stage hybrid3d 175 python3 bench/gpu_3d_check.py --out "$W/hybrid3d" --budget 165
 [ -f bench/gpu_reliability_check.py ] && stage reliability 45 python3 bench/gpu_reliability_check.py --out "$W/reliability"
 # After the checks above, so the Triton kernels are compiled and cached: where each step's time goes.
 [ -f bench/gpu_profile.py ] && stage profile 45 python3 bench/gpu_profile.py --out "$W/profile" --budget 30
-[ -f bench/gpu_bench.sh ] && stage suite 120 bash bench/gpu_bench.sh "$W/suite"
+# Tile configurations and programs per SM of backend triton (fused and split 2D), default first.
+[ -f bench/gpu_tune.py ] && stage tune 70 python3 bench/gpu_tune.py --out "$W/tune" --budget 55
+[ -f bench/gpu_bench.sh ] && stage suite 70 bash bench/gpu_bench.sh "$W/suite" 50
 
 tar -czf "$OUTDIR/gpu_results.tgz" -C "$OUTDIR" work
 ls -la "$OUTDIR"

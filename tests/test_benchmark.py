@@ -317,6 +317,36 @@ def test_gpu_profile_script_refuses_bad_arguments(tmp_path):
         assert done.returncode == 2 and "no CUDA device" in done.stderr
 
 
+def test_gpu_tune_script_dry_run_on_cpu(tmp_path):
+    """bench/gpu_tune.py (a stage of the prepared GPU call) runs on CPU under the interpreter: the
+    default configuration of each 2D mode is timed and agrees with the fused default; rows past
+    the budget are listed as skipped; without CUDA and --smoke it refuses."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_tune.py"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300, env=env)
+
+    done = run("--smoke", "--configs", "2", "--reps", "1", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [r["mode"] for r in rows] == ["fused", "split"], rows
+    for r in rows:
+        assert r["ms"] > 0 and r["rel_diff_loss"] <= 1e-5 and r["rel_diff_grad"] <= 1e-5, r
+    assert "| smoke-2d | split | 64, 32, 32 | 8 | 2 | 1 |" in (tmp_path / "results.md").read_text()
+    done = run("--smoke", "--budget", "0", "--out", str(tmp_path))
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert done.returncode == 0 and len(rows) == 8 and all("time budget" in r["skipped"] for r in rows), rows
+    if not torch.cuda.is_available():
+        done = run("--out", str(tmp_path))
+        assert done.returncode == 2 and "no CUDA device" in done.stderr
+
+
 def _run_native_fft_ab(*args):
     import subprocess
     import sys

@@ -1282,13 +1282,19 @@ def _blocks(H: int, W: int, precision: str = "tf32") -> tuple[int, int, int, int
     return bm, bn, bk, warps, stages
 
 
+#: Programs per SM in the persistent grids (each holds its own scratch). 1: a program of the
+#: default blocks holds ~230 registers x 256 threads, so only one fits on an SM; smaller blocks or
+#: fewer warps may fit more (``bench/gpu_tune.py`` measures that). Not timed on a GPU yet.
+programs_per_sm: int = 1
+
+
 def _max_programs(device: torch.device, n_pairs: int) -> int:
-    """Programs in the persistent grid: one per SM at most (a program holds ~230 registers x 256
-    threads, so one fits per SM; more would only wait, holding their scratch)."""
+    """Programs in a persistent grid: :data:`programs_per_sm` per SM at most (more would only
+    wait, holding their scratch)."""
     if device.type != "cuda":
         return n_pairs
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(n_pairs, sms))
+    return max(1, min(n_pairs, sms * max(1, int(programs_per_sm))))
 
 
 def _precision() -> str:

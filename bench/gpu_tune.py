@@ -1,0 +1,204 @@
+"""Tile configurations of backend "triton" on the GPU: one stage of the prepared GPU call.
+
+GPU run 2 put the fused 2D kernel at 2.9 ms (synapse-2d) and 7.1 ms (polyp-2d) per forward +
+backward, about 1% of the HBM roofline; its tile sizes (``triton_scc.GPU_BLOCKS``) were chosen
+without a GPU, only so that ptxas reports no spills. This script times, per SPEC 2D case, the
+fused kernel and the split mode (``triton_scc.mode_2d = "split"``) under a few configurations
+(BM, BN, BK, num_warps, num_stages, programs per SM), TF32 dots, logits + int64 labels + softmax,
+``scc_loss(..., validate=False)``; the first configuration of each mode is the default. Each row:
+median forward + backward ms (CUDA events, after a warm-up call that compiles), peak memory
+above the inputs, and the relative difference of loss and gradient to the default configuration
+of the fused kernel (all should agree within TF32's 5e-3).
+
+Rows go in the order of ``CONFIGS`` x cases, so when ``--budget`` runs out the most informative
+ones are done; ``results.json`` / ``results.md`` are written after every row.
+
+    python bench/gpu_tune.py --out /tmp/tune                                  # on the GPU
+    TRITON_INTERPRET=1 python bench/gpu_tune.py --smoke --out /tmp/tune       # CPU dry run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+if "--smoke" in sys.argv and not os.environ.get("TRITON_INTERPRET"):
+    os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: a CPU dry run
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import scc_fast  # noqa: E402
+from scc_fast.backends import triton_scc  # noqa: E402
+
+CASES = {"synapse-2d": (24, 9, 224, 224), "polyp-2d": (16, 2, 512, 512)}
+SMOKE_CASES = {"smoke-2d": (2, 3, 16, 20)}
+# (mode, BM, BN, BK, num_warps, num_stages, programs per SM); the first of each mode is the default.
+CONFIGS = [
+    ("fused", 64, 32, 32, 8, 2, 1),
+    ("split", 64, 32, 32, 8, 2, 1),
+    ("fused", 64, 32, 32, 4, 2, 2),
+    ("split", 64, 32, 32, 4, 2, 2),
+    ("fused", 32, 32, 32, 4, 2, 2),
+    ("split", 32, 32, 32, 4, 2, 3),
+    ("fused", 64, 64, 32, 8, 2, 1),
+    ("fused", 32, 32, 16, 4, 3, 3),
+]
+T0 = time.perf_counter()
+
+
+def elapsed() -> float:
+    return time.perf_counter() - T0
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step(x, labels):
+    x.grad = None
+    loss = scc_fast.scc_loss(x, labels, softmax=True, backend="triton", validate=False)
+    loss.backward()
+    return loss.detach()
+
+
+def median_ms(x, labels, device, reps):
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            step(x, labels)
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t = time.perf_counter()
+            step(x, labels)
+            times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def peak_mib(x, labels, device):
+    if device.type != "cuda":
+        return None
+    sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    step(x, labels)
+    sync(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+
+def rel(a, b):
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes on CPU under TRITON_INTERPRET=1")
+    ap.add_argument("--budget", type=float, default=60.0, help="seconds: no row starts after this")
+    ap.add_argument("--reps", type=int, default=7, help="timed steps per row")
+    ap.add_argument("--configs", type=int, default=len(CONFIGS), help="only the first N configurations")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.smoke and not torch.cuda.is_available():
+        print("gpu_tune.py: no CUDA device (use --smoke for a dry run on CPU)", file=sys.stderr)
+        return 2
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    cases = SMOKE_CASES if args.smoke else CASES
+    default_blocks = triton_scc.GPU_BLOCKS["tf32"]
+    env = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (interpreter)",
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": os.environ.get("SCC_FAST_COMMIT") or (Path(".git_commit").read_text().strip()
+                                                        if Path(".git_commit").exists() else "unknown"),
+    }
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        pass
+    inputs, baseline, rows = {}, {}, []
+    for mode, bm, bn, bk, warps, stages, pps in CONFIGS[: args.configs]:
+        for name, shape in cases.items():
+            row = dict(case=name, shape=list(shape), mode=mode, blocks=[bm, bn, bk], num_warps=warps,
+                       num_stages=stages, programs_per_sm=pps)
+            rows.append(row)
+            if elapsed() > args.budget:
+                row["skipped"] = f"time budget ({args.budget:.0f} s) used"
+                continue
+            try:
+                if name not in inputs:
+                    g = torch.Generator(device=device).manual_seed(0)
+                    logits = (2.0 * torch.randn(shape, generator=g, device=device)).requires_grad_(True)
+                    labels = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g, device=device)
+                    inputs[name] = (logits, labels)
+                x, labels = inputs[name]
+                triton_scc.GPU_BLOCKS["tf32"] = (bm, bn, bk, warps, stages)
+                triton_scc.programs_per_sm = pps
+                triton_scc.mode_2d = mode
+                t = time.perf_counter()
+                loss = step(x, labels)
+                sync(device)
+                row["first_call_s"] = round(time.perf_counter() - t, 2)  # compilation included
+                grad = x.grad.detach().clone()
+                if name not in baseline:
+                    baseline[name] = (loss, grad)
+                row["rel_diff_loss"] = rel(loss, baseline[name][0])
+                row["rel_diff_grad"] = rel(grad, baseline[name][1])
+                del grad
+                row["peak_mib"] = peak_mib(x, labels, device)
+                row["ms"] = median_ms(x, labels, device, args.reps)
+            except Exception as exc:  # noqa: BLE001 - one configuration failing must not lose the rest
+                row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                traceback.print_exc()
+            finally:
+                triton_scc.GPU_BLOCKS["tf32"] = default_blocks
+                triton_scc.programs_per_sm = 1
+                triton_scc.mode_2d = None
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            print(f"[{elapsed():5.0f}s] {json.dumps(row)}", flush=True)
+            write(out, env, rows)
+    write(out, env, rows)
+    print(markdown(env, rows))
+    return 0
+
+
+def markdown(env, rows) -> str:
+    lines = [
+        f"<!-- {env['device']}, torch {env['torch']}, triton {env.get('triton')}, {env['date']}, commit {env['commit']} -->",
+        "| case | mode | BM, BN, BK | warps | stages | programs/SM | fwd+bwd ms | peak MiB | rel diff loss / grad | first call s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "ms" in r:
+            peak = "-" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
+            res = (f"{r['ms']:.3f} | {peak} | {r['rel_diff_loss']:.1e} / {r['rel_diff_grad']:.1e} | "
+                   f"{r['first_call_s']}")
+        else:
+            res = f"{r.get('error') or r.get('skipped')} | - | - | -"
+        lines.append(f"| {r['case']} | {r['mode']} | {', '.join(map(str, r['blocks']))} | {r['num_warps']} | "
+                     f"{r['num_stages']} | {r['programs_per_sm']} | {res} |")
+    return "\n".join(lines)
+
+
+def write(out: Path, env, rows) -> None:
+    (out / "results.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1) + "\n")
+    (out / "results.md").write_text(markdown(env, rows) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
