@@ -6,7 +6,8 @@ For each case (logits in, integer labels, softmax, forward + backward of ``scc_l
    the 2D split mode, ``SCC_FAST_TRITON_2D=split``, at each precision) against backend
    "reference" run in float64 on the same GPU, as ||out - ref|| / ||ref||
    (SPEC section 4: TF32 <= 5e-3, IEEE / 3xTF32 <= 1e-5);
-2. median forward + backward time and peak memory above the inputs for triton (fused and split),
+2. median forward + backward time and peak memory above the inputs for triton (fused and split;
+   softmax in its kernels, or "p-first": the probabilities computed before them),
    torch, reference eager and reference under ``torch.compile``, with ratios against the
    reference, all measured in this run on this device; and the roofline (bytes that must move /
    measured copy bandwidth).
@@ -206,6 +207,7 @@ def run_case(name, shape, device, args, budget_s):
         ("reference+compile", "reference", "compile"),
         ("torch", "torch", None),
         ("torch[unfused]", "torch", "unfused"),
+        (f"triton[{first},p-first]", "triton", first),
         (f"triton[{first},unfused]", "triton", "unfused"),
     ] + [(f"triton[{p}]", "triton", p) for p in args.precisions[1:]]
     for label, backend, opt in contenders:
@@ -221,6 +223,8 @@ def run_case(name, shape, device, args, budget_s):
             if backend == "triton" and opt != "unfused":
                 triton_scc.input_precision = opt
             triton_scc.mode_2d = "split" if label.endswith(",split]") else None
+            # "p-first": the probabilities computed before the kernel (not from statistics inside it).
+            triton_scc.activation_in_kernel = not label.endswith(",p-first]")
             # "unfused": the activation applied with torch ops outside the backend (A/B of the fusion).
             scc_fast.functional.FUSE_ACTIVATION = opt != "unfused"
             row["time_ms"][label] = time_median(fn, logits, labels, device, reps=args.reps)
@@ -231,6 +235,7 @@ def run_case(name, shape, device, args, budget_s):
         finally:
             triton_scc.input_precision = None
             triton_scc.mode_2d = None
+            triton_scc.activation_in_kernel = True
             scc_fast.functional.FUSE_ACTIVATION = True
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -149,3 +149,54 @@ def test_unfused_switch_gives_the_same_result(backend, monkeypatch):
     unfused.backward()
     assert rel_err(fused.detach(), unfused.detach()) <= 1e-10
     assert rel_err(x1.grad, x2.grad) <= 1e-10
+
+
+TRITON = available("triton")
+
+
+@pytest.mark.skipif(not TRITON, reason="backend triton not available (no CUDA, no TRITON_INTERPRET=1)")
+@pytest.mark.parametrize("in_kernel", [True, False])
+@pytest.mark.parametrize("mode", ["fused", "split"])
+@pytest.mark.parametrize("act", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("include_background,ignore_index", [(True, None), (False, 255), (True, 1)])
+def test_triton_activation_in_kernel_or_outside(monkeypatch, in_kernel, mode, act, include_background, ignore_index):
+    """Backend triton computes p inside its kernels from per-voxel statistics (default), or gets
+    the probabilities (activation_in_kernel=False); both 2D modes; the float64 reference decides."""
+    from scc_fast.backends import triton_scc
+
+    monkeypatch.setattr(triton_scc, "activation_in_kernel", in_kernel)
+    monkeypatch.setattr(triton_scc, "mode_2d", mode)
+    monkeypatch.setattr(triton_scc, "split_rows", 4)  # 3 blocks of rows, the last of 1
+    out, ref, grad, ref_grad = fused_vs_reference("triton", act, include_background, ignore_index, (2, 3, 9, 12),
+                                                  torch.float32, seed=3)
+    assert rel_err(out, ref) <= TOL[torch.float32]
+    assert rel_err(grad, ref_grad) <= TOL[torch.float32]
+
+
+@pytest.mark.skipif(not TRITON, reason="backend triton not available (no CUDA, no TRITON_INTERPRET=1)")
+@pytest.mark.parametrize("act", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("shape", [(2, 4, 12, 10), (1, 4, 3, 8, 10)])
+def test_triton_activation_in_kernel_makes_no_probability_tensor(monkeypatch, shape, act):
+    """With the activation in the kernels, the forward runs no softmax / sigmoid op (which would make
+    a B x C x spatial probability tensor) and no full-size masking product; with the probabilities
+    computed first (activation_in_kernel=False) it does, which shows the check can see them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from scc_fast.backends import triton_scc
+
+    logits, labels = fused_case(shape, 255)
+    kw = dict(softmax=act == "softmax", sigmoid=act == "sigmoid", ignore_index=255, backend="triton", validate=False)
+    full_bytes = logits.numel() * 4
+    seen = {}
+    for in_kernel in (True, False):
+        monkeypatch.setattr(triton_scc, "activation_in_kernel", in_kernel)
+        x = logits.float().requires_grad_(True)
+        scc_fast.scc_loss(x, labels, **kw)  # kernels compiled (or traced) outside the profile
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            scc_fast.scc_loss(x, labels, **kw)
+        seen[in_kernel] = {
+            e.name for e in prof.events()
+            if e.name in ("aten::_softmax", "aten::sigmoid", "aten::mul") and e.cpu_memory_usage >= full_bytes
+        }
+    assert seen[True] == set(), seen
+    assert seen[False] >= {"aten::_softmax" if act == "softmax" else "aten::sigmoid", "aten::mul"}, seen

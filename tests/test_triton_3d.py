@@ -172,8 +172,8 @@ target = GPUTarget("cuda", 90, 32)  # H100 / H200
 f = "*fp32"
 TABLES = ["cos_w_ptr", "sin_w_ptr", "cos_h_ptr", "sin_h_ptr", "c1_ptr", "s1_ptr", "c2_ptr", "s2_ptr", "tw_c_ptr",
           "tw_s_ptr", "d1_ptr", "e1_ptr", "d2_ptr", "e2_ptr", "tv_c_ptr", "tv_s_ptr"]
-SLICE_INTS = ["pair0", "n_slices", "n_chan", "first_class", "D", "H", "ROWS", "W", "WH", "N1", "N2", "M1", "M2",
-              "PER_PROGRAM", "PAIR_WS"]
+SLICE_INTS = ["pair0", "n_slices", "n_chan", "X_CHAN", "X_FIRST", "A_OFF", "first_class", "D", "H", "ROWS", "W",
+              "WH", "N1", "N2", "M1", "M2", "PER_PROGRAM", "PAIR_WS"]
 
 
 def compile_(fn, sig, consts, warps=4, stages=1):
@@ -186,13 +186,16 @@ for labels, four in ((True, True), (False, False)):
     lab = "*i64" if labels else f
     fs = dict(FOUR_STEP=four, N1P=16, N2P=16, FOUR_STEP_W=four, M1P=16, M2P=16)
     blocks = dict(PRECISION="tf32", BM=bm, BN=bn, BK=bk)
-    for rows_only in (False, True):  # 3D slices; blocks of rows of the 2D split (no column DFT)
-        sfs = dict(fs, FOUR_STEP=four and not rows_only, ROWS_ONLY=rows_only)
-        compile_(m._scc3d_slices_fwd, dict(probs_ptr=f, target_ptr=lab, **{t: f for t in TABLES}, scratch_ptr=f,
-                 ws_ptr=f, stats_ptr=f, **{i: "i32" for i in SLICE_INTS}), dict(LABELS=labels, **blocks, **sfs),
-                 warps, stages)
-        compile_(m._scc3d_slices_inv, dict(probs_ptr=f, target_ptr=lab, **{t: f for t in TABLES}, scratch_ptr=f,
-                 ws_ptr=f, coef_ptr=f, grad_ptr=f, **{i: "i32" for i in SLICE_INTS}, n_vox="fp32"),
+    # 3D slices and blocks of rows of the 2D split (no column DFT); p given, or softmax / sigmoid
+    # computed in the kernels from bf16 logits
+    for rows_only, act in ((False, 0), (True, 1 if labels else 2)):
+        sfs = dict(fs, FOUR_STEP=four and not rows_only, ROWS_ONLY=rows_only, ACT=act)
+        x = "*bf16" if act else f
+        compile_(m._scc3d_slices_fwd, dict(probs_ptr=x, target_ptr=lab, act_ptr=f, **{t: f for t in TABLES},
+                 scratch_ptr=f, ws_ptr=f, stats_ptr=f, **{i: "i32" for i in SLICE_INTS}),
+                 dict(LABELS=labels, **blocks, **sfs), warps, stages)
+        compile_(m._scc3d_slices_inv, dict(probs_ptr=x, target_ptr=lab, act_ptr=f, **{t: f for t in TABLES},
+                 scratch_ptr=f, ws_ptr=f, coef_ptr=f, grad_ptr=f, **{i: "i32" for i in SLICE_INTS}, n_vox="fp32"),
                  dict(LABELS=labels, INCLUDE_DC=not labels, **blocks, **sfs), warps, stages)
     compile_(m._scc3d_depth_fwd, dict(ws_ptr=f, parts_ptr=f, cos_d_ptr=f, sin_d_ptr=f, D="i32", W="i32", WH="i32",
              NBINS="i32", N_BLOCKS="i32", PAIR_WS="i64"), dict(INCLUDE_DC=labels, NEED_GRAD=labels, **blocks), warps, stages)
@@ -201,10 +204,17 @@ for labels, four in ((True, True), (False, False)):
              dict(LABELS=labels, INCLUDE_DC=labels, NEED_GRAD=labels, BD=128, BB=1024))
     compile_(m._scc3d_depth_inv, dict(ws_ptr=f, coef_ptr=f, cos_d_ptr=f, sin_d_ptr=f, D="i32", NBINS="i32",
              N_BLOCKS="i32", PAIR_WS="i64"), dict(INCLUDE_DC=labels, **blocks), warps, stages)
-    compile_(m._scc_fused_kernel, dict(probs_ptr=f, target_ptr=lab, **{t: f for t in TABLES}, scratch_ptr=f, scc_ptr=f,
-             valid_ptr="*i8", grad_ptr=f, **{i: "i32" for i in ["n_pairs", "n_chan", "first_class", "H", "W", "WH", "N1",
-             "N2", "M1", "M2", "PER_PROGRAM"]}, magnitude_weight="fp32", phase_weight="fp32"),
-             dict(LABELS=labels, INCLUDE_DC=labels, NEED_GRAD=True, SLOTS=3 if four else 5, **blocks, **fs), warps, stages)
+    compile_(m._scc_fused_kernel, dict(probs_ptr=f, target_ptr=lab, act_ptr=f, **{t: f for t in TABLES}, scratch_ptr=f,
+             scc_ptr=f, valid_ptr="*i8", grad_ptr=f, **{i: "i32" for i in ["n_pairs", "n_chan", "X_CHAN", "X_FIRST",
+             "A_OFF", "first_class", "H", "W", "WH", "N1", "N2", "M1", "M2", "PER_PROGRAM"]}, magnitude_weight="fp32",
+             phase_weight="fp32"),
+             dict(LABELS=labels, ACT=1 if four else 0, INCLUDE_DC=labels, NEED_GRAD=True, SLOTS=3 if four else 5, **blocks,
+                  **fs), warps, stages)
+from scc_fast.backends import _activation_kernel as ak
+
+for act in (1, 2):
+    compile_(ak._activation_stats_kernel, dict(x_ptr="*fp16", label_ptr="*i64", out_ptr=f, n_vox="i32", n_chan="i32",
+             n_batch="i32", ignore_index="i32"), dict(ACTIVATION=act, HAS_IGNORE=True, BLOCK=1024))
 print("compiled")
 """
 

@@ -1,5 +1,6 @@
-"""Triton kernel of :func:`scc_fast.backends.activation`'s backward pass: upstream gradients and the
-activation's Jacobian in one pass, p recomputed from the input (imported only when it runs)."""
+"""Triton kernels of :mod:`scc_fast.backends.activation`: the backward pass (upstream gradients and the
+activation's Jacobian in one pass, p recomputed from the input), and the per-voxel statistics from
+which backend "triton" computes p inside its own kernels. Imported only when they run."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["activation_backward"]
+__all__ = ["activation_backward", "activation_stats"]
 
 
 @triton.jit
@@ -80,6 +81,53 @@ def activation_backward(x, field, grad_scc, target, activation, first_channel, i
     _activation_backward_kernel[grid](
         x, field, grad_scc.to(torch.float32).contiguous(), labels, out,
         n_vox, n_chan, first_channel, 0 if ignore_index is None else int(ignore_index),
+        ACTIVATION=activation, HAS_IGNORE=ignore_index is not None, BLOCK=block,
+    )
+    return out
+
+
+@triton.jit
+def _activation_stats_kernel(
+    x_ptr, label_ptr, out_ptr, n_vox, n_chan, n_batch, ignore_index,
+    ACTIVATION: tl.constexpr, HAS_IGNORE: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """One block of voxels of one image: m (the max over channels) and r = keep / sum_c exp(x_c - m)
+    for softmax; m = 0 and r = keep for sigmoid (keep = 0 at an ignored voxel, else 1)."""
+    b = tl.program_id(1)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n_vox
+    keep = tl.full([BLOCK], 1.0, tl.float32)
+    if HAS_IGNORE:
+        lab = tl.load(label_ptr + b * n_vox + offs, mask=mask, other=0)
+        keep = tl.where(lab == ignore_index, 0.0, 1.0)
+    m = tl.zeros([BLOCK], tl.float32)
+    r = keep
+    if ACTIVATION == 1:
+        x_img = x_ptr + b * n_chan * n_vox
+        m = tl.full([BLOCK], -float("inf"), tl.float32)
+        for c in range(0, n_chan):
+            m = tl.maximum(m, tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32))
+        s = tl.zeros([BLOCK], tl.float32)
+        for c in range(0, n_chan):
+            s += tl.exp(tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32) - m)
+        r = keep / s
+    tl.store(out_ptr + b * n_vox + offs, m, mask=mask)
+    tl.store(out_ptr + (n_batch + b) * n_vox + offs, r, mask=mask)
+
+
+def activation_stats(x, target, activation, ignore_index):
+    """2 x B x spatial float32 (m, r) of ``x`` (B x C x spatial logits) in one launch: p_c =
+    exp(x_c - m) r (softmax, ``activation`` 1) or r / (1 + exp(-x_c)) (sigmoid, 2), and 0 at
+    voxels labelled ``ignore_index`` (integer ``target``)."""
+    n_batch, n_chan = x.shape[:2]
+    n_vox = x[0, 0].numel()
+    x = x.contiguous()
+    out = torch.empty((2, n_batch) + tuple(x.shape[2:]), dtype=torch.float32, device=x.device)
+    block = min(triton.next_power_of_2(n_vox), 8192) if x.device.type == "cpu" else 1024
+    labels = target.contiguous() if ignore_index is not None else x  # any pointer when unused
+    grid = (triton.cdiv(n_vox, block), n_batch)
+    _activation_stats_kernel[grid](
+        x, labels, out, n_vox, n_chan, n_batch, 0 if ignore_index is None else int(ignore_index),
         ACTIVATION=activation, HAS_IGNORE=ignore_index is not None, BLOCK=block,
     )
     return out

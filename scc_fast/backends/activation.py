@@ -24,7 +24,11 @@ op's fallback and as the kernel's check in the tests. The native CPU operator do
 A backend opts in by providing ``correlation_field(probs, target, first_class, include_dc,
 magnitude_weight, phase_weight, need_grad) -> (scc, valid, field)`` (field float32, float64
 for float64 probs; shape (0,) when not ``need_grad``) and an ``activated_correlation`` that
-calls :func:`activated_correlation` with its name.
+calls :func:`activated_correlation` with its name. A backend whose kernels can compute p
+themselves also provides ``activated_field(x, target, activation, first_channel, first_class,
+ignore_index, include_dc, magnitude_weight, phase_weight, need_grad)`` and a true
+``activation_in_kernel``; the op then hands it the logits for softmax and sigmoid, and no
+probability tensor is made at all (backend "triton": per-voxel statistics, one launch).
 """
 
 from __future__ import annotations
@@ -114,6 +118,15 @@ def _activated_correlation_op(
     need_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SCC (B x C'), valid (B x C' bool) and the field dSCC/dp (B x C' x spatial, or (0,))."""
+    from . import load
+
+    module = load(backend)
+    if activation and getattr(module, "activation_in_kernel", False):
+        # The backend computes p inside its kernels from per-voxel statistics: no probabilities made.
+        return module.activated_field(
+            x, target, activation, first_channel, first_class, ignore_index, include_dc, magnitude_weight,
+            phase_weight, need_grad,
+        )
     name = {code: name for name, code in ACTIVATIONS.items()}[activation]
     p, backend_target = probabilities(x, target, name, first_channel, ignore_index)
     scc, valid, field = _field(

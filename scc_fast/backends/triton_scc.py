@@ -73,6 +73,15 @@ per-program scratch (2 x H x (W // 2 + 1) + 2 x H x BN + 2 x BM x W floats). Onl
 the slice spectra in a workspace was not written: no GPU was available to measure either, and
 the GPU block sizes of the depth passes (``GPU_BLOCKS``, clipped to D) are not tuned.
 
+Activation inside the kernels (:func:`activated_field`, used by the fused activation layer while
+:data:`activation_in_kernel` is True): for softmax and sigmoid the kernels read the logits and the
+image's per-voxel statistics (m, r), 2 floats per voxel made by one launch of
+``_activation_kernel.activation_stats``, and compute p where they load it (``_load_p``): p_c =
+exp(x_c - m) r with r = keep / sum_c exp(x_c - m), or r / (1 + exp(-x_c)) with r = keep (0 at an
+ignored voxel). Loss channel c reads input channel X_FIRST + c of X_CHAN (the background drop),
+so no B x C x spatial probability tensor is made: at 24 x 9 x 224 x 224 that is 43 MB fewer at the
+forward's peak, for a few exponentials per voxel more.
+
 2D split mode (``SCC_FAST_TRITON_2D=split`` or :data:`mode_2d`): the fused kernel gives a pair to
 one program, so a call with fewer pairs than SMs leaves SMs idle (16 x 2 x 512 x 512: 32 pairs
 for 132 SMs, GPU run 2). The split mode runs 2D input through the five 3D launches instead, with
@@ -93,6 +102,7 @@ upstream gradient.
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 
@@ -111,6 +121,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 
 __all__ = [
     "correlation", "unavailable_reason", "unsupported_reason", "input_precision", "PRECISIONS", "mode_2d", "MODES_2D",
+    "activation_in_kernel", "activated_field",
 ]
 
 #: Read once: the interpreter is chosen by Triton when the kernel is decorated (at import).
@@ -155,13 +166,30 @@ if triton is not None:
         return tl.dot(a, b, input_precision=PRECISION)
 
     @triton.jit
+    def _load_p(p_base, a_base, A_OFF, offs, mask, ACT: tl.constexpr):
+        """p at offs of one map, float32, 0 where masked. ACT 0: p itself is at p_base. ACT 1
+        (softmax) / 2 (sigmoid): p_base holds the logits and a_base the image's per-voxel
+        statistics, max m (softmax) at a_base and r at a_base + A_OFF: p = exp(x - m) r with
+        r = keep / sum_c exp(x_c - m), or p = r / (1 + exp(-x)) with r = keep (0 at an ignored
+        voxel, else 1), so no probability tensor is ever made."""
+        x = tl.load(p_base + offs, mask=mask, other=0.0).to(tl.float32)
+        if ACT == 1:
+            m = tl.load(a_base + offs, mask=mask, other=0.0)
+            r = tl.load(a_base + A_OFF + offs, mask=mask, other=0.0)
+            x = tl.exp(x - m) * r
+        elif ACT == 2:
+            r = tl.load(a_base + A_OFF + offs, mask=mask, other=0.0)
+            x = r / (1.0 + tl.exp(-x))
+        return x
+
+    @triton.jit
     def _load_pair_tile(
-        p_base, t_base, rows, cols, H, W, cls, LABELS: tl.constexpr
+        p_base, t_base, a_base, A_OFF, rows, cols, H, W, cls, LABELS: tl.constexpr, ACT: tl.constexpr
     ):
         """p and y tiles [rows x cols] of one pair, float32, 0 outside the image."""
         mask = (rows[:, None] < H) & (cols[None, :] < W)
         offs = rows[:, None] * W + cols[None, :]
-        p = tl.load(p_base + offs, mask=mask, other=0.0).to(tl.float32)
+        p = _load_p(p_base, a_base, A_OFF, offs, mask, ACT)
         if LABELS:
             lab = tl.load(t_base + offs, mask=mask, other=0)
             y = tl.where(mask & (lab == cls), 1.0, 0.0)
@@ -171,8 +199,8 @@ if triton is not None:
 
     @triton.jit
     def _row_dft(
-        p_base, t_base, cos_w_ptr, sin_w_ptr, out_r, out_i, H, W, WH, cls,
-        TARGET: tl.constexpr, LABELS: tl.constexpr, PRECISION: tl.constexpr,
+        p_base, t_base, a_base, A_OFF, cos_w_ptr, sin_w_ptr, out_r, out_i, H, W, WH, cls,
+        TARGET: tl.constexpr, LABELS: tl.constexpr, ACT: tl.constexpr, PRECISION: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     ):
         """X1 = x @ (C - iS) along W (x = p, or y when TARGET), H x WH, into out_r / out_i."""
@@ -196,7 +224,7 @@ if triton is not None:
                         else:
                             x = tl.load(t_base + offs, mask=mask, other=0.0).to(tl.float32)
                     else:
-                        x = tl.load(p_base + offs, mask=mask, other=0.0).to(tl.float32)
+                        x = _load_p(p_base, a_base, A_OFF, offs, mask, ACT)
                     tmask = (wr[:, None] < W) & (kcols[None, :] < WH)
                     toffs = wr[:, None] * WH + kcols[None, :]
                     cw = tl.load(cos_w_ptr + toffs, mask=tmask, other=0.0)
@@ -339,7 +367,7 @@ if triton is not None:
         return xr, xi, k2 + N2 * rn1
 
     @triton.jit
-    def _load_map_tile(p_base, t_base, rows, cols, H, W, cls, TARGET: tl.constexpr, LABELS: tl.constexpr):
+    def _load_map_tile(p_base, t_base, a_base, A_OFF, rows, cols, H, W, cls, TARGET: tl.constexpr, LABELS: tl.constexpr, ACT: tl.constexpr):
         """p (or y, when TARGET) at [rows x cols], float32, 0 outside the image."""
         mask = (rows[:, None] < H) & (cols[None, :] < W)
         offs = rows[:, None] * W + cols[None, :]
@@ -350,14 +378,14 @@ if triton is not None:
             else:
                 x = tl.load(t_base + offs, mask=mask, other=0.0).to(tl.float32)
         else:
-            x = tl.load(p_base + offs, mask=mask, other=0.0).to(tl.float32)
+            x = _load_p(p_base, a_base, A_OFF, offs, mask, ACT)
         return x
 
     @triton.jit
     def _row_dft_fs(
-        p_base, t_base, out_r, out_i, z_r, z_i, c1_ptr, s1_ptr, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
+        p_base, t_base, a_base, A_OFF, out_r, out_i, z_r, z_i, c1_ptr, s1_ptr, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
         H, W, WH, M1, M2, cls,
-        TARGET: tl.constexpr, LABELS: tl.constexpr, PRECISION: tl.constexpr,
+        TARGET: tl.constexpr, LABELS: tl.constexpr, ACT: tl.constexpr, PRECISION: tl.constexpr,
         BM: tl.constexpr, M1P: tl.constexpr, M2P: tl.constexpr,
     ):
         """Four-step real-to-complex DFT along W (W = M1 M2, w = m1 + M1 m2, k = k2 + M2 k1)
@@ -372,7 +400,7 @@ if triton is not None:
             rows = h0 + rm
             # steps 1-2: Z[h, m1 M2 + k2] = w_W^(-m1 k2) sum_m2 x[h, m1 + M1 m2] w_M2^(-m2 k2)
             for m1 in range(0, M1):
-                x = _load_map_tile(p_base, t_base, rows, m1 + M1 * r2, H, W, cls, TARGET, LABELS)
+                x = _load_map_tile(p_base, t_base, a_base, A_OFF, rows, m1 + M1 * r2, H, W, cls, TARGET, LABELS, ACT)
                 zr = _dot(x, c2, PRECISION)
                 zi = -_dot(x, s2, PRECISION)
                 twc = tl.load(tw_c_ptr + m1 * M2 + r2, mask=r2 < M2, other=0.0)[None, :]
@@ -400,22 +428,22 @@ if triton is not None:
 
     @triton.jit
     def _row_pass(
-        p_base, t_base, out_r, out_i, z_r, z_i, cos_w_ptr, sin_w_ptr,
+        p_base, t_base, a_base, A_OFF, out_r, out_i, z_r, z_i, cos_w_ptr, sin_w_ptr,
         d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
-        TARGET: tl.constexpr, LABELS: tl.constexpr, FOUR_STEP_W: tl.constexpr, PRECISION: tl.constexpr,
+        TARGET: tl.constexpr, LABELS: tl.constexpr, ACT: tl.constexpr, FOUR_STEP_W: tl.constexpr, PRECISION: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, M1P: tl.constexpr, M2P: tl.constexpr,
     ):
         """Row transform of p (or y) onto the half spectrum, four-step or direct; then a barrier."""
         if FOUR_STEP_W:
-            _row_dft_fs(p_base, t_base, out_r, out_i, z_r, z_i, d1_ptr, e1_ptr, d2_ptr, e2_ptr,
-                        tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls, TARGET, LABELS, PRECISION, BM, M1P, M2P)
+            _row_dft_fs(p_base, t_base, a_base, A_OFF, out_r, out_i, z_r, z_i, d1_ptr, e1_ptr, d2_ptr, e2_ptr,
+                        tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls, TARGET, LABELS, ACT, PRECISION, BM, M1P, M2P)
         else:
-            _row_dft(p_base, t_base, cos_w_ptr, sin_w_ptr, out_r, out_i, H, W, WH, cls,
-                     TARGET, LABELS, PRECISION, BM, BN, BK)
+            _row_dft(p_base, t_base, a_base, A_OFF, cos_w_ptr, sin_w_ptr, out_r, out_i, H, W, WH, cls,
+                     TARGET, LABELS, ACT, PRECISION, BM, BN, BK)
         tl.debug_barrier()
 
     @triton.jit
-    def _spatial_sums(p_base, t_base, H, W, cls, LABELS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    def _spatial_sums(p_base, t_base, a_base, A_OFF, H, W, cls, LABELS: tl.constexpr, ACT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
         """Sums over one H x W map: (S_p, S_y, sum (p - mean p)^2, sum (p - mean p) y, sum p y,
         sum (y - mean y)^2). Two passes (mean first), so the centered sums have no cancellation."""
         rm = tl.arange(0, BM)
@@ -425,7 +453,7 @@ if triton is not None:
         acc_y = tl.zeros([BM], dtype=tl.float32)
         for h0 in range(0, H, BM):
             for w0 in range(0, W, BN):
-                p, y, mask = _load_pair_tile(p_base, t_base, h0 + rm, w0 + rn, H, W, cls, LABELS)
+                p, y, mask = _load_pair_tile(p_base, t_base, a_base, A_OFF, h0 + rm, w0 + rn, H, W, cls, LABELS, ACT)
                 acc_p += tl.sum(p, axis=1)
                 acc_y += tl.sum(y, axis=1)
         s_p = tl.sum(acc_p, axis=0)
@@ -438,7 +466,7 @@ if triton is not None:
         acc_yy = tl.zeros([BM], dtype=tl.float32)
         for h0 in range(0, H, BM):
             for w0 in range(0, W, BN):
-                p, y, mask = _load_pair_tile(p_base, t_base, h0 + rm, w0 + rn, H, W, cls, LABELS)
+                p, y, mask = _load_pair_tile(p_base, t_base, a_base, A_OFF, h0 + rm, w0 + rn, H, W, cls, LABELS, ACT)
                 pc = tl.where(mask, p - mean_p, 0.0)
                 yc = tl.where(mask, y - mean_y, 0.0)
                 acc_pp += tl.sum(pc * pc, axis=1)
@@ -600,10 +628,10 @@ if triton is not None:
 
     @triton.jit
     def _inv_row_pass(
-        g_r, g_i, w_r, w_i, p_base, t_base, g_base, cos_w_ptr, sin_w_ptr,
+        g_r, g_i, w_r, w_i, p_base, t_base, a_base, A_OFF, g_base, cos_w_ptr, sin_w_ptr,
         d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
         n_vox, c_aa, c_re, off_p, off_y,
-        LABELS: tl.constexpr, FOUR_STEP_W: tl.constexpr, PRECISION: tl.constexpr,
+        LABELS: tl.constexpr, ACT: tl.constexpr, FOUR_STEP_W: tl.constexpr, PRECISION: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, M1P: tl.constexpr, M2P: tl.constexpr,
     ):
         """Inverse row DFT (complex-to-real, half-spectrum weights 1/2/1) of the H x WH plane g,
@@ -647,7 +675,7 @@ if triton is not None:
                     zi = tl.load(w_i + zoffs, mask=zmask, other=0.0)
                     acc = _dot(zr, d1, PRECISION) - _dot(zi, e1, PRECISION)
                     wcols = k2 + M2 * r1
-                    p, y, mask = _load_pair_tile(p_base, t_base, rows, wcols, H, W, cls, LABELS)
+                    p, y, mask = _load_pair_tile(p_base, t_base, a_base, A_OFF, rows, wcols, H, W, cls, LABELS, ACT)
                     acc += (2.0 * n_vox * c_aa) * (p - off_p) + (n_vox * c_re) * (y - off_y)
                     offs = rows[:, None] * W + wcols[None, :]
                     tl.store(g_base + offs, acc, mask=mask & (r1[None, :] < M1))
@@ -671,23 +699,24 @@ if triton is not None:
                         cw = tl.load(cos_w_ptr + toffs, mask=tmask, other=0.0)
                         sw = tl.load(sin_w_ptr + toffs, mask=tmask, other=0.0)
                         acc += _dot(g1r, cw, PRECISION) - _dot(g1i, sw, PRECISION)
-                    p, y, mask = _load_pair_tile(p_base, t_base, rows, wcols, H, W, cls, LABELS)
+                    p, y, mask = _load_pair_tile(p_base, t_base, a_base, A_OFF, rows, wcols, H, W, cls, LABELS, ACT)
                     acc += (2.0 * n_vox * c_aa) * (p - off_p) + (n_vox * c_re) * (y - off_y)
                     offs = rows[:, None] * W + wcols[None, :]
                     tl.store(g_base + offs, acc, mask=mask)
 
     @triton.jit
     def _scc_fused_kernel(
-        probs_ptr, target_ptr,  # B*C' x H x W probs; labels B x H x W or float B*C' x H x W
+        probs_ptr, target_ptr,  # B*C' x H x W probs (or B x X_CHAN x H x W logits); labels B x H x W or float B*C' x H x W
+        act_ptr,  # ACT > 0: 2 x B x H x W float32 activation statistics (m, r), see _load_p
         cos_w_ptr, sin_w_ptr,  # W x WH tables: cos / sin(2 pi w k / W)
         cos_h_ptr, sin_h_ptr,  # H x H tables (direct DFT along H)
         c1_ptr, s1_ptr, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,  # N1 x N1, N2 x N2, N1 x N2 (four-step, H)
         d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr,  # M1 x M1, M2 x M2, M1 x M2 (four-step, W)
         scratch_ptr,  # per program: SLOTS x H x WH + 2 x H x BN + 2 x BM x W float32
         scc_ptr, valid_ptr, grad_ptr,  # B*C' float32, B*C' int8, B*C' x H x W float32
-        n_pairs, n_chan, first_class, H, W, WH, N1, N2, M1, M2, PER_PROGRAM,
+        n_pairs, n_chan, X_CHAN, X_FIRST, A_OFF, first_class, H, W, WH, N1, N2, M1, M2, PER_PROGRAM,
         magnitude_weight, phase_weight,
-        LABELS: tl.constexpr, INCLUDE_DC: tl.constexpr, NEED_GRAD: tl.constexpr,
+        LABELS: tl.constexpr, ACT: tl.constexpr, INCLUDE_DC: tl.constexpr, NEED_GRAD: tl.constexpr,
         SLOTS: tl.constexpr, PRECISION: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
         FOUR_STEP: tl.constexpr, N1P: tl.constexpr, N2P: tl.constexpr,
@@ -728,22 +757,24 @@ if triton is not None:
         for pair in range(pid, n_pairs, n_prog):
             img = pair // n_chan
             cls = first_class + pair % n_chan
-            p_base = probs_ptr + tl.cast(pair, tl.int64) * hw
+            # Pair (img, c) reads channel X_FIRST + c of X_CHAN (X_CHAN = n_chan, X_FIRST = 0 for p)
+            p_base = probs_ptr + (tl.cast(img, tl.int64) * X_CHAN + X_FIRST + pair % n_chan) * hw
+            a_base = act_ptr + tl.cast(img, tl.int64) * hw
             if LABELS:
                 t_base = target_ptr + tl.cast(img, tl.int64) * hw
             else:
                 t_base = target_ptr + tl.cast(pair, tl.int64) * hw
 
             # ---- phase 0: spatial sums and the Parseval sums of SPEC section 2 ----
-            s_p, s_y, m2_p, pyc, py, m2_y = _spatial_sums(p_base, t_base, H, W, cls, LABELS, BM, BN)
+            s_p, s_y, m2_p, pyc, py, m2_y = _spatial_sums(p_base, t_base, a_base, A_OFF, H, W, cls, LABELS, ACT, BM, BN)
             mean_p, mean_y, var_p, total_a, energy_a, total_b, energy_b, cross, valid = _energies(
                 s_p, s_y, m2_p, pyc, py, m2_y, n_vox, LABELS, INCLUDE_DC)
 
             # ---- phase 1y: row DFT of y along W onto the half spectrum, Y1 = y @ (C - iS) ----
             # (p's comes later into the same planes: one map's row transform is alive at a time)
-            _row_pass(p_base, t_base, s_y1r, s_y1i, s_wr, s_wi, cos_w_ptr, sin_w_ptr,
+            _row_pass(p_base, t_base, a_base, A_OFF, s_y1r, s_y1i, s_wr, s_wi, cos_w_ptr, sin_w_ptr,
                       d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
-                      True, LABELS, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
+                      True, LABELS, ACT, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
 
             if FOUR_STEP:
                 # ---- phase 2, four-step along H: N1 DFTs of N2, twiddles, N2 DFTs of N1 ----
@@ -764,9 +795,9 @@ if triton is not None:
                         tl.store(s_b + khs[:, None] * WH + kcols[None, :], bmag, mask=inside)
                     tl.debug_barrier()
                 # ---- phase 1p: row DFT of p, P1 = p @ (C - iS), over Y1 ----
-                _row_pass(p_base, t_base, s_p1r, s_p1i, s_wr, s_wi, cos_w_ptr, sin_w_ptr,
+                _row_pass(p_base, t_base, a_base, A_OFF, s_p1r, s_p1i, s_wr, s_wi, cos_w_ptr, sin_w_ptr,
                           d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
-                          False, LABELS, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
+                          False, LABELS, ACT, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
                 acc_ta = tl.zeros([N1P], dtype=tl.float32)
                 acc_tab = tl.zeros([N1P], dtype=tl.float32)
                 for k0 in range(0, WH, BN):
@@ -800,9 +831,9 @@ if triton is not None:
                         tl.store(s_b + khs[:, None] * WH + kcols[None, :], bmag, mask=inside)
                 tl.debug_barrier()
                 # ---- phase 1p: row DFT of p, P1 = p @ (C - iS), over Y1 ----
-                _row_pass(p_base, t_base, s_p1r, s_p1i, s_wr, s_wi, cos_w_ptr, sin_w_ptr,
+                _row_pass(p_base, t_base, a_base, A_OFF, s_p1r, s_p1i, s_wr, s_wi, cos_w_ptr, sin_w_ptr,
                           d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
-                          False, LABELS, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
+                          False, LABELS, ACT, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
 
                 # ---- phase 2b: column DFT of P; A = |P|, T_a and T_ab (P kept for the gradient) ----
                 acc_ta = tl.zeros([BM], dtype=tl.float32)
@@ -849,9 +880,9 @@ if triton is not None:
                     off_p = mean_p
                     off_y = mean_y
                 g_base = grad_ptr + tl.cast(pair, tl.int64) * hw
-                _inv_row_pass(s_p1r, s_p1i, s_wr, s_wi, p_base, t_base, g_base, cos_w_ptr, sin_w_ptr,
+                _inv_row_pass(s_p1r, s_p1i, s_wr, s_wi, p_base, t_base, a_base, A_OFF, g_base, cos_w_ptr, sin_w_ptr,
                               d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
-                              n_vox, c_aa, c_re, off_p, off_y, LABELS, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
+                              n_vox, c_aa, c_re, off_p, off_y, LABELS, ACT, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
             # The next pair overwrites the scratch this one has just read.
             tl.debug_barrier()
 
@@ -873,12 +904,14 @@ if triton is not None:
 
     @triton.jit
     def _slice_maps(
-        sl, pair0, n_chan, first_class, D, H, ROWS, W, probs_ptr, target_ptr, LABELS: tl.constexpr
+        sl, pair0, n_chan, X_CHAN, X_FIRST, first_class, D, H, ROWS, W, probs_ptr, target_ptr, act_ptr,
+        LABELS: tl.constexpr,
     ):
         """Slice sl of the chunk (D slices of H rows per pair; a pair's map has ROWS rows of W, so
         the last slice may be shorter): its pair in the chunk, index d, rows, class label, the
         element offset of its first voxel in the B x C' maps, and the maps of p and of the target
-        (the image's labels, or the pair's float map) there."""
+        (the image's labels, or the pair's float map) there, and of the image's activation
+        statistics (see _load_p; p is channel X_FIRST + c of X_CHAN, as in the 2D kernel)."""
         pair = sl // D
         d = sl % D
         rows = tl.minimum(H, ROWS - d * H)
@@ -887,26 +920,28 @@ if triton is not None:
         pair_elems = tl.cast(ROWS, tl.int64) * W
         in_map = tl.cast(d, tl.int64) * H * W
         elem = tl.cast(gpair, tl.int64) * pair_elems + in_map
+        img = tl.cast(gpair // n_chan, tl.int64)
+        p_base = probs_ptr + (img * X_CHAN + X_FIRST + gpair % n_chan) * pair_elems + in_map
         if LABELS:
-            t_base = target_ptr + tl.cast(gpair // n_chan, tl.int64) * pair_elems + in_map
+            t_base = target_ptr + img * pair_elems + in_map
         else:
             t_base = target_ptr + elem
-        return pair, d, rows, cls, elem, probs_ptr + elem, t_base
+        return pair, d, rows, cls, elem, p_base, t_base, act_ptr + img * pair_elems + in_map
 
     @triton.jit
     def _slice_spectrum(
-        p_base, t_base, out_r, out_i, x1r, x1i, z_r, z_i, w_r, w_i,
+        p_base, t_base, a_base, A_OFF, out_r, out_i, x1r, x1i, z_r, z_i, w_r, w_i,
         cos_w_ptr, sin_w_ptr, cos_h_ptr, sin_h_ptr, c1_ptr, s1_ptr, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
         d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, N1, N2, M1, M2, cls,
-        TARGET: tl.constexpr, LABELS: tl.constexpr, FOUR_STEP: tl.constexpr, FOUR_STEP_W: tl.constexpr,
+        TARGET: tl.constexpr, LABELS: tl.constexpr, ACT: tl.constexpr, FOUR_STEP: tl.constexpr, FOUR_STEP_W: tl.constexpr,
         PRECISION: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
         N1P: tl.constexpr, N2P: tl.constexpr, M1P: tl.constexpr, M2P: tl.constexpr,
     ):
         """Half spectrum (H x WH, complex) of one H x W map of p (or y, when TARGET) into out:
         the 2D kernel's row pass into x1, then its column DFT (four-step or direct)."""
-        _row_pass(p_base, t_base, x1r, x1i, w_r, w_i, cos_w_ptr, sin_w_ptr,
+        _row_pass(p_base, t_base, a_base, A_OFF, x1r, x1i, w_r, w_i, cos_w_ptr, sin_w_ptr,
                   d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
-                  TARGET, LABELS, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
+                  TARGET, LABELS, ACT, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
         rm = tl.arange(0, BM)
         rn = tl.arange(0, BN)
         if FOUR_STEP:
@@ -937,14 +972,16 @@ if triton is not None:
 
     @triton.jit
     def _scc3d_slices_fwd(
-        probs_ptr, target_ptr,  # B*C' x D x H x W probs; labels B x D x H x W or float B*C' x D x H x W
+        probs_ptr, target_ptr,  # B*C' x D x H x W probs (or logits); labels B x D x H x W or float B*C' x D x H x W
+        act_ptr,  # ACT > 0: 2 x B x D x H x W activation statistics, as in the 2D kernel
         cos_w_ptr, sin_w_ptr, cos_h_ptr, sin_h_ptr, c1_ptr, s1_ptr, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
         d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr,  # the 2D kernel's tables
         scratch_ptr,  # per program: 2 x H x WH + 2 x H x BN + 2 x BM x W float32 (2 x BM x W: ROWS_ONLY)
         ws_ptr,  # per pair of the chunk: 5 x ROWS x WH float32 (P2 re, im; Y2 re, im; B)
         stats_ptr,  # per slice of the chunk: 6 float32 spatial sums
-        pair0, n_slices, n_chan, first_class, D, H, ROWS, W, WH, N1, N2, M1, M2, PER_PROGRAM, PAIR_WS,
-        LABELS: tl.constexpr, ROWS_ONLY: tl.constexpr, PRECISION: tl.constexpr,
+        pair0, n_slices, n_chan, X_CHAN, X_FIRST, A_OFF, first_class, D, H, ROWS, W, WH, N1, N2, M1, M2,
+        PER_PROGRAM, PAIR_WS,
+        LABELS: tl.constexpr, ACT: tl.constexpr, ROWS_ONLY: tl.constexpr, PRECISION: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
         FOUR_STEP: tl.constexpr, N1P: tl.constexpr, N2P: tl.constexpr,
         FOUR_STEP_W: tl.constexpr, M1P: tl.constexpr, M2P: tl.constexpr,
@@ -962,9 +999,9 @@ if triton is not None:
         else:
             x1r, x1i, z_r, z_i, w_r, w_i = _slice_scratch(scratch_ptr, pid, PER_PROGRAM, plane, H, W, BM, BN)
         for sl in range(pid, n_slices, n_prog):
-            pair, d, rows, cls, elem, p_base, t_base = _slice_maps(
-                sl, pair0, n_chan, first_class, D, H, ROWS, W, probs_ptr, target_ptr, LABELS)
-            s_p, s_y, m2_p, pyc, py, m2_y = _spatial_sums(p_base, t_base, rows, W, cls, LABELS, BM, BN)
+            pair, d, rows, cls, elem, p_base, t_base, a_base = _slice_maps(
+                sl, pair0, n_chan, X_CHAN, X_FIRST, first_class, D, H, ROWS, W, probs_ptr, target_ptr, act_ptr, LABELS)
+            s_p, s_y, m2_p, pyc, py, m2_y = _spatial_sums(p_base, t_base, a_base, A_OFF, rows, W, cls, LABELS, ACT, BM, BN)
             st = stats_ptr + tl.cast(sl, tl.int64) * 6
             tl.store(st + 0, s_p)
             tl.store(st + 1, s_y)
@@ -974,22 +1011,22 @@ if triton is not None:
             tl.store(st + 5, m2_y)
             ws = ws_ptr + tl.cast(pair, tl.int64) * PAIR_WS + d * plane
             if ROWS_ONLY:
-                _row_pass(p_base, t_base, ws + 2 * vol, ws + 3 * vol, w_r, w_i, cos_w_ptr, sin_w_ptr,
+                _row_pass(p_base, t_base, a_base, A_OFF, ws + 2 * vol, ws + 3 * vol, w_r, w_i, cos_w_ptr, sin_w_ptr,
                           d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, rows, W, WH, M1, M2, cls,
-                          True, LABELS, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
-                _row_pass(p_base, t_base, ws, ws + vol, w_r, w_i, cos_w_ptr, sin_w_ptr,
+                          True, LABELS, ACT, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
+                _row_pass(p_base, t_base, a_base, A_OFF, ws, ws + vol, w_r, w_i, cos_w_ptr, sin_w_ptr,
                           d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, rows, W, WH, M1, M2, cls,
-                          False, LABELS, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
+                          False, LABELS, ACT, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
             else:
-                _slice_spectrum(p_base, t_base, ws + 2 * vol, ws + 3 * vol, x1r, x1i, z_r, z_i, w_r, w_i,
+                _slice_spectrum(p_base, t_base, a_base, A_OFF, ws + 2 * vol, ws + 3 * vol, x1r, x1i, z_r, z_i, w_r, w_i,
                                 cos_w_ptr, sin_w_ptr, cos_h_ptr, sin_h_ptr, c1_ptr, s1_ptr, c2_ptr, s2_ptr,
                                 tw_c_ptr, tw_s_ptr, d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr,
-                                H, W, WH, N1, N2, M1, M2, cls, True, LABELS, FOUR_STEP, FOUR_STEP_W,
+                                H, W, WH, N1, N2, M1, M2, cls, True, LABELS, ACT, FOUR_STEP, FOUR_STEP_W,
                                 PRECISION, BM, BN, BK, N1P, N2P, M1P, M2P)
-                _slice_spectrum(p_base, t_base, ws, ws + vol, x1r, x1i, z_r, z_i, w_r, w_i,
+                _slice_spectrum(p_base, t_base, a_base, A_OFF, ws, ws + vol, x1r, x1i, z_r, z_i, w_r, w_i,
                                 cos_w_ptr, sin_w_ptr, cos_h_ptr, sin_h_ptr, c1_ptr, s1_ptr, c2_ptr, s2_ptr,
                                 tw_c_ptr, tw_s_ptr, d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr,
-                                H, W, WH, N1, N2, M1, M2, cls, False, LABELS, FOUR_STEP, FOUR_STEP_W,
+                                H, W, WH, N1, N2, M1, M2, cls, False, LABELS, ACT, FOUR_STEP, FOUR_STEP_W,
                                 PRECISION, BM, BN, BK, N1P, N2P, M1P, M2P)
 
     @triton.jit
@@ -1162,11 +1199,12 @@ if triton is not None:
 
     @triton.jit
     def _scc3d_slices_inv(
-        probs_ptr, target_ptr, cos_w_ptr, sin_w_ptr, cos_h_ptr, sin_h_ptr, c1_ptr, s1_ptr, c2_ptr, s2_ptr,
+        probs_ptr, target_ptr, act_ptr, cos_w_ptr, sin_w_ptr, cos_h_ptr, sin_h_ptr, c1_ptr, s1_ptr, c2_ptr, s2_ptr,
         tw_c_ptr, tw_s_ptr, d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr,
         scratch_ptr, ws_ptr, coef_ptr, grad_ptr,
-        pair0, n_slices, n_chan, first_class, D, H, ROWS, W, WH, N1, N2, M1, M2, PER_PROGRAM, PAIR_WS, n_vox,
-        LABELS: tl.constexpr, ROWS_ONLY: tl.constexpr, INCLUDE_DC: tl.constexpr, PRECISION: tl.constexpr,
+        pair0, n_slices, n_chan, X_CHAN, X_FIRST, A_OFF, first_class, D, H, ROWS, W, WH, N1, N2, M1, M2,
+        PER_PROGRAM, PAIR_WS, n_vox,
+        LABELS: tl.constexpr, ACT: tl.constexpr, ROWS_ONLY: tl.constexpr, INCLUDE_DC: tl.constexpr, PRECISION: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
         FOUR_STEP: tl.constexpr, N1P: tl.constexpr, N2P: tl.constexpr,
         FOUR_STEP_W: tl.constexpr, M1P: tl.constexpr, M2P: tl.constexpr,
@@ -1183,8 +1221,8 @@ if triton is not None:
         else:
             x1r, x1i, z_r, z_i, w_r, w_i = _slice_scratch(scratch_ptr, pid, PER_PROGRAM, plane, H, W, BM, BN)
         for sl in range(pid, n_slices, n_prog):
-            pair, d, rows, cls, elem, p_base, t_base = _slice_maps(
-                sl, pair0, n_chan, first_class, D, H, ROWS, W, probs_ptr, target_ptr, LABELS)
+            pair, d, rows, cls, elem, p_base, t_base, a_base = _slice_maps(
+                sl, pair0, n_chan, X_CHAN, X_FIRST, first_class, D, H, ROWS, W, probs_ptr, target_ptr, act_ptr, LABELS)
             cp = coef_ptr + pair * 8
             c_aa = tl.load(cp + 2)
             c_re = tl.load(cp + 3)
@@ -1192,16 +1230,16 @@ if triton is not None:
             off_y = tl.load(cp + 6)
             ws = ws_ptr + tl.cast(pair, tl.int64) * PAIR_WS + d * plane
             if ROWS_ONLY:
-                _inv_row_pass(ws, ws + vol, w_r, w_i, p_base, t_base, grad_ptr + elem, cos_w_ptr, sin_w_ptr,
+                _inv_row_pass(ws, ws + vol, w_r, w_i, p_base, t_base, a_base, A_OFF, grad_ptr + elem, cos_w_ptr, sin_w_ptr,
                               d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, rows, W, WH, M1, M2, cls,
-                              n_vox, c_aa, c_re, off_p, off_y, LABELS, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
+                              n_vox, c_aa, c_re, off_p, off_y, LABELS, ACT, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
             else:
                 _inv_col_pass(ws, ws + vol, ws, x1r, x1i, z_r, z_i, cos_h_ptr, sin_h_ptr,
                               c1_ptr, s1_ptr, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr, H, WH, N1, N2, 0.0, 0.0, False,
                               False, FOUR_STEP, INCLUDE_DC, PRECISION, BM, BN, BK, N1P, N2P)
-                _inv_row_pass(x1r, x1i, w_r, w_i, p_base, t_base, grad_ptr + elem, cos_w_ptr, sin_w_ptr,
+                _inv_row_pass(x1r, x1i, w_r, w_i, p_base, t_base, a_base, A_OFF, grad_ptr + elem, cos_w_ptr, sin_w_ptr,
                               d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
-                              n_vox, c_aa, c_re, off_p, off_y, LABELS, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
+                              n_vox, c_aa, c_re, off_p, off_y, LABELS, ACT, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
             # The next slice overwrites the scratch this one has just read.
             tl.debug_barrier()
 
@@ -1341,8 +1379,19 @@ def _slice_tables(H: int, W: int, device: torch.device):
     return tables, (n1, n2, m1, m2), constexprs
 
 
-def _prepare(probs, target, precision):
-    """Contiguous inputs, whether the target is labels (bool labels as uint8), the dot precision."""
+class _Activation(NamedTuple):
+    """The activation computed in the kernels (see _load_p): ``code`` 1 softmax / 2 sigmoid,
+    ``stats`` the 2 x B x spatial float32 statistics (m, r), ``first_channel`` the input
+    channel of loss channel 0."""
+
+    code: int
+    stats: torch.Tensor
+    first_channel: int
+
+
+def _prepare(probs, target, precision, act: _Activation | None):
+    """Contiguous inputs, whether the target is labels (bool labels as uint8), the dot precision,
+    and the kernels' activation arguments: (stats pointer, ACT, X_CHAN, X_FIRST, A_OFF, C')."""
     probs = probs.contiguous()
     target = target.contiguous()
     labels = not target.is_floating_point()
@@ -1350,13 +1399,22 @@ def _prepare(probs, target, precision):
         target = target.to(torch.uint8)
     if _INTERPRET and not interpret_emulates_tf32:
         precision = "ieee"  # the interpreter computes float32 dots whatever it is told
-    return probs, target, labels, precision
+    x_chan = probs.shape[1]
+    if act is None:  # probabilities given: the statistics pointer is never read
+        act_args = (probs, 0, x_chan, 0, 0, x_chan)
+    else:
+        stats = act.stats.contiguous()
+        act_args = (stats, act.code, x_chan, act.first_channel, stats.numel() // 2, x_chan - act.first_channel)
+    return probs, target, labels, precision, act_args
 
 
-def _launch(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad, precision):
-    """Run the fused kernel. Returns (scc B x C' float32, valid B x C' bool, grad float32 or empty)."""
-    probs, target, labels, precision = _prepare(probs, target, precision)
-    n_batch, n_chan, H, W = probs.shape
+def _launch(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad, precision, act=None):
+    """Run the fused kernel on probabilities, or on logits with ``act`` (an :class:`_Activation`).
+    Returns (scc B x C' float32, valid B x C' bool, grad float32 or empty)."""
+    probs, target, labels, precision, (act_ptr, act_code, x_chan, x_first, a_off, n_chan) = _prepare(
+        probs, target, precision, act)
+    n_batch = probs.shape[0]
+    H, W = probs.shape[2:]
     WH = W // 2 + 1
     n_pairs = n_batch * n_chan
     device = probs.device
@@ -1372,11 +1430,11 @@ def _launch(probs, target, first_class, include_dc, magnitude_weight, phase_weig
     valid = torch.empty(n_pairs, dtype=torch.int8, device=device)
     grad = torch.empty((n_batch, n_chan, H, W) if need_grad else (0,), dtype=torch.float32, device=device)
     _scc_fused_kernel[(n_prog,)](
-        probs, target, *tables,
+        probs, target, act_ptr, *tables,
         scratch, scc, valid, grad if need_grad else scc,
-        n_pairs, n_chan, int(first_class), H, W, WH, n1, n2, m1, m2, per_program,
+        n_pairs, n_chan, x_chan, x_first, a_off, int(first_class), H, W, WH, n1, n2, m1, m2, per_program,
         float(magnitude_weight), float(phase_weight),
-        LABELS=labels, INCLUDE_DC=bool(include_dc), NEED_GRAD=bool(need_grad),
+        LABELS=labels, ACT=act_code, INCLUDE_DC=bool(include_dc), NEED_GRAD=bool(need_grad),
         SLOTS=slots, PRECISION=precision, BM=bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages,
         **constexprs,
     )
@@ -1431,13 +1489,17 @@ def _mode_2d() -> str:
     return value
 
 
-def _launch_sliced(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad, precision):
+def _launch_sliced(
+    probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad, precision, act=None
+):
     """Run the sliced passes (five launches per chunk of pairs; three without the gradient) on
     3D input (slices: depth planes, transformed over H and W; depth pass: along D) or on 2D input
     (the split mode; slices: blocks of rows, transformed along W; depth pass: along H).
+    On logits with ``act``, as :func:`_launch`.
     Returns (scc B x C' float32, valid B x C' bool, grad float32 or empty)."""
-    probs, target, labels, precision = _prepare(probs, target, precision)
-    n_batch, n_chan = probs.shape[:2]
+    probs, target, labels, precision, (act_ptr, act_code, x_chan, x_first, a_off, n_chan) = _prepare(
+        probs, target, precision, act)
+    n_batch = probs.shape[0]
     H, W = probs.shape[-2:]
     WH = W // 2 + 1
     n_pairs = n_batch * n_chan
@@ -1473,10 +1535,10 @@ def _launch_sliced(probs, target, first_class, include_dc, magnitude_weight, pha
     scratch = torch.empty(n_prog * per_program, dtype=torch.float32, device=device)
     scc = torch.empty(n_pairs, dtype=torch.float32, device=device)
     valid = torch.empty(n_pairs, dtype=torch.int8, device=device)
-    grad = torch.empty(probs.shape if need_grad else (0,), dtype=torch.float32, device=device)
+    grad = torch.empty((n_batch, n_chan, *probs.shape[2:]) if need_grad else (0,), dtype=torch.float32, device=device)
     n_vox = float(rows * W)
     last_rows = rows - (per_pair - 1) * slice_rows
-    slice_kw = dict(ROWS_ONLY=rows_only, PRECISION=precision, BM=bm, BN=bn, BK=bk, num_warps=warps,
+    slice_kw = dict(ACT=act_code, ROWS_ONLY=rows_only, PRECISION=precision, BM=bm, BN=bn, BK=bk, num_warps=warps,
                     num_stages=stages, **constexprs)
     depth_kw = dict(PRECISION=precision, BM=dbm, BN=dbn, BK=dbk, num_warps=dwarps, num_stages=dstages)
     for pair0 in range(0, n_pairs, chunk):
@@ -1484,8 +1546,9 @@ def _launch_sliced(probs, target, first_class, include_dc, magnitude_weight, pha
         n_slices = n_here * per_pair
         grid_slices = (min(n_prog, n_slices),)
         _scc3d_slices_fwd[grid_slices](
-            probs, target, *tables, scratch, ws, stats,
-            pair0, n_slices, n_chan, int(first_class), per_pair, slice_rows, rows, W, WH, n1, n2, m1, m2,
+            probs, target, act_ptr, *tables, scratch, ws, stats,
+            pair0, n_slices, n_chan, x_chan, x_first, a_off, int(first_class), per_pair, slice_rows, rows, W, WH,
+            n1, n2, m1, m2,
             per_program, pair_ws, LABELS=labels, **slice_kw,
         )
         _scc3d_depth_fwd[(n_here * n_blocks,)](
@@ -1503,8 +1566,9 @@ def _launch_sliced(probs, target, first_class, include_dc, magnitude_weight, pha
                 ws, coefs, cos_d, sin_d, depth, n_bins, n_blocks, pair_ws, INCLUDE_DC=bool(include_dc), **depth_kw,
             )
             _scc3d_slices_inv[grid_slices](
-                probs, target, *tables, scratch, ws, coefs, grad,
-                pair0, n_slices, n_chan, int(first_class), per_pair, slice_rows, rows, W, WH, n1, n2, m1, m2,
+                probs, target, act_ptr, *tables, scratch, ws, coefs, grad,
+                pair0, n_slices, n_chan, x_chan, x_first, a_off, int(first_class), per_pair, slice_rows, rows, W,
+                WH, n1, n2, m1, m2,
                 per_program, pair_ws, n_vox, LABELS=labels, INCLUDE_DC=bool(include_dc), **slice_kw,
             )
     return scc.view(n_batch, n_chan), valid.view(n_batch, n_chan).bool(), grad
@@ -1663,5 +1727,32 @@ def correlation_field(probs, target, first_class, include_dc, magnitude_weight, 
         )
 
 
-# The activation fused around correlation_field (scc_fast.backends.activation).
+#: With the activation fused (:mod:`scc_fast.backends.activation`), compute softmax / sigmoid
+#: inside the kernels from per-voxel statistics (:func:`activated_field`; no B x C x spatial
+#: probability tensor is made) rather than handing them the probabilities. True: less memory (one
+#: input-sized tensor fewer at the forward's peak) for a few exponentials per voxel more; False:
+#: the probabilities are computed first (for A/B comparisons).
+activation_in_kernel: bool = True
+
+
+def activated_field(x, target, activation, first_channel, first_class, ignore_index, include_dc,
+                    magnitude_weight, phase_weight, need_grad):
+    """``(scc, valid, field)`` of ``activation(x)`` (1 softmax over all C channels, 2 sigmoid) over
+    channels ``first_channel`` on, with voxels labelled ``ignore_index`` counted as p = 0 and
+    target 0, p computed inside the kernels. field = dSCC/dp (B x C' x spatial float32, or (0,))."""
+    probs_view = x[:, first_channel:]
+    reason = unavailable_reason() or unsupported_reason(probs_view, target)
+    if reason is not None:
+        raise RuntimeError(f"backend 'triton' cannot run: {reason}")
+    from ._activation_kernel import activation_stats
+
+    act = _Activation(int(activation), activation_stats(x, target, int(activation), ignore_index), int(first_channel))
+    if ignore_index is not None:  # an ignored voxel matches no class (its p is 0 through the statistics)
+        target = torch.where(target == ignore_index, torch.full_like(target, -1), target)
+    launch = _launch_sliced if x.dim() == 5 or _mode_2d() == "split" else _launch
+    with torch.no_grad():
+        return launch(x, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad, _precision(), act)
+
+
+# The activation fused around correlation_field or activated_field (scc_fast.backends.activation).
 activated_correlation = fused_entry("triton")
