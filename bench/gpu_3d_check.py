@@ -5,7 +5,10 @@ brats-3d 2x4x128^3, btcv-3d 2x14x96^3, synapse-2d 24x9x224^2, polyp-2d 16x2x512^
 
 For each case and each accelerated backend that runs it (``torch``, ``triton_fft``, and
 ``triton`` where its kernel supports the shape: 2D in one launch, 3D in five; on the 3D cases
-also ``triton:ieee``, its IEEE-dot option, held to 1e-5):
+also ``triton:ieee``, its IEEE-dot option, held to 1e-5, and ``triton:recompute`` /
+``triton_fft:recompute``, which keep no gradient field between forward and backward and compute it
+again in backward, ``scc_fast.backends.activation.RECOMPUTE_FIELD``; ``triton_fft`` with smaller
+chunks of classes only with ``--chunked``, measured in GPU run 2):
 
 1. correctness: loss and dL/dlogits against backend "reference" run in float64 on the same
    device, as ||out - ref|| / ||ref|| (SPEC section 4: 1e-5 for float32 paths, 5e-3 for the
@@ -57,6 +60,7 @@ def parse_args(argv=None):
     ap.add_argument("--reps", type=int, default=None, help="timed iterations per measurement")
     ap.add_argument("--compile-backend", default=None, help="torch.compile backend (inductor; aot_eager with --smoke)")
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled reference")
+    ap.add_argument("--chunked", action="store_true", help="also triton_fft with smaller chunks of classes")
     return ap.parse_args(argv)
 
 
@@ -72,7 +76,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(ROOT))
 import scc_fast  # noqa: E402
 from scc_fast import backends  # noqa: E402
-from scc_fast.backends import dispatch  # noqa: E402
+from scc_fast.backends import activation, dispatch  # noqa: E402
 from scc_fast.reference import reference_correlation  # noqa: E402
 
 CASES = {
@@ -89,8 +93,12 @@ CHUNKED = ("triton_fft:chunk=2^23", "triton_fft:chunk=2^22")
 # The in-kernel DFT with IEEE dots (SPEC section 4: 1e-5), on the 3D cases only (the 2D check,
 # bench/gpu_triton_check.py, has its own precision rows). Not a dispatch candidate.
 TRITON_IEEE = ("triton:ieee",)
+# Recompute the gradient field in backward instead of keeping it (issue 4: keep or recompute,
+# whichever costs less), on the 3D cases. Not dispatch candidates of their own.
+RECOMPUTE = ("triton:recompute", "triton_fft:recompute")
 TOLERANCE = {"torch": 1e-5, "triton_fft": 1e-5, "triton": 5e-3, "reference-compiled": 1e-5}
 TOLERANCE.update({name: 1e-5 for name in (*CHUNKED, *TRITON_IEEE)})
+TOLERANCE.update({"triton:recompute": 5e-3, "triton_fft:recompute": 1e-5})
 
 T0 = time.perf_counter()
 
@@ -177,6 +185,23 @@ def time_ms(fn, x, device, warmup: int, reps: int) -> tuple[float, list[float]]:
             fwd_bwd(fn, x)
             times.append(1e3 * (time.perf_counter() - t))
     return statistics.median(times), times
+
+
+def held_mib(fn, x, device) -> float | None:
+    """Memory the loss's graph holds between forward and backward (what the rest of a training
+    step's forward and backward pay for), above what was allocated before the forward."""
+    if device.type != "cuda":
+        return None
+    x.grad = None
+    gc.collect()
+    sync(device)
+    base = torch.cuda.memory_allocated(device)
+    loss = fn(x)
+    sync(device)
+    held = torch.cuda.memory_allocated(device) - base
+    loss.backward()
+    x.grad = None
+    return held / 2**20
 
 
 def peak_mib(fn, x, device) -> float | None:
@@ -288,20 +313,20 @@ def markdown(results: dict) -> str:
         f"{_fmt(bw.get('GBps'), '.0f')} GB/s (read + write).",
         "",
         "| case | shape | backend | rel err loss | rel err grad | ok | median ms | x vs eager | x vs compiled "
-        "| peak MiB | mem / eager | mem / compiled | roofline ms | roofline frac |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| peak MiB | held MiB | mem / eager | mem / compiled | roofline ms | roofline frac |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case in results["cases"]:
         shape = "x".join(map(str, case["shape"]))
         if case.get("error"):
-            lines.append(f"| {case['name']} | {shape} | error: {case['error'][:80]} |" + " |" * 11)
+            lines.append(f"| {case['name']} | {shape} | error: {case['error'][:80]} |" + " |" * 12)
             continue
         eager = case["backends"].get("reference", {})
         comp = case["backends"].get("reference-compiled", {})
         for name, r in case["backends"].items():
             if r.get("skipped") or r.get("error"):
                 why = r.get("skipped") or "error: " + r["error"]
-                lines.append(f"| {case['name']} | {shape} | {name} | {why[:100]} |" + " |" * 10)
+                lines.append(f"| {case['name']} | {shape} | {name} | {why[:100]} |" + " |" * 11)
                 continue
             ms = r.get("median_ms")
             lines.append(
@@ -318,6 +343,7 @@ def markdown(results: dict) -> str:
                         _fmt(_ratio(eager.get("median_ms"), ms), ".1f", "x"),
                         _fmt(_ratio(comp.get("median_ms"), ms), ".1f", "x"),
                         _fmt(r.get("peak_mib"), ".0f"),
+                        _fmt(r.get("held_mib"), ".0f"),
                         _fmt(_ratio(eager.get("peak_mib"), r.get("peak_mib")), ".1f", "x"),
                         _fmt(_ratio(comp.get("peak_mib"), r.get("peak_mib")), ".1f", "x"),
                         _fmt(case.get("roofline_ms"), ".3f"),
@@ -326,7 +352,8 @@ def markdown(results: dict) -> str:
                 )
                 + " |"
             )
-    lines += ["", "Ratios: reference / backend (higher is better), measured in this run on this device."]
+    lines += ["", "Ratios: reference / backend (higher is better), measured in this run on this device. Peak: "
+              "above the inputs during forward + backward; held: what the graph keeps between them."]
     return "\n".join(lines) + "\n"
 
 
@@ -456,6 +483,8 @@ def measure(state, backend, device, results, out, settings) -> None:
             impl = backend.split(":")[0]
             if backend in CHUNKED:
                 triton_fft.CHUNK_ELEMENTS = 1 << int(backend.rsplit("^", 1)[1])
+            if backend in RECOMPUTE:
+                activation.RECOMPUTE_FIELD = True
             if backend in TRITON_IEEE and backends._unavailable_reason("triton") is None:
                 from scc_fast.backends import triton_scc
 
@@ -481,6 +510,7 @@ def measure(state, backend, device, results, out, settings) -> None:
         r["tolerance"] = tol
         r["correct"] = None if tol is None else bool(r["rel_err_loss"] <= tol and r["rel_err_grad"] <= tol)
         r["peak_mib"] = peak_mib(fn, x, device)
+        r["held_mib"] = held_mib(fn, x, device)
         r["median_ms"], r["times_ms"] = time_ms(fn, x, device, settings["warmup"], settings["reps"])
         log(
             f"{case['name']} {backend:22s} err {r['rel_err_loss']:.1e}/{r['rel_err_grad']:.1e} "
@@ -492,6 +522,7 @@ def measure(state, backend, device, results, out, settings) -> None:
         log(f"{case['name']} {backend}: {r['error'][:300]}")
     finally:
         triton_fft.CHUNK_ELEMENTS = default_chunk
+        activation.RECOMPUTE_FIELD = False
         if triton_scc is not None:
             triton_scc.input_precision = None
         x = fn = None  # noqa: F841
@@ -506,7 +537,7 @@ def finalize(case) -> None:
     """Ratios against the reference eager and compiled, and the roofline fraction."""
     eager = case["backends"].get("reference", {})
     comp = case["backends"].get("reference-compiled", {})
-    for backend in (*ACCELERATED, *CHUNKED, *TRITON_IEEE):
+    for backend in (*ACCELERATED, *CHUNKED, *TRITON_IEEE, *RECOMPUTE):
         r = case["backends"].get(backend, {})
         if r.get("median_ms"):
             r["speedup_vs_eager"] = _ratio(eager.get("median_ms"), r["median_ms"])
@@ -555,8 +586,8 @@ def main() -> int:
         if state is None:
             continue
         states.append(state)
-        extra = TRITON_IEEE if len(shape) == 5 else ()
-        for backend in ("reference", *ACCELERATED, *extra, *CHUNKED):
+        extra = (*TRITON_IEEE, *RECOMPUTE) if len(shape) == 5 else ()
+        for backend in ("reference", *ACCELERATED, *extra, *(CHUNKED if ARGS.chunked else ())):
             measure(state, backend, device, results, out, settings)
     # Pass 2: the compiled reference (slow to compile), while the budget lasts.
     for state in states:

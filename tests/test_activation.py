@@ -81,7 +81,8 @@ def test_bad_activation_is_named():
 def test_backward_without_field_is_an_error():
     logits, labels = fused_case((1, 2, 6, 6), None)
     x = logits.clone().requires_grad_(True)
-    scc, _, field = torch.ops.scc_fast.activated_correlation(x, labels, "torch", 1, 0, 0, None, False, 0.5, 0.5, False)
+    scc, _, field = torch.ops.scc_fast.activated_correlation(x, labels, "torch", 1, 0, 0, None, False, 0.5, 0.5, False,
+                                                             False)
     # (the op itself works for every backend with correlation_field, kernel or not)
     assert field.shape == (0,)
     with pytest.raises(RuntimeError, match="need_grad=False"):
@@ -92,7 +93,10 @@ def test_opcheck():
     logits, labels = fused_case((2, 3, 5, 6), 1)
     x = logits.float().requires_grad_(True)
     torch.library.opcheck(
-        torch.ops.scc_fast.activated_correlation.default, (x, labels, "torch", 1, 1, 1, 1, False, 0.5, 0.5, True)
+        torch.ops.scc_fast.activated_correlation.default, (x, labels, "torch", 1, 1, 1, 1, False, 0.5, 0.5, True, False)
+    )
+    torch.library.opcheck(  # the recomputing variant: no field from the forward, backward makes it
+        torch.ops.scc_fast.activated_correlation.default, (x, labels, "torch", 1, 1, 1, 1, False, 0.5, 0.5, False, True)
     )
     field = torch.randn(2, 2, 5, 6)
     up = torch.randn(2, 2)
@@ -111,6 +115,14 @@ def test_no_probabilities_saved_for_backward():
     logits, labels = fused_case((2, 4, 16, 16), None)
     x = logits.float().requires_grad_(True)
     loss = scc_fast.scc_loss(x, labels, softmax=True, backend=FUSED_HERE)
+    full = _full_size_saved(loss, x)
+    assert len(full) == 1, f"full-size tensors saved besides the input: {len(full)}"
+    assert (full[0] < 0).any()  # the field (signed), not probabilities
+
+
+def _full_size_saved(loss, x):
+    """Tensors B x (any channels) x spatial of x that loss's graph saves for backward, x itself
+    excepted (a field over the loss's channels, probabilities over all of them)."""
     saved = []
     node = loss.grad_fn
     seen = set()
@@ -130,9 +142,31 @@ def test_no_probabilities_saved_for_backward():
                     if isinstance(v, torch.Tensor):
                         saved.append(v)
         stack.extend(n for n, _ in node.next_functions)
-    full = [t for t in saved if t.shape == x.shape and t.data_ptr() != x.data_ptr()]
-    assert len(full) == 1, f"full-size tensors saved besides the input: {len(full)}"
-    assert (full[0] < 0).any()  # the field (signed), not probabilities
+    return [t for t in saved if t.dim() == x.dim() and t.shape[0] == x.shape[0] and t.shape[2:] == x.shape[2:]
+            and t.data_ptr() != x.data_ptr()]
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("shape", [(2, 3, 9, 12), (1, 3, 4, 8, 9)])
+def test_recompute_field_in_backward(monkeypatch, backend, shape):
+    """RECOMPUTE_FIELD: the graph keeps only the input (no field), backward computes the field
+    again; loss and gradient are those of the default path (bitwise: the same passes run)."""
+    kw = dict(softmax=True, include_background=False, ignore_index=255, backend=backend, reduction="none")
+    logits, labels = fused_case(shape, 255)
+    dtype = torch.float64 if backend == "torch" else torch.float32
+    if not activation._kernel_backward(logits.to(dtype), backend):
+        pytest.skip(f"backend {backend} applies the activation outside here (no fused op to recompute)")
+    upstream = torch.rand(shape[0], shape[1] - 1, generator=torch.Generator().manual_seed(5), dtype=dtype)
+    results = {}
+    for recompute in (False, True):
+        monkeypatch.setattr(activation, "RECOMPUTE_FIELD", recompute)
+        x = logits.to(dtype).requires_grad_(True)
+        out = scc_fast.scc_loss(x, labels, **kw)
+        saved = _full_size_saved(out, x)
+        (out * upstream).sum().backward()
+        results[recompute] = (out.detach(), x.grad, saved)
+    assert torch.equal(results[True][0], results[False][0]) and torch.equal(results[True][1], results[False][1])
+    assert len(results[False][2]) == 1 and len(results[True][2]) == 0
 
 
 @pytest.mark.parametrize("backend", [name for name in ("torch", "native") if available(name)])

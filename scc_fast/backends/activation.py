@@ -58,6 +58,14 @@ def activation_code(activation: str | None) -> int:
     return ACTIVATIONS[activation]
 
 
+#: Keep nothing but the input between forward and backward: the forward computes SCC without the
+#: gradient field (for the Triton backends: no inverse transforms, 3 of 5 launches in 3D) and
+#: backward computes it again, with the field. Less memory held through the rest of the training
+#: step (one tensor of the input's size) for one more forward pass of the loss. Off by default;
+#: ``SCC_FAST_RECOMPUTE_FIELD=1`` at import, or set this attribute. Applies where the activation is
+#: fused (:func:`activated_correlation` with its kernel backward).
+RECOMPUTE_FIELD: bool = os.environ.get("SCC_FAST_RECOMPUTE_FIELD", "0").strip() not in ("", "0", "false", "False")
+
 # CPU tensors go to the kernel only under the Triton interpreter; like triton_scc and triton_fft,
 # this reads TRITON_INTERPRET once, at import.
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -116,8 +124,17 @@ def _activated_correlation_op(
     magnitude_weight: float,
     phase_weight: float,
     need_grad: bool,
+    recompute: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """SCC (B x C'), valid (B x C' bool) and the field dSCC/dp (B x C' x spatial, or (0,))."""
+    """SCC (B x C'), valid (B x C' bool) and the field dSCC/dp (B x C' x spatial, or (0,)). With
+    ``recompute`` (and ``need_grad`` False) backward computes the field again instead of
+    reading a saved one."""
+    return _forward(x, target, backend, activation, first_channel, first_class, ignore_index, include_dc,
+                    magnitude_weight, phase_weight, need_grad)
+
+
+def _forward(x, target, backend, activation, first_channel, first_class, ignore_index, include_dc,
+             magnitude_weight, phase_weight, need_grad):
     from . import load
 
     module = load(backend)
@@ -137,7 +154,7 @@ def _activated_correlation_op(
 
 @_activated_correlation_op.register_fake
 def _(x, target, backend, activation, first_channel, first_class, ignore_index, include_dc, magnitude_weight,
-      phase_weight, need_grad):
+      phase_weight, need_grad, recompute):
     acc = accumulation_dtype(x.dtype)
     pairs = (x.shape[0], x.shape[1] - first_channel)
     field = x.new_empty(pairs + tuple(x.shape[2:]) if need_grad else (0,), dtype=acc)
@@ -148,6 +165,8 @@ def _setup_context(ctx, inputs, output):
     x, target, backend, activation, first_channel = inputs[:5]
     ctx.ignore_index = inputs[6]
     ctx.backend, ctx.activation, ctx.first_channel = backend, activation, first_channel
+    ctx.recompute = inputs[11]
+    ctx.options = inputs[5:10]  # first_class, ignore_index, include_dc, magnitude_weight, phase_weight
     ctx.set_materialize_grads(False)
     ctx.mark_non_differentiable(output[1], output[2])
     ctx.save_for_backward(x, target, output[2])
@@ -156,9 +175,12 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_scc, grad_valid, grad_field):
     refuse_double_backward(ctx.backend)
     x, target, field = ctx.saved_tensors
-    nones = (None,) * 10
+    nones = (None,) * 11
     if grad_scc is None:
         return (None,) + nones
+    if ctx.recompute:  # the forward kept no field: run it again, with the gradient this time
+        with torch.no_grad():
+            _, _, field = _forward(x, target, ctx.backend, ctx.activation, ctx.first_channel, *ctx.options, True)
     if field.numel() == 0:
         raise RuntimeError(f"scc_fast {ctx.backend}: backward called but the forward ran with need_grad=False")
     use_kernel = _kernel_backward(x, ctx.backend)
@@ -263,6 +285,7 @@ def activated_correlation(
             magnitude_weight=magnitude_weight, phase_weight=phase_weight,
         )
     need_grad = torch.is_grad_enabled() and x.requires_grad
+    recompute = need_grad and RECOMPUTE_FIELD
     scc, valid, _ = _activated_correlation_op(
         x,
         target,
@@ -274,7 +297,8 @@ def activated_correlation(
         bool(include_dc),
         float(magnitude_weight),
         float(phase_weight),
-        need_grad,
+        need_grad and not recompute,
+        recompute,
     )
     return scc, valid
 
