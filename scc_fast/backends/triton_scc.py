@@ -1746,6 +1746,7 @@ def activated_field(x, target, activation, first_channel, first_class, ignore_in
         raise RuntimeError(f"backend 'triton' cannot run: {reason}")
     from ._activation_kernel import activation_stats
 
+    x = x.contiguous()  # once, for the statistics and the kernels
     act = _Activation(int(activation), activation_stats(x, target, int(activation), ignore_index), int(first_channel))
     if ignore_index is not None:  # an ignored voxel matches no class (its p is 0 through the statistics)
         target = torch.where(target == ignore_index, torch.full_like(target, -1), target)
