@@ -179,8 +179,10 @@ def main(argv=None) -> int:
 
 def markdown(env, rows) -> str:
     lines = [
-        f"<!-- {env['device']}, torch {env['torch']}, triton {env.get('triton')}, {env['date']}, commit {env['commit']} -->",
-        "| case | mode | BM, BN, BK | warps | stages | programs/SM | fwd+bwd ms | peak MiB | rel diff loss / grad | first call s |",
+        f"<!-- {env['device']}, torch {env['torch']}, triton {env.get('triton')}, {env['date']}, "
+        f"commit {env['commit']} -->",
+        "| case | mode | BM, BN, BK | warps | stages | programs/SM | fwd+bwd ms | peak MiB | rel diff loss / grad "
+        "| first call s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

@@ -343,7 +343,8 @@ def test_torch_compile_fullgraph_and_opcheck():
     (g_compiled,) = torch.autograd.grad(out, x)
     assert torch.allclose(out, eager) and torch.allclose(g_compiled, g_eager)
 
-    for op in (torch.ops.scc_fast.triton_correlation_2d.default, torch.ops.scc_fast.triton_correlation_2d_split.default):
+    ops = torch.ops.scc_fast
+    for op in (ops.triton_correlation_2d.default, ops.triton_correlation_2d_split.default):
         torch.library.opcheck(op, (p.clone().requires_grad_(True), t, 0, False, 0.5, 0.5, True, "ieee"))
         torch.library.opcheck(op, (p, t, 0, True, 0.3, 0.7, False, "ieee"))
 

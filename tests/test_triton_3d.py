@@ -200,7 +200,8 @@ for labels, four in ((True, True), (False, False)):
     compile_(m._scc3d_depth_fwd, dict(ws_ptr=f, parts_ptr=f, cos_d_ptr=f, sin_d_ptr=f, D="i32", W="i32", WH="i32",
              NBINS="i32", N_BLOCKS="i32", PAIR_WS="i64"), dict(INCLUDE_DC=labels, NEED_GRAD=labels, **blocks), warps, stages)
     compile_(m._scc3d_scalars, dict(stats_ptr=f, parts_ptr=f, scc_ptr=f, valid_ptr="*i8", coef_ptr=f, pair0="i32",
-             D="i32", HW="i32", LAST_HW="i32", N_BLOCKS="i32", n_vox="fp32", magnitude_weight="fp32", phase_weight="fp32"),
+             D="i32", HW="i32", LAST_HW="i32", N_BLOCKS="i32", n_vox="fp32", magnitude_weight="fp32",
+             phase_weight="fp32"),
              dict(LABELS=labels, INCLUDE_DC=labels, NEED_GRAD=labels, BD=128, BB=1024))
     compile_(m._scc3d_depth_inv, dict(ws_ptr=f, coef_ptr=f, cos_d_ptr=f, sin_d_ptr=f, D="i32", NBINS="i32",
              N_BLOCKS="i32", PAIR_WS="i64"), dict(INCLUDE_DC=labels, **blocks), warps, stages)

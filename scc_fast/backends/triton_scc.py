@@ -94,9 +94,9 @@ stays the default; ``bench/gpu_triton_check.py`` measures both.
 
 The ops are registered as ``torch.ops.scc_fast.triton_correlation_2d``,
 ``torch.ops.scc_fast.triton_correlation_2d_split`` and ``torch.ops.scc_fast.triton_correlation_3d``
-(``torch.library.custom_op`` with a fake implementation and ``register_autograd``), so ``torch.compile`` traces through them without a
-graph break. Their backward multiplies the gradient saved by the forward by the per-pair
-upstream gradient.
+(``torch.library.custom_op`` with a fake implementation and ``register_autograd``), so
+``torch.compile`` traces through them without a graph break. Their backward multiplies the
+gradient saved by the forward by the per-pair upstream gradient.
 """
 
 from __future__ import annotations
@@ -367,7 +367,10 @@ if triton is not None:
         return xr, xi, k2 + N2 * rn1
 
     @triton.jit
-    def _load_map_tile(p_base, t_base, a_base, A_OFF, rows, cols, H, W, cls, TARGET: tl.constexpr, LABELS: tl.constexpr, ACT: tl.constexpr):
+    def _load_map_tile(
+        p_base, t_base, a_base, A_OFF, rows, cols, H, W, cls,
+        TARGET: tl.constexpr, LABELS: tl.constexpr, ACT: tl.constexpr,
+    ):
         """p (or y, when TARGET) at [rows x cols], float32, 0 outside the image."""
         mask = (rows[:, None] < H) & (cols[None, :] < W)
         offs = rows[:, None] * W + cols[None, :]
@@ -430,7 +433,8 @@ if triton is not None:
     def _row_pass(
         p_base, t_base, a_base, A_OFF, out_r, out_i, z_r, z_i, cos_w_ptr, sin_w_ptr,
         d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
-        TARGET: tl.constexpr, LABELS: tl.constexpr, ACT: tl.constexpr, FOUR_STEP_W: tl.constexpr, PRECISION: tl.constexpr,
+        TARGET: tl.constexpr, LABELS: tl.constexpr, ACT: tl.constexpr, FOUR_STEP_W: tl.constexpr,
+        PRECISION: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, M1P: tl.constexpr, M2P: tl.constexpr,
     ):
         """Row transform of p (or y) onto the half spectrum, four-step or direct; then a barrier."""
@@ -443,7 +447,10 @@ if triton is not None:
         tl.debug_barrier()
 
     @triton.jit
-    def _spatial_sums(p_base, t_base, a_base, A_OFF, H, W, cls, LABELS: tl.constexpr, ACT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    def _spatial_sums(
+        p_base, t_base, a_base, A_OFF, H, W, cls,
+        LABELS: tl.constexpr, ACT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    ):
         """Sums over one H x W map: (S_p, S_y, sum (p - mean p)^2, sum (p - mean p) y, sum p y,
         sum (y - mean y)^2). Two passes (mean first), so the centered sums have no cancellation."""
         rm = tl.arange(0, BM)
@@ -706,7 +713,8 @@ if triton is not None:
 
     @triton.jit
     def _scc_fused_kernel(
-        probs_ptr, target_ptr,  # B*C' x H x W probs (or B x X_CHAN x H x W logits); labels B x H x W or float B*C' x H x W
+        probs_ptr,  # B*C' x H x W probs, or (ACT > 0) B x X_CHAN x H x W logits
+        target_ptr,  # labels B x H x W or float B*C' x H x W
         act_ptr,  # ACT > 0: 2 x B x H x W float32 activation statistics (m, r), see _load_p
         cos_w_ptr, sin_w_ptr,  # W x WH tables: cos / sin(2 pi w k / W)
         cos_h_ptr, sin_h_ptr,  # H x H tables (direct DFT along H)
@@ -882,7 +890,8 @@ if triton is not None:
                 g_base = grad_ptr + tl.cast(pair, tl.int64) * hw
                 _inv_row_pass(s_p1r, s_p1i, s_wr, s_wi, p_base, t_base, a_base, A_OFF, g_base, cos_w_ptr, sin_w_ptr,
                               d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
-                              n_vox, c_aa, c_re, off_p, off_y, LABELS, ACT, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
+                              n_vox, c_aa, c_re, off_p, off_y, LABELS, ACT, FOUR_STEP_W, PRECISION, BM, BN, BK,
+                              M1P, M2P)
             # The next pair overwrites the scratch this one has just read.
             tl.debug_barrier()
 
@@ -933,7 +942,8 @@ if triton is not None:
         p_base, t_base, a_base, A_OFF, out_r, out_i, x1r, x1i, z_r, z_i, w_r, w_i,
         cos_w_ptr, sin_w_ptr, cos_h_ptr, sin_h_ptr, c1_ptr, s1_ptr, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
         d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, N1, N2, M1, M2, cls,
-        TARGET: tl.constexpr, LABELS: tl.constexpr, ACT: tl.constexpr, FOUR_STEP: tl.constexpr, FOUR_STEP_W: tl.constexpr,
+        TARGET: tl.constexpr, LABELS: tl.constexpr, ACT: tl.constexpr, FOUR_STEP: tl.constexpr,
+        FOUR_STEP_W: tl.constexpr,
         PRECISION: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
         N1P: tl.constexpr, N2P: tl.constexpr, M1P: tl.constexpr, M2P: tl.constexpr,
     ):
@@ -1001,7 +1011,8 @@ if triton is not None:
         for sl in range(pid, n_slices, n_prog):
             pair, d, rows, cls, elem, p_base, t_base, a_base = _slice_maps(
                 sl, pair0, n_chan, X_CHAN, X_FIRST, first_class, D, H, ROWS, W, probs_ptr, target_ptr, act_ptr, LABELS)
-            s_p, s_y, m2_p, pyc, py, m2_y = _spatial_sums(p_base, t_base, a_base, A_OFF, rows, W, cls, LABELS, ACT, BM, BN)
+            s_p, s_y, m2_p, pyc, py, m2_y = _spatial_sums(
+                p_base, t_base, a_base, A_OFF, rows, W, cls, LABELS, ACT, BM, BN)
             st = stats_ptr + tl.cast(sl, tl.int64) * 6
             tl.store(st + 0, s_p)
             tl.store(st + 1, s_y)
@@ -1204,7 +1215,8 @@ if triton is not None:
         scratch_ptr, ws_ptr, coef_ptr, grad_ptr,
         pair0, n_slices, n_chan, X_CHAN, X_FIRST, A_OFF, first_class, D, H, ROWS, W, WH, N1, N2, M1, M2,
         PER_PROGRAM, PAIR_WS, n_vox,
-        LABELS: tl.constexpr, ACT: tl.constexpr, ROWS_ONLY: tl.constexpr, INCLUDE_DC: tl.constexpr, PRECISION: tl.constexpr,
+        LABELS: tl.constexpr, ACT: tl.constexpr, ROWS_ONLY: tl.constexpr, INCLUDE_DC: tl.constexpr,
+        PRECISION: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
         FOUR_STEP: tl.constexpr, N1P: tl.constexpr, N2P: tl.constexpr,
         FOUR_STEP_W: tl.constexpr, M1P: tl.constexpr, M2P: tl.constexpr,
@@ -1230,16 +1242,19 @@ if triton is not None:
             off_y = tl.load(cp + 6)
             ws = ws_ptr + tl.cast(pair, tl.int64) * PAIR_WS + d * plane
             if ROWS_ONLY:
-                _inv_row_pass(ws, ws + vol, w_r, w_i, p_base, t_base, a_base, A_OFF, grad_ptr + elem, cos_w_ptr, sin_w_ptr,
+                _inv_row_pass(ws, ws + vol, w_r, w_i, p_base, t_base, a_base, A_OFF, grad_ptr + elem,
+                              cos_w_ptr, sin_w_ptr,
                               d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, rows, W, WH, M1, M2, cls,
-                              n_vox, c_aa, c_re, off_p, off_y, LABELS, ACT, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
+                              n_vox, c_aa, c_re, off_p, off_y, LABELS, ACT, FOUR_STEP_W, PRECISION, BM, BN, BK,
+                              M1P, M2P)
             else:
                 _inv_col_pass(ws, ws + vol, ws, x1r, x1i, z_r, z_i, cos_h_ptr, sin_h_ptr,
                               c1_ptr, s1_ptr, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr, H, WH, N1, N2, 0.0, 0.0, False,
                               False, FOUR_STEP, INCLUDE_DC, PRECISION, BM, BN, BK, N1P, N2P)
                 _inv_row_pass(x1r, x1i, w_r, w_i, p_base, t_base, a_base, A_OFF, grad_ptr + elem, cos_w_ptr, sin_w_ptr,
                               d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
-                              n_vox, c_aa, c_re, off_p, off_y, LABELS, ACT, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
+                              n_vox, c_aa, c_re, off_p, off_y, LABELS, ACT, FOUR_STEP_W, PRECISION, BM, BN, BK,
+                              M1P, M2P)
             # The next slice overwrites the scratch this one has just read.
             tl.debug_barrier()
 
