@@ -255,6 +255,17 @@ def test_split_mode_matches_reference(monkeypatch, shape, rows, labels, include_
     compare(probs, target, include_dc=include_dc, magnitude_weight=0.35, phase_weight=0.65)
 
 
+@pytest.mark.parametrize("shape,labels,include_dc", [((1, 2, 48, 20), True, False), ((2, 2, 64, 17), False, True)])
+def test_split_mode_four_step_columns(monkeypatch, shape, labels, include_dc):
+    # The column DFT of the split mode is the depth passes' four-step transform (H = N1 x 16),
+    # enabled below its default threshold; blocks of 8 rows.
+    monkeypatch.setattr(triton_scc, "mode_2d", "split")
+    monkeypatch.setattr(triton_scc, "split_rows", 8)
+    monkeypatch.setattr(triton_scc, "FOUR_STEP_MIN_H", 32)
+    probs, target = make_inputs(shape, labels, seed=79)
+    compare(probs, target, include_dc=include_dc, magnitude_weight=0.45, phase_weight=0.55)
+
+
 def test_split_mode_chunks_and_persistent_grid(monkeypatch):
     # GPU-like small tiles (3 row blocks of 16, 16, 5 rows per pair; 16-row tiles along H in the
     # depth passes), fewer programs than slices (each loops, reusing its scratch), and a

@@ -95,6 +95,35 @@ def test_four_step_slices(monkeypatch, labels, include_dc):
     compare(probs, target, include_dc=include_dc, magnitude_weight=0.3, phase_weight=0.7)
 
 
+@pytest.mark.parametrize(
+    "shape,labels,include_dc",
+    [((1, 2, 32, 9, 10), True, False), ((2, 2, 48, 8, 9), False, True), ((1, 3, 64, 10, 9), True, True)],
+)
+def test_four_step_depth(monkeypatch, shape, labels, include_dc):
+    # The factored DFT along D (D = N1 x 16, N1 = 2, 3, 4 padded to a 16 block) in launches 2 and
+    # 4, below its default threshold; with the forward-only launches too.
+    monkeypatch.setattr(triton_scc, "FOUR_STEP_MIN_H", 32)
+    assert triton_scc._four_step_factors(shape[2]) == (shape[2] // 16, 16)
+    probs, target = make_inputs(shape, labels, seed=71)
+    kw = dict(include_dc=include_dc, magnitude_weight=0.4, phase_weight=0.6)
+    out, valid, _ = compare(probs, target, **kw)
+    with torch.no_grad():
+        t = target.to(DEVICE) if labels else target.to(DEVICE, torch.float32)
+        out_ng, valid_ng = triton_scc.correlation(probs.to(DEVICE, torch.float32), t, **kw)
+    assert torch.equal(out_ng, out) and torch.equal(valid_ng, valid)
+
+
+def test_four_step_depth_tiles_and_persistent_grid(monkeypatch):
+    # Several blocks of bins per pair (16 of the 9 x 5 = 45), fewer depth programs than tasks (each
+    # loops, reusing its Z scratch), two chunks of pairs.
+    monkeypatch.setattr(triton_scc, "FOUR_STEP_MIN_H", 32)
+    monkeypatch.setattr(triton_scc, "_depth_blocks", lambda D, n_bins, precision: (16, 16, 16, 4, 1))
+    monkeypatch.setattr(triton_scc, "_max_programs", lambda device, n: 2)
+    monkeypatch.setattr(triton_scc, "WORKSPACE_BYTES", 2 * triton_scc.workspace_bytes_per_pair(32, 9, 8))
+    probs, target = make_inputs((2, 2, 32, 9, 8), labels=True, seed=73)
+    compare(probs, target, magnitude_weight=0.5, phase_weight=0.5)
+
+
 @pytest.mark.parametrize("shape", [(1, 2, 2, 128, 9), (1, 1, 2, 9, 128)], ids=["H128", "W128"])
 def test_four_step_default_threshold(shape):
     # 128 = 8 x 16 is factored at the default threshold; a constant prediction goes through it too.
@@ -172,6 +201,7 @@ target = GPUTarget("cuda", 90, 32)  # H100 / H200
 f = "*fp32"
 TABLES = ["cos_w_ptr", "sin_w_ptr", "cos_h_ptr", "sin_h_ptr", "c1_ptr", "s1_ptr", "c2_ptr", "s2_ptr", "tw_c_ptr",
           "tw_s_ptr", "d1_ptr", "e1_ptr", "d2_ptr", "e2_ptr", "tv_c_ptr", "tv_s_ptr"]
+DEPTH_TABLES = ["cos_d_ptr", "sin_d_ptr", "c1_ptr", "s1_ptr", "c2_ptr", "s2_ptr", "tw_c_ptr", "tw_s_ptr"]
 SLICE_INTS = ["pair0", "n_slices", "n_chan", "X_CHAN", "X_FIRST", "A_OFF", "first_class", "D", "H", "ROWS", "W",
               "WH", "N1", "N2", "M1", "M2", "PER_PROGRAM", "PAIR_WS"]
 
@@ -197,14 +227,17 @@ for labels, four in ((True, True), (False, False)):
         compile_(m._scc3d_slices_inv, dict(probs_ptr=x, target_ptr=lab, act_ptr=f, **{t: f for t in TABLES},
                  scratch_ptr=f, ws_ptr=f, coef_ptr=f, grad_ptr=f, **{i: "i32" for i in SLICE_INTS}, n_vox="fp32"),
                  dict(LABELS=labels, INCLUDE_DC=not labels, **blocks, **sfs), warps, stages)
-    compile_(m._scc3d_depth_fwd, dict(ws_ptr=f, parts_ptr=f, cos_d_ptr=f, sin_d_ptr=f, D="i32", W="i32", WH="i32",
-             NBINS="i32", N_BLOCKS="i32", PAIR_WS="i64"), dict(INCLUDE_DC=labels, NEED_GRAD=labels, **blocks), warps, stages)
+    dfs = dict(FOUR_STEP=four, N1P=16, N2P=16)  # the depth DFT four-step (with the slices') or direct
+    compile_(m._scc3d_depth_fwd, dict(ws_ptr=f, parts_ptr=f, scratch_ptr=f, **{t: f for t in DEPTH_TABLES}, D="i32",
+             N1="i32", N2="i32", W="i32", WH="i32", NBINS="i32", N_BLOCKS="i32", N_TASKS="i32", PAIR_WS="i64"),
+             dict(INCLUDE_DC=labels, NEED_GRAD=labels, **blocks, **dfs), warps, stages)
     compile_(m._scc3d_scalars, dict(stats_ptr=f, parts_ptr=f, scc_ptr=f, valid_ptr="*i8", coef_ptr=f, pair0="i32",
              D="i32", HW="i32", LAST_HW="i32", N_BLOCKS="i32", n_vox="fp32", magnitude_weight="fp32",
              phase_weight="fp32"),
              dict(LABELS=labels, INCLUDE_DC=labels, NEED_GRAD=labels, BD=128, BB=1024))
-    compile_(m._scc3d_depth_inv, dict(ws_ptr=f, coef_ptr=f, cos_d_ptr=f, sin_d_ptr=f, D="i32", NBINS="i32",
-             N_BLOCKS="i32", PAIR_WS="i64"), dict(INCLUDE_DC=labels, **blocks), warps, stages)
+    compile_(m._scc3d_depth_inv, dict(ws_ptr=f, coef_ptr=f, scratch_ptr=f, **{t: f for t in DEPTH_TABLES}, D="i32",
+             N1="i32", N2="i32", NBINS="i32", N_BLOCKS="i32", N_TASKS="i32", PAIR_WS="i64"),
+             dict(INCLUDE_DC=labels, **blocks, **dfs), warps, stages)
     compile_(m._scc_fused_kernel, dict(probs_ptr=f, target_ptr=lab, act_ptr=f, **{t: f for t in TABLES}, scratch_ptr=f,
              scc_ptr=f, valid_ptr="*i8", grad_ptr=f, **{i: "i32" for i in ["n_pairs", "n_chan", "X_CHAN", "X_FIRST",
              "A_OFF", "first_class", "H", "W", "WH", "N1", "N2", "M1", "M2", "PER_PROGRAM"]}, magnitude_weight="fp32",

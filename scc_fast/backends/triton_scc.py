@@ -47,31 +47,35 @@ per chunk of pairs (three without the gradient):
 
 1. ``_scc3d_slices_fwd`` (persistent grid over (pair, depth slice)): the slice's spatial sums
    (6 floats) and the half spectra of its p and y maps, into a workspace;
-2. ``_scc3d_depth_fwd`` (one program per pair and block of the H x (W // 2 + 1) bins): the DFT
-   along D, as ``tl.dot`` with D x D tables (the 2D column-DFT tile with D rows), first of Y
-   (``B = |Y|`` kept), then of P (``A = |P|``, this block's part of ``T_a``, ``T_b``, ``T_ab``;
-   P written over Y's slices, which are consumed by then);
+2. ``_scc3d_depth_fwd`` (persistent grid over (pair, block of the H x (W // 2 + 1) bins)): the
+   DFT along D, as ``tl.dot`` with D x D tables (the 2D column-DFT tile with D rows) or, where D
+   factors as the 2D kernel's axes do (from ``FOUR_STEP_MIN_H``, 16 | D), its four-step column
+   transform through a D x BN scratch per program; first of Y (``B = |Y|`` kept), then of P
+   (``A = |P|``, this block's part of ``T_a``, ``T_b``, ``T_ab``; P written over Y's slices,
+   which are consumed by then);
 3. ``_scc3d_scalars`` (one program per pair): the slices' sums combined by the parallel variance
    formula (the centered sums keep no cancellation), the T parts summed, the 2D kernel's
    per-pair scalars and gradient coefficients;
-4. ``_scc3d_depth_inv``: the gradient field ``(c_a + c_ab B) P / |P|`` and its inverse DFT along
-   D, into the slots of p's slice spectra (dead since launch 2);
+4. ``_scc3d_depth_inv`` (persistent, as launch 2): the gradient field ``(c_a + c_ab B) P / |P|``
+   and its inverse DFT along D (direct or four-step), into the slots of p's slice spectra (dead
+   since launch 2);
 5. ``_scc3d_slices_inv`` (persistent, per slice): the 2D kernel's inverse column and row passes
    plus the spatial terms: dSCC/dp written.
 
 Labels are read in-kernel by launches 1 and 5, as in 2D (no one-hot tensor).
 
-The depth axis always uses the direct DFT-as-dot (no four-step), so its work per output grows
-as D; D may be 2 to 1024 (``MIN_DEPTH``, ``MAX_DEPTH``), H and W as for 2D. Transient workspace
+The depth axis uses the four-step transform where the 2D axes would (128 = 8 x 16: 24
+multiply-adds per output instead of 128), else the direct DFT-as-dot, whose work per output grows
+as D (96^3: direct); D may be 2 to 1024 (``MIN_DEPTH``, ``MAX_DEPTH``), H and W as for 2D. Transient workspace
 per pair (:func:`workspace_bytes_per_pair`): 5 volumes of D x H x (W // 2 + 1) float32 (p's and
 y's slice spectra, re and im, then P and the depth-inverted field; B), about 10 bytes per voxel,
 plus 6 floats per slice and a few per pair; e.g. 21.3 MB per pair at 128^3 (170 MB for brats-3d,
 2 x 4 pairs) and 9.0 MB at 96^3 (253 MB for btcv-3d, 2 x 14 pairs). Pairs go in chunks whose
 workspace fits :data:`WORKSPACE_BYTES` (1 GiB). The slice passes add the 2D kernel's
 per-program scratch (2 x H x (W // 2 + 1) + 2 x H x BN + 2 x BM x W floats). Only the gradient
-(4 bytes per voxel per pair) is kept for backward. A variant that recomputes instead of keeping
-the slice spectra in a workspace was not written: no GPU was available to measure either, and
-the GPU block sizes of the depth passes (``GPU_BLOCKS``, clipped to D) are not tuned.
+(4 bytes per voxel per pair) is kept for backward, or nothing with
+``scc_fast.backends.activation.RECOMPUTE_FIELD`` (the forward then runs launches 1-3 and backward
+all five). The GPU block sizes of the depth passes (``GPU_BLOCKS``, clipped to D) are not tuned.
 
 Activation inside the kernels (:func:`activated_field`, used by the fused activation layer while
 :data:`activation_in_kernel` is True): for softmax and sigmoid the kernels read the logits and the
@@ -87,8 +91,8 @@ one program, so a call with fewer pairs than SMs leaves SMs idle (16 x 2 x 512 x
 for 132 SMs, GPU run 2). The split mode runs 2D input through the five 3D launches instead, with
 blocks of rows as the slices: launch 1 transforms each block along W only (``ROWS_ONLY``; the
 last block may be shorter, and the per-slice spatial sums are combined as for 3D), launches 2 and
-4 do the DFT along H over blocks of the W // 2 + 1 frequency columns (the depth pass, direct
-DFT), launch 5 inverts each block along W and adds the spatial terms. Many programs per pair,
+4 do the DFT along H over blocks of the W // 2 + 1 frequency columns (the depth passes: four-step
+at 224 and 512, direct below 128), launch 5 inverts each block along W and adds the spatial terms. Many programs per pair,
 about 10 bytes per pixel and class of transient workspace. Not yet timed on a GPU, so "fused"
 stays the default; ``bench/gpu_triton_check.py`` measures both.
 
@@ -139,7 +143,7 @@ MIN_SIZE, MAX_SIZE = 8, 1024
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 NOT_IMPLEMENTED = (
-    "four-step DFT for lengths that 16 does not divide (e.g. 250, 1000), and along the depth of 3D input: "
+    "four-step DFT for lengths that 16 does not divide (e.g. 250, 1000) or under 128 (e.g. a depth of 96): "
     "they use the direct DFT-as-dot, whose work per output grows as the length"
 )
 
@@ -1041,56 +1045,101 @@ if triton is not None:
                                 PRECISION, BM, BN, BK, N1P, N2P, M1P, M2P)
 
     @triton.jit
+    def _depth_y_tile(yr, yi, kds, kcols, D, NBINS, W, WH, s_b, INCLUDE_DC: tl.constexpr):
+        """B = |Y| at the tile [kds x kcols] of a pair's D x NBINS spectrum, stored; returns its
+        part of T_b."""
+        bmag = tl.sqrt(yr * yr + yi * yi)
+        inside = (kds[:, None] < D) & (kcols[None, :] < NBINS)
+        is_dc = (kds[:, None] == 0) & (kcols[None, :] == 0)
+        wgt = _spectrum_weight(inside, (kcols % WH)[None, :], is_dc, W, INCLUDE_DC)
+        tl.store(s_b + kds[:, None] * NBINS + kcols[None, :], bmag, mask=inside)
+        return tl.sum(tl.sum(wgt * bmag, axis=1), axis=0)
+
+    @triton.jit
+    def _depth_p_tile(pr, pi, kds, kcols, D, NBINS, W, WH, s_b, s_pr, s_pi,
+                      INCLUDE_DC: tl.constexpr, NEED_GRAD: tl.constexpr):
+        """A = |P| at the tile, with B read back; P stored (with the gradient); returns the tile's
+        parts of T_a and T_ab."""
+        amag = tl.sqrt(pr * pr + pi * pi)
+        inside = (kds[:, None] < D) & (kcols[None, :] < NBINS)
+        is_dc = (kds[:, None] == 0) & (kcols[None, :] == 0)
+        wgt = _spectrum_weight(inside, (kcols % WH)[None, :], is_dc, W, INCLUDE_DC)
+        soffs = kds[:, None] * NBINS + kcols[None, :]
+        bmag = tl.load(s_b + soffs, mask=inside, other=0.0)
+        if NEED_GRAD:
+            tl.store(s_pr + soffs, pr, mask=inside)
+            tl.store(s_pi + soffs, pi, mask=inside)
+        return tl.sum(tl.sum(wgt * amag, axis=1), axis=0), tl.sum(tl.sum(wgt * amag * bmag, axis=1), axis=0)
+
+    @triton.jit
     def _scc3d_depth_fwd(
-        ws_ptr, parts_ptr, cos_d_ptr, sin_d_ptr, D, W, WH, NBINS, N_BLOCKS, PAIR_WS,
+        ws_ptr, parts_ptr, scratch_ptr, cos_d_ptr, sin_d_ptr, c1_ptr, s1_ptr, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
+        D, N1, N2, W, WH, NBINS, N_BLOCKS, N_TASKS, PAIR_WS,
         INCLUDE_DC: tl.constexpr, NEED_GRAD: tl.constexpr, PRECISION: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+        FOUR_STEP: tl.constexpr, N1P: tl.constexpr, N2P: tl.constexpr,
     ):
-        """Launch 2: per (pair, block of BN of the NBINS = H x WH bins of a slice's half spectrum),
-        the DFT along D (the 2D kernel's column DFT tile, over rows d), then B = |Y| (kept), A = |P|
-        and this block's part of T_a, T_b, T_ab. P, when the gradient is needed, takes the place
-        of Y2 (this block's columns of Y2 are consumed by then, and no other program reads them)."""
-        task = tl.program_id(0)
-        pair = task // N_BLOCKS
-        blk = task % N_BLOCKS
+        """Launch 2: per task (pair, block of BN of the NBINS bins of a slice's half spectrum;
+        persistent grid), the DFT along D, then B = |Y| (kept), A = |P| and the block's part of
+        T_a, T_b, T_ab. The DFT is the 2D kernel's column DFT tile over rows d, or with FOUR_STEP
+        (D = N1 N2) its four-step column transform through a D x BN scratch Z per program. P,
+        when the gradient is needed, takes the place of Y2 (this block's columns of Y2 are
+        consumed by then, and no other task reads them)."""
+        pid = tl.program_id(0)
+        n_prog = tl.num_programs(0)
         vol = tl.cast(D, tl.int64) * NBINS
-        ws = ws_ptr + tl.cast(pair, tl.int64) * PAIR_WS
-        s_p2r = ws
-        s_p2i = ws + vol
-        s_y2r = ws + 2 * vol
-        s_y2i = ws + 3 * vol
-        s_b = ws + 4 * vol
+        z_r = scratch_ptr + pid.to(tl.int64) * (2 * D * BN)
+        z_i = z_r + D * BN
         rm = tl.arange(0, BM)
-        kcols = blk * BN + tl.arange(0, BN)
-        kw = (kcols % WH)[None, :]
-        acc_tb = tl.zeros([BM], dtype=tl.float32)
-        for kd0 in range(0, D, BM):
-            kds = kd0 + rm
-            yr, yi = _col_dft(cos_d_ptr, sin_d_ptr, s_y2r, s_y2i, kds, kcols, D, NBINS, PRECISION, BM, BN, BK)
-            bmag = tl.sqrt(yr * yr + yi * yi)
-            inside = (kds[:, None] < D) & (kcols[None, :] < NBINS)
-            wgt = _spectrum_weight(inside, kw, (kds[:, None] == 0) & (kcols[None, :] == 0), W, INCLUDE_DC)
-            acc_tb += tl.sum(wgt * bmag, axis=1)
-            tl.store(s_b + kds[:, None] * NBINS + kcols[None, :], bmag, mask=inside)
-        tl.debug_barrier()
-        acc_ta = tl.zeros([BM], dtype=tl.float32)
-        acc_tab = tl.zeros([BM], dtype=tl.float32)
-        for kd0 in range(0, D, BM):
-            kds = kd0 + rm
-            pr, pi = _col_dft(cos_d_ptr, sin_d_ptr, s_p2r, s_p2i, kds, kcols, D, NBINS, PRECISION, BM, BN, BK)
-            amag = tl.sqrt(pr * pr + pi * pi)
-            inside = (kds[:, None] < D) & (kcols[None, :] < NBINS)
-            wgt = _spectrum_weight(inside, kw, (kds[:, None] == 0) & (kcols[None, :] == 0), W, INCLUDE_DC)
-            soffs = kds[:, None] * NBINS + kcols[None, :]
-            bmag = tl.load(s_b + soffs, mask=inside, other=0.0)
-            acc_ta += tl.sum(wgt * amag, axis=1)
-            acc_tab += tl.sum(wgt * amag * bmag, axis=1)
-            if NEED_GRAD:
-                tl.store(s_y2r + soffs, pr, mask=inside)
-                tl.store(s_y2i + soffs, pi, mask=inside)
-        tl.store(parts_ptr + task * 3 + 0, tl.sum(acc_ta, axis=0))
-        tl.store(parts_ptr + task * 3 + 1, tl.sum(acc_tb, axis=0))
-        tl.store(parts_ptr + task * 3 + 2, tl.sum(acc_tab, axis=0))
+        for task in range(pid, N_TASKS, n_prog):
+            pair = task // N_BLOCKS
+            blk = task % N_BLOCKS
+            ws = ws_ptr + tl.cast(pair, tl.int64) * PAIR_WS
+            s_p2r = ws
+            s_p2i = ws + vol
+            s_y2r = ws + 2 * vol
+            s_y2i = ws + 3 * vol
+            s_b = ws + 4 * vol
+            k0 = blk * BN
+            kcols = k0 + tl.arange(0, BN)
+            t_a = 0.0
+            t_b = 0.0
+            t_ab = 0.0
+            if FOUR_STEP:
+                c1, s1 = _square_tables(c1_ptr, s1_ptr, N1, N1P)
+                _fs_step1(s_y2r, s_y2i, s_y2r, s_y2i, s_b, z_r, z_i, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
+                          k0, D, NBINS, N1, N2, 0.0, 0.0, False, False, False, INCLUDE_DC, PRECISION, N2P, BN)
+                tl.debug_barrier()
+                for k2 in range(0, N2):
+                    yr, yi, kds = _fs_step3(z_r, z_i, c1, s1, k2, kcols, NBINS, N1, N2, False, PRECISION, N1P, BN)
+                    t_b += _depth_y_tile(yr, yi, kds, kcols, D, NBINS, W, WH, s_b, INCLUDE_DC)
+                tl.debug_barrier()
+                _fs_step1(s_p2r, s_p2i, s_p2r, s_p2i, s_b, z_r, z_i, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
+                          k0, D, NBINS, N1, N2, 0.0, 0.0, False, False, False, INCLUDE_DC, PRECISION, N2P, BN)
+                tl.debug_barrier()
+                for k2 in range(0, N2):
+                    pr, pi, kds = _fs_step3(z_r, z_i, c1, s1, k2, kcols, NBINS, N1, N2, False, PRECISION, N1P, BN)
+                    a, ab = _depth_p_tile(pr, pi, kds, kcols, D, NBINS, W, WH, s_b, s_y2r, s_y2i,
+                                          INCLUDE_DC, NEED_GRAD)
+                    t_a += a
+                    t_ab += ab
+                tl.debug_barrier()  # Z is reused by the next task
+            else:
+                for kd0 in range(0, D, BM):
+                    kds = kd0 + rm
+                    yr, yi = _col_dft(cos_d_ptr, sin_d_ptr, s_y2r, s_y2i, kds, kcols, D, NBINS, PRECISION, BM, BN, BK)
+                    t_b += _depth_y_tile(yr, yi, kds, kcols, D, NBINS, W, WH, s_b, INCLUDE_DC)
+                tl.debug_barrier()
+                for kd0 in range(0, D, BM):
+                    kds = kd0 + rm
+                    pr, pi = _col_dft(cos_d_ptr, sin_d_ptr, s_p2r, s_p2i, kds, kcols, D, NBINS, PRECISION, BM, BN, BK)
+                    a, ab = _depth_p_tile(pr, pi, kds, kcols, D, NBINS, W, WH, s_b, s_y2r, s_y2i,
+                                          INCLUDE_DC, NEED_GRAD)
+                    t_a += a
+                    t_ab += ab
+            tl.store(parts_ptr + task * 3 + 0, t_a)
+            tl.store(parts_ptr + task * 3 + 1, t_b)
+            tl.store(parts_ptr + task * 3 + 2, t_ab)
 
     @triton.jit
     def _scc3d_scalars(
@@ -1181,32 +1230,53 @@ if triton is not None:
 
     @triton.jit
     def _scc3d_depth_inv(
-        ws_ptr, coef_ptr, cos_d_ptr, sin_d_ptr, D, NBINS, N_BLOCKS, PAIR_WS,
+        ws_ptr, coef_ptr, scratch_ptr, cos_d_ptr, sin_d_ptr, c1_ptr, s1_ptr, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
+        D, N1, N2, NBINS, N_BLOCKS, N_TASKS, PAIR_WS,
         INCLUDE_DC: tl.constexpr, PRECISION: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+        FOUR_STEP: tl.constexpr, N1P: tl.constexpr, N2P: tl.constexpr,
     ):
-        """Launch 4: per (pair, block of bins), the gradient field (c_a + c_ab B) P/|P| (the 2D
-        kernel's field tile: DC is kd = 0, bin 0) and its inverse DFT along D, into the P2 slots
-        (dead since launch 2)."""
-        task = tl.program_id(0)
-        pair = task // N_BLOCKS
-        blk = task % N_BLOCKS
+        """Launch 4: per task (pair, block of bins; persistent grid), the gradient field
+        (c_a + c_ab B) P/|P| (the 2D kernel's field tile: DC is kd = 0, bin 0) and its inverse DFT
+        along D (direct, or four-step as in launch 2), into the P2 slots (dead since launch 2)."""
+        pid = tl.program_id(0)
+        n_prog = tl.num_programs(0)
         vol = tl.cast(D, tl.int64) * NBINS
-        ws = ws_ptr + tl.cast(pair, tl.int64) * PAIR_WS
-        cp = coef_ptr + pair * 8
-        c_a = tl.load(cp + 0)
-        c_ab = tl.load(cp + 1)
-        flat_p = tl.load(cp + 4) > 0.5
+        z_r = scratch_ptr + pid.to(tl.int64) * (2 * D * BN)
+        z_i = z_r + D * BN
         rm = tl.arange(0, BM)
-        kcols = blk * BN + tl.arange(0, BN)
-        for d0 in range(0, D, BM):
-            rows = d0 + rm
-            g2r, g2i = _icol_tile(cos_d_ptr, sin_d_ptr, ws + 2 * vol, ws + 3 * vol, ws + 4 * vol, rows, kcols,
-                                  D, NBINS, c_a, c_ab, flat_p, True, INCLUDE_DC, PRECISION, BM, BN, BK)
-            smask = (rows[:, None] < D) & (kcols[None, :] < NBINS)
-            soffs = rows[:, None] * NBINS + kcols[None, :]
-            tl.store(ws + soffs, g2r, mask=smask)
-            tl.store(ws + vol + soffs, g2i, mask=smask)
+        for task in range(pid, N_TASKS, n_prog):
+            pair = task // N_BLOCKS
+            blk = task % N_BLOCKS
+            ws = ws_ptr + tl.cast(pair, tl.int64) * PAIR_WS
+            cp = coef_ptr + pair * 8
+            c_a = tl.load(cp + 0)
+            c_ab = tl.load(cp + 1)
+            flat_p = tl.load(cp + 4) > 0.5
+            k0 = blk * BN
+            kcols = k0 + tl.arange(0, BN)
+            if FOUR_STEP:
+                c1, s1 = _square_tables(c1_ptr, s1_ptr, N1, N1P)
+                _fs_step1(ws + 2 * vol, ws + 3 * vol, ws + 2 * vol, ws + 3 * vol, ws + 4 * vol, z_r, z_i,
+                          c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr, k0, D, NBINS, N1, N2, c_a, c_ab, flat_p,
+                          True, True, INCLUDE_DC, PRECISION, N2P, BN)
+                tl.debug_barrier()
+                for k2 in range(0, N2):
+                    g2r, g2i, rows = _fs_step3(z_r, z_i, c1, s1, k2, kcols, NBINS, N1, N2, True, PRECISION, N1P, BN)
+                    smask = (rows[:, None] < D) & (kcols[None, :] < NBINS)
+                    soffs = rows[:, None] * NBINS + kcols[None, :]
+                    tl.store(ws + soffs, g2r, mask=smask)
+                    tl.store(ws + vol + soffs, g2i, mask=smask)
+                tl.debug_barrier()  # Z is reused by the next task
+            else:
+                for d0 in range(0, D, BM):
+                    rows = d0 + rm
+                    g2r, g2i = _icol_tile(cos_d_ptr, sin_d_ptr, ws + 2 * vol, ws + 3 * vol, ws + 4 * vol, rows,
+                                          kcols, D, NBINS, c_a, c_ab, flat_p, True, INCLUDE_DC, PRECISION, BM, BN, BK)
+                    smask = (rows[:, None] < D) & (kcols[None, :] < NBINS)
+                    soffs = rows[:, None] * NBINS + kcols[None, :]
+                    tl.store(ws + soffs, g2r, mask=smask)
+                    tl.store(ws + vol + soffs, g2i, mask=smask)
 
     @triton.jit
     def _scc3d_slices_inv(
@@ -1540,6 +1610,17 @@ def _launch_sliced(
         constexprs = dict(constexprs, FOUR_STEP=False)  # no column DFT in the slices
     dbm, dbn, dbk, dwarps, dstages = _depth_blocks(depth, n_bins, precision)
     n_blocks = -(-n_bins // dbn)
+    # The depth passes' DFT: four-step where the length factors as the 2D kernel's axes do.
+    depth_factors = _four_step_factors(depth)
+    if depth_factors:
+        dn1, dn2 = depth_factors
+        depth_tables = (*_twiddles(dn1, dn1, device), *_twiddles(dn2, dn2, device),
+                        *_twiddle_grid(dn1, dn2, depth, device))
+        depth_kw_fs = dict(FOUR_STEP=True, N1P=max(16, _next_pow2(dn1)), N2P=dn2)
+    else:
+        dn1 = dn2 = 1
+        depth_tables = (cos_d,) * 6  # not read
+        depth_kw_fs = dict(FOUR_STEP=False, N1P=16, N2P=16)
     pair_ws = 5 * rows * WH
     chunk = max(1, min(n_pairs, WORKSPACE_BYTES // workspace_bytes_per_pair(1, rows, W, per_pair)))
     ws = torch.empty(chunk * pair_ws, dtype=torch.float32, device=device)
@@ -1547,6 +1628,10 @@ def _launch_sliced(
     parts = torch.empty(chunk * n_blocks * 3, dtype=torch.float32, device=device)
     coefs = torch.empty(chunk * 8, dtype=torch.float32, device=device)
     n_prog = _max_programs(device, chunk * per_pair)
+    n_prog_depth = _max_programs(device, chunk * n_blocks)
+    # Per program of the depth passes (four-step): Z, 2 x depth x BN.
+    depth_scratch = torch.empty(n_prog_depth * 2 * depth * dbn if depth_factors else 1, dtype=torch.float32,
+                                device=device)
     scratch = torch.empty(n_prog * per_program, dtype=torch.float32, device=device)
     scc = torch.empty(n_pairs, dtype=torch.float32, device=device)
     valid = torch.empty(n_pairs, dtype=torch.int8, device=device)
@@ -1555,7 +1640,7 @@ def _launch_sliced(
     last_rows = rows - (per_pair - 1) * slice_rows
     slice_kw = dict(ACT=act_code, ROWS_ONLY=rows_only, PRECISION=precision, BM=bm, BN=bn, BK=bk, num_warps=warps,
                     num_stages=stages, **constexprs)
-    depth_kw = dict(PRECISION=precision, BM=dbm, BN=dbn, BK=dbk, num_warps=dwarps, num_stages=dstages)
+    depth_kw = dict(PRECISION=precision, BM=dbm, BN=dbn, BK=dbk, num_warps=dwarps, num_stages=dstages, **depth_kw_fs)
     for pair0 in range(0, n_pairs, chunk):
         n_here = min(chunk, n_pairs - pair0)
         n_slices = n_here * per_pair
@@ -1566,9 +1651,11 @@ def _launch_sliced(
             n1, n2, m1, m2,
             per_program, pair_ws, LABELS=labels, **slice_kw,
         )
-        _scc3d_depth_fwd[(n_here * n_blocks,)](
-            ws, parts, cos_d, sin_d, depth, W, WH, n_bins, n_blocks, pair_ws,
-            INCLUDE_DC=bool(include_dc), NEED_GRAD=bool(need_grad), **depth_kw,
+        n_tasks = n_here * n_blocks
+        grid_depth = (min(n_prog_depth, n_tasks),)
+        _scc3d_depth_fwd[grid_depth](
+            ws, parts, depth_scratch, cos_d, sin_d, *depth_tables, depth, dn1, dn2, W, WH, n_bins, n_blocks, n_tasks,
+            pair_ws, INCLUDE_DC=bool(include_dc), NEED_GRAD=bool(need_grad), **depth_kw,
         )
         _scc3d_scalars[(n_here,)](
             stats, parts, scc, valid, coefs, pair0, per_pair, slice_rows * W, last_rows * W, n_blocks, n_vox,
@@ -1577,8 +1664,9 @@ def _launch_sliced(
             BD=max(16, min(1024, _next_pow2(per_pair))), BB=max(16, min(1024, _next_pow2(n_blocks))),
         )
         if need_grad:
-            _scc3d_depth_inv[(n_here * n_blocks,)](
-                ws, coefs, cos_d, sin_d, depth, n_bins, n_blocks, pair_ws, INCLUDE_DC=bool(include_dc), **depth_kw,
+            _scc3d_depth_inv[grid_depth](
+                ws, coefs, depth_scratch, cos_d, sin_d, *depth_tables, depth, dn1, dn2, n_bins, n_blocks, n_tasks,
+                pair_ws, INCLUDE_DC=bool(include_dc), **depth_kw,
             )
             _scc3d_slices_inv[grid_slices](
                 probs, target, act_ptr, *tables, scratch, ws, coefs, grad,
