@@ -347,6 +347,33 @@ def test_gpu_tune_script_dry_run_on_cpu(tmp_path):
         assert done.returncode == 2 and "no CUDA device" in done.stderr
 
 
+def test_gpu_triton_check_and_reliability_scripts_dry_run_on_cpu(tmp_path):
+    """The other stages of the prepared GPU call that have no test of their own run end to end on CPU
+    (the interpreter, tiny shapes): gpu_triton_check.py with every contender, the split mode's and
+    the probabilities-first rows included, and gpu_reliability_check.py."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run(
+        [sys.executable, str(bench / "gpu_triton_check.py"), "--smoke", "--no-compile", "--reps", "1", "--cases", "smoke-b",
+         "--out", str(tmp_path / "t")], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (row,) = json.loads((tmp_path / "t" / "results.json").read_text())["rows"]
+    assert set(row["accuracy"]) == {"tf32", "ieee", "tf32,split"}, row
+    assert all(e["ok"] for e in row["accuracy"].values()), row["accuracy"]
+    assert {"triton[tf32]", "triton[tf32,split]", "triton[tf32,p-first]", "triton[tf32,unfused]", "reference",
+            "torch"} <= set(row["time_ms"]), row
+    done = subprocess.run([sys.executable, str(bench / "gpu_reliability_check.py"), "--device", "cpu", "--out",
+                           str(tmp_path / "r")], capture_output=True, text=True, timeout=600,
+                          env={**env, "TRITON_INTERPRET": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| triton | 2d | True / True |" in (tmp_path / "r" / "results.md").read_text()
+
+
 def _run_native_fft_ab(*args):
     import subprocess
     import sys
