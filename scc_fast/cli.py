@@ -24,6 +24,10 @@ def _backends(args: argparse.Namespace) -> int:
             if radix != engines:
                 engines = f"{radix} for float32 maps it fits (native.fft_engine(shape)), {engines} otherwise"
             detail += f" (transforms: {engines}; inner loops: {native.isa()}; cached buffers now: {native.cached_bytes() >> 20} MiB)"
+        if name == "triton" and status.available:
+            from .backends import triton_scc
+
+            detail += f" (settings: {triton_scc.settings()})"
         print(f"{name:10s} {'yes' if status.available else 'no ':3s}  {detail}")
     return 0
 

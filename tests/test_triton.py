@@ -280,6 +280,18 @@ def test_split_mode_chunks_and_persistent_grid(monkeypatch):
     compare(probs, target, first_class=0, include_dc=False)
 
 
+def test_settings_are_listed_by_the_cli(monkeypatch, capsys):
+    from scc_fast import cli
+
+    monkeypatch.setattr(triton_scc, "mode_2d", "split")
+    monkeypatch.setattr(triton_scc, "activation_in_kernel", False)
+    assert cli.main(["backends"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("triton "))
+    assert "2D mode split, dots ieee, softmax/sigmoid before the kernels, 1 program(s) per SM" in line
+    monkeypatch.setattr(triton_scc, "mode_2d", "rows")  # a bad value is named, not raised
+    assert "2D mode: the triton 2D mode" in triton_scc.settings() and "got 'rows'" in triton_scc.settings()
+
+
 def test_2d_mode_setting(monkeypatch):
     probs, target = make_inputs((1, 2, 12, 10), labels=True, seed=71)
     p, t = probs.to(DEVICE, torch.float32), target.to(DEVICE)

@@ -125,7 +125,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 
 __all__ = [
     "correlation", "unavailable_reason", "unsupported_reason", "input_precision", "PRECISIONS", "mode_2d", "MODES_2D",
-    "activation_in_kernel", "activated_field",
+    "activation_in_kernel", "activated_field", "settings",
 ]
 
 #: Read once: the interpreter is chosen by Triton when the kernel is decorated (at import).
@@ -1777,6 +1777,19 @@ def unsupported_reason(probs: torch.Tensor, target: torch.Tensor) -> str | None:
         names = "B x H x W" if probs.dim() == 4 else "B x D x H x W"
         return f"integer labels must be {names} = {(probs.shape[0], *spatial)}, got {tuple(target.shape)}"
     return None
+
+
+def settings() -> str:
+    """The settings in force, in words (``scc-fast backends`` prints them); a bad value is named."""
+    parts = []
+    for name, read in (("2D mode", _mode_2d), ("dots", _precision)):
+        try:
+            parts.append(f"{name} {read()}")
+        except ValueError as exc:
+            parts.append(f"{name}: {exc}")
+    where = "in the kernels" if activation_in_kernel else "before the kernels"
+    parts.append(f"softmax/sigmoid {where}, {programs_per_sm} program(s) per SM")
+    return ", ".join(parts)
 
 
 def _op(probs: torch.Tensor):
