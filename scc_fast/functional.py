@@ -196,14 +196,20 @@ def scc_loss(
     n_chan = input.shape[1]
     drop_background = not include_background and n_chan > 1
     n_pairs = n_chan - 1 if drop_background else n_chan
-    x = input if input.dtype == torch.float64 else input.float()
+    acc = torch.float64 if input.dtype == torch.float64 else torch.float32  # what the backends compute in
     labels = not target.is_floating_point()
     first_class = 1 if (n_chan == 1 or drop_background) else 0
     first_channel = 1 if drop_background else 0
     activation = "softmax" if softmax else "sigmoid" if sigmoid else None
-    target_in_loss = target if labels else (target[:, 1:] if drop_background else target).to(x.dtype)
-    impl = backends.select_backend(backend, x[:, first_channel:], target_in_loss)
+    target_in_loss = target if labels else (target[:, 1:] if drop_background else target).to(acc)
+    # The backend is chosen for the computing dtype from metadata alone (a zero-storage stand-in).
+    stand_in = torch.zeros((), dtype=acc, device=input.device).expand(input.shape)
+    impl = backends.select_backend(backend, stand_in[:, first_channel:], target_in_loss)
     fused = getattr(impl, "activated_correlation", None) if FUSE_ACTIVATION else None
+    # A backend that computes the activation inside its kernels reads float16/bfloat16 logits as
+    # they are (and returns their gradient in their dtype): no float32 copy is made or saved.
+    in_kernel = fused is not None and activation is not None and getattr(impl, "activation_in_kernel", False)
+    x = input if (input.dtype == acc or in_kernel) else input.to(acc)
     # A backend whose operator reads every logit and label anyway may make the checks there (the
     # same errors, raised after its forward call) instead of in passes of their own here.
     checks_in_op = (

@@ -159,6 +159,39 @@ def test_half_inputs_are_read_as_float32(dtype, rank):
 
 
 @pytest.mark.parametrize("rank", RANKS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_public_api_reads_half_logits_without_a_float32_copy(dtype, rank):
+    # With the softmax in the kernels, float16/bfloat16 logits go in as they are: the loss is that
+    # of their float32 conversion (the same values), the gradient comes back in their dtype (equal
+    # up to its rounding: the interpreter's bfloat16 stores truncate), and the graph saves no
+    # float32 copy of the input.
+    shape = {"2d": (2, 3, 12, 10), "3d": (1, 3, 4, 8, 9)}[rank[:2]]
+    g = torch.Generator().manual_seed(83)
+    logits = (torch.randn(shape, generator=g) * 2).to(dtype)
+    labels = torch.randint(0, 3, (shape[0], *shape[2:]), generator=g)
+    kw = dict(softmax=True, ignore_index=2, include_background=False, backend="triton")
+    x = logits.to(DEVICE).clone().requires_grad_(True)
+    loss = scc_fast.scc_loss(x, labels.to(DEVICE), **kw)
+    saved = []
+    stack, seen = [loss.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        saved += [t for t in getattr(node, "saved_tensors", ()) if isinstance(t, torch.Tensor)]
+        stack.extend(n for n, _ in node.next_functions)
+    assert not [t for t in saved if t.dtype == torch.float32 and t.shape == x.shape]
+    loss.backward()
+    x32 = logits.float().to(DEVICE).requires_grad_(True)
+    loss32 = scc_fast.scc_loss(x32, labels.to(DEVICE), **kw)
+    loss32.backward()
+    assert torch.equal(loss, loss32) and x.grad.dtype == dtype
+    ulp = torch.finfo(dtype).eps * x32.grad.abs().max()
+    assert (x.grad.float() - x32.grad.to(dtype).float()).abs().max() <= ulp
+
+
+@pytest.mark.parametrize("rank", RANKS)
 def test_no_grad_path_matches(rank):
     shape = {"2d": (2, 3, 11, 9), "3d": (2, 2, 3, 9, 9)}[rank[:2]]
     probs, target = make_inputs(shape, labels=True, seed=17)
