@@ -249,6 +249,10 @@ from scc_fast.backends import _activation_kernel as ak
 for act in (1, 2):
     compile_(ak._activation_stats_kernel, dict(x_ptr="*fp16", label_ptr="*i64", out_ptr=f, n_vox="i32", n_chan="i32",
              n_batch="i32", ignore_index="i32"), dict(ACTIVATION=act, HAS_IGNORE=True, BLOCK=1024))
+for act in (0, 1, 2):  # the fused activation's backward (every Triton backend's)
+    compile_(ak._activation_backward_kernel, dict(x_ptr="*bf16", field_ptr=f, up_ptr=f, label_ptr="*u8", out_ptr="*bf16",
+             n_vox="i32", n_chan="i32", first_channel="i32", ignore_index="i32"),
+             dict(ACTIVATION=act, HAS_IGNORE=act != 1, BLOCK=1024))
 print("compiled")
 """
 
