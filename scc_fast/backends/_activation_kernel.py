@@ -12,6 +12,18 @@ __all__ = ["activation_backward", "activation_stats"]
 
 
 @triton.jit
+def _softmax_max_sum(x_img, n_chan, n_vox, offs, mask, BLOCK: tl.constexpr):
+    """Per voxel of a block: the max m over channels of one image's logits, and sum_c exp(x_c - m)."""
+    m = tl.full([BLOCK], -float("inf"), tl.float32)
+    for c in range(0, n_chan):
+        m = tl.maximum(m, tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32))
+    s = tl.zeros([BLOCK], tl.float32)
+    for c in range(0, n_chan):
+        s += tl.exp(tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32) - m)
+    return m, s
+
+
+@triton.jit
 def _activation_backward_kernel(
     x_ptr, field_ptr, up_ptr, label_ptr, out_ptr,
     n_vox, n_chan, first_channel, ignore_index,
@@ -31,12 +43,7 @@ def _activation_backward_kernel(
         lab = tl.load(label_ptr + b * n_vox + offs, mask=mask, other=0)
         keep = tl.where(lab == ignore_index, 0.0, 1.0)
     if ACTIVATION == 1:
-        m = tl.full([BLOCK], -float("inf"), tl.float32)
-        for c in range(0, n_chan):
-            m = tl.maximum(m, tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32))
-        s = tl.zeros([BLOCK], tl.float32)
-        for c in range(0, n_chan):
-            s += tl.exp(tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32) - m)
+        m, s = _softmax_max_sum(x_img, n_chan, n_vox, offs, mask, BLOCK)
         scale = keep / s  # p' = keep * p, so an ignored voxel gets 0 in every channel
         dot = tl.zeros([BLOCK], tl.float32)
         for c in range(first_channel, n_chan):
@@ -103,13 +110,7 @@ def _activation_stats_kernel(
     m = tl.zeros([BLOCK], tl.float32)
     r = keep
     if ACTIVATION == 1:
-        x_img = x_ptr + b * n_chan * n_vox
-        m = tl.full([BLOCK], -float("inf"), tl.float32)
-        for c in range(0, n_chan):
-            m = tl.maximum(m, tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32))
-        s = tl.zeros([BLOCK], tl.float32)
-        for c in range(0, n_chan):
-            s += tl.exp(tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32) - m)
+        m, s = _softmax_max_sum(x_ptr + b * n_chan * n_vox, n_chan, n_vox, offs, mask, BLOCK)
         r = keep / s
     tl.store(out_ptr + b * n_vox + offs, m, mask=mask)
     tl.store(out_ptr + (n_batch + b) * n_vox + offs, r, mask=mask)
