@@ -7,6 +7,7 @@ worker function lives here: ``spawn`` must be able to import it by module name).
 
 from __future__ import annotations
 
+import datetime
 import os
 
 import pytest
@@ -122,7 +123,9 @@ def ddp_worker(rank: int, world_size: int, init_file: str, out_dir: str, steps: 
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    # A bounded timeout: a rank that fails must not leave the other waiting for gloo's default 30 min.
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=120))
     try:
         images, labels = ddp_batch()
         per_rank = images.shape[0] // world_size
@@ -140,5 +143,9 @@ def ddp_worker(rank: int, world_size: int, init_file: str, out_dir: str, steps: 
             {"grads": grads, "params": {n: p.detach().clone() for n, p in model.module.named_parameters()}},
             os.path.join(out_dir, f"rank{rank}.pt"),
         )
+        # Both ranks done before either tears its pairs down: a rank exiting while its peer still
+        # used the connection was seen once to abort (SIGABRT, "terminate called without an
+        # active exception") in a full CI run.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
