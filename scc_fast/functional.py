@@ -202,8 +202,9 @@ def scc_loss(
     first_channel = 1 if drop_background else 0
     activation = "softmax" if softmax else "sigmoid" if sigmoid else None
     target_in_loss = target if labels else (target[:, 1:] if drop_background else target).to(acc)
-    # The backend is chosen for the computing dtype from metadata alone (a zero-storage stand-in).
-    stand_in = torch.zeros((), dtype=acc, device=input.device).expand(input.shape)
+    # The backend is chosen for the computing dtype from metadata alone: a stand-in of one
+    # uninitialised element (no kernel launch) expanded to the input's shape.
+    stand_in = torch.empty((), dtype=acc, device=input.device).expand(input.shape)
     impl = backends.select_backend(backend, stand_in[:, first_channel:], target_in_loss)
     fused = getattr(impl, "activated_correlation", None) if FUSE_ACTIVATION else None
     # A backend that computes the activation inside its kernels reads float16/bfloat16 logits as
