@@ -330,10 +330,10 @@ PairCoef pair_coefficients(
 Isa kernel_isa();
 
 // Whether the operator's own radix transform runs for these maps: float32, a shape it fits,
-// the AVX-512 build of the kernels chosen (kernel_isa) and SCC_FAST_NATIVE_FFT unset.
+// the AVX-512 build of the kernels chosen (kernel_isa: the CPU runs it) and SCC_FAST_NATIVE_FFT unset.
 bool use_radix_fft(at::ScalarType dtype, at::IntArrayRef spatial) {
   return dtype == at::kFloat && fft_choice() == FftChoice::kAuto && kernel_isa() == Isa::kAvx512 &&
-         radix_fft_compiled_and_supported() && radix_fft_fits(spatial);
+         radix_fft_fits(spatial);
 }
 
 // What the operator was asked to compute, besides the tensors.
@@ -797,10 +797,7 @@ void run(
 // SCC_FAST_NATIVE_ISA=baseline|avx2|avx512 caps it, for tests and comparisons; read at every call.
 Isa kernel_isa() {
 #ifdef SCC_HAVE_AVX2_KERNELS
-  static const Isa best = (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-                           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-                           __builtin_cpu_supports("fma"))
-                              ? Isa::kAvx512
+  static const Isa best = cpu_runs_avx512()                                                 ? Isa::kAvx512
                           : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? Isa::kAvx2
                                                                                                : Isa::kBaseline;
 #else

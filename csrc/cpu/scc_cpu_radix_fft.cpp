@@ -355,13 +355,6 @@ void row_fft(float* row, const RadixPlan& p, bool fwd) {
 
 }  // namespace
 
-bool radix_fft_compiled_and_supported() {
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-                         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-                         __builtin_cpu_supports("fma");
-  return ok;
-}
-
 void radix_stage(float* z, const RadixPlan& p, bool fwd, int stage, int64_t i0, int64_t i1) {
   const int64_t rs = 2 * p.ls, ps = rs * p.height, nv = p.width / 8;
   for (int64_t i = i0; i < i1; ++i) {
@@ -398,8 +391,19 @@ void radix_stage(float* z, const RadixPlan& p, bool fwd, int stage, int64_t i0, 
 
 namespace scc_fast {
 
+// Outside the AVX-512 target region above: it runs on every CPU, to find out.
+bool cpu_runs_avx512() {
+#ifdef SCC_RADIX_FFT
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                         __builtin_cpu_supports("fma");
+  return ok;
+#else
+  return false;
+#endif
+}
+
 #ifndef SCC_RADIX_FFT
-bool radix_fft_compiled_and_supported() { return false; }
 void radix_stage(float*, const RadixPlan&, bool, int, int64_t, int64_t) {
   TORCH_CHECK(false, "scc_fast native: the radix transform is not built on this platform");
 }
@@ -429,7 +433,7 @@ at::Tensor native_radix_fft(const at::Tensor& maps, bool forward, bool reverse_i
   const auto spatial = maps.sizes().slice(1);
   TORCH_CHECK(radix_fft_fits(spatial), "native_radix_fft: spatial shape ", spatial,
               " does not fit the transform (prime factors 2, 3, 5, 7; the last a multiple of 8 in 16 .. 2048)");
-  TORCH_CHECK(radix_fft_compiled_and_supported(), "native_radix_fft: needs GCC on x86-64 and a CPU with AVX-512");
+  TORCH_CHECK(cpu_runs_avx512(), "native_radix_fft: needs GCC on x86-64 and a CPU with AVX-512");
   const int64_t W = spatial.back(), ls = W + 2, K = maps.size(0);
   const auto plan = radix_plan(spatial, ls);
   const int64_t height = plan->height, rows = plan->depth * height;

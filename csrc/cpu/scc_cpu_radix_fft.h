@@ -38,8 +38,9 @@ struct RadixPlan {
   std::vector<int64_t> neg_row;
 };
 
-// Whether this build and CPU run the transform at all (GCC on x86-64, AVX-512 F/DQ/BW/VL).
-bool radix_fft_compiled_and_supported();
+// Whether this build has the AVX-512 code (GCC on x86-64: this transform and the AVX-512 build of
+// the inner loops, scc_cpu.cpp's kernel_isa) and the CPU runs it (AVX-512 F/DQ/BW/VL and FMA).
+bool cpu_runs_avx512();
 // Whether maps of this spatial shape fit it (see above).
 bool radix_fft_fits(at::IntArrayRef spatial);
 // The plan for this shape and row stride (cached).
