@@ -1430,6 +1430,18 @@ def _precision() -> str:
     return value
 
 
+def _four_step_tables(n: int, filler: torch.Tensor, device: torch.device):
+    """One axis's four-step arguments: ``(tables, (N1, N2), (N1P, N2P), factored)``, the six
+    tables (N1 x N1 and N2 x N2 cos/sin, the N1 x N2 twiddle grid) in kernel argument order; where
+    the axis uses the direct DFT, ``filler`` six times (never read), N1 = N2 = 1 and 16-blocks."""
+    factors = _four_step_factors(n)
+    if factors is None:
+        return (filler,) * 6, (1, 1), (16, 16), False
+    n1, n2 = factors
+    tables = (*_twiddles(n1, n1, device), *_twiddles(n2, n2, device), *_twiddle_grid(n1, n2, n, device))
+    return tables, (n1, n2), (max(16, _next_pow2(n1)), n2), True
+
+
 def _slice_tables(H: int, W: int, device: torch.device):
     """The tables of the per-map 2D transform (shared by the 2D kernel and the 3D slice passes):
     ``(tables, ints, constexprs)``: the 18 table tensors in kernel argument order, (N1, N2, M1,
@@ -1437,30 +1449,10 @@ def _slice_tables(H: int, W: int, device: torch.device):
     WH = W // 2 + 1
     cos_w, sin_w = _twiddles(W, WH, device)
     cos_h, sin_h = _twiddles(H, H, device)
-    factors = _four_step_factors(H)
-    factors_w = _four_step_factors(W)
-    if factors_w:
-        m1, m2 = factors_w
-        d1, e1 = _twiddles(m1, m1, device)
-        d2, e2 = _twiddles(m2, m2, device)
-        tv_c, tv_s = _twiddle_grid(m1, m2, W, device)
-        m1p, m2p = max(16, _next_pow2(m1)), m2
-    else:
-        m1, m2, m1p, m2p = 1, 1, 16, 16
-        d1 = e1 = d2 = e2 = tv_c = tv_s = cos_w  # not read
-    if factors:
-        n1, n2 = factors
-        c1, s1 = _twiddles(n1, n1, device)
-        c2, s2 = _twiddles(n2, n2, device)
-        tw_c, tw_s = _twiddle_grid(n1, n2, H, device)
-        n1p, n2p = max(16, _next_pow2(n1)), n2
-    else:
-        n1, n2, n1p, n2p = 1, 1, 16, 16
-        c1 = s1 = c2 = s2 = tw_c = tw_s = cos_h  # not read
-    tables = (cos_w, sin_w, cos_h, sin_h, c1, s1, c2, s2, tw_c, tw_s, d1, e1, d2, e2, tv_c, tv_s)
-    constexprs = dict(
-        FOUR_STEP=factors is not None, N1P=n1p, N2P=n2p, FOUR_STEP_W=factors_w is not None, M1P=m1p, M2P=m2p
-    )
+    h_tables, (n1, n2), (n1p, n2p), four_step = _four_step_tables(H, cos_h, device)
+    w_tables, (m1, m2), (m1p, m2p), four_step_w = _four_step_tables(W, cos_w, device)
+    tables = (cos_w, sin_w, cos_h, sin_h, *h_tables, *w_tables)
+    constexprs = dict(FOUR_STEP=four_step, N1P=n1p, N2P=n2p, FOUR_STEP_W=four_step_w, M1P=m1p, M2P=m2p)
     return tables, (n1, n2, m1, m2), constexprs
 
 
@@ -1611,16 +1603,7 @@ def _launch_sliced(
     dbm, dbn, dbk, dwarps, dstages = _depth_blocks(depth, n_bins, precision)
     n_blocks = -(-n_bins // dbn)
     # The depth passes' DFT: four-step where the length factors as the 2D kernel's axes do.
-    depth_factors = _four_step_factors(depth)
-    if depth_factors:
-        dn1, dn2 = depth_factors
-        depth_tables = (*_twiddles(dn1, dn1, device), *_twiddles(dn2, dn2, device),
-                        *_twiddle_grid(dn1, dn2, depth, device))
-        depth_kw_fs = dict(FOUR_STEP=True, N1P=max(16, _next_pow2(dn1)), N2P=dn2)
-    else:
-        dn1 = dn2 = 1
-        depth_tables = (cos_d,) * 6  # not read
-        depth_kw_fs = dict(FOUR_STEP=False, N1P=16, N2P=16)
+    depth_tables, (dn1, dn2), (dn1p, dn2p), depth_four_step = _four_step_tables(depth, cos_d, device)
     pair_ws = 5 * rows * WH
     chunk = max(1, min(n_pairs, WORKSPACE_BYTES // workspace_bytes_per_pair(1, rows, W, per_pair)))
     ws = torch.empty(chunk * pair_ws, dtype=torch.float32, device=device)
@@ -1630,7 +1613,7 @@ def _launch_sliced(
     n_prog = _max_programs(device, chunk * per_pair)
     n_prog_depth = _max_programs(device, chunk * n_blocks)
     # Per program of the depth passes (four-step): Z, 2 x depth x BN.
-    depth_scratch = torch.empty(n_prog_depth * 2 * depth * dbn if depth_factors else 1, dtype=torch.float32,
+    depth_scratch = torch.empty(n_prog_depth * 2 * depth * dbn if depth_four_step else 1, dtype=torch.float32,
                                 device=device)
     scratch = torch.empty(n_prog * per_program, dtype=torch.float32, device=device)
     scc = torch.empty(n_pairs, dtype=torch.float32, device=device)
@@ -1640,7 +1623,8 @@ def _launch_sliced(
     last_rows = rows - (per_pair - 1) * slice_rows
     slice_kw = dict(ACT=act_code, ROWS_ONLY=rows_only, PRECISION=precision, BM=bm, BN=bn, BK=bk, num_warps=warps,
                     num_stages=stages, **constexprs)
-    depth_kw = dict(PRECISION=precision, BM=dbm, BN=dbn, BK=dbk, num_warps=dwarps, num_stages=dstages, **depth_kw_fs)
+    depth_kw = dict(PRECISION=precision, BM=dbm, BN=dbn, BK=dbk, num_warps=dwarps, num_stages=dstages,
+                    FOUR_STEP=depth_four_step, N1P=dn1p, N2P=dn2p)
     for pair0 in range(0, n_pairs, chunk):
         n_here = min(chunk, n_pairs - pair0)
         n_slices = n_here * per_pair
