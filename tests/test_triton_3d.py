@@ -253,6 +253,18 @@ for act in (0, 1, 2):  # the fused activation's backward (every Triton backend's
     compile_(ak._activation_backward_kernel, dict(x_ptr="*bf16", field_ptr=f, up_ptr=f, label_ptr="*u8", out_ptr="*bf16",
              n_vox="i32", n_chan="i32", first_channel="i32", ignore_index="i32"),
              dict(ACTIVATION=act, HAS_IGNORE=act != 1, BLOCK=1024))
+from scc_fast.backends import triton_fft as fft
+
+# backend triton_fft's pair kernel (float32 and float64 sums) and the field kernel that reads it
+for dt, eps, fmax in (("*fp32", 1.1920928955078125e-07, 3.4028234663852886e38),
+                      ("*fp64", 2.220446049250313e-16, 1.7976931348623157e308)):
+    for labels in (True, False):
+        compile_(fft._pair_kernel, dict(part_ptr=dt, count_ptr="*i32" if labels else dt, tpart_ptr=dt, scc_ptr=dt,
+                 valid_ptr="*i8", coef_ptr=dt, **{i: "i32" for i in ["n_pairs", "n_sp", "n_tsp", "n_chunk", "n_chan",
+                 "c0", "n_vox"]}, **{w: "fp32" for w in ["mw_hi", "mw_lo", "pw_hi", "pw_lo"]}),
+                 dict(LABELS=labels, INCLUDE_DC=not labels, NEED_GRAD=True, EPS=eps, FMAX=fmax, BP=128))
+    compile_(fft._field_kernel, dict(P_ptr=dt, Y_ptr=dt, ca_ptr=dt, cab_ptr=dt, flat_ptr=dt, n_half="i32"),
+             dict(INCLUDE_DC=False, BLOCK=1024))
 print("compiled")
 """
 

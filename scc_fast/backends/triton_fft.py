@@ -11,8 +11,12 @@ For any 2D or 3D shape cuFFT handles (B x C' x H x W or B x C' x D x H x W), per
 3. ``_spectral_stats_kernel`` reads P and Y once: |P|, |Y|, the half-spectrum weights (2 for
    every bin of the last axis except bin 0 and the even-length Nyquist bin; 0 at DC when DC is
    out of K), and the three transform sums T_a, T_b, T_ab.
-4. The per-pair scalars through :func:`scc_fast.backends.torch_fft.pair_coefficients` on
-   tensors of length B x C' (tiny; the same function as backend "torch", so the two agree).
+4. ``_pair_kernel``, one launch for all pairs of the chunk: the partial sums of stages 1 and 3
+   merged, the Parseval sums, SCC and valid, and the gradient's per-pair coefficients, with the
+   device functions of :mod:`._triton_scalars` (what :func:`scc_fast.backends.torch_fft.pair_coefficients`
+   computes on tensors for backend "torch", with the same zero tests). It replaced about 100 small
+   torch operations per chunk: GPU run 3 found this backend host-bound, 4-5 ms per step issuing
+   ~180 launches for 0.5-1.7 ms of kernels.
 5. ``_field_kernel`` overwrites P with the gradient field ``N (c_a + c_ab |Y_k|) P_k / |P_k|``
    (0 where |P_k| = 0, and at DC when DC is out), recomputing |Y_k| from Y so no magnitude
    array is ever stored; Y is freed.
@@ -22,7 +26,7 @@ For any 2D or 3D shape cuFFT handles (B x C' x H x W or B x C' x D x H x W), per
    gradient.
 
 Each stage is split over (pair, part of the map) programs that write partial results, summed
-in torch in a fixed order (deterministic, no atomics). The gradient is computed in the forward
+by the pair kernel in a fixed order (deterministic, no atomics). The gradient is computed in the forward
 call and is all that is saved: backward multiplies it by the per-pair upstream gradient. Only
 one chunk's spectra are alive at a time (``CHUNK_ELEMENTS`` bounds the chunk). The whole forward
 is the registered op ``torch.ops.scc_fast.triton_fft_correlation`` (``torch.library.custom_op``
@@ -37,17 +41,19 @@ from __future__ import annotations
 
 import functools
 import os
+import struct
 
 import torch
 
-from .._numerics import DEGENERATE_TARGET_RTOL, accumulation_dtype
+from .._numerics import accumulation_dtype
 from ._field_autograd import field_scaling_autograd
 from .activation import fused_entry
-from .torch_fft import PairStatistics, pair_coefficients
 
 try:
     import triton
     import triton.language as tl
+
+    from ._triton_scalars import energies, grad_coefficients, pair_scalars
 
     _IMPORT_ERROR: str | None = None
 except ImportError as exc:  # pragma: no cover - exercised only without triton installed
@@ -244,6 +250,117 @@ if triton is not None:
         tl.store(out + 2, tl.sum(t_ab, axis=0))
 
     @triton.jit
+    def _pair_kernel(
+        part_ptr,
+        count_ptr,
+        tpart_ptr,
+        scc_ptr,
+        valid_ptr,
+        coef_ptr,
+        n_pairs,
+        n_sp,
+        n_tsp,
+        n_chunk,
+        n_chan,
+        c0,
+        n_vox,
+        mw_hi,
+        mw_lo,
+        pw_hi,
+        pw_lo,
+        LABELS: tl.constexpr,
+        INCLUDE_DC: tl.constexpr,
+        NEED_GRAD: tl.constexpr,
+        EPS: tl.constexpr,
+        FMAX: tl.constexpr,
+        BP: tl.constexpr,
+    ):
+        """Program: BP pairs of the chunk. Merges the per-split moments (Chan et al.) and T parts,
+        then SPEC section 2's Parseval sums and pair scalars (:mod:`._triton_scalars`, as
+        ``torch_fft.pair_coefficients``): SCC and valid into the B x C outputs at channel c0 + j,
+        and with NEED_GRAD the 6 x n_pairs coefficients N c_a, N c_ab, flat p (0/1), 2N c_aa,
+        N c_re and the shift of the spatial terms. One launch for what took ~100 small torch ops.
+
+        Scalar float arguments reach a kernel as float32: each weight comes as a float32 pair
+        (hi + lo, about 48 bits), n_vox as an integer, so the float64 path keeps its precision."""
+        pairs = tl.program_id(0) * BP + tl.arange(0, BP)
+        pm = pairs < n_pairs
+        dt = part_ptr.dtype.element_ty
+        nv = tl.cast(n_vox, dt)
+        magnitude_weight = tl.cast(mw_hi, dt) + tl.cast(mw_lo, dt)
+        phase_weight = tl.cast(pw_hi, dt) + tl.cast(pw_lo, dt)
+        zero = tl.zeros([BP], dtype=dt)
+        n_tot = zero
+        s_p = zero
+        s_y = zero
+        for s in range(0, n_sp):
+            row = part_ptr + (pairs * n_sp + s) * 6
+            n_s = tl.load(row + 0, mask=pm, other=0.0)
+            n_tot += n_s
+            s_p += n_s * tl.load(row + 1, mask=pm, other=0.0)
+            s_y += n_s * tl.load(row + 3, mask=pm, other=0.0)
+        n_safe = tl.where(pm, n_tot, 1.0)
+        mean_p = s_p / n_safe
+        mean_y = s_y / n_safe
+        m2_p = zero
+        m2_y = zero
+        c_py = zero
+        for s in range(0, n_sp):
+            row = part_ptr + (pairs * n_sp + s) * 6
+            n_s = tl.load(row + 0, mask=pm, other=0.0)
+            dp = tl.load(row + 1, mask=pm, other=0.0) - mean_p
+            dy = tl.load(row + 3, mask=pm, other=0.0) - mean_y
+            m2_p += tl.load(row + 2, mask=pm, other=0.0) + n_s * dp * dp
+            m2_y += tl.load(row + 4, mask=pm, other=0.0) + n_s * dy * dy
+            c_py += tl.load(row + 5, mask=pm, other=0.0) + n_s * dp * dy
+        t_a = zero
+        t_b = zero
+        t_ab = zero
+        for s in range(0, n_tsp):
+            row = tpart_ptr + (pairs * n_tsp + s) * 3
+            t_a += tl.load(row + 0, mask=pm, other=0.0)
+            t_b += tl.load(row + 1, mask=pm, other=0.0)
+            t_ab += tl.load(row + 2, mask=pm, other=0.0)
+        if LABELS:
+            # The exact integer class count: the degenerate test must not round (SPEC section 1).
+            count = tl.zeros([BP], dtype=tl.int64)
+            for s in range(0, n_sp):
+                count += tl.load(count_ptr + pairs * n_sp + s, mask=pm, other=0).to(tl.int64)
+            s_y = count.to(dt)
+        mean_p, mean_y, var_p, total_a, energy_a, total_b, energy_b, cross, valid = energies(
+            mean_p * nv, s_y, m2_p, c_py, c_py + nv * mean_p * mean_y, m2_y, nv, LABELS, INCLUDE_DC)
+        if LABELS:
+            if INCLUDE_DC:
+                valid = count > 0
+            else:
+                valid = (count > 0) & (count < n_vox)
+        if INCLUDE_DC:
+            n_k = nv
+        else:
+            n_k = nv - 1.0
+        scc, rho_mag, rho_phase, den, zero_mag, zero_phase, var_a = pair_scalars(
+            energy_a, total_a, energy_b, total_b, cross, t_a, t_b, t_ab, n_k, magnitude_weight, phase_weight, EPS, FMAX)
+        out = (pairs // n_chunk) * n_chan + c0 + pairs % n_chunk
+        tl.store(scc_ptr + out, scc, mask=pm)
+        tl.store(valid_ptr + out, valid.to(tl.int8), mask=pm)
+        if NEED_GRAD:
+            c_a, c_ab, c_aa, c_re, flat_p = grad_coefficients(
+                rho_mag, rho_phase, den, zero_mag, zero_phase, var_a, t_a, t_b, t_ab, n_k, var_p, total_a, nv,
+                magnitude_weight, phase_weight, EPS)
+            c_p = 2.0 * nv * c_aa
+            c_y = nv * c_re
+            if INCLUDE_DC:
+                shift = zero
+            else:
+                shift = c_p * mean_p + c_y * mean_y
+            tl.store(coef_ptr + pairs, nv * c_a, mask=pm)
+            tl.store(coef_ptr + n_pairs + pairs, nv * c_ab, mask=pm)
+            tl.store(coef_ptr + 2 * n_pairs + pairs, flat_p.to(dt), mask=pm)
+            tl.store(coef_ptr + 3 * n_pairs + pairs, c_p, mask=pm)
+            tl.store(coef_ptr + 4 * n_pairs + pairs, c_y, mask=pm)
+            tl.store(coef_ptr + 5 * n_pairs + pairs, shift, mask=pm)
+
+    @triton.jit
     def _field_kernel(P_ptr, Y_ptr, ca_ptr, cab_ptr, flat_ptr, n_half, INCLUDE_DC: tl.constexpr, BLOCK: tl.constexpr):
         """Program (tile, pair): P <- (N c_a + N c_ab |Y|) P / |P| in place.
 
@@ -261,7 +378,8 @@ if triton is not None:
         a = tl.sqrt(tl.sum(xp * xp, axis=1))
         bm = tl.sqrt(tl.sum(xy * xy, axis=1))
         mag = tl.load(ca_ptr + pair) + tl.load(cab_ptr + pair) * bm
-        keep = (a > 0) & ((k == 0) | (tl.load(flat_ptr + pair) == 0))
+        flat = tl.load(flat_ptr + pair) + tl.zeros_like(a)  # as a vector: the interpreter's | needs it
+        keep = (a > 0) & ((k == 0) | (flat == 0))
         if not INCLUDE_DC:
             keep = keep & (k != 0)
         # P / |P| before scaling: bounded by 1 even where |P| is subnormal.
@@ -334,17 +452,14 @@ def _splits(n_items: int, n_pairs: int, block: int, target_programs: int, splits
     return -(-n_items // span), span
 
 
-def _merge_moments(part: torch.Tensor):
-    """Merge per-split moments (pairs x splits x 6) into per-pair (mean p, M2 p, mean y, M2 y, C py)."""
-    n, mp, m2p, my, m2y, cpy = part.unbind(-1)
-    n_tot = n.sum(-1, keepdim=True)
-    mean_p = (n * mp).sum(-1, keepdim=True) / n_tot
-    mean_y = (n * my).sum(-1, keepdim=True) / n_tot
-    dp, dy = mp - mean_p, my - mean_y
-    m2p = (m2p + n * dp * dp).sum(-1)
-    m2y = (m2y + n * dy * dy).sum(-1)
-    cpy = (cpy + n * dp * dy).sum(-1)
-    return mean_p.squeeze(-1), m2p, mean_y.squeeze(-1), m2y, cpy
+def _float32_pair(x: float) -> tuple[float, float]:
+    """x as hi + lo, both float32 values (about 48 bits): a kernel's float arguments are float32."""
+    hi = struct.unpack("f", struct.pack("f", x))[0]
+    return hi, struct.unpack("f", struct.pack("f", x - hi))[0]
+
+
+#: Pairs per program of the pair kernel.
+PAIR_BLOCK = 128
 
 
 def _forward(
@@ -374,7 +489,6 @@ def _forward(
     spatial = tuple(probs.shape[2:])
     dims = tuple(range(2, probs.dim()))
     n_vox = probs[0, 0].numel()
-    n_k = n_vox if include_dc else n_vox - 1
     w_half = spatial[-1] // 2 + 1
     n_half = n_vox // spatial[-1] * w_half
     default_block, target_programs = _config(device)
@@ -382,6 +496,9 @@ def _forward(
 
     scc = torch.empty(n_batch, n_chan, dtype=acc, device=device)
     valid = torch.empty(n_batch, n_chan, dtype=torch.bool, device=device)
+    valid_bytes = valid.view(torch.int8)  # the pair kernel writes 0 / 1
+    weights = (*_float32_pair(magnitude_weight), *_float32_pair(phase_weight))
+    eps, fmax = float(torch.finfo(acc).eps), float(torch.finfo(acc).max)
     grad = torch.empty_like(probs) if need_grad else None
     per_class = n_batch * n_vox
     limit = CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
@@ -417,8 +534,6 @@ def _forward(
             n_vox, k, class0 + c0, span, n_sp,
             LABELS=labels, WRITE_Y=labels, BLOCK=block,
         )  # fmt: skip
-        mean_p, m2_p, mean_y, m2_y, c_py = _merge_moments(part)
-        del part
 
         # 2. Half spectra.
         P = torch.fft.rfftn(p_chunk, dim=dims)
@@ -428,62 +543,35 @@ def _forward(
         Y_r = torch.view_as_real(Y)
 
         # 3. T_a, T_b, T_ab.
-        n_sp, span = _splits(n_half, n_pairs, block, target_programs, splits)
-        tpart = torch.empty(n_pairs, n_sp, 3, dtype=acc, device=device)
-        _spectral_stats_kernel[(n_pairs, n_sp)](
-            P_r, Y_r, tpart, n_half, w_half, span, n_sp,
+        n_tsp, tspan = _splits(n_half, n_pairs, block, target_programs, splits)
+        tpart = torch.empty(n_pairs, n_tsp, 3, dtype=acc, device=device)
+        _spectral_stats_kernel[(n_pairs, n_tsp)](
+            P_r, Y_r, tpart, n_half, w_half, tspan, n_tsp,
             LAST_EVEN=spatial[-1] % 2 == 0, INCLUDE_DC=include_dc, BLOCK=block,
         )  # fmt: skip
-        t_a, t_b, t_ab = tpart.sum(1).unbind(-1)
-        del tpart
 
-        # 4. Per-pair sums by Parseval, then the scalars of SPEC section 2.
-        total_a = n_vox * (m2_p + n_vox * mean_p * mean_p)
-        energy_a = total_a if include_dc else n_vox * m2_p
-        if labels:
-            count = counts.sum(1)
-            mean_y = count.to(acc) / n_vox
-            total_b = n_vox * count.to(acc)
-            energy_b = total_b if include_dc else count.to(acc) * (n_vox - count).to(acc)
-            ok = count > 0 if include_dc else (count > 0) & (count < n_vox)
-        else:
-            total_b = n_vox * (m2_y + n_vox * mean_y * mean_y)
-            energy_b = total_b if include_dc else n_vox * m2_y
-            ok = ~(energy_b <= DEGENERATE_TARGET_RTOL * total_b)  # a NaN target stays valid: NaN propagates
-        cross = n_vox * (c_py + n_vox * mean_p * mean_y) if include_dc else n_vox * c_py
-        # A map constant to rounding (e.g. a constant prediction) has no spectrum outside DC; its
-        # transformed |P_k| there are rounding noise, and T_ab = sum noise * B would pass the
-        # zero test of the phase denominator (its scale, sum_K A^2, is exactly 0 by Parseval)
-        # and blow up the gradient. Use the exact values, 0. (Same test as variance_is_zero.)
-        tiny = 1e3 * torch.finfo(acc).eps ** 2
-        flat_p = n_vox * m2_p <= tiny * total_a  # p constant: no energy outside DC
-        flat_a = energy_a <= tiny * total_a  # with DC in, only a zero map (the DC term dominates)
-        flat_b = energy_b <= tiny * total_b
-        t_a = torch.where(flat_a, torch.zeros_like(t_a), t_a)
-        t_b = torch.where(flat_b, torch.zeros_like(t_b), t_b)
-        t_ab = torch.where(flat_a | flat_b, torch.zeros_like(t_ab), t_ab)
-        stats = PairStatistics(n_k, energy_a, energy_b, cross, total_a, total_b, t_a, t_b, t_ab)
-        s, c_a, c_ab, c_aa, c_re = pair_coefficients(stats, magnitude_weight, phase_weight)
-        scc[:, c0 : c0 + k] = s.view(n_batch, k)
-        valid[:, c0 : c0 + k] = ok.view(n_batch, k)
+        # 4. Per-pair sums by Parseval, SCC, valid and the gradient's coefficients: one launch.
+        coef = torch.empty(6, n_pairs, dtype=acc, device=device) if need_grad else tpart
+        _pair_kernel[(-(-n_pairs // PAIR_BLOCK),)](
+            part, counts, tpart, scc, valid_bytes, coef,
+            n_pairs, n_sp, n_tsp, k, n_chan, c0, n_vox, *weights,
+            LABELS=labels, INCLUDE_DC=include_dc, NEED_GRAD=need_grad, EPS=eps, FMAX=fmax, BP=PAIR_BLOCK,
+        )  # fmt: skip
+        del part, counts, tpart
         if not need_grad:
             del P, Y, P_r, Y_r
             continue
+        ca_n, cab_n, flat_p, c_p, c_y, shift = coef.unbind(0)
 
         # 5. Gradient field, in place of P; Y is not needed after it.
-        ca_n = (n_vox * c_a).contiguous()
-        cab_n = (n_vox * c_ab).contiguous()
         _field_kernel[(-(-n_half // block), n_pairs)](
-            P_r, Y_r, ca_n, cab_n, flat_p.to(torch.int8), n_half, INCLUDE_DC=include_dc, BLOCK=block
+            P_r, Y_r, ca_n, cab_n, flat_p, n_half, INCLUDE_DC=include_dc, BLOCK=block
         )
         del Y, Y_r, P_r
 
         # 6. Inverse transform; 7. spatial terms, written into the gradient.
         g = torch.fft.irfftn(P, s=spatial, dim=dims)
         del P
-        c_p = (2 * n_vox * c_aa).contiguous()
-        c_y = (n_vox * c_re).contiguous()
-        shift = torch.zeros_like(c_p) if include_dc else (c_p * mean_p + c_y * mean_y).contiguous()
         grad_chunk = grad[:, c0 : c0 + k]
         _grad_kernel[(-(-n_vox // block), n_pairs)](
             g, p_chunk, probs.stride(0), probs.stride(1),
