@@ -1,14 +1,15 @@
 """Tile configurations of backend "triton" on the GPU: one stage of the prepared GPU call.
 
-GPU run 2 put the fused 2D kernel at 2.9 ms (synapse-2d) and 7.1 ms (polyp-2d) per forward +
-backward, about 1% of the HBM roofline; its tile sizes (``triton_scc.GPU_BLOCKS``) were chosen
-without a GPU, only so that ptxas reports no spills. This script times, per SPEC 2D case, the
-fused kernel and the split mode (``triton_scc.mode_2d = "split"``) under a few configurations
-(BM, BN, BK, num_warps, num_stages, programs per SM), TF32 dots, logits + int64 labels + softmax,
-``scc_loss(..., validate=False)``; the first configuration of each mode is the default. Each row:
-median forward + backward ms (CUDA events, after a warm-up call that compiles), peak memory
-above the inputs, and the relative difference of loss and gradient to the default configuration
-of the fused kernel (all should agree within TF32's 5e-3).
+The tile sizes (``triton_scc.GPU_BLOCKS``) were first chosen without a GPU, only so that ptxas
+reports no spills; GPU run 3 timed the 2D fused kernel and split mode under eight configurations
+and the defaults became 32/32/32, 4 warps, 2 stages, 3 programs per SM (``bench/RESULTS.md``). The
+3D passes share those blocks but were not in that run: this script now times, per SPEC case, the
+3D path (mode ``3d``: brats-3d, btcv-3d) under the new and the old default and a few others, and
+the 2D fused kernel and split mode (``triton_scc.mode_2d``) at the new default; TF32 dots,
+logits + int64 labels + softmax, ``scc_loss(..., validate=False)``; the first configuration of
+each mode is the default. Each row: median forward + backward ms (CUDA events, after a warm-up
+call that compiles), peak memory above the inputs, and the relative difference of loss and
+gradient to the case's first row (all should agree within TF32's 5e-3).
 
 Rows go in the order of ``CONFIGS`` x cases, so when ``--budget`` runs out the most informative
 ones are done; ``results.json`` / ``results.md`` are written after every row.
@@ -38,16 +39,19 @@ import scc_fast  # noqa: E402
 from scc_fast.backends import triton_scc  # noqa: E402
 
 CASES = {"synapse-2d": (24, 9, 224, 224), "polyp-2d": (16, 2, 512, 512)}
+CASES_3D = {"brats-3d": (2, 4, 128, 128, 128), "btcv-3d": (2, 14, 96, 96, 96)}
 SMOKE_CASES = {"smoke-2d": (2, 3, 16, 20)}
+SMOKE_CASES_3D = {"smoke-3d": (1, 2, 8, 12, 10)}
 # (mode, BM, BN, BK, num_warps, num_stages, programs per SM); the first of each mode is the default.
+# Mode "3d" runs the 3D cases (the 2D mode setting does not apply to them).
 CONFIGS = [
-    ("fused", 64, 32, 32, 8, 2, 1),
-    ("split", 64, 32, 32, 8, 2, 1),
-    ("fused", 64, 32, 32, 4, 2, 2),
-    ("split", 64, 32, 32, 4, 2, 2),
-    ("fused", 32, 32, 32, 4, 2, 2),
+    ("3d", 32, 32, 32, 4, 2, 3),
+    ("3d", 64, 32, 32, 8, 2, 1),  # the default up to GPU run 3
+    ("fused", 32, 32, 32, 4, 2, 3),
     ("split", 32, 32, 32, 4, 2, 3),
-    ("fused", 64, 64, 32, 8, 2, 1),
+    ("3d", 32, 32, 16, 4, 3, 3),
+    ("3d", 32, 32, 32, 4, 2, 2),
+    ("3d", 64, 64, 32, 8, 2, 1),
     ("fused", 32, 32, 16, 4, 3, 3),
 ]
 T0 = time.perf_counter()
@@ -115,8 +119,9 @@ def main(argv=None) -> int:
         print("gpu_tune.py: no CUDA device (use --smoke for a dry run on CPU)", file=sys.stderr)
         return 2
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
-    cases = SMOKE_CASES if args.smoke else CASES
-    default_blocks = triton_scc.GPU_BLOCKS["tf32"]
+    cases_2d = SMOKE_CASES if args.smoke else CASES
+    cases_3d = SMOKE_CASES_3D if args.smoke else CASES_3D
+    default_blocks, default_pps = triton_scc.GPU_BLOCKS["tf32"], triton_scc.programs_per_sm
     env = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (interpreter)",
         "torch": torch.__version__,
@@ -132,7 +137,7 @@ def main(argv=None) -> int:
         pass
     inputs, baseline, rows = {}, {}, []
     for mode, bm, bn, bk, warps, stages, pps in CONFIGS[: args.configs]:
-        for name, shape in cases.items():
+        for name, shape in (cases_3d if mode == "3d" else cases_2d).items():
             row = dict(case=name, shape=list(shape), mode=mode, blocks=[bm, bn, bk], num_warps=warps,
                        num_stages=stages, programs_per_sm=pps)
             rows.append(row)
@@ -148,7 +153,7 @@ def main(argv=None) -> int:
                 x, labels = inputs[name]
                 triton_scc.GPU_BLOCKS["tf32"] = (bm, bn, bk, warps, stages)
                 triton_scc.programs_per_sm = pps
-                triton_scc.mode_2d = mode
+                triton_scc.mode_2d = None if mode == "3d" else mode
                 t = time.perf_counter()
                 loss = step(x, labels)
                 sync(device)
@@ -166,7 +171,7 @@ def main(argv=None) -> int:
                 traceback.print_exc()
             finally:
                 triton_scc.GPU_BLOCKS["tf32"] = default_blocks
-                triton_scc.programs_per_sm = 1
+                triton_scc.programs_per_sm = default_pps
                 triton_scc.mode_2d = None
                 if device.type == "cuda":
                     torch.cuda.empty_cache()

@@ -319,8 +319,9 @@ def test_gpu_profile_script_refuses_bad_arguments(tmp_path):
 
 def test_gpu_tune_script_dry_run_on_cpu(tmp_path):
     """bench/gpu_tune.py (a stage of the prepared GPU call) runs on CPU under the interpreter: the
-    default configuration of each 2D mode is timed and agrees with the fused default; rows past
-    the budget are listed as skipped; without CUDA and --smoke it refuses."""
+    3D path under its first two configurations and each 2D mode's default are timed and agree with
+    the case's first row; rows past the budget are listed as skipped; without CUDA and --smoke it
+    refuses."""
     import subprocess
     import sys
     from pathlib import Path
@@ -332,13 +333,14 @@ def test_gpu_tune_script_dry_run_on_cpu(tmp_path):
     def run(*args):
         return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300, env=env)
 
-    done = run("--smoke", "--configs", "2", "--reps", "1", "--out", str(tmp_path))
+    done = run("--smoke", "--configs", "4", "--reps", "1", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
-    assert [r["mode"] for r in rows] == ["fused", "split"], rows
+    assert [(r["mode"], r["case"]) for r in rows] == [
+        ("3d", "smoke-3d"), ("3d", "smoke-3d"), ("fused", "smoke-2d"), ("split", "smoke-2d")], rows
     for r in rows:
         assert r["ms"] > 0 and r["rel_diff_loss"] <= 1e-5 and r["rel_diff_grad"] <= 1e-5, r
-    assert "| smoke-2d | split | 64, 32, 32 | 8 | 2 | 1 |" in (tmp_path / "results.md").read_text()
+    assert "| smoke-2d | split | 32, 32, 32 | 4 | 2 | 3 |" in (tmp_path / "results.md").read_text()
     done = run("--smoke", "--budget", "0", "--out", str(tmp_path))
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert done.returncode == 0 and len(rows) == 8 and all("time budget" in r["skipped"] for r in rows), rows

@@ -255,7 +255,7 @@ def test_four_step_default_threshold():
     compare(probs, target, include_dc=True)
 
 
-@pytest.mark.parametrize("mode", triton_scc.MODES_2D)
+@pytest.mark.parametrize("mode", ["fused", "split"])
 @pytest.mark.parametrize("precision", list(triton_scc.GPU_BLOCKS))
 def test_gpu_block_configuration(monkeypatch, precision, mode):
     # The block sizes used on GPU, at a size with partial tiles on both axes (split: row blocks of
@@ -318,9 +318,10 @@ def test_settings_are_listed_by_the_cli(monkeypatch, capsys):
 
     monkeypatch.setattr(triton_scc, "mode_2d", "split")
     monkeypatch.setattr(triton_scc, "activation_in_kernel", False)
+    monkeypatch.setattr(triton_scc, "programs_per_sm", 2)
     assert cli.main(["backends"]) == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("triton "))
-    assert "2D mode split, dots ieee, softmax/sigmoid before the kernels, 1 program(s) per SM" in line
+    assert "2D mode split, dots ieee, softmax/sigmoid before the kernels, 2 program(s) per SM" in line
     monkeypatch.setattr(triton_scc, "mode_2d", "rows")  # a bad value is named, not raised
     assert "2D mode: the triton 2D mode" in triton_scc.settings() and "got 'rows'" in triton_scc.settings()
 
@@ -330,7 +331,8 @@ def test_2d_mode_setting(monkeypatch):
     p, t = probs.to(DEVICE, torch.float32), target.to(DEVICE)
     monkeypatch.setattr(triton_scc, "mode_2d", None)
     monkeypatch.delenv(triton_scc.MODE_2D_ENV, raising=False)
-    assert triton_scc._op(p) is triton_scc.triton_correlation_2d  # "fused" by default
+    assert triton_scc._mode_2d() == "auto"
+    assert triton_scc._op(p) is triton_scc.triton_correlation_2d  # "auto" without a GPU: fused
     assert triton_scc._op(p[:, :, None]) is triton_scc.triton_correlation_3d  # 3D: one way only
     monkeypatch.setenv(triton_scc.MODE_2D_ENV, "split")
     assert triton_scc._op(p) is triton_scc.triton_correlation_2d_split
@@ -341,8 +343,22 @@ def test_2d_mode_setting(monkeypatch):
     assert rel_err(split, fused) <= TOL
     monkeypatch.setattr(triton_scc, "mode_2d", None)
     monkeypatch.setenv(triton_scc.MODE_2D_ENV, "rows")
-    with pytest.raises(ValueError, match=r"SCC_FAST_TRITON_2D.*'fused', 'split'.*'rows'"):
+    with pytest.raises(ValueError, match=r"SCC_FAST_TRITON_2D.*'auto', 'fused', 'split'.*'rows'"):
         triton_scc.correlation(p, t)
+
+
+def test_2d_mode_auto_splits_when_pairs_leave_sms_idle(monkeypatch):
+    # GPU run 3 (H200, 132 SMs): 32 pairs of 512^2 ran 2.2x faster split; 216 pairs of 224^2 ran
+    # at the same speed fused, with less memory. No GPU: always the fused kernel.
+    monkeypatch.setattr(triton_scc, "mode_2d", "auto")
+    monkeypatch.setattr(triton_scc, "_sm_count", lambda device: 132)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert triton_scc._split_2d(32, cuda) and triton_scc._split_2d(131, cuda)
+    assert not triton_scc._split_2d(132, cuda) and not triton_scc._split_2d(216, cuda)
+    assert not triton_scc._split_2d(1, cpu)
+    for mode, split in (("fused", False), ("split", True)):  # an explicit mode holds whatever the size
+        monkeypatch.setattr(triton_scc, "mode_2d", mode)
+        assert all(triton_scc._split_2d(n, d) is split for n in (1, 216) for d in (cuda, cpu))
 
 
 @pytest.mark.parametrize("rank", RANKS)

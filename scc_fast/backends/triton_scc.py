@@ -71,11 +71,12 @@ per pair (:func:`workspace_bytes_per_pair`): 5 volumes of D x H x (W // 2 + 1) f
 y's slice spectra, re and im, then P and the depth-inverted field; B), about 10 bytes per voxel,
 plus 6 floats per slice and a few per pair; e.g. 21.3 MB per pair at 128^3 (170 MB for brats-3d,
 2 x 4 pairs) and 9.0 MB at 96^3 (253 MB for btcv-3d, 2 x 14 pairs). Pairs go in chunks whose
-workspace fits :data:`WORKSPACE_BYTES` (1 GiB). The slice passes add the 2D kernel's
+workspace fits :data:`WORKSPACE_BYTES` (64 MiB). The slice passes add the 2D kernel's
 per-program scratch (2 x H x (W // 2 + 1) + 2 x H x BN + 2 x BM x W floats). Only the gradient
 (4 bytes per voxel per pair) is kept for backward, or nothing with
 ``scc_fast.backends.activation.RECOMPUTE_FIELD`` (the forward then runs launches 1-3 and backward
-all five). The GPU block sizes of the depth passes (``GPU_BLOCKS``, clipped to D) are not tuned.
+all five): GPU run 3 measured that 1.6x slower for the same peak. The GPU block sizes of the depth
+passes (``GPU_BLOCKS``, clipped to D) were tuned on the 2D split mode only.
 
 Activation inside the kernels (:func:`activated_field`, used by the fused activation layer while
 :data:`activation_in_kernel` is True): for softmax and sigmoid the kernels read the logits and the
@@ -84,7 +85,8 @@ image's per-voxel statistics (m, r), 2 floats per voxel made by one launch of
 exp(x_c - m) r with r = keep / sum_c exp(x_c - m), or r / (1 + exp(-x_c)) with r = keep (0 at an
 ignored voxel). Loss channel c reads input channel X_FIRST + c of X_CHAN (the background drop),
 so no B x C x spatial probability tensor is made: at 24 x 9 x 224 x 224 that is 43 MB fewer at the
-forward's peak, for a few exponentials per voxel more.
+forward's peak, for a few exponentials per voxel more (GPU run 3: 110 against 143 MiB peak, 3.53
+against 2.95 ms: the fused kernel reads p in four passes, each from 3 loads and an exponential).
 
 2D split mode (``SCC_FAST_TRITON_2D=split`` or :data:`mode_2d`): the fused kernel gives a pair to
 one program, so a call with fewer pairs than SMs leaves SMs idle (16 x 2 x 512 x 512: 32 pairs
@@ -93,8 +95,9 @@ blocks of rows as the slices: launch 1 transforms each block along W only (``ROW
 last block may be shorter, and the per-slice spatial sums are combined as for 3D), launches 2 and
 4 do the DFT along H over blocks of the W // 2 + 1 frequency columns (the depth passes: four-step
 at 224 and 512, direct below 128), launch 5 inverts each block along W and adds the spatial terms. Many programs per pair,
-about 10 bytes per pixel and class of transient workspace. Not yet timed on a GPU, so "fused"
-stays the default; ``bench/gpu_triton_check.py`` measures both.
+about 10 bytes per pixel and class of transient workspace. The default, ``"auto"``, splits where
+the call has fewer pairs than the GPU has SMs (GPU run 3: 2.2x faster at 16 x 2 x 512 x 512, the
+same time for 1.6x the memory at 24 x 9 x 224 x 224); ``bench/gpu_triton_check.py`` measures both.
 
 The ops are registered as ``torch.ops.scc_fast.triton_correlation_2d``,
 ``torch.ops.scc_fast.triton_correlation_2d_split`` and ``torch.ops.scc_fast.triton_correlation_3d``
@@ -147,14 +150,16 @@ NOT_IMPLEMENTED = (
     "they use the direct DFT-as-dot, whose work per output grows as the length"
 )
 
-_FP32_EPS = float(torch.finfo(torch.float32).eps)
-
 
 # --------------------------------------------------------------------------------------------
 # The kernel
 # --------------------------------------------------------------------------------------------
 
 if triton is not None:
+    from ._triton_scalars import FP32_EPS, FP32_MAX
+    from ._triton_scalars import energies as _energies
+    from ._triton_scalars import grad_coefficients as _grad_coefficients
+    from ._triton_scalars import pair_scalars as _pair_scalars
 
     @triton.jit
     def _dot(a, b, PRECISION: tl.constexpr):
@@ -491,84 +496,6 @@ if triton is not None:
         return s_p, s_y, m2_p, pyc, py, m2_y
 
     @triton.jit
-    def _energies(s_p, s_y, m2_p, pyc, py, m2_y, n_vox, LABELS: tl.constexpr, INCLUDE_DC: tl.constexpr):
-        """SPEC section 2's Parseval sums from the spatial sums of a pair (n_vox voxels): returns
-        (mean_p, mean_y, var_p, total_a, energy_a, total_b, energy_b, cross, valid)."""
-        mean_p = s_p / n_vox
-        mean_y = s_y / n_vox
-        var_p = m2_p / n_vox
-        total_a = n_vox * (n_vox * (var_p + mean_p * mean_p))
-        if LABELS:
-            count = s_y
-            total_b = n_vox * count
-            if INCLUDE_DC:
-                energy_b = total_b
-                valid = count > 0
-            else:
-                energy_b = count * (n_vox - count)
-                valid = energy_b > 0
-        else:
-            var_y = m2_y / n_vox
-            total_b = n_vox * n_vox * (var_y + mean_y * mean_y)
-            if INCLUDE_DC:
-                energy_b = total_b
-            else:
-                energy_b = n_vox * n_vox * var_y
-            valid = (energy_b > 1e-9 * total_b) | (energy_b != energy_b)  # NaN target: NaN propagates
-        if INCLUDE_DC:
-            energy_a = total_a
-            cross = n_vox * py
-        else:
-            energy_a = n_vox * n_vox * var_p
-            cross = n_vox * pyc
-        return mean_p, mean_y, var_p, total_a, energy_a, total_b, energy_b, cross, valid
-
-    @triton.jit
-    def _pair_scalars(energy_a, total_a, energy_b, total_b, cross, t_a, t_b, t_ab, n_k, magnitude_weight, phase_weight):
-        """Per-pair scalars, as torch_fft.pair_coefficients with the zero tests of _numerics (float32
-        epsilon). Returns (scc, rho_mag, rho_phase, den, zero_mag, zero_phase, var_a)."""
-        EPS: tl.constexpr = 1.1920928955078125e-07  # float32 epsilon, as in scc_fast._numerics
-        FP32_MAX: tl.constexpr = 3.4028234663852886e38  # |x| <= FP32_MAX: finite (False for NaN, Inf)
-        var_a = energy_a - t_a * t_a / n_k
-        var_b = energy_b - t_b * t_b / n_k
-        cov = t_ab - t_a * t_b / n_k
-        # An Inf energy (Inf in the input) is not "zero": it propagates as NaN (_numerics).
-        zero_a = (var_a <= 64 * EPS * energy_a) | (energy_a <= 1e3 * EPS * EPS * total_a)
-        zero_a = zero_a & (tl.abs(total_a) <= FP32_MAX)
-        zero_b = (var_b <= 64 * EPS * energy_b) | (energy_b <= 1e3 * EPS * EPS * total_b)
-        zero_b = zero_b & (tl.abs(total_b) <= FP32_MAX)
-        zero_mag = zero_a | zero_b
-        # product_is_zero, and also 0 when A or B is rounding noise over K (a constant map):
-        # then T_ab is noise too, and 1 / T_ab would blow the gradient up.
-        zero_phase = (t_ab <= 64 * EPS * tl.sqrt(energy_a * energy_b)) | (energy_a <= 1e3 * EPS * EPS * total_a)
-        zero_phase = (zero_phase | (energy_b <= 1e3 * EPS * EPS * total_b)) & (tl.abs(t_ab) <= FP32_MAX)
-        den = tl.sqrt(tl.where(zero_mag, 1.0, var_a * var_b))
-        rho_mag = tl.where(zero_mag, 0.0, cov / den)
-        t_ab_safe = tl.where(zero_phase, 1.0, t_ab)
-        rho_phase = tl.where(zero_phase, 0.0, cross / t_ab_safe)
-        scc = magnitude_weight * rho_mag + phase_weight * rho_phase
-        return scc, rho_mag, rho_phase, den, zero_mag, zero_phase, var_a
-
-    @triton.jit
-    def _grad_coefficients(
-        rho_mag, rho_phase, den, zero_mag, zero_phase, var_a, t_a, t_b, t_ab, n_k, var_p, total_a, n_vox,
-        magnitude_weight, phase_weight,
-    ):
-        """dSCC/dp = Re DFT^H[(c_a + c_ab B) P/|P|] + 2N c_aa (p - [DC out] mean p) + N c_re (y - [DC
-        out] mean y). Returns (c_a, c_ab, c_aa, c_re, flat_p)."""
-        EPS: tl.constexpr = 1.1920928955078125e-07
-        wm = tl.where(zero_mag, 0.0, magnitude_weight / den)
-        var_a_safe = tl.where(zero_mag, 1.0, var_a)
-        wp = tl.where(zero_phase, 0.0, phase_weight / tl.where(zero_phase, 1.0, t_ab))
-        c_ab = wm - wp * rho_phase
-        c_a = (-wm * t_b + magnitude_weight * rho_mag * t_a / var_a_safe) / n_k
-        c_aa = -0.5 * magnitude_weight * rho_mag / var_a_safe
-        # A constant p has no spectrum off DC: there P_k is rounding noise and its phase
-        # U_k is random, where the exact U_k is 0 (as the float64 reference has it).
-        flat_p = n_vox * n_vox * var_p <= 1e3 * EPS * EPS * total_a
-        return c_a, c_ab, c_aa, wp, flat_p
-
-    @triton.jit
     def _icol_tile(
         cos_ptr, sin_ptr, src_r, src_i, s_b, rows, kcols, NR, NC, c_a, c_ab, flat_p,
         FIELD: tl.constexpr, INCLUDE_DC: tl.constexpr, PRECISION: tl.constexpr,
@@ -870,14 +797,15 @@ if triton is not None:
 
             # ---- phase 3: per-pair scalars, as torch_fft.pair_coefficients ----
             scc, rho_mag, rho_phase, den, zero_mag, zero_phase, var_a = _pair_scalars(
-                energy_a, total_a, energy_b, total_b, cross, t_a, t_b, t_ab, n_k, magnitude_weight, phase_weight)
+                energy_a, total_a, energy_b, total_b, cross, t_a, t_b, t_ab, n_k, magnitude_weight, phase_weight,
+                FP32_EPS, FP32_MAX)
             tl.store(scc_ptr + pair, scc)
             tl.store(valid_ptr + pair, valid.to(tl.int8))
 
             if NEED_GRAD:
                 c_a, c_ab, c_aa, c_re, flat_p = _grad_coefficients(
                     rho_mag, rho_phase, den, zero_mag, zero_phase, var_a, t_a, t_b, t_ab, n_k, var_p, total_a,
-                    n_vox, magnitude_weight, phase_weight)
+                    n_vox, magnitude_weight, phase_weight, FP32_EPS)
                 tl.debug_barrier()
                 # ---- phase 4: field G = (c_a + c_ab B) P/|P|, inverse column DFT (C + iS) @ G ----
                 # P1 / Y1 are dead after phase 2: their slots take the half-inverse.
@@ -1206,13 +1134,14 @@ if triton is not None:
         else:
             n_k = n_vox - 1.0
         scc, rho_mag, rho_phase, den, zero_mag, zero_phase, var_a = _pair_scalars(
-            energy_a, total_a, energy_b, total_b, cross, t_a, t_b, t_ab, n_k, magnitude_weight, phase_weight)
+            energy_a, total_a, energy_b, total_b, cross, t_a, t_b, t_ab, n_k, magnitude_weight, phase_weight,
+                FP32_EPS, FP32_MAX)
         tl.store(scc_ptr + pair0 + pair, scc)
         tl.store(valid_ptr + pair0 + pair, valid.to(tl.int8))
         if NEED_GRAD:
             c_a, c_ab, c_aa, c_re, flat_p = _grad_coefficients(
                 rho_mag, rho_phase, den, zero_mag, zero_phase, var_a, t_a, t_b, t_ab, n_k, var_p, total_a,
-                n_vox, magnitude_weight, phase_weight)
+                n_vox, magnitude_weight, phase_weight, FP32_EPS)
             if INCLUDE_DC:
                 off_p = 0.0
                 off_y = 0.0
@@ -1383,9 +1312,11 @@ def _next_pow2(n: int) -> int:
 #: H and W), compiled without a GPU with triton.compile(..., target=GPUTarget("cuda", 90, 32))
 #: and cuobjdump --dump-resource-usage: tf32 64/32/32/8/2: 0-80 B stack; ieee 32/32/16/8/2:
 #: 0-24 B; tf32x3 32/32/16/8/1: 0-104 B (64/64/32/8/3, the first guess, spilled 424 B).
-#: Not timed: no GPU was available to tune them.
+#: tf32 timed in GPU run 3 (bench/gpu_tune.py, H200; with 3 programs per SM): 32/32/32/4/2 was
+#: the fastest split-mode row at both SPEC 2D cases (2.67 / 3.34 ms against 3.30 / 3.85 at the
+#: earlier 64/32/32/8/2) and faster for the fused kernel at synapse-2d (3.02 against 3.37 ms).
 GPU_BLOCKS = {
-    "tf32": (64, 32, 32, 8, 2),
+    "tf32": (32, 32, 32, 4, 2),
     "ieee": (32, 32, 16, 8, 2),
     "tf32x3": (32, 32, 16, 8, 1),
 }
@@ -1405,10 +1336,14 @@ def _blocks(H: int, W: int, precision: str = "tf32") -> tuple[int, int, int, int
     return bm, bn, bk, warps, stages
 
 
-#: Programs per SM in the persistent grids (each holds its own scratch). 1: a program of the
-#: default blocks holds ~230 registers x 256 threads, so only one fits on an SM; smaller blocks or
-#: fewer warps may fit more (``bench/gpu_tune.py`` measures that). Not timed on a GPU yet.
-programs_per_sm: int = 1
+#: Programs per SM in the persistent grids (each holds its own scratch). 3 with the 4-warp tf32
+#: blocks: the fastest setting measured in GPU run 3 (``bench/gpu_tune.py``); more programs than
+#: fit on an SM at once still balance the pairs (or slices) over the SMs better.
+programs_per_sm: int = 3
+
+
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _max_programs(device: torch.device, n_pairs: int) -> int:
@@ -1416,7 +1351,7 @@ def _max_programs(device: torch.device, n_pairs: int) -> int:
     wait, holding their scratch)."""
     if device.type != "cuda":
         return n_pairs
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = _sm_count(device)
     return max(1, min(n_pairs, sms * max(1, int(programs_per_sm))))
 
 
@@ -1520,18 +1455,21 @@ def _launch(probs, target, first_class, include_dc, magnitude_weight, phase_weig
 
 #: Workspace of the sliced passes (3D, and 2D split) per call, at most (bytes): pairs are
 #: processed in chunks whose workspace (:func:`workspace_bytes_per_pair` each) fits; at least one
-#: pair per chunk. Each chunk costs its own five launches.
-WORKSPACE_BYTES = 1 << 30
+#: pair per chunk. Each chunk costs its own five launches. 64 MiB: GPU run 3 measured brats-3d at
+#: 5.46 ms / 182 MiB peak against 5.56 ms / 283 MiB with 1 GiB, btcv-3d at 10.1 ms / 189 MiB
+#: against 9.0 ms / 363 MiB (5.3x and 7.5x less peak memory than the eager reference).
+WORKSPACE_BYTES = 1 << 26
 
 MIN_DEPTH, MAX_DEPTH = 2, 1024
 
 MODE_2D_ENV = "SCC_FAST_TRITON_2D"
-MODES_2D = ("fused", "split")
-#: How 2D input runs; None means ``$SCC_FAST_TRITON_2D`` or ``"fused"``. ``"fused"``: the one
+MODES_2D = ("auto", "fused", "split")
+#: How 2D input runs; None means ``$SCC_FAST_TRITON_2D`` or ``"auto"``. ``"fused"``: the one
 #: launch of :func:`_scc_fused_kernel`, one program per pair at a time. ``"split"``: the 3D passes
-#: with blocks of rows as slices (five launches, many programs per pair: for few pairs of large
-#: maps, e.g. 16 x 2 x 512 x 512, where "fused" keeps most SMs idle). Not timed on a GPU yet, so
-#: "fused" stays the default until a measurement says otherwise.
+#: with blocks of rows as slices (five launches, many programs per pair). ``"auto"``: split where
+#: the call has fewer pairs than the GPU has SMs, else fused. GPU run 3 (H200, 132 SMs): at
+#: polyp-2d (32 pairs) split 3.64 ms against fused 8.06; at synapse-2d (216 pairs) 3.46 against
+#: 3.53, but 177 against 110 MiB of peak memory, so fused keeps the many-pair case.
 mode_2d: str | None = None
 #: Rows per slice of the 2D split (None: the row block of the tiles); a test hook.
 split_rows: int | None = None
@@ -1557,7 +1495,7 @@ def _depth_blocks(D: int, n_bins: int, precision: str) -> tuple[int, int, int, i
 
 
 def _mode_2d() -> str:
-    value = mode_2d if mode_2d is not None else os.environ.get(MODE_2D_ENV, "").strip() or "fused"
+    value = mode_2d if mode_2d is not None else os.environ.get(MODE_2D_ENV, "").strip() or "auto"
     if value not in MODES_2D:
         raise ValueError(
             f"the triton 2D mode ({MODE_2D_ENV} or scc_fast.backends.triton_scc.mode_2d) must be one of "
@@ -1776,11 +1714,21 @@ def settings() -> str:
     return ", ".join(parts)
 
 
+def _split_2d(n_pairs: int, device: torch.device) -> bool:
+    """Whether 2D input of ``n_pairs`` (image, class) pairs runs the split mode (:data:`mode_2d`);
+    "auto" splits on CUDA when the pairs would leave SMs idle (no GPU: the fused kernel)."""
+    mode = _mode_2d()
+    if mode == "auto":
+        return device.type == "cuda" and n_pairs < _sm_count(device)
+    return mode == "split"
+
+
 def _op(probs: torch.Tensor):
     """The registered op for this input: 3D, or 2D in the chosen mode (:data:`mode_2d`)."""
     if probs.dim() == 5:
         return triton_correlation_3d
-    return triton_correlation_2d_split if _mode_2d() == "split" else triton_correlation_2d
+    split = _split_2d(probs.shape[0] * probs.shape[1], probs.device)
+    return triton_correlation_2d_split if split else triton_correlation_2d
 
 
 def correlation(
@@ -1831,7 +1779,8 @@ def correlation_field(probs, target, first_class, include_dc, magnitude_weight, 
 #: inside the kernels from per-voxel statistics (:func:`activated_field`; no B x C x spatial
 #: probability tensor is made) rather than handing them the probabilities. True: less memory (one
 #: input-sized tensor fewer at the forward's peak) for a few exponentials per voxel more; False:
-#: the probabilities are computed first (for A/B comparisons).
+#: the probabilities are computed first (for A/B comparisons). True stays the default: GPU run 3
+#: measured 5.6x less peak memory than the eager reference with it (4.3x without), 20% slower.
 activation_in_kernel: bool = True
 
 
@@ -1850,7 +1799,8 @@ def activated_field(x, target, activation, first_channel, first_class, ignore_in
     act = _Activation(int(activation), activation_stats(x, target, int(activation), ignore_index), int(first_channel))
     if ignore_index is not None:  # an ignored voxel matches no class (its p is 0 through the statistics)
         target = torch.where(target == ignore_index, torch.full_like(target, -1), target)
-    launch = _launch_sliced if x.dim() == 5 or _mode_2d() == "split" else _launch
+    split = x.dim() == 5 or _split_2d(probs_view.shape[0] * probs_view.shape[1], x.device)
+    launch = _launch_sliced if split else _launch
     with torch.no_grad():
         return launch(x, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad, _precision(), act)
 
