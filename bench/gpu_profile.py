@@ -10,7 +10,10 @@ it, per SPEC case and backend (logits, integer labels, softmax, ``scc_loss``, fo
 - ``gpu_ms``: CUDA events around the step;
 - ``kernel_ms`` and ``kernels``: the summed duration and the number of device kernels per step
   (``torch.profiler``), and the ops taking the most device time and the most host time;
-- ``step_ms`` with ``validate=True`` as well (its checks wait for the device).
+- ``step_ms`` with ``validate=True`` as well (its checks wait for the device);
+- ``launch_us``: the host's time to issue one launch, without waiting, of a small torch op and of
+  two of backend triton_fft's Triton kernels (6 and 18 arguments), on tiny tensors: the price of
+  each launch a step makes.
 
 Writes ``results.json``, ``results.md`` and one ``profile_<case>_<backend>.txt`` (the profiler's
 tables) per row to ``--out``, after every row. ``--budget`` bounds the run (rows not started are
@@ -123,6 +126,36 @@ def profile_row(x, labels, backend, device, steps=3):
     return stats, "\n\n".join(tables)
 
 
+def launch_overhead(device, launches: int) -> dict:
+    """Host microseconds per launch (issued back to back, then one sync): torch.add, and two
+    Triton kernels of backend triton_fft (where it is available)."""
+    x = torch.zeros(1024, device=device)
+    lab = torch.zeros(1024, dtype=torch.int64, device=device)
+    calls = {"torch.add": lambda: torch.add(x, 1.0)}
+    try:
+        from scc_fast.backends import triton_fft as fft
+
+        if fft.unavailable_reason() is None:
+            narrow = torch.empty(1024, dtype=torch.int8, device=device)
+            calls["triton 6 args (_narrow_labels_kernel)"] = lambda: fft._narrow_labels_kernel[(1,)](
+                lab, narrow, 1024, 0, 2, BLOCK=1024)
+            g, one = torch.zeros(1, 1, 1024, device=device), torch.zeros(1, device=device)
+            calls["triton 18 args (_grad_kernel)"] = lambda: fft._grad_kernel[(1, 1)](
+                g, g, 1024, 1024, narrow, 1024, 0, g, 1024, 1024, one, one, one, 1024, 1, 0, LABELS=True, BLOCK=1024)
+    except ImportError:
+        pass
+    out = {}
+    for name, call in calls.items():
+        call()  # compile / warm up
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(launches):
+            call()
+        out[name] = round((time.perf_counter() - t0) / launches * 1e6, 2)
+        sync(device)
+    return out
+
+
 def environment(device, argv) -> dict:
     try:
         import triton
@@ -162,6 +195,9 @@ def markdown(results):
             continue
         cells = [r.get(k) for k in ("step_ms", "host_ms", "gpu_ms", "kernel_ms", "kernels", "step_ms_validate")]
         lines.append(f"| {r['case']} | {r['backend']} | " + " | ".join("-" if c is None else str(c) for c in cells) + " |")
+    if results.get("launch_us"):
+        lines += ["", "Host time per launch, issued back to back (us): "
+                  + ", ".join(f"{k} {v}" for k, v in results["launch_us"].items())]
     if results["skipped"]:
         lines += ["", "Not run (budget): " + ", ".join(results["skipped"])]
     return "\n".join(lines) + "\n"
@@ -197,6 +233,12 @@ def main(argv=None) -> int:
     available = [b for b in wanted if status[b].available and not (b == "native" and device.type == "cuda")]
     out = Path(args.out)
     results = {"environment": environment(device, argv), "rows": [], "skipped": []}
+    try:
+        results["launch_us"] = launch_overhead(device, 500 if device.type == "cuda" else 5)
+        print("launch_us", json.dumps(results["launch_us"]), flush=True)
+    except Exception as exc:  # noqa: BLE001 - a side measurement must not stop the rows
+        results["launch_us"] = {"error": f"{type(exc).__name__}: {str(exc)[:160]}"}
+        traceback.print_exc()
     t_start = time.perf_counter()
     for case, shape in cases.items():
         x, labels = make_inputs(shape, device)
