@@ -8,8 +8,11 @@ For each case and each accelerated backend that runs it (``torch``, ``triton_fft
 also ``triton:ieee``, its IEEE-dot option, held to 1e-5, and ``triton:recompute`` /
 ``triton_fft:recompute``, which keep no gradient field between forward and backward and compute it
 again in backward, ``scc_fast.backends.activation.RECOMPUTE_FIELD``, and ``triton:ws=2^30``, its
-workspace at 1 GiB (the default until GPU run 3, now 64 MiB: fewer chunks of pairs, more memory); ``triton_fft`` with smaller
-chunks of classes only with ``--chunked``, measured in GPU run 2):
+workspace at 1 GiB (the default until GPU run 3, now 64 MiB: fewer chunks of pairs, more
+memory); on CUDA, every case also as ``<backend>:graph``, forward + backward captured once in a
+CUDA graph and replayed (the kernels' time without the host's per-step work; peak memory not
+comparable, the graph's pool is allocated at capture); ``triton_fft`` with smaller chunks of
+classes only with ``--chunked``, measured in GPU run 2):
 
 1. correctness: loss and dL/dlogits against backend "reference" run in float64 on the same
    device, as ||out - ref|| / ||ref|| (SPEC section 4: 1e-5 for float32 paths, 5e-3 for the
@@ -100,8 +103,14 @@ RECOMPUTE = ("triton:recompute", "triton_fft:recompute")
 # backend triton's 3D workspace at 1 GiB per call (the default is 64 MiB since GPU run 3): pairs
 # in fewer chunks of five launches each, more memory. Not a dispatch candidate.
 TRITON_WS = ("triton:ws=2^30",)
+# Forward + backward captured once in a CUDA graph and replayed (CUDA only): what the kernels
+# cost without the host's per-step work (Python, dispatch, launches; GPU run 3 found torch and
+# triton_fft host-bound). A training step captured whole (torch.cuda.graphs, or
+# torch.compile(mode="reduce-overhead")) gets this. The reference is graphed too, for a fair ratio.
+GRAPHED = ("reference:graph", "torch:graph", "triton_fft:graph", "triton:graph")
 TOLERANCE = {"torch": 1e-5, "triton_fft": 1e-5, "triton": 5e-3, "reference-compiled": 1e-5}
 TOLERANCE.update({name: 1e-5 for name in (*CHUNKED, *TRITON_IEEE)})
+TOLERANCE.update({"reference:graph": 1e-5, "torch:graph": 1e-5, "triton_fft:graph": 1e-5, "triton:graph": 5e-3})
 TOLERANCE.update({"triton:recompute": 5e-3, "triton_fft:recompute": 1e-5, "triton:ws=2^30": 5e-3})
 
 T0 = time.perf_counter()
@@ -188,6 +197,38 @@ def time_ms(fn, x, device, warmup: int, reps: int) -> tuple[float, list[float]]:
             t = time.perf_counter()
             fwd_bwd(fn, x)
             times.append(1e3 * (time.perf_counter() - t))
+    return statistics.median(times), times
+
+
+def capture_graph(fn, x, device):
+    """fwd_bwd(fn, x) captured in a CUDA graph after warm-up on a side stream (PyTorch's recipe);
+    replaying it rewrites x.grad and the returned loss in place."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fwd_bwd(fn, x)
+    torch.cuda.current_stream(device).wait_stream(side)
+    x.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        loss = fn(x)
+        loss.backward()
+    return graph, loss
+
+
+def time_graph_ms(graph, device, reps: int) -> tuple[float, list[float]]:
+    for _ in range(3):
+        graph.replay()
+    sync(device)
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
     return statistics.median(times), times
 
 
@@ -510,6 +551,21 @@ def measure(state, backend, device, results, out, settings) -> None:
                     return
             fn = loss_fn(impl, labels)
             x = logits.clone().requires_grad_(True)
+        if backend in GRAPHED:
+            graph, loss = capture_graph(fn, x, device)
+            graph.replay()
+            sync(device)
+            r["rel_err_loss"] = rel_err(loss, state["loss64"])
+            r["rel_err_grad"] = rel_err(x.grad, state["grad64"])
+            tol = TOLERANCE[backend]
+            r["tolerance"] = tol
+            r["correct"] = bool(r["rel_err_loss"] <= tol and r["rel_err_grad"] <= tol)
+            r["median_ms"], r["times_ms"] = time_graph_ms(graph, device, settings["reps"])
+            r["peak_mib"] = r["held_mib"] = None  # the graph's memory pool is allocated once, at capture
+            del graph, loss
+            log(f"{case['name']} {backend:22s} err {r['rel_err_loss']:.1e}/{r['rel_err_grad']:.1e} "
+                f"{r['median_ms']:.3f} ms (graph replay)")
+            return
         t_first = time.perf_counter()
         loss = fwd_bwd(fn, x).detach()
         sync(device)
@@ -549,7 +605,7 @@ def finalize(case) -> None:
     """Ratios against the reference eager and compiled, and the roofline fraction."""
     eager = case["backends"].get("reference", {})
     comp = case["backends"].get("reference-compiled", {})
-    for backend in (*ACCELERATED, *CHUNKED, *TRITON_IEEE, *RECOMPUTE, *TRITON_WS):
+    for backend in (*ACCELERATED, *CHUNKED, *TRITON_IEEE, *RECOMPUTE, *TRITON_WS, *GRAPHED):
         r = case["backends"].get(backend, {})
         if r.get("median_ms"):
             r["speedup_vs_eager"] = _ratio(eager.get("median_ms"), r["median_ms"])
@@ -599,7 +655,8 @@ def main() -> int:
             continue
         states.append(state)
         extra = (*TRITON_IEEE, *RECOMPUTE, *TRITON_WS) if len(shape) == 5 else ()
-        for backend in ("reference", *ACCELERATED, *extra, *(CHUNKED if ARGS.chunked else ())):
+        graphed = GRAPHED if device.type == "cuda" else ()
+        for backend in ("reference", *ACCELERATED, *extra, *(CHUNKED if ARGS.chunked else ()), *graphed):
             measure(state, backend, device, results, out, settings)
     # Pass 2: the compiled reference (slow to compile), while the budget lasts.
     for state in states:
