@@ -290,37 +290,30 @@ if triton is not None:
         magnitude_weight = tl.cast(mw_hi, dt) + tl.cast(mw_lo, dt)
         phase_weight = tl.cast(pw_hi, dt) + tl.cast(pw_lo, dt)
         zero = tl.zeros([BP], dtype=dt)
-        n_tot = zero
-        s_p = zero
-        s_y = zero
+        # The splits' moments merged one after another (Chan et al., as the tiles in
+        # _spatial_stats_kernel): no cancellation for near-constant maps.
+        n, mean_p, mean_y, m2_p, m2_y, c_py = zero, zero, zero, zero, zero, zero
         for s in range(0, n_sp):
             row = part_ptr + (pairs * n_sp + s) * 6
             n_s = tl.load(row + 0, mask=pm, other=0.0)
-            n_tot += n_s
-            s_p += n_s * tl.load(row + 1, mask=pm, other=0.0)
-            s_y += n_s * tl.load(row + 3, mask=pm, other=0.0)
-        n_safe = tl.where(pm, n_tot, 1.0)
-        mean_p = s_p / n_safe
-        mean_y = s_y / n_safe
-        m2_p = zero
-        m2_y = zero
-        c_py = zero
-        for s in range(0, n_sp):
-            row = part_ptr + (pairs * n_sp + s) * 6
-            n_s = tl.load(row + 0, mask=pm, other=0.0)
-            dp = tl.load(row + 1, mask=pm, other=0.0) - mean_p
-            dy = tl.load(row + 3, mask=pm, other=0.0) - mean_y
-            m2_p += tl.load(row + 2, mask=pm, other=0.0) + n_s * dp * dp
-            m2_y += tl.load(row + 4, mask=pm, other=0.0) + n_s * dy * dy
-            c_py += tl.load(row + 5, mask=pm, other=0.0) + n_s * dp * dy
-        t_a = zero
-        t_b = zero
-        t_ab = zero
+            n_new = n + n_s
+            f = n_s / tl.maximum(n_new, 1.0)
+            g = n * f
+            delta_p = tl.load(row + 1, mask=pm, other=0.0) - mean_p
+            delta_y = tl.load(row + 3, mask=pm, other=0.0) - mean_y
+            m2_p += tl.load(row + 2, mask=pm, other=0.0) + delta_p * delta_p * g
+            m2_y += tl.load(row + 4, mask=pm, other=0.0) + delta_y * delta_y * g
+            c_py += tl.load(row + 5, mask=pm, other=0.0) + delta_p * delta_y * g
+            mean_p += delta_p * f
+            mean_y += delta_y * f
+            n = n_new
+        t_a, t_b, t_ab = zero, zero, zero
         for s in range(0, n_tsp):
             row = tpart_ptr + (pairs * n_tsp + s) * 3
             t_a += tl.load(row + 0, mask=pm, other=0.0)
             t_b += tl.load(row + 1, mask=pm, other=0.0)
             t_ab += tl.load(row + 2, mask=pm, other=0.0)
+        s_y = mean_y * nv
         if LABELS:
             # The exact integer class count: the degenerate test must not round (SPEC section 1).
             count = tl.zeros([BP], dtype=tl.int64)
