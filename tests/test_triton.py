@@ -209,8 +209,8 @@ def test_tiled_loops_and_persistent_grid(monkeypatch, shape, four_step):
     # Small blocks force several tiles per axis (as on GPU), and fewer programs than pairs make
     # each program loop over pairs, reusing its scratch; with four_step, both axes are factored
     # and the W intermediate is reused block of rows after block of rows.
-    monkeypatch.setattr(triton_scc, "_blocks", lambda H, W, precision: (16, 16, 16, 4, 1))
-    monkeypatch.setattr(triton_scc, "_max_programs", lambda device, n_pairs: 2)
+    monkeypatch.setattr(triton_scc, "_blocks", lambda H, W, precision, table=None: (16, 16, 16, 4, 1))
+    monkeypatch.setattr(triton_scc, "_max_programs", lambda device, n_pairs, path="sliced": 2)
     if four_step:
         monkeypatch.setattr(triton_scc, "FOUR_STEP_MIN_H", 32)
     probs, target = make_inputs(shape, labels=True, seed=19)
@@ -258,9 +258,10 @@ def test_four_step_default_threshold():
 @pytest.mark.parametrize("mode", ["fused", "split"])
 @pytest.mark.parametrize("precision", list(triton_scc.GPU_BLOCKS))
 def test_gpu_block_configuration(monkeypatch, precision, mode):
-    # The block sizes used on GPU, at a size with partial tiles on both axes (split: row blocks of
-    # BM rows, the last shorter, and the depth passes' tiles along H).
-    monkeypatch.setattr(triton_scc, "_blocks", lambda H, W, p: triton_scc.GPU_BLOCKS[precision])
+    # The block sizes used on GPU (fused: GPU_BLOCKS_FUSED, split: GPU_BLOCKS), at a size with
+    # partial tiles on both axes (split: row blocks of BM rows, the last shorter, and the depth
+    # passes' tiles along H).
+    monkeypatch.setattr(triton_scc, "_blocks", lambda H, W, p, table=None: (table or triton_scc.GPU_BLOCKS)[precision])
     monkeypatch.setattr(triton_scc, "mode_2d", mode)
     probs, target = make_inputs((1, 2, 70, 66), labels=True, seed=23)
     compare(probs, target)
@@ -304,9 +305,9 @@ def test_split_mode_chunks_and_persistent_grid(monkeypatch):
     # depth passes), fewer programs than slices (each loops, reusing its scratch), and a
     # workspace cap of 2 pairs: 6 pairs in 3 chunks of five launches each.
     monkeypatch.setattr(triton_scc, "mode_2d", "split")
-    monkeypatch.setattr(triton_scc, "_blocks", lambda H, W, precision: (16, 16, 16, 4, 1))
+    monkeypatch.setattr(triton_scc, "_blocks", lambda H, W, precision, table=None: (16, 16, 16, 4, 1))
     monkeypatch.setattr(triton_scc, "_depth_blocks", lambda D, n_bins, precision: (16, 16, 16, 4, 1))
-    monkeypatch.setattr(triton_scc, "_max_programs", lambda device, n: 3)
+    monkeypatch.setattr(triton_scc, "_max_programs", lambda device, n, path="sliced": 3)
     cap = 2 * triton_scc.workspace_bytes_per_pair(1, 37, 40, n_slices=3)
     monkeypatch.setattr(triton_scc, "WORKSPACE_BYTES", cap)
     probs, target = make_inputs((2, 3, 37, 40), labels=True, seed=67, ignore=True)
@@ -345,6 +346,21 @@ def test_2d_mode_setting(monkeypatch):
     monkeypatch.setenv(triton_scc.MODE_2D_ENV, "rows")
     with pytest.raises(ValueError, match=r"SCC_FAST_TRITON_2D.*'auto', 'fused', 'split'.*'rows'"):
         triton_scc.correlation(p, t)
+
+
+def test_programs_per_sm_per_path(monkeypatch):
+    # GPU runs 3 and 4: the fused kernel 1 program per SM (its scratch is per program), the sliced
+    # passes 2; an integer setting applies to both; no GPU: one program per pair.
+    monkeypatch.setattr(triton_scc, "_sm_count", lambda device: 132)
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(triton_scc, "programs_per_sm", None)
+    assert triton_scc._max_programs(cuda, 1000, "fused") == 132
+    assert triton_scc._max_programs(cuda, 1000, "sliced") == 264 and triton_scc._max_programs(cuda, 50) == 50
+    monkeypatch.setattr(triton_scc, "programs_per_sm", 2)
+    assert triton_scc._max_programs(cuda, 1000, "fused") == triton_scc._max_programs(cuda, 1000) == 264
+    assert triton_scc._max_programs(torch.device("cpu"), 7, "fused") == 7
+    monkeypatch.setattr(triton_scc, "programs_per_sm", None)
+    assert "1 program(s) per SM fused, 2 program(s) per SM sliced" in triton_scc.settings()
 
 
 def test_2d_mode_auto_splits_when_pairs_leave_sms_idle(monkeypatch):

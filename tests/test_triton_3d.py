@@ -77,9 +77,9 @@ def test_tiled_loops_chunks_and_persistent_grid(monkeypatch):
     # Small blocks force several tiles along every axis, depth included (37 = 2 x 16 + 5); fewer
     # programs than slices make each program loop over slices, reusing its scratch; a workspace
     # budget of one pair makes one chunk (five launches) per pair.
-    monkeypatch.setattr(triton_scc, "_blocks", lambda H, W, precision: (16, 16, 16, 4, 1))
+    monkeypatch.setattr(triton_scc, "_blocks", lambda H, W, precision, table=None: (16, 16, 16, 4, 1))
     monkeypatch.setattr(triton_scc, "_depth_blocks", lambda D, n_bins, precision: (16, 16, 16, 4, 1))
-    monkeypatch.setattr(triton_scc, "_max_programs", lambda device, n: 3)
+    monkeypatch.setattr(triton_scc, "_max_programs", lambda device, n, path="sliced": 3)
     monkeypatch.setattr(triton_scc, "WORKSPACE_BYTES", triton_scc.workspace_bytes_per_pair(37, 17, 9))
     probs, target = make_inputs((1, 3, 37, 17, 9), labels=True, seed=19)
     compare(probs, target, magnitude_weight=0.6, phase_weight=0.4)
@@ -118,7 +118,7 @@ def test_four_step_depth_tiles_and_persistent_grid(monkeypatch):
     # loops, reusing its Z scratch), two chunks of pairs.
     monkeypatch.setattr(triton_scc, "FOUR_STEP_MIN_H", 32)
     monkeypatch.setattr(triton_scc, "_depth_blocks", lambda D, n_bins, precision: (16, 16, 16, 4, 1))
-    monkeypatch.setattr(triton_scc, "_max_programs", lambda device, n: 2)
+    monkeypatch.setattr(triton_scc, "_max_programs", lambda device, n, path="sliced": 2)
     monkeypatch.setattr(triton_scc, "WORKSPACE_BYTES", 2 * triton_scc.workspace_bytes_per_pair(32, 9, 8))
     probs, target = make_inputs((2, 2, 32, 9, 8), labels=True, seed=73)
     compare(probs, target, magnitude_weight=0.5, phase_weight=0.5)
@@ -238,12 +238,13 @@ for labels, four in ((True, True), (False, False)):
     compile_(m._scc3d_depth_inv, dict(ws_ptr=f, coef_ptr=f, scratch_ptr=f, **{t: f for t in DEPTH_TABLES}, D="i32",
              N1="i32", N2="i32", NBINS="i32", N_BLOCKS="i32", N_TASKS="i32", PAIR_WS="i64"),
              dict(INCLUDE_DC=labels, **blocks, **dfs), warps, stages)
+    fbm, fbn, fbk, fwarps, fstages = m.GPU_BLOCKS_FUSED["tf32"]
     compile_(m._scc_fused_kernel, dict(probs_ptr=f, target_ptr=lab, act_ptr=f, **{t: f for t in TABLES}, scratch_ptr=f,
              scc_ptr=f, valid_ptr="*i8", grad_ptr=f, **{i: "i32" for i in ["n_pairs", "n_chan", "X_CHAN", "X_FIRST",
              "A_OFF", "first_class", "H", "W", "WH", "N1", "N2", "M1", "M2", "PER_PROGRAM"]}, magnitude_weight="fp32",
              phase_weight="fp32"),
-             dict(LABELS=labels, ACT=1 if four else 0, INCLUDE_DC=labels, NEED_GRAD=True, SLOTS=3 if four else 5, **blocks,
-                  **fs), warps, stages)
+             dict(LABELS=labels, ACT=1 if four else 0, INCLUDE_DC=labels, NEED_GRAD=True, SLOTS=3 if four else 5,
+                  PRECISION="tf32", BM=fbm, BN=fbn, BK=fbk, **fs), fwarps, fstages)
 from scc_fast.backends import _activation_kernel as ak
 
 for act in (1, 2):

@@ -1312,23 +1312,30 @@ def _next_pow2(n: int) -> int:
 #: H and W), compiled without a GPU with triton.compile(..., target=GPUTarget("cuda", 90, 32))
 #: and cuobjdump --dump-resource-usage: tf32 64/32/32/8/2: 0-80 B stack; ieee 32/32/16/8/2:
 #: 0-24 B; tf32x3 32/32/16/8/1: 0-104 B (64/64/32/8/3, the first guess, spilled 424 B).
-#: tf32 timed in GPU run 3 (bench/gpu_tune.py, H200; with 3 programs per SM): 32/32/32/4/2 was
-#: the fastest split-mode row at both SPEC 2D cases (2.67 / 3.34 ms against 3.30 / 3.85 at the
-#: earlier 64/32/32/8/2) and faster for the fused kernel at synapse-2d (3.02 against 3.37 ms).
+#: These are the sliced passes' (3D, and the 2D split mode). tf32 timed on an H200
+#: (bench/gpu_tune.py): 32/32/32/4/2 with 3 programs per SM was the fastest split-mode row at both
+#: SPEC 2D cases in GPU run 3 (2.67 / 3.34 ms against 3.30 / 3.85 at the earlier 64/32/32/8/2,
+#: 1 per SM), and in GPU run 4 took btcv-3d from 10.4 to 5.1 ms (brats-3d 5.9 -> 5.5); with 2 per
+#: SM 4.2 and 5.5 ms.
 GPU_BLOCKS = {
     "tf32": (32, 32, 32, 4, 2),
     "ieee": (32, 32, 16, 8, 2),
     "tf32x3": (32, 32, 16, 8, 1),
 }
+#: The fused 2D kernel's. tf32 64/32/32/8/2 with 1 program per SM (GPU run 3: 3.35 ms and 110 MiB
+#: peak at synapse-2d, 5.6x less than the eager reference); run 4's 32/32/32/4/2 with 3 per SM ran
+#: 2.95 ms but held 137 MiB of per-program scratch (4.5x), under issue 3's 5x memory target.
+GPU_BLOCKS_FUSED = dict(GPU_BLOCKS, tf32=(64, 32, 32, 8, 2))
 
 
-def _blocks(H: int, W: int, precision: str = "tf32") -> tuple[int, int, int, int, int]:
-    """(BM, BN, BK, num_warps, num_stages). tl.dot needs every block dim >= 16."""
+def _blocks(H: int, W: int, precision: str = "tf32", table: dict | None = None) -> tuple[int, int, int, int, int]:
+    """(BM, BN, BK, num_warps, num_stages) from ``table`` (default :data:`GPU_BLOCKS`), clipped to
+    the image. tl.dot needs every block dim >= 16."""
     if _INTERPRET:
         # Each tl op is one numpy call: the fewer, larger blocks the better.
         b = max(16, min(128, _next_pow2(max(H, W // 2 + 1))))
         return b, b, b, 4, 1
-    bm, bn, bk, warps, stages = GPU_BLOCKS[precision]
+    bm, bn, bk, warps, stages = (GPU_BLOCKS if table is None else table)[precision]
     # Small images: no block larger than the axis it tiles needs.
     bm = max(16, min(bm, _next_pow2(H)))
     bn = max(16, min(bn, _next_pow2(W // 2 + 1)))
@@ -1336,23 +1343,25 @@ def _blocks(H: int, W: int, precision: str = "tf32") -> tuple[int, int, int, int
     return bm, bn, bk, warps, stages
 
 
-#: Programs per SM in the persistent grids (each holds its own scratch). 3 with the 4-warp tf32
-#: blocks: the fastest setting measured in GPU run 3 (``bench/gpu_tune.py``); more programs than
-#: fit on an SM at once still balance the pairs (or slices) over the SMs better.
-programs_per_sm: int = 3
+#: Programs per SM in the persistent grids (each holds its own scratch); None: 1 for the fused 2D
+#: kernel (:data:`GPU_BLOCKS_FUSED`), 2 for the sliced passes (4-warp blocks; GPU run 4's tune:
+#: as fast as 3 at brats-3d, faster at btcv-3d, 20 / 11 MiB less scratch). An integer applies to
+#: both.
+programs_per_sm: int | None = None
+_PROGRAMS_PER_SM = {"fused": 1, "sliced": 2}
 
 
 def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _max_programs(device: torch.device, n_pairs: int) -> int:
-    """Programs in a persistent grid: :data:`programs_per_sm` per SM at most (more would only
-    wait, holding their scratch)."""
+def _max_programs(device: torch.device, n_pairs: int, path: str = "sliced") -> int:
+    """Programs in a persistent grid of ``path`` ("fused" or "sliced"): :data:`programs_per_sm`
+    per SM at most (more would only wait, holding their scratch)."""
     if device.type != "cuda":
         return n_pairs
-    sms = _sm_count(device)
-    return max(1, min(n_pairs, sms * max(1, int(programs_per_sm))))
+    per_sm = _PROGRAMS_PER_SM[path] if programs_per_sm is None else programs_per_sm
+    return max(1, min(n_pairs, _sm_count(device) * max(1, int(per_sm))))
 
 
 def _precision() -> str:
@@ -1434,8 +1443,8 @@ def _launch(probs, target, first_class, include_dc, magnitude_weight, phase_weig
     # Planes of H x WH: X1 (0-1), B (2), and P (3-4; direct DFT along H, with the gradient); then
     # 2 x H x BN floats for the four-step along H and 2 x BM x W for the four-step along W.
     slots = 5 if (need_grad and not constexprs["FOUR_STEP"]) else 3
-    n_prog = _max_programs(device, n_pairs)
-    bm, bn, bk, warps, stages = _blocks(H, W, precision)
+    n_prog = _max_programs(device, n_pairs, "fused")
+    bm, bn, bk, warps, stages = _blocks(H, W, precision, GPU_BLOCKS_FUSED)
     per_program = slots * H * WH + 2 * H * bn + 2 * bm * W
     scratch = torch.empty(n_prog * per_program, dtype=torch.float32, device=device)
     scc = torch.empty(n_pairs, dtype=torch.float32, device=device)
@@ -1710,7 +1719,9 @@ def settings() -> str:
         except ValueError as exc:
             parts.append(f"{name}: {exc}")
     where = "in the kernels" if activation_in_kernel else "before the kernels"
-    parts.append(f"softmax/sigmoid {where}, {programs_per_sm} program(s) per SM")
+    per_sm = (f"{programs_per_sm} program(s) per SM" if programs_per_sm is not None else
+              ", ".join(f"{n} program(s) per SM {path}" for path, n in _PROGRAMS_PER_SM.items()))
+    parts.append(f"softmax/sigmoid {where}, {per_sm}")
     return ", ".join(parts)
 
 
