@@ -40,16 +40,17 @@ def half_spectrum_weights(shape: tuple[int, ...], include_dc: bool, device, dtyp
 
     Each bin of the last axis counts twice, except bin 0 and (for even length) the Nyquist bin,
     which count once; the DC bin gets weight 0 when it is left out of K.
+
+    Built with device ops only: assigning a Python number into a CUDA tensor element copies a CPU
+    scalar to the device, which a CUDA graph cannot capture (GPU run 4, rows ``torch:graph``).
     """
     last = shape[-1]
-    w_last = torch.full((last // 2 + 1,), 2.0, device=device, dtype=dtype)
-    w_last[0] = 1.0
-    if last % 2 == 0:
-        w_last[-1] = 1.0
+    k = torch.arange(last // 2 + 1, device=device)
+    w_last = torch.where((k == 0) | (2 * k == last), 1.0, 2.0).to(dtype)
     half_shape = (*shape[:-1], last // 2 + 1)
     w = w_last.expand(half_shape).clone()
     if not include_dc:
-        w[(0,) * len(shape)] = 0.0
+        w.view(-1)[:1].zero_()  # the DC bin: flat index 0 of the contiguous clone
     return w
 
 
@@ -161,7 +162,7 @@ def _one_class(p, y, y_is_label, include_dc, magnitude_weight, phase_weight, nee
     mag = _bshape(c_a * n_vox, nd) + _bshape(c_ab * n_vox, nd) * B
     del B
     if not include_dc:
-        mag[(slice(None),) + (0,) * (nd - 1)] = 0.0
+        mag[(slice(None),) + (0,) * (nd - 1)].zero_()  # DC of every map (no CPU scalar copied)
     nonzero = A > 0
     mag = torch.where(nonzero, mag / torch.where(nonzero, A, torch.ones_like(A)), torch.zeros_like(A))
     del A, nonzero
