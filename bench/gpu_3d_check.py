@@ -44,7 +44,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -81,6 +80,7 @@ sys.path.insert(0, str(ROOT))
 import scc_fast  # noqa: E402
 from scc_fast import backends  # noqa: E402
 from scc_fast.backends import activation, dispatch  # noqa: E402
+from scc_fast.benchmark.suite import _commit  # noqa: E402
 from scc_fast.reference import reference_correlation  # noqa: E402
 
 CASES = {
@@ -295,22 +295,11 @@ def time_copy(a, b, device, reps):
     return statistics.median(times), times
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
-        if out.returncode == 0:
-            return out.stdout.strip()
-    except Exception:  # noqa: BLE001 - provenance only
-        pass
-    f = ROOT / ".git_commit"
-    return f.read_text().strip() if f.exists() else "unknown"
-
-
 def environment(device) -> dict:
     env = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join(["python", *sys.argv]),
-        "commit": git_commit(),
+        "commit": _commit(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": str(device),

@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -46,6 +45,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import scc_fast  # noqa: E402
 from scc_fast.backends import triton_scc  # noqa: E402
+from scc_fast.benchmark.suite import _commit  # noqa: E402
 
 CASES = {"synapse-2d": (24, 9, 224, 224), "polyp-2d": (16, 2, 512, 512)}
 SMOKE_CASES = {"smoke-a": (2, 3, 16, 16), "smoke-b": (1, 2, 24, 20)}
@@ -313,10 +313,7 @@ def main():
     triton_scc.interpret_emulates_tf32 = True  # under the interpreter, show TF32's accuracy too
     if args.cases:
         cases = {k: v for k, v in cases.items() if k in args.cases}
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
-    except Exception:  # noqa: BLE001
-        commit = "unknown"
+    commit = _commit()
     import triton
 
     meta = {

@@ -345,7 +345,7 @@ def test_gpu_tune_script_dry_run_on_cpu(tmp_path):
         ("3d", "smoke-3d"), ("3d", "smoke-3d"), ("fused", "smoke-2d"), ("split", "smoke-2d")], rows
     for r in rows:
         assert r["ms"] > 0 and r["rel_diff_loss"] <= 1e-5 and r["rel_diff_grad"] <= 1e-5, r
-    assert "| smoke-2d | split | 32, 32, 32 | 4 | 2 | 3 |" in (tmp_path / "results.md").read_text()
+    assert "| smoke-2d | split | 32, 32, 32 | 4 | 2 | 2 |" in (tmp_path / "results.md").read_text()
     done = run("--smoke", "--budget", "0", "--out", str(tmp_path))
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert done.returncode == 0 and len(rows) == 8 and all("time budget" in r["skipped"] for r in rows), rows
@@ -417,3 +417,14 @@ def test_native_fft_ab_script_refuses_bad_arguments():
     assert done.returncode == 2 and "invalid choice: 'fftw'" in done.stderr
     done = _run_native_fft_ab("--rounds", "0")
     assert done.returncode == 2 and "--rounds and --block must be >= 1" in done.stderr
+
+
+def test_commit_of_a_measurement(monkeypatch, tmp_path):
+    """The commit a benchmark reports: a written .git_commit wins (the device machine's copy has a
+    stale .git: GPU run 4 reported its HEAD), else git's HEAD; outside any checkout, "unknown"."""
+    from scc_fast.benchmark import suite
+
+    monkeypatch.setattr(suite, "_PKG_ROOT", tmp_path)
+    assert suite._commit() == "unknown"
+    (tmp_path / ".git_commit").write_text("1bd06cfb34eb4b22853c35ec4268967fa09de9db\n")
+    assert suite._commit() == "1bd06cfb34eb4b22853c35ec4268967fa09de9db"

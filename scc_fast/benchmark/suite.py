@@ -69,6 +69,12 @@ def progress(cfg: Config, msg: str) -> None:
 
 
 def _commit() -> str:
+    """The commit measured: the checkout's ``.git_commit`` where one was written (a copy whose
+    .git is missing or stale, as on the device machine: GPU run 4 read a stale HEAD there), else
+    git's HEAD, marked when the tracked tree differs from it."""
+    f = _PKG_ROOT / ".git_commit"
+    if f.exists():
+        return f.read_text().strip()
     try:
         sha = subprocess.run(["git", "-C", str(_PKG_ROOT), "rev-parse", "--short=12", "HEAD"],
                              capture_output=True, text=True, timeout=10).stdout.strip()
@@ -78,8 +84,7 @@ def _commit() -> str:
             return sha + (" (+ uncommitted changes)" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         pass
-    f = _PKG_ROOT / ".git_commit"
-    return f.read_text().strip() if f.exists() else "unknown"
+    return "unknown"
 
 
 def _cpu_name() -> str:
