@@ -266,6 +266,10 @@ for dt, eps, fmax in (("*fp32", 1.1920928955078125e-07, 3.4028234663852886e38),
                  dict(LABELS=labels, INCLUDE_DC=not labels, NEED_GRAD=True, EPS=eps, FMAX=fmax, BP=128))
     compile_(fft._field_kernel, dict(P_ptr=dt, Y_ptr=dt, ca_ptr=dt, cab_ptr=dt, flat_ptr=dt, n_half="i32"),
              dict(INCLUDE_DC=False, BLOCK=1024))
+    compile_(fft._spatial_stats_kernel, dict(p_ptr=dt, p_stride_b="i64", p_stride_c="i64", y_ptr="*i8",
+             y_stride_b="i64", y_stride_c="i64", yout_ptr=dt, part_ptr=dt, count_ptr="*i32",
+             **{i: "i32" for i in ["n_vox", "n_chunk", "class0", "span", "n_splits"]}),
+             dict(LABELS=True, WRITE_Y=True, BLOCK=1024))
 print("compiled")
 """
 

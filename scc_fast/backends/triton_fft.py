@@ -114,6 +114,21 @@ if triton is not None:
         tl.store(dst_ptr + idx, out, mask=m)
 
     @triton.jit
+    def _merge_moments(n, mean_p, mean_y, m2_p, m2_y, c_py, n_b, mean_p_b, mean_y_b, m2_p_b, m2_y_b, c_py_b):
+        """Chan et al.: the moments of a set (count n, means, sums of squared deviations M2, co-moment
+        C) merged with those of a disjoint set (``_b``); no cancellation for near-constant maps.
+        A count of 0 on both sides (a masked lane) stays finite."""
+        n_new = n + n_b
+        f = n_b / tl.maximum(n_new, 1.0)
+        g = n * f
+        delta_p = mean_p_b - mean_p
+        delta_y = mean_y_b - mean_y
+        m2_p += m2_p_b + delta_p * delta_p * g
+        m2_y += m2_y_b + delta_y * delta_y * g
+        c_py += c_py_b + delta_p * delta_y * g
+        return n_new, mean_p + delta_p * f, mean_y + delta_y * f, m2_p, m2_y, c_py
+
+    @triton.jit
     def _spatial_stats_kernel(
         p_ptr,
         p_stride_b,
@@ -175,17 +190,9 @@ if triton is not None:
             my_t = tl.sum(y, axis=0) / n_t
             dp = tl.where(m, p - mp_t, 0.0)
             dy = tl.where(m, y - my_t, 0.0)
-            n_new = n + n_t
-            f = n_t / n_new
-            g = n * f
-            delta_p = mp_t - mean_p
-            delta_y = my_t - mean_y
-            m2_p += tl.sum(dp * dp, axis=0) + delta_p * delta_p * g
-            m2_y += tl.sum(dy * dy, axis=0) + delta_y * delta_y * g
-            c_py += tl.sum(dp * dy, axis=0) + delta_p * delta_y * g
-            mean_p += delta_p * f
-            mean_y += delta_y * f
-            n = n_new
+            n, mean_p, mean_y, m2_p, m2_y, c_py = _merge_moments(
+                n, mean_p, mean_y, m2_p, m2_y, c_py,
+                n_t, mp_t, my_t, tl.sum(dp * dp, axis=0), tl.sum(dy * dy, axis=0), tl.sum(dp * dy, axis=0))
         out = part_ptr + (pair * n_splits + split) * 6
         tl.store(out + 0, n)
         tl.store(out + 1, mean_p)
@@ -290,23 +297,15 @@ if triton is not None:
         magnitude_weight = tl.cast(mw_hi, dt) + tl.cast(mw_lo, dt)
         phase_weight = tl.cast(pw_hi, dt) + tl.cast(pw_lo, dt)
         zero = tl.zeros([BP], dtype=dt)
-        # The splits' moments merged one after another (Chan et al., as the tiles in
-        # _spatial_stats_kernel): no cancellation for near-constant maps.
+        # The splits' moments merged one after another, as the tiles were.
         n, mean_p, mean_y, m2_p, m2_y, c_py = zero, zero, zero, zero, zero, zero
         for s in range(0, n_sp):
             row = part_ptr + (pairs * n_sp + s) * 6
-            n_s = tl.load(row + 0, mask=pm, other=0.0)
-            n_new = n + n_s
-            f = n_s / tl.maximum(n_new, 1.0)
-            g = n * f
-            delta_p = tl.load(row + 1, mask=pm, other=0.0) - mean_p
-            delta_y = tl.load(row + 3, mask=pm, other=0.0) - mean_y
-            m2_p += tl.load(row + 2, mask=pm, other=0.0) + delta_p * delta_p * g
-            m2_y += tl.load(row + 4, mask=pm, other=0.0) + delta_y * delta_y * g
-            c_py += tl.load(row + 5, mask=pm, other=0.0) + delta_p * delta_y * g
-            mean_p += delta_p * f
-            mean_y += delta_y * f
-            n = n_new
+            n, mean_p, mean_y, m2_p, m2_y, c_py = _merge_moments(
+                n, mean_p, mean_y, m2_p, m2_y, c_py,
+                tl.load(row + 0, mask=pm, other=0.0), tl.load(row + 1, mask=pm, other=0.0),
+                tl.load(row + 3, mask=pm, other=0.0), tl.load(row + 2, mask=pm, other=0.0),
+                tl.load(row + 4, mask=pm, other=0.0), tl.load(row + 5, mask=pm, other=0.0))
         t_a, t_b, t_ab = zero, zero, zero
         for s in range(0, n_tsp):
             row = tpart_ptr + (pairs * n_tsp + s) * 3
