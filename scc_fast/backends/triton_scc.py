@@ -1364,14 +1364,20 @@ def _max_programs(device: torch.device, n_pairs: int, path: str = "sliced") -> i
     return max(1, min(n_pairs, _sm_count(device) * max(1, int(per_sm))))
 
 
-def _precision() -> str:
-    value = input_precision if input_precision is not None else os.environ.get(PRECISION_ENV, "").strip() or "tf32"
-    if value not in PRECISIONS:
+def _setting(what: str, attr: str, value: str | None, env: str, default: str, allowed: tuple[str, ...]) -> str:
+    """A string setting: the module attribute ``attr`` when set (``value``), else ``$env``, else
+    ``default``; a value outside ``allowed`` is an error naming both places."""
+    value = value if value is not None else os.environ.get(env, "").strip() or default
+    if value not in allowed:
         raise ValueError(
-            f"the Triton dot precision ({PRECISION_ENV} or scc_fast.backends.triton_scc.input_precision) "
-            f"must be one of {', '.join(repr(p) for p in PRECISIONS)}, got {value!r}"
+            f"{what} ({env} or scc_fast.backends.triton_scc.{attr}) "
+            f"must be one of {', '.join(repr(v) for v in allowed)}, got {value!r}"
         )
     return value
+
+
+def _precision() -> str:
+    return _setting("the Triton dot precision", "input_precision", input_precision, PRECISION_ENV, "tf32", PRECISIONS)
 
 
 def _four_step_tables(n: int, filler: torch.Tensor, device: torch.device):
@@ -1504,13 +1510,7 @@ def _depth_blocks(D: int, n_bins: int, precision: str) -> tuple[int, int, int, i
 
 
 def _mode_2d() -> str:
-    value = mode_2d if mode_2d is not None else os.environ.get(MODE_2D_ENV, "").strip() or "auto"
-    if value not in MODES_2D:
-        raise ValueError(
-            f"the triton 2D mode ({MODE_2D_ENV} or scc_fast.backends.triton_scc.mode_2d) must be one of "
-            f"{', '.join(repr(m) for m in MODES_2D)}, got {value!r}"
-        )
-    return value
+    return _setting("the triton 2D mode", "mode_2d", mode_2d, MODE_2D_ENV, "auto", MODES_2D)
 
 
 def _launch_sliced(
