@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 import traceback
@@ -36,8 +35,8 @@ if "--smoke" in sys.argv and not os.environ.get("TRITON_INTERPRET"):
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import scc_fast  # noqa: E402
 from scc_fast.backends import triton_scc  # noqa: E402
+from scc_fast.benchmark.measure import _sync as sync, build_loss_fn, time_calls  # noqa: E402
 from scc_fast.benchmark.suite import _commit  # noqa: E402
 
 CASES = {"synapse-2d": (24, 9, 224, 224), "polyp-2d": (16, 2, 512, 512)}
@@ -63,33 +62,15 @@ def elapsed() -> float:
     return time.perf_counter() - T0
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+#: scc_loss(x, labels, softmax=True, backend="triton", validate=False)
+triton_loss = build_loss_fn("triton")
 
 
 def step(x, labels):
     x.grad = None
-    loss = scc_fast.scc_loss(x, labels, softmax=True, backend="triton", validate=False)
+    loss = triton_loss(x, labels)
     loss.backward()
     return loss.detach()
-
-
-def median_ms(x, labels, device, reps):
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            step(x, labels)
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            t = time.perf_counter()
-            step(x, labels)
-            times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
 
 
 def peak_mib(x, labels, device):
@@ -168,7 +149,7 @@ def main(argv=None) -> int:
                 row["rel_diff_grad"] = rel(grad, baseline[name][1])
                 del grad
                 row["peak_mib"] = peak_mib(x, labels, device)
-                row["ms"] = median_ms(x, labels, device, args.reps)
+                row["ms"] = time_calls(triton_loss, x, labels, "fwdbwd", args.reps)["median_ms"]
             except Exception as exc:  # noqa: BLE001 - one configuration failing must not lose the rest
                 row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
                 traceback.print_exc()
