@@ -87,6 +87,15 @@ def compare(probs, target, **kw):
     return out, valid, grad
 
 
+def assert_forward_only_matches(probs, target, out, valid, **kw):
+    """Without the gradient the kernels take their own launches and scratch layout: they must
+    give ``compare``'s SCC and valid bitwise."""
+    t = target.to(DEVICE) if not target.is_floating_point() else target.to(DEVICE, torch.float32)
+    with torch.no_grad():
+        out_ng, valid_ng = triton_scc.correlation(probs.to(DEVICE, torch.float32), t, **kw)
+    assert torch.equal(out_ng, out) and torch.equal(valid_ng, valid)
+
+
 SHAPES = [(2, 3, 8, 8), (2, 3, 9, 13), (1, 2, 16, 12), (2, 2, 24, 17), (1, 3, 31, 8), (3, 1, 10, 11)]
 
 
@@ -241,10 +250,7 @@ def test_four_step_row_dft(monkeypatch, shape, labels, include_dc):
     probs, target = make_inputs(shape, labels, seed=59)
     kw = dict(include_dc=include_dc, magnitude_weight=0.6, phase_weight=0.4)
     out, valid, _ = compare(probs, target, **kw)
-    with torch.no_grad():  # the forward-only kernel has its own scratch layout
-        t = target.to(DEVICE) if labels else target.to(DEVICE, torch.float32)
-        out_ng, valid_ng = triton_scc.correlation(probs.to(DEVICE, torch.float32), t, **kw)
-    assert torch.equal(out_ng, out) and torch.equal(valid_ng, valid)
+    assert_forward_only_matches(probs, target, out, valid, **kw)
 
 
 def test_four_step_default_threshold():

@@ -27,7 +27,7 @@ triton_scc = pytest.importorskip("scc_fast.backends.triton_scc")
 if triton_scc.unavailable_reason() is not None:
     pytest.skip(f"triton backend unavailable: {triton_scc.unavailable_reason()}", allow_module_level=True)
 
-from test_triton import DEVICE, TOL, compare, make_inputs, rel_err  # noqa: E402  (the 2D tests' helpers)
+from test_triton import DEVICE, TOL, assert_forward_only_matches, compare, make_inputs, rel_err  # noqa: E402  (the 2D tests' helpers)
 
 
 @pytest.fixture(autouse=True)
@@ -107,10 +107,7 @@ def test_four_step_depth(monkeypatch, shape, labels, include_dc):
     probs, target = make_inputs(shape, labels, seed=71)
     kw = dict(include_dc=include_dc, magnitude_weight=0.4, phase_weight=0.6)
     out, valid, _ = compare(probs, target, **kw)
-    with torch.no_grad():
-        t = target.to(DEVICE) if labels else target.to(DEVICE, torch.float32)
-        out_ng, valid_ng = triton_scc.correlation(probs.to(DEVICE, torch.float32), t, **kw)
-    assert torch.equal(out_ng, out) and torch.equal(valid_ng, valid)
+    assert_forward_only_matches(probs, target, out, valid, **kw)
 
 
 def test_four_step_depth_tiles_and_persistent_grid(monkeypatch):
