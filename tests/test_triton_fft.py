@@ -118,12 +118,130 @@ def test_many_chunks_splits_and_tiles(shape, labels, include_dc):
     check_against_reference(probs, target, torch.float64, 1e-10, launch=SMALL_LAUNCH, include_dc=include_dc)
 
 
+@pytest.mark.parametrize("labels", [True, False], ids=["labels", "float"])
+def test_more_splits_than_the_pair_kernel_reads_at_once(labels):
+    # 48 splits of each map's moments and 63 of its spectrum: the pair kernel combines them
+    # SPLIT_BLOCK (32) at a time and merges the blocks.
+    launch = dict(splits=80, block=4)
+    probs, target = make_inputs((2, 3, 7, 9, 6), labels, seed=8, ignore=labels)
+    assert triton_fft._splits(7 * 9 * 6, 6, 4, 1, 80)[0] > triton_fft.SPLIT_BLOCK
+    assert triton_fft._splits(7 * 9 * 4, 6, 4, 1, 80)[0] > triton_fft.SPLIT_BLOCK
+    check_against_reference(probs, target, torch.float32, 1e-5, launch=launch)
+    check_against_reference(probs, target, torch.float64, 1e-10, launch=launch)
+    check_activated((2, 3, 7, 9, 6), 1, labels=labels, launch=launch)
+
+
 @pytest.mark.parametrize("shape", [(2, 2, 10, 9), (1, 2, 6, 5, 8)], ids=["2d", "3d"])
 def test_first_class_and_ignored_labels(shape):
     # Channel j is label first_class + j; label 0 (background dropped) and -1 are in no channel.
     probs, target = make_inputs(shape, labels=True, seed=2, ignore=True, n_labels=shape[1] + 1)
     for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-10)):
         check_against_reference(probs, target, dtype, tol, first_class=1)
+
+
+# ---------------------------------------------------------------- the activation in stage 1
+
+
+def check_activated(shape, activation, *, labels=True, first_channel=0, ignore_index=None, x_dtype=torch.float32,
+                    launch=None, include_dc=False, seed=21):
+    """Stage 1 computing p from the logits (``_forward(..., activation=...)``) against the
+    float64 reference of the probabilities made by torch; the field dSCC/dp, weighted per pair."""
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(shape, generator=g, dtype=torch.float64) * 2).to(x_dtype).double()
+    spatial = (shape[0],) + tuple(shape[2:])
+    n_loss = shape[1] - first_channel
+    if labels:
+        # Labels past the classes (in no channel) and the ignored label among them.
+        target = torch.randint(-1, shape[1] + 1, spatial, generator=g)
+    else:
+        target = torch.softmax(torch.randn((shape[0], n_loss) + tuple(shape[2:]), generator=g, dtype=torch.float64) * 3, 1)
+    name = {1: "softmax", 2: "sigmoid"}[activation]
+    first_class = first_channel if labels else 0
+    p, t = scc_fast.backends.activation.probabilities(logits, target, name, first_channel, ignore_index)
+    ref, ref_valid, ref_grad = value_and_grad(
+        reference_correlation, p.contiguous(), t, first_class=first_class, include_dc=include_dc
+    )
+    w = torch.rand(ref.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y = target.to(DEVICE) if labels else target.to(DEVICE, torch.float32)
+    scc, valid, field = triton_fft._forward(
+        logits.to(DEVICE, x_dtype), y, first_class, include_dc, 0.5, 0.5, True,
+        activation=activation, first_channel=first_channel, ignore_index=ignore_index, **(launch or {}),
+    )
+    grad = field.double().cpu() * w.view(w.shape + (1,) * (field.dim() - 2))
+    assert scc.dtype == torch.float32 and field.shape == (shape[0], n_loss) + tuple(shape[2:])
+    assert torch.equal(valid.cpu(), ref_valid)
+    assert rel_err(scc, ref) <= 1e-5, rel_err(scc, ref)
+    assert rel_err(grad, ref_grad) <= 1e-5, rel_err(grad, ref_grad)
+
+
+ACTIVATED_CASES = [
+    dict(activation=1),
+    dict(activation=2),
+    dict(activation=1, first_channel=1),
+    dict(activation=1, ignore_index=2),  # a loss class ignored: its target is 0 there
+    dict(activation=1, first_channel=1, ignore_index=-1),
+    dict(activation=2, ignore_index=0, include_dc=True),
+    dict(activation=1, labels=False),
+    dict(activation=2, labels=False, first_channel=1),
+    dict(activation=1, x_dtype=torch.float16),
+    dict(activation=1, x_dtype=torch.bfloat16, first_channel=1),
+]
+
+
+@pytest.mark.parametrize("case", ACTIVATED_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("shape", [(2, 3, 9, 10), (1, 5, 6, 7, 8)], ids=["2d", "3d"])
+def test_activation_in_stage_one_matches_reference(shape, case):
+    check_activated(shape, **case)
+
+
+@pytest.mark.parametrize("case", [dict(activation=1, ignore_index=1), dict(activation=1, labels=False),
+                                  dict(activation=2, first_channel=1)], ids=["softmax-ignore", "float", "sigmoid-bg"])
+@pytest.mark.parametrize("shape", [(2, 3, 8, 12), (2, 4, 7, 9, 6)], ids=["2d", "3d"])
+def test_activation_in_stage_one_many_chunks_splits_and_tiles(shape, case):
+    # One class per chunk (stage 1 of every chunk reads all C logits, the first writes the int8
+    # labels), 3 splits per image, tiles of 64 voxels.
+    check_activated(shape, **case, launch=SMALL_LAUNCH)
+
+
+def _count_launches(monkeypatch, name):
+    """Count the launches of triton_fft kernel ``name`` (the kernel still runs)."""
+    kernel, calls = getattr(triton_fft, name), []
+
+    class Counting:
+        def __getitem__(self, grid):
+            calls.append(grid)
+            return kernel[grid]
+
+    monkeypatch.setattr(triton_fft, name, Counting())
+    return calls
+
+
+def test_scc_loss_computes_the_softmax_in_stage_one(monkeypatch):
+    calls = _count_launches(monkeypatch, "_activated_moments_kernel")
+    stats = _count_launches(monkeypatch, "_spatial_stats_kernel")
+    logits = torch.randn(2, 3, 8, 9, dtype=torch.float64)
+    labels = torch.randint(0, 3, (2, 8, 9))
+    ref, ref_grad = loss_and_grad("reference", logits, labels, torch.float64, softmax=True, ignore_index=1)
+    out, grad = loss_and_grad("triton_fft", logits, labels, torch.float32, softmax=True, ignore_index=1)
+    assert len(calls) == 1 and not stats
+    assert rel_err(out, ref) <= 1e-5 and rel_err(grad, ref_grad) <= 1e-5
+    # Turned off, the probabilities come from torch and stage 1 is the statistics pass.
+    monkeypatch.setattr(triton_fft, "activation_in_kernel", False)
+    out, grad = loss_and_grad("triton_fft", logits, labels, torch.float32, softmax=True, ignore_index=1)
+    assert len(calls) == 1 and len(stats) == 1
+    assert rel_err(out, ref) <= 1e-5 and rel_err(grad, ref_grad) <= 1e-5
+
+
+def test_wide_inputs_take_torch_probabilities(monkeypatch):
+    # More channels than one tile holds: the probabilities come from torch, the result is the same.
+    calls = _count_launches(monkeypatch, "_activated_moments_kernel")
+    monkeypatch.setattr(triton_fft, "MAX_ACTIVATION_CHANNELS", 2)
+    logits = torch.randn(1, 3, 6, 5, 7, dtype=torch.float64)
+    labels = torch.randint(0, 3, (1, 6, 5, 7))
+    ref, ref_grad = loss_and_grad("reference", logits, labels, torch.float64, softmax=True, include_background=False)
+    out, grad = loss_and_grad("triton_fft", logits, labels, torch.float32, softmax=True, include_background=False)
+    assert not calls
+    assert rel_err(out, ref) <= 1e-5 and rel_err(grad, ref_grad) <= 1e-5
 
 
 @pytest.mark.parametrize("include_dc", [False, True], ids=["no_dc", "dc"])

@@ -7,12 +7,18 @@ For any 2D or 3D shape cuFFT handles (B x C' x H x W or B x C' x D x H x W), per
    the spatial moments of every pair: mean p, sum (p - mean p)^2, mean y, sum (y - mean y)^2,
    sum (p - mean p)(y - mean y) and, for labels, the exact integer class count. The moments are
    combined tile by tile (Chan et al.), so the Parseval terms of SPEC section 2 never cancel.
+   With the activation fused (softmax / sigmoid of the logits, :func:`activated_field`) the
+   stage is ``_activated_moments_kernel`` instead: it reads every channel's logits and the
+   labels once per tile of voxels, writes p and y of the chunk and the int8 labels the gradient
+   kernel reads, and reduces the moments of every class at once: one launch where torch's
+   softmax, the label narrowing and the statistics pass were three (GPU run 4: the softmax
+   alone was 90 us of the 870 us of kernels a step at brats-3d).
 2. ``torch.fft.rfftn`` of p and y (the half spectra P and Y); y is freed right after.
 3. ``_spectral_stats_kernel`` reads P and Y once: |P|, |Y|, the half-spectrum weights (2 for
    every bin of the last axis except bin 0 and the even-length Nyquist bin; 0 at DC when DC is
    out of K), and the three transform sums T_a, T_b, T_ab.
 4. ``_pair_kernel``, one launch for all pairs of the chunk: the partial sums of stages 1 and 3
-   merged, the Parseval sums, SCC and valid, and the gradient's per-pair coefficients, with the
+   merged (a block of splits at a time), the Parseval sums, SCC and valid, and the gradient's per-pair coefficients, with the
    device functions of :mod:`._triton_scalars` (what :func:`scc_fast.backends.torch_fft.pair_coefficients`
    computes on tensors for backend "torch", with the same zero tests). It replaced about 100 small
    torch operations per chunk: GPU run 3 found this backend host-bound, 4-5 ms per step issuing
@@ -47,7 +53,7 @@ import torch
 
 from .._numerics import accumulation_dtype
 from ._field_autograd import field_scaling_autograd
-from .activation import fused_entry
+from .activation import fused_entry, probabilities
 
 try:
     import triton
@@ -60,7 +66,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without triton i
     triton = tl = None
     _IMPORT_ERROR = f"triton is not installed ({exc}); pip install 'scc_fast[triton]'"
 
-__all__ = ["correlation", "unavailable_reason", "unsupported_reason", "CHUNK_ELEMENTS"]
+__all__ = [
+    "correlation", "correlation_field", "activated_field", "activation_in_kernel", "unavailable_reason",
+    "unsupported_reason", "CHUNK_ELEMENTS", "MAX_ACTIVATION_CHANNELS",
+]
 
 #: Upper bound on B x k x spatial elements per chunk of k classes (at least one class per chunk).
 #: A chunk holds its one-hot target, its half spectra P and Y (about as many floats each) and the
@@ -204,6 +213,112 @@ if triton is not None:
             tl.store(count_ptr + pair * n_splits + split, count)
 
     @triton.jit
+    def _activated_moments_kernel(
+        x_ptr,
+        lab_ptr,
+        yf_ptr,
+        yf_stride_b,
+        yf_stride_c,
+        p_out_ptr,
+        y_out_ptr,
+        narrow_ptr,
+        part_ptr,
+        count_ptr,
+        n_vox,
+        n_chan,
+        first_channel,
+        c0,
+        n_chunk,
+        first_class,
+        ignore_index,
+        span,
+        n_splits,
+        ACTIVATION: tl.constexpr,
+        LABELS: tl.constexpr,
+        HAS_IGNORE: tl.constexpr,
+        WRITE_NARROW: tl.constexpr,
+        CP: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        """Program (split, image): stage 1 from the logits, for every class of the chunk at once.
+
+        Reads the C logits of a tile of voxels (a CP x BLOCK block, channels down) and the labels
+        once; p = softmax over all C (ACTIVATION 1) or sigmoid (2), 0 at voxels labelled
+        ``ignore_index``; writes p and, for labels, the one-hot y of the chunk's channels
+        ``first_channel + c0 + j`` (j < n_chunk) into ``p_out`` / ``y_out`` (B x n_chunk x
+        spatial) for the transforms, and with WRITE_NARROW the int8 class index of every voxel
+        (-1: no loss class, or ignored) for the gradient kernel. The moments of the pairs
+        ``(image, j)`` go to ``part`` and ``count`` as ``_spatial_stats_kernel`` writes them.
+        One launch for what took the softmax, the label narrowing and the statistics pass.
+        """
+        split = tl.program_id(0)
+        b = tl.program_id(1)
+        dt = p_out_ptr.dtype.element_ty
+        rows = tl.arange(0, CP)
+        row_ok = rows < n_chan
+        j = rows - first_channel - c0  # the row's index in the chunk
+        in_chunk = (j >= 0) & (j < n_chunk)
+        n_loss = n_chan - first_channel
+        x_img = x_ptr + b.to(tl.int64) * n_chan * n_vox + rows[:, None].to(tl.int64) * n_vox
+        pair_rows = (b * n_chunk + j).to(tl.int64) * n_vox
+        lanes = tl.arange(0, BLOCK)
+        zero = tl.zeros([CP], dtype=dt)
+        n, mean_p, m2_p, mean_y, m2_y, c_py = zero, zero, zero, zero, zero, zero
+        count = tl.zeros([CP], dtype=tl.int32)
+        start = split * span
+        end = tl.minimum(start + span, n_vox)
+        for off in range(start, end, BLOCK):
+            idx = off + lanes
+            m = idx < end
+            tile = row_ok[:, None] & m[None, :]
+            x = tl.load(x_img + idx[None, :], mask=tile, other=0.0).to(tl.float32)
+            if ACTIVATION == 1:
+                x = tl.where(row_ok[:, None], x, -float("inf"))  # rows past C take no part
+                e = tl.exp(x - tl.max(x, axis=0)[None, :])
+                p = e / tl.sum(e, axis=0)[None, :]
+            else:
+                p = 1.0 / (1.0 + tl.exp(-x))
+            mine = in_chunk[:, None] & m[None, :]
+            if LABELS:
+                lab = tl.load(lab_ptr + b.to(tl.int64) * n_vox + idx, mask=m, other=-1)
+                cls = lab - first_class  # the loss channel the label names, if any
+                if HAS_IGNORE:
+                    keep = lab != ignore_index
+                    cls = tl.where(keep, cls, -1)
+                    p = tl.where(keep[None, :], p, 0.0)
+                hit = (cls[None, :] == (rows - first_channel)[:, None]) & mine
+                y = hit.to(dt)
+                count += tl.sum(hit.to(tl.int32), axis=1)
+                tl.store(y_out_ptr + pair_rows[:, None] + idx[None, :], y, mask=mine)
+                if WRITE_NARROW:
+                    cls = tl.where((cls >= 0) & (cls < n_loss), cls, -1)
+                    tl.store(narrow_ptr + b.to(tl.int64) * n_vox + idx, cls.to(tl.int8), mask=m)
+            else:
+                # yf is the chunk's view of the float target: its channel j is row j of the chunk.
+                yf = yf_ptr + b.to(tl.int64) * yf_stride_b + j[:, None].to(tl.int64) * yf_stride_c
+                y = tl.load(yf + idx[None, :], mask=mine, other=0.0).to(dt)
+            p = tl.where(mine, p, 0.0).to(dt)
+            tl.store(p_out_ptr + pair_rows[:, None] + idx[None, :], p, mask=mine)
+            # Centered moments of this tile per row, merged into the running ones (Chan et al.).
+            n_t = tl.sum(m.to(dt), axis=0)
+            mp_t = tl.sum(p, axis=1) / n_t
+            my_t = tl.sum(y, axis=1) / n_t
+            dp = tl.where(mine, p - mp_t[:, None], 0.0)
+            dy = tl.where(mine, y - my_t[:, None], 0.0)
+            n, mean_p, mean_y, m2_p, m2_y, c_py = _merge_moments(
+                n, mean_p, mean_y, m2_p, m2_y, c_py,
+                n_t + zero, mp_t, my_t, tl.sum(dp * dp, axis=1), tl.sum(dy * dy, axis=1), tl.sum(dp * dy, axis=1))
+        out = part_ptr + ((b * n_chunk + j) * n_splits + split) * 6
+        tl.store(out + 0, n, mask=in_chunk)
+        tl.store(out + 1, mean_p, mask=in_chunk)
+        tl.store(out + 2, m2_p, mask=in_chunk)
+        tl.store(out + 3, mean_y, mask=in_chunk)
+        tl.store(out + 4, m2_y, mask=in_chunk)
+        tl.store(out + 5, c_py, mask=in_chunk)
+        if LABELS:
+            tl.store(count_ptr + (b * n_chunk + j) * n_splits + split, count, mask=in_chunk)
+
+    @triton.jit
     def _spectral_stats_kernel(
         P_ptr,
         Y_ptr,
@@ -281,6 +396,7 @@ if triton is not None:
         EPS: tl.constexpr,
         FMAX: tl.constexpr,
         BP: tl.constexpr,
+        SB: tl.constexpr,
     ):
         """Program: BP pairs of the chunk. Merges the per-split moments (Chan et al.) and T parts,
         then SPEC section 2's Parseval sums and pair scalars (:mod:`._triton_scalars`, as
@@ -297,27 +413,44 @@ if triton is not None:
         magnitude_weight = tl.cast(mw_hi, dt) + tl.cast(mw_lo, dt)
         phase_weight = tl.cast(pw_hi, dt) + tl.cast(pw_lo, dt)
         zero = tl.zeros([BP], dtype=dt)
-        # The splits' moments merged one after another, as the tiles were.
+        # The splits' moments, SB at a time: each block of splits combined in closed form (the
+        # deviations of its means from their combined mean, no cancellation), then merged into
+        # the running moments (Chan et al.). A block's loads are independent of each other: the
+        # loop is n_sp / SB dependent steps, not n_sp (GPU run 4: 51 us at brats-3d, 132 splits).
         n, mean_p, mean_y, m2_p, m2_y, c_py = zero, zero, zero, zero, zero, zero
-        for s in range(0, n_sp):
-            row = part_ptr + (pairs * n_sp + s) * 6
-            n, mean_p, mean_y, m2_p, m2_y, c_py = _merge_moments(
-                n, mean_p, mean_y, m2_p, m2_y, c_py,
-                tl.load(row + 0, mask=pm, other=0.0), tl.load(row + 1, mask=pm, other=0.0),
-                tl.load(row + 3, mask=pm, other=0.0), tl.load(row + 2, mask=pm, other=0.0),
-                tl.load(row + 4, mask=pm, other=0.0), tl.load(row + 5, mask=pm, other=0.0))
         t_a, t_b, t_ab = zero, zero, zero
-        for s in range(0, n_tsp):
-            row = tpart_ptr + (pairs * n_tsp + s) * 3
-            t_a += tl.load(row + 0, mask=pm, other=0.0)
-            t_b += tl.load(row + 1, mask=pm, other=0.0)
-            t_ab += tl.load(row + 2, mask=pm, other=0.0)
+        count = tl.zeros([BP], dtype=tl.int64)
+        for s0 in range(0, n_sp, SB):
+            s = s0 + tl.arange(0, SB)
+            sm = pm[:, None] & (s < n_sp)[None, :]
+            row = part_ptr + (pairs[:, None] * n_sp + s[None, :]) * 6
+            n_s = tl.load(row + 0, mask=sm, other=0.0)
+            mp_s = tl.load(row + 1, mask=sm, other=0.0)
+            my_s = tl.load(row + 3, mask=sm, other=0.0)
+            n_b = tl.sum(n_s, axis=1)
+            inv = 1.0 / tl.maximum(n_b, 1.0)
+            mp_b = tl.sum(n_s * mp_s, axis=1) * inv
+            my_b = tl.sum(n_s * my_s, axis=1) * inv
+            dp = tl.where(sm, mp_s - mp_b[:, None], 0.0)
+            dy = tl.where(sm, my_s - my_b[:, None], 0.0)
+            m2p_b = tl.sum(tl.load(row + 2, mask=sm, other=0.0) + n_s * dp * dp, axis=1)
+            m2y_b = tl.sum(tl.load(row + 4, mask=sm, other=0.0) + n_s * dy * dy, axis=1)
+            cpy_b = tl.sum(tl.load(row + 5, mask=sm, other=0.0) + n_s * dp * dy, axis=1)
+            n, mean_p, mean_y, m2_p, m2_y, c_py = _merge_moments(
+                n, mean_p, mean_y, m2_p, m2_y, c_py, n_b, mp_b, my_b, m2p_b, m2y_b, cpy_b)
+            if LABELS:
+                counts = tl.load(count_ptr + pairs[:, None] * n_sp + s[None, :], mask=sm, other=0)
+                count += tl.sum(counts.to(tl.int64), axis=1)
+        for s0 in range(0, n_tsp, SB):
+            s = s0 + tl.arange(0, SB)
+            sm = pm[:, None] & (s < n_tsp)[None, :]
+            row = tpart_ptr + (pairs[:, None] * n_tsp + s[None, :]) * 3
+            t_a += tl.sum(tl.load(row + 0, mask=sm, other=0.0), axis=1)
+            t_b += tl.sum(tl.load(row + 1, mask=sm, other=0.0), axis=1)
+            t_ab += tl.sum(tl.load(row + 2, mask=sm, other=0.0), axis=1)
         s_y = mean_y * nv
         if LABELS:
             # The exact integer class count: the degenerate test must not round (SPEC section 1).
-            count = tl.zeros([BP], dtype=tl.int64)
-            for s in range(0, n_sp):
-                count += tl.load(count_ptr + pairs * n_sp + s, mask=pm, other=0).to(tl.int64)
             s_y = count.to(dt)
         mean_p, mean_y, var_p, total_a, energy_a, total_b, energy_b, cross, valid = energies(
             mean_p * nv, s_y, m2_p, c_py, c_py + nv * mean_p * mean_y, m2_y, nv, LABELS, INCLUDE_DC)
@@ -450,8 +583,10 @@ def _float32_pair(x: float) -> tuple[float, float]:
     return hi, struct.unpack("f", struct.pack("f", x - hi))[0]
 
 
-#: Pairs per program of the pair kernel.
-PAIR_BLOCK = 128
+#: Pairs per program of the pair kernel, and splits it reads at a time (a PAIR_BLOCK x SPLIT_BLOCK
+#: block of each partial sum).
+PAIR_BLOCK = 32
+SPLIT_BLOCK = 32
 
 
 def _forward(
@@ -463,27 +598,42 @@ def _forward(
     phase_weight: float,
     need_grad: bool,
     *,
+    activation: int = 0,
+    first_channel: int = 0,
+    ignore_index: int | None = None,
     chunk_elements: int | None = None,
     splits: int | None = None,
     block: int | None = None,
 ):
-    """SCC (B x C'), valid (B x C') and, if ``need_grad``, dSCC/dprobs (B x C' x spatial, contiguous).
+    """SCC (B x C'), valid (B x C') and, if ``need_grad``, dSCC/dp (B x C' x spatial, contiguous).
 
+    ``probs`` holds the probabilities B x C' x spatial; with ``activation`` (1: softmax over all
+    C channels, 2: sigmoid) it holds the logits B x C x spatial instead, of which channels
+    ``first_channel`` on are the loss's C', and stage 1 computes p itself
+    (``_activated_moments_kernel``; voxels labelled ``ignore_index`` count as p = 0 and y = 0).
     ``chunk_elements``, ``splits`` and ``block`` override the launch configuration (tests use them
     to exercise several chunks, splits and tiles on small inputs).
     """
     acc = accumulation_dtype(probs.dtype)
-    probs = probs.to(acc).contiguous()
+    # Logits are read in their own dtype by the kernel; probabilities are computed in acc.
+    probs = probs.contiguous() if activation else probs.to(acc).contiguous()
     labels = not target.is_floating_point()
     target = target.contiguous() if labels else target.to(acc).contiguous()
     device = probs.device
-    n_batch, n_chan = probs.shape[:2]
+    n_batch = probs.shape[0]
+    n_chan = probs.shape[1] - (first_channel if activation else 0)
     spatial = tuple(probs.shape[2:])
     dims = tuple(range(2, probs.dim()))
     n_vox = probs[0, 0].numel()
     w_half = spatial[-1] // 2 + 1
     n_half = n_vox // spatial[-1] * w_half
     default_block, target_programs = _config(device)
+    # Stage 1 with the activation holds a tile of every channel (CP rows) in registers: 1024
+    # values on a GPU (8 warps: 64-150 registers for 4-32 rows in the sm_90 builds of triton 3.6
+    # and 3.9, no spills; 2048 spill from 16 rows), so fewer voxels a tile the more channels.
+    # The interpreter costs per operation, not per register: larger tiles there.
+    rows = triton.next_power_of_2(probs.shape[1])
+    lanes = block or max(16, (1024 if device.type == "cuda" else 4096) // rows)
     block = block or default_block
 
     scc = torch.empty(n_batch, n_chan, dtype=acc, device=device)
@@ -491,18 +641,23 @@ def _forward(
     valid_bytes = valid.view(torch.int8)  # the pair kernel writes 0 / 1
     weights = (*_float32_pair(magnitude_weight), *_float32_pair(phase_weight))
     eps, fmax = float(torch.finfo(acc).eps), float(torch.finfo(acc).max)
-    grad = torch.empty_like(probs) if need_grad else None
+    grad = torch.empty((n_batch, n_chan, *spatial), dtype=acc, device=device) if need_grad else None
     per_class = n_batch * n_vox
     limit = CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
     step = max(1, min(n_chan, limit // per_class))
 
     class0 = first_class
-    if labels and n_chan <= 127 and target.element_size() > 1:
+    narrow = None
+    if labels and n_chan <= 127 and (activation or target.element_size() > 1):
         # Every class reads the labels twice (statistics, gradient): narrow them once to int8
-        # channel indices (-1: no channel), 1 byte a voxel instead of 8 per class and pass.
+        # channel indices (-1: no channel), 1 byte a voxel instead of 8 per class and pass. With
+        # the activation, stage 1 of the first chunk writes them.
         narrow = torch.empty(target.shape, dtype=torch.int8, device=device)
-        _narrow_labels_kernel[(-(-target.numel() // block),)](target, narrow, target.numel(), first_class, n_chan, BLOCK=block)
-        target, class0 = narrow, 0
+        if not activation:
+            _narrow_labels_kernel[(-(-target.numel() // block),)](
+                target, narrow, target.numel(), first_class, n_chan, BLOCK=block
+            )
+            target, class0 = narrow, 0
 
     # Labels: B x spatial, the same map for every class (channel stride 0).
     y_src = target
@@ -511,21 +666,41 @@ def _forward(
     for c0 in range(0, n_chan, step):
         k = min(n_chan, c0 + step) - c0
         n_pairs = n_batch * k
-        p_chunk = probs[:, c0 : c0 + k]
         y_view = y_src if labels else y_src[:, c0 : c0 + k]
-
-        # 1. Spatial moments (and the one-hot y the transform needs).
-        n_sp, span = _splits(n_vox, n_pairs, block, target_programs, splits)
-        part = torch.empty(n_pairs, n_sp, 6, dtype=acc, device=device)
-        counts = torch.empty(n_pairs, n_sp, dtype=torch.int32, device=device) if labels else part
         y_chunk = torch.empty(n_batch, k, *spatial, dtype=acc, device=device) if labels else y_view
-        _spatial_stats_kernel[(n_pairs, n_sp)](
-            p_chunk, probs.stride(0), probs.stride(1),
-            y_view, y_sb, y_sc,
-            y_chunk, part, counts,
-            n_vox, k, class0 + c0, span, n_sp,
-            LABELS=labels, WRITE_Y=labels, BLOCK=block,
-        )  # fmt: skip
+
+        # 1. Spatial moments (and the p and one-hot y the transforms need).
+        if activation:
+            p_chunk = torch.empty(n_batch, k, *spatial, dtype=acc, device=device)
+            n_sp, span = _splits(n_vox, n_batch, lanes, target_programs, splits)
+            part = torch.empty(n_pairs, n_sp, 6, dtype=acc, device=device)
+            counts = torch.empty(n_pairs, n_sp, dtype=torch.int32, device=device) if labels else part
+            write_narrow = narrow is not None and c0 == 0
+            _activated_moments_kernel[(n_sp, n_batch)](
+                probs, target, y_view, y_view.stride(0), y_view.stride(1) if not labels else 0,
+                p_chunk, y_chunk, narrow if write_narrow else p_chunk, part, counts,
+                n_vox, probs.shape[1], first_channel, c0, k, first_class,
+                0 if ignore_index is None else int(ignore_index), span, n_sp,
+                ACTIVATION=int(activation), LABELS=labels, HAS_IGNORE=labels and ignore_index is not None,
+                WRITE_NARROW=write_narrow, CP=rows, BLOCK=lanes, num_warps=8 if device.type == "cuda" else 4,
+            )  # fmt: skip
+            if write_narrow:  # the gradient kernels read the narrowed labels from here on
+                y_src, class0, y_sb = narrow, 0, narrow.stride(0)
+                y_view = narrow
+            p_sb, p_sc = p_chunk.stride(0), p_chunk.stride(1)
+        else:
+            p_chunk = probs[:, c0 : c0 + k]
+            p_sb, p_sc = probs.stride(0), probs.stride(1)
+            n_sp, span = _splits(n_vox, n_pairs, block, target_programs, splits)
+            part = torch.empty(n_pairs, n_sp, 6, dtype=acc, device=device)
+            counts = torch.empty(n_pairs, n_sp, dtype=torch.int32, device=device) if labels else part
+            _spatial_stats_kernel[(n_pairs, n_sp)](
+                p_chunk, p_sb, p_sc,
+                y_view, y_sb, y_sc,
+                y_chunk, part, counts,
+                n_vox, k, class0 + c0, span, n_sp,
+                LABELS=labels, WRITE_Y=labels, BLOCK=block,
+            )  # fmt: skip
 
         # 2. Half spectra.
         P = torch.fft.rfftn(p_chunk, dim=dims)
@@ -547,7 +722,7 @@ def _forward(
         _pair_kernel[(-(-n_pairs // PAIR_BLOCK),)](
             part, counts, tpart, scc, valid_bytes, coef,
             n_pairs, n_sp, n_tsp, k, n_chan, c0, n_vox, *weights,
-            LABELS=labels, INCLUDE_DC=include_dc, NEED_GRAD=need_grad, EPS=eps, FMAX=fmax, BP=PAIR_BLOCK,
+            LABELS=labels, INCLUDE_DC=include_dc, NEED_GRAD=need_grad, EPS=eps, FMAX=fmax, BP=PAIR_BLOCK, SB=SPLIT_BLOCK,
         )  # fmt: skip
         del part, counts, tpart
         if not need_grad:
@@ -566,7 +741,7 @@ def _forward(
         del P
         grad_chunk = grad[:, c0 : c0 + k]
         _grad_kernel[(-(-n_vox // block), n_pairs)](
-            g, p_chunk, probs.stride(0), probs.stride(1),
+            g, p_chunk, p_sb, p_sc,
             y_view, y_sb, y_sc,
             grad_chunk, grad.stride(0), grad.stride(1),
             c_p, c_y, shift,
@@ -651,5 +826,39 @@ def correlation_field(probs, target, first_class, include_dc, magnitude_weight, 
         )
 
 
-# The activation fused around correlation_field (scc_fast.backends.activation).
+#: With the activation fused (:mod:`scc_fast.backends.activation`), stage 1 computes softmax /
+#: sigmoid from the logits itself (:func:`activated_field`): one launch instead of torch's softmax,
+#: the label narrowing and the statistics pass, and no B x C probability tensor beside the chunk's.
+#: False: the probabilities are computed first with torch (for A/B comparisons).
+activation_in_kernel: bool = True
+
+#: The most channels (C, background included) stage 1 takes with the activation: it holds a tile
+#: of every channel's logits. Wider inputs get their probabilities from torch first.
+MAX_ACTIVATION_CHANNELS = 32
+
+
+def activated_field(x, target, activation, first_channel, first_class, ignore_index, include_dc,
+                    magnitude_weight, phase_weight, need_grad):
+    """``(scc, valid, field)`` of ``activation(x)`` (1: softmax over all C channels, 2: sigmoid)
+    over channels ``first_channel`` on, voxels labelled ``ignore_index`` counted as p = 0 and
+    target 0, p computed by stage 1. field = dSCC/dp (B x C' x spatial float32, or (0,))."""
+    if _IMPORT_ERROR is not None:
+        raise RuntimeError(_IMPORT_ERROR)
+    reason = unsupported_reason(x, target)
+    if reason is not None:
+        raise RuntimeError(f"backend 'triton_fft' cannot run: {reason}")
+    if x.shape[1] > MAX_ACTIVATION_CHANNELS or x.dtype == torch.float64:
+        # Too many channels for one tile, or float64 (stage 1 computes in float32).
+        name = {1: "softmax", 2: "sigmoid"}[int(activation)]
+        p, t = probabilities(x.to(accumulation_dtype(x.dtype)), target, name, first_channel, ignore_index)
+        return correlation_field(p.contiguous(), t, first_class, include_dc, magnitude_weight, phase_weight, need_grad)
+    with torch.no_grad():
+        scc, valid, grad = _forward(
+            x, target, int(first_class), bool(include_dc), float(magnitude_weight), float(phase_weight), need_grad,
+            activation=int(activation), first_channel=int(first_channel), ignore_index=ignore_index,
+        )
+    return scc, valid, grad if grad is not None else scc.new_empty((0,))
+
+
+# The activation fused around correlation_field or activated_field (scc_fast.backends.activation).
 activated_correlation = fused_entry("triton_fft")
