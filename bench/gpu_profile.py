@@ -139,9 +139,11 @@ def launch_overhead(device, launches: int) -> dict:
             narrow = torch.empty(1024, dtype=torch.int8, device=device)
             calls["triton 6 args (_narrow_labels_kernel)"] = lambda: fft._narrow_labels_kernel[(1,)](
                 lab, narrow, 1024, 0, 2, BLOCK=1024)
-            g, one = torch.zeros(1, 1, 1024, device=device), torch.zeros(1, device=device)
-            calls["triton 18 args (_grad_kernel)"] = lambda: fft._grad_kernel[(1, 1)](
-                g, g, 1024, 1024, narrow, 1024, 0, g, 1024, 1024, one, one, one, 1024, 1, 0, LABELS=True, BLOCK=1024)
+            x2 = torch.zeros(1, 2, 1024, device=device)
+            part, counts = torch.zeros(2, 1, 6, device=device), torch.zeros(2, 1, dtype=torch.int32, device=device)
+            calls["triton 18 args (_activated_moments_kernel)"] = lambda: fft._activated_moments_kernel[(1, 1)](
+                x2, lab, x2, 0, 0, x2, x2, part, counts, 1024, 2, 0, 0, 2, 0, 0, 1024, 1,
+                ACTIVATION=1, LABELS=True, HAS_IGNORE=False, CP=2, BLOCK=512)
     except ImportError:
         pass
     out = {}

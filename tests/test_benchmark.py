@@ -306,7 +306,7 @@ def test_gpu_profile_script_dry_run_on_cpu(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "| smoke-2d | torch |" in md and data["environment"]["card"] == "CPU (dry run)"
     # Host time per launch: a torch op, and two Triton kernels where triton_fft runs (interpreter).
-    names = ["torch.add"] + (["triton 6 args (_narrow_labels_kernel)", "triton 18 args (_grad_kernel)"]
+    names = ["torch.add"] + (["triton 6 args (_narrow_labels_kernel)", "triton 18 args (_activated_moments_kernel)"]
                              if available_backends()["triton_fft"].available else [])
     assert list(data["launch_us"]) == names and all(v > 0 for v in data["launch_us"].values()), data["launch_us"]
     assert "Host time per launch" in md

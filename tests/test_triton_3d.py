@@ -261,7 +261,7 @@ for dt, eps, fmax in (("*fp32", 1.1920928955078125e-07, 3.4028234663852886e38),
                  valid_ptr="*i8", coef_ptr=dt, **{i: "i32" for i in ["n_pairs", "n_sp", "n_tsp", "n_chunk", "n_chan",
                  "c0", "n_vox"]}, **{w: "fp32" for w in ["mw_hi", "mw_lo", "pw_hi", "pw_lo"]}),
                  dict(LABELS=labels, INCLUDE_DC=not labels, NEED_GRAD=True, EPS=eps, FMAX=fmax, BP=fft.PAIR_BLOCK, SB=fft.SPLIT_BLOCK))
-    compile_(fft._field_kernel, dict(P_ptr=dt, Y_ptr=dt, ca_ptr=dt, cab_ptr=dt, flat_ptr=dt, n_half="i32"),
+    compile_(fft._field_kernel, dict(P_ptr=dt, Y_ptr=dt, coef_ptr=dt, n_pairs="i32", n_half="i32"),
              dict(INCLUDE_DC=False, BLOCK=1024))
     compile_(fft._spatial_stats_kernel, dict(p_ptr=dt, p_stride_b="i64", p_stride_c="i64", y_ptr="*i8",
              y_stride_b="i64", y_stride_c="i64", yout_ptr=dt, part_ptr=dt, count_ptr="*i32",
@@ -270,10 +270,9 @@ for dt, eps, fmax in (("*fp32", 1.1920928955078125e-07, 3.4028234663852886e38),
 # stage 1 with the activation: softmax / sigmoid of float32 or bf16 logits, labels or a float target
 for x, act, labels, rows in (("*fp32", 1, True, 4), ("*bf16", 1, True, 16), ("*fp16", 2, True, 32), ("*fp32", 1, False, 16)):
     compile_(fft._activated_moments_kernel, dict(x_ptr=x, lab_ptr="*i64" if labels else f, yf_ptr=f,
-             yf_stride_b="i64", yf_stride_c="i64", p_out_ptr=f, y_out_ptr=f, narrow_ptr="*i8" if labels else f,
-             part_ptr=f, count_ptr="*i32" if labels else f, **{i: "i32" for i in ["n_vox", "n_chan", "first_channel",
+             yf_stride_b="i64", yf_stride_c="i64", p_out_ptr=f, y_out_ptr=f, part_ptr=f, count_ptr="*i32" if labels else f, **{i: "i32" for i in ["n_vox", "n_chan", "first_channel",
              "c0", "n_chunk", "first_class", "ignore_index", "span", "n_splits"]}),
-             dict(ACTIVATION=act, LABELS=labels, HAS_IGNORE=labels, WRITE_NARROW=labels, CP=rows,
+             dict(ACTIVATION=act, LABELS=labels, HAS_IGNORE=labels, CP=rows,
                   BLOCK=max(16, 1024 // rows)), warps=8)
 print("compiled")
 """

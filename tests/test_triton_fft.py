@@ -11,10 +11,13 @@ import os
 import re
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
 import torch
+import torch.utils._pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import scc_fast
 from scc_fast import backends
@@ -244,6 +247,61 @@ def test_wide_inputs_take_torch_probabilities(monkeypatch):
     assert rel_err(out, ref) <= 1e-5 and rel_err(grad, ref_grad) <= 1e-5
 
 
+class LiveBytes(TorchDispatchMode):
+    """The bytes of the storages that tensors made under this mode hold, now and at the peak
+    (storages of the ``external`` tensors, the inputs and their views, are not counted)."""
+
+    def __init__(self, *external: torch.Tensor):
+        super().__init__()
+        self.external = {t.untyped_storage().data_ptr() for t in external}
+        self.live: dict[int, list[int]] = {}  # storage pointer -> [bytes, tensors referring to it]
+        self.now = self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in pytree.tree_leaves(out):
+            if not isinstance(t, torch.Tensor):
+                continue
+            storage = t.untyped_storage()
+            key = storage.data_ptr()
+            if key in self.external or storage.nbytes() == 0:
+                continue
+            if key not in self.live:
+                self.live[key] = [storage.nbytes(), 0]
+                self.now += storage.nbytes()
+                self.peak = max(self.peak, self.now)
+            self.live[key][1] += 1
+            weakref.finalize(t, self._release, key)
+        return out
+
+    def _release(self, key: int) -> None:
+        entry = self.live[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.now -= entry[0]
+            del self.live[key]
+
+
+@pytest.mark.parametrize("activation", [1, 0], ids=["logits", "probabilities"])
+def test_forward_peak_holds_two_spectra_and_a_map(activation):
+    # Each map is freed once transformed (y first) and the spatial terms of the gradient are
+    # added in the spectrum, so p is not kept for a pass after the inverse transform: the
+    # forward's own tensors peak at one map M and two half spectra S (p, Y, P) with the
+    # activation, at two spectra (Y, P) plus the int8 labels without. (Until this layout: a
+    # gradient buffer from the start and p, y, P, Y at once, 3M + 2S.)
+    b, c, d, h, w = 2, 3, 16, 16, 16
+    g = torch.Generator().manual_seed(40)
+    x = torch.randn(b, c, d, h, w, generator=g).to(DEVICE)
+    labels = torch.randint(0, c, (b, d, h, w), generator=g).to(DEVICE)
+    source = x if activation else torch.softmax(x, 1)
+    map_bytes, spectrum_bytes = b * c * d * h * w * 4, b * c * d * h * (w // 2 + 1) * 8
+    with torch.no_grad(), LiveBytes(source, labels) as live:
+        out = triton_fft._forward(source, labels, 0, False, 0.5, 0.5, True, activation=activation)
+    bound = map_bytes + 2 * spectrum_bytes if activation else max(map_bytes, spectrum_bytes) + spectrum_bytes + b * d * h * w
+    assert live.peak <= 1.01 * bound, (live.peak / map_bytes, bound / map_bytes)
+    assert live.now == sum(t.untyped_storage().nbytes() for t in out)  # nothing else is left alive
+
+
 @pytest.mark.parametrize("include_dc", [False, True], ids=["no_dc", "dc"])
 def test_degenerate_pairs(include_dc):
     shape = (3, 3, 8, 10)
@@ -353,14 +411,11 @@ for dt in ("fp32", "fp64"):
         compile_(m._spatial_stats_kernel, dict(p_ptr=f, p_stride_b="i32", p_stride_c="i32", y_ptr=lab, y_stride_b="i32",
                  y_stride_c="i32", yout_ptr=f, part_ptr=f, count_ptr="*i32" if labels else f, n_vox="i32", n_chunk="i32",
                  class0="i32", span="i32", n_splits="i32"), dict(LABELS=labels, WRITE_Y=labels, BLOCK=1024))
-        compile_(m._grad_kernel, dict(g_ptr=f, p_ptr=f, p_stride_b="i32", p_stride_c="i32", y_ptr=lab, y_stride_b="i32",
-                 y_stride_c="i32", out_ptr=f, out_stride_b="i32", out_stride_c="i32", cp_ptr=f, cy_ptr=f, shift_ptr=f,
-                 n_vox="i32", n_chunk="i32", class0="i32"), dict(LABELS=labels, BLOCK=1024))
     for even in (True, False):
         for dc in (True, False):
             compile_(m._spectral_stats_kernel, dict(P_ptr=f, Y_ptr=f, part_ptr=f, n_half="i32", w_half="i32", span="i32",
                      n_splits="i32"), dict(LAST_EVEN=even, INCLUDE_DC=dc, BLOCK=1024))
-            compile_(m._field_kernel, dict(P_ptr=f, Y_ptr=f, ca_ptr=f, cab_ptr=f, flat_ptr="*i8", n_half="i32"),
+            compile_(m._field_kernel, dict(P_ptr=f, Y_ptr=f, coef_ptr=f, n_pairs="i32", n_half="i32"),
                      dict(INCLUDE_DC=dc, BLOCK=1024))
 compile_(m._narrow_labels_kernel, dict(src_ptr="*i64", dst_ptr="*i8", n="i32", lo="i32", n_chan="i32"), dict(BLOCK=1024))
 print("compiled")

@@ -9,28 +9,29 @@ For any 2D or 3D shape cuFFT handles (B x C' x H x W or B x C' x D x H x W), per
    combined tile by tile (Chan et al.), so the Parseval terms of SPEC section 2 never cancel.
    With the activation fused (softmax / sigmoid of the logits, :func:`activated_field`) the
    stage is ``_activated_moments_kernel`` instead: it reads every channel's logits and the
-   labels once per tile of voxels, writes p and y of the chunk and the int8 labels the gradient
-   kernel reads, and reduces the moments of every class at once: one launch where torch's
-   softmax, the label narrowing and the statistics pass were three (GPU run 4: the softmax
-   alone was 90 us of the 870 us of kernels a step at brats-3d).
-2. ``torch.fft.rfftn`` of p and y (the half spectra P and Y); y is freed right after.
+   labels once per tile of voxels, writes p and y of the chunk, and reduces the moments of
+   every class at once: one launch where torch's softmax, the label narrowing and the
+   statistics pass were three (GPU run 4: the softmax alone was 90 us of the 870 us of kernels
+   a step at brats-3d).
+2. ``torch.fft.rfftn`` of y, then of p (the half spectra Y and P); each map is freed once
+   transformed, so no more than two maps and a spectrum or a map and two spectra are alive.
 3. ``_spectral_stats_kernel`` reads P and Y once: |P|, |Y|, the half-spectrum weights (2 for
    every bin of the last axis except bin 0 and the even-length Nyquist bin; 0 at DC when DC is
    out of K), and the three transform sums T_a, T_b, T_ab.
 4. ``_pair_kernel``, one launch for all pairs of the chunk: the partial sums of stages 1 and 3
-   merged (a block of splits at a time), the Parseval sums, SCC and valid, and the gradient's per-pair coefficients, with the
-   device functions of :mod:`._triton_scalars` (what :func:`scc_fast.backends.torch_fft.pair_coefficients`
-   computes on tensors for backend "torch", with the same zero tests). It replaced about 100 small
-   torch operations per chunk: GPU run 3 found this backend host-bound, 4-5 ms per step issuing
-   ~180 launches for 0.5-1.7 ms of kernels.
-5. ``_field_kernel`` overwrites P with the gradient field ``N (c_a + c_ab |Y_k|) P_k / |P_k|``
-   (0 where |P_k| = 0, and at DC when DC is out), recomputing |Y_k| from Y so no magnitude
-   array is ever stored; Y is freed.
-6. ``torch.fft.irfftn`` of the field.
-7. ``_grad_kernel`` adds the spatial terms ``2N c_aa (p - [DC out] mean p) + N c_re (y - [DC
-   out] mean y)``, re-forming y from the labels, and writes dSCC/dp into the B x C' x spatial
-   gradient.
-
+   merged (a block of splits at a time), the Parseval sums, SCC and valid, and the gradient's
+   per-pair coefficients, with the device functions of :mod:`._triton_scalars` (what
+   :func:`scc_fast.backends.torch_fft.pair_coefficients` computes on tensors for backend
+   "torch", with the same zero tests). It replaced about 100 small torch operations per chunk:
+   GPU run 3 found this backend host-bound, 4-5 ms per step issuing ~180 launches for 0.5-1.7 ms
+   of kernels.
+5. ``_field_kernel`` overwrites P with the spectrum of dSCC/dp: the field ``N (c_a + c_ab
+   |Y_k|) P_k / |P_k|`` (0 where |P_k| = 0) plus the spatial terms ``2N c_aa p + N c_re y``
+   carried into the spectrum as ``2N c_aa P_k + N c_re Y_k`` (the transform is linear), the DC
+   bin 0 when DC is out (that is the terms' ``- mean``). |Y_k| is recomputed from Y, so no
+   magnitude array is ever stored; Y is freed.
+6. ``torch.fft.irfftn`` of it: dSCC/dp of the chunk, with no pass over p and y after the
+   transforms (a gradient kernel did that until the spatial terms moved into the spectrum).
 Each stage is split over (pair, part of the map) programs that write partial results, summed
 by the pair kernel in a fixed order (deterministic, no atomics). The gradient is computed in the forward
 call and is all that is saved: backward multiplies it by the per-pair upstream gradient. Only
@@ -221,7 +222,6 @@ if triton is not None:
         yf_stride_c,
         p_out_ptr,
         y_out_ptr,
-        narrow_ptr,
         part_ptr,
         count_ptr,
         n_vox,
@@ -236,7 +236,6 @@ if triton is not None:
         ACTIVATION: tl.constexpr,
         LABELS: tl.constexpr,
         HAS_IGNORE: tl.constexpr,
-        WRITE_NARROW: tl.constexpr,
         CP: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
@@ -246,10 +245,9 @@ if triton is not None:
         once; p = softmax over all C (ACTIVATION 1) or sigmoid (2), 0 at voxels labelled
         ``ignore_index``; writes p and, for labels, the one-hot y of the chunk's channels
         ``first_channel + c0 + j`` (j < n_chunk) into ``p_out`` / ``y_out`` (B x n_chunk x
-        spatial) for the transforms, and with WRITE_NARROW the int8 class index of every voxel
-        (-1: no loss class, or ignored) for the gradient kernel. The moments of the pairs
-        ``(image, j)`` go to ``part`` and ``count`` as ``_spatial_stats_kernel`` writes them.
-        One launch for what took the softmax, the label narrowing and the statistics pass.
+        spatial) for the transforms. The moments of the pairs ``(image, j)`` go to ``part`` and
+        ``count`` as ``_spatial_stats_kernel`` writes them. One launch for what took torch's
+        softmax, the label narrowing and the statistics pass.
         """
         split = tl.program_id(0)
         b = tl.program_id(1)
@@ -258,7 +256,6 @@ if triton is not None:
         row_ok = rows < n_chan
         j = rows - first_channel - c0  # the row's index in the chunk
         in_chunk = (j >= 0) & (j < n_chunk)
-        n_loss = n_chan - first_channel
         x_img = x_ptr + b.to(tl.int64) * n_chan * n_vox + rows[:, None].to(tl.int64) * n_vox
         pair_rows = (b * n_chunk + j).to(tl.int64) * n_vox
         lanes = tl.arange(0, BLOCK)
@@ -290,9 +287,6 @@ if triton is not None:
                 y = hit.to(dt)
                 count += tl.sum(hit.to(tl.int32), axis=1)
                 tl.store(y_out_ptr + pair_rows[:, None] + idx[None, :], y, mask=mine)
-                if WRITE_NARROW:
-                    cls = tl.where((cls >= 0) & (cls < n_loss), cls, -1)
-                    tl.store(narrow_ptr + b.to(tl.int64) * n_vox + idx, cls.to(tl.int8), mask=m)
             else:
                 # yf is the chunk's view of the float target: its channel j is row j of the chunk.
                 yf = yf_ptr + b.to(tl.int64) * yf_stride_b + j[:, None].to(tl.int64) * yf_stride_c
@@ -401,8 +395,8 @@ if triton is not None:
         """Program: BP pairs of the chunk. Merges the per-split moments (Chan et al.) and T parts,
         then SPEC section 2's Parseval sums and pair scalars (:mod:`._triton_scalars`, as
         ``torch_fft.pair_coefficients``): SCC and valid into the B x C outputs at channel c0 + j,
-        and with NEED_GRAD the 6 x n_pairs coefficients N c_a, N c_ab, flat p (0/1), 2N c_aa,
-        N c_re and the shift of the spatial terms. One launch for what took ~100 small torch ops.
+        and with NEED_GRAD the 5 x n_pairs coefficients N c_a, N c_ab, flat p (0/1), 2N c_aa and
+        N c_re. One launch for what took ~100 small torch ops.
 
         Scalar float arguments reach a kernel as float32: each weight comes as a float32 pair
         (hi + lo, about 48 bits), n_vox as an integer, so the float64 path keeps its precision."""
@@ -472,25 +466,27 @@ if triton is not None:
             c_a, c_ab, c_aa, c_re, flat_p = grad_coefficients(
                 rho_mag, rho_phase, den, zero_mag, zero_phase, var_a, t_a, t_b, t_ab, n_k, var_p, total_a, nv,
                 magnitude_weight, phase_weight, EPS)
-            c_p = 2.0 * nv * c_aa
-            c_y = nv * c_re
-            if INCLUDE_DC:
-                shift = zero
-            else:
-                shift = c_p * mean_p + c_y * mean_y
             tl.store(coef_ptr + pairs, nv * c_a, mask=pm)
             tl.store(coef_ptr + n_pairs + pairs, nv * c_ab, mask=pm)
             tl.store(coef_ptr + 2 * n_pairs + pairs, flat_p.to(dt), mask=pm)
-            tl.store(coef_ptr + 3 * n_pairs + pairs, c_p, mask=pm)
-            tl.store(coef_ptr + 4 * n_pairs + pairs, c_y, mask=pm)
-            tl.store(coef_ptr + 5 * n_pairs + pairs, shift, mask=pm)
+            tl.store(coef_ptr + 3 * n_pairs + pairs, 2.0 * nv * c_aa, mask=pm)
+            tl.store(coef_ptr + 4 * n_pairs + pairs, nv * c_re, mask=pm)
 
     @triton.jit
-    def _field_kernel(P_ptr, Y_ptr, ca_ptr, cab_ptr, flat_ptr, n_half, INCLUDE_DC: tl.constexpr, BLOCK: tl.constexpr):
-        """Program (tile, pair): P <- (N c_a + N c_ab |Y|) P / |P| in place.
+    def _field_kernel(
+        P_ptr, Y_ptr, coef_ptr, n_pairs, n_half, INCLUDE_DC: tl.constexpr, BLOCK: tl.constexpr
+    ):
+        """Program (tile, pair): P <- the spectrum of dSCC/dp, in place:
 
-        0 where |P| = 0, at DC when DC is out, and outside DC for a pair whose p is constant
-        (``flat[pair]``: there |P_k| is 0 up to rounding and P_k / |P_k| := 0, as SPEC says).
+            (N c_a + N c_ab |Y|) P / |P|  +  2N c_aa P  +  N c_re Y,
+
+        so that its inverse transform is the gradient. The first term is 0 where |P| = 0 and
+        outside DC for a pair whose p is constant (``flat``: there |P_k| is 0 up to rounding and
+        P_k / |P_k| := 0, as SPEC says). The others are the spatial terms ``2N c_aa p + N c_re y``
+        moved into the spectrum (the transform is linear): no pass over p and y after the
+        transforms, and p is freed once transformed. With DC out of K the whole DC bin is 0,
+        which is the spatial terms' ``- mean`` (SPEC section 2). ``coef`` holds the pair kernel's
+        rows N c_a, N c_ab, flat, 2N c_aa, N c_re (n_pairs each).
         """
         tile = tl.program_id(0)
         pair = tl.program_id(1)
@@ -502,56 +498,18 @@ if triton is not None:
         xy = tl.load(Y_ptr + offs, mask=m[:, None], other=0.0)
         a = tl.sqrt(tl.sum(xp * xp, axis=1))
         bm = tl.sqrt(tl.sum(xy * xy, axis=1))
-        mag = tl.load(ca_ptr + pair) + tl.load(cab_ptr + pair) * bm
-        flat = tl.load(flat_ptr + pair) + tl.zeros_like(a)  # as a vector: the interpreter's | needs it
+        mag = tl.load(coef_ptr + pair) + tl.load(coef_ptr + n_pairs + pair) * bm
+        flat = tl.load(coef_ptr + 2 * n_pairs + pair) + tl.zeros_like(a)  # a vector: the interpreter's | needs it
+        c_p = tl.load(coef_ptr + 3 * n_pairs + pair)
+        c_y = tl.load(coef_ptr + 4 * n_pairs + pair)
         keep = (a > 0) & ((k == 0) | (flat == 0))
-        if not INCLUDE_DC:
-            keep = keep & (k != 0)
         # P / |P| before scaling: bounded by 1 even where |P| is subnormal.
         scale = tl.where(keep, mag, 0.0)
         a_safe = tl.where(keep, a, 1.0)
-        field = (xp / a_safe[:, None]) * scale[:, None]
+        field = (xp / a_safe[:, None]) * scale[:, None] + c_p * xp + c_y * xy
+        if not INCLUDE_DC:
+            field = tl.where((k == 0)[:, None], 0.0, field)
         tl.store(P_ptr + offs, field, mask=m[:, None])
-
-    @triton.jit
-    def _grad_kernel(
-        g_ptr,
-        p_ptr,
-        p_stride_b,
-        p_stride_c,
-        y_ptr,
-        y_stride_b,
-        y_stride_c,
-        out_ptr,
-        out_stride_b,
-        out_stride_c,
-        cp_ptr,
-        cy_ptr,
-        shift_ptr,
-        n_vox,
-        n_chunk,
-        class0,
-        LABELS: tl.constexpr,
-        BLOCK: tl.constexpr,
-    ):
-        """Program (tile, pair): dSCC/dp = irfftn(field) + c_p p + c_y y - shift, into the gradient."""
-        tile = tl.program_id(0)
-        pair = tl.program_id(1)
-        b = pair // n_chunk
-        j = pair % n_chunk
-        idx = tile * BLOCK + tl.arange(0, BLOCK)
-        m = idx < n_vox
-        dt = g_ptr.dtype.element_ty
-        g = tl.load(g_ptr + pair.to(tl.int64) * n_vox + idx, mask=m, other=0.0)
-        p = tl.load(p_ptr + b.to(tl.int64) * p_stride_b + j.to(tl.int64) * p_stride_c + idx, mask=m, other=0.0)
-        y_base = y_ptr + b.to(tl.int64) * y_stride_b + j.to(tl.int64) * y_stride_c
-        if LABELS:
-            lab = tl.load(y_base + idx, mask=m, other=-1)
-            y = (lab == class0 + j).to(dt)
-        else:
-            y = tl.load(y_base + idx, mask=m, other=0.0).to(dt)
-        out = g + tl.load(cp_ptr + pair) * p.to(dt) + tl.load(cy_ptr + pair) * y - tl.load(shift_ptr + pair)
-        tl.store(out_ptr + b.to(tl.int64) * out_stride_b + j.to(tl.int64) * out_stride_c + idx, out, mask=m)
 
 
 @functools.lru_cache(maxsize=None)
@@ -641,23 +599,21 @@ def _forward(
     valid_bytes = valid.view(torch.int8)  # the pair kernel writes 0 / 1
     weights = (*_float32_pair(magnitude_weight), *_float32_pair(phase_weight))
     eps, fmax = float(torch.finfo(acc).eps), float(torch.finfo(acc).max)
-    grad = torch.empty((n_batch, n_chan, *spatial), dtype=acc, device=device) if need_grad else None
+    grad = None  # the single chunk's inverse transform, or assembled from the chunks'
     per_class = n_batch * n_vox
     limit = CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
     step = max(1, min(n_chan, limit // per_class))
 
     class0 = first_class
-    narrow = None
-    if labels and n_chan <= 127 and (activation or target.element_size() > 1):
-        # Every class reads the labels twice (statistics, gradient): narrow them once to int8
-        # channel indices (-1: no channel), 1 byte a voxel instead of 8 per class and pass. With
-        # the activation, stage 1 of the first chunk writes them.
+    if labels and not activation and n_chan > 1 and n_chan <= 127 and target.element_size() > 1:
+        # The statistics pass reads the labels once per class: narrow them once to int8 channel
+        # indices (-1: no channel), 1 byte a voxel instead of 8 per class. (With the activation,
+        # stage 1 reads the labels once for all classes of a tile.)
         narrow = torch.empty(target.shape, dtype=torch.int8, device=device)
-        if not activation:
-            _narrow_labels_kernel[(-(-target.numel() // block),)](
-                target, narrow, target.numel(), first_class, n_chan, BLOCK=block
-            )
-            target, class0 = narrow, 0
+        _narrow_labels_kernel[(-(-target.numel() // block),)](
+            target, narrow, target.numel(), first_class, n_chan, BLOCK=block
+        )
+        target, class0 = narrow, 0
 
     # Labels: B x spatial, the same map for every class (channel stride 0).
     y_src = target
@@ -675,37 +631,33 @@ def _forward(
             n_sp, span = _splits(n_vox, n_batch, lanes, target_programs, splits)
             part = torch.empty(n_pairs, n_sp, 6, dtype=acc, device=device)
             counts = torch.empty(n_pairs, n_sp, dtype=torch.int32, device=device) if labels else part
-            write_narrow = narrow is not None and c0 == 0
             _activated_moments_kernel[(n_sp, n_batch)](
                 probs, target, y_view, y_view.stride(0), y_view.stride(1) if not labels else 0,
-                p_chunk, y_chunk, narrow if write_narrow else p_chunk, part, counts,
+                p_chunk, y_chunk, part, counts,
                 n_vox, probs.shape[1], first_channel, c0, k, first_class,
                 0 if ignore_index is None else int(ignore_index), span, n_sp,
                 ACTIVATION=int(activation), LABELS=labels, HAS_IGNORE=labels and ignore_index is not None,
-                WRITE_NARROW=write_narrow, CP=rows, BLOCK=lanes, num_warps=8 if device.type == "cuda" else 4,
+                CP=rows, BLOCK=lanes, num_warps=8 if device.type == "cuda" else 4,
             )  # fmt: skip
-            if write_narrow:  # the gradient kernels read the narrowed labels from here on
-                y_src, class0, y_sb = narrow, 0, narrow.stride(0)
-                y_view = narrow
-            p_sb, p_sc = p_chunk.stride(0), p_chunk.stride(1)
         else:
             p_chunk = probs[:, c0 : c0 + k]
-            p_sb, p_sc = probs.stride(0), probs.stride(1)
             n_sp, span = _splits(n_vox, n_pairs, block, target_programs, splits)
             part = torch.empty(n_pairs, n_sp, 6, dtype=acc, device=device)
             counts = torch.empty(n_pairs, n_sp, dtype=torch.int32, device=device) if labels else part
             _spatial_stats_kernel[(n_pairs, n_sp)](
-                p_chunk, p_sb, p_sc,
+                p_chunk, probs.stride(0), probs.stride(1),
                 y_view, y_sb, y_sc,
                 y_chunk, part, counts,
                 n_vox, k, class0 + c0, span, n_sp,
                 LABELS=labels, WRITE_Y=labels, BLOCK=block,
             )  # fmt: skip
 
-        # 2. Half spectra.
-        P = torch.fft.rfftn(p_chunk, dim=dims)
+        # 2. Half spectra, y's first: each map is freed as soon as it is transformed, so at most
+        # two maps and one spectrum, or one map and two spectra, are alive at once.
         Y = torch.fft.rfftn(y_chunk, dim=dims)
         del y_chunk
+        P = torch.fft.rfftn(p_chunk, dim=dims)
+        del p_chunk
         P_r = torch.view_as_real(P)
         Y_r = torch.view_as_real(Y)
 
@@ -718,7 +670,7 @@ def _forward(
         )  # fmt: skip
 
         # 4. Per-pair sums by Parseval, SCC, valid and the gradient's coefficients: one launch.
-        coef = torch.empty(6, n_pairs, dtype=acc, device=device) if need_grad else tpart
+        coef = torch.empty(5, n_pairs, dtype=acc, device=device) if need_grad else tpart
         _pair_kernel[(-(-n_pairs // PAIR_BLOCK),)](
             part, counts, tpart, scc, valid_bytes, coef,
             n_pairs, n_sp, n_tsp, k, n_chan, c0, n_vox, *weights,
@@ -728,26 +680,22 @@ def _forward(
         if not need_grad:
             del P, Y, P_r, Y_r
             continue
-        ca_n, cab_n, flat_p, c_p, c_y, shift = coef.unbind(0)
 
-        # 5. Gradient field, in place of P; Y is not needed after it.
+        # 5. The gradient's spectrum, in place of P; Y is not needed after it.
         _field_kernel[(-(-n_half // block), n_pairs)](
-            P_r, Y_r, ca_n, cab_n, flat_p, n_half, INCLUDE_DC=include_dc, BLOCK=block
+            P_r, Y_r, coef, n_pairs, n_half, INCLUDE_DC=include_dc, BLOCK=block
         )
         del Y, Y_r, P_r
 
-        # 6. Inverse transform; 7. spatial terms, written into the gradient.
+        # 6. Inverse transform: dSCC/dp of the chunk.
         g = torch.fft.irfftn(P, s=spatial, dim=dims)
         del P
-        grad_chunk = grad[:, c0 : c0 + k]
-        _grad_kernel[(-(-n_vox // block), n_pairs)](
-            g, p_chunk, p_sb, p_sc,
-            y_view, y_sb, y_sc,
-            grad_chunk, grad.stride(0), grad.stride(1),
-            c_p, c_y, shift,
-            n_vox, k, class0 + c0,
-            LABELS=labels, BLOCK=block,
-        )  # fmt: skip
+        if k == n_chan:
+            grad = g
+        else:
+            if grad is None:
+                grad = torch.empty((n_batch, n_chan, *spatial), dtype=acc, device=device)
+            grad[:, c0 : c0 + k] = g
         del g
     return scc, valid, grad
 
