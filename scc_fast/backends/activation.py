@@ -45,7 +45,7 @@ from .._numerics import accumulation_dtype, refuse_double_backward
 # when the kernel runs: the kernel lives in _activation_kernel, so `import scc_fast` stays light.
 _HAVE_TRITON = importlib.util.find_spec("triton") is not None
 
-__all__ = ["ACTIVATIONS", "activated_correlation", "activation_code", "fused_entry", "probabilities"]
+__all__ = ["ACTIVATIONS", "activated_correlation", "activation_code", "activation_name", "fused_entry", "probabilities"]
 
 #: Activation codes of the registered ops (the native operator uses the same numbers).
 ACTIVATIONS: dict[str | None, int] = {None: 0, "softmax": 1, "sigmoid": 2}
@@ -56,6 +56,11 @@ def activation_code(activation: str | None) -> int:
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be None, 'softmax' or 'sigmoid', got {activation!r}")
     return ACTIVATIONS[activation]
+
+
+def activation_name(code: int) -> str | None:
+    """The activation an ops' code stands for (the inverse of :func:`activation_code`)."""
+    return {c: name for name, c in ACTIVATIONS.items()}[code]
 
 
 #: Keep nothing but the input between forward and backward: the forward computes SCC without the
@@ -145,8 +150,7 @@ def _forward(x, target, backend, activation, first_channel, first_class, ignore_
             x, target, activation, first_channel, first_class, ignore_index, include_dc, magnitude_weight,
             phase_weight, need_grad,
         )
-    name = {code: name for name, code in ACTIVATIONS.items()}[activation]
-    p, backend_target = probabilities(x, target, name, first_channel, ignore_index)
+    p, backend_target = probabilities(x, target, activation_name(activation), first_channel, ignore_index)
     scc, valid, field = _field(
         backend, p.contiguous(), backend_target, first_class, include_dc, magnitude_weight, phase_weight, need_grad
     )

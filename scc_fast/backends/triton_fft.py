@@ -54,7 +54,7 @@ import torch
 
 from .._numerics import accumulation_dtype
 from ._field_autograd import field_scaling_autograd
-from .activation import fused_entry, probabilities
+from .activation import activation_name, fused_entry, probabilities
 
 try:
     import triton
@@ -625,12 +625,16 @@ def _forward(
         y_view = y_src if labels else y_src[:, c0 : c0 + k]
         y_chunk = torch.empty(n_batch, k, *spatial, dtype=acc, device=device) if labels else y_view
 
-        # 1. Spatial moments (and the p and one-hot y the transforms need).
+        # 1. Spatial moments (and the p and one-hot y the transforms need). With the activation
+        # a program takes one image's tile for every class, without it one pair's.
+        if activation:
+            n_sp, span = _splits(n_vox, n_batch, lanes, target_programs, splits)
+        else:
+            n_sp, span = _splits(n_vox, n_pairs, block, target_programs, splits)
+        part = torch.empty(n_pairs, n_sp, 6, dtype=acc, device=device)
+        counts = torch.empty(n_pairs, n_sp, dtype=torch.int32, device=device) if labels else part
         if activation:
             p_chunk = torch.empty(n_batch, k, *spatial, dtype=acc, device=device)
-            n_sp, span = _splits(n_vox, n_batch, lanes, target_programs, splits)
-            part = torch.empty(n_pairs, n_sp, 6, dtype=acc, device=device)
-            counts = torch.empty(n_pairs, n_sp, dtype=torch.int32, device=device) if labels else part
             _activated_moments_kernel[(n_sp, n_batch)](
                 probs, target, y_view, y_view.stride(0), y_view.stride(1) if not labels else 0,
                 p_chunk, y_chunk, part, counts,
@@ -641,9 +645,6 @@ def _forward(
             )  # fmt: skip
         else:
             p_chunk = probs[:, c0 : c0 + k]
-            n_sp, span = _splits(n_vox, n_pairs, block, target_programs, splits)
-            part = torch.empty(n_pairs, n_sp, 6, dtype=acc, device=device)
-            counts = torch.empty(n_pairs, n_sp, dtype=torch.int32, device=device) if labels else part
             _spatial_stats_kernel[(n_pairs, n_sp)](
                 p_chunk, probs.stride(0), probs.stride(1),
                 y_view, y_sb, y_sc,
@@ -797,8 +798,9 @@ def activated_field(x, target, activation, first_channel, first_class, ignore_in
         raise RuntimeError(f"backend 'triton_fft' cannot run: {reason}")
     if x.shape[1] > MAX_ACTIVATION_CHANNELS or x.dtype == torch.float64:
         # Too many channels for one tile, or float64 (stage 1 computes in float32).
-        name = {1: "softmax", 2: "sigmoid"}[int(activation)]
-        p, t = probabilities(x.to(accumulation_dtype(x.dtype)), target, name, first_channel, ignore_index)
+        p, t = probabilities(
+            x.to(accumulation_dtype(x.dtype)), target, activation_name(int(activation)), first_channel, ignore_index
+        )
         return correlation_field(p.contiguous(), t, first_class, include_dc, magnitude_weight, phase_weight, need_grad)
     with torch.no_grad():
         scc, valid, grad = _forward(
