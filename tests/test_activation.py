@@ -120,6 +120,44 @@ def test_no_probabilities_saved_for_backward():
     assert (full[0] < 0).any()  # the field (signed), not probabilities
 
 
+@pytest.mark.skipif(FUSED_HERE is None, reason="no backend fuses the activation on this machine")
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_eager_calls_skip_the_registered_op_and_match_it(monkeypatch, reduction):
+    """An eager call runs the op's autograd.Function twin (no custom-op dispatch); under a dispatch
+    mode (as under torch.compile, which the compile tests cover) the registered op runs. Both give
+    the same loss and gradient, bit for bit."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Seen(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.add(str(func))
+            return func(*args, **(kwargs or {}))
+
+    calls = []
+    op = activation._activated_correlation_op
+    monkeypatch.setattr(activation, "_activated_correlation_op", lambda *a: calls.append(1) or op(*a))
+    logits, labels = fused_case((2, 3, 8, 9), 255)
+    kw = dict(softmax=True, include_background=False, ignore_index=255, backend=FUSED_HERE, reduction=reduction)
+    upstream = torch.tensor([[0.5, -1.0], [2.0, 0.25]]) if reduction == "none" else torch.tensor(1.5)
+    results = []
+    for mode in (None, Seen()):
+        x = logits.float().requires_grad_(True)
+        if mode is None:
+            loss = scc_fast.scc_loss(x, labels, **kw)
+        else:
+            with mode:
+                loss = scc_fast.scc_loss(x, labels, **kw)
+        loss.backward(upstream)
+        results.append((loss.detach(), x.grad))
+        assert len(calls) == (0 if mode is None else 1)
+    assert "scc_fast.activated_correlation.default" in mode.ops, sorted(mode.ops)
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
 def _full_size_saved(loss, x):
     """Tensors B x (any channels) x spatial of x that loss's graph saves for backward, x itself
     excepted (a field over the loss's channels, probabilities over all of them)."""

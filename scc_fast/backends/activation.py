@@ -21,6 +21,10 @@ as usual: written with torch ops the fused backward is no leaner than autograd's
 op's fallback and as the kernel's check in the tests. The native CPU operator does the same inside its own C++ code
 (:mod:`scc_fast.backends.native`).
 
+Eager calls run the op's ``torch.autograd.Function`` twin, :class:`_ActivatedCorrelationEager`:
+the same code without the custom op's dispatch layers (the Triton backends are host-bound on a
+GPU); torch.compile, tensor subclasses and dispatch modes get the registered op.
+
 A backend opts in by providing ``correlation_field(probs, target, first_class, include_dc,
 magnitude_weight, phase_weight, need_grad) -> (scc, valid, field)`` (field float32, float64
 for float64 probs; shape (0,) when not ``need_grad``) and an ``activated_correlation`` that
@@ -38,6 +42,7 @@ import os
 from typing import Optional
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .._numerics import accumulation_dtype, refuse_double_backward
 
@@ -177,7 +182,8 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, target, output[2])
 
 
-def _backward(ctx, grad_scc, grad_valid, grad_field):
+def _backward_with(ctx, grad_scc, activation_backward):
+    """dL/dx through ``activation_backward`` (the registered op, or its implementation in eager mode)."""
     refuse_double_backward(ctx.backend)
     x, target, field = ctx.saved_tensors
     nones = (None,) * 11
@@ -189,10 +195,14 @@ def _backward(ctx, grad_scc, grad_valid, grad_field):
     if field.numel() == 0:
         raise RuntimeError(f"scc_fast {ctx.backend}: backward called but the forward ran with need_grad=False")
     use_kernel = _kernel_backward(x, ctx.backend)
-    grad_x = torch.ops.scc_fast.activation_backward(
+    grad_x = activation_backward(
         x, field, grad_scc.contiguous(), target, ctx.activation, ctx.first_channel, ctx.ignore_index, use_kernel
     )
     return (grad_x,) + nones
+
+
+def _backward(ctx, grad_scc, grad_valid, grad_field):
+    return _backward_with(ctx, grad_scc, torch.ops.scc_fast.activation_backward)
 
 
 _activated_correlation_op.register_autograd(_backward, setup_context=_setup_context)
@@ -235,6 +245,10 @@ def _activation_backward_op(
     use_kernel: bool,
 ) -> torch.Tensor:
     """dLoss/dx from the upstream ``grad_scc`` (B x C') and the saved field (B x C' x spatial)."""
+    return _activation_backward(x, field, grad_scc, target, activation, first_channel, ignore_index, use_kernel)
+
+
+def _activation_backward(x, field, grad_scc, target, activation, first_channel, ignore_index, use_kernel):
     # The kernel computes in float32; float64 keeps its precision through torch ops.
     if use_kernel and x.dtype != torch.float64 and _HAVE_TRITON:
         from ._activation_kernel import activation_backward
@@ -246,6 +260,34 @@ def _activation_backward_op(
 @_activation_backward_op.register_fake
 def _(x, field, grad_scc, target, activation, first_channel, ignore_index, use_kernel):
     return torch.empty_like(x)
+
+
+class _ActivatedCorrelationEager(torch.autograd.Function):
+    """The registered op's eager twin: the same forward, context and backward, called without
+    the custom op's dispatch layers (argument defaults, autograd and backend redispatch, twice a
+    step with the backward op: about a third of the loss's Python time on the 2-core CPU, and the
+    Triton backends are host-bound on a GPU). Used outside torch.compile and tensor subclasses
+    or dispatch modes, which get the registered op (its fake implementation traces it)."""
+
+    # forward takes ctx (no separate setup_context): apply then skips binding the arguments to
+    # forward's signature with inspect, about 20 us a call.
+    @staticmethod
+    def forward(ctx, *inputs):
+        output = _forward(*inputs[:11])
+        _setup_context(ctx, inputs, output)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_scc, grad_valid, grad_field):
+        return _backward_with(ctx, grad_scc, _activation_backward)
+
+
+def _plain_eager(*tensors: torch.Tensor) -> bool:
+    """Whether a call may take :class:`_ActivatedCorrelationEager`: eager mode, plain tensors and
+    no dispatch mode (anything else may trace, and needs the op's fake implementation)."""
+    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+        return False
+    return all(type(t) is torch.Tensor or type(t) is torch.nn.Parameter for t in tensors)
 
 
 def activated_correlation(
@@ -291,7 +333,8 @@ def activated_correlation(
         )
     need_grad = torch.is_grad_enabled() and x.requires_grad
     recompute = need_grad and RECOMPUTE_FIELD
-    scc, valid, _ = _activated_correlation_op(
+    op = _ActivatedCorrelationEager.apply if _plain_eager(x, target) else _activated_correlation_op
+    scc, valid, _ = op(
         x,
         target,
         backend,
