@@ -15,6 +15,7 @@ import torch
 
 from . import backends
 from ._checks import NONFINITE_INPUT, NONFINITE_TARGET, all_finite, check_labels
+from ._reduction import pair_loss
 from .backends.activation import probabilities
 
 __all__ = ["scc_loss", "spectral_correlation"]
@@ -243,19 +244,7 @@ def scc_loss(
     else:
         probs, target = probabilities(x, target, activation, first_channel, ignore_index if labels else None)
         scc, valid = impl.correlation(probs, target, first_class=first_class if labels else 0, **coefficients)
-    loss = torch.where(valid, 1.0 - scc, torch.zeros_like(scc))
-    pair_w = valid.to(loss.dtype)
-    if class_weights is not None:
-        cw = class_weights.to(loss.dtype)
-        loss = loss * cw
-        pair_w = pair_w * cw
-    if reduction == "none":
-        return loss
-    if reduction == "sum":
-        return loss.sum()
-    total = pair_w.sum()
-    # All pairs degenerate: 0 with a zero gradient, still connected to the graph.
-    return loss.sum() / torch.where(total > 0, total, torch.ones_like(total))
+    return pair_loss(scc, valid, class_weights, reduction)
 
 
 def spectral_correlation(
