@@ -412,8 +412,10 @@ if triton is not None:
         # the running moments (Chan et al.). A block's loads are independent of each other: the
         # loop is n_sp / SB dependent steps, not n_sp (GPU run 4: 51 us at brats-3d, 132 splits).
         n, mean_p, mean_y, m2_p, m2_y, c_py = zero, zero, zero, zero, zero, zero
-        t_a, t_b, t_ab = zero, zero, zero
-        count = tl.zeros([BP], dtype=tl.int64)
+        t_a2 = tl.zeros([BP, SB], dtype=dt)
+        t_b2 = tl.zeros([BP, SB], dtype=dt)
+        t_ab2 = tl.zeros([BP, SB], dtype=dt)
+        count2 = tl.zeros([BP, SB], dtype=tl.int64)
         for s0 in range(0, n_sp, SB):
             s = s0 + tl.arange(0, SB)
             sm = pm[:, None] & (s < n_sp)[None, :]
@@ -433,15 +435,21 @@ if triton is not None:
             n, mean_p, mean_y, m2_p, m2_y, c_py = _merge_moments(
                 n, mean_p, mean_y, m2_p, m2_y, c_py, n_b, mp_b, my_b, m2p_b, m2y_b, cpy_b)
             if LABELS:
-                counts = tl.load(count_ptr + pairs[:, None] * n_sp + s[None, :], mask=sm, other=0)
-                count += tl.sum(counts.to(tl.int64), axis=1)
+                count2 += tl.load(count_ptr + pairs[:, None] * n_sp + s[None, :], mask=sm, other=0).to(tl.int64)
+        # Plain sums accumulate BP x SB blocks and reduce once after the loop: triton 3.6's
+        # thread-locality pass fails to compile `acc += tl.sum(block, axis=1)` in a loop here
+        # (GPU run 5; triton 3.9 compiles both).
         for s0 in range(0, n_tsp, SB):
             s = s0 + tl.arange(0, SB)
             sm = pm[:, None] & (s < n_tsp)[None, :]
             row = tpart_ptr + (pairs[:, None] * n_tsp + s[None, :]) * 3
-            t_a += tl.sum(tl.load(row + 0, mask=sm, other=0.0), axis=1)
-            t_b += tl.sum(tl.load(row + 1, mask=sm, other=0.0), axis=1)
-            t_ab += tl.sum(tl.load(row + 2, mask=sm, other=0.0), axis=1)
+            t_a2 += tl.load(row + 0, mask=sm, other=0.0)
+            t_b2 += tl.load(row + 1, mask=sm, other=0.0)
+            t_ab2 += tl.load(row + 2, mask=sm, other=0.0)
+        t_a = tl.sum(t_a2, axis=1)
+        t_b = tl.sum(t_b2, axis=1)
+        t_ab = tl.sum(t_ab2, axis=1)
+        count = tl.sum(count2, axis=1)
         s_y = mean_y * nv
         if LABELS:
             # The exact integer class count: the degenerate test must not round (SPEC section 1).
