@@ -259,9 +259,17 @@ if triton is not None:
         x_img = x_ptr + b.to(tl.int64) * n_chan * n_vox + rows[:, None].to(tl.int64) * n_vox
         pair_rows = (b * n_chunk + j).to(tl.int64) * n_vox
         lanes = tl.arange(0, BLOCK)
-        zero = tl.zeros([CP], dtype=dt)
-        n, mean_p, m2_p, mean_y, m2_y, c_py = zero, zero, zero, zero, zero, zero
-        count = tl.zeros([CP], dtype=tl.int32)
+        # Every lane (row, voxel slot) keeps its own running moments (Welford), merged across
+        # lanes once after the loop: no reduction across threads inside the loop. (Per-tile
+        # sums merged per tile cost 7 block reductions a tile: GPU run 5 measured this kernel
+        # at 284 us at brats-3d and 498 us at btcv-3d, 5-7x its memory traffic.)
+        n_l = tl.zeros([BLOCK], dtype=dt)
+        mean_p = tl.zeros([CP, BLOCK], dtype=dt)
+        m2_p = tl.zeros([CP, BLOCK], dtype=dt)
+        mean_y = tl.zeros([CP, BLOCK], dtype=dt)
+        m2_y = tl.zeros([CP, BLOCK], dtype=dt)
+        c_py = tl.zeros([CP, BLOCK], dtype=dt)
+        count_l = tl.zeros([CP, BLOCK], dtype=tl.int32)
         start = split * span
         end = tl.minimum(start + span, n_vox)
         for off in range(start, end, BLOCK):
@@ -285,7 +293,7 @@ if triton is not None:
                     p = tl.where(keep[None, :], p, 0.0)
                 hit = (cls[None, :] == (rows - first_channel)[:, None]) & mine
                 y = hit.to(dt)
-                count += tl.sum(hit.to(tl.int32), axis=1)
+                count_l += hit.to(tl.int32)
                 tl.store(y_out_ptr + pair_rows[:, None] + idx[None, :], y, mask=mine)
             else:
                 # yf is the chunk's view of the float target: its channel j is row j of the chunk.
@@ -293,15 +301,30 @@ if triton is not None:
                 y = tl.load(yf + idx[None, :], mask=mine, other=0.0).to(dt)
             p = tl.where(mine, p, 0.0).to(dt)
             tl.store(p_out_ptr + pair_rows[:, None] + idx[None, :], p, mask=mine)
-            # Centered moments of this tile per row, merged into the running ones (Chan et al.).
-            n_t = tl.sum(m.to(dt), axis=0)
-            mp_t = tl.sum(p, axis=1) / n_t
-            my_t = tl.sum(y, axis=1) / n_t
-            dp = tl.where(mine, p - mp_t[:, None], 0.0)
-            dy = tl.where(mine, y - my_t[:, None], 0.0)
-            n, mean_p, mean_y, m2_p, m2_y, c_py = _merge_moments(
-                n, mean_p, mean_y, m2_p, m2_y, c_py,
-                n_t + zero, mp_t, my_t, tl.sum(dp * dp, axis=1), tl.sum(dy * dy, axis=1), tl.sum(dp * dy, axis=1))
+            # Welford's update of each lane with its voxel (lanes past the end take no sample).
+            v = m.to(dt)
+            n_l += v
+            step = (v / tl.maximum(n_l, 1.0))[None, :]
+            dp = p - mean_p
+            dy = y - mean_y
+            mean_p += dp * step
+            mean_y += dy * step
+            m2_p += v[None, :] * dp * (p - mean_p)
+            m2_y += v[None, :] * dy * (y - mean_y)
+            c_py += v[None, :] * dp * (y - mean_y)
+        # The lanes merged in closed form: deviations of their means from the combined mean.
+        n_all = tl.sum(n_l, axis=0)
+        inv = 1.0 / tl.maximum(n_all, 1.0)
+        mp = tl.sum(n_l[None, :] * mean_p, axis=1) * inv
+        my = tl.sum(n_l[None, :] * mean_y, axis=1) * inv
+        dpl = mean_p - mp[:, None]
+        dyl = mean_y - my[:, None]
+        n = tl.zeros([CP], dtype=dt) + n_all
+        m2p = tl.sum(m2_p + n_l[None, :] * dpl * dpl, axis=1)
+        m2y = tl.sum(m2_y + n_l[None, :] * dyl * dyl, axis=1)
+        cpy = tl.sum(c_py + n_l[None, :] * dpl * dyl, axis=1)
+        mean_p, mean_y, m2_p, m2_y, c_py = mp, my, m2p, m2y, cpy
+        count = tl.sum(count_l, axis=1)
         out = part_ptr + ((b * n_chunk + j) * n_splits + split) * 6
         tl.store(out + 0, n, mask=in_chunk)
         tl.store(out + 1, mean_p, mask=in_chunk)
