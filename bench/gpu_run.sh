@@ -12,7 +12,8 @@ mkdir -p "$OUTDIR/work"
 W=$OUTDIR/work
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 SCC_FAST_SKIP_NATIVE=1
 {
-  date -u; git log -1 --format='commit %H %s' 2>/dev/null || echo "commit: $(cat .git_commit 2>/dev/null)"
+  # .git_commit first: the device copy may carry a stale .git (GPU runs 4 and 5).
+  date -u; if [ -s .git_commit ]; then echo "commit $(cat .git_commit) (.git_commit)"; else git log -1 --format='commit %H %s' 2>/dev/null; fi
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
   python3 -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__, torch.cuda.get_device_name())'
 } > "$W/env.txt" 2>&1
