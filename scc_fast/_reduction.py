@@ -14,7 +14,8 @@ from __future__ import annotations
 import importlib.util
 
 import torch
-from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from .backends.activation import plain_eager
 
 __all__ = ["pair_loss"]
 
@@ -23,14 +24,7 @@ _HAVE_TRITON = importlib.util.find_spec("triton") is not None
 
 def _use_kernel(scc: torch.Tensor) -> bool:
     """The Triton kernel for float32 CUDA tensors in eager mode (no tracing, no dispatch mode)."""
-    return (
-        _HAVE_TRITON
-        and scc.is_cuda
-        and scc.dtype == torch.float32
-        and type(scc) is torch.Tensor
-        and not torch.compiler.is_compiling()
-        and _get_current_dispatch_mode() is None
-    )
+    return _HAVE_TRITON and scc.is_cuda and scc.dtype == torch.float32 and plain_eager(scc)
 
 
 def pair_loss_torch(

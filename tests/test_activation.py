@@ -272,3 +272,21 @@ def test_triton_activation_in_kernel_makes_no_probability_tensor(monkeypatch, sh
         }
     assert seen[True] == set(), seen
     assert seen[False] >= {"aten::_softmax" if act == "softmax" else "aten::sigmoid", "aten::mul"}, seen
+
+
+def test_plain_eager_is_false_under_dispatch_modes_and_for_subclasses():
+    """The condition for skipping registered ops: plain tensors (or parameters), no dispatch mode."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Passthrough(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    class Sub(torch.Tensor):
+        pass
+
+    t = torch.zeros(2)
+    assert activation.plain_eager(t, torch.nn.Parameter(torch.zeros(2)))
+    assert not activation.plain_eager(t, t.as_subclass(Sub))
+    with Passthrough():
+        assert not activation.plain_eager(t)

@@ -50,7 +50,9 @@ from .._numerics import accumulation_dtype, refuse_double_backward
 # when the kernel runs: the kernel lives in _activation_kernel, so `import scc_fast` stays light.
 _HAVE_TRITON = importlib.util.find_spec("triton") is not None
 
-__all__ = ["ACTIVATIONS", "activated_correlation", "activation_code", "activation_name", "fused_entry", "probabilities"]
+__all__ = [
+    "ACTIVATIONS", "activated_correlation", "activation_code", "activation_name", "fused_entry", "plain_eager", "probabilities",
+]
 
 #: Activation codes of the registered ops (the native operator uses the same numbers).
 ACTIVATIONS: dict[str | None, int] = {None: 0, "softmax": 1, "sigmoid": 2}
@@ -282,9 +284,10 @@ class _ActivatedCorrelationEager(torch.autograd.Function):
         return _backward_with(ctx, grad_scc, _activation_backward)
 
 
-def _plain_eager(*tensors: torch.Tensor) -> bool:
-    """Whether a call may take :class:`_ActivatedCorrelationEager`: eager mode, plain tensors and
-    no dispatch mode (anything else may trace, and needs the op's fake implementation)."""
+def plain_eager(*tensors: torch.Tensor) -> bool:
+    """Whether a call may skip registered ops and run kernels directly (:class:`_ActivatedCorrelationEager`,
+    the reduction's kernel): eager mode, plain tensors and no dispatch mode (anything else may trace,
+    and needs a registered op's fake implementation or plain torch ops)."""
     if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
         return False
     return all(type(t) is torch.Tensor or type(t) is torch.nn.Parameter for t in tensors)
@@ -333,7 +336,7 @@ def activated_correlation(
         )
     need_grad = torch.is_grad_enabled() and x.requires_grad
     recompute = need_grad and RECOMPUTE_FIELD
-    op = _ActivatedCorrelationEager.apply if _plain_eager(x, target) else _activated_correlation_op
+    op = _ActivatedCorrelationEager.apply if plain_eager(x, target) else _activated_correlation_op
     scc, valid, _ = op(
         x,
         target,
