@@ -14,22 +14,30 @@ REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
 
 
 @triton.jit
+def _pair_weights(valid_ptr, weight_ptr, offs, mask, n_classes, HAS_WEIGHT: tl.constexpr):
+    """(valid, w) of a block of pairs: w = valid x the weight of class ``offs % n_classes``."""
+    keep = (tl.load(valid_ptr + offs, mask=mask, other=0) != 0) & mask
+    w = tl.where(keep, 1.0, 0.0)
+    if HAS_WEIGHT:
+        w = w * tl.load(weight_ptr + offs % n_classes, mask=mask, other=0.0).to(tl.float32)
+    return keep, w
+
+
+@triton.jit
 def _pair_loss_kernel(
     scc_ptr, valid_ptr, weight_ptr, loss_ptr, dscc_ptr, n_pairs, n_classes,
     HAS_WEIGHT: tl.constexpr, REDUCTION: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """One program for every pair: loss_i = w_i (1 - scc_i) where valid (0 elsewhere, a NaN scc of
-    a degenerate pair included), w_i = valid_i * the weight of class i % n_classes; reduced by REDUCTION (0 none,
-    1 sum, 2 mean over sum w_i, 0 if that is 0), and dloss/dscc_i = -w_i (/ sum w_i for the mean)."""
+    a degenerate pair included), w_i = valid_i * the weight of class i % n_classes; reduced by
+    REDUCTION (0 none, 1 sum, 2 mean over sum w_i, 0 if that is 0), and dloss/dscc_i = -w_i
+    (/ sum w_i for the mean)."""
     loss_acc = tl.zeros([BLOCK], tl.float32)
     w_acc = tl.zeros([BLOCK], tl.float32)
     for start in range(0, n_pairs, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         mask = offs < n_pairs
-        keep = (tl.load(valid_ptr + offs, mask=mask, other=0) != 0) & mask
-        w = tl.where(keep, 1.0, 0.0)
-        if HAS_WEIGHT:
-            w = w * tl.load(weight_ptr + offs % n_classes, mask=mask, other=0.0).to(tl.float32)
+        keep, w = _pair_weights(valid_ptr, weight_ptr, offs, mask, n_classes, HAS_WEIGHT)
         s = tl.load(scc_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         loss = tl.where(keep, (1.0 - s) * w, 0.0)
         if REDUCTION == 0:
@@ -47,10 +55,7 @@ def _pair_loss_kernel(
         for start in range(0, n_pairs, BLOCK):  # the derivative needs the total: a second, short pass
             offs = start + tl.arange(0, BLOCK)
             mask = offs < n_pairs
-            keep = (tl.load(valid_ptr + offs, mask=mask, other=0) != 0) & mask
-            w = tl.where(keep, 1.0, 0.0)
-            if HAS_WEIGHT:
-                w = w * tl.load(weight_ptr + offs % n_classes, mask=mask, other=0.0).to(tl.float32)
+            _, w = _pair_weights(valid_ptr, weight_ptr, offs, mask, n_classes, HAS_WEIGHT)
             tl.store(dscc_ptr + offs, -w / total, mask=mask)
 
 
