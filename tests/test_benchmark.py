@@ -279,13 +279,20 @@ def test_cuda_style_timeline_plots(tmp_path):
     assert "triton_fft: failed: OutOfMemoryError" in md
 
 
-def _run_gpu_profile(*args):
+def _run_bench_script(name, *args, interpreter_unset=False):
+    """Run ``bench/<name>`` in a fresh process (optionally without TRITON_INTERPRET in its environment,
+    to see that the script sets it itself for --smoke)."""
     import subprocess
     import sys
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_profile.py"
-    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+    script = Path(__file__).resolve().parents[1] / "bench" / name
+    env = {k: v for k, v in os.environ.items() if not (interpreter_unset and k == "TRITON_INTERPRET")}
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+def _run_gpu_profile(*args):
+    return _run_bench_script("gpu_profile.py", *args)
 
 
 def test_gpu_profile_script_dry_run_on_cpu(tmp_path):
@@ -322,21 +329,26 @@ def test_gpu_profile_script_refuses_bad_arguments(tmp_path):
         assert done.returncode == 2 and "no CUDA device" in done.stderr
 
 
+def _assert_budget_and_refusal(run, tmp_path, n_rows):
+    """A tuning script with no time budget lists all its rows as skipped; without CUDA and --smoke
+    it refuses."""
+    done = run("--smoke", "--budget", "0", "--out", str(tmp_path))
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert done.returncode == 0 and len(rows) == n_rows and all("time budget" in r["skipped"] for r in rows), rows
+    if not torch.cuda.is_available():
+        done = run("--out", str(tmp_path))
+        assert done.returncode == 2 and "no CUDA device" in done.stderr
+
+
 def test_gpu_tune_script_dry_run_on_cpu(tmp_path):
     """bench/gpu_tune.py (a stage of the prepared GPU call) runs on CPU under the interpreter: the
     3D path under its first two configurations and each 2D mode's default are timed and agree with
     the case's first row; rows past the budget are listed as skipped; without CUDA and --smoke it
     refuses."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     pytest.importorskip("triton")
-    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_tune.py"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
 
     def run(*args):
-        return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300, env=env)
+        return _run_bench_script("gpu_tune.py", *args, interpreter_unset=True)
 
     done = run("--smoke", "--configs", "4", "--reps", "1", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr[-2000:]
@@ -346,12 +358,27 @@ def test_gpu_tune_script_dry_run_on_cpu(tmp_path):
     for r in rows:
         assert r["ms"] > 0 and r["rel_diff_loss"] <= 1e-5 and r["rel_diff_grad"] <= 1e-5, r
     assert "| smoke-2d | split | 32, 32, 32 | 4 | 2 | 2 |" in (tmp_path / "results.md").read_text()
-    done = run("--smoke", "--budget", "0", "--out", str(tmp_path))
+    _assert_budget_and_refusal(run, tmp_path, n_rows=8)
+
+
+def test_gpu_stage1_tune_script_dry_run_on_cpu(tmp_path):
+    """bench/gpu_stage1_tune.py (a stage of the prepared GPU call) runs on CPU under the interpreter:
+    each configuration's step runs and agrees with the first row, the kernel time is left out off
+    CUDA, rows past the budget are listed as skipped; without CUDA and
+    --smoke it refuses."""
+    pytest.importorskip("triton")
+
+    def run(*args):
+        return _run_bench_script("gpu_stage1_tune.py", *args, interpreter_unset=True)
+
+    done = run("--smoke", "--configs", "2", "--reps", "1", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
-    assert done.returncode == 0 and len(rows) == 8 and all("time budget" in r["skipped"] for r in rows), rows
-    if not torch.cuda.is_available():
-        done = run("--out", str(tmp_path))
-        assert done.returncode == 2 and "no CUDA device" in done.stderr
+    assert [(r["values"], r["warps"]) for r in rows] == [(1024, 8), (512, 4)], rows
+    for r in rows:
+        assert r["ms"] > 0 and r["kernel_us"] is None and r["rel_diff_loss"] <= 1e-6 and r["rel_diff_grad"] <= 1e-6, r
+    assert "| smoke-3d | 512 | 4 | - |" in (tmp_path / "results.md").read_text()
+    _assert_budget_and_refusal(run, tmp_path, n_rows=7)
 
 
 def test_gpu_triton_check_and_reliability_scripts_dry_run_on_cpu(tmp_path):

@@ -431,6 +431,19 @@ def test_kernels_compile_for_the_gpu():
     assert_compiles(_AOT_SCRIPT, timeout=300)
 
 
+def test_stage1_settings_pick_the_gpu_tile(monkeypatch):
+    """STAGE1_VALUES / STAGE1_WARPS (bench/gpu_stage1_tune.py varies them) set the GPU tile: values
+    split between the channel rows (at least 16 voxels); the interpreter keeps its large tiles."""
+    cuda = torch.device("cuda")
+    assert triton_fft._stage1_config(cuda, 4) == (4, 256, 8)
+    assert triton_fft._stage1_config(cuda, 14) == (16, 64, 8)
+    monkeypatch.setattr(triton_fft, "STAGE1_VALUES", 512)
+    monkeypatch.setattr(triton_fft, "STAGE1_WARPS", 4)
+    assert triton_fft._stage1_config(cuda, 9) == (16, 32, 4)
+    assert triton_fft._stage1_config(cuda, 32) == (32, 16, 4)
+    assert triton_fft._stage1_config(torch.device("cpu"), 9) == (16, 256, 4)
+
+
 # ---------------------------------------------------------------- public API
 
 

@@ -548,6 +548,23 @@ def _sm_count(index: int | None) -> int:
     return torch.cuda.get_device_properties(index if index is not None else torch.cuda.current_device()).multi_processor_count
 
 
+#: Stage 1 with the activation on a GPU: values in a tile (channel rows x voxels, so the more
+#: channels the fewer voxels) and warps per program. 1024 / 8 builds without spills for 2-32 rows
+#: (sm_90, triton 3.6 and 3.9); GPU run 5 measured the kernel at 216 us at brats-3d and 344 us at
+#: btcv-3d, 3-4x its memory traffic. ``bench/gpu_stage1_tune.py`` times other values.
+STAGE1_VALUES = 1024
+STAGE1_WARPS = 8
+
+
+def _stage1_config(device: torch.device, n_chan: int) -> tuple[int, int, int]:
+    """(channel rows CP, voxels per tile, warps) of stage 1 with the activation for C = ``n_chan``.
+    The interpreter costs per operation, not per register: larger tiles there."""
+    rows = triton.next_power_of_2(n_chan)
+    if device.type == "cuda":
+        return rows, max(16, STAGE1_VALUES // rows), STAGE1_WARPS
+    return rows, max(16, 4096 // rows), 4
+
+
 def _config(device: torch.device) -> tuple[int, int]:
     """(BLOCK, target number of programs per reduction launch) for this device."""
     if device.type == "cuda":
@@ -617,12 +634,10 @@ def _forward(
     w_half = spatial[-1] // 2 + 1
     n_half = n_vox // spatial[-1] * w_half
     default_block, target_programs = _config(device)
-    # Stage 1 with the activation holds a tile of every channel (CP rows) in registers: 1024
-    # values on a GPU (8 warps: 64-150 registers for 4-32 rows in the sm_90 builds of triton 3.6
-    # and 3.9, no spills; 2048 spill from 16 rows), so fewer voxels a tile the more channels.
-    # The interpreter costs per operation, not per register: larger tiles there.
-    rows = triton.next_power_of_2(probs.shape[1])
-    lanes = block or max(16, (1024 if device.type == "cuda" else 4096) // rows)
+    # Stage 1 with the activation holds a tile of every channel (CP rows) in registers
+    # (STAGE1_VALUES), so fewer voxels a tile the more channels.
+    rows, lanes, warps = _stage1_config(device, probs.shape[1])
+    lanes = block or lanes
     block = block or default_block
 
     scc = torch.empty(n_batch, n_chan, dtype=acc, device=device)
@@ -672,7 +687,7 @@ def _forward(
                 n_vox, probs.shape[1], first_channel, c0, k, first_class,
                 0 if ignore_index is None else int(ignore_index), span, n_sp,
                 ACTIVATION=int(activation), LABELS=labels, HAS_IGNORE=labels and ignore_index is not None,
-                CP=rows, BLOCK=lanes, num_warps=8 if device.type == "cuda" else 4,
+                CP=rows, BLOCK=lanes, num_warps=warps,
             )  # fmt: skip
         else:
             p_chunk = probs[:, c0 : c0 + k]

@@ -1,0 +1,146 @@
+"""Tile size and warps of triton_fft's first kernel on the GPU: one stage of the prepared GPU call.
+
+``_activated_moments_kernel`` (softmax / sigmoid, one-hot target, spatial moments; writes p and y)
+took 216 us at brats-3d and 344 us at btcv-3d in GPU run 5, 3-4x its memory traffic, and the
+triton_fft step is host-bound at most SPEC cases, so a step's time hides it: this script reads the
+kernel's own device time from torch.profiler. Per case (logits + int64 labels + softmax, float32,
+``scc_loss(..., backend="triton_fft", validate=False)``) and per (values per tile, warps) of
+``triton_fft.STAGE1_VALUES`` / ``STAGE1_WARPS`` (the first row is the default): the kernel's median
+device us over the profiled steps, the step's median ms (CUDA events), and the relative difference
+of loss and gradient to the case's first row (float32 rounding: about 1e-6). ``results.json`` /
+``results.md`` are written after every row; rows past ``--budget`` are listed as skipped.
+
+    python bench/gpu_stage1_tune.py --out /tmp/stage1                               # on the GPU
+    TRITON_INTERPRET=1 python bench/gpu_stage1_tune.py --smoke --out /tmp/stage1    # CPU dry run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+if "--smoke" in sys.argv and not os.environ.get("TRITON_INTERPRET"):
+    os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: a CPU dry run
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scc_fast.backends import triton_fft  # noqa: E402
+from scc_fast.benchmark.measure import _sync as sync, build_loss_fn, make_inputs, time_calls  # noqa: E402
+from scc_fast.benchmark.suite import _commit  # noqa: E402
+
+CASES = {"brats-3d": (2, 4, 128, 128, 128), "btcv-3d": (2, 14, 96, 96, 96)}
+SMOKE_CASES = {"smoke-3d": (1, 3, 8, 12, 10)}
+# (values per tile, warps); the first is the default. sm_90 builds (triton 3.6) for 4 / 16 channel
+# rows: 48 / 109 registers at the default, 55-174 for the next four, the last two spill 48 bytes at 16.
+CONFIGS = [(1024, 8), (512, 4), (1024, 4), (512, 2), (2048, 8), (2048, 4), (4096, 8)]
+KERNEL = "_activated_moments_kernel"
+T0 = time.perf_counter()
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--budget", type=float, default=60.0, help="seconds; later rows are skipped")
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--configs", type=int, default=len(CONFIGS), help="how many of CONFIGS to run")
+    ap.add_argument("--smoke", action="store_true", help="tiny case on CPU under TRITON_INTERPRET=1")
+    return ap.parse_args(argv)
+
+
+def kernel_us(fn, x, t, steps: int) -> float | None:
+    """Median device microseconds of the stage-1 kernel per step (None off CUDA)."""
+    if x.device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            x.grad = None
+            fn(x, t).backward()
+        sync(x.device)
+    times = [e.device_time for e in prof.events() if e.name == KERNEL]
+    return statistics.median(times) if times else None
+
+
+def markdown(results: dict) -> str:
+    env = results["environment"]
+    lines = [
+        f"<!-- {env['device']}, torch {env['torch']}, triton {env['triton']}, {env['date']}, commit {env['commit']} -->",
+        "| case | values / tile | warps | stage-1 kernel us | step ms | rel diff loss / grad |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results["rows"]:
+        if "error" in r or "skipped" in r:
+            lines.append(f"| {r['case']} | {r['values']} | {r['warps']} | {r.get('error') or r['skipped']} | - | - |")
+            continue
+        us = "-" if r["kernel_us"] is None else f"{r['kernel_us']:.1f}"
+        lines.append(f"| {r['case']} | {r['values']} | {r['warps']} | {us} | {r['ms']:.3f} | "
+                     f"{r['rel_diff_loss']:.1e} / {r['rel_diff_grad']:.1e} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type != "cuda" and not args.smoke:
+        print("no CUDA device: run on the GPU, or pass --smoke for a CPU dry run", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    import triton
+
+    results = {
+        "environment": {
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (smoke)",
+            "torch": torch.__version__, "triton": triton.__version__, "commit": _commit(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "command": "python bench/gpu_stage1_tune.py " + " ".join(sys.argv[1:]),
+        },
+        "rows": [],
+    }
+    cases = SMOKE_CASES if args.smoke else CASES
+    fn = build_loss_fn("triton_fft", validate=False)
+    defaults = (triton_fft.STAGE1_VALUES, triton_fft.STAGE1_WARPS)
+    inputs = {name: make_inputs(shape, device.type) for name, shape in cases.items()}
+    first = {}  # per case: the first configuration's loss and gradient
+    # Configurations outer, cases inner: when the budget runs out (each new configuration compiles
+    # once per channel-row count), the first configurations have every case.
+    for values, warps in CONFIGS[: args.configs]:
+        for name, shape in cases.items():
+            x, t = inputs[name]
+            row = {"case": name, "shape": list(shape), "values": values, "warps": warps}
+            if time.perf_counter() - T0 > args.budget:
+                row["skipped"] = f"time budget ({args.budget:.0f} s) used"
+            else:
+                triton_fft.STAGE1_VALUES, triton_fft.STAGE1_WARPS = values, warps
+                try:
+                    x.grad = None
+                    loss = fn(x, t)
+                    loss.backward()
+                    out = (loss.detach().double(), x.grad.detach().double())
+                    ref = first.setdefault(name, out)
+                    row["rel_diff_loss"] = float((out[0] - ref[0]).abs() / ref[0].abs().clamp_min(1e-30))
+                    row["rel_diff_grad"] = float((out[1] - ref[1]).abs().max() / ref[1].abs().max().clamp_min(1e-30))
+                    row["ms"] = time_calls(fn, x, t, "fwdbwd", args.reps)["median_ms"]
+                    row["kernel_us"] = kernel_us(fn, x, t, args.reps)
+                except Exception as exc:  # a config that fails to compile or launch is a result
+                    traceback.print_exc()
+                    row["error"] = f"{type(exc).__name__}: {exc}"[:200]
+                finally:
+                    triton_fft.STAGE1_VALUES, triton_fft.STAGE1_WARPS = defaults
+            results["rows"].append(row)
+            print(json.dumps(row), flush=True)
+            (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            (args.out / "results.md").write_text(markdown(results))
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
