@@ -38,7 +38,7 @@ from scc_fast.benchmark.suite import _commit  # noqa: E402
 CASES = {"brats-3d": (2, 4, 128, 128, 128), "btcv-3d": (2, 14, 96, 96, 96)}
 SMOKE_CASES = {"smoke-3d": (1, 3, 8, 12, 10)}
 # (values per tile, warps); the first is the default. sm_90 builds (triton 3.6) for 4 / 16 channel
-# rows: 48 / 109 registers at the default, 55-174 for the next four, the last two spill 48 bytes at 16.
+# rows: 58 / 108 registers at the default, 56-182 for the next four, the last two spill 48 bytes at 16.
 CONFIGS = [(1024, 8), (512, 4), (1024, 4), (512, 2), (2048, 8), (2048, 4), (4096, 8)]
 KERNEL = "_activated_moments_kernel"
 T0 = time.perf_counter()

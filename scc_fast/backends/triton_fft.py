@@ -139,6 +139,22 @@ if triton is not None:
         return n_new, mean_p + delta_p * f, mean_y + delta_y * f, m2_p, m2_y, c_py
 
     @triton.jit
+    def _combine_columns(n, mean_p, mean_y, m2_p, m2_y, c_py):
+        """Per row of a block, the moments of its columns' disjoint sets combined in closed form:
+        each column's means' deviations from the combined mean, no cancellation. All arguments
+        are 2D (rows x columns); a column of count 0 (masked, empty) adds nothing."""
+        n_b = tl.sum(n, axis=1)
+        inv = 1.0 / tl.maximum(n_b, 1.0)
+        mean_p_b = tl.sum(n * mean_p, axis=1) * inv
+        mean_y_b = tl.sum(n * mean_y, axis=1) * inv
+        dp = mean_p - mean_p_b[:, None]
+        dy = mean_y - mean_y_b[:, None]
+        m2_p_b = tl.sum(m2_p + n * dp * dp, axis=1)
+        m2_y_b = tl.sum(m2_y + n * dy * dy, axis=1)
+        c_py_b = tl.sum(c_py + n * dp * dy, axis=1)
+        return n_b, mean_p_b, mean_y_b, m2_p_b, m2_y_b, c_py_b
+
+    @triton.jit
     def _spatial_stats_kernel(
         p_ptr,
         p_stride_b,
@@ -312,18 +328,9 @@ if triton is not None:
             m2_p += v[None, :] * dp * (p - mean_p)
             m2_y += v[None, :] * dy * (y - mean_y)
             c_py += v[None, :] * dp * (y - mean_y)
-        # The lanes merged in closed form: deviations of their means from the combined mean.
-        n_all = tl.sum(n_l, axis=0)
-        inv = 1.0 / tl.maximum(n_all, 1.0)
-        mp = tl.sum(n_l[None, :] * mean_p, axis=1) * inv
-        my = tl.sum(n_l[None, :] * mean_y, axis=1) * inv
-        dpl = mean_p - mp[:, None]
-        dyl = mean_y - my[:, None]
-        n = tl.zeros([CP], dtype=dt) + n_all
-        m2p = tl.sum(m2_p + n_l[None, :] * dpl * dpl, axis=1)
-        m2y = tl.sum(m2_y + n_l[None, :] * dyl * dyl, axis=1)
-        cpy = tl.sum(c_py + n_l[None, :] * dpl * dyl, axis=1)
-        mean_p, mean_y, m2_p, m2_y, c_py = mp, my, m2p, m2y, cpy
+        # The lanes merged once, in closed form.
+        n, mean_p, mean_y, m2_p, m2_y, c_py = _combine_columns(
+            n_l[None, :] + tl.zeros([CP, BLOCK], dtype=dt), mean_p, mean_y, m2_p, m2_y, c_py)
         count = tl.sum(count_l, axis=1)
         out = part_ptr + ((b * n_chunk + j) * n_splits + split) * 6
         tl.store(out + 0, n, mask=in_chunk)
@@ -443,18 +450,11 @@ if triton is not None:
             s = s0 + tl.arange(0, SB)
             sm = pm[:, None] & (s < n_sp)[None, :]
             row = part_ptr + (pairs[:, None] * n_sp + s[None, :]) * 6
-            n_s = tl.load(row + 0, mask=sm, other=0.0)
-            mp_s = tl.load(row + 1, mask=sm, other=0.0)
-            my_s = tl.load(row + 3, mask=sm, other=0.0)
-            n_b = tl.sum(n_s, axis=1)
-            inv = 1.0 / tl.maximum(n_b, 1.0)
-            mp_b = tl.sum(n_s * mp_s, axis=1) * inv
-            my_b = tl.sum(n_s * my_s, axis=1) * inv
-            dp = tl.where(sm, mp_s - mp_b[:, None], 0.0)
-            dy = tl.where(sm, my_s - my_b[:, None], 0.0)
-            m2p_b = tl.sum(tl.load(row + 2, mask=sm, other=0.0) + n_s * dp * dp, axis=1)
-            m2y_b = tl.sum(tl.load(row + 4, mask=sm, other=0.0) + n_s * dy * dy, axis=1)
-            cpy_b = tl.sum(tl.load(row + 5, mask=sm, other=0.0) + n_s * dp * dy, axis=1)
+            # Masked splits load as count 0 (and 0 moments): they add nothing to the block.
+            n_b, mp_b, my_b, m2p_b, m2y_b, cpy_b = _combine_columns(
+                tl.load(row + 0, mask=sm, other=0.0), tl.load(row + 1, mask=sm, other=0.0),
+                tl.load(row + 3, mask=sm, other=0.0), tl.load(row + 2, mask=sm, other=0.0),
+                tl.load(row + 4, mask=sm, other=0.0), tl.load(row + 5, mask=sm, other=0.0))
             n, mean_p, mean_y, m2_p, m2_y, c_py = _merge_moments(
                 n, mean_p, mean_y, m2_p, m2_y, c_py, n_b, mp_b, my_b, m2p_b, m2y_b, cpy_b)
             if LABELS:
