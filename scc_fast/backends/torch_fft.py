@@ -157,16 +157,17 @@ def _one_class(p, y, y_is_label, include_dc, magnitude_weight, phase_weight, nee
     if not need_grad:
         return scc, valid, None
 
-    # Field N (c_a + c_ab B_k) U_k on the half spectrum (DFT^H = N * inverse FFT), 0 at DC when
-    # DC is out of K and where |P_k| = 0. irfftn extends it by Hermitian symmetry, as P and B are.
-    mag = _bshape(c_a * n_vox, nd) + _bshape(c_ab * n_vox, nd) * B
+    # Field (c_a + c_ab B_k) U_k on the half spectrum, 0 at DC when DC is out of K and where
+    # |P_k| = 0; its DFT^H is irfftn with norm="forward" (unscaled: no pass multiplying by 1 / N),
+    # which extends it by Hermitian symmetry, as P and B are.
+    mag = _bshape(c_a, nd) + _bshape(c_ab, nd) * B
     del B
     if not include_dc:
         mag[(slice(None),) + (0,) * (nd - 1)].zero_()  # DC of every map (no CPU scalar copied)
     nonzero = A > 0
     mag = torch.where(nonzero, mag / torch.where(nonzero, A, torch.ones_like(A)), torch.zeros_like(A))
     del A, nonzero
-    grad = torch.fft.irfftn(P * mag, s=shape, dim=dims)
+    grad = torch.fft.irfftn(P * mag, s=shape, dim=dims, norm="forward")
     del P, mag
     c_p = 2 * n_vox * c_aa
     c_y = n_vox * c_re

@@ -25,13 +25,16 @@ For any 2D or 3D shape cuFFT handles (B x C' x H x W or B x C' x D x H x W), per
    "torch", with the same zero tests). It replaced about 100 small torch operations per chunk:
    GPU run 3 found this backend host-bound, 4-5 ms per step issuing ~180 launches for 0.5-1.7 ms
    of kernels.
-5. ``_field_kernel`` overwrites P with the spectrum of dSCC/dp: the field ``N (c_a + c_ab
+5. ``_field_kernel`` overwrites P with the spectrum of dSCC/dp: the field ``(c_a + c_ab
    |Y_k|) P_k / |P_k|`` (0 where |P_k| = 0) plus the spatial terms ``2N c_aa p + N c_re y``
-   carried into the spectrum as ``2N c_aa P_k + N c_re Y_k`` (the transform is linear), the DC
-   bin 0 when DC is out (that is the terms' ``- mean``). |Y_k| is recomputed from Y, so no
-   magnitude array is ever stored; Y is freed.
-6. ``torch.fft.irfftn`` of it: dSCC/dp of the chunk, with no pass over p and y after the
-   transforms (a gradient kernel did that until the spatial terms moved into the spectrum).
+   carried into the spectrum as ``2 c_aa P_k + c_re Y_k`` (the transform is linear, and
+   p = DFT^H P / N), the DC bin 0 when DC is out (that is the terms' ``- mean``). |Y_k| is
+   recomputed from Y, so no magnitude array is ever stored; Y is freed.
+6. ``torch.fft.irfftn(..., norm="forward")`` of it, the unscaled inverse DFT^H: dSCC/dp of the
+   chunk, with no pass over p and y after the transforms (a gradient kernel did that until the
+   spatial terms moved into the spectrum). The default ``norm`` would scale the result by 1 / N
+   in one more pass over the gradient (GPU run 5: 33 us at brats-3d); the coefficients carry no
+   factor N instead.
 Each stage is split over (pair, part of the map) programs that write partial results, summed
 by the pair kernel in a fixed order (deterministic, no atomics). The gradient is computed in the forward
 call and is all that is saved: backward multiplies it by the per-pair upstream gradient. Only
@@ -425,8 +428,8 @@ if triton is not None:
         """Program: BP pairs of the chunk. Merges the per-split moments (Chan et al.) and T parts,
         then SPEC section 2's Parseval sums and pair scalars (:mod:`._triton_scalars`, as
         ``torch_fft.pair_coefficients``): SCC and valid into the B x C outputs at channel c0 + j,
-        and with NEED_GRAD the 5 x n_pairs coefficients N c_a, N c_ab, flat p (0/1), 2N c_aa and
-        N c_re. One launch for what took ~100 small torch ops.
+        and with NEED_GRAD the 5 x n_pairs coefficients of the field kernel: c_a, c_ab, flat p (0/1),
+        2 c_aa and c_re. One launch for what took ~100 small torch ops.
 
         Scalar float arguments reach a kernel as float32: each weight comes as a float32 pair
         (hi + lo, about 48 bits), n_vox as an integer, so the float64 path keeps its precision."""
@@ -497,11 +500,11 @@ if triton is not None:
             c_a, c_ab, c_aa, c_re, flat_p = grad_coefficients(
                 rho_mag, rho_phase, den, zero_mag, zero_phase, var_a, t_a, t_b, t_ab, n_k, var_p, total_a, nv,
                 magnitude_weight, phase_weight, EPS)
-            tl.store(coef_ptr + pairs, nv * c_a, mask=pm)
-            tl.store(coef_ptr + n_pairs + pairs, nv * c_ab, mask=pm)
+            tl.store(coef_ptr + pairs, c_a, mask=pm)
+            tl.store(coef_ptr + n_pairs + pairs, c_ab, mask=pm)
             tl.store(coef_ptr + 2 * n_pairs + pairs, flat_p.to(dt), mask=pm)
-            tl.store(coef_ptr + 3 * n_pairs + pairs, 2.0 * nv * c_aa, mask=pm)
-            tl.store(coef_ptr + 4 * n_pairs + pairs, nv * c_re, mask=pm)
+            tl.store(coef_ptr + 3 * n_pairs + pairs, 2.0 * c_aa, mask=pm)
+            tl.store(coef_ptr + 4 * n_pairs + pairs, c_re, mask=pm)
 
     @triton.jit
     def _field_kernel(
@@ -509,15 +512,16 @@ if triton is not None:
     ):
         """Program (tile, pair): P <- the spectrum of dSCC/dp, in place:
 
-            (N c_a + N c_ab |Y|) P / |P|  +  2N c_aa P  +  N c_re Y,
+            (c_a + c_ab |Y|) P / |P|  +  2 c_aa P  +  c_re Y,
 
-        so that its inverse transform is the gradient. The first term is 0 where |P| = 0 and
+        so that its unscaled inverse transform (DFT^H, ``irfftn`` with ``norm="forward"``) is the
+        gradient. The first term is 0 where |P| = 0 and
         outside DC for a pair whose p is constant (``flat``: there |P_k| is 0 up to rounding and
         P_k / |P_k| := 0, as SPEC says). The others are the spatial terms ``2N c_aa p + N c_re y``
-        moved into the spectrum (the transform is linear): no pass over p and y after the
+        moved into the spectrum (the transform is linear and p = DFT^H P / N): no pass over p and y after the
         transforms, and p is freed once transformed. With DC out of K the whole DC bin is 0,
         which is the spatial terms' ``- mean`` (SPEC section 2). ``coef`` holds the pair kernel's
-        rows N c_a, N c_ab, flat, 2N c_aa, N c_re (n_pairs each).
+        rows c_a, c_ab, flat, 2 c_aa, c_re (n_pairs each).
         """
         tile = tl.program_id(0)
         pair = tl.program_id(1)
@@ -734,8 +738,8 @@ def _forward(
         )
         del Y, Y_r, P_r
 
-        # 6. Inverse transform: dSCC/dp of the chunk.
-        g = torch.fft.irfftn(P, s=spatial, dim=dims)
+        # 6. Inverse transform, unscaled (the coefficients carry no N): dSCC/dp of the chunk.
+        g = torch.fft.irfftn(P, s=spatial, dim=dims, norm="forward")
         del P
         if k == n_chan:
             grad = g
