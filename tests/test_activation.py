@@ -63,6 +63,26 @@ def test_kernel_equals_torch_ops(act, first_channel, ignore_index):
         assert (by_kernel.transpose(0, 1)[:, labels == ignore_index] == 0).all()
 
 
+@pytest.mark.skipif(not available("triton_fft"), reason="Triton (or TRITON_INTERPRET=1) not available")
+@pytest.mark.parametrize("first_channel", [0, 1])
+def test_kernel_softmax_with_infinite_and_large_logits(first_channel):
+    """The kernel's one-pass max and sums (rescaled as the max grows): logits of -inf, in the first
+    channel too (every logit so far -inf), and wide ranges, against torch's softmax backward."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 5, 7, 9, generator=g) * 30
+    x[:, 0][torch.rand(2, 7, 9, generator=g) < 0.5] = -float("inf")
+    x[:, 3][torch.rand(2, 7, 9, generator=g) < 0.3] = -float("inf")
+    x[:, 4, :2] = -float("inf")  # with channel 0 -inf there too: the max arrives late
+    labels = torch.randint(0, 5, (2, 7, 9), generator=g)
+    field = torch.randn(2, 5 - first_channel, 7, 9, generator=g)
+    up = torch.randn(2, 5 - first_channel, generator=g)
+    op = torch.ops.scc_fast.activation_backward
+    by_kernel = op(x, field, up, labels, 1, first_channel, None, True)
+    by_torch = op(x, field, up, labels, 1, first_channel, None, False)
+    assert torch.isfinite(by_kernel).all()
+    assert rel_err(by_kernel, by_torch) <= 1e-6
+
+
 def test_probabilities_masks_and_drops():
     logits, labels = fused_case((2, 3, 4, 5), 255)
     p, t = activation.probabilities(logits, labels, "softmax", 1, 255)

@@ -12,14 +12,24 @@ __all__ = ["activation_backward", "activation_stats"]
 
 
 @triton.jit
+def _online_softmax_step(m, x):
+    """One channel's logits x into the running max m over channels: ``(m', alpha, e)`` with the
+    running sums' rescale ``alpha = exp(m - m')`` and ``e = exp(x - m')``. A logit of -inf
+    adds 0, also while every logit so far is -inf (the shift is then 0, not -inf - -inf)."""
+    m_new = tl.maximum(m, x)
+    shift = tl.where(m_new == -float("inf"), 0.0, m_new)
+    return m_new, tl.exp(m - shift), tl.exp(x - shift)
+
+
+@triton.jit
 def _softmax_max_sum(x_img, n_chan, n_vox, offs, mask, BLOCK: tl.constexpr):
-    """Per voxel of a block: the max m over channels of one image's logits, and sum_c exp(x_c - m)."""
+    """Per voxel of a block: the max m over channels of one image's logits, and sum_c exp(x_c - m),
+    in one pass over the channels."""
     m = tl.full([BLOCK], -float("inf"), tl.float32)
-    for c in range(0, n_chan):
-        m = tl.maximum(m, tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32))
     s = tl.zeros([BLOCK], tl.float32)
     for c in range(0, n_chan):
-        s += tl.exp(tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32) - m)
+        m, alpha, e = _online_softmax_step(m, tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32))
+        s = s * alpha + e
     return m, s
 
 
@@ -43,19 +53,32 @@ def _activation_backward_kernel(
         lab = tl.load(label_ptr + b * n_vox + offs, mask=mask, other=0)
         keep = tl.where(lab == ignore_index, 0.0, 1.0)
     if ACTIVATION == 1:
-        m, s = _softmax_max_sum(x_img, n_chan, n_vox, offs, mask, BLOCK)
-        scale = keep / s  # p' = keep * p, so an ignored voxel gets 0 in every channel
+        # Pass 1: the max m, s = sum_c exp(x_c - m) and d = sum_c exp(x_c - m) g_c (g_c = u_c f_c,
+        # loss channels only) together, rescaled as m grows (online softmax): x is read twice
+        # and the field once less than with separate max, sum and dot passes (GPU run 5: 171 us
+        # at btcv-3d, 14 channels, 2.4x the kernel's memory traffic).
+        m = tl.full([BLOCK], -float("inf"), tl.float32)
+        s = tl.zeros([BLOCK], tl.float32)
         dot = tl.zeros([BLOCK], tl.float32)
+        for c in range(0, first_channel):
+            m, alpha, e = _online_softmax_step(m, tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32))
+            s = s * alpha + e  # d stays 0: the loss channels come after these
         for c in range(first_channel, n_chan):
-            p = tl.exp(tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32) - m) * scale
+            m, alpha, e = _online_softmax_step(m, tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32))
             u = tl.load(up_ptr + b * n_loss + c - first_channel).to(tl.float32)
             f = tl.load(f_img + (c - first_channel) * n_vox + offs, mask=mask, other=0.0).to(tl.float32)
-            dot += p * (u * f)
+            s = s * alpha + e
+            dot = dot * alpha + e * (u * f)
+        # Pass 2: p_c = keep exp(x_c - m) / s (so an ignored voxel gets 0 in every channel) and
+        # dL/dx_c = p_c (g_c - sum_k p_k g_k).
+        shift = tl.where(m == -float("inf"), 0.0, m)
+        scale = keep / s
+        dot = dot * scale
         for c in range(0, first_channel):
-            p = tl.exp(tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32) - m) * scale
+            p = tl.exp(tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32) - shift) * scale
             tl.store(o_img + c * n_vox + offs, (-p * dot).to(out_ptr.dtype.element_ty), mask=mask)
         for c in range(first_channel, n_chan):
-            p = tl.exp(tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32) - m) * scale
+            p = tl.exp(tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32) - shift) * scale
             u = tl.load(up_ptr + b * n_loss + c - first_channel).to(tl.float32)
             f = tl.load(f_img + (c - first_channel) * n_vox + offs, mask=mask, other=0.0).to(tl.float32)
             tl.store(o_img + c * n_vox + offs, (p * (u * f - dot)).to(out_ptr.dtype.element_ty), mask=mask)
