@@ -4,6 +4,8 @@ which backend "triton" computes p inside its own kernels. Imported only when the
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -100,7 +102,7 @@ def _activation_backward_kernel(
 def activation_backward(x, field, grad_scc, target, activation, first_channel, ignore_index):
     """dL/dx in one launch: see scc_fast.backends.activation for the formula."""
     n_batch, n_chan = x.shape[:2]
-    n_vox = x[0, 0].numel()
+    n_vox = math.prod(x.shape[2:])
     x = x.contiguous()
     field = field.contiguous()
     out = torch.empty_like(x)
@@ -144,7 +146,7 @@ def activation_stats(x, target, activation, ignore_index):
     exp(x_c - m) r (softmax, ``activation`` 1) or r / (1 + exp(-x_c)) (sigmoid, 2), and 0 at
     voxels labelled ``ignore_index`` (integer ``target``)."""
     n_batch, n_chan = x.shape[:2]
-    n_vox = x[0, 0].numel()
+    n_vox = math.prod(x.shape[2:])
     x = x.contiguous()
     out = torch.empty((2, n_batch) + tuple(x.shape[2:]), dtype=torch.float32, device=x.device)
     block = min(triton.next_power_of_2(n_vox), 8192) if x.device.type == "cpu" else 1024

@@ -50,6 +50,7 @@ triton is imported) for tests.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import struct
 
@@ -634,7 +635,7 @@ def _forward(
     n_chan = probs.shape[1] - (first_channel if activation else 0)
     spatial = tuple(probs.shape[2:])
     dims = tuple(range(2, probs.dim()))
-    n_vox = probs[0, 0].numel()
+    n_vox = math.prod(spatial)  # not probs[0, 0].numel(): two select ops, each a dispatch on the host
     w_half = spatial[-1] // 2 + 1
     n_half = n_vox // spatial[-1] * w_half
     default_block, target_programs = _config(device)
