@@ -252,11 +252,11 @@ from scc_fast.backends import triton_fft as fft
 # backend triton_fft's pair kernel (float32 and float64 sums) and the field kernel that reads it
 for dt, eps, fmax in (("*fp32", 1.1920928955078125e-07, 3.4028234663852886e38),
                       ("*fp64", 2.220446049250313e-16, 1.7976931348623157e308)):
-    for labels in (True, False):
+    for labels, (bp, sb) in ((True, fft._pair_blocks(528)), (False, fft._pair_blocks(44)), (True, fft._pair_blocks(1))):
         compile_(fft._pair_kernel, dict(part_ptr=dt, count_ptr="*i32" if labels else dt, tpart_ptr=dt, scc_ptr=dt,
                  valid_ptr="*i8", coef_ptr=dt, **{i: "i32" for i in ["n_pairs", "n_sp", "n_tsp", "n_chunk", "n_chan",
                  "c0", "n_vox"]}, **{w: "fp32" for w in ["mw_hi", "mw_lo", "pw_hi", "pw_lo"]}),
-                 dict(LABELS=labels, INCLUDE_DC=not labels, NEED_GRAD=True, EPS=eps, FMAX=fmax, BP=fft.PAIR_BLOCK, SB=fft.SPLIT_BLOCK))
+                 dict(LABELS=labels, INCLUDE_DC=not labels, NEED_GRAD=True, EPS=eps, FMAX=fmax, BP=bp, SB=sb))
     compile_(fft._field_kernel, dict(P_ptr=dt, Y_ptr=dt, coef_ptr=dt, n_pairs="i32", n_half="i32"),
              dict(INCLUDE_DC=False, BLOCK=1024))
     compile_(fft._spatial_stats_kernel, dict(p_ptr=dt, p_stride_b="i64", p_stride_c="i64", y_ptr="*i8",

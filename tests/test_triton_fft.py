@@ -124,13 +124,15 @@ def test_many_chunks_splits_and_tiles(shape, labels, include_dc):
 
 
 @pytest.mark.parametrize("labels", [True, False], ids=["labels", "float"])
-def test_more_splits_than_the_pair_kernel_reads_at_once(labels):
+def test_more_splits_than_the_pair_kernel_reads_at_once(labels, monkeypatch):
     # 48 splits of each map's moments and 63 of its spectrum: the pair kernel combines them
-    # SPLIT_BLOCK (32) at a time and merges the blocks.
+    # 16 at a time (its blocks capped at 16 splits here) and merges the blocks.
+    monkeypatch.setattr(triton_fft, "PAIR_MAX_SPLIT_BLOCK", 16)
     launch = dict(splits=80, block=4)
     probs, target = make_inputs((2, 3, 7, 9, 6), labels, seed=8, ignore=labels)
-    assert triton_fft._splits(7 * 9 * 6, 6, 4, 1, 80)[0] > triton_fft.SPLIT_BLOCK
-    assert triton_fft._splits(7 * 9 * 4, 6, 4, 1, 80)[0] > triton_fft.SPLIT_BLOCK
+    assert triton_fft._splits(7 * 9 * 6, 6, 4, 1, 80)[0] > 2 * 16
+    assert triton_fft._splits(7 * 9 * 4, 6, 4, 1, 80)[0] > 2 * 16
+    assert triton_fft._pair_blocks(63) == (64, 16)
     check_against_reference(probs, target, torch.float32, 1e-5, launch=launch)
     check_against_reference(probs, target, torch.float64, 1e-10, launch=launch)
     check_activated((2, 3, 7, 9, 6), 1, labels=labels, launch=launch)
@@ -316,6 +318,14 @@ class _InverseTransforms(TorchDispatchMode):
         if func is torch.ops.aten._fft_c2r.default:
             self.normalizations.append(int(args[2]))
         return func(*args, **(kwargs or {}))
+
+
+def test_pair_kernel_blocks():
+    # Powers of two (tl.arange), PAIR_VALUES values a block, as many splits as there are up to the cap.
+    assert triton_fft._pair_blocks(528) == (4, 256)  # brats-3d / btcv-3d: 3 steps, not 17 of 32
+    assert triton_fft._pair_blocks(44) == (16, 64)
+    assert triton_fft._pair_blocks(1) == (64, 16)
+    assert triton_fft._pair_blocks(5000) == (4, 256)
 
 
 def test_inverse_transform_is_unscaled():
