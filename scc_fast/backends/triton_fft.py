@@ -282,13 +282,16 @@ if triton is not None:
         # Every lane (row, voxel slot) keeps its own running moments (Welford), merged across
         # lanes once after the loop: no reduction across threads inside the loop. (Per-tile
         # sums merged per tile cost 7 block reductions a tile: GPU run 5 measured this kernel
-        # at 284 us at brats-3d and 498 us at btcv-3d, 5-7x its memory traffic.)
+        # at 284 us at brats-3d and 498 us at btcv-3d, 5-7x its memory traffic.) With labels
+        # y is 0 / 1: a lane keeps its count k of ones and the sum s of p over them, and its y
+        # moments follow after the loop (mean k / n, M2 = k - k^2 / n, C = s - k mean p): four
+        # running arrays instead of six, and no Welford update of y.
         n_l = tl.zeros([BLOCK], dtype=dt)
         mean_p = tl.zeros([CP, BLOCK], dtype=dt)
         m2_p = tl.zeros([CP, BLOCK], dtype=dt)
         mean_y = tl.zeros([CP, BLOCK], dtype=dt)
         m2_y = tl.zeros([CP, BLOCK], dtype=dt)
-        c_py = tl.zeros([CP, BLOCK], dtype=dt)
+        c_py = tl.zeros([CP, BLOCK], dtype=dt)  # with labels: the sum of p over the lane's ones
         count_l = tl.zeros([CP, BLOCK], dtype=tl.int32)
         start = split * span
         end = tl.minimum(start + span, n_vox)
@@ -326,15 +329,23 @@ if triton is not None:
             n_l += v
             step = (v / tl.maximum(n_l, 1.0))[None, :]
             dp = p - mean_p
-            dy = y - mean_y
             mean_p += dp * step
-            mean_y += dy * step
             m2_p += v[None, :] * dp * (p - mean_p)
-            m2_y += v[None, :] * dy * (y - mean_y)
-            c_py += v[None, :] * dp * (y - mean_y)
+            if LABELS:
+                c_py += p * y
+            else:
+                dy = y - mean_y
+                mean_y += dy * step
+                m2_y += v[None, :] * dy * (y - mean_y)
+                c_py += v[None, :] * dp * (y - mean_y)
+        n_lanes = n_l[None, :] + tl.zeros([CP, BLOCK], dtype=dt)
+        if LABELS:
+            k = count_l.to(dt)
+            mean_y = k / tl.maximum(n_lanes, 1.0)
+            m2_y = k - k * mean_y
+            c_py = c_py - k * mean_p
         # The lanes merged once, in closed form.
-        n, mean_p, mean_y, m2_p, m2_y, c_py = _combine_columns(
-            n_l[None, :] + tl.zeros([CP, BLOCK], dtype=dt), mean_p, mean_y, m2_p, m2_y, c_py)
+        n, mean_p, mean_y, m2_p, m2_y, c_py = _combine_columns(n_lanes, mean_p, mean_y, m2_p, m2_y, c_py)
         count = tl.sum(count_l, axis=1)
         out = part_ptr + ((b * n_chunk + j) * n_splits + split) * 6
         tl.store(out + 0, n, mask=in_chunk)
