@@ -378,7 +378,7 @@ def test_gpu_stage1_tune_script_dry_run_on_cpu(tmp_path):
     for r in rows:
         assert r["ms"] > 0 and r["kernel_us"] is None and r["rel_diff_loss"] <= 1e-6 and r["rel_diff_grad"] <= 1e-6, r
     assert "| smoke-3d | 512 | 4 | - |" in (tmp_path / "results.md").read_text()
-    _assert_budget_and_refusal(run, tmp_path, n_rows=7)
+    _assert_budget_and_refusal(run, tmp_path, n_rows=8)
 
 
 def test_gpu_triton_check_and_reliability_scripts_dry_run_on_cpu(tmp_path):

@@ -271,7 +271,7 @@ for x, act, labels, rows in (("*fp32", 1, True, 4), ("*bf16", 1, True, 16), ("*f
              dict(ACTIVATION=act, LABELS=labels, HAS_IGNORE=labels, CP=rows,
                   BLOCK=max(16, 1024 // rows)), warps=8)
 # the other tiles and warps bench/gpu_stage1_tune.py times (values per tile, warps), at 16 rows
-for values, warps in ((512, 4), (1024, 4), (512, 2), (2048, 8)):
+for values, warps in ((512, 4), (1024, 4), (1024, 2), (2048, 8), (2048, 4), (4096, 8), (512, 1)):
     compile_(fft._activated_moments_kernel, dict(x_ptr="*fp32", lab_ptr="*i64", yf_ptr=f, yf_stride_b="i64",
              yf_stride_c="i64", p_out_ptr=f, y_out_ptr=f, part_ptr=f, count_ptr="*i32", **{i: "i32" for i in ["n_vox",
              "n_chan", "first_channel", "c0", "n_chunk", "first_class", "ignore_index", "span", "n_splits"]}),
