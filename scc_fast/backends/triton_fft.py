@@ -527,11 +527,11 @@ if triton is not None:
             (c_a + c_ab |Y|) P / |P|  +  2 c_aa P  +  c_re Y,
 
         so that its unscaled inverse transform (DFT^H, ``irfftn`` with ``norm="forward"``) is the
-        gradient. The first term is 0 where |P| = 0 and
-        outside DC for a pair whose p is constant (``flat``: there |P_k| is 0 up to rounding and
-        P_k / |P_k| := 0, as SPEC says). The others are the spatial terms ``2N c_aa p + N c_re y``
-        moved into the spectrum (the transform is linear and p = DFT^H P / N): no pass over p and y after the
-        transforms, and p is freed once transformed. With DC out of K the whole DC bin is 0,
+        gradient. The first term is 0 where |P| = 0 and outside DC for a pair whose p is constant
+        (``flat``: there |P_k| is 0 up to rounding and P_k / |P_k| := 0, as SPEC says). The others
+        are the spatial terms ``2N c_aa p + N c_re y`` moved into the spectrum (the transform is
+        linear and p = DFT^H P / N): no pass over p and y after the transforms, and p is freed
+        once transformed. With DC out of K the whole DC bin is 0,
         which is the spatial terms' ``- mean`` (SPEC section 2). ``coef`` holds the pair kernel's
         rows c_a, c_ab, flat, 2 c_aa, c_re (n_pairs each).
         """
