@@ -381,6 +381,29 @@ def test_gpu_stage1_tune_script_dry_run_on_cpu(tmp_path):
     _assert_budget_and_refusal(run, tmp_path, n_rows=8)
 
 
+def test_host_overhead_script_counts_a_steps_ops_and_launches(tmp_path):
+    """bench/host_overhead.py times a triton_fft step with its kernels stubbed and counts what the
+    host issues. The counts are the step's host work (GPU run 5: the eager step is host-bound):
+    a change that adds torch ops or launches to it fails here and has to say why."""
+    pytest.importorskip("triton")
+    done = _run_bench_script("host_overhead.py", "--steps", "5", "--repeats", "1", "--warmup", "2",
+                             "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert r["backend"] == "triton_fft" and r["shape"] == [1, 3, 4, 4, 4] and r["host_us"][0] > 0
+    # Stage 1, spectral sums, pair kernel, field kernel, activation backward (the reduction's
+    # kernel runs on CUDA only); two forward transforms and one inverse.
+    assert r["kernel_launches_by_name"] == {name: 1 for name in (
+        "_activated_moments_kernel", "_activation_backward_kernel", "_field_kernel", "_pair_kernel",
+        "_spectral_stats_kernel")}
+    assert r["torch_ops_by_name"]["aten::fft_rfftn"] == 2 and r["torch_ops_by_name"]["aten::fft_irfftn"] == 1
+    assert r["torch_ops"] <= 32, r["torch_ops_by_name"]
+    assert "select" not in " ".join(r["torch_ops_by_name"])  # sizes come from shapes, not x[0, 0]
+
+    bad = _run_bench_script("host_overhead.py", "--shape", "1x1x4x4", "--out", str(tmp_path))
+    assert bad.returncode != 0 and "--shape must be" in bad.stderr
+
+
 def test_gpu_triton_check_and_reliability_scripts_dry_run_on_cpu(tmp_path):
     """The other stages of the prepared GPU call that have no test of their own run end to end on CPU
     (the interpreter, tiny shapes): gpu_triton_check.py with every contender, the split mode's and
