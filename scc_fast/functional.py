@@ -203,10 +203,14 @@ def scc_loss(
     first_channel = 1 if drop_background else 0
     activation = "softmax" if softmax else "sigmoid" if sigmoid else None
     target_in_loss = target if labels else (target[:, 1:] if drop_background else target).to(acc)
-    # The backend is chosen for the computing dtype from metadata alone: a stand-in of one
-    # uninitialised element (no kernel launch) expanded to the input's shape.
-    stand_in = torch.empty((), dtype=acc, device=input.device).expand(input.shape)
-    impl = backends.select_backend(backend, stand_in[:, first_channel:], target_in_loss)
+    # The backend is chosen for the computing dtype from metadata alone: the input itself where it
+    # is already what the backend gets, else a stand-in of one uninitialised element (no kernel
+    # launch) expanded to that shape (three more torch ops on the host of a host-bound GPU step).
+    if input.dtype == acc and first_channel == 0:
+        probe = input
+    else:
+        probe = torch.empty((), dtype=acc, device=input.device).expand(input.shape)[:, first_channel:]
+    impl = backends.select_backend(backend, probe, target_in_loss)
     fused = getattr(impl, "activated_correlation", None) if FUSE_ACTIVATION else None
     # A backend that computes the activation inside its kernels reads float16/bfloat16 logits as
     # they are (and returns their gradient in their dtype): no float32 copy is made or saved.
