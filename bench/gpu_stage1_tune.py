@@ -4,8 +4,9 @@
 took 216 us at brats-3d and 344 us at btcv-3d in GPU run 5, 3-4x its memory traffic, and the
 triton_fft step is host-bound at most SPEC cases, so a step's time hides it: this script reads the
 kernel's own device time from torch.profiler. Per case (logits + int64 labels + softmax, float32,
-``scc_loss(..., backend="triton_fft", validate=False)``) and per (values per tile, warps) of
-``triton_fft.STAGE1_VALUES`` / ``STAGE1_WARPS`` (the first row is the default): the kernel's median
+``scc_loss(..., backend="triton_fft", validate=False)``) and per (values per tile, warps, threads down
+the channels first) of ``triton_fft.STAGE1_VALUES`` / ``STAGE1_WARPS`` / ``STAGE1_CHANNEL_THREADS``
+(the first row is the default): the kernel's median
 device us over the profiled steps, the step's median ms (CUDA events), and the relative difference
 of loss and gradient to the case's first row (float32 rounding: about 1e-6). ``results.json`` /
 ``results.md`` are written after every row; rows past ``--budget`` are listed as skipped.
@@ -37,14 +38,20 @@ from scc_fast.benchmark.suite import _commit  # noqa: E402
 
 CASES = {"brats-3d": (2, 4, 128, 128, 128), "btcv-3d": (2, 14, 96, 96, 96)}
 SMOKE_CASES = {"smoke-3d": (1, 3, 8, 12, 10)}
-# (values per tile, warps); the first is the default. Triton lays a CP x BLOCK tile out with 4
-# voxels a thread, 32 threads along the voxels, then warps along the voxels up to BLOCK / 128 and
-# the rest down the channel rows: the softmax's max and sum over channels stay within a thread
-# when BLOCK >= 128 x warps (at 4 rows: 1024 / 2, 2048 / 4, 4096 / 8, 512 / 1) and within a warp
-# with 1 warp (512 / 1 at 16 rows); elsewhere they cross warps through shared memory, every tile.
-# sm_90 builds (triton 3.6, 16-divisible sizes as at run time) at 4 / 16 rows: 69 / 80 registers
-# at the default, up to 248 for the others, none spills.
-CONFIGS = [(1024, 8), (512, 4), (1024, 4), (1024, 2), (2048, 8), (2048, 4), (4096, 8), (512, 1)]
+# (values per tile, warps, threads down the channels first); the first is the default. With
+# 4-wide vector loads Triton lays a CP x BLOCK tile out with 4 voxels a thread, 32 threads along
+# the voxels, then warps along the voxels up to BLOCK / 128 and the rest down the channel rows:
+# the softmax's max and sum over channels stay within a thread when BLOCK >= 128 x warps (at 4
+# rows: 1024 / 2, 2048 / 4, 4096 / 8, 512 / 1) and within a warp with 1 warp (512 / 1 at 16
+# rows); elsewhere they cross warps through shared memory, every tile. With the channel threads
+# (``STAGE1_CHANNEL_THREADS``: no vector loads) a warp's threads go down the rows first and the
+# reductions stay in the warp at every row count. sm_90 builds (triton 3.6, 16-divisible sizes as
+# at run time) at 4 / 16 rows: 69 / 80 registers at the default, up to 248 for the others, none
+# spills. Ordered by promise: rows past the budget are skipped.
+CONFIGS = [
+    (1024, 8, False), (1024, 8, True), (2048, 8, True), (1024, 4, True), (1024, 2, False), (4096, 8, False),
+    (512, 1, False), (2048, 4, False), (512, 4, False), (1024, 4, False), (2048, 8, False),
+]
 KERNEL = "_activated_moments_kernel"
 T0 = time.perf_counter()
 
@@ -78,16 +85,16 @@ def markdown(results: dict) -> str:
     env = results["environment"]
     lines = [
         f"<!-- {env['device']}, torch {env['torch']}, triton {env['triton']}, {env['date']}, commit {env['commit']} -->",
-        "| case | values / tile | warps | stage-1 kernel us | step ms | rel diff loss / grad |",
-        "|---|---|---|---|---|---|",
+        "| case | values / tile | warps | channel threads | stage-1 kernel us | step ms | rel diff loss / grad |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
+        head = f"| {r['case']} | {r['values']} | {r['warps']} | {'yes' if r['channel_threads'] else 'no'} |"
         if "error" in r or "skipped" in r:
-            lines.append(f"| {r['case']} | {r['values']} | {r['warps']} | {r.get('error') or r['skipped']} | - | - |")
+            lines.append(f"{head} {r.get('error') or r['skipped']} | - | - |")
             continue
         us = "-" if r["kernel_us"] is None else f"{r['kernel_us']:.1f}"
-        lines.append(f"| {r['case']} | {r['values']} | {r['warps']} | {us} | {r['ms']:.3f} | "
-                     f"{r['rel_diff_loss']:.1e} / {r['rel_diff_grad']:.1e} |")
+        lines.append(f"{head} {us} | {r['ms']:.3f} | {r['rel_diff_loss']:.1e} / {r['rel_diff_grad']:.1e} |")
     return "\n".join(lines) + "\n"
 
 
@@ -111,19 +118,21 @@ def main(argv=None) -> int:
     }
     cases = SMOKE_CASES if args.smoke else CASES
     fn = build_loss_fn("triton_fft", validate=False)
-    defaults = (triton_fft.STAGE1_VALUES, triton_fft.STAGE1_WARPS)
+    defaults = (triton_fft.STAGE1_VALUES, triton_fft.STAGE1_WARPS, triton_fft.STAGE1_CHANNEL_THREADS)
     inputs = {name: make_inputs(shape, device.type) for name, shape in cases.items()}
     first = {}  # per case: the first configuration's loss and gradient
     # Configurations outer, cases inner: when the budget runs out (each new configuration compiles
     # once per channel-row count), the first configurations have every case.
-    for values, warps in CONFIGS[: args.configs]:
+    for values, warps, channel_threads in CONFIGS[: args.configs]:
         for name, shape in cases.items():
             x, t = inputs[name]
-            row = {"case": name, "shape": list(shape), "values": values, "warps": warps}
+            row = {"case": name, "shape": list(shape), "values": values, "warps": warps,
+                   "channel_threads": channel_threads}
             if time.perf_counter() - T0 > args.budget:
                 row["skipped"] = f"time budget ({args.budget:.0f} s) used"
             else:
                 triton_fft.STAGE1_VALUES, triton_fft.STAGE1_WARPS = values, warps
+                triton_fft.STAGE1_CHANNEL_THREADS = channel_threads
                 try:
                     x.grad = None
                     loss = fn(x, t)
@@ -138,7 +147,7 @@ def main(argv=None) -> int:
                     traceback.print_exc()
                     row["error"] = f"{type(exc).__name__}: {exc}"[:200]
                 finally:
-                    triton_fft.STAGE1_VALUES, triton_fft.STAGE1_WARPS = defaults
+                    triton_fft.STAGE1_VALUES, triton_fft.STAGE1_WARPS, triton_fft.STAGE1_CHANNEL_THREADS = defaults
             results["rows"].append(row)
             print(json.dumps(row), flush=True)
             (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

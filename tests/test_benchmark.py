@@ -374,11 +374,11 @@ def test_gpu_stage1_tune_script_dry_run_on_cpu(tmp_path):
     done = run("--smoke", "--configs", "2", "--reps", "1", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
-    assert [(r["values"], r["warps"]) for r in rows] == [(1024, 8), (512, 4)], rows
+    assert [(r["values"], r["warps"], r["channel_threads"]) for r in rows] == [(1024, 8, False), (1024, 8, True)], rows
     for r in rows:
         assert r["ms"] > 0 and r["kernel_us"] is None and r["rel_diff_loss"] <= 1e-6 and r["rel_diff_grad"] <= 1e-6, r
-    assert "| smoke-3d | 512 | 4 | - |" in (tmp_path / "results.md").read_text()
-    _assert_budget_and_refusal(run, tmp_path, n_rows=8)
+    assert "| smoke-3d | 1024 | 8 | yes | - |" in (tmp_path / "results.md").read_text()
+    _assert_budget_and_refusal(run, tmp_path, n_rows=11)
 
 
 def test_host_overhead_script_counts_a_steps_ops_and_launches(tmp_path):

@@ -268,14 +268,18 @@ for x, act, labels, rows in (("*fp32", 1, True, 4), ("*bf16", 1, True, 16), ("*f
     compile_(fft._activated_moments_kernel, dict(x_ptr=x, lab_ptr="*i64" if labels else f, yf_ptr=f,
              yf_stride_b="i64", yf_stride_c="i64", p_out_ptr=f, y_out_ptr=f, part_ptr=f, count_ptr="*i32" if labels else f, **{i: "i32" for i in ["n_vox", "n_chan", "first_channel",
              "c0", "n_chunk", "first_class", "ignore_index", "span", "n_splits"]}),
-             dict(ACTIVATION=act, LABELS=labels, HAS_IGNORE=labels, CP=rows,
+             dict(ACTIVATION=act, LABELS=labels, HAS_IGNORE=labels, CP=rows, CHANNEL_THREADS=False,
                   BLOCK=max(16, 1024 // rows)), warps=8)
-# the other tiles and warps bench/gpu_stage1_tune.py times (values per tile, warps), at 16 rows
-for values, warps in ((512, 4), (1024, 4), (1024, 2), (2048, 8), (2048, 4), (4096, 8), (512, 1)):
+# the other tiles and warps bench/gpu_stage1_tune.py times (values per tile, warps, threads down
+# the channels first), at 16 rows, and the channel-thread tiles at 4 and 32 rows too
+variants = [(16, v, w, False) for v, w in ((512, 4), (1024, 4), (1024, 2), (2048, 8), (2048, 4), (4096, 8), (512, 1))]
+variants += [(rows, v, w, True) for rows in (4, 16, 32) for v, w in ((1024, 8), (2048, 8), (1024, 4))]
+for rows, values, warps, channel_threads in variants:
     compile_(fft._activated_moments_kernel, dict(x_ptr="*fp32", lab_ptr="*i64", yf_ptr=f, yf_stride_b="i64",
              yf_stride_c="i64", p_out_ptr=f, y_out_ptr=f, part_ptr=f, count_ptr="*i32", **{i: "i32" for i in ["n_vox",
              "n_chan", "first_channel", "c0", "n_chunk", "first_class", "ignore_index", "span", "n_splits"]}),
-             dict(ACTIVATION=1, LABELS=True, HAS_IGNORE=False, CP=16, BLOCK=values // 16), warps=warps)
+             dict(ACTIVATION=1, LABELS=True, HAS_IGNORE=False, CP=rows, BLOCK=values // rows,
+                  CHANNEL_THREADS=channel_threads), warps=warps)
 print("compiled")
 """
 

@@ -468,13 +468,22 @@ def test_stage1_settings_pick_the_gpu_tile(monkeypatch):
     """STAGE1_VALUES / STAGE1_WARPS (bench/gpu_stage1_tune.py varies them) set the GPU tile: values
     split between the channel rows (at least 16 voxels); the interpreter keeps its large tiles."""
     cuda = torch.device("cuda")
-    assert triton_fft._stage1_config(cuda, 4) == (4, 256, 8)
-    assert triton_fft._stage1_config(cuda, 14) == (16, 64, 8)
+    assert triton_fft._stage1_config(cuda, 4) == (4, 256, 8, False)
+    assert triton_fft._stage1_config(cuda, 14) == (16, 64, 8, False)
     monkeypatch.setattr(triton_fft, "STAGE1_VALUES", 512)
     monkeypatch.setattr(triton_fft, "STAGE1_WARPS", 4)
-    assert triton_fft._stage1_config(cuda, 9) == (16, 32, 4)
-    assert triton_fft._stage1_config(cuda, 32) == (32, 16, 4)
-    assert triton_fft._stage1_config(torch.device("cpu"), 9) == (16, 256, 4)
+    monkeypatch.setattr(triton_fft, "STAGE1_CHANNEL_THREADS", True)
+    assert triton_fft._stage1_config(cuda, 9) == (16, 32, 4, True)
+    assert triton_fft._stage1_config(cuda, 32) == (32, 16, 4, True)
+    assert triton_fft._stage1_config(torch.device("cpu"), 9) == (16, 256, 4, True)
+
+
+@pytest.mark.parametrize("labels", [True, False], ids=["labels", "float"])
+def test_stage1_with_threads_down_the_channels(monkeypatch, labels):
+    # STAGE1_CHANNEL_THREADS only changes a compile hint (the voxels' contiguity): the same
+    # results, here through the kernel's other constexpr branch (the interpreter ignores hints).
+    monkeypatch.setattr(triton_fft, "STAGE1_CHANNEL_THREADS", True)
+    check_activated((2, 3, 7, 9, 6), 1, labels=labels)
 
 
 # ---------------------------------------------------------------- public API

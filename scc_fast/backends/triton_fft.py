@@ -258,6 +258,7 @@ if triton is not None:
         HAS_IGNORE: tl.constexpr,
         CP: tl.constexpr,
         BLOCK: tl.constexpr,
+        CHANNEL_THREADS: tl.constexpr,
     ):
         """Program (split, image): stage 1 from the logits, for every class of the chunk at once.
 
@@ -297,6 +298,10 @@ if triton is not None:
         end = tl.minimum(start + span, n_vox)
         for off in range(start, end, BLOCK):
             idx = off + lanes
+            if CHANNEL_THREADS:
+                # Contiguity 1 (always true): no vector loads, so Triton lays a warp's threads
+                # down the channel rows first and the softmax's max and sum stay in the warp.
+                idx = tl.max_contiguous(idx, 1)
             m = idx < end
             tile = row_ok[:, None] & m[None, :]
             x = tl.load(x_img + idx[None, :], mask=tile, other=0.0).to(tl.float32)
@@ -570,15 +575,23 @@ def _sm_count(index: int | None) -> int:
 #: btcv-3d, 3-4x its memory traffic. ``bench/gpu_stage1_tune.py`` times other values.
 STAGE1_VALUES = 1024
 STAGE1_WARPS = 8
+#: Lay a tile's threads down the channel rows first (``CHANNEL_THREADS``): with 4-wide vector
+#: loads along the voxels Triton puts a warp's threads along the voxels and the remaining warps
+#: down the rows, so the softmax's max and sum over channels cross warps through shared memory
+#: every tile (1024 / 8: at 4 rows and at 16, read from the sm_90 TTGIR); without vector loads
+#: they stay in a warp (shuffles), at 63-128 registers for 4-32 rows. Unmeasured on a GPU: off
+#: until ``bench/gpu_stage1_tune.py`` says it is faster.
+STAGE1_CHANNEL_THREADS = False
 
 
-def _stage1_config(device: torch.device, n_chan: int) -> tuple[int, int, int]:
-    """(channel rows CP, voxels per tile, warps) of stage 1 with the activation for C = ``n_chan``.
-    The interpreter costs per operation, not per register: larger tiles there."""
+def _stage1_config(device: torch.device, n_chan: int) -> tuple[int, int, int, bool]:
+    """(channel rows CP, voxels per tile, warps, threads down the channels first) of stage 1 with
+    the activation for C = ``n_chan``. The interpreter costs per operation, not per register:
+    larger tiles there."""
     rows = triton.next_power_of_2(n_chan)
     if device.type == "cuda":
-        return rows, max(16, STAGE1_VALUES // rows), STAGE1_WARPS
-    return rows, max(16, 4096 // rows), 4
+        return rows, max(16, STAGE1_VALUES // rows), STAGE1_WARPS, STAGE1_CHANNEL_THREADS
+    return rows, max(16, 4096 // rows), 4, STAGE1_CHANNEL_THREADS
 
 
 def _config(device: torch.device) -> tuple[int, int]:
@@ -661,7 +674,7 @@ def _forward(
     default_block, target_programs = _config(device)
     # Stage 1 with the activation holds a tile of every channel (CP rows) in registers
     # (STAGE1_VALUES), so fewer voxels a tile the more channels.
-    rows, lanes, warps = _stage1_config(device, probs.shape[1])
+    rows, lanes, warps, channel_threads = _stage1_config(device, probs.shape[1])
     lanes = block or lanes
     block = block or default_block
 
@@ -712,7 +725,7 @@ def _forward(
                 n_vox, probs.shape[1], first_channel, c0, k, first_class,
                 0 if ignore_index is None else int(ignore_index), span, n_sp,
                 ACTIVATION=int(activation), LABELS=labels, HAS_IGNORE=labels and ignore_index is not None,
-                CP=rows, BLOCK=lanes, num_warps=warps,
+                CP=rows, BLOCK=lanes, CHANNEL_THREADS=channel_threads, num_warps=warps,
             )  # fmt: skip
         else:
             p_chunk = probs[:, c0 : c0 + k]
