@@ -11,8 +11,10 @@ again in backward, ``scc_fast.backends.activation.RECOMPUTE_FIELD``, and ``trito
 workspace at 1 GiB (the default until GPU run 3, now 64 MiB: fewer chunks of pairs, more
 memory); on CUDA, every case also as ``<backend>:graph``, forward + backward captured once in a
 CUDA graph and replayed (the kernels' time without the host's per-step work; peak memory not
-comparable, the graph's pool is allocated at capture); ``triton_fft`` with smaller chunks of
-classes only with ``--chunked``, measured in GPU run 2):
+comparable, the graph's pool is allocated at capture); ``triton_fft:all-classes`` on every case,
+triton_fft transforming every class (``triton_fft.DERIVE_FIRST_CLASS`` off: the step before class 0's
+spectrum was derived from the others'); ``triton_fft`` with smaller chunks of classes only with
+``--chunked``, measured in GPU run 2):
 
 1. correctness: loss and dL/dlogits against backend "reference" run in float64 on the same
    device, as ||out - ref|| / ||ref|| (SPEC section 4: 1e-5 for float32 paths, 5e-3 for the
@@ -100,6 +102,10 @@ TRITON_IEEE = ("triton:ieee",)
 # Recompute the gradient field in backward instead of keeping it (issue 4: keep or recompute,
 # whichever costs less), on the 3D cases. Not dispatch candidates of their own.
 RECOMPUTE = ("triton:recompute", "triton_fft:recompute")
+# triton_fft transforming every class (``triton_fft.DERIVE_FIRST_CLASS`` off): the same step before
+# class 0's spectrum was derived from the others', for the ratio in the same run. Every case. Not
+# a dispatch candidate.
+FFT_ALL_CLASSES = ("triton_fft:all-classes",)
 # backend triton's 3D workspace at 1 GiB per call (the default is 64 MiB since GPU run 3): pairs
 # in fewer chunks of five launches each, more memory. Not a dispatch candidate.
 TRITON_WS = ("triton:ws=2^30",)
@@ -112,6 +118,7 @@ TOLERANCE = {"torch": 1e-5, "triton_fft": 1e-5, "triton": 5e-3, "reference-compi
 TOLERANCE.update({name: 1e-5 for name in (*CHUNKED, *TRITON_IEEE)})
 TOLERANCE.update({"reference:graph": 1e-5, "torch:graph": 1e-5, "triton_fft:graph": 1e-5, "triton:graph": 5e-3})
 TOLERANCE.update({"triton:recompute": 5e-3, "triton_fft:recompute": 1e-5, "triton:ws=2^30": 5e-3})
+TOLERANCE.update({name: 1e-5 for name in FFT_ALL_CLASSES})
 
 T0 = time.perf_counter()
 
@@ -495,6 +502,7 @@ def measure(state, backend, device, results, out, settings) -> None:
     r: dict = {}
     case["backends"][backend] = r
     default_chunk = triton_fft.CHUNK_ELEMENTS
+    default_derive = triton_fft.DERIVE_FIRST_CLASS
     default_ws = None  # triton_scc.WORKSPACE_BYTES before a TRITON_WS row
     triton_scc = None
     x = fn = None
@@ -520,6 +528,8 @@ def measure(state, backend, device, results, out, settings) -> None:
                 triton_fft.CHUNK_ELEMENTS = 1 << int(backend.rsplit("^", 1)[1])
             if backend in RECOMPUTE:
                 activation.RECOMPUTE_FIELD = True
+            if backend in FFT_ALL_CLASSES:
+                triton_fft.DERIVE_FIRST_CLASS = False
             if backend in TRITON_WS and backends._unavailable_reason("triton") is None:
                 from scc_fast.backends import triton_scc
 
@@ -577,6 +587,7 @@ def measure(state, backend, device, results, out, settings) -> None:
         log(f"{case['name']} {backend}: {r['error'][:300]}")
     finally:
         triton_fft.CHUNK_ELEMENTS = default_chunk
+        triton_fft.DERIVE_FIRST_CLASS = default_derive
         activation.RECOMPUTE_FIELD = False
         if triton_scc is not None:
             triton_scc.input_precision = None
@@ -594,7 +605,7 @@ def finalize(case) -> None:
     """Ratios against the reference eager and compiled, and the roofline fraction."""
     eager = case["backends"].get("reference", {})
     comp = case["backends"].get("reference-compiled", {})
-    for backend in (*ACCELERATED, *CHUNKED, *TRITON_IEEE, *RECOMPUTE, *TRITON_WS, *GRAPHED):
+    for backend in (*ACCELERATED, *FFT_ALL_CLASSES, *CHUNKED, *TRITON_IEEE, *RECOMPUTE, *TRITON_WS, *GRAPHED):
         r = case["backends"].get(backend, {})
         if r.get("median_ms"):
             r["speedup_vs_eager"] = _ratio(eager.get("median_ms"), r["median_ms"])
@@ -645,7 +656,8 @@ def main() -> int:
         states.append(state)
         extra = (*TRITON_IEEE, *RECOMPUTE, *TRITON_WS) if len(shape) == 5 else ()
         graphed = GRAPHED if device.type == "cuda" else ()
-        for backend in ("reference", *ACCELERATED, *extra, *(CHUNKED if ARGS.chunked else ()), *graphed):
+        for backend in ("reference", *ACCELERATED, *FFT_ALL_CLASSES, *extra, *(CHUNKED if ARGS.chunked else ()),
+                        *graphed):
             measure(state, backend, device, results, out, settings)
     # Pass 2: the compiled reference (slow to compile), while the budget lasts.
     for state in states:

@@ -141,8 +141,8 @@ def launch_overhead(device, launches: int) -> dict:
                 lab, narrow, 1024, 0, 2, BLOCK=1024)
             x2 = torch.zeros(1, 2, 1024, device=device)
             part, counts = torch.zeros(2, 1, 6, device=device), torch.zeros(2, 1, dtype=torch.int32, device=device)
-            calls["triton 18 args (_activated_moments_kernel)"] = lambda: fft._activated_moments_kernel[(1, 1)](
-                x2, lab, x2, 0, 0, x2, x2, part, counts, 1024, 2, 0, 0, 2, 0, 0, 1024, 1,
+            calls["triton 19 args (_activated_moments_kernel)"] = lambda: fft._activated_moments_kernel[(1, 1)](
+                x2, lab, x2, 0, 0, x2, x2, part, counts, 1024, 2, 0, 0, 2, 0, 0, 1024, 1, 0,
                 ACTIVATION=1, LABELS=True, HAS_IGNORE=False, CP=2, BLOCK=512, CHANNEL_THREADS=False)
     except ImportError:
         pass

@@ -2,7 +2,10 @@
 reduced, with a backward of one product.
 
 The loss is linear in ``scc``, so its derivative (``-w / total`` for the mean, ``-w`` otherwise,
-``w`` = valid x class weight) is computed with the forward and saved. On a GPU the forward is one
+``w`` = valid x class weight) is computed with the forward and saved. With ``uniform_grad`` the
+derivative leaves out the valid factor (a degenerate pair's scc has a zero gradient anyway in the
+backends that ask for it): the same value for every pair without class weights, which backend
+"triton_fft" needs where it derives class 0's field from the others'. On a GPU the forward is one
 Triton launch (:mod:`scc_fast._reduction_kernel`) instead of about ten small torch ops, and the
 backward one product instead of autograd's chain through the reduction: the fast backends are
 host-bound on a GPU, where every op costs a launch. Elsewhere (CPU, float64, torch.compile, which
@@ -28,44 +31,54 @@ def _use_kernel(scc: torch.Tensor) -> bool:
 
 
 def pair_loss_torch(
-    scc: torch.Tensor, valid: torch.Tensor, class_weights: torch.Tensor | None, reduction: str
+    scc: torch.Tensor,
+    valid: torch.Tensor,
+    class_weights: torch.Tensor | None,
+    reduction: str,
+    uniform_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss, dloss/dscc)`` with torch ops; the contract of :func:`scc_fast._reduction_kernel.pair_loss`."""
     loss = torch.where(valid, 1.0 - scc, 0.0)
     pair_w = valid.to(scc.dtype)
+    grad_w = torch.full_like(scc, -1.0) if uniform_grad else None
     if class_weights is not None:
         cw = class_weights.to(scc.dtype)
         loss = loss * cw
         pair_w = pair_w * cw
+        grad_w = grad_w * cw if uniform_grad else None
     if reduction == "mean":
         total = pair_w.sum()
         total = torch.where(total > 0, total, 1.0)
-        return loss.sum() / total, pair_w.div_(total).neg_()
-    return (loss.sum() if reduction == "sum" else loss), pair_w.neg_()
+        return loss.sum() / total, grad_w.div_(total) if uniform_grad else pair_w.div_(total).neg_()
+    return (loss.sum() if reduction == "sum" else loss), grad_w if uniform_grad else pair_w.neg_()
 
 
 class _PairLoss(torch.autograd.Function):
     # forward takes ctx (no separate setup_context): apply then skips binding the arguments to
     # forward's signature with inspect.
     @staticmethod
-    def forward(ctx, scc, valid, class_weights, reduction):
+    def forward(ctx, scc, valid, class_weights, reduction, uniform_grad):
         if _use_kernel(scc):
             from ._reduction_kernel import pair_loss as kernel
 
-            loss, dloss_dscc = kernel(scc, valid, class_weights, reduction)
+            loss, dloss_dscc = kernel(scc, valid, class_weights, reduction, uniform_grad=uniform_grad)
         else:
-            loss, dloss_dscc = pair_loss_torch(scc, valid, class_weights, reduction)
+            loss, dloss_dscc = pair_loss_torch(scc, valid, class_weights, reduction, uniform_grad)
         ctx.save_for_backward(dloss_dscc)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         (dloss_dscc,) = ctx.saved_tensors
-        return grad_loss * dloss_dscc, None, None, None
+        return grad_loss * dloss_dscc, None, None, None, None
 
 
 def pair_loss(
-    scc: torch.Tensor, valid: torch.Tensor, class_weights: torch.Tensor | None, reduction: str
+    scc: torch.Tensor,
+    valid: torch.Tensor,
+    class_weights: torch.Tensor | None,
+    reduction: str,
+    uniform_grad: bool = False,
 ) -> torch.Tensor:
     """The loss from per-pair ``scc`` and ``valid`` (both B x C'), differentiable in ``scc``.
 
@@ -75,5 +88,8 @@ def pair_loss(
         class_weights: one weight per class (C'), or None.
         reduction: ``"none"`` (B x C'), ``"sum"`` or ``"mean"`` over the valid pairs' weights
             (0, still in the graph, when every pair is degenerate).
+        uniform_grad: the derivative by ``scc`` without the valid factor: ``-w / total`` (mean) or
+            ``-w`` for every pair, w the class weight (1 without). Only for a ``scc`` whose
+            degenerate pairs have a zero gradient (backend "triton_fft"; the reference's do not).
     """
-    return _PairLoss.apply(scc, valid, class_weights, reduction)
+    return _PairLoss.apply(scc, valid, class_weights, reduction, uniform_grad)

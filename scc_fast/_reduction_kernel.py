@@ -24,14 +24,27 @@ def _pair_weights(valid_ptr, weight_ptr, offs, mask, n_classes, HAS_WEIGHT: tl.c
 
 
 @triton.jit
+def _grad_weights(w, weight_ptr, offs, mask, n_classes, HAS_WEIGHT: tl.constexpr, UNIFORM_GRAD: tl.constexpr):
+    """The pairs' weights in the derivative: ``w`` (valid x class weight), or with UNIFORM_GRAD
+    the class weight alone (1 without weights)."""
+    g = w
+    if UNIFORM_GRAD:
+        g = tl.where(mask, 1.0, 0.0)
+        if HAS_WEIGHT:
+            g = g * tl.load(weight_ptr + offs % n_classes, mask=mask, other=0.0).to(tl.float32)
+    return g
+
+
+@triton.jit
 def _pair_loss_kernel(
     scc_ptr, valid_ptr, weight_ptr, loss_ptr, dscc_ptr, n_pairs, n_classes,
-    HAS_WEIGHT: tl.constexpr, REDUCTION: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr, REDUCTION: tl.constexpr, UNIFORM_GRAD: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """One program for every pair: loss_i = w_i (1 - scc_i) where valid (0 elsewhere, a NaN scc of
     a degenerate pair included), w_i = valid_i * the weight of class i % n_classes; reduced by
     REDUCTION (0 none, 1 sum, 2 mean over sum w_i, 0 if that is 0), and dloss/dscc_i = -w_i
-    (/ sum w_i for the mean)."""
+    (/ sum w_i for the mean); with UNIFORM_GRAD -(the weight of class i % n_classes) instead of
+    -w_i, valid or not."""
     loss_acc = tl.zeros([BLOCK], tl.float32)
     w_acc = tl.zeros([BLOCK], tl.float32)
     for start in range(0, n_pairs, BLOCK):
@@ -43,7 +56,8 @@ def _pair_loss_kernel(
         if REDUCTION == 0:
             tl.store(loss_ptr + offs, loss, mask=mask)
         if REDUCTION != 2:
-            tl.store(dscc_ptr + offs, -w, mask=mask)
+            tl.store(dscc_ptr + offs, -_grad_weights(w, weight_ptr, offs, mask, n_classes, HAS_WEIGHT, UNIFORM_GRAD),
+                     mask=mask)
         loss_acc += loss
         w_acc += w
     if REDUCTION == 1:
@@ -56,14 +70,21 @@ def _pair_loss_kernel(
             offs = start + tl.arange(0, BLOCK)
             mask = offs < n_pairs
             _, w = _pair_weights(valid_ptr, weight_ptr, offs, mask, n_classes, HAS_WEIGHT)
+            w = _grad_weights(w, weight_ptr, offs, mask, n_classes, HAS_WEIGHT, UNIFORM_GRAD)
             tl.store(dscc_ptr + offs, -w / total, mask=mask)
 
 
 def pair_loss(
-    scc: torch.Tensor, valid: torch.Tensor, class_weights: torch.Tensor | None, reduction: str, block: int = 1024
+    scc: torch.Tensor,
+    valid: torch.Tensor,
+    class_weights: torch.Tensor | None,
+    reduction: str,
+    block: int = 1024,
+    uniform_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss, dloss/dscc)`` of float32 ``scc`` (B x C'), ``valid`` (B x C' bool) and optional class
-    weights (C', any float dtype); ``loss`` is B x C' for ``"none"``, else a scalar."""
+    weights (C', any float dtype); ``loss`` is B x C' for ``"none"``, else a scalar. With
+    ``uniform_grad`` the derivative leaves out the valid factor (:func:`scc_fast._reduction.pair_loss`)."""
     scc = scc.contiguous()
     n_pairs = scc.numel()
     loss = torch.empty_like(scc) if reduction == "none" else scc.new_empty(())
@@ -72,6 +93,7 @@ def pair_loss(
     block = min(block, max(16, triton.next_power_of_2(n_pairs)))
     _pair_loss_kernel[(1,)](
         scc, valid.contiguous().view(torch.int8), weight, loss, dscc, n_pairs, max(1, scc.shape[-1]),
-        HAS_WEIGHT=class_weights is not None, REDUCTION=REDUCTIONS[reduction], BLOCK=block,
+        HAS_WEIGHT=class_weights is not None, REDUCTION=REDUCTIONS[reduction], UNIFORM_GRAD=uniform_grad,
+        BLOCK=block,
     )  # fmt: skip
     return loss, dscc

@@ -233,6 +233,18 @@ def scc_loss(
     coefficients = dict(
         include_dc=include_dc, magnitude_weight=float(magnitude_weight), phase_weight=float(phase_weight)
     )
+    # Backend "triton_fft" derives class 0's spectrum and field from the other classes' where the
+    # softmax runs over every channel (a transform of p and an inverse transform fewer per image):
+    # its gradient then needs an upstream gradient that is the same for every class of an image,
+    # which the mean and the sum without class weights give once the reduction leaves the valid
+    # factor out of its derivative (the backend's degenerate pairs have a zero field).
+    derive_first = (
+        fused is not None
+        and reduction != "none"
+        and class_weights is None
+        and getattr(impl, "derives_first_class", None) is not None
+        and impl.derives_first_class(x, activation, first_channel, ignore_index if labels else None)
+    )
     if fused is not None:
         # The backend applies the activation, the background drop and the ignore mask itself.
         scc, valid = fused(
@@ -244,11 +256,12 @@ def scc_loss(
             ignore_index=ignore_index if labels else None,
             **coefficients,
             **({"validate": True} if checks_in_op else {}),
+            **({"derive_first": True} if derive_first else {}),
         )
     else:
         probs, target = probabilities(x, target, activation, first_channel, ignore_index if labels else None)
         scc, valid = impl.correlation(probs, target, first_class=first_class if labels else 0, **coefficients)
-    return pair_loss(scc, valid, class_weights, reduction)
+    return pair_loss(scc, valid, class_weights, reduction, uniform_grad=derive_first)
 
 
 def spectral_correlation(

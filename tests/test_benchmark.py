@@ -313,7 +313,7 @@ def test_gpu_profile_script_dry_run_on_cpu(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "| smoke-2d | torch |" in md and data["environment"]["card"] == "CPU (dry run)"
     # Host time per launch: a torch op, and two Triton kernels where triton_fft runs (interpreter).
-    names = ["torch.add"] + (["triton 6 args (_narrow_labels_kernel)", "triton 18 args (_activated_moments_kernel)"]
+    names = ["torch.add"] + (["triton 6 args (_narrow_labels_kernel)", "triton 19 args (_activated_moments_kernel)"]
                              if available_backends()["triton_fft"].available else [])
     assert list(data["launch_us"]) == names and all(v > 0 for v in data["launch_us"].values()), data["launch_us"]
     assert "Host time per launch" in md
@@ -391,11 +391,12 @@ def test_host_overhead_script_counts_a_steps_ops_and_launches(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     r = json.loads((tmp_path / "results.json").read_text())
     assert r["backend"] == "triton_fft" and r["shape"] == [1, 3, 4, 4, 4] and r["host_us"][0] > 0
-    # Stage 1, spectral sums, pair kernel, field kernel, activation backward (the reduction's
-    # kernel runs on CUDA only); two forward transforms and one inverse.
+    # Stage 1, spectral sums, pair kernel, field kernel (softmax over every channel and the mean:
+    # class 0 derived from the others), activation backward (the reduction's kernel runs on CUDA
+    # only); two forward transforms and one inverse.
     assert r["kernel_launches_by_name"] == {name: 1 for name in (
-        "_activated_moments_kernel", "_activation_backward_kernel", "_field_kernel", "_pair_kernel",
-        "_spectral_stats_kernel")}
+        "_activated_moments_kernel", "_activation_backward_kernel", "_derived_field_kernel", "_pair_kernel",
+        "_derived_stats_kernel")}
     assert r["torch_ops_by_name"]["aten::fft_rfftn"] == 2 and r["torch_ops_by_name"]["aten::fft_irfftn"] == 1
     assert r["torch_ops"] <= 29, r["torch_ops_by_name"]
     assert "select" not in " ".join(r["torch_ops_by_name"])  # sizes come from shapes, not x[0, 0]

@@ -72,6 +72,29 @@ def test_pair_loss_matches_autograd_through_the_formula(monkeypatch, path, reduc
         assert out.item() == 0 and torch.all(a.grad == 0)
 
 
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_uniform_grad_leaves_the_valid_factor_out_of_the_derivative(monkeypatch, path, reduction, weighted):
+    """``uniform_grad``: the same loss, and a derivative by scc of -w / total (mean) or -w for every
+    pair, degenerate ones included (w the class weight, 1 without): backend triton_fft's derived
+    class 0 needs one upstream value for every class of an image."""
+    if path == "kernel":
+        monkeypatch.setattr(_reduction, "_use_kernel", lambda scc: True)
+    scc64, valid, cw = case((3, 4), False, weighted)
+    a = scc64.float().requires_grad_(True)
+    out = pair_loss(a, valid, cw, reduction, uniform_grad=True)
+    ref = formula(scc64, valid, cw, reduction)
+    out.backward(torch.ones_like(out))
+    w = torch.ones(3, 4, dtype=torch.float64) * (cw if cw is not None else 1.0)
+    if reduction == "mean":
+        w = w / (valid.double() * w).sum()
+    assert torch.allclose(out.double(), ref, rtol=1e-6, atol=1e-7)
+    assert torch.allclose(a.grad.double(), -w, rtol=1e-6, atol=1e-7), (a.grad, -w)
+    degenerate = ~valid & (w != 0)  # (the weighted case weights its last class out)
+    assert degenerate.any() and (a.grad[degenerate] != 0).all()  # not the valid-masked derivative
+
+
 @pytest.mark.skipif(not HAVE_KERNEL, reason="Triton interpreter not available")
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_kernel_loops_over_blocks(reduction):
@@ -113,16 +136,18 @@ def test_kernel_is_for_float32_cuda_in_eager_mode_only():
 
 
 _AOT_SCRIPT = r"""
+import itertools
+
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from scc_fast import _reduction_kernel as m
 
 for red in (0, 1, 2):
-    for w, wt in ((True, "*fp64"), (True, "*fp32"), (False, "*fp32")):
+    for (w, wt), uniform in itertools.product(((True, "*fp64"), (True, "*fp32"), (False, "*fp32")), (False, True)):
         sig = dict(scc_ptr="*fp32", valid_ptr="*i8", weight_ptr=wt, loss_ptr="*fp32", dscc_ptr="*fp32", n_pairs="i32",
                    n_classes="i32")
-        consts = dict(HAS_WEIGHT=w, REDUCTION=red, BLOCK=1024)
+        consts = dict(HAS_WEIGHT=w, REDUCTION=red, UNIFORM_GRAD=uniform, BLOCK=1024)
         triton.compile(ASTSource(fn=m._pair_loss_kernel, signature={**sig, **{k: "constexpr" for k in consts}},
                                  constexprs=consts), target=GPUTarget("cuda", 90, 32))
 print("compiled")

@@ -245,7 +245,7 @@ for act in (1, 2):
              n_batch="i32", ignore_index="i32"), dict(ACTIVATION=act, HAS_IGNORE=True, BLOCK=1024))
 for act in (0, 1, 2):  # the fused activation's backward (every Triton backend's)
     compile_(ak._activation_backward_kernel, dict(x_ptr="*bf16", field_ptr=f, up_ptr=f, label_ptr="*u8", out_ptr="*bf16",
-             n_vox="i32", n_chan="i32", first_channel="i32", ignore_index="i32"),
+             n_vox="i32", n_chan="i32", first_channel="i32", ignore_index="i32", up_skip="i32"),
              dict(ACTIVATION=act, HAS_IGNORE=act != 1, BLOCK=1024))
 from scc_fast.backends import triton_fft as fft
 
@@ -263,11 +263,22 @@ for dt, eps, fmax in (("*fp32", 1.1920928955078125e-07, 3.4028234663852886e38),
              y_stride_b="i64", y_stride_c="i64", yout_ptr=dt, part_ptr=dt, count_ptr="*i32",
              **{i: "i32" for i in ["n_vox", "n_chunk", "class0", "span", "n_splits"]}),
              dict(LABELS=True, WRITE_Y=True, BLOCK=1024))
+# class 0 derived from the others' spectra (softmax over every channel): statistics and field at
+# 2-32 class rows, the GPU tile of _derived_config
+for rows in (2, 4, 16, 32):
+    for even, dc in ((True, False), (False, True)):
+        compile_(fft._derived_stats_kernel, dict(P_ptr=f, Y_ptr=f, part_ptr=f, **{i: "i32" for i in ["n_chan",
+                 "n_half", "w_half", "n_vox", "span", "n_splits"]}),
+                 dict(LAST_EVEN=even, INCLUDE_DC=dc, CP=rows, BLOCK=max(16, fft.DERIVED_VALUES // rows)),
+                 warps=fft.DERIVED_WARPS)
+        compile_(fft._derived_field_kernel, dict(P_ptr=f, Y_ptr=f, coef_ptr=f, **{i: "i32" for i in ["n_pairs",
+                 "n_chan", "n_half", "n_vox"]}),
+                 dict(INCLUDE_DC=dc, CP=rows, BLOCK=max(16, fft.DERIVED_VALUES // rows)), warps=fft.DERIVED_WARPS)
 # stage 1 with the activation: softmax / sigmoid of float32 or bf16 logits, labels or a float target
 for x, act, labels, rows in (("*fp32", 1, True, 4), ("*bf16", 1, True, 16), ("*fp16", 2, True, 32), ("*fp32", 1, False, 16)):
     compile_(fft._activated_moments_kernel, dict(x_ptr=x, lab_ptr="*i64" if labels else f, yf_ptr=f,
              yf_stride_b="i64", yf_stride_c="i64", p_out_ptr=f, y_out_ptr=f, part_ptr=f, count_ptr="*i32" if labels else f, **{i: "i32" for i in ["n_vox", "n_chan", "first_channel",
-             "c0", "n_chunk", "first_class", "ignore_index", "span", "n_splits"]}),
+             "c0", "n_chunk", "first_class", "ignore_index", "span", "n_splits", "p_skip"]}),
              dict(ACTIVATION=act, LABELS=labels, HAS_IGNORE=labels, CP=rows, CHANNEL_THREADS=False,
                   BLOCK=max(16, 1024 // rows)), warps=8)
 # the other tiles and warps bench/gpu_stage1_tune.py times (values per tile, warps, threads down
@@ -277,7 +288,7 @@ variants += [(rows, v, w, True) for rows in (4, 16, 32) for v, w in ((1024, 8), 
 for rows, values, warps, channel_threads in variants:
     compile_(fft._activated_moments_kernel, dict(x_ptr="*fp32", lab_ptr="*i64", yf_ptr=f, yf_stride_b="i64",
              yf_stride_c="i64", p_out_ptr=f, y_out_ptr=f, part_ptr=f, count_ptr="*i32", **{i: "i32" for i in ["n_vox",
-             "n_chan", "first_channel", "c0", "n_chunk", "first_class", "ignore_index", "span", "n_splits"]}),
+             "n_chan", "first_channel", "c0", "n_chunk", "first_class", "ignore_index", "span", "n_splits", "p_skip"]}),
              dict(ACTIVATION=1, LABELS=True, HAS_IGNORE=False, CP=rows, BLOCK=values // rows,
                   CHANNEL_THREADS=channel_threads), warps=warps)
 print("compiled")

@@ -320,6 +320,142 @@ class _InverseTransforms(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+# ------------------------------------------------------- class 0 derived from the other classes
+
+
+def derived_inputs(shape, labels=True, seed=31, shift0=0.0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(shape, generator=g, dtype=torch.float64) * 2
+    logits[:, 0] += shift0  # class 0's share of the probability mass
+    spatial = (shape[0],) + tuple(shape[2:])
+    if labels:
+        target = torch.randint(0, shape[1], spatial, generator=g)
+    else:
+        target = torch.softmax(torch.randn(shape, generator=g, dtype=torch.float64) * 3, 1)
+    return logits, target
+
+
+def check_derived(logits, target, *, include_dc=False, launch=None, tol=1e-5):
+    """``_forward(..., derive_first=True)`` against the float64 reference: per-pair SCC, valid, and
+    dL/dx for L = the sum of SCC over the valid pairs (one upstream value for every pair, as the
+    mean and sum give), through the activation's backward kernel and its torch fallback."""
+    x = logits.clone().requires_grad_(True)
+    ref, ref_valid = reference_correlation(torch.softmax(x, 1), target, include_dc=include_dc)
+    (ref_dx,) = torch.autograd.grad((ref * ref_valid).sum(), x)
+    t = target.to(DEVICE) if not target.is_floating_point() else target.to(DEVICE, torch.float32)
+    x32 = logits.to(DEVICE, torch.float32)
+    scc, valid, field = triton_fft._forward(
+        x32, t, 0, include_dc, 0.5, 0.5, True, activation=1, derive_first=True, **(launch or {})
+    )
+    b, c = logits.shape[:2]
+    assert field.shape == (b, c - 1) + tuple(logits.shape[2:])  # no field of class 0
+    assert torch.equal(valid.cpu(), ref_valid)
+    assert rel_err(scc, ref.detach()) <= tol, rel_err(scc, ref.detach())
+    upstream = torch.full((b, c), 1.3, device=DEVICE)
+    for use_kernel in (True, False):
+        dx = scc_fast.backends.activation._activation_backward(x32, field, upstream, t, 1, 0, None, use_kernel)
+        assert rel_err(dx, 1.3 * ref_dx) <= tol, (use_kernel, rel_err(dx, 1.3 * ref_dx))
+
+
+@pytest.mark.parametrize("include_dc", [False, True], ids=["no_dc", "dc"])
+@pytest.mark.parametrize("labels", [True, False], ids=["labels", "float"])
+@pytest.mark.parametrize("shape", [(2, 3, 9, 10), (1, 2, 8, 12), (2, 4, 6, 7, 5), (1, 5, 7, 9, 6)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_derived_first_class_matches_reference(shape, labels, include_dc):
+    # 2D and 3D, odd and even last axes (the Nyquist weight), 2 classes (one transformed), DC in
+    # K (class 0's DC bin is N minus the others').
+    check_derived(*derived_inputs(shape, labels), include_dc=include_dc)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 12), (1, 5, 6, 7, 5)], ids=["2d", "3d"])
+def test_derived_first_class_splits_and_tiles(shape):
+    # Several splits per image and tiles of 16 bins in the derived kernels (and stage 1).
+    check_derived(*derived_inputs(shape), launch=dict(splits=3, block=16))
+
+
+def test_derived_first_class_with_degenerate_pairs():
+    # Image 0: class 0 absent (its derived field must still be 0, and every other class's
+    # gradient exact); image 1: class 0 everywhere (all degenerate without DC); image 2: class 2 absent.
+    logits, target = derived_inputs((3, 3, 8, 10), seed=33)
+    target[0][target[0] == 0] = 1
+    target[1] = 0
+    target[2][target[2] == 2] = 1
+    check_derived(logits, target)
+
+
+@pytest.mark.parametrize("shift0", [-6.0, 4.0], ids=["class0-0.5%", "class0-75%"])
+def test_derived_first_class_conditioning(shift0):
+    # Class 0's spectrum is the others' summed: float32 rounding of theirs lands on it. With 0.5%
+    # of the probability mass (a network that predicts almost no background) and with most of it,
+    # loss and gradient stay within the tolerance (at 0.03% the gradient's error is about 4e-5:
+    # DERIVE_FIRST_CLASS says so).
+    check_derived(*derived_inputs((2, 4, 12, 10, 8), shift0=shift0, seed=35))
+
+
+def test_derived_field_is_the_difference_of_the_fields():
+    logits, target = derived_inputs((2, 4, 6, 7, 8), seed=37)
+    x = logits.to(DEVICE, torch.float32)
+    _, _, full = triton_fft._forward(x, target.to(DEVICE), 0, False, 0.5, 0.5, True, activation=1)
+    _, _, derived = triton_fft._forward(x, target.to(DEVICE), 0, False, 0.5, 0.5, True, activation=1, derive_first=True)
+    assert rel_err(derived, full[:, 1:] - full[:, :1]) <= 1e-5
+
+
+@pytest.mark.parametrize("bad", [dict(activation=2), dict(activation=1, first_channel=1),
+                                 dict(activation=1, ignore_index=1), dict(activation=1, chunk_elements=1),
+                                 dict(activation=0)],
+                         ids=["sigmoid", "no-background", "ignore", "chunks", "probabilities"])
+def test_derive_first_refuses_maps_that_do_not_sum_to_one(bad):
+    logits, target = derived_inputs((2, 3, 6, 8))
+    x = logits.float() if bad.get("activation") else torch.softmax(logits, 1).float()
+    with pytest.raises(ValueError, match="derive_first needs softmax over every channel"):
+        triton_fft._forward(x.to(DEVICE), target.to(DEVICE), 0, False, 0.5, 0.5, True, derive_first=True, **bad)
+
+
+@pytest.mark.parametrize("kw,derives", [
+    (dict(softmax=True), True),
+    (dict(softmax=True, reduction="sum"), True),
+    (dict(softmax=True, reduction="none"), False),  # any upstream gradient per pair
+    (dict(softmax=True, weight=[1.0, 2.0, 0.5]), False),  # upstream differs per class
+    (dict(softmax=True, ignore_index=2), False),  # ignored voxels: the maps sum to 0 there
+    (dict(softmax=True, include_background=False), False),  # class 0 not in the loss: nothing to derive
+    (dict(sigmoid=True), False),
+], ids=["mean", "sum", "none", "weights", "ignore", "no-background", "sigmoid"])
+def test_scc_loss_derives_class_0_where_the_gradient_allows(monkeypatch, kw, derives):
+    calls = _count_launches(monkeypatch, "_derived_field_kernel")
+    g = torch.Generator().manual_seed(43)
+    logits = torch.randn(2, 3, 6, 7, 5, generator=g, dtype=torch.float64) * 2
+    labels = torch.randint(0, 3, (2, 6, 7, 5), generator=g)
+    labels[0][labels[0] == 1] = 2  # a degenerate pair: its uniform upstream gradient meets a 0 field
+    ref, ref_grad = loss_and_grad("reference", logits, labels, torch.float64, **kw)
+    out, grad = loss_and_grad("triton_fft", logits, labels, torch.float32, **kw)
+    assert len(calls) == int(derives)
+    assert rel_err(out, ref) <= 1e-5 and rel_err(grad, ref_grad) <= 1e-5
+    # Switched off, every class is transformed; the same loss and gradient.
+    monkeypatch.setattr(triton_fft, "DERIVE_FIRST_CLASS", False)
+    out2, grad2 = loss_and_grad("triton_fft", logits, labels, torch.float32, **kw)
+    assert len(calls) == int(derives)
+    assert rel_err(out2, ref) <= 1e-5 and rel_err(grad2, ref_grad) <= 1e-5
+
+
+def test_derived_forward_peak_is_lower():
+    # Without p of class 0 (and its spectrum and inverse transform): the forward's own tensors
+    # peak at p of C - 1 classes, y and Y (y is transformed first), not p, Y and P.
+    b, c, d, h, w = 2, 4, 16, 16, 16
+    g = torch.Generator().manual_seed(45)
+    x = torch.randn(b, c, d, h, w, generator=g).to(DEVICE)
+    labels = torch.randint(0, c, (b, d, h, w), generator=g).to(DEVICE)
+    map_bytes, spectrum_bytes = b * c * d * h * w * 4, b * c * d * h * (w // 2 + 1) * 8
+    peaks = {}
+    for derive in (False, True):
+        with torch.no_grad(), LiveBytes(x, labels) as live:
+            out = triton_fft._forward(x, labels, 0, False, 0.5, 0.5, True, activation=1, derive_first=derive)
+        peaks[derive] = live.peak
+        assert live.now == sum(t.untyped_storage().nbytes() for t in out)
+    bound = (c - 1) / c * map_bytes + map_bytes + spectrum_bytes
+    assert peaks[True] <= 1.01 * bound, (peaks[True] / map_bytes, bound / map_bytes)
+    assert peaks[True] <= 0.92 * peaks[False], (peaks[True], peaks[False])
+
+
 def test_pair_kernel_blocks():
     # Powers of two (tl.arange), PAIR_VALUES values a block, as many splits as there are up to the cap.
     assert triton_fft._pair_blocks(528) == (4, 256)  # brats-3d / btcv-3d: 3 steps, not 17 of 32
@@ -693,6 +829,7 @@ def test_gpu_3d_check_smoke_emits_a_loadable_table(tmp_path):
     assert results["cases"] and all(c.get("error") is None for c in results["cases"]), results
     for case in results["cases"]:
         assert case["backends"]["triton_fft"]["correct"], case
+        assert case["backends"]["triton_fft:all-classes"]["correct"], case  # the same-run comparison row
     assert (tmp_path / "results.md").read_text().count("|") > 10
     table = dispatch.load_table(tmp_path / "dispatch_table.json")
     assert table["measured"] and table["smoke"] and len(table["rows"]) == len(results["cases"])

@@ -38,11 +38,12 @@ def _softmax_max_sum(x_img, n_chan, n_vox, offs, mask, BLOCK: tl.constexpr):
 @triton.jit
 def _activation_backward_kernel(
     x_ptr, field_ptr, up_ptr, label_ptr, out_ptr,
-    n_vox, n_chan, first_channel, ignore_index,
+    n_vox, n_chan, first_channel, ignore_index, up_skip,
     ACTIVATION: tl.constexpr, HAS_IGNORE: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """One block of voxels of one image: p recomputed from x over all channels, then
-    dL/dx for every channel (formulas in scc_fast.backends.activation)."""
+    dL/dx for every channel (formulas in scc_fast.backends.activation). The upstream gradient of
+    the field's channel j of image b is ``up[b, up_skip + j]`` (up: B x (n_loss + up_skip))."""
     b = tl.program_id(1)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n_vox
@@ -64,7 +65,7 @@ def _activation_backward_kernel(
         dot = tl.zeros([BLOCK], tl.float32)
         for c in range(first_channel, n_chan):
             m, alpha, e = _online_softmax_step(m, tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32))
-            u = tl.load(up_ptr + b * n_loss + c - first_channel).to(tl.float32)
+            u = tl.load(up_ptr + b * (n_loss + up_skip) + up_skip + c - first_channel).to(tl.float32)
             f = tl.load(f_img + (c - first_channel) * n_vox + offs, mask=mask, other=0.0).to(tl.float32)
             s = s * alpha + e
             dot = dot * alpha + e * (u * f)
@@ -78,7 +79,7 @@ def _activation_backward_kernel(
             tl.store(o_img + c * n_vox + offs, (-p * dot).to(out_ptr.dtype.element_ty), mask=mask)
         for c in range(first_channel, n_chan):
             p = tl.exp(tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32) - shift) * scale
-            u = tl.load(up_ptr + b * n_loss + c - first_channel).to(tl.float32)
+            u = tl.load(up_ptr + b * (n_loss + up_skip) + up_skip + c - first_channel).to(tl.float32)
             f = tl.load(f_img + (c - first_channel) * n_vox + offs, mask=mask, other=0.0).to(tl.float32)
             tl.store(o_img + c * n_vox + offs, (p * (u * f - dot)).to(out_ptr.dtype.element_ty), mask=mask)
     else:
@@ -86,7 +87,7 @@ def _activation_backward_kernel(
             tl.store(o_img + c * n_vox + offs, tl.zeros([BLOCK], tl.float32).to(out_ptr.dtype.element_ty),
                      mask=mask)
         for c in range(first_channel, n_chan):
-            u = tl.load(up_ptr + b * n_loss + c - first_channel).to(tl.float32)
+            u = tl.load(up_ptr + b * (n_loss + up_skip) + up_skip + c - first_channel).to(tl.float32)
             f = tl.load(f_img + (c - first_channel) * n_vox + offs, mask=mask, other=0.0).to(tl.float32)
             g = u * f * keep
             if ACTIVATION == 2:
@@ -96,8 +97,10 @@ def _activation_backward_kernel(
             tl.store(o_img + c * n_vox + offs, g.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def activation_backward(x, field, grad_scc, target, activation, first_channel, ignore_index):
-    """dL/dx in one launch: see scc_fast.backends.activation for the formula."""
+def activation_backward(x, field, grad_scc, target, activation, first_channel, ignore_index, skip=0):
+    """dL/dx in one launch: see scc_fast.backends.activation for the formula. With ``skip`` 1 the
+    field leaves out loss channel 0 (a derived class 0): that channel is taken as one outside the
+    loss, and grad_scc is read from column 1 (no copy of its columns)."""
     n_batch, n_chan = x.shape[:2]
     n_vox = math.prod(x.shape[2:])
     x = x.contiguous()
@@ -106,10 +109,11 @@ def activation_backward(x, field, grad_scc, target, activation, first_channel, i
     # The interpreter costs about 1 ms per program instance whatever its size: few, large blocks.
     block = min(triton.next_power_of_2(n_vox), 8192) if x.device.type == "cpu" else 1024
     labels = target.contiguous() if ignore_index is not None else x  # any pointer when unused
+    up = grad_scc.to(torch.float32).contiguous()
     grid = (triton.cdiv(n_vox, block), n_batch)
     _activation_backward_kernel[grid](
-        x, field, grad_scc.to(torch.float32).contiguous(), labels, out,
-        n_vox, n_chan, first_channel, 0 if ignore_index is None else int(ignore_index),
+        x, field, up, labels, out,
+        n_vox, n_chan, first_channel + skip, 0 if ignore_index is None else int(ignore_index), skip,
         ACTIVATION=activation, HAS_IGNORE=ignore_index is not None, BLOCK=block,
     )
     return out

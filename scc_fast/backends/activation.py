@@ -138,16 +138,19 @@ def _activated_correlation_op(
     phase_weight: float,
     need_grad: bool,
     recompute: bool,
+    derive_first: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SCC (B x C'), valid (B x C' bool) and the field dSCC/dp (B x C' x spatial, or (0,)). With
     ``recompute`` (and ``need_grad`` False) backward computes the field again instead of
-    reading a saved one."""
+    reading a saved one. With ``derive_first`` (backend "triton_fft", where its
+    ``derives_first_class`` says so) the field is B x (C' - 1) x spatial, the classes 1 on less
+    class 0's, for an upstream gradient that is the same for every class of an image."""
     return _forward(x, target, backend, activation, first_channel, first_class, ignore_index, include_dc,
-                    magnitude_weight, phase_weight, need_grad)
+                    magnitude_weight, phase_weight, need_grad, derive_first)
 
 
 def _forward(x, target, backend, activation, first_channel, first_class, ignore_index, include_dc,
-             magnitude_weight, phase_weight, need_grad):
+             magnitude_weight, phase_weight, need_grad, derive_first=False):
     from . import load
 
     module = load(backend)
@@ -155,8 +158,10 @@ def _forward(x, target, backend, activation, first_channel, first_class, ignore_
         # The backend computes p inside its kernels from per-voxel statistics: no probabilities made.
         return module.activated_field(
             x, target, activation, first_channel, first_class, ignore_index, include_dc, magnitude_weight,
-            phase_weight, need_grad,
+            phase_weight, need_grad, **({"derive_first": True} if derive_first else {}),
         )
+    if derive_first:
+        raise ValueError(f"backend {backend!r} does not derive a class's field here (derive_first=True)")
     p, backend_target = probabilities(x, target, activation_name(activation), first_channel, ignore_index)
     scc, valid, field = _field(
         backend, p.contiguous(), backend_target, first_class, include_dc, magnitude_weight, phase_weight, need_grad
@@ -166,10 +171,11 @@ def _forward(x, target, backend, activation, first_channel, first_class, ignore_
 
 @_activated_correlation_op.register_fake
 def _(x, target, backend, activation, first_channel, first_class, ignore_index, include_dc, magnitude_weight,
-      phase_weight, need_grad, recompute):
+      phase_weight, need_grad, recompute, derive_first=False):
     acc = accumulation_dtype(x.dtype)
     pairs = (x.shape[0], x.shape[1] - first_channel)
-    field = x.new_empty(pairs + tuple(x.shape[2:]) if need_grad else (0,), dtype=acc)
+    field_shape = (pairs[0], pairs[1] - int(derive_first)) + tuple(x.shape[2:])
+    field = x.new_empty(field_shape if need_grad else (0,), dtype=acc)
     return x.new_empty(pairs, dtype=acc), x.new_empty(pairs, dtype=torch.bool), field
 
 
@@ -177,7 +183,7 @@ def _setup_context(ctx, inputs, output):
     x, target, backend, activation, first_channel = inputs[:5]
     ctx.ignore_index = inputs[6]
     ctx.backend, ctx.activation, ctx.first_channel = backend, activation, first_channel
-    ctx.recompute = inputs[11]
+    ctx.recompute, ctx.derive_first = inputs[11], inputs[12]
     ctx.options = inputs[5:10]  # first_class, ignore_index, include_dc, magnitude_weight, phase_weight
     ctx.set_materialize_grads(False)
     ctx.mark_non_differentiable(output[1], output[2])
@@ -188,12 +194,14 @@ def _backward_with(ctx, grad_scc, activation_backward):
     """dL/dx through ``activation_backward`` (the registered op, or its implementation in eager mode)."""
     refuse_double_backward(ctx.backend)
     x, target, field = ctx.saved_tensors
-    nones = (None,) * 11
+    nones = (None,) * 12
     if grad_scc is None:
         return (None,) + nones
     if ctx.recompute:  # the forward kept no field: run it again, with the gradient this time
         with torch.no_grad():
-            _, _, field = _forward(x, target, ctx.backend, ctx.activation, ctx.first_channel, *ctx.options, True)
+            _, _, field = _forward(
+                x, target, ctx.backend, ctx.activation, ctx.first_channel, *ctx.options, True, ctx.derive_first
+            )
     if field.numel() == 0:
         raise RuntimeError(f"scc_fast {ctx.backend}: backward called but the forward ran with need_grad=False")
     use_kernel = _kernel_backward(x, ctx.backend)
@@ -246,17 +254,23 @@ def _activation_backward_op(
     ignore_index: Optional[int],
     use_kernel: bool,
 ) -> torch.Tensor:
-    """dLoss/dx from the upstream ``grad_scc`` (B x C') and the saved field (B x C' x spatial)."""
+    """dLoss/dx from the upstream ``grad_scc`` (B x C') and the saved field (B x C' x spatial, or
+    B x (C' - 1) x spatial where class 0's was derived: :func:`_activation_backward`)."""
     return _activation_backward(x, field, grad_scc, target, activation, first_channel, ignore_index, use_kernel)
 
 
 def _activation_backward(x, field, grad_scc, target, activation, first_channel, ignore_index, use_kernel):
+    # A field with one loss channel fewer than grad_scc has columns is a derived class 0's
+    # (backend "triton_fft", ``derive_first``): the classes 1 on less class 0's, for an upstream
+    # gradient that is the same for every class of an image, so the backward takes loss channel
+    # 0 as a channel outside the loss (its field is 0) and reads grad_scc from column 1.
+    skip = grad_scc.shape[1] - field.shape[1] if field.dim() > 1 else 0
     # The kernel computes in float32; float64 keeps its precision through torch ops.
     if use_kernel and x.dtype != torch.float64 and _HAVE_TRITON:
         from ._activation_kernel import activation_backward
 
-        return activation_backward(x, field, grad_scc, target, activation, first_channel, ignore_index)
-    return _backward_torch(x, field, grad_scc, target, activation, first_channel, ignore_index)
+        return activation_backward(x, field, grad_scc, target, activation, first_channel, ignore_index, skip)
+    return _backward_torch(x, field, grad_scc[:, skip:], target, activation, first_channel + skip, ignore_index)
 
 
 @_activation_backward_op.register_fake
@@ -275,7 +289,7 @@ class _ActivatedCorrelationEager(torch.autograd.Function):
     # forward's signature with inspect, about 20 us a call.
     @staticmethod
     def forward(ctx, *inputs):
-        output = _forward(*inputs[:11])
+        output = _forward(*inputs[:11], inputs[12])
         _setup_context(ctx, inputs, output)
         return output
 
@@ -305,6 +319,7 @@ def activated_correlation(
     include_dc: bool = False,
     magnitude_weight: float = 0.5,
     phase_weight: float = 0.5,
+    derive_first: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pair SCC of ``activation(x)`` by ``backend``, the probabilities never saved.
 
@@ -318,6 +333,9 @@ def activated_correlation(
         first_class: the label of loss channel 0 (integer labels).
         ignore_index: voxels with this label count as probability 0 and target 0 in every
             channel, and get no gradient (integer labels only).
+        derive_first: class 0's field derived from the others' (backend "triton_fft", where its
+            ``derives_first_class`` is true): the gradient is then right only for an upstream
+            gradient of ``scc`` that is the same for every class of an image.
 
     Returns:
         ``(scc, valid)``, both B x C'; ``scc`` is differentiable in ``x``.
@@ -329,6 +347,8 @@ def activated_correlation(
         # lower peak), so without the kernel the activation is applied outside, as usual.
         from . import load
 
+        if derive_first:
+            raise ValueError(f"backend {backend!r} cannot derive a class's field without its backward kernel")
         p, backend_target = probabilities(x, target, activation, first_channel, ignore_index)
         return load(backend).correlation(
             p, backend_target, first_class=first_class, include_dc=include_dc,
@@ -350,6 +370,7 @@ def activated_correlation(
         float(phase_weight),
         need_grad and not recompute,
         recompute,
+        bool(derive_first),
     )
     return scc, valid
 
