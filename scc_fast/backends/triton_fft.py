@@ -35,6 +35,16 @@ For any 2D or 3D shape cuFFT handles (B x C' x H x W or B x C' x D x H x W), per
    spatial terms moved into the spectrum). The default ``norm`` would scale the result by 1 / N
    in one more pass over the gradient (GPU run 5: 33 us at brats-3d); the coefficients carry no
    factor N instead.
+With the softmax over every channel (no ignored label, one chunk) the classes' maps sum to one
+at each voxel, so class 0's spectrum is N at DC minus the others' (:func:`derives_first_class`):
+stage 1 writes p of the classes 1 on only, stages 3 and 5 are ``_derived_stats_kernel`` and
+``_derived_field_kernel`` (a program per image and block of bins, every class at once, class 0's
+P summed from the others' in registers), and the field kernel writes G_c - G_0 for the classes 1
+on, so the inverse transform has C - 1 maps too: adding one map to every class's gradient does not
+change the softmax's backward where the upstream gradient is the same for every class of an image
+(``scc_loss``'s mean and sum without class weights, whose derivative then leaves the valid factor
+out). C - 1 maps transformed each way instead of C; the peak is p of C - 1 classes, y and Y (a
+class's map less than p, Y and P).
 Each stage is split over (pair, part of the map) programs that write partial results, summed
 by the pair kernel in a fixed order (deterministic, no atomics). The gradient is computed in the forward
 call and is all that is saved: backward multiplies it by the per-pair upstream gradient. Only
