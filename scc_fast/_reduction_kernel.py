@@ -7,6 +7,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._grid import next_power_of_2
+
 __all__ = ["pair_loss"]
 
 #: Reduction codes of the kernel.
@@ -90,7 +92,7 @@ def pair_loss(
     loss = torch.empty_like(scc) if reduction == "none" else scc.new_empty(())
     dscc = torch.empty_like(scc)
     weight = class_weights.contiguous() if class_weights is not None else scc
-    block = min(block, max(16, triton.next_power_of_2(n_pairs)))
+    block = min(block, max(16, next_power_of_2(n_pairs)))
     _pair_loss_kernel[(1,)](
         scc, valid.contiguous().view(torch.int8), weight, loss, dscc, n_pairs, max(1, scc.shape[-1]),
         HAS_WEIGHT=class_weights is not None, REDUCTION=REDUCTIONS[reduction], UNIFORM_GRAD=uniform_grad,

@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._grid import cdiv, next_power_of_2
+
 __all__ = ["activation_backward", "activation_stats"]
 
 
@@ -107,10 +109,10 @@ def activation_backward(x, field, grad_scc, target, activation, first_channel, i
     field = field.contiguous()
     out = torch.empty_like(x)
     # The interpreter costs about 1 ms per program instance whatever its size: few, large blocks.
-    block = min(triton.next_power_of_2(n_vox), 8192) if x.device.type == "cpu" else 1024
+    block = min(next_power_of_2(n_vox), 8192) if x.device.type == "cpu" else 1024
     labels = target.contiguous() if ignore_index is not None else x  # any pointer when unused
     up = grad_scc.to(torch.float32).contiguous()
-    grid = (triton.cdiv(n_vox, block), n_batch)
+    grid = (cdiv(n_vox, block), n_batch)
     _activation_backward_kernel[grid](
         x, field, up, labels, out,
         n_vox, n_chan, first_channel + skip, 0 if ignore_index is None else int(ignore_index), skip,
@@ -150,9 +152,9 @@ def activation_stats(x, target, activation, ignore_index):
     n_vox = math.prod(x.shape[2:])
     x = x.contiguous()
     out = torch.empty((2, n_batch) + tuple(x.shape[2:]), dtype=torch.float32, device=x.device)
-    block = min(triton.next_power_of_2(n_vox), 8192) if x.device.type == "cpu" else 1024
+    block = min(next_power_of_2(n_vox), 8192) if x.device.type == "cpu" else 1024
     labels = target.contiguous() if ignore_index is not None else x  # any pointer when unused
-    grid = (triton.cdiv(n_vox, block), n_batch)
+    grid = (cdiv(n_vox, block), n_batch)
     _activation_stats_kernel[grid](
         x, labels, out, n_vox, n_chan, n_batch, 0 if ignore_index is None else int(ignore_index),
         ACTIVATION=activation, HAS_IGNORE=ignore_index is not None, BLOCK=block,

@@ -66,6 +66,7 @@ import struct
 
 import torch
 
+from .._grid import next_power_of_2
 from .._numerics import accumulation_dtype
 from ._field_autograd import field_scaling_autograd
 from .activation import activation_name, fused_entry, probabilities
@@ -721,7 +722,7 @@ def _stage1_config(device: torch.device, n_chan: int) -> tuple[int, int, int, bo
     """(channel rows CP, voxels per tile, warps, threads down the channels first) of stage 1 with
     the activation for C = ``n_chan``. The interpreter costs per operation, not per register:
     larger tiles there."""
-    rows = triton.next_power_of_2(n_chan)
+    rows = next_power_of_2(n_chan)
     if device.type == "cuda":
         return rows, max(16, STAGE1_VALUES // rows), STAGE1_WARPS, STAGE1_CHANNEL_THREADS
     return rows, max(16, 4096 // rows), 4, STAGE1_CHANNEL_THREADS
@@ -735,7 +736,7 @@ DERIVED_WARPS = 8
 
 def _derived_config(device: torch.device, n_chan: int) -> tuple[int, int, int]:
     """(class rows CP, bins per tile, warps) of the derived-class kernels for C = ``n_chan``."""
-    rows = max(2, triton.next_power_of_2(n_chan))
+    rows = max(2, next_power_of_2(n_chan))
     if device.type == "cuda":
         return rows, max(16, DERIVED_VALUES // rows), DERIVED_WARPS
     return rows, max(16, 4096 // rows), 4
@@ -776,7 +777,7 @@ PAIR_MAX_SPLIT_BLOCK = 256
 def _pair_blocks(n_splits: int) -> tuple[int, int]:
     """(pairs BP, splits SB) of the pair kernel's blocks for ``n_splits`` splits: powers of two,
     SB covering the splits up to PAIR_MAX_SPLIT_BLOCK, BP x SB = PAIR_VALUES."""
-    sb = min(PAIR_MAX_SPLIT_BLOCK, max(16, triton.next_power_of_2(n_splits)))
+    sb = min(PAIR_MAX_SPLIT_BLOCK, max(16, next_power_of_2(n_splits)))
     return max(1, PAIR_VALUES // sb), sb
 
 
