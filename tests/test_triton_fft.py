@@ -437,6 +437,42 @@ def test_scc_loss_derives_class_0_where_the_gradient_allows(monkeypatch, kw, der
     assert rel_err(out2, ref) <= 1e-5 and rel_err(grad2, ref_grad) <= 1e-5
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_derived_first_class_with_half_logits(monkeypatch, dtype):
+    # Stage 1 reads the half logits as they are; the gradient comes back in their dtype.
+    calls = _count_launches(monkeypatch, "_derived_stats_kernel")
+    logits, labels = derived_inputs((2, 3, 6, 7, 5), seed=47)
+    rounded = logits.to(dtype).double()  # the reference sees the logits the kernels read
+    ref, ref_grad = loss_and_grad("reference", rounded, labels, torch.float64, softmax=True)
+    out, grad = loss_and_grad("triton_fft", rounded, labels, dtype, softmax=True)
+    assert len(calls) == 1 and grad.dtype == dtype
+    assert rel_err(out, ref) <= 1e-5
+    # The gradient rounded to the half dtype: within its unit roundoff (fp16 2.2e-4 of 4.9e-4, bf16
+    # 3.2e-3 of 3.9e-3 here; transforming every class gives the same).
+    assert rel_err(grad, ref_grad) <= torch.finfo(dtype).eps / 2
+
+
+def test_derived_first_class_recompute_and_registered_op(monkeypatch):
+    # Recomputing the field in backward derives it the same way (bitwise the same result); the
+    # registered op's fake implementation gives the derived field's shape (opcheck: schema, fake
+    # tensors, autograd registration, AOT dispatch).
+    logits, labels = derived_inputs((2, 3, 6, 8), seed=49)
+    x32, t = logits.to(DEVICE, torch.float32), labels.to(DEVICE)
+    results = {}
+    for recompute in (False, True):
+        monkeypatch.setattr(scc_fast.backends.activation, "RECOMPUTE_FIELD", recompute)
+        x = x32.clone().requires_grad_(True)
+        loss = scc_fast.scc_loss(x, t, softmax=True, backend="triton_fft", validate=False)
+        loss.backward()
+        results[recompute] = (loss.detach(), x.grad)
+    assert torch.equal(results[True][0], results[False][0]) and torch.equal(results[True][1], results[False][1])
+    op = torch.ops.scc_fast.activated_correlation.default
+    args = (x32.clone().requires_grad_(True), t, "triton_fft", 1, 0, 0, None, False, 0.5, 0.5, True, False, True)
+    scc, valid, field = op(*args)
+    assert field.shape == (2, 2, 6, 8)
+    torch.library.opcheck(op, args)
+
+
 def test_derived_forward_peak_is_lower():
     # Without p of class 0 (and its spectrum and inverse transform): the forward's own tensors
     # peak at p of C - 1 classes, y and Y (y is transformed first), not p, Y and P.
