@@ -20,7 +20,7 @@ import torch
 
 from .backends.activation import plain_eager
 
-__all__ = ["pair_loss"]
+__all__ = ["loss_and_derivative", "pair_loss"]
 
 _HAVE_TRITON = importlib.util.find_spec("triton") is not None
 
@@ -53,17 +53,28 @@ def pair_loss_torch(
     return (loss.sum() if reduction == "sum" else loss), grad_w if uniform_grad else pair_w.neg_()
 
 
+def loss_and_derivative(
+    scc: torch.Tensor,
+    valid: torch.Tensor,
+    class_weights: torch.Tensor | None,
+    reduction: str,
+    uniform_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, dloss/dscc)`` without autograd: the Triton kernel for float32 CUDA tensors in eager
+    mode, torch ops elsewhere (arguments as :func:`pair_loss`)."""
+    if _use_kernel(scc):
+        from ._reduction_kernel import pair_loss as kernel
+
+        return kernel(scc, valid, class_weights, reduction, uniform_grad=uniform_grad)
+    return pair_loss_torch(scc, valid, class_weights, reduction, uniform_grad)
+
+
 class _PairLoss(torch.autograd.Function):
     # forward takes ctx (no separate setup_context): apply then skips binding the arguments to
     # forward's signature with inspect.
     @staticmethod
     def forward(ctx, scc, valid, class_weights, reduction, uniform_grad):
-        if _use_kernel(scc):
-            from ._reduction_kernel import pair_loss as kernel
-
-            loss, dloss_dscc = kernel(scc, valid, class_weights, reduction, uniform_grad=uniform_grad)
-        else:
-            loss, dloss_dscc = pair_loss_torch(scc, valid, class_weights, reduction, uniform_grad)
+        loss, dloss_dscc = loss_and_derivative(scc, valid, class_weights, reduction, uniform_grad)
         ctx.save_for_backward(dloss_dscc)
         return loss
 

@@ -245,16 +245,26 @@ def scc_loss(
         and getattr(impl, "derives_first_class", None) is not None
         and impl.derives_first_class(x, activation, first_channel, ignore_index if labels else None)
     )
+    options = dict(
+        activation=activation,
+        first_channel=first_channel,
+        first_class=first_class if labels else 0,
+        ignore_index=ignore_index if labels else None,
+        **coefficients,
+    )
+    fused_loss = getattr(fused, "loss", None) if not checks_in_op else None
+    if fused_loss is not None:
+        # Eager mode: the backend's op and the reduction in one autograd node (None elsewhere).
+        loss = fused_loss(x, target, **options, derive_first=derive_first, class_weights=class_weights,
+                          reduction=reduction)
+        if loss is not None:
+            return loss
     if fused is not None:
         # The backend applies the activation, the background drop and the ignore mask itself.
         scc, valid = fused(
             x,
             target,
-            activation=activation,
-            first_channel=first_channel,
-            first_class=first_class if labels else 0,
-            ignore_index=ignore_index if labels else None,
-            **coefficients,
+            **options,
             **({"validate": True} if checks_in_op else {}),
             **({"derive_first": True} if derive_first else {}),
         )

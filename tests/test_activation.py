@@ -142,10 +142,13 @@ def test_no_probabilities_saved_for_backward():
 
 @pytest.mark.skipif(FUSED_HERE is None, reason="no backend fuses the activation on this machine")
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_eager_calls_skip_the_registered_op_and_match_it(monkeypatch, reduction):
-    """An eager call runs the op's autograd.Function twin (no custom-op dispatch); under a dispatch
-    mode (as under torch.compile, which the compile tests cover) the registered op runs. Both give
-    the same loss and gradient, bit for bit."""
+@pytest.mark.parametrize("ignore_index", [255, None], ids=["ignore-no-background", "softmax-all"])
+def test_eager_calls_skip_the_registered_op_and_match_it(monkeypatch, reduction, ignore_index):
+    """An eager call runs the op's autograd.Function twin together with the reduction, one autograd
+    node between the input and the loss (no custom-op dispatch); under a dispatch mode (as under
+    torch.compile, which the compile tests cover) the registered op and the reduction's own node run.
+    Both give the same loss and gradient, bit for bit (with softmax over every channel and the
+    mean, backend triton_fft derives class 0 in both)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Seen(TorchDispatchMode):
@@ -160,14 +163,20 @@ def test_eager_calls_skip_the_registered_op_and_match_it(monkeypatch, reduction)
     calls = []
     op = activation._activated_correlation_op
     monkeypatch.setattr(activation, "_activated_correlation_op", lambda *a: calls.append(1) or op(*a))
-    logits, labels = fused_case((2, 3, 8, 9), 255)
-    kw = dict(softmax=True, include_background=False, ignore_index=255, backend=FUSED_HERE, reduction=reduction)
-    upstream = torch.tensor([[0.5, -1.0], [2.0, 0.25]]) if reduction == "none" else torch.tensor(1.5)
+    logits, labels = fused_case((2, 3, 8, 9), ignore_index)
+    kw = dict(softmax=True, backend=FUSED_HERE, reduction=reduction)
+    if ignore_index is not None:
+        kw.update(include_background=False, ignore_index=ignore_index)
+    n_loss = 2 if ignore_index is not None else 3
+    upstream = torch.linspace(-1.0, 2.0, 2 * n_loss).view(2, n_loss) if reduction == "none" else torch.tensor(1.5)
     results = []
     for mode in (None, Seen()):
         x = logits.float().requires_grad_(True)
         if mode is None:
             loss = scc_fast.scc_loss(x, labels, **kw)
+            # One node: the reduction is folded into the op's eager twin.
+            assert type(loss.grad_fn).__name__ == "_ActivatedLossEagerBackward"
+            assert [type(fn).__name__ for fn, _ in loss.grad_fn.next_functions if fn is not None] == ["AccumulateGrad"]
         else:
             with mode:
                 loss = scc_fast.scc_loss(x, labels, **kw)

@@ -51,7 +51,8 @@ from .._numerics import accumulation_dtype, refuse_double_backward
 _HAVE_TRITON = importlib.util.find_spec("triton") is not None
 
 __all__ = [
-    "ACTIVATIONS", "activated_correlation", "activation_code", "activation_name", "fused_entry", "plain_eager", "probabilities",
+    "ACTIVATIONS", "activated_correlation", "activated_loss", "activation_code", "activation_name", "fused_entry",
+    "plain_eager", "probabilities",
 ]
 
 #: Activation codes of the registered ops (the native operator uses the same numbers).
@@ -179,21 +180,25 @@ def _(x, target, backend, activation, first_channel, first_class, ignore_index, 
     return x.new_empty(pairs, dtype=acc), x.new_empty(pairs, dtype=torch.bool), field
 
 
-def _setup_context(ctx, inputs, output):
-    x, target, backend, activation, first_channel = inputs[:5]
+def _keep_options(ctx, inputs):
+    """The op's non-tensor inputs on ``ctx``, for backward."""
+    ctx.backend, ctx.activation, ctx.first_channel = inputs[2:5]
     ctx.ignore_index = inputs[6]
-    ctx.backend, ctx.activation, ctx.first_channel = backend, activation, first_channel
     ctx.recompute, ctx.derive_first = inputs[11], inputs[12]
     ctx.options = inputs[5:10]  # first_class, ignore_index, include_dc, magnitude_weight, phase_weight
     ctx.set_materialize_grads(False)
+
+
+def _setup_context(ctx, inputs, output):
+    _keep_options(ctx, inputs)
     ctx.mark_non_differentiable(output[1], output[2])
-    ctx.save_for_backward(x, target, output[2])
+    ctx.save_for_backward(inputs[0], inputs[1], output[2])
 
 
 def _backward_with(ctx, grad_scc, activation_backward):
     """dL/dx through ``activation_backward`` (the registered op, or its implementation in eager mode)."""
     refuse_double_backward(ctx.backend)
-    x, target, field = ctx.saved_tensors
+    x, target, field = ctx.saved_tensors[:3]
     nones = (None,) * 12
     if grad_scc is None:
         return (None,) + nones
@@ -298,6 +303,30 @@ class _ActivatedCorrelationEager(torch.autograd.Function):
         return _backward_with(ctx, grad_scc, _activation_backward)
 
 
+class _ActivatedLossEager(torch.autograd.Function):
+    """:class:`_ActivatedCorrelationEager` and the loss's reduction over the pairs in one autograd
+    node (``scc_loss`` in eager mode): one ``Function.apply`` and one backward node a step fewer
+    on the host, whose work a GPU step waits for. The reduction is :func:`scc_fast._reduction.
+    loss_and_derivative`, as in its own node; backward scales its saved derivative by the
+    upstream gradient and runs the activation's backward."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        # inputs: the op's 13, then class_weights, reduction
+        from .._reduction import loss_and_derivative
+
+        scc, valid, field = _forward(*inputs[:11], inputs[12])
+        loss, dloss_dscc = loss_and_derivative(scc, valid, inputs[13], inputs[14], uniform_grad=inputs[12])
+        _keep_options(ctx, inputs)
+        ctx.save_for_backward(inputs[0], inputs[1], field, dloss_dscc)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_scc = None if grad_loss is None else grad_loss * ctx.saved_tensors[3]
+        return _backward_with(ctx, grad_scc, _activation_backward) + (None, None)
+
+
 def plain_eager(*tensors: torch.Tensor) -> bool:
     """Whether a call may skip registered ops and run kernels directly (:class:`_ActivatedCorrelationEager`,
     the reduction's kernel): eager mode, plain tensors and no dispatch mode (anything else may trace,
@@ -375,12 +404,68 @@ def activated_correlation(
     return scc, valid
 
 
+def activated_loss(
+    backend: str,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    activation: str | None,
+    first_channel: int = 0,
+    first_class: int = 0,
+    ignore_index: int | None = None,
+    include_dc: bool = False,
+    magnitude_weight: float = 0.5,
+    phase_weight: float = 0.5,
+    derive_first: bool = False,
+    class_weights: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor | None:
+    """``scc_loss``'s loss in one autograd node, or None where that does not apply.
+
+    :func:`activated_correlation` followed by :func:`scc_fast._reduction.pair_loss` (the same
+    arguments; ``derive_first`` makes the reduction's derivative uniform, as ``uniform_grad``)
+    where the op's eager twin would run: eager mode, plain tensors, the activation's backward
+    kernel. Elsewhere (torch.compile, tensor subclasses, dispatch modes, no kernel) it returns
+    None and the caller takes the two steps.
+    """
+    if not _kernel_backward(x, backend) or not plain_eager(x, target):
+        return None
+    if class_weights is not None and not plain_eager(class_weights):
+        return None
+    code = activation_code(activation)
+    need_grad = torch.is_grad_enabled() and x.requires_grad
+    recompute = need_grad and RECOMPUTE_FIELD
+    return _ActivatedLossEager.apply(
+        x,
+        target,
+        backend,
+        code,
+        int(first_channel),
+        int(first_class),
+        None if ignore_index is None else int(ignore_index),
+        bool(include_dc),
+        float(magnitude_weight),
+        float(phase_weight),
+        need_grad and not recompute,
+        recompute,
+        bool(derive_first),
+        class_weights,
+        reduction,
+    )
+
+
 def fused_entry(backend: str):
     """The ``activated_correlation`` of ``backend`` (a module with ``correlation_field``):
-    :func:`activated_correlation` with the backend's name bound."""
+    :func:`activated_correlation` with the backend's name bound; its attribute ``loss`` is
+    :func:`activated_loss` with the name bound."""
 
     def activated(x: torch.Tensor, target: torch.Tensor, **options) -> tuple[torch.Tensor, torch.Tensor]:
         return activated_correlation(backend, x, target, **options)
+
+    def loss(x: torch.Tensor, target: torch.Tensor, **options) -> torch.Tensor | None:
+        return activated_loss(backend, x, target, **options)
+
+    activated.loss = loss
 
     activated.__name__ = activated.__qualname__ = "activated_correlation"
     activated.__doc__ = (
