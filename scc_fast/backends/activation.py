@@ -383,25 +383,24 @@ def activated_correlation(
             p, backend_target, first_class=first_class, include_dc=include_dc,
             magnitude_weight=magnitude_weight, phase_weight=phase_weight,
         )
+    op = _ActivatedCorrelationEager.apply if plain_eager(x, target) else _activated_correlation_op
+    inputs = _op_inputs(backend, x, target, code, first_channel, first_class, ignore_index, include_dc,
+                        magnitude_weight, phase_weight, derive_first)
+    scc, valid, _ = op(*inputs)
+    return scc, valid
+
+
+def _op_inputs(backend, x, target, code, first_channel, first_class, ignore_index, include_dc, magnitude_weight,
+               phase_weight, derive_first) -> tuple:
+    """The registered op's 13 inputs for a call with these arguments (need_grad and recompute
+    decided here, from grad mode and :data:`RECOMPUTE_FIELD`)."""
     need_grad = torch.is_grad_enabled() and x.requires_grad
     recompute = need_grad and RECOMPUTE_FIELD
-    op = _ActivatedCorrelationEager.apply if plain_eager(x, target) else _activated_correlation_op
-    scc, valid, _ = op(
-        x,
-        target,
-        backend,
-        code,
-        int(first_channel),
-        int(first_class),
-        None if ignore_index is None else int(ignore_index),
-        bool(include_dc),
-        float(magnitude_weight),
-        float(phase_weight),
-        need_grad and not recompute,
-        recompute,
-        bool(derive_first),
-    )
-    return scc, valid
+    return (
+        x, target, backend, code, int(first_channel), int(first_class),
+        None if ignore_index is None else int(ignore_index), bool(include_dc), float(magnitude_weight),
+        float(phase_weight), need_grad and not recompute, recompute, bool(derive_first),
+    )  # fmt: skip
 
 
 def activated_loss(
@@ -422,36 +421,20 @@ def activated_loss(
 ) -> torch.Tensor | None:
     """``scc_loss``'s loss in one autograd node, or None where that does not apply.
 
-    :func:`activated_correlation` followed by :func:`scc_fast._reduction.pair_loss` (the same
-    arguments; ``derive_first`` makes the reduction's derivative uniform, as ``uniform_grad``)
-    where the op's eager twin would run: eager mode, plain tensors, the activation's backward
-    kernel. Elsewhere (torch.compile, tensor subclasses, dispatch modes, no kernel) it returns
-    None and the caller takes the two steps.
+    :func:`activated_correlation` (the same arguments) followed by
+    :func:`scc_fast._reduction.pair_loss` with ``class_weights`` and ``reduction``
+    (``derive_first`` makes the reduction's derivative uniform, as ``uniform_grad``), where the
+    op's eager twin would run: eager mode, plain tensors, the activation's backward kernel.
+    Elsewhere (torch.compile, tensor subclasses, dispatch modes, no kernel) it returns None and
+    the caller takes the two steps.
     """
     if not _kernel_backward(x, backend) or not plain_eager(x, target):
         return None
     if class_weights is not None and not plain_eager(class_weights):
         return None
-    code = activation_code(activation)
-    need_grad = torch.is_grad_enabled() and x.requires_grad
-    recompute = need_grad and RECOMPUTE_FIELD
-    return _ActivatedLossEager.apply(
-        x,
-        target,
-        backend,
-        code,
-        int(first_channel),
-        int(first_class),
-        None if ignore_index is None else int(ignore_index),
-        bool(include_dc),
-        float(magnitude_weight),
-        float(phase_weight),
-        need_grad and not recompute,
-        recompute,
-        bool(derive_first),
-        class_weights,
-        reduction,
-    )
+    inputs = _op_inputs(backend, x, target, activation_code(activation), first_channel, first_class, ignore_index,
+                        include_dc, magnitude_weight, phase_weight, derive_first)
+    return _ActivatedLossEager.apply(*inputs, class_weights, reduction)
 
 
 def fused_entry(backend: str):

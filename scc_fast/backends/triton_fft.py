@@ -379,6 +379,20 @@ if triton is not None:
             tl.store(count_ptr + (b * n_chunk + j) * n_splits + split, count, mask=in_chunk)
 
     @triton.jit
+    def _half_spectrum_weights(k, m, w_half, LAST_EVEN: tl.constexpr, INCLUDE_DC: tl.constexpr):
+        """The weight of half-spectrum bins k (float32): 2 for a bin that stands for itself and its
+        mirror, 1 for bin 0 of the last axis and its even-length Nyquist bin, 0 at DC when DC is
+        out of K and where ``m`` is false."""
+        kl = k % w_half
+        once = kl == 0
+        if LAST_EVEN:
+            once = once | (kl == w_half - 1)
+        w = tl.where(once, 1.0, 2.0)
+        if not INCLUDE_DC:
+            w = tl.where(k == 0, 0.0, w)
+        return tl.where(m, w, 0.0)
+
+    @triton.jit
     def _spectral_stats_kernel(
         P_ptr,
         Y_ptr,
@@ -414,14 +428,7 @@ if triton is not None:
             xy = tl.load(Y_ptr + offs, mask=m[:, None], other=0.0)
             a = tl.sqrt(tl.sum(xp * xp, axis=1))
             bm = tl.sqrt(tl.sum(xy * xy, axis=1))
-            kl = k % w_half
-            once = kl == 0
-            if LAST_EVEN:
-                once = once | (kl == w_half - 1)
-            w = tl.where(once, 1.0, 2.0).to(dt)
-            if not INCLUDE_DC:
-                w = tl.where(k == 0, 0.0, w).to(dt)
-            w = tl.where(m, w, 0.0).to(dt)
+            w = _half_spectrum_weights(k, m, w_half, LAST_EVEN, INCLUDE_DC).to(dt)
             wa = w * a
             t_a += wa
             t_b += w * bm
@@ -639,14 +646,7 @@ if triton is not None:
             xp, xy = _derived_spectra(P_ptr, Y_ptr, b, k, m, rows, n_chan, n_half, n_vox)
             a = tl.sqrt(tl.sum(xp * xp, axis=2))
             bm = tl.sqrt(tl.sum(xy * xy, axis=2))
-            kl = k % w_half
-            once = kl == 0
-            if LAST_EVEN:
-                once = once | (kl == w_half - 1)
-            w = tl.where(once, 1.0, 2.0).to(dt)
-            if not INCLUDE_DC:
-                w = tl.where(k == 0, 0.0, w).to(dt)
-            w = tl.where(m, w, 0.0).to(dt)[None, :]
+            w = _half_spectrum_weights(k, m, w_half, LAST_EVEN, INCLUDE_DC).to(dt)[None, :]
             wa = w * a
             t_a += wa
             t_b += w * bm
