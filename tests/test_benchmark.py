@@ -405,6 +405,19 @@ def test_host_overhead_script_counts_a_steps_ops_and_launches(tmp_path):
     assert bad.returncode != 0 and "--shape must be" in bad.stderr
 
 
+def test_derived_class_accuracy_script(tmp_path):
+    """bench/derived_class_accuracy.py (the accuracy table of triton_fft's derived class 0 in
+    bench/RESULTS.md) runs and its rows hold the float32 tolerance where class 0 is not tiny."""
+    pytest.importorskip("triton")
+    done = _run_bench_script("derived_class_accuracy.py", "--shape", "1x3x8x10", "--shifts", "0,4")
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| +")]
+    assert len(rows) == 2, done.stdout
+    for row in rows:
+        grad_derived = float(row.split("|")[4].split("/")[0])
+        assert grad_derived <= 1e-5, row
+
+
 def test_gpu_triton_check_and_reliability_scripts_dry_run_on_cpu(tmp_path):
     """The other stages of the prepared GPU call that have no test of their own run end to end on CPU
     (the interpreter, tiny shapes): gpu_triton_check.py with every contender, the split mode's and

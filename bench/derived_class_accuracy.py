@@ -1,0 +1,67 @@
+"""Accuracy of backend triton_fft's derived class 0 against transforming every class, as class 0's
+share of the probability mass shrinks (CPU, Triton interpreter; about a second a row).
+
+Class 0's spectrum is the other classes' summed (their maps sum to one under the softmax), so their
+float32 rounding lands on it. For logits N(0, 2^2) with class 0's shifted and random labels, this
+prints the relative error of the loss (the mean of 1 - SCC over the valid pairs) and of its gradient
+by the logits against the float64 reference, with the derivation on and off.
+
+    python bench/derived_class_accuracy.py                 # 2 x 4 x 16^3
+    python bench/derived_class_accuracy.py --shape 1x3x32x32
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: the kernels take CPU tensors
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scc_fast.backends import triton_fft  # noqa: E402
+from scc_fast.backends.activation import _activation_backward  # noqa: E402
+from scc_fast.reference import reference_correlation  # noqa: E402
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shape", default="2x4x16x16x16", help="BxCxHxW or BxCxDxHxW, C >= 2")
+    ap.add_argument("--shifts", default="0,-3,-6,-9,4", help="added to class 0's logits")
+    args = ap.parse_args(argv)
+    shape = tuple(int(v) for v in args.shape.split("x"))
+    print("| class 0 shift | class 0 mean p | loss derived / all classes | gradient derived / all classes |")
+    print("|---|---|---|---|")
+    for shift in (float(v) for v in args.shifts.split(",")):
+        g = torch.Generator().manual_seed(7)
+        logits = torch.randn(shape, generator=g, dtype=torch.float64) * 2
+        logits[:, 0] += shift
+        logits = logits.float().double()  # the reference sees the float32 logits the kernels read
+        labels = torch.randint(0, shape[1], (shape[0],) + shape[2:], generator=g)
+        x = logits.clone().requires_grad_(True)
+        ref, valid = reference_correlation(torch.softmax(x, 1), labels)
+        n_valid = valid.sum()
+        ref_loss = ((1 - ref) * valid).sum() / n_valid
+        (ref_dx,) = torch.autograd.grad(ref_loss, x)
+        errs = []
+        for derive in (True, False):
+            scc, _, field = triton_fft._forward(logits.float(), labels, 0, False, 0.5, 0.5, True, activation=1,
+                                                derive_first=derive)
+            upstream = torch.full(shape[:2], -1.0 / n_valid.item())  # the mean's, uniform
+            dx = _activation_backward(logits.float(), field, upstream, labels, 1, 0, None, True)
+            loss = ((1 - scc.double()) * valid).sum() / n_valid
+            errs.append((rel(loss, ref_loss.detach()), rel(dx, ref_dx)))
+        share = torch.softmax(logits, 1)[:, 0].mean().item()
+        print(f"| {shift:+.0f} | {share:.2%} | {errs[0][0]:.1e} / {errs[1][0]:.1e} | {errs[0][1]:.1e} / {errs[1][1]:.1e} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
