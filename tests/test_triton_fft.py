@@ -383,6 +383,16 @@ def test_derived_first_class_with_degenerate_pairs():
     check_derived(logits, target)
 
 
+def test_derived_first_class_with_labels_outside_the_classes():
+    # Only p's class 0 is derived (the softmax sums to one whatever the labels); y is transformed
+    # for every class, so labels outside the classes (validate=False) still count as 0 in every
+    # channel, as the reference has them.
+    logits, target = derived_inputs((2, 3, 8, 10), seed=39)
+    target[0, :3] = -1
+    target[1, 2:5] = 7
+    check_derived(logits, target)
+
+
 @pytest.mark.parametrize("shift0", [-6.0, 4.0], ids=["class0-0.5%", "class0-75%"])
 def test_derived_first_class_conditioning(shift0):
     # Class 0's spectrum is the others' summed: float32 rounding of theirs lands on it. With 0.5%
