@@ -28,6 +28,10 @@ def _backends(args: argparse.Namespace) -> int:
             from .backends import triton_scc
 
             detail += f" (settings: {triton_scc.settings()})"
+        if name == "triton_fft" and status.available:
+            from .backends import triton_fft
+
+            detail += f" (settings: {triton_fft.settings()})"
         print(f"{name:10s} {'yes' if status.available else 'no ':3s}  {detail}")
     return 0
 

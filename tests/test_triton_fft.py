@@ -483,6 +483,18 @@ def test_derived_first_class_recompute_and_registered_op(monkeypatch):
     torch.library.opcheck(op, args)
 
 
+def test_settings_are_listed_by_the_cli(monkeypatch, capsys):
+    from scc_fast import cli
+
+    assert cli.main(["backends"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("triton_fft "))
+    assert "class 0 under softmax derived from the others'" in line and "chunks of" in line
+    monkeypatch.setattr(triton_fft, "DERIVE_FIRST_CLASS", False)
+    monkeypatch.setattr(triton_fft, "STAGE1_CHANNEL_THREADS", True)
+    assert "transformed like the others (SCC_FAST_FFT_DERIVE=0)" in triton_fft.settings()
+    assert "threads down the channels first" in triton_fft.settings()
+
+
 def test_derived_forward_peak_is_lower():
     # Without p of class 0 (and its spectrum and inverse transform): the forward's own tensors
     # peak at p of C - 1 classes, y and Y (y is transformed first), not p, Y and P.

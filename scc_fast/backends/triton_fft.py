@@ -84,7 +84,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without triton i
 
 __all__ = [
     "correlation", "correlation_field", "activated_field", "activation_in_kernel", "unavailable_reason",
-    "unsupported_reason", "derives_first_class", "CHUNK_ELEMENTS", "DERIVE_FIRST_CLASS", "MAX_ACTIVATION_CHANNELS",
+    "unsupported_reason", "derives_first_class", "settings", "CHUNK_ELEMENTS", "DERIVE_FIRST_CLASS", "MAX_ACTIVATION_CHANNELS",
 ]
 
 #: Upper bound on B x k x spatial elements per chunk of k classes (at least one class per chunk).
@@ -1075,6 +1075,17 @@ def derives_first_class(x: torch.Tensor, activation: str | None, first_channel: 
     n_batch, n_chan = x.shape[:2]
     per_class = n_batch * math.prod(x.shape[2:])
     return 2 <= n_chan <= MAX_ACTIVATION_CHANNELS and x.dtype != torch.float64 and n_chan * per_class <= CHUNK_ELEMENTS
+
+
+def settings() -> str:
+    """The settings in force, in words (``scc-fast backends`` prints them)."""
+    derive = "derived from the others'" if DERIVE_FIRST_CLASS else "transformed like the others (SCC_FAST_FFT_DERIVE=0)"
+    where = "in stage 1" if activation_in_kernel else "before the kernels"
+    threads = ", threads down the channels first" if STAGE1_CHANNEL_THREADS else ""
+    return (
+        f"class 0 under softmax {derive}, softmax/sigmoid {where}, chunks of {CHUNK_ELEMENTS} elements, "
+        f"stage-1 tile {STAGE1_VALUES} values / {STAGE1_WARPS} warps{threads}"
+    )
 
 
 def activated_field(x, target, activation, first_channel, first_class, ignore_index, include_dc,
