@@ -12,8 +12,11 @@ it, per SPEC case and backend (logits, integer labels, softmax, ``scc_loss``, fo
   (``torch.profiler``), and the ops taking the most device time and the most host time;
 - ``step_ms`` with ``validate=True`` as well (its checks wait for the device);
 - ``launch_us``: the host's time to issue one launch, without waiting, of a small torch op and of
-  two of backend triton_fft's Triton kernels (6 and 18 arguments), on tiny tensors: the price of
+  two of backend triton_fft's Triton kernels (6 and 19 arguments), on tiny tensors: the price of
   each launch a step makes.
+
+Row ``triton_fft:all-classes`` is triton_fft with class 0 transformed like the other classes
+(``triton_fft.DERIVE_FIRST_CLASS`` off), for its kernels beside the default's in the same run.
 
 Writes ``results.json``, ``results.md`` and one ``profile_<case>_<backend>.txt`` (the profiler's
 tables) per row to ``--out``, after every row. ``--budget`` bounds the run (rows not started are
@@ -50,7 +53,10 @@ CASES = {
     "btcv-3d": (2, 14, 96, 96, 96),
 }
 SMOKE_CASES = {"smoke-2d": (2, 3, 16, 12), "smoke-3d": (1, 2, 8, 12, 10)}
-BACKENDS = ("reference", "torch", "triton", "triton_fft", "native")
+BACKENDS = ("reference", "torch", "triton", "triton_fft", "triton_fft:all-classes", "native")
+#: Rows that run a backend with a setting changed: triton_fft transforming class 0 like the others
+#: (``triton_fft.DERIVE_FIRST_CLASS`` off), kernel by kernel beside the default in the same run.
+VARIANTS = {"triton_fft:all-classes": ("triton_fft", "DERIVE_FIRST_CLASS", False)}
 
 
 def parse_args(argv=None):
@@ -232,7 +238,7 @@ def main(argv=None) -> int:
         return 2
     status = backends.available_backends()
     # native is a CPU operator: on a GPU it has nothing to measure.
-    available = [b for b in wanted if status[b].available and not (b == "native" and device.type == "cuda")]
+    available = [b for b in wanted if status[b.split(":")[0]].available and not (b == "native" and device.type == "cuda")]
     out = Path(args.out)
     results = {"environment": environment(device, argv), "rows": [], "skipped": []}
     try:
@@ -250,17 +256,27 @@ def main(argv=None) -> int:
                 results["skipped"].append(name)
                 continue
             row = {"case": case, "shape": list(shape), "backend": backend}
+            impl, module, restore = backend.split(":")[0], None, None
             try:
+                if backend in VARIANTS:
+                    _, attr, value = VARIANTS[backend]
+                    module = backends.load(impl)
+                    restore = (attr, getattr(module, attr))
+                    setattr(module, attr, value)
                 for _ in range(3):  # warm-up: compilation, plans, caches
-                    step(x, labels, backend, False)
-                row.update(time_row(x, labels, backend, device, args.reps))
-                stats, tables = profile_row(x, labels, backend, device)
+                    step(x, labels, impl, False)
+                row.update(time_row(x, labels, impl, device, args.reps))
+                stats, tables = profile_row(x, labels, impl, device)
                 row.update(stats)
-                (out / f"profile_{case}_{backend}.txt").parent.mkdir(parents=True, exist_ok=True)
-                (out / f"profile_{case}_{backend}.txt").write_text(tables + "\n")
+                table_file = out / f"profile_{case}_{backend.replace(':', '-')}.txt"
+                table_file.parent.mkdir(parents=True, exist_ok=True)
+                table_file.write_text(tables + "\n")
             except Exception as exc:  # noqa: BLE001 - one row's failure must not lose the others
                 row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
                 traceback.print_exc()
+            finally:
+                if restore is not None:
+                    setattr(module, *restore)
             results["rows"].append(row)
             print(json.dumps(row), flush=True)
             write(out, results)

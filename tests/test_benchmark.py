@@ -299,6 +299,8 @@ def test_gpu_profile_script_dry_run_on_cpu(tmp_path):
     """bench/gpu_profile.py (a stage of the prepared GPU call) runs end to end on CPU: a row per
     backend with step/host times, the validate=True time and the profiler's host table."""
     wanted = ["reference", "torch"] + (["native"] if available_backends()["native"].available else [])
+    if available_backends()["triton_fft"].available:
+        wanted += ["triton_fft", "triton_fft:all-classes"]  # and a row with a setting changed
     done = _run_gpu_profile("--smoke", "--device", "cpu", "--cases", "smoke-2d", "--reps", "2",
                             "--backends", ",".join(wanted), "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr[-2000:]
@@ -308,7 +310,7 @@ def test_gpu_profile_script_dry_run_on_cpu(tmp_path):
         assert "error" not in r, r
         assert r["step_ms"] > 0 and 0 < r["host_ms"] <= r["step_ms"] and r["step_ms_validate"] > 0
         assert r["gpu_ms"] is None  # no CUDA events on CPU
-        table = (tmp_path / f"profile_smoke-2d_{r['backend']}.txt").read_text()
+        table = (tmp_path / f"profile_smoke-2d_{r['backend'].replace(':', '-')}.txt").read_text()
         assert "Top ops by host time" in table
     md = (tmp_path / "results.md").read_text()
     assert "| smoke-2d | torch |" in md and data["environment"]["card"] == "CPU (dry run)"
