@@ -13,11 +13,13 @@ the Triton backends accept CPU tensors; the stubs keep the interpreter's cost ou
 - ``kernel_launches``: the Triton launches a step makes, by kernel.
 
 The times are this machine's: compare commits in the same run or on the same quiet machine. On a
-CPU some torch ops are cheaper than on CUDA (allocations, the reduction's torch ops, which are one
-Triton launch on CUDA), and torch.fft runs pocketfft, not cuFFT.
+CPU some torch ops are cheaper than on CUDA (allocations), and torch.fft runs pocketfft, not cuFFT.
+The loss's reduction is torch ops on a CPU and one Triton launch on CUDA: ``--cuda-reduction`` takes
+the CUDA path (its kernel stubbed too), for the step a GPU host issues.
 
     python bench/host_overhead.py --out /tmp/host                  # triton_fft, 1x3x4x4x4
     python bench/host_overhead.py --backend triton --shape 1x3x16x16 --out /tmp/host
+    python bench/host_overhead.py --cuda-reduction --out /tmp/host      # the reduction as on CUDA
 """
 
 from __future__ import annotations
@@ -88,12 +90,18 @@ def parse_args(argv=None):
     ap.add_argument("--steps", type=int, default=300, help="timed steps per repeat")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--cuda-reduction", action="store_true",
+                    help="the reduction's Triton kernel (stubbed) as on CUDA, not its torch ops")
     return ap.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     launches = stub_kernels(args.backend)
+    if args.cuda_reduction:
+        from scc_fast import _reduction
+
+        _reduction._use_kernel = lambda scc: True
     g = torch.Generator().manual_seed(0)
     x = torch.randn(*args.shape, generator=g, requires_grad=True)
     labels = torch.randint(0, args.shape[1], (args.shape[0], *args.shape[2:]), generator=g)
@@ -130,6 +138,7 @@ def main(argv=None) -> int:
         "torch": torch.__version__,
         "backend": args.backend,
         "shape": list(args.shape),
+        "cuda_reduction": args.cuda_reduction,
         "host_us": host_us,
         "torch_ops": sum(ops.values()),
         "torch_ops_by_name": dict(sorted(ops.items())),

@@ -403,6 +403,14 @@ def test_host_overhead_script_counts_a_steps_ops_and_launches(tmp_path):
     assert r["torch_ops"] <= 29, r["torch_ops_by_name"]
     assert "select" not in " ".join(r["torch_ops_by_name"])  # sizes come from shapes, not x[0, 0]
 
+    # The reduction as on CUDA: one more (stubbed) launch instead of its torch ops.
+    cuda = _run_bench_script("host_overhead.py", "--cuda-reduction", "--steps", "5", "--repeats", "1", "--warmup",
+                             "2", "--out", str(tmp_path / "cuda"))
+    assert cuda.returncode == 0, cuda.stderr[-2000:]
+    rc = json.loads((tmp_path / "cuda" / "results.json").read_text())
+    assert rc["cuda_reduction"] and rc["kernel_launches_by_name"]["_pair_loss_kernel"] == 1
+    assert rc["kernel_launches"] == 6 and rc["torch_ops"] <= 22, rc["torch_ops_by_name"]
+
     bad = _run_bench_script("host_overhead.py", "--shape", "1x1x4x4", "--out", str(tmp_path))
     assert bad.returncode != 0 and "--shape must be" in bad.stderr
 
