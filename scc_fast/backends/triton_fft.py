@@ -551,6 +551,26 @@ if triton is not None:
             tl.store(coef_ptr + 4 * n_pairs + pairs, tl.where(valid, c_re, 0.0), mask=pm)
 
     @triton.jit
+    def _gradient_spectrum(xp, xy, c_a, c_ab, flat, c_p, c_y, dc, INCLUDE_DC: tl.constexpr):
+        """The spectrum of dSCC/dp at bins of P and Y (``xp``, ``xy``: the bins' shape, then
+        re / im): ``(c_a + c_ab |Y|) P / |P| + c_p P + c_y Y`` (``c_p`` = 2 c_aa, ``c_y`` = c_re),
+        the first term 0 where |P| = 0 and, off DC, where p is flat (``flat`` 1: there |P_k| is
+        0 up to rounding and P_k / |P_k| := 0, as SPEC says); the whole DC bin (``dc``) 0 when DC
+        is out of K. The coefficients, ``flat`` and ``dc`` are tensors that broadcast against the
+        bins' shape (not scalars: they get a re / im axis)."""
+        a = tl.sqrt(tl.sum(xp * xp, axis=-1))
+        bm = tl.sqrt(tl.sum(xy * xy, axis=-1))
+        keep = (a > 0) & (dc | (flat == 0))
+        # P / |P| before scaling: bounded by 1 even where |P| is subnormal.
+        scale = tl.where(keep, c_a + c_ab * bm, 0.0)
+        a_safe = tl.where(keep, a, 1.0)
+        field = (xp / tl.expand_dims(a_safe, -1)) * tl.expand_dims(scale, -1)
+        field = field + tl.expand_dims(c_p, -1) * xp + tl.expand_dims(c_y, -1) * xy
+        if not INCLUDE_DC:
+            field = tl.where(tl.expand_dims(dc, -1), 0.0, field)
+        return field
+
+    @triton.jit
     def _field_kernel(
         P_ptr, Y_ptr, coef_ptr, n_pairs, n_half, INCLUDE_DC: tl.constexpr, BLOCK: tl.constexpr
     ):
@@ -575,19 +595,12 @@ if triton is not None:
         offs = base + k[:, None] * 2 + tl.arange(0, 2)[None, :]
         xp = tl.load(P_ptr + offs, mask=m[:, None], other=0.0)
         xy = tl.load(Y_ptr + offs, mask=m[:, None], other=0.0)
-        a = tl.sqrt(tl.sum(xp * xp, axis=1))
-        bm = tl.sqrt(tl.sum(xy * xy, axis=1))
-        mag = tl.load(coef_ptr + pair) + tl.load(coef_ptr + n_pairs + pair) * bm
-        flat = tl.load(coef_ptr + 2 * n_pairs + pair) + tl.zeros_like(a)  # a vector: the interpreter's | needs it
-        c_p = tl.load(coef_ptr + 3 * n_pairs + pair)
-        c_y = tl.load(coef_ptr + 4 * n_pairs + pair)
-        keep = (a > 0) & ((k == 0) | (flat == 0))
-        # P / |P| before scaling: bounded by 1 even where |P| is subnormal.
-        scale = tl.where(keep, mag, 0.0)
-        a_safe = tl.where(keep, a, 1.0)
-        field = (xp / a_safe[:, None]) * scale[:, None] + c_p * xp + c_y * xy
-        if not INCLUDE_DC:
-            field = tl.where((k == 0)[:, None], 0.0, field)
+        # The pair's coefficients as vectors over the bins (the interpreter's | needs a vector).
+        zero = tl.zeros([BLOCK], dtype=xp.dtype)
+        field = _gradient_spectrum(
+            xp, xy, tl.load(coef_ptr + pair) + zero, tl.load(coef_ptr + n_pairs + pair) + zero,
+            tl.load(coef_ptr + 2 * n_pairs + pair) + zero, tl.load(coef_ptr + 3 * n_pairs + pair) + zero,
+            tl.load(coef_ptr + 4 * n_pairs + pair) + zero, k == 0, INCLUDE_DC)
         tl.store(P_ptr + offs, field, mask=m[:, None])
 
 
@@ -674,22 +687,15 @@ if triton is not None:
         k = tile * BLOCK + tl.arange(0, BLOCK)
         m = k < n_half
         xp, xy = _derived_spectra(P_ptr, Y_ptr, b, k, m, rows, n_chan, n_half, n_vox)
-        a = tl.sqrt(tl.sum(xp * xp, axis=2))
-        bm = tl.sqrt(tl.sum(xy * xy, axis=2))
         pair = b * n_chan + rows
-        c_a = tl.load(coef_ptr + pair, mask=row_ok, other=0.0)
-        c_ab = tl.load(coef_ptr + n_pairs + pair, mask=row_ok, other=0.0)
-        flat = tl.load(coef_ptr + 2 * n_pairs + pair, mask=row_ok, other=0.0)
-        c_p = tl.load(coef_ptr + 3 * n_pairs + pair, mask=row_ok, other=0.0)
-        c_y = tl.load(coef_ptr + 4 * n_pairs + pair, mask=row_ok, other=0.0)
-        mag = c_a[:, None] + c_ab[:, None] * bm
-        keep = (a > 0) & ((k == 0)[None, :] | (flat == 0)[:, None])
-        # P / |P| before scaling: bounded by 1 even where |P| is subnormal (as _field_kernel).
-        scale = tl.where(keep, mag, 0.0)
-        a_safe = tl.where(keep, a, 1.0)
-        field = (xp / a_safe[:, :, None]) * scale[:, :, None] + c_p[:, None, None] * xp + c_y[:, None, None] * xy
-        if not INCLUDE_DC:
-            field = tl.where((k == 0)[None, :, None], 0.0, field)
+        # Each class's coefficients as a column (classes x 1), the DC test as a row (1 x bins).
+        field = _gradient_spectrum(
+            xp, xy, tl.load(coef_ptr + pair, mask=row_ok, other=0.0)[:, None],
+            tl.load(coef_ptr + n_pairs + pair, mask=row_ok, other=0.0)[:, None],
+            tl.load(coef_ptr + 2 * n_pairs + pair, mask=row_ok, other=0.0)[:, None],
+            tl.load(coef_ptr + 3 * n_pairs + pair, mask=row_ok, other=0.0)[:, None],
+            tl.load(coef_ptr + 4 * n_pairs + pair, mask=row_ok, other=0.0)[:, None],
+            (k == 0)[None, :], INCLUDE_DC)
         field0 = tl.sum(tl.where((rows == 0)[:, None, None], field, 0.0), axis=0)
         ri = tl.arange(0, 2)
         p_rows = (b * (n_chan - 1) + tl.maximum(rows - 1, 0)).to(tl.int64) * n_half * 2
