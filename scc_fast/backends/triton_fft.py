@@ -849,8 +849,7 @@ def _forward(
     per_class = n_batch * n_vox
     limit = CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
     step = max(1, min(n_chan, limit // per_class))
-    if derive_first and not (activation == 1 and first_channel == 0 and ignore_index is None
-                             and 2 <= n_chan <= MAX_ACTIVATION_CHANNELS and step == n_chan and acc == torch.float32):
+    if derive_first and not _derivable(activation, first_channel, ignore_index, n_chan, per_class, acc, limit):
         raise ValueError(
             "derive_first needs softmax over every channel, no ignore_index, float32 and one chunk "
             f"(got activation {activation}, first_channel {first_channel}, ignore_index {ignore_index}, "
@@ -1059,8 +1058,8 @@ MAX_ACTIVATION_CHANNELS = 32
 
 #: Derive class 0's spectrum from the other classes' where the softmax runs over every channel
 #: (the maps sum to one at each voxel): one map fewer transformed per image and one fewer
-#: inverse-transformed, and a spectrum and two maps less memory per image (a quarter of the
-#: transforms at 4 classes, half at 2). Float32 rounding of the others' spectra then lands on
+#: inverse-transformed (a quarter of those transforms at 4 classes, half at 2), and the forward's
+#: peak one class's map lower (p of C - 1 classes, y and Y instead of p, Y and P). Float32 rounding of the others' spectra then lands on
 #: class 0: where that class has a tiny share of the probability mass everywhere (0.03% on average,
 #: a network that predicts almost no background) its gradient is about 10x less accurate (4e-5
 #: relative instead of 4e-6; at 0.5% and above as accurate as the transform). On by default;
@@ -1075,12 +1074,20 @@ def derives_first_class(x: torch.Tensor, activation: str | None, first_channel: 
     float64) and one chunk of classes. Its gradient is then only right for an upstream gradient
     that is the same for every class of an image: the caller's part (``scc_loss`` asks for it with
     reduction "mean" or "sum" and no class weights, and makes the reduction's derivative uniform)."""
-    if not (DERIVE_FIRST_CLASS and activation_in_kernel and activation == "softmax" and first_channel == 0
-            and ignore_index is None):
+    if not (DERIVE_FIRST_CLASS and activation_in_kernel):
         return False
-    n_batch, n_chan = x.shape[:2]
-    per_class = n_batch * math.prod(x.shape[2:])
-    return 2 <= n_chan <= MAX_ACTIVATION_CHANNELS and x.dtype != torch.float64 and n_chan * per_class <= CHUNK_ELEMENTS
+    code = 1 if activation == "softmax" else 0
+    per_class = x.shape[0] * math.prod(x.shape[2:])
+    return _derivable(code, first_channel, ignore_index, x.shape[1], per_class, accumulation_dtype(x.dtype), CHUNK_ELEMENTS)
+
+
+def _derivable(activation: int, first_channel: int, ignore_index, n_chan: int, per_class: int, acc: torch.dtype,
+               limit: int) -> bool:
+    """Whether class 0 can be derived: softmax (code 1) over every channel, no ignored label, 2 to
+    MAX_ACTIVATION_CHANNELS classes computed in float32, all in one chunk of ``limit`` elements
+    (``per_class`` = B x voxels each)."""
+    return (activation == 1 and first_channel == 0 and ignore_index is None and 2 <= n_chan <= MAX_ACTIVATION_CHANNELS
+            and acc == torch.float32 and n_chan * per_class <= limit)
 
 
 def settings() -> str:
