@@ -94,7 +94,7 @@ def pair_loss(
     weight = class_weights.contiguous() if class_weights is not None else scc
     block = min(block, max(16, next_power_of_2(n_pairs)))
     _pair_loss_kernel[(1,)](
-        scc, valid.contiguous().view(torch.int8), weight, loss, dscc, n_pairs, max(1, scc.shape[-1]),
+        scc, valid.contiguous(), weight, loss, dscc, n_pairs, max(1, scc.shape[-1]),
         HAS_WEIGHT=class_weights is not None, REDUCTION=REDUCTIONS[reduction], UNIFORM_GRAD=uniform_grad,
         BLOCK=block,
     )  # fmt: skip

@@ -400,7 +400,7 @@ def test_host_overhead_script_counts_a_steps_ops_and_launches(tmp_path):
         "_activated_moments_kernel", "_activation_backward_kernel", "_derived_field_kernel", "_pair_kernel",
         "_derived_stats_kernel")}
     assert r["torch_ops_by_name"]["aten::fft_rfftn"] == 2 and r["torch_ops_by_name"]["aten::fft_irfftn"] == 1
-    assert r["torch_ops"] <= 29, r["torch_ops_by_name"]
+    assert r["torch_ops"] <= 26, r["torch_ops_by_name"]
     assert "select" not in " ".join(r["torch_ops_by_name"])  # sizes come from shapes, not x[0, 0]
 
     # The reduction as on CUDA: one more (stubbed) launch instead of its torch ops.
@@ -409,7 +409,10 @@ def test_host_overhead_script_counts_a_steps_ops_and_launches(tmp_path):
     assert cuda.returncode == 0, cuda.stderr[-2000:]
     rc = json.loads((tmp_path / "cuda" / "results.json").read_text())
     assert rc["cuda_reduction"] and rc["kernel_launches_by_name"]["_pair_loss_kernel"] == 1
-    assert rc["kernel_launches"] == 6 and rc["torch_ops"] <= 22, rc["torch_ops_by_name"]
+    assert rc["kernel_launches"] == 6 and rc["torch_ops"] <= 18, rc["torch_ops_by_name"]
+    # The loss's gradient multiplies dloss/dscc inside the activation's backward kernel, not in a
+    # torch op (a CUDA launch) of its own; bool and float32 tensors go to the kernels as they are.
+    assert not {"aten::mul", "aten::view", "aten::to"} & set(rc["torch_ops_by_name"]), rc["torch_ops_by_name"]
 
     bad = _run_bench_script("host_overhead.py", "--shape", "1x1x4x4", "--out", str(tmp_path))
     assert bad.returncode != 0 and "--shape must be" in bad.stderr

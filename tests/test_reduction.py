@@ -145,7 +145,7 @@ from scc_fast import _reduction_kernel as m
 
 for red in (0, 1, 2):
     for (w, wt), uniform in itertools.product(((True, "*fp64"), (True, "*fp32"), (False, "*fp32")), (False, True)):
-        sig = dict(scc_ptr="*fp32", valid_ptr="*i8", weight_ptr=wt, loss_ptr="*fp32", dscc_ptr="*fp32", n_pairs="i32",
+        sig = dict(scc_ptr="*fp32", valid_ptr="*i1", weight_ptr=wt, loss_ptr="*fp32", dscc_ptr="*fp32", n_pairs="i32",
                    n_classes="i32")
         consts = dict(HAS_WEIGHT=w, REDUCTION=red, UNIFORM_GRAD=uniform, BLOCK=1024)
         triton.compile(ASTSource(fn=m._pair_loss_kernel, signature={**sig, **{k: "constexpr" for k in consts}},

@@ -224,7 +224,7 @@ for labels, four in ((True, True), (False, False)):
     compile_(m._scc3d_depth_fwd, dict(ws_ptr=f, parts_ptr=f, scratch_ptr=f, **{t: f for t in DEPTH_TABLES}, D="i32",
              N1="i32", N2="i32", W="i32", WH="i32", NBINS="i32", N_BLOCKS="i32", N_TASKS="i32", PAIR_WS="i64"),
              dict(INCLUDE_DC=labels, NEED_GRAD=labels, **blocks, **dfs), warps, stages)
-    compile_(m._scc3d_scalars, dict(stats_ptr=f, parts_ptr=f, scc_ptr=f, valid_ptr="*i8", coef_ptr=f, pair0="i32",
+    compile_(m._scc3d_scalars, dict(stats_ptr=f, parts_ptr=f, scc_ptr=f, valid_ptr="*i1", coef_ptr=f, pair0="i32",
              D="i32", HW="i32", LAST_HW="i32", N_BLOCKS="i32", n_vox="fp32", magnitude_weight="fp32",
              phase_weight="fp32"),
              dict(LABELS=labels, INCLUDE_DC=labels, NEED_GRAD=labels, BD=128, BB=1024))
@@ -233,7 +233,7 @@ for labels, four in ((True, True), (False, False)):
              dict(INCLUDE_DC=labels, **blocks, **dfs), warps, stages)
     fbm, fbn, fbk, fwarps, fstages = m.GPU_BLOCKS_FUSED["tf32"]
     compile_(m._scc_fused_kernel, dict(probs_ptr=f, target_ptr=lab, act_ptr=f, **{t: f for t in TABLES}, scratch_ptr=f,
-             scc_ptr=f, valid_ptr="*i8", grad_ptr=f, **{i: "i32" for i in ["n_pairs", "n_chan", "X_CHAN", "X_FIRST",
+             scc_ptr=f, valid_ptr="*i1", grad_ptr=f, **{i: "i32" for i in ["n_pairs", "n_chan", "X_CHAN", "X_FIRST",
              "A_OFF", "first_class", "H", "W", "WH", "N1", "N2", "M1", "M2", "PER_PROGRAM"]}, magnitude_weight="fp32",
              phase_weight="fp32"),
              dict(LABELS=labels, ACT=1 if four else 0, INCLUDE_DC=labels, NEED_GRAD=True, SLOTS=3 if four else 5,
@@ -244,9 +244,9 @@ for act in (1, 2):
     compile_(ak._activation_stats_kernel, dict(x_ptr="*fp16", label_ptr="*i64", out_ptr=f, n_vox="i32", n_chan="i32",
              n_batch="i32", ignore_index="i32"), dict(ACTIVATION=act, HAS_IGNORE=True, BLOCK=1024))
 for act in (0, 1, 2):  # the fused activation's backward (every Triton backend's)
-    compile_(ak._activation_backward_kernel, dict(x_ptr="*bf16", field_ptr=f, up_ptr=f, label_ptr="*u8", out_ptr="*bf16",
-             n_vox="i32", n_chan="i32", first_channel="i32", ignore_index="i32", up_skip="i32"),
-             dict(ACTIVATION=act, HAS_IGNORE=act != 1, BLOCK=1024))
+    compile_(ak._activation_backward_kernel, dict(x_ptr="*bf16", field_ptr=f, up_ptr=f, scale_ptr=f, label_ptr="*u8",
+             out_ptr="*bf16", n_vox="i32", n_chan="i32", first_channel="i32", ignore_index="i32", up_skip="i32"),
+             dict(ACTIVATION=act, HAS_IGNORE=act != 1, HAS_SCALE=act == 1, BLOCK=1024))
 from scc_fast.backends import triton_fft as fft
 
 # backend triton_fft's pair kernel (float32 and float64 sums) and the field kernel that reads it
@@ -254,7 +254,7 @@ for dt, eps, fmax in (("*fp32", 1.1920928955078125e-07, 3.4028234663852886e38),
                       ("*fp64", 2.220446049250313e-16, 1.7976931348623157e308)):
     for labels, (bp, sb) in ((True, fft._pair_blocks(528)), (False, fft._pair_blocks(44)), (True, fft._pair_blocks(1))):
         compile_(fft._pair_kernel, dict(part_ptr=dt, count_ptr="*i32" if labels else dt, tpart_ptr=dt, scc_ptr=dt,
-                 valid_ptr="*i8", coef_ptr=dt, **{i: "i32" for i in ["n_pairs", "n_sp", "n_tsp", "n_chunk", "n_chan",
+                 valid_ptr="*i1", coef_ptr=dt, **{i: "i32" for i in ["n_pairs", "n_sp", "n_tsp", "n_chunk", "n_chan",
                  "c0", "n_vox"]}, **{w: "fp32" for w in ["mw_hi", "mw_lo", "pw_hi", "pw_lo"]}),
                  dict(LABELS=labels, INCLUDE_DC=not labels, NEED_GRAD=True, EPS=eps, FMAX=fmax, BP=bp, SB=sb))
     compile_(fft._field_kernel, dict(P_ptr=dt, Y_ptr=dt, coef_ptr=dt, n_pairs="i32", n_half="i32"),

@@ -39,13 +39,15 @@ def _softmax_max_sum(x_img, n_chan, n_vox, offs, mask, BLOCK: tl.constexpr):
 
 @triton.jit
 def _activation_backward_kernel(
-    x_ptr, field_ptr, up_ptr, label_ptr, out_ptr,
+    x_ptr, field_ptr, up_ptr, scale_ptr, label_ptr, out_ptr,
     n_vox, n_chan, first_channel, ignore_index, up_skip,
-    ACTIVATION: tl.constexpr, HAS_IGNORE: tl.constexpr, BLOCK: tl.constexpr,
+    ACTIVATION: tl.constexpr, HAS_IGNORE: tl.constexpr, HAS_SCALE: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """One block of voxels of one image: p recomputed from x over all channels, then
     dL/dx for every channel (formulas in scc_fast.backends.activation). The upstream gradient of
-    the field's channel j of image b is ``up[b, up_skip + j]`` (up: B x (n_loss + up_skip))."""
+    the field's channel j of image b is ``up[b, up_skip + j]`` (up: B x (n_loss + up_skip)),
+    times ``scale[0]`` with HAS_SCALE (the loss's gradient by a reduction's one value: a torch
+    multiplication, a launch of its own, less)."""
     b = tl.program_id(1)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n_vox
@@ -57,6 +59,10 @@ def _activation_backward_kernel(
     if HAS_IGNORE:
         lab = tl.load(label_ptr + b * n_vox + offs, mask=mask, other=0)
         keep = tl.where(lab == ignore_index, 0.0, 1.0)
+    up_img = up_ptr + b * (n_loss + up_skip) + up_skip - first_channel  # + c: channel c's upstream
+    up_scale = 1.0
+    if HAS_SCALE:
+        up_scale = tl.load(scale_ptr).to(tl.float32)
     if ACTIVATION == 1:
         # Pass 1: the max m, s = sum_c exp(x_c - m) and d = sum_c exp(x_c - m) g_c (g_c = u_c f_c,
         # loss channels only) together, rescaled as m grows (online softmax): x is read twice,
@@ -67,7 +73,7 @@ def _activation_backward_kernel(
         dot = tl.zeros([BLOCK], tl.float32)
         for c in range(first_channel, n_chan):
             m, alpha, e = _online_softmax_step(m, tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32))
-            u = tl.load(up_ptr + b * (n_loss + up_skip) + up_skip + c - first_channel).to(tl.float32)
+            u = tl.load(up_img + c).to(tl.float32) * up_scale
             f = tl.load(f_img + (c - first_channel) * n_vox + offs, mask=mask, other=0.0).to(tl.float32)
             s = s * alpha + e
             dot = dot * alpha + e * (u * f)
@@ -81,7 +87,7 @@ def _activation_backward_kernel(
             tl.store(o_img + c * n_vox + offs, (-p * dot).to(out_ptr.dtype.element_ty), mask=mask)
         for c in range(first_channel, n_chan):
             p = tl.exp(tl.load(x_img + c * n_vox + offs, mask=mask, other=0.0).to(tl.float32) - shift) * scale
-            u = tl.load(up_ptr + b * (n_loss + up_skip) + up_skip + c - first_channel).to(tl.float32)
+            u = tl.load(up_img + c).to(tl.float32) * up_scale
             f = tl.load(f_img + (c - first_channel) * n_vox + offs, mask=mask, other=0.0).to(tl.float32)
             tl.store(o_img + c * n_vox + offs, (p * (u * f - dot)).to(out_ptr.dtype.element_ty), mask=mask)
     else:
@@ -89,7 +95,7 @@ def _activation_backward_kernel(
             tl.store(o_img + c * n_vox + offs, tl.zeros([BLOCK], tl.float32).to(out_ptr.dtype.element_ty),
                      mask=mask)
         for c in range(first_channel, n_chan):
-            u = tl.load(up_ptr + b * (n_loss + up_skip) + up_skip + c - first_channel).to(tl.float32)
+            u = tl.load(up_img + c).to(tl.float32) * up_scale
             f = tl.load(f_img + (c - first_channel) * n_vox + offs, mask=mask, other=0.0).to(tl.float32)
             g = u * f * keep
             if ACTIVATION == 2:
@@ -99,10 +105,11 @@ def _activation_backward_kernel(
             tl.store(o_img + c * n_vox + offs, g.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def activation_backward(x, field, grad_scc, target, activation, first_channel, ignore_index, skip=0):
+def activation_backward(x, field, grad_scc, target, activation, first_channel, ignore_index, skip=0, scale=None):
     """dL/dx in one launch: see scc_fast.backends.activation for the formula. With ``skip`` 1 the
     field leaves out loss channel 0 (a derived class 0): that channel is taken as one outside the
-    loss, and grad_scc is read from column 1 (no copy of its columns)."""
+    loss, and grad_scc is read from column 1 (no copy of its columns). ``scale``, a one-element
+    tensor or None, multiplies every upstream gradient (read in the kernel, in float32)."""
     n_batch, n_chan = x.shape[:2]
     n_vox = math.prod(x.shape[2:])
     x = x.contiguous()
@@ -111,12 +118,12 @@ def activation_backward(x, field, grad_scc, target, activation, first_channel, i
     # The interpreter costs about 1 ms per program instance whatever its size: few, large blocks.
     block = min(next_power_of_2(n_vox), 8192) if x.device.type == "cpu" else 1024
     labels = target.contiguous() if ignore_index is not None else x  # any pointer when unused
-    up = grad_scc.to(torch.float32).contiguous()
+    up = grad_scc.contiguous()  # read as float32 by the kernel: no conversion launched here
     grid = (cdiv(n_vox, block), n_batch)
     _activation_backward_kernel[grid](
-        x, field, up, labels, out,
+        x, field, up, scale if scale is not None else up, labels, out,
         n_vox, n_chan, first_channel + skip, 0 if ignore_index is None else int(ignore_index), skip,
-        ACTIVATION=activation, HAS_IGNORE=ignore_index is not None, BLOCK=block,
+        ACTIVATION=activation, HAS_IGNORE=ignore_index is not None, HAS_SCALE=scale is not None, BLOCK=block,
     )
     return out
 

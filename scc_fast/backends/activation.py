@@ -195,8 +195,9 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(inputs[0], inputs[1], output[2])
 
 
-def _backward_with(ctx, grad_scc, activation_backward):
-    """dL/dx through ``activation_backward`` (the registered op, or its implementation in eager mode)."""
+def _backward_with(ctx, grad_scc, activation_backward, **scale):
+    """dL/dx through ``activation_backward`` (the registered op, or its implementation in eager mode,
+    which also takes the upstream gradient as ``grad_scc`` times a ``scale``)."""
     refuse_double_backward(ctx.backend)
     x, target, field = ctx.saved_tensors[:3]
     nones = (None,) * 12
@@ -211,7 +212,8 @@ def _backward_with(ctx, grad_scc, activation_backward):
         raise RuntimeError(f"scc_fast {ctx.backend}: backward called but the forward ran with need_grad=False")
     use_kernel = _kernel_backward(x, ctx.backend)
     grad_x = activation_backward(
-        x, field, grad_scc.contiguous(), target, ctx.activation, ctx.first_channel, ctx.ignore_index, use_kernel
+        x, field, grad_scc.contiguous(), target, ctx.activation, ctx.first_channel, ctx.ignore_index, use_kernel,
+        **scale,
     )
     return (grad_x,) + nones
 
@@ -264,7 +266,12 @@ def _activation_backward_op(
     return _activation_backward(x, field, grad_scc, target, activation, first_channel, ignore_index, use_kernel)
 
 
-def _activation_backward(x, field, grad_scc, target, activation, first_channel, ignore_index, use_kernel):
+def _activation_backward(x, field, grad_scc, target, activation, first_channel, ignore_index, use_kernel,
+                         scale=None):
+    # ``scale`` (eager mode only): the upstream gradient is grad_scc * scale, a one-element
+    # scale multiplied in the kernel, other shapes here.
+    if scale is not None and not (use_kernel and scale.numel() == 1):
+        grad_scc, scale = grad_scc * scale, None
     # A field with one loss channel fewer than grad_scc has columns is a derived class 0's
     # (backend "triton_fft", ``derive_first``): the classes 1 on less class 0's, for an upstream
     # gradient that is the same for every class of an image, so the backward takes loss channel
@@ -274,7 +281,7 @@ def _activation_backward(x, field, grad_scc, target, activation, first_channel, 
     if use_kernel and x.dtype != torch.float64 and _HAVE_TRITON:
         from ._activation_kernel import activation_backward
 
-        return activation_backward(x, field, grad_scc, target, activation, first_channel, ignore_index, skip)
+        return activation_backward(x, field, grad_scc, target, activation, first_channel, ignore_index, skip, scale)
     return _backward_torch(x, field, grad_scc[:, skip:], target, activation, first_channel + skip, ignore_index)
 
 
@@ -323,8 +330,10 @@ class _ActivatedLossEager(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
-        grad_scc = None if grad_loss is None else grad_loss * ctx.saved_tensors[3]
-        return _backward_with(ctx, grad_scc, _activation_backward) + (None, None)
+        if grad_loss is None:
+            return _backward_with(ctx, None, _activation_backward) + (None, None)
+        # dL/dscc = grad_loss * dloss/dscc, multiplied where the activation's backward reads it.
+        return _backward_with(ctx, ctx.saved_tensors[3], _activation_backward, scale=grad_loss) + (None, None)
 
 
 def plain_eager(*tensors: torch.Tensor) -> bool:

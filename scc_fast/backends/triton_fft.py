@@ -841,8 +841,8 @@ def _forward(
     block = block or default_block
 
     scc = torch.empty(n_batch, n_chan, dtype=acc, device=device)
+    # Triton reads and writes a bool tensor's bytes as int8: the kernels take it without a view.
     valid = torch.empty(n_batch, n_chan, dtype=torch.bool, device=device)
-    valid_bytes = valid.view(torch.int8)  # the pair kernel writes 0 / 1
     weights = (*_float32_pair(magnitude_weight), *_float32_pair(phase_weight))
     eps, fmax = float(torch.finfo(acc).eps), float(torch.finfo(acc).max)
     grad = None  # the single chunk's inverse transform, or assembled from the chunks'
@@ -937,7 +937,7 @@ def _forward(
         coef = torch.empty(5, n_pairs, dtype=acc, device=device) if need_grad else tpart
         pair_block, split_block = _pair_blocks(max(n_sp, n_tsp))
         _pair_kernel[(-(-n_pairs // pair_block),)](
-            part, counts, tpart, scc, valid_bytes, coef,
+            part, counts, tpart, scc, valid, coef,
             n_pairs, n_sp, n_tsp, k, n_chan, c0, n_vox, *weights,
             LABELS=labels, INCLUDE_DC=include_dc, NEED_GRAD=need_grad, EPS=eps, FMAX=fmax, BP=pair_block, SB=split_block,
         )  # fmt: skip

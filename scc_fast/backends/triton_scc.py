@@ -1453,8 +1453,9 @@ def _launch(probs, target, first_class, include_dc, magnitude_weight, phase_weig
     bm, bn, bk, warps, stages = _blocks(H, W, precision, GPU_BLOCKS_FUSED)
     per_program = slots * H * WH + 2 * H * bn + 2 * bm * W
     scratch = torch.empty(n_prog * per_program, dtype=torch.float32, device=device)
-    scc = torch.empty(n_pairs, dtype=torch.float32, device=device)
-    valid = torch.empty(n_pairs, dtype=torch.int8, device=device)
+    # B x C' outputs as the kernels' flat pair arrays (a bool tensor's bytes are int8 to Triton).
+    scc = torch.empty(n_batch, n_chan, dtype=torch.float32, device=device)
+    valid = torch.empty(n_batch, n_chan, dtype=torch.bool, device=device)
     grad = torch.empty((n_batch, n_chan, H, W) if need_grad else (0,), dtype=torch.float32, device=device)
     _scc_fused_kernel[(n_prog,)](
         probs, target, act_ptr, *tables,
@@ -1465,7 +1466,7 @@ def _launch(probs, target, first_class, include_dc, magnitude_weight, phase_weig
         SLOTS=slots, PRECISION=precision, BM=bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages,
         **constexprs,
     )
-    return scc.view(n_batch, n_chan), valid.view(n_batch, n_chan).bool(), grad
+    return scc, valid, grad
 
 
 #: Workspace of the sliced passes (3D, and 2D split) per call, at most (bytes): pairs are
@@ -1563,8 +1564,9 @@ def _launch_sliced(
     depth_scratch = torch.empty(n_prog_depth * 2 * depth * dbn if depth_four_step else 1, dtype=torch.float32,
                                 device=device)
     scratch = torch.empty(n_prog * per_program, dtype=torch.float32, device=device)
-    scc = torch.empty(n_pairs, dtype=torch.float32, device=device)
-    valid = torch.empty(n_pairs, dtype=torch.int8, device=device)
+    # B x C' outputs as the kernels' flat pair arrays (a bool tensor's bytes are int8 to Triton).
+    scc = torch.empty(n_batch, n_chan, dtype=torch.float32, device=device)
+    valid = torch.empty(n_batch, n_chan, dtype=torch.bool, device=device)
     grad = torch.empty((n_batch, n_chan, *probs.shape[2:]) if need_grad else (0,), dtype=torch.float32, device=device)
     n_vox = float(rows * W)
     last_rows = rows - (per_pair - 1) * slice_rows
@@ -1605,7 +1607,7 @@ def _launch_sliced(
                 WH, n1, n2, m1, m2,
                 per_program, pair_ws, n_vox, LABELS=labels, INCLUDE_DC=bool(include_dc), **slice_kw,
             )
-    return scc.view(n_batch, n_chan), valid.view(n_batch, n_chan).bool(), grad
+    return scc, valid, grad
 
 
 # --------------------------------------------------------------------------------------------
