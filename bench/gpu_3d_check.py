@@ -13,8 +13,10 @@ memory); on CUDA, every case also as ``<backend>:graph``, forward + backward cap
 CUDA graph and replayed (the kernels' time without the host's per-step work; peak memory not
 comparable, the graph's pool is allocated at capture); ``triton_fft:all-classes`` on every case,
 triton_fft transforming every class (``triton_fft.DERIVE_FIRST_CLASS`` off: the step before class 0's
-spectrum was derived from the others'); ``triton_fft`` with smaller chunks of classes only with
-``--chunked``, measured in GPU run 2):
+spectrum was derived from the others'); ``triton_fft:validate`` on every case, triton_fft with
+``scc_loss``'s default ``validate=True`` (stage 1 makes the checks, one sync after the forward,
+and class 0's target spectrum is derived too; every other row passes ``validate=False``);
+``triton_fft`` with smaller chunks of classes only with ``--chunked``, measured in GPU run 2):
 
 1. correctness: loss and dL/dlogits against backend "reference" run in float64 on the same
    device, as ||out - ref|| / ||ref|| (SPEC section 4: 1e-5 for float32 paths, 5e-3 for the
@@ -106,6 +108,9 @@ RECOMPUTE = ("triton:recompute", "triton_fft:recompute")
 # class 0's spectrum was derived from the others', for the ratio in the same run. Every case. Not
 # a dispatch candidate.
 FFT_ALL_CLASSES = ("triton_fft:all-classes",)
+# triton_fft with scc_loss's default validate=True: the checks in stage 1, read once after the
+# forward (a device sync), and Y of class 0 derived as well. Every case. Not a dispatch candidate.
+FFT_VALIDATE = ("triton_fft:validate",)
 # backend triton's 3D workspace at 1 GiB per call (the default is 64 MiB since GPU run 3): pairs
 # in fewer chunks of five launches each, more memory. Not a dispatch candidate.
 TRITON_WS = ("triton:ws=2^30",)
@@ -118,7 +123,7 @@ TOLERANCE = {"torch": 1e-5, "triton_fft": 1e-5, "triton": 5e-3, "reference-compi
 TOLERANCE.update({name: 1e-5 for name in (*CHUNKED, *TRITON_IEEE)})
 TOLERANCE.update({"reference:graph": 1e-5, "torch:graph": 1e-5, "triton_fft:graph": 1e-5, "triton:graph": 5e-3})
 TOLERANCE.update({"triton:recompute": 5e-3, "triton_fft:recompute": 1e-5, "triton:ws=2^30": 5e-3})
-TOLERANCE.update({name: 1e-5 for name in FFT_ALL_CLASSES})
+TOLERANCE.update({name: 1e-5 for name in (*FFT_ALL_CLASSES, *FFT_VALIDATE)})
 
 T0 = time.perf_counter()
 
@@ -162,9 +167,9 @@ def make_case(shape, device: torch.device, seed: int = 0):
     return logits, labels
 
 
-def loss_fn(backend: str, labels: torch.Tensor):
+def loss_fn(backend: str, labels: torch.Tensor, validate: bool = False):
     def fn(x):
-        return scc_fast.scc_loss(x, labels, softmax=True, backend=backend, validate=False)
+        return scc_fast.scc_loss(x, labels, softmax=True, backend=backend, validate=validate)
 
     return fn
 
@@ -548,7 +553,7 @@ def measure(state, backend, device, results, out, settings) -> None:
                 if why is not None:
                     r["skipped"] = f"unsupported: {why}"
                     return
-            fn = loss_fn(impl, labels)
+            fn = loss_fn(impl, labels, validate=backend in FFT_VALIDATE)
             x = logits.clone().requires_grad_(True)
         if backend in GRAPHED:
             graph, loss = capture_graph(fn, x, device)
@@ -605,7 +610,8 @@ def finalize(case) -> None:
     """Ratios against the reference eager and compiled, and the roofline fraction."""
     eager = case["backends"].get("reference", {})
     comp = case["backends"].get("reference-compiled", {})
-    for backend in (*ACCELERATED, *FFT_ALL_CLASSES, *CHUNKED, *TRITON_IEEE, *RECOMPUTE, *TRITON_WS, *GRAPHED):
+    for backend in (*ACCELERATED, *FFT_ALL_CLASSES, *FFT_VALIDATE, *CHUNKED, *TRITON_IEEE, *RECOMPUTE, *TRITON_WS,
+                    *GRAPHED):
         r = case["backends"].get(backend, {})
         if r.get("median_ms"):
             r["speedup_vs_eager"] = _ratio(eager.get("median_ms"), r["median_ms"])
@@ -656,8 +662,8 @@ def main() -> int:
         states.append(state)
         extra = (*TRITON_IEEE, *RECOMPUTE, *TRITON_WS) if len(shape) == 5 else ()
         graphed = GRAPHED if device.type == "cuda" else ()
-        for backend in ("reference", *ACCELERATED, *FFT_ALL_CLASSES, *extra, *(CHUNKED if ARGS.chunked else ()),
-                        *graphed):
+        for backend in ("reference", *ACCELERATED, *FFT_ALL_CLASSES, *FFT_VALIDATE, *extra,
+                        *(CHUNKED if ARGS.chunked else ()), *graphed):
             measure(state, backend, device, results, out, settings)
     # Pass 2: the compiled reference (slow to compile), while the budget lasts.
     for state in states:

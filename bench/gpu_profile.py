@@ -12,7 +12,7 @@ it, per SPEC case and backend (logits, integer labels, softmax, ``scc_loss``, fo
   (``torch.profiler``), and the ops taking the most device time and the most host time;
 - ``step_ms`` with ``validate=True`` as well (its checks wait for the device);
 - ``launch_us``: the host's time to issue one launch, without waiting, of a small torch op and of
-  two of backend triton_fft's Triton kernels (6 and 19 arguments), on tiny tensors: the price of
+  two of backend triton_fft's Triton kernels (6 and 21 arguments), on tiny tensors: the price of
   each launch a step makes.
 
 Row ``triton_fft:all-classes`` is triton_fft with class 0 transformed like the other classes
@@ -147,9 +147,9 @@ def launch_overhead(device, launches: int) -> dict:
                 lab, narrow, 1024, 0, 2, BLOCK=1024)
             x2 = torch.zeros(1, 2, 1024, device=device)
             part, counts = torch.zeros(2, 1, 6, device=device), torch.zeros(2, 1, dtype=torch.int32, device=device)
-            calls["triton 19 args (_activated_moments_kernel)"] = lambda: fft._activated_moments_kernel[(1, 1)](
-                x2, lab, x2, 0, 0, x2, x2, part, counts, 1024, 2, 0, 0, 2, 0, 0, 1024, 1, 0,
-                ACTIVATION=1, LABELS=True, HAS_IGNORE=False, CP=2, BLOCK=512, CHANNEL_THREADS=False)
+            calls["triton 21 args (_activated_moments_kernel)"] = lambda: fft._activated_moments_kernel[(1, 1)](
+                x2, lab, x2, 0, 0, x2, x2, part, counts, counts, 1024, 2, 0, 0, 2, 0, 0, 1024, 1, 0, 0,
+                ACTIVATION=1, LABELS=True, HAS_IGNORE=False, VALIDATE=False, CP=2, BLOCK=512, CHANNEL_THREADS=False)
     except ImportError:
         pass
     out = {}

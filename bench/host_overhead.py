@@ -15,11 +15,16 @@ the Triton backends accept CPU tensors; the stubs keep the interpreter's cost ou
 The times are this machine's: compare commits in the same run or on the same quiet machine. On a
 CPU some torch ops are cheaper than on CUDA (allocations), and torch.fft runs pocketfft, not cuFFT.
 The loss's reduction is torch ops on a CPU and one Triton launch on CUDA: ``--cuda-reduction`` takes
-the CUDA path (its kernel stubbed too), for the step a GPU host issues.
+the CUDA path (its kernel stubbed too), for the step a GPU host issues. ``--validate`` times
+``scc_loss``'s default ``validate=True`` (label range and NaN/Inf checks); where triton_fft's stage
+1 makes them, its stubbed launch writes no flags, so reading them is timed on a zeroed copy made
+before the timed steps (the read, ``int(flags.max())``, is a device sync on a GPU: not a cost this
+CPU proxy sees).
 
     python bench/host_overhead.py --out /tmp/host                  # triton_fft, 1x3x4x4x4
     python bench/host_overhead.py --backend triton --shape 1x3x16x16 --out /tmp/host
     python bench/host_overhead.py --cuda-reduction --out /tmp/host      # the reduction as on CUDA
+    python bench/host_overhead.py --cuda-reduction --validate --out /tmp/host   # validate=True
 """
 
 from __future__ import annotations
@@ -92,6 +97,7 @@ def parse_args(argv=None):
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--cuda-reduction", action="store_true",
                     help="the reduction's Triton kernel (stubbed) as on CUDA, not its torch ops")
+    ap.add_argument("--validate", action="store_true", help="scc_loss's default validate=True (value checks)")
     return ap.parse_args(argv)
 
 
@@ -102,12 +108,25 @@ def main(argv=None) -> int:
         from scc_fast import _reduction
 
         _reduction._use_kernel = lambda scc: True
+    from scc_fast.backends import triton_fft
+
+    if args.validate and hasattr(triton_fft, "raise_flagged"):  # (commits before the checks in stage 1: none)
+        # The stubbed stage 1 leaves its flags unwritten: read a zeroed tensor of their shape instead.
+
+        check, zeroed = triton_fft.raise_flagged, {}
+
+        def read_zeroed_flags(flags, *rest):
+            if flags.shape not in zeroed:  # made once, in the warm-up
+                zeroed[flags.shape] = torch.zeros_like(flags)
+            check(zeroed[flags.shape], *rest)
+
+        triton_fft.raise_flagged = read_zeroed_flags
     g = torch.Generator().manual_seed(0)
     x = torch.randn(*args.shape, generator=g, requires_grad=True)
     labels = torch.randint(0, args.shape[1], (args.shape[0], *args.shape[2:]), generator=g)
 
     def step():
-        loss = scc_fast.scc_loss(x, labels, softmax=True, backend=args.backend, validate=False)
+        loss = scc_fast.scc_loss(x, labels, softmax=True, backend=args.backend, validate=args.validate)
         loss.backward()
         x.grad = None
 
@@ -139,6 +158,7 @@ def main(argv=None) -> int:
         "backend": args.backend,
         "shape": list(args.shape),
         "cuda_reduction": args.cuda_reduction,
+        "validate": args.validate,
         "host_us": host_us,
         "torch_ops": sum(ops.values()),
         "torch_ops_by_name": dict(sorted(ops.items())),

@@ -1,6 +1,6 @@
 """The value checks of ``validate=True``, shared by :mod:`scc_fast.functional` and the backends
-that make them inside their operator (backend "native": its passes read every logit and label
-anyway, so the checks cost no pass of their own there).
+that make them inside their operator (backends "native" and "triton_fft": their first pass reads
+every logit and label anyway, so the checks cost no pass of their own there).
 
 Each check raises the same ``ValueError`` wherever it runs.
 """
@@ -54,3 +54,20 @@ def raise_label_error(
         + (f" or equal ignore_index={ignore_index}" if ignore_index is not None else "")
         + f", got values from {int(found.min())} to {int(found.max())}"
     )
+
+
+# Bits of the per-image (or per-program) flags a backend's first pass sets where it makes the
+# checks itself (csrc/cpu/scc_cpu.cpp, enum InputFlag; triton_fft's stage 1).
+FLAG_NONFINITE_INPUT = 1
+FLAG_LABEL_OUTSIDE = 2
+
+
+def raise_flagged(flags: torch.Tensor, target: torch.Tensor, n_chan: int) -> None:
+    """Raise ``validate=True``'s error for what an operator's pass flagged (a non-empty int tensor of
+    FLAG_* bits; one device sync): the target's error first, as :mod:`scc_fast.functional`'s own
+    checks order them."""
+    seen = int(flags.max())
+    if seen & FLAG_LABEL_OUTSIDE:
+        raise_label_error(target, n_chan, None)
+    if seen & FLAG_NONFINITE_INPUT:
+        raise ValueError(NONFINITE_INPUT)

@@ -162,8 +162,9 @@ def scc_loss(
         ignore_index: a label whose voxels are set to 0 in both prediction and target.
         reduction: ``"mean"`` over non-degenerate pairs (class-weighted), ``"sum"`` or
             ``"none"`` (B x C, or B x (C - 1) without background; degenerate pairs are 0).
-        validate: check label range and NaN/Inf (costs a device sync; backend ``native``
-            makes the checks inside its operator for softmax with integer labels). With
+        validate: check label range and NaN/Inf (costs a device sync; backends ``native`` and
+            ``triton_fft`` make the checks inside their operator for softmax over every channel
+            with integer labels and no ``ignore_index``, the error raised after its forward). With
             ``validate=False``, and while ``torch.compile`` traces the call (a data-dependent
             check would break the graph), a NaN/Inf in ``input`` propagates to a NaN loss and
             gradient as in torch's own losses, and labels outside the classes count as 0 in
@@ -222,7 +223,7 @@ def scc_loss(
         validate
         and fused is not None
         and getattr(impl, "validates_in_op", lambda **_: False)(
-            activation=activation, labels=labels, first_channel=first_channel, ignore_index=ignore_index
+            activation=activation, labels=labels, first_channel=first_channel, ignore_index=ignore_index, x=x
         )
     )
     class_weights = _class_weights(weight, n_pairs, include_background or n_chan == 1, input.device)
@@ -252,10 +253,11 @@ def scc_loss(
         ignore_index=ignore_index if labels else None,
         **coefficients,
     )
-    fused_loss = getattr(fused, "loss", None) if not checks_in_op else None
+    in_op = {"validate": True} if checks_in_op else {}
+    fused_loss = getattr(fused, "loss", None)
     if fused_loss is not None:
         # Eager mode: the backend's op and the reduction in one autograd node (None elsewhere).
-        loss = fused_loss(x, target, **options, derive_first=derive_first, class_weights=class_weights,
+        loss = fused_loss(x, target, **options, **in_op, derive_first=derive_first, class_weights=class_weights,
                           reduction=reduction)
         if loss is not None:
             return loss
@@ -265,7 +267,7 @@ def scc_loss(
             x,
             target,
             **options,
-            **({"validate": True} if checks_in_op else {}),
+            **in_op,
             **({"derive_first": True} if derive_first else {}),
         )
     else:

@@ -315,7 +315,7 @@ def test_gpu_profile_script_dry_run_on_cpu(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "| smoke-2d | torch |" in md and data["environment"]["card"] == "CPU (dry run)"
     # Host time per launch: a torch op, and two Triton kernels where triton_fft runs (interpreter).
-    names = ["torch.add"] + (["triton 6 args (_narrow_labels_kernel)", "triton 19 args (_activated_moments_kernel)"]
+    names = ["torch.add"] + (["triton 6 args (_narrow_labels_kernel)", "triton 21 args (_activated_moments_kernel)"]
                              if available_backends()["triton_fft"].available else [])
     assert list(data["launch_us"]) == names and all(v > 0 for v in data["launch_us"].values()), data["launch_us"]
     assert "Host time per launch" in md
@@ -414,6 +414,16 @@ def test_host_overhead_script_counts_a_steps_ops_and_launches(tmp_path):
     # torch op (a CUDA launch) of its own; bool and float32 tensors go to the kernels as they are.
     assert not {"aten::mul", "aten::view", "aten::to"} & set(rc["torch_ops_by_name"]), rc["torch_ops_by_name"]
 
+    # validate=True (scc_loss's default): stage 1 makes the checks, read once after the forward
+    # (one reduction and one sync), not aminmax / sum passes and two syncs before it.
+    checked = _run_bench_script("host_overhead.py", "--cuda-reduction", "--validate", "--steps", "5", "--repeats",
+                                "1", "--warmup", "2", "--out", str(tmp_path / "validate"))
+    assert checked.returncode == 0, checked.stderr[-2000:]
+    rv = json.loads((tmp_path / "validate" / "results.json").read_text())
+    assert rv["validate"] and rv["kernel_launches"] == 6 and rv["torch_ops"] <= 21, rv["torch_ops_by_name"]
+    assert rv["torch_ops_by_name"]["aten::max"] == 1 and rv["torch_ops_by_name"]["aten::item"] == 1
+    assert not {"aten::aminmax", "aten::sum", "aten::isfinite"} & set(rv["torch_ops_by_name"]), rv["torch_ops_by_name"]
+
     bad = _run_bench_script("host_overhead.py", "--shape", "1x1x4x4", "--out", str(tmp_path))
     assert bad.returncode != 0 and "--shape must be" in bad.stderr
 
@@ -422,13 +432,16 @@ def test_derived_class_accuracy_script(tmp_path):
     """bench/derived_class_accuracy.py (the accuracy table of triton_fft's derived class 0 in
     bench/RESULTS.md) runs and its rows hold the float32 tolerance where class 0 is not tiny."""
     pytest.importorskip("triton")
-    done = _run_bench_script("derived_class_accuracy.py", "--shape", "1x3x8x10", "--shifts", "0,4")
-    assert done.returncode == 0, done.stderr[-2000:]
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| +")]
-    assert len(rows) == 2, done.stdout
-    for row in rows:
-        grad_derived = float(row.split("|")[4].split("/")[0])
-        assert grad_derived <= 1e-5, row
+    for labels in ("uniform", "sampled"):
+        done = _run_bench_script("derived_class_accuracy.py", "--shape", "1x3x8x10", "--shifts", "0,4",
+                                 "--labels", labels)
+        assert done.returncode == 0, done.stderr[-2000:]
+        rows = [line for line in done.stdout.splitlines() if line.startswith("| +")]
+        assert len(rows) == 2, done.stdout
+        for row in rows:  # loss and gradient: P and Y derived / P derived / every class transformed
+            cells = row.split("|")
+            errors = [float(v) for v in cells[4].split("/") + cells[5].split("/")]
+            assert len(errors) == 6 and max(errors) <= 1e-5, row
 
 
 def test_gpu_triton_check_and_reliability_scripts_dry_run_on_cpu(tmp_path):

@@ -267,29 +267,36 @@ for dt, eps, fmax in (("*fp32", 1.1920928955078125e-07, 3.4028234663852886e38),
 # 2-32 class rows, the GPU tile of _derived_config
 for rows in (2, 4, 16, 32):
     for even, dc in ((True, False), (False, True)):
+        y_skip = not even  # Y of class 0 derived too (labels checked in range) at half of them
         compile_(fft._derived_stats_kernel, dict(P_ptr=f, Y_ptr=f, part_ptr=f, **{i: "i32" for i in ["n_chan",
                  "n_half", "w_half", "n_vox", "span", "n_splits"]}),
-                 dict(LAST_EVEN=even, INCLUDE_DC=dc, CP=rows, BLOCK=max(16, fft.DERIVED_VALUES // rows)),
+                 dict(LAST_EVEN=even, INCLUDE_DC=dc, Y_SKIP=y_skip, CP=rows, BLOCK=max(16, fft.DERIVED_VALUES // rows)),
                  warps=fft.DERIVED_WARPS)
         compile_(fft._derived_field_kernel, dict(P_ptr=f, Y_ptr=f, coef_ptr=f, **{i: "i32" for i in ["n_pairs",
                  "n_chan", "n_half", "n_vox"]}),
-                 dict(INCLUDE_DC=dc, CP=rows, BLOCK=max(16, fft.DERIVED_VALUES // rows)), warps=fft.DERIVED_WARPS)
-# stage 1 with the activation: softmax / sigmoid of float32 or bf16 logits, labels or a float target
-for x, act, labels, rows in (("*fp32", 1, True, 4), ("*bf16", 1, True, 16), ("*fp16", 2, True, 32), ("*fp32", 1, False, 16)):
+                 dict(INCLUDE_DC=dc, Y_SKIP=y_skip, CP=rows, BLOCK=max(16, fft.DERIVED_VALUES // rows)),
+                 warps=fft.DERIVED_WARPS)
+# stage 1 with the activation: softmax / sigmoid of float32 or bf16 logits, labels or a float target,
+# and with validate=True's checks (softmax, labels, no ignored label)
+stage1_ints = ["n_vox", "n_chan", "first_channel", "c0", "n_chunk", "first_class", "ignore_index", "span", "n_splits",
+               "p_skip", "y_skip"]
+for x, act, labels, rows, check in (("*fp32", 1, True, 4, False), ("*bf16", 1, True, 16, False),
+                                    ("*fp16", 2, True, 32, False), ("*fp32", 1, False, 16, False),
+                                    ("*fp32", 1, True, 4, True), ("*bf16", 1, True, 16, True), ("*fp32", 1, True, 32, True)):
     compile_(fft._activated_moments_kernel, dict(x_ptr=x, lab_ptr="*i64" if labels else f, yf_ptr=f,
-             yf_stride_b="i64", yf_stride_c="i64", p_out_ptr=f, y_out_ptr=f, part_ptr=f, count_ptr="*i32" if labels else f, **{i: "i32" for i in ["n_vox", "n_chan", "first_channel",
-             "c0", "n_chunk", "first_class", "ignore_index", "span", "n_splits", "p_skip"]}),
-             dict(ACTIVATION=act, LABELS=labels, HAS_IGNORE=labels, CP=rows, CHANNEL_THREADS=False,
-                  BLOCK=max(16, 1024 // rows)), warps=8)
+             yf_stride_b="i64", yf_stride_c="i64", p_out_ptr=f, y_out_ptr=f, part_ptr=f,
+             count_ptr="*i32" if labels else f, flag_ptr="*i32" if check else f, **{i: "i32" for i in stage1_ints}),
+             dict(ACTIVATION=act, LABELS=labels, HAS_IGNORE=labels and not check, VALIDATE=check, CP=rows,
+                  CHANNEL_THREADS=False, BLOCK=max(16, 1024 // rows)), warps=8)
 # the other tiles and warps bench/gpu_stage1_tune.py times (values per tile, warps, threads down
 # the channels first), at 16 rows, and the channel-thread tiles at 4 and 32 rows too
 variants = [(16, v, w, False) for v, w in ((512, 4), (1024, 4), (1024, 2), (2048, 8), (2048, 4), (4096, 8), (512, 1))]
 variants += [(rows, v, w, True) for rows in (4, 16, 32) for v, w in ((1024, 8), (2048, 8), (1024, 4))]
 for rows, values, warps, channel_threads in variants:
     compile_(fft._activated_moments_kernel, dict(x_ptr="*fp32", lab_ptr="*i64", yf_ptr=f, yf_stride_b="i64",
-             yf_stride_c="i64", p_out_ptr=f, y_out_ptr=f, part_ptr=f, count_ptr="*i32", **{i: "i32" for i in ["n_vox",
-             "n_chan", "first_channel", "c0", "n_chunk", "first_class", "ignore_index", "span", "n_splits", "p_skip"]}),
-             dict(ACTIVATION=1, LABELS=True, HAS_IGNORE=False, CP=rows, BLOCK=values // rows,
+             yf_stride_c="i64", p_out_ptr=f, y_out_ptr=f, part_ptr=f, count_ptr="*i32", flag_ptr="*i32",
+             **{i: "i32" for i in stage1_ints}),
+             dict(ACTIVATION=1, LABELS=True, HAS_IGNORE=False, VALIDATE=False, CP=rows, BLOCK=values // rows,
                   CHANNEL_THREADS=channel_threads), warps=warps)
 print("compiled")
 """

@@ -514,6 +514,210 @@ def test_derived_forward_peak_is_lower():
     assert peaks[True] <= 0.92 * peaks[False], (peaks[True], peaks[False])
 
 
+# ------------------------------------------------ validate=True's checks made by stage 1
+
+
+def _launch_options(monkeypatch, name):
+    """The keyword arguments (constexprs) of every launch of triton_fft kernel ``name``."""
+    kernel, seen = getattr(triton_fft, name), []
+
+    class Recording:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                seen.append(kwargs)
+                return kernel[grid](*args, **kwargs)
+
+            return launch
+
+    monkeypatch.setattr(triton_fft, name, Recording())
+    return seen
+
+
+def _forbid_separate_checks(monkeypatch):
+    """scc_loss's own value checks (passes over the labels and logits, two syncs) fail the test."""
+
+    def separate(*args, **kwargs):
+        raise AssertionError("scc_loss checked the values in passes of its own")
+
+    monkeypatch.setattr(scc_fast.functional, "_check_values", separate)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("shape", [(2, 3, 9, 10), (1, 2, 8, 12), (2, 4, 6, 7, 5), (1, 5, 7, 9, 6)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_validate_in_stage_one_matches_reference(monkeypatch, shape, reduction):
+    # scc_loss's default validate=True with softmax and labels: stage 1 makes the checks, and where
+    # class 0 is derived (mean, sum) its target spectrum is derived too (y of C - 1 classes).
+    # 2D / 3D, odd and even last axes, 2 to 5 classes.
+    logits, labels = derived_inputs(shape, seed=51)
+    ref, ref_grad = loss_and_grad("reference", logits, labels, torch.float64, softmax=True, reduction=reduction)
+    _forbid_separate_checks(monkeypatch)
+    stage1 = _launch_options(monkeypatch, "_activated_moments_kernel")
+    derived = _launch_options(monkeypatch, "_derived_stats_kernel")
+    out, grad = loss_and_grad("triton_fft", logits, labels, torch.float32, softmax=True, reduction=reduction)
+    assert rel_err(out, ref) <= 1e-5 and rel_err(grad, ref_grad) <= 1e-5
+    assert [k["VALIDATE"] for k in stage1] == [True]
+    assert [k["Y_SKIP"] for k in derived] == ([True] if reduction != "none" else [])
+
+
+def test_validate_in_stage_one_derives_the_target_spectrum():
+    # The derived Y against the transformed one: the same SCC and field within float32 rounding,
+    # with degenerate pairs (a class absent, a class everywhere) and DC in K.
+    logits, labels = derived_inputs((3, 3, 8, 10), seed=53)
+    labels[0][labels[0] == 0] = 1
+    labels[1] = 0
+    x, t = logits.to(DEVICE, torch.float32), labels.to(DEVICE)
+    for include_dc in (False, True):
+        out = {v: triton_fft._forward(x, t, 0, include_dc, 0.5, 0.5, True, activation=1, derive_first=True, validate=v)
+               for v in (False, True)}
+        assert torch.equal(out[True][1], out[False][1])
+        assert rel_err(out[True][0], out[False][0]) <= 1e-5
+        assert rel_err(out[True][2], out[False][2]) <= 1e-5
+    check_derived(logits, labels)  # (the float64 reference, without validate)
+
+
+def test_validate_in_stage_one_splits_tiles_and_chunks():
+    # Several splits and tiles: every program flags what it saw; several chunks: the first
+    # chunk's stage 1 checks every label and logit (class 0 is then transformed, not derived).
+    logits, labels = derived_inputs((2, 4, 7, 9, 6), seed=55)
+    x, t = logits.to(DEVICE, torch.float32), labels.to(DEVICE)
+    for launch in (dict(splits=3, block=16), SMALL_LAUNCH):
+        derive = "chunk_elements" not in launch
+        scc, valid, field = triton_fft._forward(x, t, 0, False, 0.5, 0.5, True, activation=1, derive_first=derive,
+                                                validate=True, **launch)
+        ref, ref_valid = reference_correlation(torch.softmax(logits, 1), labels)
+        assert torch.equal(valid.cpu(), ref_valid) and rel_err(scc, ref) <= 1e-5
+        for where in ((0, 0, 0, 0), (1, 6, 8, 5)):  # the first and the last voxel: first and last split
+            bad = t.clone()
+            bad[where] = 4
+            with pytest.raises(ValueError, match=r"target labels must be in \[0, 3\] for 4 channel\(s\), got values from 4 to 4"):
+                triton_fft._forward(x, bad, 0, False, 0.5, 0.5, True, activation=1, derive_first=derive, validate=True,
+                                    **launch)
+            nan = x.clone()
+            nan[where[0], 3, where[1], where[2], where[3]] = float("nan")
+            with pytest.raises(ValueError, match="input contains NaN or Inf"):
+                triton_fft._forward(nan, t, 0, False, 0.5, 0.5, True, activation=1, derive_first=derive,
+                                    validate=True, **launch)
+
+
+@pytest.mark.parametrize("bad", ["label-high", "label-negative", "nan", "inf", "-inf", "label-and-nan"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_validate_in_stage_one_raises_scc_loss_errors(monkeypatch, bad, dtype):
+    # The errors scc_loss's own checks raise (backend torch makes them there), word for word; the
+    # target's first where both are wrong.
+    g = torch.Generator().manual_seed(57)
+    x = torch.randn(2, 3, 6, 7, 5, generator=g).to(dtype)
+    labels = torch.randint(0, 3, (2, 6, 7, 5), generator=g)
+    if bad in ("label-high", "label-and-nan"):
+        labels[1, 5, 6, 4] = 3
+    if bad == "label-negative":
+        labels[0, 2, 3, 1] = -4
+    if bad in ("nan", "label-and-nan"):
+        x[1, 2, 0, 0, 0] = float("nan")
+    if bad in ("inf", "-inf"):
+        x[0, 0, 3, 3, 3] = float(bad)
+    with pytest.raises(ValueError) as expected:
+        scc_fast.scc_loss(x.float(), labels, softmax=True, backend="torch")
+    _forbid_separate_checks(monkeypatch)
+    for need_grad in (True, False):
+        with pytest.raises(ValueError) as raised:
+            scc_fast.scc_loss(x.to(DEVICE).requires_grad_(need_grad), labels.to(DEVICE), softmax=True,
+                              backend="triton_fft")
+        assert str(raised.value) == str(expected.value)
+    # validate=False: no check, the loss computed (labels outside count as 0; a NaN propagates).
+    loss = scc_fast.scc_loss(x.to(DEVICE), labels.to(DEVICE), softmax=True, backend="triton_fft", validate=False)
+    assert torch.isfinite(loss).item() == (bad in ("label-high", "label-negative", "-inf"))
+
+
+def test_validate_in_stage_one_through_the_registered_op_and_recompute(monkeypatch):
+    # Under a dispatch mode the registered op runs with validate (its fake implementation takes
+    # it); recomputing the field in backward runs as the forward did: bitwise the same results.
+    _forbid_separate_checks(monkeypatch)
+    logits, labels = derived_inputs((2, 3, 6, 8), seed=59)
+    x32, t = logits.to(DEVICE, torch.float32), labels.to(DEVICE)
+
+    class Passing(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    results = []
+    for recompute, mode in ((False, None), (True, None), (False, Passing())):
+        monkeypatch.setattr(scc_fast.backends.activation, "RECOMPUTE_FIELD", recompute)
+        x = x32.clone().requires_grad_(True)
+        if mode is None:
+            loss = scc_fast.scc_loss(x, t, softmax=True, backend="triton_fft")
+        else:
+            with mode:
+                loss = scc_fast.scc_loss(x, t, softmax=True, backend="triton_fft")
+        loss.backward()
+        results.append((loss.detach(), x.grad))
+    for other in results[1:]:
+        assert torch.equal(other[0], results[0][0]) and torch.equal(other[1], results[0][1])
+    bad = t.clone()
+    bad[0, 0, 0] = 3
+    with Passing(), pytest.raises(ValueError, match="target labels must be in"):
+        scc_fast.scc_loss(x32, bad, softmax=True, backend="triton_fft")
+    op = torch.ops.scc_fast.activated_correlation.default
+    args = (x32.clone().requires_grad_(True), t, "triton_fft", 1, 0, 0, None, False, 0.5, 0.5, True, False, True, True)
+    assert op(*args)[2].shape == (2, 2, 6, 8)
+    torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("kw,in_op", [
+    (dict(activation="softmax", labels=True, first_channel=0, ignore_index=None), True),
+    (dict(activation="sigmoid", labels=True, first_channel=0, ignore_index=None), False),
+    (dict(activation=None, labels=True, first_channel=0, ignore_index=None), False),
+    (dict(activation="softmax", labels=False, first_channel=0, ignore_index=None), False),
+    (dict(activation="softmax", labels=True, first_channel=1, ignore_index=None), False),
+    (dict(activation="softmax", labels=True, first_channel=0, ignore_index=255), False),
+], ids=["softmax-labels", "sigmoid", "probabilities", "float-target", "no-background", "ignore"])
+def test_validates_in_op_contract(kw, in_op):
+    x = torch.zeros(2, 3, 4, 4, device=DEVICE)
+    assert triton_fft.validates_in_op(**kw, x=x) is in_op
+    # Where stage 1 does not compute p (too many channels, float64) or without the input: never.
+    wide = torch.zeros(1, triton_fft.MAX_ACTIVATION_CHANNELS + 1, 4, 4, device=DEVICE)
+    assert not triton_fft.validates_in_op(**kw, x=wide)
+    assert not triton_fft.validates_in_op(**kw, x=x.double())
+    assert not triton_fft.validates_in_op(**kw)
+
+
+@pytest.mark.parametrize("bad", [dict(activation=2), dict(activation=1, first_channel=1),
+                                 dict(activation=1, ignore_index=1), dict(activation=0)],
+                         ids=["sigmoid", "no-background", "ignore", "probabilities"])
+def test_validate_in_stage_one_refuses_what_it_cannot_check(bad):
+    logits, labels = derived_inputs((2, 3, 6, 8))
+    x = logits.float() if bad.get("activation") else torch.softmax(logits, 1).float()
+    with pytest.raises(ValueError, match="validate needs softmax over every channel, integer labels"):
+        triton_fft._forward(x.to(DEVICE), labels.to(DEVICE), 0, False, 0.5, 0.5, True, validate=True, **bad)
+    with pytest.raises(ValueError, match="validate needs softmax over every channel, integer labels"):
+        triton_fft._forward(logits.float().to(DEVICE), torch.rand(2, 3, 6, 8, device=DEVICE), 0, False, 0.5, 0.5,
+                            True, activation=1, validate=True)
+    with pytest.raises(ValueError, match="validate=True needs stage 1 to compute p"):
+        triton_fft.activated_field(logits.to(DEVICE), labels.to(DEVICE), 1, 0, 0, None, False, 0.5, 0.5, True,
+                                   validate=True)
+
+
+def test_validated_forward_peak_is_lower():
+    # With the labels checked in range, y of class 0 is not written either: every map and
+    # spectrum holds C - 1 classes, and the forward's own tensors peak at p, y and Y or at p, Y
+    # and P (2.88 -> 2.44 maps here, where a half spectrum is 1.125 maps).
+    b, c, d, h, w = 2, 4, 16, 16, 16
+    g = torch.Generator().manual_seed(61)
+    x = torch.randn(b, c, d, h, w, generator=g).to(DEVICE)
+    labels = torch.randint(0, c, (b, d, h, w), generator=g).to(DEVICE)
+    map_bytes, spectrum_bytes = b * c * d * h * w * 4, b * c * d * h * (w // 2 + 1) * 8
+    peaks = {}
+    for validate in (False, True):
+        with torch.no_grad(), LiveBytes(x, labels) as live:
+            out = triton_fft._forward(x, labels, 0, False, 0.5, 0.5, True, activation=1, derive_first=True,
+                                      validate=validate)
+        peaks[validate] = live.peak
+        assert live.now == sum(t.untyped_storage().nbytes() for t in out)
+    bound = (c - 1) / c * (max(2 * map_bytes, map_bytes + spectrum_bytes) + spectrum_bytes)
+    assert peaks[True] <= 1.01 * bound, (peaks[True] / map_bytes, bound / map_bytes)
+    assert peaks[True] <= 0.87 * peaks[False], (peaks[True] / map_bytes, peaks[False] / map_bytes)
+
+
 def test_pair_kernel_blocks():
     # Powers of two (tl.arange), PAIR_VALUES values a block, as many splits as there are up to the cap.
     assert triton_fft._pair_blocks(528) == (4, 256)  # brats-3d / btcv-3d: 3 steps, not 17 of 32
@@ -887,7 +1091,8 @@ def test_gpu_3d_check_smoke_emits_a_loadable_table(tmp_path):
     assert results["cases"] and all(c.get("error") is None for c in results["cases"]), results
     for case in results["cases"]:
         assert case["backends"]["triton_fft"]["correct"], case
-        assert case["backends"]["triton_fft:all-classes"]["correct"], case  # the same-run comparison row
+        assert case["backends"]["triton_fft:all-classes"]["correct"], case  # the same-run comparison rows
+        assert case["backends"]["triton_fft:validate"]["correct"], case
     assert (tmp_path / "results.md").read_text().count("|") > 10
     table = dispatch.load_table(tmp_path / "dispatch_table.json")
     assert table["measured"] and table["smoke"] and len(table["rows"]) == len(results["cases"])

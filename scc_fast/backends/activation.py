@@ -140,18 +140,21 @@ def _activated_correlation_op(
     need_grad: bool,
     recompute: bool,
     derive_first: bool = False,
+    validate: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SCC (B x C'), valid (B x C' bool) and the field dSCC/dp (B x C' x spatial, or (0,)). With
     ``recompute`` (and ``need_grad`` False) backward computes the field again instead of
     reading a saved one. With ``derive_first`` (backend "triton_fft", where its
     ``derives_first_class`` says so) the field is B x (C' - 1) x spatial, the classes 1 on less
-    class 0's, for an upstream gradient that is the same for every class of an image."""
+    class 0's, for an upstream gradient that is the same for every class of an image. With
+    ``validate`` (where the backend's ``validates_in_op`` says so) the backend makes
+    ``scc_loss(validate=True)``'s checks in its kernels and raises their ``ValueError``."""
     return _forward(x, target, backend, activation, first_channel, first_class, ignore_index, include_dc,
-                    magnitude_weight, phase_weight, need_grad, derive_first)
+                    magnitude_weight, phase_weight, need_grad, derive_first, validate)
 
 
 def _forward(x, target, backend, activation, first_channel, first_class, ignore_index, include_dc,
-             magnitude_weight, phase_weight, need_grad, derive_first=False):
+             magnitude_weight, phase_weight, need_grad, derive_first=False, validate=False):
     from . import load
 
     module = load(backend)
@@ -160,9 +163,13 @@ def _forward(x, target, backend, activation, first_channel, first_class, ignore_
         return module.activated_field(
             x, target, activation, first_channel, first_class, ignore_index, include_dc, magnitude_weight,
             phase_weight, need_grad, **({"derive_first": True} if derive_first else {}),
+            **({"validate": True} if validate else {}),
         )
-    if derive_first:
-        raise ValueError(f"backend {backend!r} does not derive a class's field here (derive_first=True)")
+    if derive_first or validate:
+        raise ValueError(
+            f"backend {backend!r} does not derive a class's field or make the checks here "
+            f"(derive_first={derive_first}, validate={validate})"
+        )
     p, backend_target = probabilities(x, target, activation_name(activation), first_channel, ignore_index)
     scc, valid, field = _field(
         backend, p.contiguous(), backend_target, first_class, include_dc, magnitude_weight, phase_weight, need_grad
@@ -172,7 +179,7 @@ def _forward(x, target, backend, activation, first_channel, first_class, ignore_
 
 @_activated_correlation_op.register_fake
 def _(x, target, backend, activation, first_channel, first_class, ignore_index, include_dc, magnitude_weight,
-      phase_weight, need_grad, recompute, derive_first=False):
+      phase_weight, need_grad, recompute, derive_first=False, validate=False):
     acc = accumulation_dtype(x.dtype)
     pairs = (x.shape[0], x.shape[1] - first_channel)
     field_shape = (pairs[0], pairs[1] - int(derive_first)) + tuple(x.shape[2:])
@@ -184,7 +191,7 @@ def _keep_options(ctx, inputs):
     """The op's non-tensor inputs on ``ctx``, for backward."""
     ctx.backend, ctx.activation, ctx.first_channel = inputs[2:5]
     ctx.ignore_index = inputs[6]
-    ctx.recompute, ctx.derive_first = inputs[11], inputs[12]
+    ctx.recompute, ctx.derive_first, ctx.validate = inputs[11:14]
     ctx.options = inputs[5:10]  # first_class, ignore_index, include_dc, magnitude_weight, phase_weight
     ctx.set_materialize_grads(False)
 
@@ -200,13 +207,16 @@ def _backward_with(ctx, grad_scc, activation_backward, **scale):
     which also takes the upstream gradient as ``grad_scc`` times a ``scale``)."""
     refuse_double_backward(ctx.backend)
     x, target, field = ctx.saved_tensors[:3]
-    nones = (None,) * 12
+    nones = (None,) * 13
     if grad_scc is None:
         return (None,) + nones
     if ctx.recompute:  # the forward kept no field: run it again, with the gradient this time
+        # (validate as in the forward: what the backend computes may depend on it; the checks
+        # passed there, so they pass again)
         with torch.no_grad():
             _, _, field = _forward(
-                x, target, ctx.backend, ctx.activation, ctx.first_channel, *ctx.options, True, ctx.derive_first
+                x, target, ctx.backend, ctx.activation, ctx.first_channel, *ctx.options, True, ctx.derive_first,
+                ctx.validate,
             )
     if field.numel() == 0:
         raise RuntimeError(f"scc_fast {ctx.backend}: backward called but the forward ran with need_grad=False")
@@ -301,7 +311,7 @@ class _ActivatedCorrelationEager(torch.autograd.Function):
     # forward's signature with inspect, about 20 us a call.
     @staticmethod
     def forward(ctx, *inputs):
-        output = _forward(*inputs[:11], inputs[12])
+        output = _forward(*inputs[:11], *inputs[12:14])
         _setup_context(ctx, inputs, output)
         return output
 
@@ -319,11 +329,11 @@ class _ActivatedLossEager(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, *inputs):
-        # inputs: the op's 13, then class_weights, reduction
+        # inputs: the op's 14, then class_weights, reduction
         from .._reduction import loss_and_derivative
 
-        scc, valid, field = _forward(*inputs[:11], inputs[12])
-        loss, dloss_dscc = loss_and_derivative(scc, valid, inputs[13], inputs[14], uniform_grad=inputs[12])
+        scc, valid, field = _forward(*inputs[:11], *inputs[12:14])
+        loss, dloss_dscc = loss_and_derivative(scc, valid, inputs[14], inputs[15], uniform_grad=inputs[12])
         _keep_options(ctx, inputs)
         ctx.save_for_backward(inputs[0], inputs[1], field, dloss_dscc)
         return loss
@@ -358,6 +368,7 @@ def activated_correlation(
     magnitude_weight: float = 0.5,
     phase_weight: float = 0.5,
     derive_first: bool = False,
+    validate: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pair SCC of ``activation(x)`` by ``backend``, the probabilities never saved.
 
@@ -374,6 +385,8 @@ def activated_correlation(
         derive_first: class 0's field derived from the others' (backend "triton_fft", where its
             ``derives_first_class`` is true): the gradient is then right only for an upstream
             gradient of ``scc`` that is the same for every class of an image.
+        validate: ``scc_loss(validate=True)``'s checks made by the backend's kernels (where its
+            ``validates_in_op`` is true), their ``ValueError`` raised after its forward launches.
 
     Returns:
         ``(scc, valid)``, both B x C'; ``scc`` is differentiable in ``x``.
@@ -385,8 +398,11 @@ def activated_correlation(
         # lower peak), so without the kernel the activation is applied outside, as usual.
         from . import load
 
-        if derive_first:
-            raise ValueError(f"backend {backend!r} cannot derive a class's field without its backward kernel")
+        if derive_first or validate:
+            raise ValueError(
+                f"backend {backend!r} cannot derive a class's field or make the checks without its backward kernel "
+                f"(derive_first={derive_first}, validate={validate})"
+            )
         p, backend_target = probabilities(x, target, activation, first_channel, ignore_index)
         return load(backend).correlation(
             p, backend_target, first_class=first_class, include_dc=include_dc,
@@ -394,21 +410,21 @@ def activated_correlation(
         )
     op = _ActivatedCorrelationEager.apply if plain_eager(x, target) else _activated_correlation_op
     inputs = _op_inputs(backend, x, target, code, first_channel, first_class, ignore_index, include_dc,
-                        magnitude_weight, phase_weight, derive_first)
+                        magnitude_weight, phase_weight, derive_first, validate)
     scc, valid, _ = op(*inputs)
     return scc, valid
 
 
 def _op_inputs(backend, x, target, code, first_channel, first_class, ignore_index, include_dc, magnitude_weight,
-               phase_weight, derive_first) -> tuple:
-    """The registered op's 13 inputs for a call with these arguments (need_grad and recompute
+               phase_weight, derive_first, validate) -> tuple:
+    """The registered op's 14 inputs for a call with these arguments (need_grad and recompute
     decided here, from grad mode and :data:`RECOMPUTE_FIELD`)."""
     need_grad = torch.is_grad_enabled() and x.requires_grad
     recompute = need_grad and RECOMPUTE_FIELD
     return (
         x, target, backend, code, int(first_channel), int(first_class),
         None if ignore_index is None else int(ignore_index), bool(include_dc), float(magnitude_weight),
-        float(phase_weight), need_grad and not recompute, recompute, bool(derive_first),
+        float(phase_weight), need_grad and not recompute, recompute, bool(derive_first), bool(validate),
     )  # fmt: skip
 
 
@@ -425,6 +441,7 @@ def activated_loss(
     magnitude_weight: float = 0.5,
     phase_weight: float = 0.5,
     derive_first: bool = False,
+    validate: bool = False,
     class_weights: torch.Tensor | None = None,
     reduction: str = "mean",
 ) -> torch.Tensor | None:
@@ -442,7 +459,7 @@ def activated_loss(
     if class_weights is not None and not plain_eager(class_weights):
         return None
     inputs = _op_inputs(backend, x, target, activation_code(activation), first_channel, first_class, ignore_index,
-                        include_dc, magnitude_weight, phase_weight, derive_first)
+                        include_dc, magnitude_weight, phase_weight, derive_first, validate)
     return _ActivatedLossEager.apply(*inputs, class_weights, reduction)
 
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .._checks import NONFINITE_INPUT, raise_label_error
+from .._checks import raise_flagged
 from .._numerics import refuse_double_backward
 from .activation import ACTIVATIONS, activation_code  # the C++ enum Activation (csrc/cpu/scc_cpu.cpp) uses these codes
 
@@ -53,10 +53,6 @@ _OPS = (
     "native_empty_cache",
     "native_radix_fft",
 )
-
-# Bits of scc_forward's per-image flags (csrc/cpu/scc_cpu.cpp, enum InputFlag).
-_FLAG_NONFINITE_INPUT = 1
-_FLAG_LABEL_OUTSIDE = 2
 
 _LOAD_ERROR: str | None = None
 _REGISTERED = False
@@ -194,14 +190,17 @@ def empty_cache() -> None:
     torch.ops.scc_fast.native_empty_cache()
 
 
-def validates_in_op(*, activation: str | None, labels: bool, first_channel: int, ignore_index: int | None) -> bool:
+def validates_in_op(
+    *, activation: str | None, labels: bool, first_channel: int, ignore_index: int | None, x: torch.Tensor | None = None
+) -> bool:
     """Whether :func:`activated_correlation` makes ``validate=True``'s checks inside the operator.
 
     The softmax reads every logit (a NaN/Inf test rides on its max) and the build pass counts
     each class's voxels, whose sum is the image's size exactly when every label is a class of the
     loss: with softmax, integer labels, every channel in the loss and no ignore_index, both
     checks cost no pass of their own (measured, bench/RESULTS.md: 0.5 ms of a 9.9 ms step at
-    2 x 4 x 64^3 for the separate passes). Otherwise the checks run before the operator.
+    2 x 4 x 64^3 for the separate passes). Otherwise the checks run before the operator. ``x``
+    (the input; other backends' answer depends on it) is not needed here.
     """
     return activation == "softmax" and labels and first_channel == 0 and ignore_index is None
 
@@ -312,10 +311,6 @@ def activated_correlation(
         float(phase_weight),
         need_grad,
     )
-    if validate:
-        seen = int(flags.max())  # (B >= 1)
-        if seen & _FLAG_LABEL_OUTSIDE:  # the target's error first, as scc_loss's own checks
-            raise_label_error(target, input.shape[1], None)
-        if seen & _FLAG_NONFINITE_INPUT:
-            raise ValueError(NONFINITE_INPUT)
+    if validate:  # per-image flags (csrc/cpu/scc_cpu.cpp, enum InputFlag: the FLAG_* bits)
+        raise_flagged(flags, target, input.shape[1])
     return scc, valid

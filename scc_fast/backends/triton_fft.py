@@ -45,6 +45,12 @@ change the softmax's backward where the upstream gradient is the same for every 
 (``scc_loss``'s mean and sum without class weights, whose derivative then leaves the valid factor
 out). C - 1 maps transformed each way instead of C; the peak is p of C - 1 classes, y and Y (a
 class's map less than p, Y and P).
+With ``scc_loss``'s ``validate=True`` (softmax over every channel, integer labels, no ignored
+label: :func:`validates_in_op`) stage 1 makes the checks as it reads the logits and labels (a flag
+per program: a label outside the classes, a NaN/Inf logit) and the error is raised after the
+forward's launches, one device sync; the labels then known in range, their one-hot maps sum to
+one as well, so where class 0 is derived its Y is too (y of C - 1 classes written and transformed:
+every map and spectrum of the forward holds C - 1 classes).
 Each stage is split over (pair, part of the map) programs that write partial results, summed
 by the pair kernel in a fixed order (deterministic, no atomics). The gradient is computed in the forward
 call and is all that is saved: backward multiplies it by the per-pair upstream gradient. Only
@@ -66,6 +72,7 @@ import struct
 
 import torch
 
+from .._checks import raise_flagged
 from .._grid import next_power_of_2
 from .._numerics import accumulation_dtype
 from ._field_autograd import field_scaling_autograd
@@ -84,7 +91,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without triton i
 
 __all__ = [
     "correlation", "correlation_field", "activated_field", "activation_in_kernel", "unavailable_reason",
-    "unsupported_reason", "derives_first_class", "settings", "CHUNK_ELEMENTS", "DERIVE_FIRST_CLASS", "MAX_ACTIVATION_CHANNELS",
+    "unsupported_reason", "derives_first_class", "validates_in_op", "settings", "CHUNK_ELEMENTS", "DERIVE_FIRST_CLASS", "MAX_ACTIVATION_CHANNELS",
 ]
 
 #: Upper bound on B x k x spatial elements per chunk of k classes (at least one class per chunk).
@@ -255,6 +262,7 @@ if triton is not None:
         y_out_ptr,
         part_ptr,
         count_ptr,
+        flag_ptr,
         n_vox,
         n_chan,
         first_channel,
@@ -265,9 +273,11 @@ if triton is not None:
         span,
         n_splits,
         p_skip,
+        y_skip,
         ACTIVATION: tl.constexpr,
         LABELS: tl.constexpr,
         HAS_IGNORE: tl.constexpr,
+        VALIDATE: tl.constexpr,
         CP: tl.constexpr,
         BLOCK: tl.constexpr,
         CHANNEL_THREADS: tl.constexpr,
@@ -280,9 +290,13 @@ if triton is not None:
         ``first_channel + c0 + j`` (j < n_chunk) into ``p_out`` / ``y_out`` (B x n_chunk x
         spatial) for the transforms; with ``p_skip`` 1, p of chunk channel 0 is not written
         (``p_out`` is B x (n_chunk - 1) x spatial: that class's spectrum is derived from the
-        others', :func:`derives_first_class`). The moments of the pairs ``(image, j)`` go to
-        ``part`` and ``count`` as ``_spatial_stats_kernel`` writes them. One launch for what took
-        torch's softmax, the label narrowing and the statistics pass.
+        others', :func:`derives_first_class`), and with ``y_skip`` 1 neither is y's (labels
+        checked in range: Y of class 0 is derived too). The moments of the pairs ``(image, j)``
+        go to ``part`` and ``count`` as ``_spatial_stats_kernel`` writes them. One launch for what
+        took torch's softmax, the label narrowing and the statistics pass. With VALIDATE the
+        program also writes ``flag[image, split]``: FLAG_LABEL_OUTSIDE (2) for a label outside
+        0 .. n_chan - 1, FLAG_NONFINITE_INPUT (1) for a NaN or infinite logit (``scc_loss``'s
+        ``validate=True`` checks, made where the logits and labels are read anyway).
         """
         split = tl.program_id(0)
         b = tl.program_id(1)
@@ -292,7 +306,8 @@ if triton is not None:
         j = rows - first_channel - c0  # the row's index in the chunk
         in_chunk = (j >= 0) & (j < n_chunk)
         x_img = x_ptr + b.to(tl.int64) * n_chan * n_vox + rows[:, None].to(tl.int64) * n_vox
-        pair_rows = (b * n_chunk + j).to(tl.int64) * n_vox
+        y_rows = (b * (n_chunk - y_skip) + j - y_skip).to(tl.int64) * n_vox
+        y_mine = in_chunk & (j >= y_skip)
         p_rows = (b * (n_chunk - p_skip) + j - p_skip).to(tl.int64) * n_vox
         p_mine = in_chunk & (j >= p_skip)
         lanes = tl.arange(0, BLOCK)
@@ -310,6 +325,9 @@ if triton is not None:
         m2_y = tl.zeros([CP, BLOCK], dtype=dt)
         c_py = tl.zeros([CP, BLOCK], dtype=dt)  # with labels: the sum of p over the lane's ones
         count_l = tl.zeros([CP, BLOCK], dtype=tl.int32)
+        if VALIDATE:  # per lane, or-ed over the loop and reduced once after it
+            nonfinite_l = tl.zeros([CP, BLOCK], dtype=tl.int32)
+            outside_l = tl.zeros([BLOCK], dtype=tl.int32)
         start = split * span
         end = tl.minimum(start + span, n_vox)
         for off in range(start, end, BLOCK):
@@ -321,6 +339,11 @@ if triton is not None:
             m = idx < end
             tile = row_ok[:, None] & m[None, :]
             x = tl.load(x_img + idx[None, :], mask=tile, other=0.0).to(tl.float32)
+            if VALIDATE:
+                # NaN and +-inf have every exponent bit set: an integer test, no float compare
+                # that a compiler could assume away.
+                exponent = x.to(tl.int32, bitcast=True) & 0x7F800000
+                nonfinite_l |= (exponent == 0x7F800000).to(tl.int32)
             if ACTIVATION == 1:
                 x = tl.where(row_ok[:, None], x, -float("inf"))  # rows past C take no part
                 e = tl.exp(x - tl.max(x, axis=0)[None, :])
@@ -330,6 +353,8 @@ if triton is not None:
             mine = in_chunk[:, None] & m[None, :]
             if LABELS:
                 lab = tl.load(lab_ptr + b.to(tl.int64) * n_vox + idx, mask=m, other=-1)
+                if VALIDATE:
+                    outside_l |= (m & ((lab < 0) | (lab >= n_chan))).to(tl.int32)
                 cls = lab - first_class  # the loss channel the label names, if any
                 if HAS_IGNORE:
                     keep = lab != ignore_index
@@ -338,7 +363,7 @@ if triton is not None:
                 hit = (cls[None, :] == (rows - first_channel)[:, None]) & mine
                 y = hit.to(dt)
                 count_l += hit.to(tl.int32)
-                tl.store(y_out_ptr + pair_rows[:, None] + idx[None, :], y, mask=mine)
+                tl.store(y_out_ptr + y_rows[:, None] + idx[None, :], y, mask=y_mine[:, None] & m[None, :])
             else:
                 # yf is the chunk's view of the float target: its channel j is row j of the chunk.
                 yf = yf_ptr + b.to(tl.int64) * yf_stride_b + j[:, None].to(tl.int64) * yf_stride_c
@@ -377,6 +402,9 @@ if triton is not None:
         tl.store(out + 5, c_py, mask=in_chunk)
         if LABELS:
             tl.store(count_ptr + (b * n_chunk + j) * n_splits + split, count, mask=in_chunk)
+        if VALIDATE:
+            flag = tl.max(tl.max(nonfinite_l, axis=1), axis=0) | (tl.max(outside_l, axis=0) * 2)
+            tl.store(flag_ptr + b * n_splits + split, flag)
 
     @triton.jit
     def _half_spectrum_weights(k, m, w_half, LAST_EVEN: tl.constexpr, INCLUDE_DC: tl.constexpr):
@@ -605,23 +633,28 @@ if triton is not None:
 
 
     @triton.jit
-    def _derived_spectra(P_ptr, Y_ptr, b, k, m, rows, n_chan, n_half, n_vox):
+    def _derived_spectra(P_ptr, Y_ptr, b, k, m, rows, n_chan, n_half, n_vox, Y_SKIP: tl.constexpr):
         """The half spectra of every class of image b at bins k, CP x BLOCK x 2 (class, bin, re/im):
-        Y as transformed, P of classes 1 on as transformed (P holds B x (C - 1) maps) and P of
-        class 0 derived: the softmax over every channel makes the maps sum to one at each voxel,
-        so P_0 = N delta_k - sum_{c >= 1} P_c."""
+        P of classes 1 on as transformed (P holds B x (C - 1) maps) and P of class 0 derived: the
+        softmax over every channel makes the maps sum to one at each voxel, so P_0 = N delta_k -
+        sum_{c >= 1} P_c. Y as transformed, or with Y_SKIP (labels checked in range, so the
+        one-hot maps sum to one too) Y of class 0 derived the same way from B x (C - 1) maps."""
         ri = tl.arange(0, 2)
         row_ok = rows < n_chan
         bins = k[None, :, None] * 2 + ri[None, None, :]
-        y_rows = (b * n_chan + rows).to(tl.int64) * n_half * 2
-        p_rows = (b * (n_chan - 1) + tl.maximum(rows - 1, 0)).to(tl.int64) * n_half * 2
-        y_mask = row_ok[:, None, None] & m[None, :, None]
-        p_mask = y_mask & (rows >= 1)[:, None, None]
-        xy = tl.load(Y_ptr + y_rows[:, None, None] + bins, mask=y_mask, other=0.0)
-        xp = tl.load(P_ptr + p_rows[:, None, None] + bins, mask=p_mask, other=0.0)
+        derived_rows = (b * (n_chan - 1) + tl.maximum(rows - 1, 0)).to(tl.int64) * n_half * 2
+        all_mask = row_ok[:, None, None] & m[None, :, None]
+        derived_mask = all_mask & (rows >= 1)[:, None, None]
+        xp = tl.load(P_ptr + derived_rows[:, None, None] + bins, mask=derived_mask, other=0.0)
         dc = ((k == 0)[:, None] & (ri == 0)[None, :]).to(xp.dtype) * tl.cast(n_vox, xp.dtype)
-        xp0 = dc - tl.sum(xp, axis=0)
-        xp = tl.where((rows == 0)[:, None, None], xp0[None, :, :], xp)
+        first = (rows == 0)[:, None, None]
+        xp = tl.where(first, (dc - tl.sum(xp, axis=0))[None, :, :], xp)
+        if Y_SKIP:
+            xy = tl.load(Y_ptr + derived_rows[:, None, None] + bins, mask=derived_mask, other=0.0)
+            xy = tl.where(first, (dc - tl.sum(xy, axis=0))[None, :, :], xy)
+        else:
+            y_rows = (b * n_chan + rows).to(tl.int64) * n_half * 2
+            xy = tl.load(Y_ptr + y_rows[:, None, None] + bins, mask=all_mask, other=0.0)
         return xp, xy
 
     @triton.jit
@@ -637,11 +670,13 @@ if triton is not None:
         n_splits,
         LAST_EVEN: tl.constexpr,
         INCLUDE_DC: tl.constexpr,
+        Y_SKIP: tl.constexpr,
         CP: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
         """Program (split, image): ``_spectral_stats_kernel``'s sums for every class of the image
-        at once, with P of class 0 derived from the others' (:func:`_derived_spectra`). Writes
+        at once, with P (and with Y_SKIP Y) of class 0 derived from the others'
+        (:func:`_derived_spectra`). Writes
         ``part[(image, class), split]``, the layout the pair kernel reads."""
         split = tl.program_id(0)
         b = tl.program_id(1)
@@ -656,7 +691,7 @@ if triton is not None:
         for off in range(start, end, BLOCK):
             k = off + lanes
             m = k < end
-            xp, xy = _derived_spectra(P_ptr, Y_ptr, b, k, m, rows, n_chan, n_half, n_vox)
+            xp, xy = _derived_spectra(P_ptr, Y_ptr, b, k, m, rows, n_chan, n_half, n_vox, Y_SKIP)
             a = tl.sqrt(tl.sum(xp * xp, axis=2))
             bm = tl.sqrt(tl.sum(xy * xy, axis=2))
             w = _half_spectrum_weights(k, m, w_half, LAST_EVEN, INCLUDE_DC).to(dt)[None, :]
@@ -673,10 +708,10 @@ if triton is not None:
     @triton.jit
     def _derived_field_kernel(
         P_ptr, Y_ptr, coef_ptr, n_pairs, n_chan, n_half, n_vox,
-        INCLUDE_DC: tl.constexpr, CP: tl.constexpr, BLOCK: tl.constexpr,
+        INCLUDE_DC: tl.constexpr, Y_SKIP: tl.constexpr, CP: tl.constexpr, BLOCK: tl.constexpr,
     ):
         """Program (tile, image): ``_field_kernel``'s spectrum G_c of dSCC_c/dp_c for every class of
-        the image, P of class 0 derived (:func:`_derived_spectra`), written over P as G_c - G_0
+        the image, P (and with Y_SKIP Y) of class 0 derived (:func:`_derived_spectra`), written over P as G_c - G_0
         for the classes 1 on. Shifting every class's gradient by the same map leaves the softmax's
         backward unchanged (sum_c p_c = 1) where the upstream gradient is the same for every
         class of the image, so class 0 needs no inverse transform."""
@@ -686,7 +721,7 @@ if triton is not None:
         row_ok = rows < n_chan
         k = tile * BLOCK + tl.arange(0, BLOCK)
         m = k < n_half
-        xp, xy = _derived_spectra(P_ptr, Y_ptr, b, k, m, rows, n_chan, n_half, n_vox)
+        xp, xy = _derived_spectra(P_ptr, Y_ptr, b, k, m, rows, n_chan, n_half, n_vox, Y_SKIP)
         pair = b * n_chan + rows
         # Each class's coefficients as a column (classes x 1), the DC test as a row (1 x bins).
         field = _gradient_spectrum(
@@ -803,6 +838,7 @@ def _forward(
     splits: int | None = None,
     block: int | None = None,
     derive_first: bool = False,
+    validate: bool = False,
 ):
     """SCC (B x C'), valid (B x C') and, if ``need_grad``, dSCC/dp (B x C' x spatial, contiguous).
 
@@ -818,6 +854,12 @@ def _forward(
     spectrum from theirs; the gradient is then B x (C - 1) x spatial, dSCC_c/dp_c - dSCC_0/dp_0
     for the classes 1 on, valid for an upstream gradient that is the same for every class of an
     image (the softmax's backward does not see a map added to every class's gradient).
+
+    ``validate`` (softmax over every channel, integer labels, no ignored label: what
+    :func:`validates_in_op` checks) makes ``scc_loss(validate=True)``'s checks in stage 1 and
+    raises their ``ValueError`` after the launches (one device sync); with ``derive_first`` the
+    labels' one-hot maps then sum to one at each voxel too, so Y of class 0 is derived like P
+    (y of C - 1 classes written and transformed).
     """
     acc = accumulation_dtype(probs.dtype)
     # Logits are read in their own dtype by the kernel; probabilities are computed in acc.
@@ -856,6 +898,13 @@ def _forward(
             f"{n_chan} classes in chunks of {step}, {acc})"
         )
     p_skip = int(derive_first)
+    if validate and not (activation == 1 and labels and first_channel == 0 and ignore_index is None):
+        raise ValueError(
+            "validate needs softmax over every channel, integer labels and no ignore_index "
+            f"(got activation {activation}, labels {labels}, first_channel {first_channel}, ignore_index {ignore_index})"
+        )
+    y_skip = int(derive_first and validate)
+    flags = None  # stage 1's FLAG_* bits per (image, split), where it makes the checks
 
     class0 = first_class
     if labels and not activation and n_chan > 1 and n_chan <= 127 and target.element_size() > 1:
@@ -876,7 +925,7 @@ def _forward(
         k = min(n_chan, c0 + step) - c0
         n_pairs = n_batch * k
         y_view = y_src if labels else y_src[:, c0 : c0 + k]
-        y_chunk = torch.empty(n_batch, k, *spatial, dtype=acc, device=device) if labels else y_view
+        y_chunk = torch.empty(n_batch, k - y_skip, *spatial, dtype=acc, device=device) if labels else y_view
 
         # 1. Spatial moments (and the p and one-hot y the transforms need). With the activation
         # a program takes one image's tile for every class, without it one pair's.
@@ -888,13 +937,16 @@ def _forward(
         counts = torch.empty(n_pairs, n_sp, dtype=torch.int32, device=device) if labels else part
         if activation:
             p_chunk = torch.empty(n_batch, k - p_skip, *spatial, dtype=acc, device=device)
+            check = validate and c0 == 0  # the first chunk's stage 1 reads every logit and label
+            if check:
+                flags = torch.empty(n_batch, n_sp, dtype=torch.int32, device=device)
             _activated_moments_kernel[(n_sp, n_batch)](
                 probs, target, y_view, y_view.stride(0), y_view.stride(1) if not labels else 0,
-                p_chunk, y_chunk, part, counts,
+                p_chunk, y_chunk, part, counts, flags if check else counts,
                 n_vox, probs.shape[1], first_channel, c0, k, first_class,
-                0 if ignore_index is None else int(ignore_index), span, n_sp, p_skip,
+                0 if ignore_index is None else int(ignore_index), span, n_sp, p_skip, y_skip,
                 ACTIVATION=int(activation), LABELS=labels, HAS_IGNORE=labels and ignore_index is not None,
-                CP=rows, BLOCK=lanes, CHANNEL_THREADS=channel_threads, num_warps=warps,
+                VALIDATE=check, CP=rows, BLOCK=lanes, CHANNEL_THREADS=channel_threads, num_warps=warps,
             )  # fmt: skip
         else:
             p_chunk = probs[:, c0 : c0 + k]
@@ -923,7 +975,8 @@ def _forward(
             tpart = torch.empty(n_pairs, n_tsp, 3, dtype=acc, device=device)
             _derived_stats_kernel[(n_tsp, n_batch)](
                 P_r, Y_r, tpart, n_chan, n_half, w_half, n_vox, tspan, n_tsp,
-                LAST_EVEN=spatial[-1] % 2 == 0, INCLUDE_DC=include_dc, CP=d_rows, BLOCK=d_block, num_warps=d_warps,
+                LAST_EVEN=spatial[-1] % 2 == 0, INCLUDE_DC=include_dc, Y_SKIP=bool(y_skip), CP=d_rows, BLOCK=d_block,
+                num_warps=d_warps,
             )  # fmt: skip
         else:
             n_tsp, tspan = _splits(n_half, n_pairs, block, target_programs, splits)
@@ -950,7 +1003,7 @@ def _forward(
         if derive_first:
             _derived_field_kernel[(-(-n_half // d_block), n_batch)](
                 P_r, Y_r, coef, n_pairs, n_chan, n_half, n_vox,
-                INCLUDE_DC=include_dc, CP=d_rows, BLOCK=d_block, num_warps=d_warps,
+                INCLUDE_DC=include_dc, Y_SKIP=bool(y_skip), CP=d_rows, BLOCK=d_block, num_warps=d_warps,
             )  # fmt: skip
         else:
             _field_kernel[(-(-n_half // block), n_pairs)](
@@ -968,6 +1021,9 @@ def _forward(
                 grad = torch.empty((n_batch, n_chan, *spatial), dtype=acc, device=device)
             grad[:, c0 : c0 + k] = g
         del g
+    if flags is not None:
+        # After every launch, so that the device has the whole forward queued while the host waits.
+        raise_flagged(flags, target, probs.shape[1])
     return scc, valid, grad
 
 
@@ -1090,6 +1146,26 @@ def _derivable(activation: int, first_channel: int, ignore_index, n_chan: int, p
             and acc == torch.float32 and n_chan * per_class <= limit)
 
 
+def _stage1_computes_p(x: torch.Tensor) -> bool:
+    """Whether :func:`activated_field` has stage 1 compute p from ``x`` (B x C x spatial logits):
+    at most MAX_ACTIVATION_CHANNELS channels, not float64 (else torch computes p first)."""
+    return activation_in_kernel and x.shape[1] <= MAX_ACTIVATION_CHANNELS and x.dtype != torch.float64
+
+
+def validates_in_op(
+    *, activation: str | None, labels: bool, first_channel: int, ignore_index: int | None, x: torch.Tensor | None = None
+) -> bool:
+    """Whether :func:`activated_field` makes ``scc_loss(validate=True)``'s checks itself for the
+    logits ``x``: stage 1 reads every logit and label of the first chunk anyway, so with softmax
+    over every channel, integer labels and no ignore_index it flags a label outside 0 .. C - 1 or a
+    NaN/Inf logit as it goes, and the error is raised after the forward's launches (one device
+    sync where ``scc_loss``'s own checks take two syncs and passes of their own over the labels
+    and logits). Where class 0 is derived (:func:`derives_first_class`), its target spectrum is
+    then derived too: the one-hot maps of labels in range sum to one."""
+    return (activation == "softmax" and labels and first_channel == 0 and ignore_index is None
+            and x is not None and _stage1_computes_p(x) and unsupported_reason(x, x) is None)
+
+
 def settings() -> str:
     """The settings in force, in words (``scc-fast backends`` prints them)."""
     derive = "derived from the others'" if DERIVE_FIRST_CLASS else "transformed like the others (SCC_FAST_FFT_DERIVE=0)"
@@ -1102,18 +1178,24 @@ def settings() -> str:
 
 
 def activated_field(x, target, activation, first_channel, first_class, ignore_index, include_dc,
-                    magnitude_weight, phase_weight, need_grad, derive_first=False):
+                    magnitude_weight, phase_weight, need_grad, derive_first=False, validate=False):
     """``(scc, valid, field)`` of ``activation(x)`` (1: softmax over all C channels, 2: sigmoid)
     over channels ``first_channel`` on, voxels labelled ``ignore_index`` counted as p = 0 and
     target 0, p computed by stage 1. field = dSCC/dp (B x C' x spatial float32, or (0,)); with
     ``derive_first`` (where :func:`derives_first_class`) B x (C' - 1) x spatial, the classes 1
-    on less class 0's (:func:`_forward`)."""
+    on less class 0's (:func:`_forward`). ``validate`` (where :func:`validates_in_op`): stage 1
+    makes ``scc_loss(validate=True)``'s checks and their ``ValueError`` is raised here."""
     if _IMPORT_ERROR is not None:
         raise RuntimeError(_IMPORT_ERROR)
     reason = unsupported_reason(x, target)
     if reason is not None:
         raise RuntimeError(f"backend 'triton_fft' cannot run: {reason}")
-    if not derive_first and (x.shape[1] > MAX_ACTIVATION_CHANNELS or x.dtype == torch.float64):
+    if validate and not _stage1_computes_p(x):
+        raise ValueError(
+            f"validate=True needs stage 1 to compute p (at most {MAX_ACTIVATION_CHANNELS} channels, not float64, "
+            f"activation_in_kernel); got {x.shape[1]} channels of {x.dtype}"
+        )
+    if not derive_first and not _stage1_computes_p(x):
         # Too many channels for one tile, or float64 (stage 1 computes in float32).
         p, t = probabilities(
             x.to(accumulation_dtype(x.dtype)), target, activation_name(int(activation)), first_channel, ignore_index
@@ -1123,7 +1205,7 @@ def activated_field(x, target, activation, first_channel, first_class, ignore_in
         scc, valid, grad = _forward(
             x, target, int(first_class), bool(include_dc), float(magnitude_weight), float(phase_weight), need_grad,
             activation=int(activation), first_channel=int(first_channel), ignore_index=ignore_index,
-            derive_first=bool(derive_first),
+            derive_first=bool(derive_first), validate=bool(validate),
         )
     return scc, valid, grad if grad is not None else scc.new_empty((0,))
 
