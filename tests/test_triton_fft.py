@@ -7,6 +7,7 @@ TRITON_INTERPRET=1 before anything imports triton), so shapes are small.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -495,20 +496,29 @@ def test_settings_are_listed_by_the_cli(monkeypatch, capsys):
     assert "threads down the channels first" in triton_fft.settings()
 
 
+def forward_peaks(seed, *settings, shape=(2, 4, 16, 16, 16)):
+    """The peak bytes of the softmax forward's own tensors (inputs excepted) under each of the
+    ``settings`` (keyword arguments of ``_forward``), and the bytes of a B x C map and half spectrum."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g).to(DEVICE)
+    labels = torch.randint(0, shape[1], (shape[0],) + shape[2:], generator=g).to(DEVICE)
+    map_bytes = math.prod(shape) * 4
+    spectrum_bytes = math.prod(shape[:-1]) * (shape[-1] // 2 + 1) * 8
+    peaks = []
+    for kw in settings:
+        with torch.no_grad(), LiveBytes(x, labels) as live:
+            out = triton_fft._forward(x, labels, 0, False, 0.5, 0.5, True, activation=1, **kw)
+        peaks.append(live.peak)
+        assert live.now == sum(t.untyped_storage().nbytes() for t in out)  # nothing else left alive
+    return peaks, map_bytes, spectrum_bytes
+
+
 def test_derived_forward_peak_is_lower():
     # Without p of class 0 (and its spectrum and inverse transform): the forward's own tensors
     # peak at p of C - 1 classes, y and Y (y is transformed first), not p, Y and P.
-    b, c, d, h, w = 2, 4, 16, 16, 16
-    g = torch.Generator().manual_seed(45)
-    x = torch.randn(b, c, d, h, w, generator=g).to(DEVICE)
-    labels = torch.randint(0, c, (b, d, h, w), generator=g).to(DEVICE)
-    map_bytes, spectrum_bytes = b * c * d * h * w * 4, b * c * d * h * (w // 2 + 1) * 8
-    peaks = {}
-    for derive in (False, True):
-        with torch.no_grad(), LiveBytes(x, labels) as live:
-            out = triton_fft._forward(x, labels, 0, False, 0.5, 0.5, True, activation=1, derive_first=derive)
-        peaks[derive] = live.peak
-        assert live.now == sum(t.untyped_storage().nbytes() for t in out)
+    c = 4
+    (full, derived), map_bytes, spectrum_bytes = forward_peaks(45, dict(), dict(derive_first=True))
+    peaks = {False: full, True: derived}
     bound = (c - 1) / c * map_bytes + map_bytes + spectrum_bytes
     assert peaks[True] <= 1.01 * bound, (peaks[True] / map_bytes, bound / map_bytes)
     assert peaks[True] <= 0.92 * peaks[False], (peaks[True], peaks[False])
@@ -701,18 +711,11 @@ def test_validated_forward_peak_is_lower():
     # With the labels checked in range, y of class 0 is not written either: every map and
     # spectrum holds C - 1 classes, and the forward's own tensors peak at p, y and Y or at p, Y
     # and P (2.88 -> 2.44 maps here, where a half spectrum is 1.125 maps).
-    b, c, d, h, w = 2, 4, 16, 16, 16
-    g = torch.Generator().manual_seed(61)
-    x = torch.randn(b, c, d, h, w, generator=g).to(DEVICE)
-    labels = torch.randint(0, c, (b, d, h, w), generator=g).to(DEVICE)
-    map_bytes, spectrum_bytes = b * c * d * h * w * 4, b * c * d * h * (w // 2 + 1) * 8
-    peaks = {}
-    for validate in (False, True):
-        with torch.no_grad(), LiveBytes(x, labels) as live:
-            out = triton_fft._forward(x, labels, 0, False, 0.5, 0.5, True, activation=1, derive_first=True,
-                                      validate=validate)
-        peaks[validate] = live.peak
-        assert live.now == sum(t.untyped_storage().nbytes() for t in out)
+    c = 4
+    (unchecked, checked), map_bytes, spectrum_bytes = forward_peaks(
+        61, dict(derive_first=True), dict(derive_first=True, validate=True)
+    )
+    peaks = {False: unchecked, True: checked}
     bound = (c - 1) / c * (max(2 * map_bytes, map_bytes + spectrum_bytes) + spectrum_bytes)
     assert peaks[True] <= 1.01 * bound, (peaks[True] / map_bytes, bound / map_bytes)
     assert peaks[True] <= 0.87 * peaks[False], (peaks[True] / map_bytes, peaks[False] / map_bytes)

@@ -278,6 +278,8 @@ def _activation_backward_op(
 
 def _activation_backward(x, field, grad_scc, target, activation, first_channel, ignore_index, use_kernel,
                          scale=None):
+    # The kernel computes in float32; float64 keeps its precision through torch ops.
+    use_kernel = use_kernel and x.dtype != torch.float64 and _HAVE_TRITON
     # ``scale`` (eager mode only): the upstream gradient is grad_scc * scale, a one-element
     # scale multiplied in the kernel, other shapes here.
     if scale is not None and not (use_kernel and scale.numel() == 1):
@@ -287,8 +289,7 @@ def _activation_backward(x, field, grad_scc, target, activation, first_channel, 
     # gradient that is the same for every class of an image, so the backward takes loss channel
     # 0 as a channel outside the loss (its field is 0) and reads grad_scc from column 1.
     skip = grad_scc.shape[1] - field.shape[1] if field.dim() > 1 else 0
-    # The kernel computes in float32; float64 keeps its precision through torch ops.
-    if use_kernel and x.dtype != torch.float64 and _HAVE_TRITON:
+    if use_kernel:
         from ._activation_kernel import activation_backward
 
         return activation_backward(x, field, grad_scc, target, activation, first_channel, ignore_index, skip, scale)
