@@ -62,12 +62,12 @@ FLAG_NONFINITE_INPUT = 1
 FLAG_LABEL_OUTSIDE = 2
 
 
-def raise_flagged(flags: torch.Tensor, target: torch.Tensor, n_chan: int) -> None:
+def raise_flagged(flags: torch.Tensor, target: torch.Tensor, n_chan: int, ignore_index: int | None = None) -> None:
     """Raise ``validate=True``'s error for what an operator's pass flagged (a non-empty int tensor of
     FLAG_* bits; one device sync): the target's error first, as :mod:`scc_fast.functional`'s own
     checks order them."""
     seen = int(flags.max())
     if seen & FLAG_LABEL_OUTSIDE:
-        raise_label_error(target, n_chan, None)
+        raise_label_error(target, n_chan, ignore_index)
     if seen & FLAG_NONFINITE_INPUT:
         raise ValueError(NONFINITE_INPUT)

@@ -163,8 +163,9 @@ def scc_loss(
         reduction: ``"mean"`` over non-degenerate pairs (class-weighted), ``"sum"`` or
             ``"none"`` (B x C, or B x (C - 1) without background; degenerate pairs are 0).
         validate: check label range and NaN/Inf (costs a device sync; backends ``native`` and
-            ``triton_fft`` make the checks inside their operator for softmax over every channel
-            with integer labels and no ``ignore_index``, the error raised after its forward). With
+            ``triton_fft`` make the checks inside their operator, native for softmax over every
+            channel with integer labels and no ``ignore_index``, triton_fft for softmax or sigmoid
+            with integer labels, the error raised after its forward). With
             ``validate=False``, and while ``torch.compile`` traces the call (a data-dependent
             check would break the graph), a NaN/Inf in ``input`` propagates to a NaN loss and
             gradient as in torch's own losses, and labels outside the classes count as 0 in

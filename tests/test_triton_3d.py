@@ -277,16 +277,17 @@ for rows in (2, 4, 16, 32):
                  dict(INCLUDE_DC=dc, Y_SKIP=y_skip, CP=rows, BLOCK=max(16, fft.DERIVED_VALUES // rows)),
                  warps=fft.DERIVED_WARPS)
 # stage 1 with the activation: softmax / sigmoid of float32 or bf16 logits, labels or a float target,
-# and with validate=True's checks (softmax, labels, no ignored label)
+# and with validate=True's checks (softmax or sigmoid, labels, with and without an ignored label)
 stage1_ints = ["n_vox", "n_chan", "first_channel", "c0", "n_chunk", "first_class", "ignore_index", "span", "n_splits",
                "p_skip", "y_skip"]
 for x, act, labels, rows, check in (("*fp32", 1, True, 4, False), ("*bf16", 1, True, 16, False),
                                     ("*fp16", 2, True, 32, False), ("*fp32", 1, False, 16, False),
-                                    ("*fp32", 1, True, 4, True), ("*bf16", 1, True, 16, True), ("*fp32", 1, True, 32, True)):
+                                    ("*fp32", 1, True, 4, True), ("*bf16", 1, True, 16, True), ("*fp32", 1, True, 32, True),
+                                    ("*fp16", 2, True, 2, True)):
     compile_(fft._activated_moments_kernel, dict(x_ptr=x, lab_ptr="*i64" if labels else f, yf_ptr=f,
              yf_stride_b="i64", yf_stride_c="i64", p_out_ptr=f, y_out_ptr=f, part_ptr=f,
              count_ptr="*i32" if labels else f, flag_ptr="*i32" if check else f, **{i: "i32" for i in stage1_ints}),
-             dict(ACTIVATION=act, LABELS=labels, HAS_IGNORE=labels and not check, VALIDATE=check, CP=rows,
+             dict(ACTIVATION=act, LABELS=labels, HAS_IGNORE=labels and rows != 4, VALIDATE=check, CP=rows,
                   CHANNEL_THREADS=False, BLOCK=max(16, 1024 // rows)), warps=8)
 # the other tiles and warps bench/gpu_stage1_tune.py times (values per tile, warps, threads down
 # the channels first), at 16 rows, and the channel-thread tiles at 4 and 32 rows too

@@ -610,14 +610,25 @@ def test_validate_in_stage_one_splits_tiles_and_chunks():
                                     validate=True, **launch)
 
 
+VALIDATED_OPTIONS = [
+    dict(softmax=True),
+    dict(softmax=True, ignore_index=255),  # 255 is no class but allowed; other labels outside are not
+    dict(softmax=True, include_background=False),  # channel 0's logits and label 0 are checked too
+    dict(sigmoid=True, ignore_index=1),
+]
+
+
+@pytest.mark.parametrize("options", VALIDATED_OPTIONS, ids=["softmax", "ignore", "no-background", "sigmoid-ignore"])
 @pytest.mark.parametrize("bad", ["label-high", "label-negative", "nan", "inf", "-inf", "label-and-nan"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-def test_validate_in_stage_one_raises_scc_loss_errors(monkeypatch, bad, dtype):
+def test_validate_in_stage_one_raises_scc_loss_errors(monkeypatch, bad, dtype, options):
     # The errors scc_loss's own checks raise (backend torch makes them there), word for word; the
     # target's first where both are wrong.
     g = torch.Generator().manual_seed(57)
     x = torch.randn(2, 3, 6, 7, 5, generator=g).to(dtype)
     labels = torch.randint(0, 3, (2, 6, 7, 5), generator=g)
+    if "ignore_index" in options:
+        labels[0, 0] = options["ignore_index"]
     if bad in ("label-high", "label-and-nan"):
         labels[1, 5, 6, 4] = 3
     if bad == "label-negative":
@@ -627,16 +638,33 @@ def test_validate_in_stage_one_raises_scc_loss_errors(monkeypatch, bad, dtype):
     if bad in ("inf", "-inf"):
         x[0, 0, 3, 3, 3] = float(bad)
     with pytest.raises(ValueError) as expected:
-        scc_fast.scc_loss(x.float(), labels, softmax=True, backend="torch")
+        scc_fast.scc_loss(x.float(), labels, **options, backend="torch")
     _forbid_separate_checks(monkeypatch)
     for need_grad in (True, False):
         with pytest.raises(ValueError) as raised:
-            scc_fast.scc_loss(x.to(DEVICE).requires_grad_(need_grad), labels.to(DEVICE), softmax=True,
+            scc_fast.scc_loss(x.to(DEVICE).requires_grad_(need_grad), labels.to(DEVICE), **options,
                               backend="triton_fft")
         assert str(raised.value) == str(expected.value)
     # validate=False: no check, the loss computed (labels outside count as 0; a NaN propagates).
-    loss = scc_fast.scc_loss(x.to(DEVICE), labels.to(DEVICE), softmax=True, backend="triton_fft", validate=False)
-    assert torch.isfinite(loss).item() == (bad in ("label-high", "label-negative", "-inf"))
+    if options.get("softmax") and "include_background" not in options:
+        loss = scc_fast.scc_loss(x.to(DEVICE), labels.to(DEVICE), **options, backend="triton_fft", validate=False)
+        assert torch.isfinite(loss).item() == (bad in ("label-high", "label-negative", "-inf"))
+
+
+@pytest.mark.parametrize("options", VALIDATED_OPTIONS, ids=["softmax", "ignore", "no-background", "sigmoid-ignore"])
+def test_validate_in_stage_one_passes_valid_inputs(monkeypatch, options):
+    # ignore_index itself, and every label of the classes, pass; the result is the reference's.
+    g = torch.Generator().manual_seed(63)
+    logits = torch.randn(2, 3, 7, 6, 5, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 3, (2, 7, 6, 5), generator=g)
+    if "ignore_index" in options:
+        labels[1, :2] = options["ignore_index"]
+    ref, ref_grad = loss_and_grad("reference", logits, labels, torch.float64, **options)
+    _forbid_separate_checks(monkeypatch)
+    stage1 = _launch_options(monkeypatch, "_activated_moments_kernel")
+    out, grad = loss_and_grad("triton_fft", logits, labels, torch.float32, **options)
+    assert [k["VALIDATE"] for k in stage1] == [True]
+    assert rel_err(out, ref) <= 1e-5 and rel_err(grad, ref_grad) <= 1e-5
 
 
 def test_validate_in_stage_one_through_the_registered_op_and_recompute(monkeypatch):
@@ -673,14 +701,30 @@ def test_validate_in_stage_one_through_the_registered_op_and_recompute(monkeypat
     torch.library.opcheck(op, args)
 
 
+def test_validate_in_stage_one_single_channel_binary_labels(monkeypatch):
+    # C = 1 with a sigmoid: labels 0 / 1 (the channel's mask) pass, 2 does not, as scc_loss's checks.
+    g = torch.Generator().manual_seed(65)
+    logits = torch.randn(2, 1, 8, 9, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 2, (2, 8, 9), generator=g)
+    ref, ref_grad = loss_and_grad("reference", logits, labels, torch.float64, sigmoid=True)
+    _forbid_separate_checks(monkeypatch)
+    stage1 = _launch_options(monkeypatch, "_activated_moments_kernel")
+    out, grad = loss_and_grad("triton_fft", logits, labels, torch.float32, sigmoid=True)
+    assert [k["VALIDATE"] for k in stage1] == [True]
+    assert rel_err(out, ref) <= 1e-5 and rel_err(grad, ref_grad) <= 1e-5
+    labels[1, 7, 8] = 2
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\] for 1 channel\(s\), got values from 2 to 2"):
+        scc_fast.scc_loss(logits.float().to(DEVICE), labels.to(DEVICE), sigmoid=True, backend="triton_fft")
+
+
 @pytest.mark.parametrize("kw,in_op", [
     (dict(activation="softmax", labels=True, first_channel=0, ignore_index=None), True),
-    (dict(activation="sigmoid", labels=True, first_channel=0, ignore_index=None), False),
+    (dict(activation="sigmoid", labels=True, first_channel=0, ignore_index=None), True),
+    (dict(activation="softmax", labels=True, first_channel=1, ignore_index=None), True),
+    (dict(activation="softmax", labels=True, first_channel=0, ignore_index=255), True),
     (dict(activation=None, labels=True, first_channel=0, ignore_index=None), False),
     (dict(activation="softmax", labels=False, first_channel=0, ignore_index=None), False),
-    (dict(activation="softmax", labels=True, first_channel=1, ignore_index=None), False),
-    (dict(activation="softmax", labels=True, first_channel=0, ignore_index=255), False),
-], ids=["softmax-labels", "sigmoid", "probabilities", "float-target", "no-background", "ignore"])
+], ids=["softmax-labels", "sigmoid", "no-background", "ignore", "probabilities", "float-target"])
 def test_validates_in_op_contract(kw, in_op):
     x = torch.zeros(2, 3, 4, 4, device=DEVICE)
     assert triton_fft.validates_in_op(**kw, x=x) is in_op
@@ -691,15 +735,12 @@ def test_validates_in_op_contract(kw, in_op):
     assert not triton_fft.validates_in_op(**kw)
 
 
-@pytest.mark.parametrize("bad", [dict(activation=2), dict(activation=1, first_channel=1),
-                                 dict(activation=1, ignore_index=1), dict(activation=0)],
-                         ids=["sigmoid", "no-background", "ignore", "probabilities"])
-def test_validate_in_stage_one_refuses_what_it_cannot_check(bad):
+def test_validate_in_stage_one_refuses_what_it_cannot_check():
     logits, labels = derived_inputs((2, 3, 6, 8))
-    x = logits.float() if bad.get("activation") else torch.softmax(logits, 1).float()
-    with pytest.raises(ValueError, match="validate needs softmax over every channel, integer labels"):
-        triton_fft._forward(x.to(DEVICE), labels.to(DEVICE), 0, False, 0.5, 0.5, True, validate=True, **bad)
-    with pytest.raises(ValueError, match="validate needs softmax over every channel, integer labels"):
+    with pytest.raises(ValueError, match="validate needs logits .* and integer labels .*got activation 0"):
+        triton_fft._forward(torch.softmax(logits, 1).float().to(DEVICE), labels.to(DEVICE), 0, False, 0.5, 0.5, True,
+                            validate=True)
+    with pytest.raises(ValueError, match="validate needs logits .* and integer labels .*a float target"):
         triton_fft._forward(logits.float().to(DEVICE), torch.rand(2, 3, 6, 8, device=DEVICE), 0, False, 0.5, 0.5,
                             True, activation=1, validate=True)
     with pytest.raises(ValueError, match="validate=True needs stage 1 to compute p"):

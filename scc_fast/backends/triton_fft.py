@@ -45,8 +45,8 @@ change the softmax's backward where the upstream gradient is the same for every 
 (``scc_loss``'s mean and sum without class weights, whose derivative then leaves the valid factor
 out). C - 1 maps transformed each way instead of C; the peak is p of C - 1 classes, y and Y (a
 class's map less than p, Y and P).
-With ``scc_loss``'s ``validate=True`` (softmax over every channel, integer labels, no ignored
-label: :func:`validates_in_op`) stage 1 makes the checks as it reads the logits and labels (a flag
+With ``scc_loss``'s ``validate=True`` (logits and integer labels: :func:`validates_in_op`) stage 1
+makes the checks as it reads the logits and labels (a flag
 per program: a label outside the classes, a NaN/Inf logit) and the error is raised after the
 forward's launches, one device sync; the labels then known in range, their one-hot maps sum to
 one as well, so where class 0 is derived its Y is too (y of C - 1 classes written and transformed:
@@ -295,8 +295,9 @@ if triton is not None:
         go to ``part`` and ``count`` as ``_spatial_stats_kernel`` writes them. One launch for what
         took torch's softmax, the label narrowing and the statistics pass. With VALIDATE the
         program also writes ``flag[image, split]``: FLAG_LABEL_OUTSIDE (2) for a label outside
-        0 .. n_chan - 1, FLAG_NONFINITE_INPUT (1) for a NaN or infinite logit (``scc_loss``'s
-        ``validate=True`` checks, made where the logits and labels are read anyway).
+        0 .. max(n_chan, 2) - 1 other than ``ignore_index``, FLAG_NONFINITE_INPUT (1) for a NaN or
+        infinite logit of any channel (``scc_loss``'s ``validate=True`` checks, made where the
+        logits and labels are read anyway).
         """
         split = tl.program_id(0)
         b = tl.program_id(1)
@@ -353,8 +354,11 @@ if triton is not None:
             mine = in_chunk[:, None] & m[None, :]
             if LABELS:
                 lab = tl.load(lab_ptr + b.to(tl.int64) * n_vox + idx, mask=m, other=-1)
-                if VALIDATE:
-                    outside_l |= (m & ((lab < 0) | (lab >= n_chan))).to(tl.int32)
+                if VALIDATE:  # labels 0 .. max(C, 2) - 1 (scc_fast._checks.label_range) or ignore_index
+                    outside = (lab < 0) | (lab >= tl.maximum(n_chan, 2))
+                    if HAS_IGNORE:
+                        outside = outside & (lab != ignore_index)
+                    outside_l |= (m & outside).to(tl.int32)
                 cls = lab - first_class  # the loss channel the label names, if any
                 if HAS_IGNORE:
                     keep = lab != ignore_index
@@ -855,11 +859,10 @@ def _forward(
     for the classes 1 on, valid for an upstream gradient that is the same for every class of an
     image (the softmax's backward does not see a map added to every class's gradient).
 
-    ``validate`` (softmax over every channel, integer labels, no ignored label: what
-    :func:`validates_in_op` checks) makes ``scc_loss(validate=True)``'s checks in stage 1 and
-    raises their ``ValueError`` after the launches (one device sync); with ``derive_first`` the
-    labels' one-hot maps then sum to one at each voxel too, so Y of class 0 is derived like P
-    (y of C - 1 classes written and transformed).
+    ``validate`` (logits and integer labels: what :func:`validates_in_op` checks) makes
+    ``scc_loss(validate=True)``'s checks in stage 1 and raises their ``ValueError`` after the
+    launches (one device sync); with ``derive_first`` the labels' one-hot maps then sum to one at
+    each voxel too, so Y of class 0 is derived like P (y of C - 1 classes written and transformed).
     """
     acc = accumulation_dtype(probs.dtype)
     # Logits are read in their own dtype by the kernel; probabilities are computed in acc.
@@ -898,10 +901,10 @@ def _forward(
             f"{n_chan} classes in chunks of {step}, {acc})"
         )
     p_skip = int(derive_first)
-    if validate and not (activation == 1 and labels and first_channel == 0 and ignore_index is None):
+    if validate and not (activation in (1, 2) and labels):
         raise ValueError(
-            "validate needs softmax over every channel, integer labels and no ignore_index "
-            f"(got activation {activation}, labels {labels}, first_channel {first_channel}, ignore_index {ignore_index})"
+            "validate needs logits (softmax or sigmoid computed by stage 1) and integer labels "
+            f"(got activation {activation}, {'integer labels' if labels else 'a float target'})"
         )
     y_skip = int(derive_first and validate)
     flags = None  # stage 1's FLAG_* bits per (image, split), where it makes the checks
@@ -1023,7 +1026,7 @@ def _forward(
         del g
     if flags is not None:
         # After every launch, so that the device has the whole forward queued while the host waits.
-        raise_flagged(flags, target, probs.shape[1])
+        raise_flagged(flags, target, probs.shape[1], ignore_index)
     return scc, valid, grad
 
 
@@ -1156,14 +1159,16 @@ def validates_in_op(
     *, activation: str | None, labels: bool, first_channel: int, ignore_index: int | None, x: torch.Tensor | None = None
 ) -> bool:
     """Whether :func:`activated_field` makes ``scc_loss(validate=True)``'s checks itself for the
-    logits ``x``: stage 1 reads every logit and label of the first chunk anyway, so with softmax
-    over every channel, integer labels and no ignore_index it flags a label outside 0 .. C - 1 or a
-    NaN/Inf logit as it goes, and the error is raised after the forward's launches (one device
-    sync where ``scc_loss``'s own checks take two syncs and passes of their own over the labels
-    and logits). Where class 0 is derived (:func:`derives_first_class`), its target spectrum is
-    then derived too: the one-hot maps of labels in range sum to one."""
-    return (activation == "softmax" and labels and first_channel == 0 and ignore_index is None
-            and x is not None and _stage1_computes_p(x) and unsupported_reason(x, x) is None)
+    logits ``x``: the first chunk's stage 1 reads every logit and label anyway, so with softmax or
+    sigmoid and integer labels (any ``first_channel`` and ``ignore_index``) it flags a label
+    outside the classes (other than ``ignore_index``) or a NaN/Inf logit as it goes, and the error
+    is raised after the forward's launches (one device sync where ``scc_loss``'s own checks take
+    two syncs and passes of their own over the labels and logits). Where class 0 is derived
+    (:func:`derives_first_class`), its target spectrum is then derived too: the one-hot maps of
+    labels in range sum to one. (A float target is checked by ``scc_loss``: stage 1 reads only
+    its chunk's channels.)"""
+    return (activation in ("softmax", "sigmoid") and labels and x is not None and _stage1_computes_p(x)
+            and unsupported_reason(x, x) is None)
 
 
 def settings() -> str:
