@@ -18,7 +18,12 @@ A backend may also take the logits itself: ``activated_correlation(x, target, *,
 first_channel, first_class, ignore_index, include_dc, magnitude_weight, phase_weight)``, with
 the activation, background drop and ignore mask fused so that no probability tensor is kept for
 backward (native in C++; torch, triton and triton_fft through :mod:`scc_fast.backends.activation`, from
-their ``correlation_field``). The public API uses it when the chosen backend has it.
+their ``correlation_field``). The public API uses it when the chosen backend has it. Two
+optional hooks let it do more: ``validates_in_op(*, activation, labels, first_channel,
+ignore_index, x)``, true where ``activated_correlation(..., validate=True)`` makes
+``scc_loss(validate=True)``'s checks in its own passes (native, triton_fft), and
+``derives_first_class(x, activation, first_channel, ignore_index)``, true where it can derive
+class 0's spectrum from the others' (triton_fft, ``derive_first=True``).
 """
 
 from __future__ import annotations
