@@ -46,11 +46,11 @@ change the softmax's backward where the upstream gradient is the same for every 
 out). C - 1 maps transformed each way instead of C; the peak is p of C - 1 classes, y and Y (a
 class's map less than p, Y and P).
 With ``scc_loss``'s ``validate=True`` (logits and integer labels: :func:`validates_in_op`) stage 1
-makes the checks as it reads the logits and labels (a flag
-per program: a label outside the classes, a NaN/Inf logit) and the error is raised after the
-forward's launches, one device sync; the labels then known in range, their one-hot maps sum to
-one as well, so where class 0 is derived its Y is too (y of C - 1 classes written and transformed:
-every map and spectrum of the forward holds C - 1 classes).
+makes the checks as it reads the logits and labels (a flag per program: a label outside the
+classes, a NaN/Inf logit) and the error is raised after the forward's launches, one device sync;
+the labels then known in range, their one-hot maps sum to one as well, so where class 0 is
+derived its Y is too (y of C - 1 classes written and transformed: every map and spectrum of the
+forward holds C - 1 classes).
 Each stage is split over (pair, part of the map) programs that write partial results, summed
 by the pair kernel in a fixed order (deterministic, no atomics). The gradient is computed in the forward
 call and is all that is saved: backward multiplies it by the per-pair upstream gradient. Only
