@@ -3,9 +3,10 @@ reduced, with a backward of one product.
 
 The loss is linear in ``scc``, so its derivative (``-w / total`` for the mean, ``-w`` otherwise,
 ``w`` = valid x class weight) is computed with the forward and saved. With ``uniform_grad`` the
-derivative leaves out the valid factor (a degenerate pair's scc has a zero gradient anyway in the
-backends that ask for it): the same value for every pair without class weights, which backend
-"triton_fft" needs where it derives class 0's field from the others'. On a GPU the forward is one
+derivative leaves out the valid factor and the class weight, the same value for every pair
+(``-1 / total``, ``-1``), which backend "triton_fft" needs where it derives class 0's field from the
+others': its backward carries both (a degenerate pair's field is zero, and the class weights are
+multiplied into the field). On a GPU the forward is one
 Triton launch (:mod:`scc_fast._reduction_kernel`) instead of about ten small torch ops, and the
 backward one product instead of autograd's chain through the reduction: the fast backends are
 host-bound on a GPU, where every op costs a launch. Elsewhere (CPU, float64, torch.compile, which
@@ -45,7 +46,6 @@ def pair_loss_torch(
         cw = class_weights.to(scc.dtype)
         loss = loss * cw
         pair_w = pair_w * cw
-        grad_w = grad_w * cw if uniform_grad else None
     if reduction == "mean":
         total = pair_w.sum()
         total = torch.where(total > 0, total, 1.0)
@@ -99,8 +99,10 @@ def pair_loss(
         class_weights: one weight per class (C'), or None.
         reduction: ``"none"`` (B x C'), ``"sum"`` or ``"mean"`` over the valid pairs' weights
             (0, still in the graph, when every pair is degenerate).
-        uniform_grad: the derivative by ``scc`` without the valid factor: ``-w / total`` (mean) or
-            ``-w`` for every pair, w the class weight (1 without). Only for a ``scc`` whose
-            degenerate pairs have a zero gradient (backend "triton_fft"; the reference's do not).
+        uniform_grad: the derivative by ``scc`` without the valid factor and the class weight:
+            ``-1 / total`` (mean, total the valid pairs' weights) or ``-1`` for every pair. Only for
+            a ``scc`` whose backward carries them: degenerate pairs with a zero gradient and the
+            class weights in the gradient (backend "triton_fft"'s derived class 0; the reference
+            does neither).
     """
     return _PairLoss.apply(scc, valid, class_weights, reduction, uniform_grad)

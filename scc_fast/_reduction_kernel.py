@@ -26,14 +26,12 @@ def _pair_weights(valid_ptr, weight_ptr, offs, mask, n_classes, HAS_WEIGHT: tl.c
 
 
 @triton.jit
-def _grad_weights(w, weight_ptr, offs, mask, n_classes, HAS_WEIGHT: tl.constexpr, UNIFORM_GRAD: tl.constexpr):
-    """The pairs' weights in the derivative: ``w`` (valid x class weight), or with UNIFORM_GRAD
-    the class weight alone (1 without weights)."""
+def _grad_weights(w, mask, UNIFORM_GRAD: tl.constexpr):
+    """The pairs' weights in the derivative: ``w`` (valid x class weight), or with UNIFORM_GRAD 1
+    for every pair (the backward carries the valid factor and the class weights)."""
     g = w
     if UNIFORM_GRAD:
         g = tl.where(mask, 1.0, 0.0)
-        if HAS_WEIGHT:
-            g = g * tl.load(weight_ptr + offs % n_classes, mask=mask, other=0.0).to(tl.float32)
     return g
 
 
@@ -45,8 +43,8 @@ def _pair_loss_kernel(
     """One program for every pair: loss_i = w_i (1 - scc_i) where valid (0 elsewhere, a NaN scc of
     a degenerate pair included), w_i = valid_i * the weight of class i % n_classes; reduced by
     REDUCTION (0 none, 1 sum, 2 mean over sum w_i, 0 if that is 0), and dloss/dscc_i = -w_i
-    (/ sum w_i for the mean); with UNIFORM_GRAD -(the weight of class i % n_classes) instead of
-    -w_i, valid or not."""
+    (/ sum w_i for the mean); with UNIFORM_GRAD -1 (/ sum w_i) instead of -w_i for every pair, valid
+    or not, whatever its class weight."""
     loss_acc = tl.zeros([BLOCK], tl.float32)
     w_acc = tl.zeros([BLOCK], tl.float32)
     for start in range(0, n_pairs, BLOCK):
@@ -58,7 +56,7 @@ def _pair_loss_kernel(
         if REDUCTION == 0:
             tl.store(loss_ptr + offs, loss, mask=mask)
         if REDUCTION != 2:
-            tl.store(dscc_ptr + offs, -_grad_weights(w, weight_ptr, offs, mask, n_classes, HAS_WEIGHT, UNIFORM_GRAD),
+            tl.store(dscc_ptr + offs, -_grad_weights(w, mask, UNIFORM_GRAD),
                      mask=mask)
         loss_acc += loss
         w_acc += w
@@ -72,7 +70,7 @@ def _pair_loss_kernel(
             offs = start + tl.arange(0, BLOCK)
             mask = offs < n_pairs
             _, w = _pair_weights(valid_ptr, weight_ptr, offs, mask, n_classes, HAS_WEIGHT)
-            w = _grad_weights(w, weight_ptr, offs, mask, n_classes, HAS_WEIGHT, UNIFORM_GRAD)
+            w = _grad_weights(w, mask, UNIFORM_GRAD)
             tl.store(dscc_ptr + offs, -w / total, mask=mask)
 
 
@@ -86,7 +84,8 @@ def pair_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss, dloss/dscc)`` of float32 ``scc`` (B x C'), ``valid`` (B x C' bool) and optional class
     weights (C', any float dtype); ``loss`` is B x C' for ``"none"``, else a scalar. With
-    ``uniform_grad`` the derivative leaves out the valid factor (:func:`scc_fast._reduction.pair_loss`)."""
+    ``uniform_grad`` the derivative leaves out the valid factor and the class weights
+    (:func:`scc_fast._reduction.pair_loss`)."""
     scc = scc.contiguous()
     n_pairs = scc.numel()
     loss = torch.empty_like(scc) if reduction == "none" else scc.new_empty(())

@@ -238,12 +238,12 @@ def scc_loss(
     # Backend "triton_fft" derives class 0's spectrum and field from the other classes' where the
     # softmax runs over every channel (a transform of p and an inverse transform fewer per image):
     # its gradient then needs an upstream gradient that is the same for every class of an image,
-    # which the mean and the sum without class weights give once the reduction leaves the valid
-    # factor out of its derivative (the backend's degenerate pairs have a zero field).
+    # which the mean and the sum give once the reduction leaves the valid factor and the class
+    # weights out of its derivative (the backend's degenerate pairs have a zero field, and it
+    # multiplies the class weights into the field).
     derive_first = (
         fused is not None
         and reduction != "none"
-        and class_weights is None
         and getattr(impl, "derives_first_class", None) is not None
         and impl.derives_first_class(x, activation, first_channel, ignore_index if labels else None)
     )
@@ -270,6 +270,7 @@ def scc_loss(
             **options,
             **in_op,
             **({"derive_first": True} if derive_first else {}),
+            **({"field_weights": class_weights} if derive_first and class_weights is not None else {}),
         )
     else:
         probs, target = probabilities(x, target, activation, first_channel, ignore_index if labels else None)

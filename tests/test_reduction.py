@@ -76,9 +76,10 @@ def test_pair_loss_matches_autograd_through_the_formula(monkeypatch, path, reduc
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("weighted", [False, True])
 def test_uniform_grad_leaves_the_valid_factor_out_of_the_derivative(monkeypatch, path, reduction, weighted):
-    """``uniform_grad``: the same loss, and a derivative by scc of -w / total (mean) or -w for every
-    pair, degenerate ones included (w the class weight, 1 without): backend triton_fft's derived
-    class 0 needs one upstream value for every class of an image."""
+    """``uniform_grad``: the same loss, and a derivative by scc of -1 / total (mean, total the valid
+    pairs' class weights) or -1 for every pair, degenerate ones and class weights included: backend
+    triton_fft's derived class 0 needs one upstream value for every class of an image (its field
+    carries the class weights)."""
     if path == "kernel":
         monkeypatch.setattr(_reduction, "_use_kernel", lambda scc: True)
     scc64, valid, cw = case((3, 4), False, weighted)
@@ -86,13 +87,14 @@ def test_uniform_grad_leaves_the_valid_factor_out_of_the_derivative(monkeypatch,
     out = pair_loss(a, valid, cw, reduction, uniform_grad=True)
     ref = formula(scc64, valid, cw, reduction)
     out.backward(torch.ones_like(out))
-    w = torch.ones(3, 4, dtype=torch.float64) * (cw if cw is not None else 1.0)
+    w = torch.ones(3, 4, dtype=torch.float64)
     if reduction == "mean":
-        w = w / (valid.double() * w).sum()
+        w = w / (valid.double() * (cw if cw is not None else 1.0)).sum()
     assert torch.allclose(out.double(), ref, rtol=1e-6, atol=1e-7)
     assert torch.allclose(a.grad.double(), -w, rtol=1e-6, atol=1e-7), (a.grad, -w)
-    degenerate = ~valid & (w != 0)  # (the weighted case weights its last class out)
-    assert degenerate.any() and (a.grad[degenerate] != 0).all()  # not the valid-masked derivative
+    assert (~valid).any() and (a.grad[~valid] != 0).all()  # not the valid-masked derivative
+    if cw is not None:  # (the weighted case weights its last class out: not in the derivative)
+        assert (cw == 0).any() and (a.grad[:, cw == 0] != 0).all()
 
 
 @pytest.mark.skipif(not HAVE_KERNEL, reason="Triton interpreter not available")

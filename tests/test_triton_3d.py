@@ -272,9 +272,9 @@ for rows in (2, 4, 16, 32):
                  "n_half", "w_half", "n_vox", "span", "n_splits"]}),
                  dict(LAST_EVEN=even, INCLUDE_DC=dc, Y_SKIP=y_skip, CP=rows, BLOCK=max(16, fft.DERIVED_VALUES // rows)),
                  warps=fft.DERIVED_WARPS)
-        compile_(fft._derived_field_kernel, dict(P_ptr=f, Y_ptr=f, coef_ptr=f, **{i: "i32" for i in ["n_pairs",
-                 "n_chan", "n_half", "n_vox"]}),
-                 dict(INCLUDE_DC=dc, Y_SKIP=y_skip, CP=rows, BLOCK=max(16, fft.DERIVED_VALUES // rows)),
+        compile_(fft._derived_field_kernel, dict(P_ptr=f, Y_ptr=f, coef_ptr=f, weight_ptr="*fp64",
+                 **{i: "i32" for i in ["n_pairs", "n_chan", "n_half", "n_vox"]}),
+                 dict(INCLUDE_DC=dc, Y_SKIP=y_skip, HAS_WEIGHT=dc, CP=rows, BLOCK=max(16, fft.DERIVED_VALUES // rows)),
                  warps=fft.DERIVED_WARPS)
 # stage 1 with the activation: softmax / sigmoid of float32 or bf16 logits, labels or a float target,
 # and with validate=True's checks (softmax or sigmoid, labels, with and without an ignored label)

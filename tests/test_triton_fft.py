@@ -6,6 +6,7 @@ TRITON_INTERPRET=1 before anything imports triton), so shapes are small.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -426,11 +427,12 @@ def test_derive_first_refuses_maps_that_do_not_sum_to_one(bad):
     (dict(softmax=True), True),
     (dict(softmax=True, reduction="sum"), True),
     (dict(softmax=True, reduction="none"), False),  # any upstream gradient per pair
-    (dict(softmax=True, weight=[1.0, 2.0, 0.5]), False),  # upstream differs per class
+    (dict(softmax=True, weight=[1.0, 2.0, 0.5]), True),  # the field carries the class weights
+    (dict(softmax=True, weight=[0.0, 2.0, 0.5], reduction="sum"), True),  # class 0 weighted out
     (dict(softmax=True, ignore_index=2), False),  # ignored voxels: the maps sum to 0 there
     (dict(softmax=True, include_background=False), False),  # class 0 not in the loss: nothing to derive
     (dict(sigmoid=True), False),
-], ids=["mean", "sum", "none", "weights", "ignore", "no-background", "sigmoid"])
+], ids=["mean", "sum", "none", "weights", "weights-sum", "ignore", "no-background", "sigmoid"])
 def test_scc_loss_derives_class_0_where_the_gradient_allows(monkeypatch, kw, derives):
     calls = _count_launches(monkeypatch, "_derived_field_kernel")
     g = torch.Generator().manual_seed(43)
@@ -482,6 +484,58 @@ def test_derived_first_class_recompute_and_registered_op(monkeypatch):
     scc, valid, field = op(*args)
     assert field.shape == (2, 2, 6, 8)
     torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_derived_first_class_with_class_weights(monkeypatch, reduction):
+    # The class weights multiplied into the derived field (w_c G_c - w_0 G_0) and left out of the
+    # reduction's derivative: the reference's loss and gradient, with class 0 and a degenerate
+    # pair weighted in; the eager node, the registered op (under a dispatch mode) and recomputing
+    # the field all give the same result, bit for bit.
+    g = torch.Generator().manual_seed(67)
+    logits = torch.randn(2, 3, 6, 7, 5, generator=g, dtype=torch.float64) * 2
+    labels = torch.randint(0, 3, (2, 6, 7, 5), generator=g)
+    labels[0][labels[0] == 2] = 1  # a degenerate pair
+    weight = [2.0, 0.5, 1.5]
+    x64 = logits.clone().requires_grad_(True)
+    ref = scc_fast.scc_loss(x64, labels, softmax=True, weight=weight, reduction=reduction, backend="reference")
+    (ref_grad,) = torch.autograd.grad(ref, x64)
+    fields = _launch_options(monkeypatch, "_derived_field_kernel")
+
+    class Passing(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    results = []
+    for recompute, mode in ((False, None), (True, None), (False, Passing())):
+        monkeypatch.setattr(scc_fast.backends.activation, "RECOMPUTE_FIELD", recompute)
+        x = logits.to(DEVICE, torch.float32).requires_grad_(True)
+        with mode if mode is not None else contextlib.nullcontext():
+            loss = scc_fast.scc_loss(x, labels.to(DEVICE), softmax=True, weight=weight, reduction=reduction,
+                                     backend="triton_fft")
+        loss.backward(torch.tensor(1.7, device=DEVICE))
+        results.append((loss.detach(), x.grad))
+    assert [k["HAS_WEIGHT"] for k in fields] == [True] * 3
+    assert rel_err(results[0][0], ref) <= 1e-5 and rel_err(results[0][1], 1.7 * ref_grad) <= 1e-5
+    for other in results[1:]:
+        assert torch.equal(other[0], results[0][0]) and torch.equal(other[1], results[0][1])
+    op = torch.ops.scc_fast.activated_correlation.default
+    w = torch.tensor(weight, dtype=torch.float64, device=DEVICE)
+    args = (logits.to(DEVICE, torch.float32).requires_grad_(True), labels.to(DEVICE), "triton_fft", 1, 0, 0, None,
+            False, 0.5, 0.5, True, False, True, False, w)
+    torch.library.opcheck(op, args)
+
+
+def test_field_weights_need_a_derived_field():
+    logits, labels = derived_inputs((2, 3, 6, 8))
+    x, t = logits.float().to(DEVICE), labels.to(DEVICE)
+    w = torch.ones(3, dtype=torch.float64, device=DEVICE)
+    with pytest.raises(ValueError, match="field_weights needs derive_first and one weight per class"):
+        triton_fft._forward(x, t, 0, False, 0.5, 0.5, True, activation=1, field_weights=w)
+    with pytest.raises(ValueError, match=r"one weight per class \(3\); got derive_first=True, 2 weights"):
+        triton_fft._forward(x, t, 0, False, 0.5, 0.5, True, activation=1, derive_first=True, field_weights=w[:2])
+    with pytest.raises(ValueError, match="field_weights are multiplied into a derived field"):
+        triton_fft.activated_field(x, t, 1, 0, 0, None, False, 0.5, 0.5, True, field_weights=w)
 
 
 def test_settings_are_listed_by_the_cli(monkeypatch, capsys):

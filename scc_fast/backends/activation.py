@@ -141,20 +141,24 @@ def _activated_correlation_op(
     recompute: bool,
     derive_first: bool = False,
     validate: bool = False,
+    field_weights: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SCC (B x C'), valid (B x C' bool) and the field dSCC/dp (B x C' x spatial, or (0,)). With
     ``recompute`` (and ``need_grad`` False) backward computes the field again instead of
     reading a saved one. With ``derive_first`` (backend "triton_fft", where its
     ``derives_first_class`` says so) the field is B x (C' - 1) x spatial, the classes 1 on less
-    class 0's, for an upstream gradient that is the same for every class of an image. With
-    ``validate`` (where the backend's ``validates_in_op`` says so) the backend makes
-    ``scc_loss(validate=True)``'s checks in its kernels and raises their ``ValueError``."""
+    class 0's, for an upstream gradient that is the same for every class of an image; with
+    ``field_weights`` too (one per class, the loss's class weights) each class's field is
+    multiplied by its weight first (w_c G_c - w_0 G_0), so that a weighted loss's upstream
+    gradient can be the same for every class. With ``validate`` (where the backend's
+    ``validates_in_op`` says so) the backend makes ``scc_loss(validate=True)``'s checks in its
+    kernels and raises their ``ValueError``."""
     return _forward(x, target, backend, activation, first_channel, first_class, ignore_index, include_dc,
-                    magnitude_weight, phase_weight, need_grad, derive_first, validate)
+                    magnitude_weight, phase_weight, need_grad, derive_first, validate, field_weights)
 
 
 def _forward(x, target, backend, activation, first_channel, first_class, ignore_index, include_dc,
-             magnitude_weight, phase_weight, need_grad, derive_first=False, validate=False):
+             magnitude_weight, phase_weight, need_grad, derive_first=False, validate=False, field_weights=None):
     from . import load
 
     module = load(backend)
@@ -164,6 +168,7 @@ def _forward(x, target, backend, activation, first_channel, first_class, ignore_
             x, target, activation, first_channel, first_class, ignore_index, include_dc, magnitude_weight,
             phase_weight, need_grad, **({"derive_first": True} if derive_first else {}),
             **({"validate": True} if validate else {}),
+            **({"field_weights": field_weights} if field_weights is not None else {}),
         )
     if derive_first or validate:
         raise ValueError(
@@ -179,7 +184,7 @@ def _forward(x, target, backend, activation, first_channel, first_class, ignore_
 
 @_activated_correlation_op.register_fake
 def _(x, target, backend, activation, first_channel, first_class, ignore_index, include_dc, magnitude_weight,
-      phase_weight, need_grad, recompute, derive_first=False, validate=False):
+      phase_weight, need_grad, recompute, derive_first=False, validate=False, field_weights=None):
     acc = accumulation_dtype(x.dtype)
     pairs = (x.shape[0], x.shape[1] - first_channel)
     field_shape = (pairs[0], pairs[1] - int(derive_first)) + tuple(x.shape[2:])
@@ -199,15 +204,15 @@ def _keep_options(ctx, inputs):
 def _setup_context(ctx, inputs, output):
     _keep_options(ctx, inputs)
     ctx.mark_non_differentiable(output[1], output[2])
-    ctx.save_for_backward(inputs[0], inputs[1], output[2])
+    ctx.save_for_backward(inputs[0], inputs[1], output[2], inputs[14])  # x, target, field, field_weights
 
 
 def _backward_with(ctx, grad_scc, activation_backward, **scale):
     """dL/dx through ``activation_backward`` (the registered op, or its implementation in eager mode,
     which also takes the upstream gradient as ``grad_scc`` times a ``scale``)."""
     refuse_double_backward(ctx.backend)
-    x, target, field = ctx.saved_tensors[:3]
-    nones = (None,) * 13
+    x, target, field, field_weights = ctx.saved_tensors[:4]
+    nones = (None,) * 14
     if grad_scc is None:
         return (None,) + nones
     if ctx.recompute:  # the forward kept no field: run it again, with the gradient this time
@@ -216,7 +221,7 @@ def _backward_with(ctx, grad_scc, activation_backward, **scale):
         with torch.no_grad():
             _, _, field = _forward(
                 x, target, ctx.backend, ctx.activation, ctx.first_channel, *ctx.options, True, ctx.derive_first,
-                ctx.validate,
+                ctx.validate, field_weights,
             )
     if field.numel() == 0:
         raise RuntimeError(f"scc_fast {ctx.backend}: backward called but the forward ran with need_grad=False")
@@ -312,7 +317,7 @@ class _ActivatedCorrelationEager(torch.autograd.Function):
     # forward's signature with inspect, about 20 us a call.
     @staticmethod
     def forward(ctx, *inputs):
-        output = _forward(*inputs[:11], *inputs[12:14])
+        output = _forward(*inputs[:11], *inputs[12:15])
         _setup_context(ctx, inputs, output)
         return output
 
@@ -330,13 +335,13 @@ class _ActivatedLossEager(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, *inputs):
-        # inputs: the op's 14, then class_weights, reduction
+        # inputs: the op's 15, then class_weights, reduction
         from .._reduction import loss_and_derivative
 
-        scc, valid, field = _forward(*inputs[:11], *inputs[12:14])
-        loss, dloss_dscc = loss_and_derivative(scc, valid, inputs[14], inputs[15], uniform_grad=inputs[12])
+        scc, valid, field = _forward(*inputs[:11], *inputs[12:15])
+        loss, dloss_dscc = loss_and_derivative(scc, valid, inputs[15], inputs[16], uniform_grad=inputs[12])
         _keep_options(ctx, inputs)
-        ctx.save_for_backward(inputs[0], inputs[1], field, dloss_dscc)
+        ctx.save_for_backward(inputs[0], inputs[1], field, inputs[14], dloss_dscc)
         return loss
 
     @staticmethod
@@ -344,7 +349,7 @@ class _ActivatedLossEager(torch.autograd.Function):
         if grad_loss is None:
             return _backward_with(ctx, None, _activation_backward) + (None, None)
         # dL/dscc = grad_loss * dloss/dscc, multiplied where the activation's backward reads it.
-        return _backward_with(ctx, ctx.saved_tensors[3], _activation_backward, scale=grad_loss) + (None, None)
+        return _backward_with(ctx, ctx.saved_tensors[4], _activation_backward, scale=grad_loss) + (None, None)
 
 
 def plain_eager(*tensors: torch.Tensor) -> bool:
@@ -370,6 +375,7 @@ def activated_correlation(
     phase_weight: float = 0.5,
     derive_first: bool = False,
     validate: bool = False,
+    field_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pair SCC of ``activation(x)`` by ``backend``, the probabilities never saved.
 
@@ -386,6 +392,10 @@ def activated_correlation(
         derive_first: class 0's field derived from the others' (backend "triton_fft", where its
             ``derives_first_class`` is true): the gradient is then right only for an upstream
             gradient of ``scc`` that is the same for every class of an image.
+        field_weights: with ``derive_first``, one weight per class (C') multiplied into each
+            class's gradient (the gradient is then that of the weighted sum of ``scc``, times the
+            one upstream value: for a class-weighted loss whose derivative by ``scc`` leaves the
+            weights out, ``scc_fast._reduction.pair_loss(..., uniform_grad=True)``).
         validate: ``scc_loss(validate=True)``'s checks made by the backend's kernels (where its
             ``validates_in_op`` is true), their ``ValueError`` raised after its forward launches.
 
@@ -399,10 +409,10 @@ def activated_correlation(
         # lower peak), so without the kernel the activation is applied outside, as usual.
         from . import load
 
-        if derive_first or validate:
+        if derive_first or validate or field_weights is not None:
             raise ValueError(
                 f"backend {backend!r} cannot derive a class's field or make the checks without its backward kernel "
-                f"(derive_first={derive_first}, validate={validate})"
+                f"(derive_first={derive_first}, validate={validate}, field_weights given: {field_weights is not None})"
             )
         p, backend_target = probabilities(x, target, activation, first_channel, ignore_index)
         return load(backend).correlation(
@@ -411,21 +421,21 @@ def activated_correlation(
         )
     op = _ActivatedCorrelationEager.apply if plain_eager(x, target) else _activated_correlation_op
     inputs = _op_inputs(backend, x, target, code, first_channel, first_class, ignore_index, include_dc,
-                        magnitude_weight, phase_weight, derive_first, validate)
+                        magnitude_weight, phase_weight, derive_first, validate, field_weights)
     scc, valid, _ = op(*inputs)
     return scc, valid
 
 
 def _op_inputs(backend, x, target, code, first_channel, first_class, ignore_index, include_dc, magnitude_weight,
-               phase_weight, derive_first, validate) -> tuple:
-    """The registered op's 14 inputs for a call with these arguments (need_grad and recompute
+               phase_weight, derive_first, validate, field_weights) -> tuple:
+    """The registered op's 15 inputs for a call with these arguments (need_grad and recompute
     decided here, from grad mode and :data:`RECOMPUTE_FIELD`)."""
     need_grad = torch.is_grad_enabled() and x.requires_grad
     recompute = need_grad and RECOMPUTE_FIELD
     return (
         x, target, backend, code, int(first_channel), int(first_class),
         None if ignore_index is None else int(ignore_index), bool(include_dc), float(magnitude_weight),
-        float(phase_weight), need_grad and not recompute, recompute, bool(derive_first), bool(validate),
+        float(phase_weight), need_grad and not recompute, recompute, bool(derive_first), bool(validate), field_weights,
     )  # fmt: skip
 
 
@@ -459,8 +469,11 @@ def activated_loss(
         return None
     if class_weights is not None and not plain_eager(class_weights):
         return None
+    # Where class 0 is derived the reduction's derivative leaves the class weights out and the
+    # field carries them (uniform_grad: one upstream value for every class of an image).
+    field_weights = class_weights if derive_first else None
     inputs = _op_inputs(backend, x, target, activation_code(activation), first_channel, first_class, ignore_index,
-                        include_dc, magnitude_weight, phase_weight, derive_first, validate)
+                        include_dc, magnitude_weight, phase_weight, derive_first, validate, field_weights)
     return _ActivatedLossEager.apply(*inputs, class_weights, reduction)
 
 

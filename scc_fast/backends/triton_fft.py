@@ -42,8 +42,8 @@ stage 1 writes p of the classes 1 on only, stages 3 and 5 are ``_derived_stats_k
 P summed from the others' in registers), and the field kernel writes G_c - G_0 for the classes 1
 on, so the inverse transform has C - 1 maps too: adding one map to every class's gradient does not
 change the softmax's backward where the upstream gradient is the same for every class of an image
-(``scc_loss``'s mean and sum without class weights, whose derivative then leaves the valid factor
-out). C - 1 maps transformed each way instead of C; the peak is p of C - 1 classes, y and Y (a
+(``scc_loss``'s mean and sum, whose derivative then leaves the valid factor and the class weights
+out: a class-weighted loss has each G_c multiplied by its weight in the field kernel). C - 1 maps transformed each way instead of C; the peak is p of C - 1 classes, y and Y (a
 class's map less than p, Y and P).
 With ``scc_loss``'s ``validate=True`` (logits and integer labels: :func:`validates_in_op`) stage 1
 makes the checks as it reads the logits and labels (a flag per program: a label outside the
@@ -711,14 +711,17 @@ if triton is not None:
 
     @triton.jit
     def _derived_field_kernel(
-        P_ptr, Y_ptr, coef_ptr, n_pairs, n_chan, n_half, n_vox,
-        INCLUDE_DC: tl.constexpr, Y_SKIP: tl.constexpr, CP: tl.constexpr, BLOCK: tl.constexpr,
+        P_ptr, Y_ptr, coef_ptr, weight_ptr, n_pairs, n_chan, n_half, n_vox,
+        INCLUDE_DC: tl.constexpr, Y_SKIP: tl.constexpr, HAS_WEIGHT: tl.constexpr, CP: tl.constexpr,
+        BLOCK: tl.constexpr,
     ):
         """Program (tile, image): ``_field_kernel``'s spectrum G_c of dSCC_c/dp_c for every class of
         the image, P (and with Y_SKIP Y) of class 0 derived (:func:`_derived_spectra`), written over P as G_c - G_0
         for the classes 1 on. Shifting every class's gradient by the same map leaves the softmax's
         backward unchanged (sum_c p_c = 1) where the upstream gradient is the same for every
-        class of the image, so class 0 needs no inverse transform."""
+        class of the image, so class 0 needs no inverse transform. With HAS_WEIGHT each G_c is
+        first multiplied by ``weight[c]`` (a class-weighted loss's weights, carried here so that
+        its upstream gradient is the same for every class)."""
         tile = tl.program_id(0)
         b = tl.program_id(1)
         rows = tl.arange(0, CP)
@@ -735,6 +738,8 @@ if triton is not None:
             tl.load(coef_ptr + 3 * n_pairs + pair, mask=row_ok, other=0.0)[:, None],
             tl.load(coef_ptr + 4 * n_pairs + pair, mask=row_ok, other=0.0)[:, None],
             (k == 0)[None, :], INCLUDE_DC)
+        if HAS_WEIGHT:
+            field = field * tl.load(weight_ptr + rows, mask=row_ok, other=0.0).to(field.dtype)[:, None, None]
         field0 = tl.sum(tl.where((rows == 0)[:, None, None], field, 0.0), axis=0)
         ri = tl.arange(0, 2)
         p_rows = (b * (n_chan - 1) + tl.maximum(rows - 1, 0)).to(tl.int64) * n_half * 2
@@ -843,6 +848,7 @@ def _forward(
     block: int | None = None,
     derive_first: bool = False,
     validate: bool = False,
+    field_weights: torch.Tensor | None = None,
 ):
     """SCC (B x C'), valid (B x C') and, if ``need_grad``, dSCC/dp (B x C' x spatial, contiguous).
 
@@ -858,6 +864,9 @@ def _forward(
     spectrum from theirs; the gradient is then B x (C - 1) x spatial, dSCC_c/dp_c - dSCC_0/dp_0
     for the classes 1 on, valid for an upstream gradient that is the same for every class of an
     image (the softmax's backward does not see a map added to every class's gradient).
+    ``field_weights`` (with ``derive_first``: one weight per class, C) multiplies each class's
+    dSCC_c/dp_c by its weight before the difference: the gradient of sum_c w_c SCC_c, for a
+    class-weighted loss whose upstream gradient leaves the weights out.
 
     ``validate`` (logits and integer labels: what :func:`validates_in_op` checks) makes
     ``scc_loss(validate=True)``'s checks in stage 1 and raises their ``ValueError`` after the
@@ -901,6 +910,11 @@ def _forward(
             f"{n_chan} classes in chunks of {step}, {acc})"
         )
     p_skip = int(derive_first)
+    if field_weights is not None and (not derive_first or field_weights.numel() != n_chan):
+        raise ValueError(
+            f"field_weights needs derive_first and one weight per class ({n_chan}); got derive_first={derive_first}, "
+            f"{field_weights.numel()} weights"
+        )
     if validate and not (activation in (1, 2) and labels):
         raise ValueError(
             "validate needs logits (softmax or sigmoid computed by stage 1) and integer labels "
@@ -1005,8 +1019,10 @@ def _forward(
         # 5. The gradient's spectrum, in place of P; Y is not needed after it.
         if derive_first:
             _derived_field_kernel[(-(-n_half // d_block), n_batch)](
-                P_r, Y_r, coef, n_pairs, n_chan, n_half, n_vox,
-                INCLUDE_DC=include_dc, Y_SKIP=bool(y_skip), CP=d_rows, BLOCK=d_block, num_warps=d_warps,
+                P_r, Y_r, coef, field_weights.contiguous() if field_weights is not None else coef,
+                n_pairs, n_chan, n_half, n_vox,
+                INCLUDE_DC=include_dc, Y_SKIP=bool(y_skip), HAS_WEIGHT=field_weights is not None, CP=d_rows,
+                BLOCK=d_block, num_warps=d_warps,
             )  # fmt: skip
         else:
             _field_kernel[(-(-n_half // block), n_pairs)](
@@ -1132,7 +1148,8 @@ def derives_first_class(x: torch.Tensor, activation: str | None, first_channel: 
     ``ignore_index``, stage 1 computing p (at most :data:`MAX_ACTIVATION_CHANNELS` channels, not
     float64) and one chunk of classes. Its gradient is then only right for an upstream gradient
     that is the same for every class of an image: the caller's part (``scc_loss`` asks for it with
-    reduction "mean" or "sum" and no class weights, and makes the reduction's derivative uniform)."""
+    reduction "mean" or "sum", passes its class weights as ``field_weights``, and makes the
+    reduction's derivative uniform)."""
     if not (DERIVE_FIRST_CLASS and activation_in_kernel):
         return False
     code = 1 if activation == "softmax" else 0
@@ -1183,18 +1200,22 @@ def settings() -> str:
 
 
 def activated_field(x, target, activation, first_channel, first_class, ignore_index, include_dc,
-                    magnitude_weight, phase_weight, need_grad, derive_first=False, validate=False):
+                    magnitude_weight, phase_weight, need_grad, derive_first=False, validate=False,
+                    field_weights=None):
     """``(scc, valid, field)`` of ``activation(x)`` (1: softmax over all C channels, 2: sigmoid)
     over channels ``first_channel`` on, voxels labelled ``ignore_index`` counted as p = 0 and
     target 0, p computed by stage 1. field = dSCC/dp (B x C' x spatial float32, or (0,)); with
     ``derive_first`` (where :func:`derives_first_class`) B x (C' - 1) x spatial, the classes 1
-    on less class 0's (:func:`_forward`). ``validate`` (where :func:`validates_in_op`): stage 1
-    makes ``scc_loss(validate=True)``'s checks and their ``ValueError`` is raised here."""
+    on less class 0's (:func:`_forward`), each class's multiplied by its ``field_weights`` entry
+    first where given. ``validate`` (where :func:`validates_in_op`): stage 1 makes
+    ``scc_loss(validate=True)``'s checks and their ``ValueError`` is raised here."""
     if _IMPORT_ERROR is not None:
         raise RuntimeError(_IMPORT_ERROR)
     reason = unsupported_reason(x, target)
     if reason is not None:
         raise RuntimeError(f"backend 'triton_fft' cannot run: {reason}")
+    if field_weights is not None and not derive_first:
+        raise ValueError("field_weights are multiplied into a derived field: they need derive_first=True")
     if validate and not _stage1_computes_p(x):
         raise ValueError(
             f"validate=True needs stage 1 to compute p (at most {MAX_ACTIVATION_CHANNELS} channels, not float64, "
@@ -1210,7 +1231,7 @@ def activated_field(x, target, activation, first_channel, first_class, ignore_in
         scc, valid, grad = _forward(
             x, target, int(first_class), bool(include_dc), float(magnitude_weight), float(phase_weight), need_grad,
             activation=int(activation), first_channel=int(first_channel), ignore_index=ignore_index,
-            derive_first=bool(derive_first), validate=bool(validate),
+            derive_first=bool(derive_first), validate=bool(validate), field_weights=field_weights,
         )
     return scc, valid, grad if grad is not None else scc.new_empty((0,))
 
