@@ -486,6 +486,29 @@ def test_derived_first_class_recompute_and_registered_op(monkeypatch):
     torch.library.opcheck(op, args)
 
 
+class _Passing(TorchDispatchMode):
+    """A dispatch mode that changes nothing: under it scc_loss takes the registered op."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def loss_three_ways(monkeypatch, x32, target, upstream=1.0, **kw):
+    """scc_loss(x32, target, backend="triton_fft", **kw) forward and backward (``upstream`` the
+    loss's gradient) three ways: eager, the field recomputed in backward, the registered op under a
+    dispatch mode. Returns [(loss, dL/dx)] in that order."""
+    results = []
+    for recompute, mode in ((False, None), (True, None), (False, _Passing())):
+        monkeypatch.setattr(scc_fast.backends.activation, "RECOMPUTE_FIELD", recompute)
+        x = x32.clone().requires_grad_(True)
+        with mode if mode is not None else contextlib.nullcontext():
+            loss = scc_fast.scc_loss(x, target, backend="triton_fft", **kw)
+        loss.backward(torch.tensor(upstream, device=x32.device))
+        results.append((loss.detach(), x.grad))
+    monkeypatch.setattr(scc_fast.backends.activation, "RECOMPUTE_FIELD", False)
+    return results
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_derived_first_class_with_class_weights(monkeypatch, reduction):
     # The class weights multiplied into the derived field (w_c G_c - w_0 G_0) and left out of the
@@ -501,20 +524,8 @@ def test_derived_first_class_with_class_weights(monkeypatch, reduction):
     ref = scc_fast.scc_loss(x64, labels, softmax=True, weight=weight, reduction=reduction, backend="reference")
     (ref_grad,) = torch.autograd.grad(ref, x64)
     fields = _launch_options(monkeypatch, "_derived_field_kernel")
-
-    class Passing(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            return func(*args, **(kwargs or {}))
-
-    results = []
-    for recompute, mode in ((False, None), (True, None), (False, Passing())):
-        monkeypatch.setattr(scc_fast.backends.activation, "RECOMPUTE_FIELD", recompute)
-        x = logits.to(DEVICE, torch.float32).requires_grad_(True)
-        with mode if mode is not None else contextlib.nullcontext():
-            loss = scc_fast.scc_loss(x, labels.to(DEVICE), softmax=True, weight=weight, reduction=reduction,
-                                     backend="triton_fft")
-        loss.backward(torch.tensor(1.7, device=DEVICE))
-        results.append((loss.detach(), x.grad))
+    results = loss_three_ways(monkeypatch, logits.to(DEVICE, torch.float32), labels.to(DEVICE), upstream=1.7,
+                              softmax=True, weight=weight, reduction=reduction)
     assert [k["HAS_WEIGHT"] for k in fields] == [True] * 3
     assert rel_err(results[0][0], ref) <= 1e-5 and rel_err(results[0][1], 1.7 * ref_grad) <= 1e-5
     for other in results[1:]:
@@ -727,27 +738,12 @@ def test_validate_in_stage_one_through_the_registered_op_and_recompute(monkeypat
     _forbid_separate_checks(monkeypatch)
     logits, labels = derived_inputs((2, 3, 6, 8), seed=59)
     x32, t = logits.to(DEVICE, torch.float32), labels.to(DEVICE)
-
-    class Passing(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            return func(*args, **(kwargs or {}))
-
-    results = []
-    for recompute, mode in ((False, None), (True, None), (False, Passing())):
-        monkeypatch.setattr(scc_fast.backends.activation, "RECOMPUTE_FIELD", recompute)
-        x = x32.clone().requires_grad_(True)
-        if mode is None:
-            loss = scc_fast.scc_loss(x, t, softmax=True, backend="triton_fft")
-        else:
-            with mode:
-                loss = scc_fast.scc_loss(x, t, softmax=True, backend="triton_fft")
-        loss.backward()
-        results.append((loss.detach(), x.grad))
+    results = loss_three_ways(monkeypatch, x32, t, softmax=True)
     for other in results[1:]:
         assert torch.equal(other[0], results[0][0]) and torch.equal(other[1], results[0][1])
     bad = t.clone()
     bad[0, 0, 0] = 3
-    with Passing(), pytest.raises(ValueError, match="target labels must be in"):
+    with _Passing(), pytest.raises(ValueError, match="target labels must be in"):
         scc_fast.scc_loss(x32, bad, softmax=True, backend="triton_fft")
     op = torch.ops.scc_fast.activated_correlation.default
     args = (x32.clone().requires_grad_(True), t, "triton_fft", 1, 0, 0, None, False, 0.5, 0.5, True, False, True, True)
