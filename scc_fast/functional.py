@@ -119,6 +119,12 @@ def _class_weights(weight, n_pairs: int, include_background: bool, device) -> to
     return w.to(device)
 
 
+def _capturing(t: torch.Tensor) -> bool:
+    """Whether ``t``'s CUDA stream is being captured into a CUDA graph: a value check waits for the
+    device, which a capture does not allow."""
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
@@ -167,7 +173,8 @@ def scc_loss(
             channel with integer labels and no ``ignore_index``, triton_fft for softmax or sigmoid
             with integer labels, the error raised after its forward). With
             ``validate=False``, and while ``torch.compile`` traces the call (a data-dependent
-            check would break the graph), a NaN/Inf in ``input`` propagates to a NaN loss and
+            check would break the graph) or a CUDA graph captures it (a check waits for the
+            device), a NaN/Inf in ``input`` propagates to a NaN loss and
             gradient as in torch's own losses, and labels outside the classes count as 0 in
             every channel.
         backend: ``"auto"``, ``"torch"``, ``"triton"``, ``"triton_fft"``, ``"native"`` or
@@ -192,8 +199,9 @@ def scc_loss(
     _check_weights(magnitude_weight, phase_weight)
     if ignore_index is not None and (not isinstance(ignore_index, int) or isinstance(ignore_index, bool)):
         raise ValueError(f"ignore_index must be an int or None, got {ignore_index!r}")
-    # Value checks branch on data, which torch.compile(fullgraph=True) cannot trace.
-    validate = validate and not torch.compiler.is_compiling()
+    # Value checks branch on data, which torch.compile(fullgraph=True) cannot trace, and wait for
+    # the device, which a CUDA graph capture cannot.
+    validate = validate and not torch.compiler.is_compiling() and not _capturing(input)
     target = _check_target(input, target, ignore_index)
 
     n_chan = input.shape[1]
@@ -313,7 +321,7 @@ def spectral_correlation(
     else:
         magnitude_weight, phase_weight = (1.0, 0.0) if kind == "magnitude" else (0.0, 1.0)
     target = _check_target(probs, target, None)
-    if not torch.compiler.is_compiling():
+    if not torch.compiler.is_compiling() and not _capturing(probs):
         _check_target_values(target, probs.shape[1], None)
     first_class = 1 if probs.shape[1] == 1 else 0
     x = probs if probs.dtype == torch.float64 else probs.float()

@@ -63,6 +63,25 @@ def test_validate_false_skips_label_check_but_stays_finite_for_nan_free_input():
     assert torch.isfinite(loss)
 
 
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+def test_checks_are_skipped_while_a_cuda_graph_captures(monkeypatch, backend):
+    # A value check waits for the device, which a CUDA graph capture does not allow: scc_loss and
+    # spectral_correlation skip them then, as under torch.compile (the capture is stubbed here; a
+    # CPU tensor is never being captured).
+    x = torch.randn(2, 3, 8, 8)
+    labels = torch.randint(0, 3, (2, 8, 8))
+    labels[0, 0, 0] = 7
+    assert not scc_fast.functional._capturing(x)
+    with pytest.raises(ValueError, match="target labels must be in"):
+        scc_fast.scc_loss(x, labels, softmax=True, backend=backend)
+    with pytest.raises(ValueError, match="target labels must be in"):
+        scc_fast.spectral_correlation(torch.softmax(x, 1), labels, backend=backend)
+    monkeypatch.setattr(scc_fast.functional, "_capturing", lambda t: True)
+    loss = scc_fast.scc_loss(x, labels, softmax=True, backend=backend)
+    assert torch.equal(loss, scc_fast.scc_loss(x, labels, softmax=True, backend=backend, validate=False))
+    scc_fast.spectral_correlation(torch.softmax(x, 1), labels, backend=backend)
+
+
 def test_env_var_overrides_auto(monkeypatch):
     x, t = inputs()
     monkeypatch.setenv("SCC_FAST_BACKEND", "reference")
