@@ -428,6 +428,21 @@ def test_host_overhead_script_counts_a_steps_ops_and_launches(tmp_path):
     assert bad.returncode != 0 and "--shape must be" in bad.stderr
 
 
+def test_fft_forward_peak_script(tmp_path):
+    """bench/fft_forward_peak.py (triton_fft's forward peak with its kernels stubbed, the table in
+    bench/RESULTS.md): each derivation lowers the peak, to every map and spectrum of C - 1 classes
+    with validate=True."""
+    pytest.importorskip("triton")
+    done = _run_bench_script("fft_forward_peak.py", "--shape", "2x4x24x24x24")
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| shape 1 2x4x24x24x24"))
+    every, derived, validated = (float(v) for v in row.strip(" |").split("|")[1:])
+    map_mib, spectrum_mib = 2 * 4 * 24**3 * 4 / 2**20, 2 * 4 * 24**2 * 13 * 8 / 2**20
+    assert every > derived > validated
+    expected = 3 / 4 * (max(2 * map_mib, map_mib + spectrum_mib) + spectrum_mib)
+    assert abs(validated - expected) <= 0.01 * expected + 0.01, (validated, expected)
+
+
 def test_derived_class_accuracy_script(tmp_path):
     """bench/derived_class_accuracy.py (the accuracy table of triton_fft's derived class 0 in
     bench/RESULTS.md) runs and its rows hold the float32 tolerance where class 0 is not tiny."""

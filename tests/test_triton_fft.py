@@ -13,17 +13,16 @@ import os
 import re
 import subprocess
 import sys
-import weakref
 from pathlib import Path
 
 import pytest
 import torch
-import torch.utils._pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import scc_fast
 from scc_fast import backends
 from scc_fast.backends import dispatch
+from scc_fast.benchmark.live_bytes import LiveBytes
 from scc_fast.reference import reference_correlation
 
 from _aot import assert_compiles
@@ -251,41 +250,6 @@ def test_wide_inputs_take_torch_probabilities(monkeypatch):
     out, grad = loss_and_grad("triton_fft", logits, labels, torch.float32, softmax=True, include_background=False)
     assert not calls
     assert rel_err(out, ref) <= 1e-5 and rel_err(grad, ref_grad) <= 1e-5
-
-
-class LiveBytes(TorchDispatchMode):
-    """The bytes of the storages that tensors made under this mode hold, now and at the peak
-    (storages of the ``external`` tensors, the inputs and their views, are not counted)."""
-
-    def __init__(self, *external: torch.Tensor):
-        super().__init__()
-        self.external = {t.untyped_storage().data_ptr() for t in external}
-        self.live: dict[int, list[int]] = {}  # storage pointer -> [bytes, tensors referring to it]
-        self.now = self.peak = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in pytree.tree_leaves(out):
-            if not isinstance(t, torch.Tensor):
-                continue
-            storage = t.untyped_storage()
-            key = storage.data_ptr()
-            if key in self.external or storage.nbytes() == 0:
-                continue
-            if key not in self.live:
-                self.live[key] = [storage.nbytes(), 0]
-                self.now += storage.nbytes()
-                self.peak = max(self.peak, self.now)
-            self.live[key][1] += 1
-            weakref.finalize(t, self._release, key)
-        return out
-
-    def _release(self, key: int) -> None:
-        entry = self.live[key]
-        entry[1] -= 1
-        if entry[1] == 0:
-            self.now -= entry[0]
-            del self.live[key]
 
 
 @pytest.mark.parametrize("activation", [1, 0], ids=["logits", "probabilities"])
