@@ -247,8 +247,8 @@ def scc_loss(
     # softmax runs over every channel (a transform of p and an inverse transform fewer per image):
     # its gradient then needs an upstream gradient that is the same for every class of an image,
     # which the mean and the sum give once the reduction leaves the valid factor and the class
-    # weights out of its derivative (the backend's degenerate pairs have a zero field, and it
-    # multiplies the class weights into the field).
+    # weights out of its derivative (uniform_grad): the backend's degenerate pairs have a zero
+    # field, and it multiplies the class weights into the field (field_weights).
     derive_first = (
         fused is not None
         and reduction != "none"
@@ -263,11 +263,11 @@ def scc_loss(
         **coefficients,
     )
     in_op = {"validate": True} if checks_in_op else {}
+    derived = {"derive_first": True, "field_weights": class_weights} if derive_first else {}
     fused_loss = getattr(fused, "loss", None)
     if fused_loss is not None:
         # Eager mode: the backend's op and the reduction in one autograd node (None elsewhere).
-        loss = fused_loss(x, target, **options, **in_op, derive_first=derive_first, class_weights=class_weights,
-                          reduction=reduction)
+        loss = fused_loss(x, target, **options, **in_op, **derived, class_weights=class_weights, reduction=reduction)
         if loss is not None:
             return loss
     if fused is not None:
@@ -277,8 +277,7 @@ def scc_loss(
             target,
             **options,
             **in_op,
-            **({"derive_first": True} if derive_first else {}),
-            **({"field_weights": class_weights} if derive_first and class_weights is not None else {}),
+            **derived,
         )
     else:
         probs, target = probabilities(x, target, activation, first_channel, ignore_index if labels else None)

@@ -453,6 +453,7 @@ def activated_loss(
     phase_weight: float = 0.5,
     derive_first: bool = False,
     validate: bool = False,
+    field_weights: torch.Tensor | None = None,
     class_weights: torch.Tensor | None = None,
     reduction: str = "mean",
 ) -> torch.Tensor | None:
@@ -460,7 +461,8 @@ def activated_loss(
 
     :func:`activated_correlation` (the same arguments) followed by
     :func:`scc_fast._reduction.pair_loss` with ``class_weights`` and ``reduction``
-    (``derive_first`` makes the reduction's derivative uniform, as ``uniform_grad``), where the
+    (``derive_first`` makes the reduction's derivative uniform, as ``uniform_grad``: with class
+    weights the caller passes them as ``field_weights`` too), where the
     op's eager twin would run: eager mode, plain tensors, the activation's backward kernel.
     Elsewhere (torch.compile, tensor subclasses, dispatch modes, no kernel) it returns None and
     the caller takes the two steps.
@@ -469,9 +471,6 @@ def activated_loss(
         return None
     if class_weights is not None and not plain_eager(class_weights):
         return None
-    # Where class 0 is derived the reduction's derivative leaves the class weights out and the
-    # field carries them (uniform_grad: one upstream value for every class of an image).
-    field_weights = class_weights if derive_first else None
     inputs = _op_inputs(backend, x, target, activation_code(activation), first_channel, first_class, ignore_index,
                         include_dc, magnitude_weight, phase_weight, derive_first, validate, field_weights)
     return _ActivatedLossEager.apply(*inputs, class_weights, reduction)
