@@ -1162,14 +1162,20 @@ def _derivable(activation: int, first_channel: int, ignore_index, n_chan: int, p
     """Whether class 0 can be derived: softmax (code 1) over every channel, no ignored label, 2 to
     MAX_ACTIVATION_CHANNELS classes computed in float32, all in one chunk of ``limit`` elements
     (``per_class`` = B x voxels each)."""
-    return (activation == 1 and first_channel == 0 and ignore_index is None and 2 <= n_chan <= MAX_ACTIVATION_CHANNELS
-            and acc == torch.float32 and n_chan * per_class <= limit)
+    return (activation == 1 and first_channel == 0 and ignore_index is None and n_chan >= 2
+            and _stage1_holds(n_chan, acc) and n_chan * per_class <= limit)
+
+
+def _stage1_holds(n_chan: int, acc: torch.dtype) -> bool:
+    """Whether stage 1 can compute p of ``n_chan`` channels (a tile of every channel's logits in
+    registers: at most MAX_ACTIVATION_CHANNELS) in ``acc`` (it computes in float32)."""
+    return n_chan <= MAX_ACTIVATION_CHANNELS and acc == torch.float32
 
 
 def _stage1_computes_p(x: torch.Tensor) -> bool:
-    """Whether :func:`activated_field` has stage 1 compute p from ``x`` (B x C x spatial logits):
-    at most MAX_ACTIVATION_CHANNELS channels, not float64 (else torch computes p first)."""
-    return activation_in_kernel and x.shape[1] <= MAX_ACTIVATION_CHANNELS and x.dtype != torch.float64
+    """Whether :func:`activated_field` has stage 1 compute p from ``x`` (B x C x spatial logits),
+    else torch computes p first."""
+    return activation_in_kernel and _stage1_holds(x.shape[1], accumulation_dtype(x.dtype))
 
 
 def validates_in_op(
