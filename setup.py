@@ -5,15 +5,22 @@ The operator is built when torch is importable at build time (``pip install --no
 so the torch already installed is used and no other is fetched) and a C++ compiler exists.
 Otherwise the package installs without it and backend "native" says why it is missing.
 ``SCC_FAST_SKIP_NATIVE=1`` skips it on purpose.
+
+A wheel (what ``pip install`` builds, editable or not) needs setuptools >= 70.1 or the ``wheel``
+package; with ``--no-build-isolation`` pip uses the ones installed, and a fresh virtual environment
+of Python 3.11 holds setuptools 65 without ``wheel``: this script then says so, instead of
+setuptools' "invalid command 'bdist_wheel'".
 """
 
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import shutil
 import sys
 
+import setuptools
 from setuptools import setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -69,4 +76,32 @@ def native_extension() -> dict:
     return {"ext_modules": [ext], "cmdclass": {"build_ext": BuildExtension.with_options(no_python_abi_suffix=False)}}
 
 
-setup(**native_extension())
+# The setup.py commands pip runs to make a wheel (metadata, wheel, editable wheel).
+WHEEL_COMMANDS = ("dist_info", "bdist_wheel", "editable_wheel")
+
+
+def _builds_wheels() -> bool:
+    """Whether this setuptools can make a wheel: its own bdist_wheel (70.1 and later) or wheel's."""
+    return (
+        importlib.util.find_spec("setuptools.command.bdist_wheel") is not None
+        or importlib.util.find_spec("wheel") is not None
+    )
+
+
+def wheel_tools_problem(argv: list[str], builds_wheels: bool, setuptools_version: str) -> str | None:
+    """The error for a wheel command this setuptools cannot run, or None."""
+    if builds_wheels or not any(cmd in argv for cmd in WHEEL_COMMANDS):
+        return None
+    return (
+        f"scc_fast: building a wheel needs setuptools >= 70.1 or the 'wheel' package, and this "
+        f"environment has setuptools {setuptools_version} without 'wheel' (with --no-build-isolation "
+        f"pip uses the build tools installed, not pyproject.toml's). "
+        f'Run `pip install "setuptools>=70.1"`, then install scc_fast again.'
+    )
+
+
+if __name__ == "__main__":  # pip's build backend and `python setup.py ...` run it as __main__
+    problem = wheel_tools_problem(sys.argv, _builds_wheels(), setuptools.__version__)
+    if problem:
+        sys.exit(problem)
+    setup(**native_extension())
