@@ -51,6 +51,17 @@ def product_is_zero(
     return zero & torch.isfinite(cross)
 
 
+def is_constant_map(energy_off_dc: torch.Tensor, total_energy: torch.Tensor) -> torch.Tensor:
+    """True where a map counts as constant (docs/loss.md, section 2): its energy off DC,
+    ``sum_{k != 0} |P_k|^2 = N sum (p - mean p)^2``, is at most ``1e3 eps^2`` of its total energy.
+
+    Its spectrum off DC is then rounding noise, whose phase is random; every backend takes it as
+    exactly 0 there (``|P_k| := 0``, ``P_k / |P_k| := 0``), so the gradient field off DC is 0.
+    """
+    eps = torch.finfo(total_energy.dtype).eps
+    return (energy_off_dc <= 1e3 * eps * eps * total_energy) & torch.isfinite(total_energy)
+
+
 def safe_div(num: torch.Tensor, den: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
     """``num / den`` where ``zero`` is False, exactly 0 (with a 0 gradient) where it is True."""
     ones = torch.ones_like(den)

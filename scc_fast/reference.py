@@ -13,6 +13,7 @@ import torch
 from ._numerics import (
     DEGENERATE_TARGET_RTOL,
     accumulation_dtype,
+    is_constant_map,
     product_is_zero,
     safe_div,
     variance_is_zero,
@@ -79,9 +80,15 @@ def reference_correlation(
     p, y, P, Y = _flat_spectra(probs, target, first_class)
     energy_total_p = (P.abs() ** 2).sum(-1)
     energy_total_y = (Y.abs() ** 2).sum(-1)
-    if not include_dc:
-        P, Y = P[..., 1:], Y[..., 1:]
     A, B = P.abs(), Y.abs()
+    # A constant map's spectrum off DC is rounding noise: taken as exactly 0 (docs/loss.md, section 2).
+    p_flat = p.flatten(2)
+    energy_off_dc = p_flat.shape[-1] * ((p_flat - p_flat.mean(-1, keepdim=True)) ** 2).sum(-1)
+    flat = is_constant_map(energy_off_dc, energy_total_p)
+    off_dc = torch.arange(A.shape[-1], device=A.device) > 0
+    A = torch.where(flat.unsqueeze(-1) & off_dc, torch.zeros_like(A), A)
+    if not include_dc:
+        P, Y, A, B = P[..., 1:], Y[..., 1:], A[..., 1:], B[..., 1:]
     A_c = A - A.mean(-1, keepdim=True)
     B_c = B - B.mean(-1, keepdim=True)
     cov = (A_c * B_c).sum(-1)

@@ -324,6 +324,15 @@ PairCoef pair_coefficients(
   c.c_y = N * wp;
   c.scc = w_mag * rho_mag + w_phase * rho_phase;
   c.valid = valid;
+  // A constant p's spectrum off DC is rounding noise, taken as 0 (docs/loss.md, section 2; without
+  // DC its coefficients are 0 already). Its field is then the DC bin's alone, (c_a + c_ab B_0) P_0 /
+  // |P_0|: linear in P at DC, so the spatial term c_p carries it (c_p P_k / N is 0 off DC for a
+  // constant p), and the field pass needs no test of its own.
+  if (include_dc && N * nvar_p <= 1e3 * eps * eps * total_a && std::isfinite(total_a)) {
+    const double a0 = std::abs(N * mean_p), b0 = std::abs(N * mean_y);
+    if (a0 > 0) c.c_p += N * (c.c_a + c.c_ab * b0) / a0;
+    c.c_a = c.c_ab = 0;
+  }
   return c;
 }
 

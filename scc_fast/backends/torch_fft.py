@@ -18,6 +18,7 @@ from .._numerics import (
     refuse_double_backward,
     DEGENERATE_TARGET_RTOL,
     accumulation_dtype,
+    is_constant_map,
     product_is_zero,
     safe_div,
     variance_is_zero,
@@ -165,6 +166,13 @@ def _one_class(p, y, y_is_label, include_dc, magnitude_weight, phase_weight, nee
     if not include_dc:
         mag[(slice(None),) + (0,) * (nd - 1)].zero_()  # DC of every map (no CPU scalar copied)
     nonzero = A > 0
+    if include_dc:
+        # A constant p's spectrum off DC is rounding noise, taken as 0 (docs/loss.md, section 2).
+        # (Without DC a constant p has zero denominators, so its field is 0 already.)
+        flat = _bshape(is_constant_map(n_vox * n_vox * var_p, total_a), nd)
+        off_dc = torch.ones_like(nonzero)
+        off_dc[(slice(None),) + (0,) * (nd - 1)].fill_(False)  # (no CPU scalar copied)
+        nonzero &= ~(flat & off_dc)
     mag = torch.where(nonzero, mag / torch.where(nonzero, A, torch.ones_like(A)), torch.zeros_like(A))
     del A, nonzero
     grad = torch.fft.irfftn(P * mag, s=shape, dim=dims, norm="forward")
