@@ -1,9 +1,18 @@
-"""``scc-fast`` command line: ``scc-fast bench ...``, ``scc-fast demo ...``, ``scc-fast backends``."""
+"""``scc-fast`` command line: ``scc-fast bench ...``, ``scc-fast demo ...``, ``scc-fast backends``.
+
+A mistake the user can fix is one line on stderr, ``scc-fast <command>: error: <what to do>``,
+and exit code 2: the subcommands raise :class:`CLIError` and :func:`main` prints it. Other
+exceptions are bugs and keep their traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from .benchmark.errors import CLIError, run_command
+
+__all__ = ["main", "build_parser", "CLIError"]
 
 
 def _backends(args: argparse.Namespace) -> int:
@@ -11,6 +20,8 @@ def _backends(args: argparse.Namespace) -> int:
 
     if args.explain:
         from .backends.dispatch import explain_shape
+
+        _check_explain(args, available_backends())
 
         print(explain_shape(args.shape, args.device, args.backend, args.target))
         return 0
@@ -52,7 +63,26 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def main(argv: list[str] | None = None) -> int:
+def _check_explain(args: argparse.Namespace, status: dict) -> None:
+    """``backends --explain``: a device torch does not know or a backend that is not there is a CLIError."""
+    import torch
+
+    try:
+        dev = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        raise CLIError(f"--device {args.device!r} is not a torch device; use cpu or cuda") from None
+    if args.backend == "auto":
+        return
+    if args.backend not in status:
+        raise CLIError(f"--backend: unknown backend {args.backend!r}; choose from auto, {', '.join(status)}")
+    usable = dev.type == "cpu" or (dev.type == "cuda" and torch.cuda.is_available())
+    if usable and not status[args.backend].available:  # on an absent device only the table is read
+        raise CLIError(f"--backend: backend {args.backend!r} is not available here: {status[args.backend].reason}; "
+                       "ask for another (`scc-fast backends` lists what runs here)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``scc-fast`` parser with its subcommands ``backends``, ``bench`` and ``demo``."""
     parser = argparse.ArgumentParser(prog="scc-fast", description="Spectral Correlation Coefficient loss tools")
     sub = parser.add_subparsers(dest="command", required=True)
     bk = sub.add_parser("backends", help="list backends and whether they run here")
@@ -63,17 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     bk.add_argument("--backend", default="auto", help="the backend asked for (default auto)")
     bk.add_argument("--target", choices=("labels", "float"), default="labels", help="integer labels or a float target")
 
-    from . import benchmark
+    from . import benchmark, demo  # neither imports anything beyond the standard library here
 
     benchmark.add_parser(sub)
-    try:
-        from . import demo
-    except ImportError:  # the demo's module arrives with its own issue
-        demo = None
-    if demo is not None:
-        demo.add_parser(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    demo.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``scc-fast ARGS``; returns the exit code (2 for a mistake on the command line)."""
+    return run_command(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

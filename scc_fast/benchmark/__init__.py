@@ -1,6 +1,7 @@
 """``scc-fast bench``: time and memory of every available backend against the torch.fft reference.
 
-Three studies, each writing JSON, Markdown and PNG files into ``--out``:
+Three studies, each writing JSON, Markdown and PNG files into ``--out`` (the PNG files need
+matplotlib, the ``[bench]`` extra; without it they are skipped, with one line on stderr saying so):
 
 * cases (default): the SPEC section 5 cases (full size on a GPU, reduced batch, and with
   ``--quick`` reduced size, on a CPU; the scale is written next to every number) for every
@@ -15,6 +16,7 @@ Three studies, each writing JSON, Markdown and PNG files into ``--out``:
   ``timeline_<backend>.pickle`` snapshots for https://pytorch.org/memory_viz).
 
 Progress goes to stderr. ``main(argv)`` runs it from Python (``argv`` without ``"bench"``).
+A mistake on the command line is one line on stderr and exit code 2 (:class:`.errors.CLIError`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import threading
 from pathlib import Path
 
 from .cases import CPU_QUICK_COMPILE, SPEC_CASES, Case, default_cases, parse_case, scaling_shapes
-from .report import fit_exponent
+from .errors import CLIError, one_line, run_command, writable_dir
+from .report import PLOTS_HINT, fit_exponent, plots_unavailable
 
 __all__ = ["add_parser", "main", "run", "fit_exponent", "Case", "SPEC_CASES"]
 
@@ -73,20 +76,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="torch.set_num_threads in every measurement (default: torch's own choice); 1 gives steadier "
                         "CPU numbers on a machine shared with other jobs")
     p.add_argument("--validate", action="store_true", help="time with validate=True (label-range check, a sync)")
-    p.add_argument("--no-plots", action="store_true", help="write JSON and Markdown only")
+    p.add_argument("--no-plots", action="store_true",
+                   help="write JSON and Markdown only (without matplotlib the PNG files are skipped anyway)")
     p.add_argument("--report-only", action="store_true", help="rewrite Markdown and PNG from the JSON files in --out")
-    p.set_defaults(func=run, _bench_parser=p)
+    p.set_defaults(func=run)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``scc-fast bench ARGS`` from Python: ``main(["--quick", "--out", "d"])``."""
-    from ..cli import main as cli_main
+    """``scc-fast bench ARGS`` from Python: ``main(["--quick", "--out", "d"])``; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="scc-fast")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    return run_command(parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)]))
 
-    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
 
-
-def _labels(args, parser, device: str) -> tuple[list[str], dict[str, str]]:
+def _labels(args, device: str) -> tuple[list[str], dict[str, str]]:
     """Row labels to measure, and the backends left out with the reason."""
     from .. import available_backends
 
@@ -98,9 +102,10 @@ def _labels(args, parser, device: str) -> tuple[list[str], dict[str, str]]:
         for lb in labels:
             name = "reference" if lb == COMPILED else lb
             if name not in status:
-                parser.error(f"--backends: unknown backend {lb!r}; choose from {', '.join([*status, COMPILED])}")
+                raise CLIError(f"--backends: unknown backend {lb!r}; choose from {', '.join([*status, COMPILED])}")
             if not status[name].available:
-                parser.error(f"--backends: backend {lb!r} is not available here: {status[name].reason}")
+                raise CLIError(f"--backends: backend {lb!r} is not available here: {status[name].reason}; "
+                               "leave it out (`scc-fast backends` lists what runs here)")
         if "reference" not in labels:
             labels.insert(0, "reference")  # every ratio is against it
     else:
@@ -127,40 +132,45 @@ def run(args: argparse.Namespace) -> int:
 
     from . import suite
 
-    parser: argparse.ArgumentParser = args._bench_parser
     out: Path = args.out
+    # Without matplotlib (a plain `pip install .`) the JSON and Markdown files are still written.
+    why_no_plots = None if args.no_plots else plots_unavailable()
     if args.report_only:
         if not out.is_dir():
-            parser.error(f"--report-only: --out {str(out)!r} is not a folder with results")
-        written = suite.write_reports(out)
-        if not written:
-            parser.error(f"--report-only: no results.json, scaling.json or timeline.json in {str(out)!r}")
-        for p in written:
+            raise CLIError(f"--report-only: --out {str(out)!r} is not a folder with results; "
+                           "give the --out of an earlier scc-fast bench run")
+        if not any((out / f).exists() for f in suite.RESULT_FILES):
+            raise CLIError(f"--report-only: no {', '.join(suite.RESULT_FILES[:-1])} or {suite.RESULT_FILES[-1]} "
+                           f"in {str(out)!r}; run scc-fast bench --out {shlex.quote(str(out))} first")
+        writable_dir(out)
+        for p in suite.write_reports(out, plots=not args.no_plots and why_no_plots is None):
             print(p)
+        _say_plots_skipped(why_no_plots)
         return 0
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available to this torch "
-                     f"({torch.__version__}, torch.version.cuda={torch.version.cuda})")
+        raise CLIError("--device cuda: no CUDA device is available to this torch "
+                       f"({torch.__version__}, torch.version.cuda={torch.version.cuda}); use --device cpu")
     for name in ("repeats", "warmup"):
         v = getattr(args, name)
         if v is not None and v < (1 if name == "repeats" else 0):
-            parser.error(f"--{name} must be >= {1 if name == 'repeats' else 0}, got {v}")
+            raise CLIError(f"--{name} must be >= {1 if name == 'repeats' else 0}, got {v}")
     for name in ("sizes_2d", "sizes_3d"):
         v = getattr(args, name)
         if v is not None and any(s < 2 for s in v):
-            parser.error(f"--{name.replace('_', '-')} sizes must be >= 2, got {v}")
+            raise CLIError(f"--{name.replace('_', '-')} sizes must be >= 2, got {v}")
     if args.threads is not None and args.threads < 1:
-        parser.error(f"--threads must be >= 1, got {args.threads}")
+        raise CLIError(f"--threads must be >= 1, got {args.threads}")
     if args.job_timeout is not None and args.job_timeout <= 0:
-        parser.error(f"--job-timeout must be > 0, got {args.job_timeout}")
+        raise CLIError(f"--job-timeout must be > 0, got {args.job_timeout}")
 
     known = default_cases(device, args.quick)
     try:
         cases = [parse_case(c, known) for c in args.cases] if args.cases else list(known.values())
     except ValueError as exc:
-        parser.error(str(exc))
-    labels, notes = _labels(args, parser, device)
+        raise CLIError(str(exc)) from None
+    labels, notes = _labels(args, device)
+    writable_dir(out)
 
     gpu = device == "cuda"
     repeats = args.repeats or ((10 if args.quick else 30) if gpu else (5 if args.quick else 15))
@@ -189,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
         compile_reserve=30.0 if gpu else 45.0,
         validate=args.validate,
         threads=args.threads,
-        plots=not args.no_plots,
+        plots=not args.no_plots and why_no_plots is None,
         compile_skip=compile_skip,
         label_notes=notes,
         scaling_sizes=sizes,
@@ -216,7 +226,13 @@ def run(args: argparse.Namespace) -> int:
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)
     suite.progress(cfg, f"done; files in {out}")
+    _say_plots_skipped(why_no_plots)
     return 0
+
+
+def _say_plots_skipped(why: str | None) -> None:
+    if why is not None:
+        print(f"scc-fast bench: plots skipped ({one_line(why)}); {PLOTS_HINT}", file=sys.stderr, flush=True)
 
 
 def _exit_on_sigterm(signum, frame):

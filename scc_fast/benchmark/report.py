@@ -15,6 +15,8 @@ __all__ = [
     "plot_cases",
     "plot_scaling",
     "plot_timeline",
+    "plots_unavailable",
+    "PLOTS_HINT",
 ]
 
 MiB = 1024.0 * 1024.0
@@ -277,6 +279,21 @@ def timeline_markdown(data: dict) -> str:
 # --------------------------------------------------------------------------------------------
 # Plots
 # --------------------------------------------------------------------------------------------
+
+
+#: What to install for the PNG files; matplotlib is not a base dependency of scc_fast.
+PLOTS_HINT = 'pip install "scc_fast[bench]" or matplotlib to get them'
+
+
+def plots_unavailable() -> str | None:
+    """Why the PNG files cannot be drawn here (matplotlib missing or broken), or None if they can."""
+    try:
+        _plt()
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] == "matplotlib":
+            return "matplotlib is not installed"
+        return f"matplotlib cannot be imported: {exc}"
+    return None
 
 
 def _plt():

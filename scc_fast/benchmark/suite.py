@@ -18,7 +18,10 @@ from typing import Any
 from . import measure, report
 from .cases import Case
 
-__all__ = ["Config", "run_cases", "run_scaling", "run_timeline", "environment", "write_reports"]
+__all__ = ["Config", "run_cases", "run_scaling", "run_timeline", "environment", "write_reports", "RESULT_FILES"]
+
+#: The JSON files the studies write, which ``--report-only`` reads back.
+RESULT_FILES = ("results.json", "scaling.json", "timeline.json")
 
 _PKG_ROOT = Path(__file__).resolve().parents[2]
 
@@ -431,17 +434,21 @@ def run_timeline(cfg: Config) -> dict[str, Any]:
     return data
 
 
-def write_reports(out: Path) -> list[Path]:
-    """Rewrite the Markdown and PNG files from the JSON files in ``out`` (``--report-only``)."""
+def write_reports(out: Path, plots: bool = True) -> list[Path]:
+    """Rewrite the Markdown (and with ``plots`` the PNG) files from the JSON files in ``out`` (``--report-only``)."""
     written = []
     if (out / "results.json").exists():
-        written += write_case_files(out, json.loads((out / "results.json").read_text()))
+        written += write_case_files(out, json.loads((out / "results.json").read_text()), plots=plots)
     if (out / "scaling.json").exists():
         data = json.loads((out / "scaling.json").read_text())
         (out / "scaling.md").write_text(report.scaling_markdown(data))
-        written += [out / "scaling.md", report.plot_scaling(data, out / "scaling.png")]
+        written.append(out / "scaling.md")
+        if plots:
+            written.append(report.plot_scaling(data, out / "scaling.png"))
     if (out / "timeline.json").exists():
         data = json.loads((out / "timeline.json").read_text())
         (out / "timeline.md").write_text(report.timeline_markdown(data))
-        written += [out / "timeline.md", report.plot_timeline(data, out / "timeline.png")]
+        written.append(out / "timeline.md")
+        if plots:
+            written.append(report.plot_timeline(data, out / "timeline.png"))
     return written

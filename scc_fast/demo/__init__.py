@@ -20,41 +20,43 @@ import argparse
 import shlex
 import sys
 
+from ..benchmark.errors import CLIError, MissingExtraError, run_command, writable_dir
+
 __all__ = ["add_parser", "main"]
 
 
 def _run(args: argparse.Namespace) -> int:
     from .data import DEMO_EXTRA_HINT
 
+    if args.seeds is not None and args.seeds < 1:
+        raise CLIError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.steps is not None and args.steps < 1:
+        raise CLIError(f"--steps must be >= 1, got {args.steps}")
+    if args.threads < 0:
+        raise CLIError(f"--threads must be >= 0 (0: torch's choice), got {args.threads}")
+    if args.lambda_spectral is not None and not args.lambda_spectral > 0:
+        raise CLIError(f"--lambda must be > 0, got {args.lambda_spectral}")
     if args.data == "mni152":
         try:
             import nilearn  # noqa: F401
         except ImportError:
-            print(f"scc-fast demo: nilearn is not installed; {DEMO_EXTRA_HINT} (or use --data synthetic)", file=sys.stderr)
-            return 2
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        print(f"scc-fast demo: matplotlib is not installed; {DEMO_EXTRA_HINT}", file=sys.stderr)
-        return 2
+            raise MissingExtraError(f"nilearn is not installed; {DEMO_EXTRA_HINT} (or use --data synthetic)") from None
+    from .report import require_matplotlib
+
+    require_matplotlib()
+    writable_dir(args.out)
     import torch
 
     from .run import DemoConfig, run_demo
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.seeds is not None and args.seeds < 1:
-        raise SystemExit("scc-fast demo: --seeds must be >= 1")
-    if args.steps is not None and args.steps < 1:
-        raise SystemExit("scc-fast demo: --steps must be >= 1")
     cfg = DemoConfig.make(
         quick=args.quick, dims=3 if args.three_d else 2, seeds=args.seeds, steps=args.steps,
         out=args.out, source=args.data, resolution=args.resolution,
         command="scc-fast demo " + " ".join(shlex.quote(a) for a in _demo_argv(args)),
     )
     if args.lambda_spectral is not None:
-        if not args.lambda_spectral > 0:
-            raise SystemExit(f"scc-fast demo: --lambda must be > 0, got {args.lambda_spectral}")
         cfg.lambda_spectral = args.lambda_spectral
     run_demo(cfg)
     return 0
@@ -98,4 +100,4 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["demo"] + argv
     args = parser.parse_args(argv)
     args.argv = argv[1:]
-    return int(args.func(args) or 0)
+    return run_command(args)

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import torch
 
+from ..benchmark.errors import MissingExtraError
 from .data import CLASS_NAMES, DEMO_EXTRA_HINT
 from .metrics import PERTURBATIONS
 
@@ -17,13 +18,16 @@ _LABEL_COLORS = ["#000000", "#3b8ee0", "#e8a33a", "#f4f1de"]
 
 
 def require_matplotlib():
+    """``matplotlib.pyplot`` on the Agg backend; without matplotlib a :class:`MissingExtraError`
+    (an ImportError that ``scc-fast demo`` prints as one line) naming the ``[demo]`` extra."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise ImportError(f"scc-fast demo needs matplotlib for its figures: {DEMO_EXTRA_HINT}") from exc
+        why = "is not installed" if (exc.name or "").split(".")[0] == "matplotlib" else f"cannot be imported ({exc})"
+        raise MissingExtraError(f"matplotlib {why} (the demo's figures need it); {DEMO_EXTRA_HINT}") from exc
     return plt
 
 
