@@ -3,7 +3,7 @@ forward allocates, with its Triton kernels stubbed out (no computation; the tens
 freed as on a GPU), counted by :class:`scc_fast.benchmark.live_bytes.LiveBytes`.
 
 One row per case: the forward's own peak (inputs excepted) with every class transformed
-(``SCC_FAST_FFT_DERIVE=0``), with class 0's P derived (the benchmarks' validate=False), and with
+(the setting ``fft_derive=False``), with class 0's P derived (the benchmarks' validate=False), and with
 its Y derived too (validate=True). At GPU run 5's code the first column reproduced the measured
 peaks above the inputs (brats-3d 194, btcv-3d 288, synapse-2d 125, polyp-2d 96 MiB): the forward is
 the step's peak, and cuFFT's workspace did not show. Softmax, int64 labels, float32 logits.

@@ -7,12 +7,12 @@ For each case and each accelerated backend that runs it (``torch``, ``triton_fft
 ``triton`` where its kernel supports the shape: 2D in one launch, 3D in five; on the 3D cases
 also ``triton:ieee``, its IEEE-dot option, held to 1e-5, and ``triton:recompute`` /
 ``triton_fft:recompute``, which keep no gradient field between forward and backward and compute it
-again in backward, ``scc_fast.backends.activation.RECOMPUTE_FIELD``, and ``triton:ws=2^30``, its
+again in backward, the setting ``recompute_field``, and ``triton:ws=2^30``, its
 workspace at 1 GiB (the default until GPU run 3, now 64 MiB: fewer chunks of pairs, more
 memory); on CUDA, every case also as ``<backend>:graph``, forward + backward captured once in a
 CUDA graph and replayed (the kernels' time without the host's per-step work; peak memory not
 comparable, the graph's pool is allocated at capture); ``triton_fft:all-classes`` on every case,
-triton_fft transforming every class (``triton_fft.DERIVE_FIRST_CLASS`` off: the step before class 0's
+triton_fft transforming every class (the setting ``fft_derive`` off: the step before class 0's
 spectrum was derived from the others'); ``triton_fft:validate`` on every case, triton_fft with
 ``scc_loss``'s default ``validate=True`` (stage 1 makes the checks, one sync after the forward,
 and class 0's target spectrum is derived too; every other row passes ``validate=False``);
@@ -95,7 +95,7 @@ CASES = {
 }
 SMOKE_CASES = {"smoke-3d": (1, 3, 8, 12, 10), "smoke-2d": (2, 3, 16, 12)}
 ACCELERATED = ("torch", "triton_fft", "triton")
-# triton_fft with smaller chunks of classes (CHUNK_ELEMENTS = 2^k): less memory, more launches.
+# triton_fft with smaller chunks of classes (the setting fft_chunk_elements = 2^k): less memory, more launches.
 # Measured to choose the default; not dispatch candidates of their own.
 CHUNKED = ("triton_fft:chunk=2^23", "triton_fft:chunk=2^22")
 # The in-kernel DFT with IEEE dots (SPEC section 4: 1e-5), on the 3D cases only (the 2D check,
@@ -104,7 +104,7 @@ TRITON_IEEE = ("triton:ieee",)
 # Recompute the gradient field in backward instead of keeping it (issue 4: keep or recompute,
 # whichever costs less), on the 3D cases. Not dispatch candidates of their own.
 RECOMPUTE = ("triton:recompute", "triton_fft:recompute")
-# triton_fft transforming every class (``triton_fft.DERIVE_FIRST_CLASS`` off): the same step before
+# triton_fft transforming every class (the setting ``fft_derive`` off): the same step before
 # class 0's spectrum was derived from the others', for the ratio in the same run. Every case. Not
 # a dispatch candidate.
 FFT_ALL_CLASSES = ("triton_fft:all-classes",)
@@ -501,15 +501,12 @@ def prepare_case(name, shape, device, results, out) -> dict | None:
 
 def measure(state, backend, device, results, out, settings) -> None:
     """Correctness, peak memory and median time of one backend on one prepared case."""
-    from scc_fast.backends import triton_fft
+    from scc_fast import _settings
 
     case, logits, labels = state["case"], state["logits"], state["labels"]
     r: dict = {}
     case["backends"][backend] = r
-    default_chunk = triton_fft.CHUNK_ELEMENTS
-    default_derive = triton_fft.DERIVE_FIRST_CLASS
-    default_ws = None  # triton_scc.WORKSPACE_BYTES before a TRITON_WS row
-    triton_scc = None
+    defaults = _settings.current()
     x = fn = None
     try:
         if backend == "reference-compiled":
@@ -530,20 +527,15 @@ def measure(state, backend, device, results, out, settings) -> None:
         else:
             impl = backend.split(":")[0]
             if backend in CHUNKED:
-                triton_fft.CHUNK_ELEMENTS = 1 << int(backend.rsplit("^", 1)[1])
+                _settings.update(fft_chunk_elements=1 << int(backend.rsplit("^", 1)[1]))
             if backend in RECOMPUTE:
-                activation.RECOMPUTE_FIELD = True
+                _settings.update(recompute_field=True)
             if backend in FFT_ALL_CLASSES:
-                triton_fft.DERIVE_FIRST_CLASS = False
-            if backend in TRITON_WS and backends._unavailable_reason("triton") is None:
-                from scc_fast.backends import triton_scc
-
-                default_ws = triton_scc.WORKSPACE_BYTES
-                triton_scc.WORKSPACE_BYTES = 1 << int(backend.rsplit("^", 1)[1])
-            if backend in TRITON_IEEE and backends._unavailable_reason("triton") is None:
-                from scc_fast.backends import triton_scc
-
-                triton_scc.input_precision = "ieee"
+                _settings.update(fft_derive=False)
+            if backend in TRITON_WS:
+                _settings.update(triton_workspace_bytes=1 << int(backend.rsplit("^", 1)[1]))
+            if backend in TRITON_IEEE:
+                _settings.update(triton_precision="ieee")
             if impl != "reference":
                 reason = backends._unavailable_reason(impl)  # only this backend (native is not imported)
                 if reason is not None:
@@ -591,13 +583,7 @@ def measure(state, backend, device, results, out, settings) -> None:
         r["traceback"] = traceback.format_exc()[-3000:]
         log(f"{case['name']} {backend}: {r['error'][:300]}")
     finally:
-        triton_fft.CHUNK_ELEMENTS = default_chunk
-        triton_fft.DERIVE_FIRST_CLASS = default_derive
-        activation.RECOMPUTE_FIELD = False
-        if triton_scc is not None:
-            triton_scc.input_precision = None
-            if default_ws is not None:
-                triton_scc.WORKSPACE_BYTES = default_ws
+        _settings.restore(defaults)
         x = fn = None  # noqa: F841
         gc.collect()
         if device.type == "cuda":

@@ -16,7 +16,7 @@ it, per SPEC case and backend (logits, integer labels, softmax, ``scc_loss``, fo
   each launch a step makes.
 
 Row ``triton_fft:all-classes`` is triton_fft with class 0 transformed like the other classes
-(``triton_fft.DERIVE_FIRST_CLASS`` off), for its kernels beside the default's in the same run.
+(the setting ``fft_derive`` off), for its kernels beside the default's in the same run.
 
 Writes ``results.json``, ``results.md`` and one ``profile_<case>_<backend>.txt`` (the profiler's
 tables) per row to ``--out``, after every row. ``--budget`` bounds the run (rows not started are
@@ -42,7 +42,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import scc_fast  # noqa: E402
-from scc_fast import backends  # noqa: E402
+from scc_fast import _settings, backends  # noqa: E402
 from scc_fast.benchmark.measure import _sync as sync, make_inputs  # noqa: E402
 from scc_fast.benchmark.suite import _commit  # noqa: E402
 
@@ -55,8 +55,8 @@ CASES = {
 SMOKE_CASES = {"smoke-2d": (2, 3, 16, 12), "smoke-3d": (1, 2, 8, 12, 10)}
 BACKENDS = ("reference", "torch", "triton", "triton_fft", "triton_fft:all-classes", "native")
 #: Rows that run a backend with a setting changed: triton_fft transforming class 0 like the others
-#: (``triton_fft.DERIVE_FIRST_CLASS`` off), kernel by kernel beside the default in the same run.
-VARIANTS = {"triton_fft:all-classes": ("triton_fft", "DERIVE_FIRST_CLASS", False)}
+#: (the setting ``fft_derive`` off), kernel by kernel beside the default in the same run.
+VARIANTS = {"triton_fft:all-classes": {"fft_derive": False}}
 
 
 def parse_args(argv=None):
@@ -256,13 +256,9 @@ def main(argv=None) -> int:
                 results["skipped"].append(name)
                 continue
             row = {"case": case, "shape": list(shape), "backend": backend}
-            impl, module, restore = backend.split(":")[0], None, None
+            impl, restore = backend.split(":")[0], _settings.current()
             try:
-                if backend in VARIANTS:
-                    _, attr, value = VARIANTS[backend]
-                    module = backends.load(impl)
-                    restore = (attr, getattr(module, attr))
-                    setattr(module, attr, value)
+                _settings.update(**VARIANTS.get(backend, {}))
                 for _ in range(3):  # warm-up: compilation, plans, caches
                     step(x, labels, impl, False)
                 row.update(time_row(x, labels, impl, device, args.reps))
@@ -275,8 +271,7 @@ def main(argv=None) -> int:
                 row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
                 traceback.print_exc()
             finally:
-                if restore is not None:
-                    setattr(module, *restore)
+                _settings.restore(restore)
             results["rows"].append(row)
             print(json.dumps(row), flush=True)
             write(out, results)

@@ -5,7 +5,7 @@ took 216 us at brats-3d and 344 us at btcv-3d in GPU run 5, 3-4x its memory traf
 triton_fft step is host-bound at most SPEC cases, so a step's time hides it: this script reads the
 kernel's own device time from torch.profiler. Per case (logits + int64 labels + softmax, float32,
 ``scc_loss(..., backend="triton_fft", validate=False)``) and per (values per tile, warps, threads down
-the channels first) of ``triton_fft.STAGE1_VALUES`` / ``STAGE1_WARPS`` / ``STAGE1_CHANNEL_THREADS``
+the channels first) of the settings ``fft_stage1_values`` / ``fft_stage1_warps`` / ``fft_stage1_channel_threads``
 (the first row is the default): the kernel's median
 device us over the profiled steps, the step's median ms (CUDA events), and the relative difference
 of loss and gradient to the case's first row (float32 rounding: about 1e-6). ``results.json`` /
@@ -32,6 +32,7 @@ if "--smoke" in sys.argv and not os.environ.get("TRITON_INTERPRET"):
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scc_fast import _settings  # noqa: E402
 from scc_fast.backends import triton_fft  # noqa: E402
 from scc_fast.benchmark.measure import _sync as sync, build_loss_fn, make_inputs, time_calls  # noqa: E402
 from scc_fast.benchmark.suite import _commit  # noqa: E402
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
     }
     cases = SMOKE_CASES if args.smoke else CASES
     fn = build_loss_fn("triton_fft", validate=False)
-    defaults = (triton_fft.STAGE1_VALUES, triton_fft.STAGE1_WARPS, triton_fft.STAGE1_CHANNEL_THREADS)
+    defaults = _settings.current()
     inputs = {name: make_inputs(shape, device.type) for name, shape in cases.items()}
     first = {}  # per case: the first configuration's loss and gradient
     # Configurations outer, cases inner: when the budget runs out (each new configuration compiles
@@ -131,8 +132,8 @@ def main(argv=None) -> int:
             if time.perf_counter() - T0 > args.budget:
                 row["skipped"] = f"time budget ({args.budget:.0f} s) used"
             else:
-                triton_fft.STAGE1_VALUES, triton_fft.STAGE1_WARPS = values, warps
-                triton_fft.STAGE1_CHANNEL_THREADS = channel_threads
+                _settings.update(fft_stage1_values=values, fft_stage1_warps=warps,
+                                 fft_stage1_channel_threads=channel_threads)
                 try:
                     x.grad = None
                     loss = fn(x, t)
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
                     traceback.print_exc()
                     row["error"] = f"{type(exc).__name__}: {exc}"[:200]
                 finally:
-                    triton_fft.STAGE1_VALUES, triton_fft.STAGE1_WARPS, triton_fft.STAGE1_CHANNEL_THREADS = defaults
+                    _settings.restore(defaults)
             results["rows"].append(row)
             print(json.dumps(row), flush=True)
             (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -3,7 +3,7 @@
 For each case (logits in, integer labels, softmax, forward + backward of ``scc_loss``):
 
 1. correctness: loss and dL/dlogits of backend "triton" (TF32 default, 3xTF32, IEEE dots; and
-   the 2D split mode, ``SCC_FAST_TRITON_2D=split``, at the first of them) against backend
+   the 2D split mode, the setting ``triton_2d="split"``, at the first of them) against backend
    "reference" run in float64 on the same GPU, as ||out - ref|| / ||ref||
    (SPEC section 4: TF32 <= 5e-3, IEEE / 3xTF32 <= 1e-5);
 2. median forward + backward time and peak memory above the inputs for triton (fused and split;
@@ -44,6 +44,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import scc_fast  # noqa: E402
+from scc_fast import _settings  # noqa: E402
 from scc_fast.backends import triton_scc  # noqa: E402
 from scc_fast.benchmark.suite import _commit  # noqa: E402
 
@@ -165,6 +166,7 @@ def copy_bandwidth_gbs(device):
 
 def run_case(name, shape, device, args, budget_s):
     row = {"case": name, "shape": list(shape), "errors": {}}
+    defaults = _settings.current()
     logits, labels = make_case(shape, device)
     # --- correctness against the float64 reference on the same device ---
     try:
@@ -178,8 +180,7 @@ def run_case(name, shape, device, args, budget_s):
     for prec, mode in [(p, "fused") for p in args.precisions] + [(args.precisions[0], "split")]:
         key = prec if mode == "fused" else f"{prec},{mode}"
         try:
-            triton_scc.input_precision = prec
-            triton_scc.mode_2d = mode
+            _settings.update(triton_precision=prec, triton_2d=mode)
             loss, grad = fwd_bwd(loss_fn("triton"), logits, labels)
             entry = {"loss": loss.item()}
             if ref_loss is not None:
@@ -192,8 +193,7 @@ def run_case(name, shape, device, args, budget_s):
             row["errors"][f"triton_{key}"] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
         finally:
-            triton_scc.input_precision = None
-            triton_scc.mode_2d = None
+            _settings.restore(defaults)
     del ref_grad
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -222,22 +222,21 @@ def run_case(name, shape, device, args, budget_s):
                 fn = torch.compile(fn)
                 fwd_bwd(fn, logits, labels)  # compile outside the timed region
             if backend == "triton" and opt != "unfused":
-                triton_scc.input_precision = opt
-            triton_scc.mode_2d = "split" if label.endswith(",split]") else None
-            # "p-first": the probabilities computed before the kernel (not from statistics inside it).
-            triton_scc.activation_in_kernel = not label.endswith(",p-first]")
-            # "unfused": the activation applied with torch ops outside the backend (A/B of the fusion).
-            scc_fast.functional.FUSE_ACTIVATION = opt != "unfused"
+                _settings.update(triton_precision=opt)
+            _settings.update(
+                triton_2d="split" if label.endswith(",split]") else "auto",
+                # "p-first": the probabilities computed before the kernel (not from statistics inside it).
+                triton_activation_in_kernel=not label.endswith(",p-first]"),
+                # "unfused": the activation applied with torch ops outside the backend (A/B of the fusion).
+                fuse_activation=opt != "unfused",
+            )
             row["time_ms"][label] = time_median(fn, logits, labels, device, reps=args.reps)
             row["peak_mib"][label] = peak_memory_mib(fn, logits, labels, device)
         except Exception as exc:  # noqa: BLE001
             row["errors"][label] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
         finally:
-            triton_scc.input_precision = None
-            triton_scc.mode_2d = None
-            triton_scc.activation_in_kernel = True
-            scc_fast.functional.FUSE_ACTIVATION = True
+            _settings.restore(defaults)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     base_t = row["time_ms"].get("reference")
@@ -310,7 +309,7 @@ def main():
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # the reference stays IEEE
     cases = SMOKE_CASES if args.smoke else CASES
-    triton_scc.interpret_emulates_tf32 = True  # under the interpreter, show TF32's accuracy too
+    _settings.update(triton_interpret_tf32=True)  # under the interpreter, show TF32's accuracy too
     if args.cases:
         cases = {k: v for k, v in cases.items() if k in args.cases}
     commit = _commit()

@@ -6,7 +6,7 @@ timed the 2D fused kernel and split mode under eight configurations, GPU run 4 t
 the sliced passes (3D and the 2D split, ``triton_scc.GPU_BLOCKS``) and 64/32/32, 8 warps, 2
 stages, 1 program per SM for the fused 2D kernel (``GPU_BLOCKS_FUSED``: less scratch). This
 script times, per SPEC case, the 3D path (mode ``3d``: brats-3d, btcv-3d) and the 2D fused kernel
-and split mode (``triton_scc.mode_2d``) under their defaults and a few others; TF32 dots,
+and split mode (the setting ``triton_2d``) under their defaults and a few others; TF32 dots,
 logits + int64 labels + softmax, ``scc_loss(..., validate=False)``; the first configuration of
 each mode is the default. Each row: median forward + backward ms (CUDA events, after a warm-up
 call that compiles), peak memory above the inputs, and the relative difference of loss and
@@ -35,6 +35,7 @@ if "--smoke" in sys.argv and not os.environ.get("TRITON_INTERPRET"):
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scc_fast import _settings  # noqa: E402
 from scc_fast.backends import triton_scc  # noqa: E402
 from scc_fast.benchmark.measure import _sync as sync, build_loss_fn, time_calls  # noqa: E402
 from scc_fast.benchmark.suite import _commit  # noqa: E402
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     cases_2d = SMOKE_CASES if args.smoke else CASES
     cases_3d = SMOKE_CASES_3D if args.smoke else CASES_3D
-    default_blocks, default_pps = triton_scc.GPU_BLOCKS["tf32"], triton_scc.programs_per_sm
+    default_blocks, defaults = triton_scc.GPU_BLOCKS["tf32"], _settings.current()
     default_fused = triton_scc.GPU_BLOCKS_FUSED["tf32"]
     env = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (interpreter)",
@@ -136,8 +137,7 @@ def main(argv=None) -> int:
                 x, labels = inputs[name]
                 table = triton_scc.GPU_BLOCKS_FUSED if mode == "fused" else triton_scc.GPU_BLOCKS
                 table["tf32"] = (bm, bn, bk, warps, stages)
-                triton_scc.programs_per_sm = pps
-                triton_scc.mode_2d = None if mode == "3d" else mode
+                _settings.update(triton_programs_per_sm=pps, triton_2d="auto" if mode == "3d" else mode)
                 t = time.perf_counter()
                 loss = step(x, labels)
                 sync(device)
@@ -156,8 +156,7 @@ def main(argv=None) -> int:
             finally:
                 triton_scc.GPU_BLOCKS["tf32"] = default_blocks
                 triton_scc.GPU_BLOCKS_FUSED["tf32"] = default_fused
-                triton_scc.programs_per_sm = default_pps
-                triton_scc.mode_2d = None
+                _settings.restore(defaults)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
             print(f"[{elapsed():5.0f}s] {json.dumps(row)}", flush=True)

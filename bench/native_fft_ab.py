@@ -1,6 +1,6 @@
 """Backend "native" with each of its transform engines, in one process: a forward + backward step
 (logits, integer labels, softmax, ``scc_loss(validate=False)``) per engine, switched per block of
-steps through ``SCC_FAST_NATIVE_FFT`` (read at every call), engines in alternating order per round.
+steps through the setting ``native_fft`` (scc_fast._settings, read at every call), engines in alternating order per round.
 
 An engine's time is the median over rounds of its block medians; the ratio against the first
 engine is the median of per-round ratios (both engines then met the same machine state).
@@ -8,7 +8,7 @@ engine is the median of per-round ratios (both engines then met the same machine
     python bench/native_fft_ab.py                                  # the SPEC's CPU cases, radix vs MKL
     python bench/native_fft_ab.py --shapes 1x4x96x96x96 --engines auto mkl aten --rounds 9
 
-Engines: ``auto`` (SCC_FAST_NATIVE_FFT unset: the operator's own radix transform where
+Engines: ``auto`` (the default: the operator's own radix transform where
 ``scc_fast.backends.native.fft_engine(shape)`` says ``radix_avx512``), ``mkl``, ``aten``.
 """
 
@@ -35,10 +35,9 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 def _set_engine(engine: str) -> None:
-    if engine == "auto":
-        os.environ.pop("SCC_FAST_NATIVE_FFT", None)
-    else:
-        os.environ["SCC_FAST_NATIVE_FFT"] = engine
+    from scc_fast import _settings
+
+    _settings.update(native_fft=engine)
 
 
 def compare(shape: tuple[int, ...], engines: list[str], rounds: int, block: int) -> dict[str, tuple[float, float]]:
@@ -84,7 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     reason = native.unavailable_reason()
     if reason is not None:
         raise SystemExit(f"backend 'native' is not available: {reason}")
-    saved = os.environ.get("SCC_FAST_NATIVE_FFT")
+    from scc_fast import _settings
+
+    saved = _settings.current()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, inner loops {native.isa()}")
     try:
         for shape in args.shapes:
@@ -98,10 +99,7 @@ def main(argv: list[str] | None = None) -> None:
                 engine = f"({names[e]})"
                 print(f"{label:18s} {e:5s} {engine:14s} {ms:8.2f} ms   /{args.engines[0]}: {ratio:.3f}")
     finally:
-        if saved is None:
-            os.environ.pop("SCC_FAST_NATIVE_FFT", None)
-        else:
-            os.environ["SCC_FAST_NATIVE_FFT"] = saved
+        _settings.restore(saved)
 
 
 if __name__ == "__main__":

@@ -8,23 +8,16 @@ reduces the per-pair values. Backends only compute per-pair correlations.
 from __future__ import annotations
 
 import math
-import os
 from typing import Sequence
 
 import torch
 
-from . import backends
+from . import _settings, backends
 from ._checks import NONFINITE_INPUT, NONFINITE_TARGET, all_finite, check_labels
 from ._reduction import pair_loss
 from .backends.activation import probabilities
 
 __all__ = ["scc_loss", "spectral_correlation"]
-
-#: Hand logits to backends that fuse the activation (``activated_correlation``): no probability
-#: tensor is kept for backward. False applies the activation here with torch ops, as before the
-#: fusion (for A/B benchmarks: bench/gpu_triton_check.py); ``SCC_FAST_FUSE_ACTIVATION=0`` at
-#: import sets it False.
-FUSE_ACTIVATION: bool = os.environ.get("SCC_FAST_FUSE_ACTIVATION", "1").strip() not in ("0", "false", "False")
 
 _REDUCTIONS = ("mean", "sum", "none")
 _KINDS = ("scc", "magnitude", "phase", "complex")
@@ -181,7 +174,7 @@ def scc_loss(
             ``"reference"``; the environment variable ``SCC_FAST_BACKEND`` overrides ``"auto"``.
             ``native`` and the Triton backends (and ``torch`` on CUDA) apply the softmax or
             sigmoid, the background drop and ``ignore_index`` inside their op, so no probability
-            tensor is kept for backward (:data:`FUSE_ACTIVATION` = False turns that off).
+            tensor is kept for backward.
 
     Returns:
         A scalar (``"mean"``, ``"sum"``) or B x C' tensor (``"none"``), float32 (float64 for
@@ -221,10 +214,11 @@ def scc_loss(
     else:
         probe = torch.empty((), dtype=acc, device=input.device).expand(input.shape)[:, first_channel:]
     impl = backends.select_backend(backend, probe, target_in_loss)
-    fused = getattr(impl, "activated_correlation", None) if FUSE_ACTIVATION else None
+    # (The setting fuse_activation=False applies the activation here with torch ops: A/B.)
+    fused = getattr(impl, "activated_correlation", None) if _settings.current().fuse_activation else None
     # A backend that computes the activation inside its kernels reads float16/bfloat16 logits as
     # they are (and returns their gradient in their dtype): no float32 copy is made or saved.
-    in_kernel = fused is not None and activation is not None and getattr(impl, "activation_in_kernel", False)
+    in_kernel = fused is not None and activation is not None and getattr(impl, "activation_in_kernel", lambda: False)()
     x = input if (input.dtype == acc or in_kernel) else input.to(acc)
     # A backend whose operator reads every logit and label anyway may make the checks there (the
     # same errors, raised after its forward call) instead of in passes of their own here.

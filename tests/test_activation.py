@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import scc_fast
+from scc_fast import _settings
 from scc_fast import backends
 from scc_fast.backends import activation
 
@@ -216,7 +217,7 @@ def _full_size_saved(loss, x):
 @pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("shape", [(2, 3, 9, 12), (1, 3, 4, 8, 9)])
 def test_recompute_field_in_backward(monkeypatch, backend, shape):
-    """RECOMPUTE_FIELD: the graph keeps only the input (no field), backward computes the field
+    """The setting recompute_field: the graph keeps only the input (no field), backward computes the field
     again; loss and gradient are those of the default path (bitwise: the same passes run)."""
     kw = dict(softmax=True, include_background=False, ignore_index=255, backend=backend, reduction="none")
     logits, labels = fused_case(shape, 255)
@@ -226,7 +227,7 @@ def test_recompute_field_in_backward(monkeypatch, backend, shape):
     upstream = torch.rand(shape[0], shape[1] - 1, generator=torch.Generator().manual_seed(5), dtype=dtype)
     results = {}
     for recompute in (False, True):
-        monkeypatch.setattr(activation, "RECOMPUTE_FIELD", recompute)
+        _settings.update(recompute_field=recompute)
         x = logits.to(dtype).requires_grad_(True)
         out = scc_fast.scc_loss(x, labels, **kw)
         saved = _full_size_saved(out, x)
@@ -238,13 +239,13 @@ def test_recompute_field_in_backward(monkeypatch, backend, shape):
 
 @pytest.mark.parametrize("backend", [name for name in ("torch", "native") if available(name)])
 def test_unfused_switch_gives_the_same_result(backend, monkeypatch):
-    """FUSE_ACTIVATION=False applies the activation with torch ops outside the backend (A/B)."""
+    """The setting fuse_activation=False applies the activation with torch ops outside the backend (A/B)."""
     logits, labels = fused_case((2, 3, 8, 9), 255)
     kw = dict(softmax=True, include_background=False, ignore_index=255, backend=backend)
     x1 = logits.clone().requires_grad_(True)
     fused = scc_fast.scc_loss(x1, labels, **kw)
     fused.backward()
-    monkeypatch.setattr(scc_fast.functional, "FUSE_ACTIVATION", False)
+    _settings.update(fuse_activation=False)
     x2 = logits.clone().requires_grad_(True)
     unfused = scc_fast.scc_loss(x2, labels, **kw)
     unfused.backward()
@@ -265,9 +266,9 @@ def test_triton_activation_in_kernel_or_outside(monkeypatch, in_kernel, mode, ac
     the probabilities (activation_in_kernel=False); both 2D modes; the float64 reference decides."""
     from scc_fast.backends import triton_scc
 
-    monkeypatch.setattr(triton_scc, "activation_in_kernel", in_kernel)
-    monkeypatch.setattr(triton_scc, "mode_2d", mode)
-    monkeypatch.setattr(triton_scc, "split_rows", 4)  # 3 blocks of rows, the last of 1
+    _settings.update(triton_activation_in_kernel=in_kernel)
+    _settings.update(triton_2d=mode)
+    _settings.update(triton_split_rows=4)  # 3 blocks of rows, the last of 1
     out, ref, grad, ref_grad = fused_vs_reference("triton", act, include_background, ignore_index, (2, 3, 9, 12),
                                                   torch.float32, seed=3)
     assert rel_err(out, ref) <= TOL[torch.float32]
@@ -290,7 +291,7 @@ def test_triton_activation_in_kernel_makes_no_probability_tensor(monkeypatch, sh
     full_bytes = logits.numel() * 4
     seen = {}
     for in_kernel in (True, False):
-        monkeypatch.setattr(triton_scc, "activation_in_kernel", in_kernel)
+        _settings.update(triton_activation_in_kernel=in_kernel)
         x = logits.float().requires_grad_(True)
         scc_fast.scc_loss(x, labels, **kw)  # kernels compiled (or traced) outside the profile
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import scc_fast
-from scc_fast import backends
+from scc_fast import _settings, backends
 from scc_fast.backends import native
 from scc_fast.reference import reference_correlation
 
@@ -70,7 +70,7 @@ def check_against_reference(probs, target, dtype, **kw):
 @pytest.fixture(params=["avx512", "avx2", "baseline"])
 def isa(request, monkeypatch):
     """Every build of the inner loops (each capped at what the CPU runs: native.isa() says which)."""
-    monkeypatch.setenv("SCC_FAST_NATIVE_ISA", request.param)
+    _settings.update(native_isa=request.param)
     return request.param
 
 
@@ -90,7 +90,7 @@ def test_correlation_matches_reference(shape, include_dc, labels, dtype, isa):
 @pytest.mark.parametrize("chunk_bytes", ["1", "40000"])
 def test_several_chunks(dtype, chunk_bytes, monkeypatch):
     """Pairs split over chunks (the minimum of 2 per thread, or a few), with an odd number of pairs in all."""
-    monkeypatch.setenv("SCC_FAST_NATIVE_CHUNK_BYTES", chunk_bytes)
+    _settings.update(native_chunk_bytes=int(chunk_bytes))
     probs, target = make_inputs((3, 3, 20, 18), labels=True)
     check_against_reference(probs, target, dtype, include_dc=False)
     probs, target = make_inputs((1, 5, 6, 7, 9), labels=False)
@@ -391,10 +391,10 @@ def _softmax_step(logits, labels, backend, **kw):
 @pytest.mark.parametrize("include_dc", [False, True])
 def test_complement_spectrum(shape, dtype, chunk_bytes, include_dc, monkeypatch):
     """Softmax over every channel with in-range labels: one class's spectrum per image is N(1+i) at DC
-    minus the others' (SCC_FAST_NATIVE_COMPLEMENT, on by default). Against the reference with it on
+    minus the others' (the setting native_complement, on by default). Against the reference with it on
     and off; the two differ in rounding only, which shows the complement really ran."""
     if chunk_bytes is not None:
-        monkeypatch.setenv("SCC_FAST_NATIVE_CHUNK_BYTES", chunk_bytes)  # one image per chunk where C is even
+        _settings.update(native_chunk_bytes=int(chunk_bytes))  # one image per chunk where C is even
     g = torch.Generator().manual_seed(11)
     logits = torch.randn(shape, generator=g, dtype=torch.float64) * 3
     labels = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g)
@@ -402,7 +402,7 @@ def test_complement_spectrum(shape, dtype, chunk_bytes, include_dc, monkeypatch)
     ref, ref_grad = _softmax_step(logits, labels, "reference", include_dc=include_dc)
     results = {}
     for flag in ("1", "0"):
-        monkeypatch.setenv("SCC_FAST_NATIVE_COMPLEMENT", flag)
+        _settings.update(native_complement=flag != "0")
         out, grad = _softmax_step(logits.to(dtype), labels, "native", include_dc=include_dc)
         assert rel_err(out, ref) <= TOL[dtype] and rel_err(grad, ref_grad) <= TOL[dtype]
         results[flag] = grad
@@ -513,32 +513,33 @@ def _check_labels_and_float_target(shape, dtype, seed):
 
 @needs_op
 def test_isa_switch(monkeypatch):
-    # The environment variable caps the build; native.isa() reports the one that runs.
-    monkeypatch.delenv("SCC_FAST_NATIVE_ISA", raising=False)
+    # The setting native_isa caps the build; native.isa() reports the one that runs.
+    _settings.update(native_isa="auto")
     widest = native.isa()
     assert widest in ("avx512", "avx2", "baseline")
     order = ["baseline", "avx2", "avx512"]
     for cap in order:
-        monkeypatch.setenv("SCC_FAST_NATIVE_ISA", cap)
+        _settings.update(native_isa=cap)
         assert native.isa() == order[min(order.index(cap), order.index(widest))]
 
 
 @needs_op
 def test_isa_switch_rejects_unknown_values(monkeypatch):
-    monkeypatch.setenv("SCC_FAST_NATIVE_ISA", "sse4")
-    with pytest.raises(RuntimeError, match="SCC_FAST_NATIVE_ISA must be baseline, avx2 or avx512.*'sse4'"):
-        native.isa()
-    probs = torch.rand(1, 2, 8, 8, dtype=torch.float64)
-    with pytest.raises(RuntimeError, match="SCC_FAST_NATIVE_ISA"):
-        native.correlation(probs, torch.randint(0, 2, (1, 8, 8)))
+    with pytest.raises(ValueError, match="setting native_isa must be one of 'auto', 'baseline', 'avx2', 'avx512'.*'sse4'"):
+        _settings.update(native_isa="sse4")
+    assert _settings.current().native_isa == "auto"  # a refused value changes nothing
+    # The operator checks what it is handed too (a call from torch.ops directly).
+    with pytest.raises(RuntimeError, match="isa must be .*'sse4'"):
+        torch.ops.scc_fast.native_configure("auto", "sse4", -1, 0, -1, True)
+    assert native.isa() in ("avx512", "avx2", "baseline")
 
 
 @needs_op
 def test_fft_engine_switch(monkeypatch):
     """In place through MKL where libtorch exports it (x86-64 torch builds), the operator's own radix
     transform for float32 maps it fits where the AVX-512 build runs, ATen or MKL when asked."""
-    monkeypatch.delenv("SCC_FAST_NATIVE_FFT", raising=False)
-    monkeypatch.delenv("SCC_FAST_NATIVE_ISA", raising=False)
+    _settings.update(native_fft="auto")
+    _settings.update(native_isa="auto")
     engine = native.fft_engine()
     assert engine in ("mkl_inplace", "aten")
     if sys.platform.startswith("linux") and torch.backends.mkl.is_available():
@@ -550,35 +551,35 @@ def test_fft_engine_switch(monkeypatch):
     for shape in [(44, 64), (64, 13, 64), (64, 60), (9, 7), (64, 8), (2, 4096)]:
         assert native.fft_engine(shape) == engine, shape
     assert native.fft_engine((64, 64, 64), torch.float64) == engine
-    monkeypatch.setenv("SCC_FAST_NATIVE_ISA", "avx2")
+    _settings.update(native_isa="avx2")
     assert native.fft_engine((64, 64, 64)) == engine
-    monkeypatch.delenv("SCC_FAST_NATIVE_ISA")
-    monkeypatch.setenv("SCC_FAST_NATIVE_FFT", "mkl")
+    _settings.update(native_isa="auto")
+    _settings.update(native_fft="mkl")
     assert native.fft_engine((64, 64, 64)) == engine
-    monkeypatch.setenv("SCC_FAST_NATIVE_FFT", "aten")
+    _settings.update(native_fft="aten")
     assert native.fft_engine() == "aten" and native.fft_engine((64, 64, 64)) == "aten"
 
 
 @needs_op
 def test_fft_engine_rejects_bad_arguments_and_settings(monkeypatch):
-    monkeypatch.delenv("SCC_FAST_NATIVE_FFT", raising=False)
+    _settings.update(native_fft="auto")
     with pytest.raises(ValueError, match="dtype must be torch.float32 or torch.float64, got torch.float16"):
         native.fft_engine((64, 64), torch.float16)
     with pytest.raises(ValueError, match="spatial_shape must be a non-empty sequence of sizes >= 1, got \\(64, 0\\)"):
         native.fft_engine((64, 0))
     with pytest.raises(ValueError, match="spatial_shape"):
         native.fft_engine(())
-    monkeypatch.setenv("SCC_FAST_NATIVE_FFT", "fftw")
-    with pytest.raises(RuntimeError, match="SCC_FAST_NATIVE_FFT must be mkl or aten.*'fftw'"):
-        native.fft_engine()
-    with pytest.raises(RuntimeError, match="SCC_FAST_NATIVE_FFT"):
-        native.correlation(torch.rand(1, 2, 8, 8), torch.randint(0, 2, (1, 8, 8)))
+    with pytest.raises(ValueError, match="setting native_fft must be one of 'auto', 'mkl', 'aten'.*'fftw'"):
+        _settings.update(native_fft="fftw")
+    with pytest.raises(RuntimeError, match="fft must be .*'fftw'"):
+        torch.ops.scc_fast.native_configure("fftw", "auto", -1, 0, -1, True)
+    assert native.fft_engine() in ("mkl_inplace", "aten")
 
 
 def _require_radix(monkeypatch):
     """Skips unless the operator's own radix transform runs here (AVX-512, GCC x86-64)."""
-    monkeypatch.delenv("SCC_FAST_NATIVE_FFT", raising=False)
-    monkeypatch.delenv("SCC_FAST_NATIVE_ISA", raising=False)
+    _settings.update(native_fft="auto")
+    _settings.update(native_isa="auto")
     if native.fft_engine((64, 64)) != "radix_avx512":
         pytest.skip("the radix transform needs AVX-512 and a GCC x86-64 build")
 
@@ -675,21 +676,21 @@ def test_fft_engines_match_reference(engine, shape, dtype, chunk_bytes, monkeypa
     """Both transform engines, with the complement spectrum (softmax, labels) and without it (a float
     target), one image or several per chunk, odd pair counts (an unpaired last inverse map)."""
     if engine == "aten":
-        monkeypatch.setenv("SCC_FAST_NATIVE_FFT", "aten")
+        _settings.update(native_fft="aten")
     else:
-        monkeypatch.delenv("SCC_FAST_NATIVE_FFT", raising=False)
+        _settings.update(native_fft="auto")
         if native.fft_engine() != engine:
             pytest.skip("libtorch does not export MKL's DFTI here")
     if chunk_bytes is not None:
-        monkeypatch.setenv("SCC_FAST_NATIVE_CHUNK_BYTES", chunk_bytes)
+        _settings.update(native_chunk_bytes=int(chunk_bytes))
     _check_labels_and_float_target(shape, dtype, seed=21)
 
 
 @needs_op
 def test_buffer_cache_reuses_released_buffers(monkeypatch):
-    """Released buffers are kept (up to SCC_FAST_NATIVE_CACHE_MB) and reused; live outputs are never
+    """Released buffers are kept (up to the setting native_cache_mb) and reused; live outputs are never
     shared between calls; a cap of 0 keeps nothing; empty_cache frees everything."""
-    monkeypatch.delenv("SCC_FAST_NATIVE_CACHE_MB", raising=False)
+    _settings.update(native_cache_mb=None)
     g = torch.Generator().manual_seed(23)
     logits = torch.randn(2, 3, 12, 10, 8, generator=g)
     labels = torch.randint(0, 3, (2, 12, 10, 8), generator=g)
@@ -712,12 +713,12 @@ def test_buffer_cache_reuses_released_buffers(monkeypatch):
     c = _softmax_step(logits, labels, "native")  # may reuse a's released gradient buffer
     assert torch.equal(c[1], first[1]) and torch.equal(c[0], first[0])
 
-    monkeypatch.setenv("SCC_FAST_NATIVE_CACHE_MB", "0")
+    _settings.update(native_cache_mb=0)
     native.empty_cache()
     again = _softmax_step(logits, labels, "native")
     assert native.cached_bytes() == 0
     assert torch.equal(again[1], first[1])
-    monkeypatch.delenv("SCC_FAST_NATIVE_CACHE_MB")
+    _settings.update(native_cache_mb=None)
     _softmax_step(logits, labels, "native")
     assert native.cached_bytes() > 0
     native.empty_cache()
@@ -731,7 +732,7 @@ def test_buffer_cache_respects_its_cap(monkeypatch):
     logits = torch.randn(1, 2, 64, 64, 32, generator=g)  # 1 MiB field: over a 1 MiB cap with the rest
     labels = torch.randint(0, 2, (1, 64, 64, 32), generator=g)
     native.empty_cache()
-    monkeypatch.setenv("SCC_FAST_NATIVE_CACHE_MB", "1")
+    _settings.update(native_cache_mb=1)
     _softmax_step(logits, labels, "native")
     assert 0 < native.cached_bytes() <= 1 << 20
     native.empty_cache()
@@ -780,7 +781,7 @@ def test_buffer_cache_keeps_the_newest_shape(monkeypatch):
         _softmax_step(logits, torch.randint(0, 2, (1, 32, 32, depth), generator=g), "native")
 
     # Room for one shape's buffers, and none of the other's beside depth 46's (1.88 of 2 MiB).
-    monkeypatch.setenv("SCC_FAST_NATIVE_CACHE_MB", "2")
+    _settings.update(native_cache_mb=2)
     native.empty_cache()
     step(46)
     kept_new = native.cached_bytes()
@@ -797,7 +798,7 @@ def test_buffer_cache_keeps_the_newest_shape(monkeypatch):
 def test_cli_backends_names_the_transforms(capsys, monkeypatch):
     from scc_fast import cli
 
-    monkeypatch.setenv("SCC_FAST_NATIVE_FFT", "aten")
+    _settings.update(native_fft="aten")
     assert cli.main(["backends"]) == 0
     line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("native")][0]
     assert "yes" in line and "transforms: aten" in line and "cached buffers now:" in line
@@ -809,16 +810,16 @@ def test_cli_backends_names_the_transforms(capsys, monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_padded_workspace_rows_match_reference(row_pad, shape, dtype, monkeypatch):
     """The in-place transforms run on workspace maps whose rows are padded (by default 2 elements
-    where the last axis is a multiple of 8; SCC_FAST_NATIVE_ROW_PAD sets it): every pass must read
+    where the last axis is a multiple of 8; the setting native_row_pad sets it): every pass must read
     and write rows at that stride, with the complement spectrum (softmax, labels) and without it
     (float32 x 2 x 4 x 64: the radix transform where it runs)."""
-    monkeypatch.delenv("SCC_FAST_NATIVE_FFT", raising=False)
+    _settings.update(native_fft="auto")
     if native.fft_engine() != "mkl_inplace":
         pytest.skip("libtorch does not export MKL's DFTI here: no padded workspace")
     if row_pad is None:
-        monkeypatch.delenv("SCC_FAST_NATIVE_ROW_PAD", raising=False)
+        _settings.update(native_row_pad=None)
     else:
-        monkeypatch.setenv("SCC_FAST_NATIVE_ROW_PAD", row_pad)
+        _settings.update(native_row_pad=int(row_pad))
     _check_labels_and_float_target(shape, dtype, seed=27)
 
 
@@ -826,17 +827,17 @@ def test_padded_workspace_rows_match_reference(row_pad, shape, dtype, monkeypatc
 def test_workspace_rows_padded_by_default_where_the_last_axis_is_a_multiple_of_8(monkeypatch):
     """The default padding shows in the size of the cached workspace: larger than unpadded for a last
     axis of 16, the same for a last axis of 7."""
-    monkeypatch.delenv("SCC_FAST_NATIVE_FFT", raising=False)
-    monkeypatch.delenv("SCC_FAST_NATIVE_CACHE_MB", raising=False)
+    _settings.update(native_fft="auto")
+    _settings.update(native_cache_mb=None)
     if native.fft_engine() != "mkl_inplace":
         pytest.skip("libtorch does not export MKL's DFTI here: no padded workspace")
     g = torch.Generator().manual_seed(29)
 
     def kept(shape, row_pad):
         if row_pad is None:
-            monkeypatch.delenv("SCC_FAST_NATIVE_ROW_PAD", raising=False)
+            _settings.update(native_row_pad=None)
         else:
-            monkeypatch.setenv("SCC_FAST_NATIVE_ROW_PAD", row_pad)
+            _settings.update(native_row_pad=int(row_pad))
         native.empty_cache()
         logits = torch.randn(shape, generator=g)
         _softmax_step(logits, torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g), "native")
@@ -851,8 +852,8 @@ def test_workspace_rows_padded_by_default_where_the_last_axis_is_a_multiple_of_8
 def test_buffer_cache_default_cap_keeps_a_large_calls_buffers(monkeypatch):
     """By default the cap is 64 MiB or the latest call's buffers, whichever is more: a volume whose
     buffers pass 64 MiB keeps them all for the next step; a smaller call after it brings the cap back
-    to 64 MiB. An explicit SCC_FAST_NATIVE_CACHE_MB is the cap."""
-    monkeypatch.delenv("SCC_FAST_NATIVE_CACHE_MB", raising=False)
+    to 64 MiB. An explicit setting native_cache_mb is the cap."""
+    _settings.update(native_cache_mb=None)
     g = torch.Generator().manual_seed(30)
     big = torch.randn(1, 4, 104, 104, 104, generator=g)  # field, statistics, workspace, gradient: about 82 MB
     big_labels = torch.randint(0, 4, (1, 104, 104, 104), generator=g)
@@ -862,7 +863,7 @@ def test_buffer_cache_default_cap_keeps_a_large_calls_buffers(monkeypatch):
     small = torch.randn(1, 2, 16, 16, generator=g)
     _softmax_step(small, torch.randint(0, 2, (1, 16, 16), generator=g), "native")
     assert native.cached_bytes() <= 64 << 20, native.cached_bytes()
-    monkeypatch.setenv("SCC_FAST_NATIVE_CACHE_MB", "64")
+    _settings.update(native_cache_mb=64)
     native.empty_cache()
     _softmax_step(big, big_labels, "native")
     assert 0 < native.cached_bytes() <= 64 << 20, native.cached_bytes()
@@ -891,7 +892,7 @@ def test_op_flags_name_the_images_with_bad_values(shape, dtype, need_grad, chunk
     loss channel's. Per image, with the images split over chunks ("1") or not, with and without the
     gradient (activation pass or statistics pass)."""
     if chunk_bytes is not None:
-        monkeypatch.setenv("SCC_FAST_NATIVE_CHUNK_BYTES", chunk_bytes)
+        _settings.update(native_chunk_bytes=int(chunk_bytes))
     g = torch.Generator().manual_seed(21)
     x = torch.randn(shape, generator=g, dtype=dtype)
     labels = torch.randint(0, shape[1], (shape[0],) + shape[2:], generator=g)
@@ -1029,14 +1030,14 @@ def test_chunks_grow_to_whole_images_within_four_budgets(budget, whole_images, m
     times it, chunks hold whole images (the complement spectrum and the softmax inside the build
     pass then apply); beyond that they do not. float32 16 x 16 maps with padded rows are 2304 bytes,
     a unit of 2 x 3 pairs 13824."""
-    monkeypatch.setenv("SCC_FAST_NATIVE_CHUNK_BYTES", str(budget))
+    _settings.update(native_chunk_bytes=budget)
     g = torch.Generator().manual_seed(32)
     logits = torch.randn(2, 3, 16, 16, generator=g, dtype=torch.float64) * 3
     labels = torch.randint(0, 3, (2, 16, 16), generator=g)
     ref, ref_grad = _softmax_step(logits, labels, "reference")
     results = {}
     for flag in ("1", "0"):
-        monkeypatch.setenv("SCC_FAST_NATIVE_COMPLEMENT", flag)
+        _settings.update(native_complement=flag != "0")
         out, grad = _softmax_step(logits.float(), labels, "native")
         assert rel_err(out, ref) <= TOL[torch.float32] and rel_err(grad, ref_grad) <= TOL[torch.float32]
         results[flag] = grad

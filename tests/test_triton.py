@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import scc_fast
+from scc_fast import _settings
 from scc_fast import backends
 from scc_fast.reference import reference_correlation
 
@@ -28,13 +29,13 @@ TOL = 1e-5
 
 @pytest.fixture(autouse=True)
 def _ieee_dots_and_2d_mode(request, monkeypatch):
-    monkeypatch.setattr(triton_scc, "input_precision", "ieee")
+    _settings.update(triton_precision="ieee")
     # Tests parametrised over RANKS run 2D input in both modes; "2d-split" cuts maps into blocks
     # of 5 rows, so there are several slices per pair and (mostly) a shorter last one.
     callspec = getattr(request.node, "callspec", None)
     split = callspec is not None and callspec.params.get("rank") == "2d-split"
-    monkeypatch.setattr(triton_scc, "mode_2d", "split" if split else "fused")
-    monkeypatch.setattr(triton_scc, "split_rows", 5 if split else None)
+    _settings.update(triton_2d="split" if split else "fused")
+    _settings.update(triton_split_rows=5 if split else None)
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -268,7 +269,7 @@ def test_gpu_block_configuration(monkeypatch, precision, mode):
     # partial tiles on both axes (split: row blocks of BM rows, the last shorter, and the depth
     # passes' tiles along H).
     monkeypatch.setattr(triton_scc, "_blocks", lambda H, W, p, table=None: (table or triton_scc.GPU_BLOCKS)[precision])
-    monkeypatch.setattr(triton_scc, "mode_2d", mode)
+    _settings.update(triton_2d=mode)
     probs, target = make_inputs((1, 2, 70, 66), labels=True, seed=23)
     compare(probs, target)
 
@@ -289,8 +290,8 @@ SPLIT_CASES = [
 
 @pytest.mark.parametrize("shape,rows,labels,include_dc", SPLIT_CASES)
 def test_split_mode_matches_reference(monkeypatch, shape, rows, labels, include_dc):
-    monkeypatch.setattr(triton_scc, "mode_2d", "split")
-    monkeypatch.setattr(triton_scc, "split_rows", rows)
+    _settings.update(triton_2d="split")
+    _settings.update(triton_split_rows=rows)
     probs, target = make_inputs(shape, labels, seed=61)
     compare(probs, target, include_dc=include_dc, magnitude_weight=0.35, phase_weight=0.65)
 
@@ -299,8 +300,8 @@ def test_split_mode_matches_reference(monkeypatch, shape, rows, labels, include_
 def test_split_mode_four_step_columns(monkeypatch, shape, labels, include_dc):
     # The column DFT of the split mode is the depth passes' four-step transform (H = N1 x 16),
     # enabled below its default threshold; blocks of 8 rows.
-    monkeypatch.setattr(triton_scc, "mode_2d", "split")
-    monkeypatch.setattr(triton_scc, "split_rows", 8)
+    _settings.update(triton_2d="split")
+    _settings.update(triton_split_rows=8)
     monkeypatch.setattr(triton_scc, "FOUR_STEP_MIN_H", 32)
     probs, target = make_inputs(shape, labels, seed=79)
     compare(probs, target, include_dc=include_dc, magnitude_weight=0.45, phase_weight=0.55)
@@ -310,12 +311,12 @@ def test_split_mode_chunks_and_persistent_grid(monkeypatch):
     # GPU-like small tiles (3 row blocks of 16, 16, 5 rows per pair; 16-row tiles along H in the
     # depth passes), fewer programs than slices (each loops, reusing its scratch), and a
     # workspace cap of 2 pairs: 6 pairs in 3 chunks of five launches each.
-    monkeypatch.setattr(triton_scc, "mode_2d", "split")
+    _settings.update(triton_2d="split")
     monkeypatch.setattr(triton_scc, "_blocks", lambda H, W, precision, table=None: (16, 16, 16, 4, 1))
     monkeypatch.setattr(triton_scc, "_depth_blocks", lambda D, n_bins, precision: (16, 16, 16, 4, 1))
     monkeypatch.setattr(triton_scc, "_max_programs", lambda device, n, path="sliced": 3)
     cap = 2 * triton_scc.workspace_bytes_per_pair(1, 37, 40, n_slices=3)
-    monkeypatch.setattr(triton_scc, "WORKSPACE_BYTES", cap)
+    _settings.update(triton_workspace_bytes=cap)
     probs, target = make_inputs((2, 3, 37, 40), labels=True, seed=67, ignore=True)
     compare(probs, target, first_class=0, include_dc=False)
 
@@ -323,35 +324,29 @@ def test_split_mode_chunks_and_persistent_grid(monkeypatch):
 def test_settings_are_listed_by_the_cli(monkeypatch, capsys):
     from scc_fast import cli
 
-    monkeypatch.setattr(triton_scc, "mode_2d", "split")
-    monkeypatch.setattr(triton_scc, "activation_in_kernel", False)
-    monkeypatch.setattr(triton_scc, "programs_per_sm", 2)
+    _settings.update(triton_2d="split", triton_activation_in_kernel=False, triton_programs_per_sm=2)
     assert cli.main(["backends"]) == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("triton "))
     assert "2D mode split, dots ieee, softmax/sigmoid before the kernels, 2 program(s) per SM" in line
-    monkeypatch.setattr(triton_scc, "mode_2d", "rows")  # a bad value is named, not raised
-    assert "2D mode: the triton 2D mode" in triton_scc.settings() and "got 'rows'" in triton_scc.settings()
 
 
 def test_2d_mode_setting(monkeypatch):
     probs, target = make_inputs((1, 2, 12, 10), labels=True, seed=71)
     p, t = probs.to(DEVICE, torch.float32), target.to(DEVICE)
-    monkeypatch.setattr(triton_scc, "mode_2d", None)
-    monkeypatch.delenv(triton_scc.MODE_2D_ENV, raising=False)
+    _settings.update(triton_2d="auto")
     assert triton_scc._mode_2d() == "auto"
     assert triton_scc._op(p) is triton_scc.triton_correlation_2d  # "auto" without a GPU: fused
     assert triton_scc._op(p[:, :, None]) is triton_scc.triton_correlation_3d  # 3D: one way only
-    monkeypatch.setenv(triton_scc.MODE_2D_ENV, "split")
+    _settings.update(triton_2d="split")
     assert triton_scc._op(p) is triton_scc.triton_correlation_2d_split
     split, _ = triton_scc.correlation(p, t)
-    monkeypatch.setattr(triton_scc, "mode_2d", "fused")  # the module attribute wins
+    _settings.update(triton_2d="fused")
     assert triton_scc._op(p) is triton_scc.triton_correlation_2d
     fused, _ = triton_scc.correlation(p, t)
     assert rel_err(split, fused) <= TOL
-    monkeypatch.setattr(triton_scc, "mode_2d", None)
-    monkeypatch.setenv(triton_scc.MODE_2D_ENV, "rows")
-    with pytest.raises(ValueError, match=r"SCC_FAST_TRITON_2D.*'auto', 'fused', 'split'.*'rows'"):
-        triton_scc.correlation(p, t)
+    with pytest.raises(ValueError, match=r"setting triton_2d must be one of 'auto', 'fused', 'split', got 'rows'"):
+        _settings.update(triton_2d="rows")
+    assert triton_scc._mode_2d() == "fused"  # a refused value changes nothing
 
 
 def test_programs_per_sm_per_path(monkeypatch):
@@ -359,27 +354,27 @@ def test_programs_per_sm_per_path(monkeypatch):
     # passes 2; an integer setting applies to both; no GPU: one program per pair.
     monkeypatch.setattr(triton_scc, "_sm_count", lambda device: 132)
     cuda = torch.device("cuda")
-    monkeypatch.setattr(triton_scc, "programs_per_sm", None)
+    _settings.update(triton_programs_per_sm=None)
     assert triton_scc._max_programs(cuda, 1000, "fused") == 132
     assert triton_scc._max_programs(cuda, 1000, "sliced") == 264 and triton_scc._max_programs(cuda, 50) == 50
-    monkeypatch.setattr(triton_scc, "programs_per_sm", 2)
+    _settings.update(triton_programs_per_sm=2)
     assert triton_scc._max_programs(cuda, 1000, "fused") == triton_scc._max_programs(cuda, 1000) == 264
     assert triton_scc._max_programs(torch.device("cpu"), 7, "fused") == 7
-    monkeypatch.setattr(triton_scc, "programs_per_sm", None)
+    _settings.update(triton_programs_per_sm=None)
     assert "1 program(s) per SM fused, 2 program(s) per SM sliced" in triton_scc.settings()
 
 
 def test_2d_mode_auto_splits_when_pairs_leave_sms_idle(monkeypatch):
     # GPU run 3 (H200, 132 SMs): 32 pairs of 512^2 ran 2.2x faster split; 216 pairs of 224^2 ran
     # at the same speed fused, with less memory. No GPU: always the fused kernel.
-    monkeypatch.setattr(triton_scc, "mode_2d", "auto")
+    _settings.update(triton_2d="auto")
     monkeypatch.setattr(triton_scc, "_sm_count", lambda device: 132)
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert triton_scc._split_2d(32, cuda) and triton_scc._split_2d(131, cuda)
     assert not triton_scc._split_2d(132, cuda) and not triton_scc._split_2d(216, cuda)
     assert not triton_scc._split_2d(1, cpu)
     for mode, split in (("fused", False), ("split", True)):  # an explicit mode holds whatever the size
-        monkeypatch.setattr(triton_scc, "mode_2d", mode)
+        _settings.update(triton_2d=mode)
         assert all(triton_scc._split_2d(n, d) is split for n in (1, 216) for d in (cuda, cpu))
 
 
@@ -472,19 +467,23 @@ def test_unsupported_inputs_are_reported():
 
 def test_precision_setting(monkeypatch):
     probs, target = make_inputs((1, 2, 8, 10), labels=True, seed=41)
-    monkeypatch.setattr(triton_scc, "input_precision", None)
-    monkeypatch.setenv(triton_scc.PRECISION_ENV, "bogus")
-    with pytest.raises(ValueError, match="SCC_FAST_TRITON_PRECISION"):
-        triton_scc.correlation(probs.float().to(DEVICE), target.to(DEVICE))
+    # SCC_FAST_TRITON_PRECISION is read when scc_fast._settings is imported: its parser.
+    monkeypatch.setenv(_settings.PRECISION_ENV, "bogus")
+    with pytest.raises(ValueError, match="SCC_FAST_TRITON_PRECISION must be one of 'tf32', 'tf32x3', 'ieee', got 'bogus'"):
+        _settings._from_environment()
+    monkeypatch.setenv(_settings.PRECISION_ENV, "tf32x3")
+    assert _settings._from_environment().triton_precision == "tf32x3"
+    monkeypatch.delenv(_settings.PRECISION_ENV)
+    assert _settings._from_environment().triton_precision == "tf32"
     for precision in ("tf32x3", "ieee"):  # the accurate options hold the fp32 tolerance on GPU too
-        monkeypatch.setenv(triton_scc.PRECISION_ENV, precision)
+        _settings.update(triton_precision=precision)
         out, _ = triton_scc.correlation(probs.float().to(DEVICE), target.to(DEVICE))
         assert rel_err(out, reference_correlation(probs, target)[0]) <= TOL
-    monkeypatch.delenv(triton_scc.PRECISION_ENV)
+    _settings.update(triton_precision="tf32")
     assert triton_scc._precision() == "tf32"
     # TF32 (the GPU default): operands are rounded to TF32 in the kernel; the interpreter does
     # it too when asked, and then shows TF32's accuracy: SPEC section 4 allows 5e-3.
-    monkeypatch.setattr(triton_scc, "interpret_emulates_tf32", True)
+    _settings.update(triton_interpret_tf32=True)
     out, _ = triton_scc.correlation(probs.float().to(DEVICE), target.to(DEVICE))
     err = rel_err(out, reference_correlation(probs, target)[0])
     assert err <= 5e-3

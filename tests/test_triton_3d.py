@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import scc_fast
+from scc_fast import _settings
 from scc_fast import backends
 from scc_fast.reference import reference_correlation
 
@@ -28,7 +29,7 @@ from test_triton import DEVICE, TOL, assert_forward_only_matches, compare, make_
 
 @pytest.fixture(autouse=True)
 def _ieee_dots(monkeypatch):
-    monkeypatch.setattr(triton_scc, "input_precision", "ieee")
+    _settings.update(triton_precision="ieee")
 
 
 # Odd and even sizes, non-powers of two, one channel (sigmoid), the smallest depth (2).
@@ -76,7 +77,7 @@ def test_tiled_loops_chunks_and_persistent_grid(monkeypatch):
     monkeypatch.setattr(triton_scc, "_blocks", lambda H, W, precision, table=None: (16, 16, 16, 4, 1))
     monkeypatch.setattr(triton_scc, "_depth_blocks", lambda D, n_bins, precision: (16, 16, 16, 4, 1))
     monkeypatch.setattr(triton_scc, "_max_programs", lambda device, n, path="sliced": 3)
-    monkeypatch.setattr(triton_scc, "WORKSPACE_BYTES", triton_scc.workspace_bytes_per_pair(37, 17, 9))
+    _settings.update(triton_workspace_bytes=triton_scc.workspace_bytes_per_pair(37, 17, 9))
     probs, target = make_inputs((1, 3, 37, 17, 9), labels=True, seed=19)
     compare(probs, target, magnitude_weight=0.6, phase_weight=0.4)
 
@@ -112,7 +113,7 @@ def test_four_step_depth_tiles_and_persistent_grid(monkeypatch):
     monkeypatch.setattr(triton_scc, "FOUR_STEP_MIN_H", 32)
     monkeypatch.setattr(triton_scc, "_depth_blocks", lambda D, n_bins, precision: (16, 16, 16, 4, 1))
     monkeypatch.setattr(triton_scc, "_max_programs", lambda device, n, path="sliced": 2)
-    monkeypatch.setattr(triton_scc, "WORKSPACE_BYTES", 2 * triton_scc.workspace_bytes_per_pair(32, 9, 8))
+    _settings.update(triton_workspace_bytes=2 * triton_scc.workspace_bytes_per_pair(32, 9, 8))
     probs, target = make_inputs((2, 2, 32, 9, 8), labels=True, seed=73)
     compare(probs, target, magnitude_weight=0.5, phase_weight=0.5)
 

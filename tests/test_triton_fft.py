@@ -20,6 +20,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import scc_fast
+from scc_fast import _settings
 from scc_fast import backends
 from scc_fast.backends import dispatch
 from scc_fast.benchmark.live_bytes import LiveBytes
@@ -234,7 +235,7 @@ def test_scc_loss_computes_the_softmax_in_stage_one(monkeypatch):
     assert len(calls) == 1 and not stats
     assert rel_err(out, ref) <= 1e-5 and rel_err(grad, ref_grad) <= 1e-5
     # Turned off, the probabilities come from torch and stage 1 is the statistics pass.
-    monkeypatch.setattr(triton_fft, "activation_in_kernel", False)
+    _settings.update(fft_activation_in_kernel=False)
     out, grad = loss_and_grad("triton_fft", logits, labels, torch.float32, softmax=True, ignore_index=1)
     assert len(calls) == 1 and len(stats) == 1
     assert rel_err(out, ref) <= 1e-5 and rel_err(grad, ref_grad) <= 1e-5
@@ -364,7 +365,7 @@ def test_derived_first_class_conditioning(shift0):
     # Class 0's spectrum is the others' summed: float32 rounding of theirs lands on it. With 0.5%
     # of the probability mass (a network that predicts almost no background) and with most of it,
     # loss and gradient stay within the tolerance (at 0.03% the gradient's error is about 4e-5:
-    # DERIVE_FIRST_CLASS says so).
+    # the setting fft_derive says so).
     check_derived(*derived_inputs((2, 4, 12, 10, 8), shift0=shift0, seed=35))
 
 
@@ -408,7 +409,7 @@ def test_scc_loss_derives_class_0_where_the_gradient_allows(monkeypatch, kw, der
     assert len(calls) == int(derives)
     assert rel_err(out, ref) <= 1e-5 and rel_err(grad, ref_grad) <= 1e-5
     # Switched off, every class is transformed; the same loss and gradient.
-    monkeypatch.setattr(triton_fft, "DERIVE_FIRST_CLASS", False)
+    _settings.update(fft_derive=False)
     out2, grad2 = loss_and_grad("triton_fft", logits, labels, torch.float32, **kw)
     assert len(calls) == int(derives)
     assert rel_err(out2, ref) <= 1e-5 and rel_err(grad2, ref_grad) <= 1e-5
@@ -437,7 +438,7 @@ def test_derived_first_class_recompute_and_registered_op(monkeypatch):
     x32, t = logits.to(DEVICE, torch.float32), labels.to(DEVICE)
     results = {}
     for recompute in (False, True):
-        monkeypatch.setattr(scc_fast.backends.activation, "RECOMPUTE_FIELD", recompute)
+        _settings.update(recompute_field=recompute)
         x = x32.clone().requires_grad_(True)
         loss = scc_fast.scc_loss(x, t, softmax=True, backend="triton_fft", validate=False)
         loss.backward()
@@ -463,13 +464,13 @@ def loss_three_ways(monkeypatch, x32, target, upstream=1.0, **kw):
     dispatch mode. Returns [(loss, dL/dx)] in that order."""
     results = []
     for recompute, mode in ((False, None), (True, None), (False, _Passing())):
-        monkeypatch.setattr(scc_fast.backends.activation, "RECOMPUTE_FIELD", recompute)
+        _settings.update(recompute_field=recompute)
         x = x32.clone().requires_grad_(True)
         with mode if mode is not None else contextlib.nullcontext():
             loss = scc_fast.scc_loss(x, target, backend="triton_fft", **kw)
         loss.backward(torch.tensor(upstream, device=x32.device))
         results.append((loss.detach(), x.grad))
-    monkeypatch.setattr(scc_fast.backends.activation, "RECOMPUTE_FIELD", False)
+    _settings.update(recompute_field=False)
     return results
 
 
@@ -519,9 +520,9 @@ def test_settings_are_listed_by_the_cli(monkeypatch, capsys):
     assert cli.main(["backends"]) == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("triton_fft "))
     assert "class 0 under softmax derived from the others'" in line and "chunks of" in line
-    monkeypatch.setattr(triton_fft, "DERIVE_FIRST_CLASS", False)
-    monkeypatch.setattr(triton_fft, "STAGE1_CHANNEL_THREADS", True)
-    assert "transformed like the others (SCC_FAST_FFT_DERIVE=0)" in triton_fft.settings()
+    _settings.update(fft_derive=False)
+    _settings.update(fft_stage1_channel_threads=True)
+    assert "transformed like the others (fft_derive=False)" in triton_fft.settings()
     assert "threads down the channels first" in triton_fft.settings()
 
 
@@ -921,14 +922,14 @@ def test_kernels_compile_for_the_gpu():
 
 
 def test_stage1_settings_pick_the_gpu_tile(monkeypatch):
-    """STAGE1_VALUES / STAGE1_WARPS (bench/gpu_stage1_tune.py varies them) set the GPU tile: values
+    """The settings fft_stage1_values / fft_stage1_warps (bench/gpu_stage1_tune.py varies them) set the GPU tile: values
     split between the channel rows (at least 16 voxels); the interpreter keeps its large tiles."""
     cuda = torch.device("cuda")
     assert triton_fft._stage1_config(cuda, 4) == (4, 256, 8, False)
     assert triton_fft._stage1_config(cuda, 14) == (16, 64, 8, False)
-    monkeypatch.setattr(triton_fft, "STAGE1_VALUES", 512)
-    monkeypatch.setattr(triton_fft, "STAGE1_WARPS", 4)
-    monkeypatch.setattr(triton_fft, "STAGE1_CHANNEL_THREADS", True)
+    _settings.update(fft_stage1_values=512)
+    _settings.update(fft_stage1_warps=4)
+    _settings.update(fft_stage1_channel_threads=True)
     assert triton_fft._stage1_config(cuda, 9) == (16, 32, 4, True)
     assert triton_fft._stage1_config(cuda, 32) == (32, 16, 4, True)
     assert triton_fft._stage1_config(torch.device("cpu"), 9) == (16, 256, 4, True)
@@ -938,7 +939,7 @@ def test_stage1_settings_pick_the_gpu_tile(monkeypatch):
 def test_stage1_with_threads_down_the_channels(monkeypatch, labels):
     # STAGE1_CHANNEL_THREADS only changes a compile hint (the voxels' contiguity): the same
     # results, here through the kernel's other constexpr branch (the interpreter ignores hints).
-    monkeypatch.setattr(triton_fft, "STAGE1_CHANNEL_THREADS", True)
+    _settings.update(fft_stage1_channel_threads=True)
     check_activated((2, 3, 7, 9, 6), 1, labels=labels)
 
 

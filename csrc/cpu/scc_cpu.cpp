@@ -52,6 +52,7 @@
 #include "scc_cpu_buffers.h"
 #include "scc_cpu_fft.h"
 #include "scc_cpu_radix_fft.h"
+#include "scc_cpu_settings.h"
 
 #include <algorithm>
 #include <atomic>
@@ -172,19 +173,10 @@ void parallel_items(int64_t n, const W& worker) {
 
 // Workspace budget per chunk: the complex p + i*y maps of the chunk. About 2 MB keeps the transforms
 // in cache (measured on a 2-core machine: 224x224 maps are 2x faster per map in batches of 4 than 72).
-// SCC_FAST_NATIVE_CHUNK_BYTES overrides it (for tuning).
+// The setting chunk_bytes overrides it (for tuning; scc_cpu_settings.h).
 int64_t chunk_bytes() {
-  const char* env = std::getenv("SCC_FAST_NATIVE_CHUNK_BYTES");
-  if (env != nullptr) {
-    const long long v = std::atoll(env);
-    if (v > 0) return v;
-  }
-  return int64_t(2) << 20;
-}
-// True when the environment variable is set to "0" (a switch that is on by default).
-bool env_is_zero(const char* name) {
-  const char* v = std::getenv(name);
-  return v != nullptr && std::string(v) == "0";
+  const int64_t v = native_settings().chunk_bytes.load(std::memory_order_relaxed);
+  return v > 0 ? v : int64_t(2) << 20;
 }
 // Row stride (complex elements) of the workspace maps. MKL transforms maps whose rows are a multiple
 // of 8 elements long faster when the rows are padded by 2 elements: with power-of-two strides the
@@ -192,11 +184,11 @@ bool env_is_zero(const char* name) {
 // project's 2-core machine (bench/RESULTS.md): 64^3 0.74 -> 0.65 ms, 128^3 6.7 -> 5.6 ms, 512^2
 // 1.11 -> 0.61 ms, 224^2 0.142 -> 0.138 ms; the radix transform (radix 2 then) 64^3 0.40 -> 0.35 ms
 // (8 elements: 0.39). Only the in-place transforms take a stride (ATen's
-// return packed maps). SCC_FAST_NATIVE_ROW_PAD sets the padding in elements (0: none).
+// return packed maps). The setting row_pad sets the padding in elements (0: none).
 int64_t workspace_row_stride(int64_t len, bool inplace) {
   if (!inplace) return len;
-  const char* env = std::getenv("SCC_FAST_NATIVE_ROW_PAD");
-  if (env != nullptr && *env != '\0') return len + std::max<long long>(0, std::atoll(env));
+  const int64_t pad = native_settings().row_pad.load(std::memory_order_relaxed);
+  if (pad >= 0) return len + pad;
   return len % 8 == 0 ? len + 2 : len;
 }
 // Rows per work item aim at this many elements, so small maps still split over threads.
@@ -339,7 +331,7 @@ PairCoef pair_coefficients(
 Isa kernel_isa();
 
 // Whether the operator's own radix transform runs for these maps: float32, a shape it fits,
-// the AVX-512 build of the kernels chosen (kernel_isa: the CPU runs it) and SCC_FAST_NATIVE_FFT unset.
+// the AVX-512 build of the kernels chosen (kernel_isa: the CPU runs it) and the setting fft "auto".
 bool use_radix_fft(at::ScalarType dtype, at::IntArrayRef spatial) {
   return dtype == at::kFloat && fft_choice() == FftChoice::kAuto && kernel_isa() == Isa::kAvx512 &&
          radix_fft_fits(spatial);
@@ -427,10 +419,10 @@ void run(
   // Softmax over every input channel and integer labels (no ignore mask, all in range: checked per
   // image below) make each image's maps sum to one at every voxel, p and y alike, so one class's
   // spectrum is N (1 + i) at DC minus the others': a transform fewer per image. Chunks then hold
-  // whole images, an even number of pairs (two per inverse map). SCC_FAST_NATIVE_COMPLEMENT=0 turns
+  // whole images, an even number of pairs (two per inverse map). The setting complement=false turns
   // it off (tests, comparisons).
   const bool sums_to_one = act == kActSoftmax && first_channel == 0 && labels && !o.has_ignore && n_chan >= 2 &&
-                           !env_is_zero("SCC_FAST_NATIVE_COMPLEMENT");
+                           native_settings().complement.load(std::memory_order_relaxed);
   const int64_t image_unit = n_chan % 2 == 0 ? n_chan : 2 * n_chan;
   // Whole images also let the build pass run the softmax itself (fused_build, below): worth a chunk up
   // to 4 times the budget (measured, bench/RESULTS.md: 8 x 9 x 224^2 with 18 pairs per chunk, 7.3 MB,
@@ -803,7 +795,7 @@ void run(
 }
 
 // The widest build of the inner loops this CPU runs (AVX-512: F, DQ, BW and VL; AVX2 with FMA).
-// SCC_FAST_NATIVE_ISA=baseline|avx2|avx512 caps it, for tests and comparisons; read at every call.
+// The setting isa (baseline, avx2, avx512) caps it, for tests and comparisons; read at every call.
 Isa kernel_isa() {
 #ifdef SCC_HAVE_AVX2_KERNELS
   static const Isa best = cpu_runs_avx512()                                                 ? Isa::kAvx512
@@ -812,21 +804,13 @@ Isa kernel_isa() {
 #else
   constexpr Isa best = Isa::kBaseline;
 #endif
-  const char* env = std::getenv("SCC_FAST_NATIVE_ISA");
-  if (env == nullptr || *env == '\0') return best;
-  const std::string v(env);
-  Isa cap;
-  if (v == "baseline") {
-    cap = Isa::kBaseline;
-  } else if (v == "avx2") {
-    cap = Isa::kAvx2;
-  } else if (v == "avx512") {
-    cap = Isa::kAvx512;
-  } else {
-    TORCH_CHECK(false, "SCC_FAST_NATIVE_ISA must be baseline, avx2 or avx512 (or unset: the widest this CPU runs), got '",
-                v, "'");
+  const auto cap = static_cast<IsaCap>(native_settings().isa.load(std::memory_order_relaxed));
+  switch (cap) {
+    case IsaCap::kBaseline: return Isa::kBaseline;
+    case IsaCap::kAvx2: return std::min(Isa::kAvx2, best);
+    case IsaCap::kAvx512: return std::min(Isa::kAvx512, best);
+    default: return best;
   }
-  return std::min(cap, best);
 }
 
 // Calls f with a value of the Kernels type of kernel_isa().

@@ -1,6 +1,7 @@
 // The cache of released operator buffers (see scc_cpu_buffers.h).
 
 #include "scc_cpu_buffers.h"
+#include "scc_cpu_settings.h"
 
 #include <c10/core/impl/alloc_cpu.h>
 #include <torch/library.h>
@@ -24,10 +25,9 @@ std::atomic<size_t> g_call_bytes{0};
 // Default: 64 MiB, or the latest call's buffers where they are more (a large volume's buffers
 // would otherwise be pushed out by each other within one step and be fresh pages in every call).
 size_t cap_bytes() {
-  const char* env = std::getenv("SCC_FAST_NATIVE_CACHE_MB");
-  if (env == nullptr || *env == '\0') return std::max(size_t(64) << 20, g_call_bytes.load(std::memory_order_relaxed));
-  const long long mb = std::atoll(env);
-  return mb > 0 ? static_cast<size_t>(mb) << 20 : 0;
+  const int64_t mb = native_settings().cache_mb.load(std::memory_order_relaxed);
+  if (mb < 0) return std::max(size_t(64) << 20, g_call_bytes.load(std::memory_order_relaxed));
+  return static_cast<size_t>(mb) << 20;
 }
 
 struct Block {

@@ -7,7 +7,7 @@
 // 0.6-0.9 us per 4 KiB page on this project's CPU machines (measured: the backward at 2 x 4 x 64^3
 // took 0.95 ms writing into reused memory and 2.7 ms into fresh pages), while glibc returns large
 // freed blocks to the system (or keeps them) depending on its trim heuristics. Released buffers
-// are kept here up to SCC_FAST_NATIVE_CACHE_MB MiB (default: 64 MiB, or the bytes of the latest
+// are kept here up to the setting cache_mb MiB (scc_cpu_settings.h; (default: 64 MiB, or the bytes of the latest
 // call's buffers where those are more; 0 turns the cache off), the oldest released going first when
 // the cap is reached; a request takes a kept block of exactly its size.
 #pragma once

@@ -122,12 +122,7 @@ std::shared_ptr<Descriptor> descriptor(bool is_double, at::IntArrayRef dims, int
 #endif
 
 FftChoice fft_choice() {
-  const char* env = std::getenv("SCC_FAST_NATIVE_FFT");
-  if (env == nullptr || *env == '\0') return FftChoice::kAuto;
-  const std::string v(env);
-  if (v == "mkl") return FftChoice::kMkl;
-  if (v == "aten") return FftChoice::kAten;
-  TORCH_CHECK(false, "SCC_FAST_NATIVE_FFT must be mkl or aten (or unset: the fastest available), got '", v, "'");
+  return static_cast<FftChoice>(native_settings().fft.load(std::memory_order_relaxed));
 }
 
 bool inplace_fft_available(at::ScalarType real_dtype) {

@@ -5,7 +5,7 @@
 // Where libtorch exports Intel MKL's DFTI entry points (the x86-64 builds of torch link MKL and
 // export them) the maps are transformed in place with MKL directly: the same library and
 // algorithm ATen calls, no output allocation. Elsewhere (no MKL, another platform, or
-// SCC_FAST_NATIVE_FFT=aten) the operator keeps using ATen's out-of-place transforms. (Float32
+// the setting fft "aten") the operator keeps using ATen's out-of-place transforms. (Float32
 // maps of the shapes it fits on AVX-512 CPUs take the operator's own transform, scc_cpu_radix_fft.h.)
 #pragma once
 
@@ -13,16 +13,15 @@
 
 #include <cstdint>
 
+#include "scc_cpu_settings.h"
+
 namespace scc_fast {
 
-// SCC_FAST_NATIVE_FFT, read at every call: unset (kAuto: the operator's own radix transform
-// where it fits, MKL in place elsewhere, ATen where MKL is not exported), "mkl" (MKL in place
-// wherever exported) or "aten" (ATen's out-of-place transforms). Another value throws.
-enum class FftChoice { kAuto, kMkl, kAten };
+// The setting fft (scc_cpu_settings.h), read at every call.
 FftChoice fft_choice();
 
 // Whether MKL's in-place transforms are available for this dtype (float32 or float64 maps) and not
-// switched off (SCC_FAST_NATIVE_FFT=aten).
+// switched off (the setting fft "aten").
 bool inplace_fft_available(at::ScalarType real_dtype);
 
 // Transforms `count` complex maps of shape `dims` at `data` in place, unnormalised in both

@@ -29,12 +29,12 @@ class 0's spectrum from the others' (triton_fft, ``derive_first=True``).
 from __future__ import annotations
 
 import importlib
-import os
 from types import ModuleType
 from typing import NamedTuple
 
 import torch
 
+from .. import _settings
 from . import dispatch
 
 __all__ = ["BACKENDS", "BackendStatus", "available_backends", "select_backend", "explain_backend"]
@@ -56,7 +56,7 @@ AUTO_ORDER: dict[str, tuple[str, ...]] = {
 }
 _AUTO_FALLBACK = ("torch",)
 
-ENV_VAR = "SCC_FAST_BACKEND"
+ENV_VAR = _settings.BACKEND_ENV
 
 
 class BackendStatus(NamedTuple):
@@ -131,7 +131,7 @@ def _choose(backend: str, probs: torch.Tensor, target: torch.Tensor) -> tuple[st
     _check_name(backend, "backend")
     notes: list[str] = []
     if backend == "auto":
-        env = os.environ.get(ENV_VAR, "").strip()
+        env = _settings.env_backend()
         if env:
             _check_name(env, f"the environment variable {ENV_VAR}")
             notes.append(f"{ENV_VAR}={env} overrides 'auto'")

@@ -31,7 +31,7 @@ for float64 probs; shape (0,) when not ``need_grad``) and an ``activated_correla
 calls :func:`activated_correlation` with its name. A backend whose kernels can compute p
 themselves also provides ``activated_field(x, target, activation, first_channel, first_class,
 ignore_index, include_dc, magnitude_weight, phase_weight, need_grad)`` and a true
-``activation_in_kernel``; the op then hands it the logits for softmax and sigmoid, and no
+``activation_in_kernel()``; the op then hands it the logits for softmax and sigmoid, and no
 probability tensor is made at all (backend "triton": per-voxel statistics, one launch).
 """
 
@@ -44,6 +44,7 @@ from typing import Optional
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from .. import _settings
 from .._numerics import accumulation_dtype, refuse_double_backward
 
 # Triton is optional (without it the backward pass is written with torch ops), and imported only
@@ -71,14 +72,12 @@ def activation_name(code: int) -> str | None:
     return {c: name for name, c in ACTIVATIONS.items()}[code]
 
 
-#: Keep nothing but the input between forward and backward: the forward computes SCC without the
-#: gradient field (for the Triton backends: no inverse transforms, 3 of 5 launches in 3D) and
-#: backward computes it again, with the field. Less memory held through the rest of the training
-#: step (one tensor of the input's size) for one more forward pass of the loss. Off by default:
-#: on an H200 (GPU runs 3 and 4) it cost 1.3-1.6x the time and left the peak unchanged;
-#: ``SCC_FAST_RECOMPUTE_FIELD=1`` at import, or set this attribute. Applies where the activation is
-#: fused (:func:`activated_correlation` with its kernel backward).
-RECOMPUTE_FIELD: bool = os.environ.get("SCC_FAST_RECOMPUTE_FIELD", "0").strip() not in ("", "0", "false", "False")
+# The setting ``recompute_field`` keeps nothing but the input between forward and backward: the
+# forward computes SCC without the gradient field (for the Triton backends: no inverse transforms,
+# 3 of 5 launches in 3D) and backward computes it again, with the field. Less memory held through
+# the rest of the training step (one tensor of the input's size) for one more forward pass of the
+# loss. Off by default (bench/RESULTS.md, GPU runs 3 and 4: slower, the same peak). Applies where
+# the activation is fused (:func:`activated_correlation` with its kernel backward).
 
 # CPU tensors go to the kernel only under the Triton interpreter; like triton_scc and triton_fft,
 # this reads TRITON_INTERPRET once, at import.
@@ -162,7 +161,8 @@ def _forward(x, target, backend, activation, first_channel, first_class, ignore_
     from . import load
 
     module = load(backend)
-    if activation and getattr(module, "activation_in_kernel", False):
+    in_kernel = getattr(module, "activation_in_kernel", None)
+    if activation and in_kernel is not None and in_kernel():
         # The backend computes p inside its kernels from per-voxel statistics: no probabilities made.
         return module.activated_field(
             x, target, activation, first_channel, first_class, ignore_index, include_dc, magnitude_weight,
@@ -429,9 +429,9 @@ def activated_correlation(
 def _op_inputs(backend, x, target, code, first_channel, first_class, ignore_index, include_dc, magnitude_weight,
                phase_weight, derive_first, validate, field_weights) -> tuple:
     """The registered op's 15 inputs for a call with these arguments (need_grad and recompute
-    decided here, from grad mode and :data:`RECOMPUTE_FIELD`)."""
+    decided here, from grad mode and the setting ``recompute_field``)."""
     need_grad = torch.is_grad_enabled() and x.requires_grad
-    recompute = need_grad and RECOMPUTE_FIELD
+    recompute = need_grad and _settings.current().recompute_field
     return (
         x, target, backend, code, int(first_channel), int(first_class),
         None if ignore_index is None else int(ignore_index), bool(include_dc), float(magnitude_weight),

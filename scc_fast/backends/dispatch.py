@@ -36,10 +36,12 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .. import _settings
+
 __all__ = ["FORMAT", "TABLE_ENV_VAR", "DEFAULT_TABLE", "Decision", "load_table", "validate_table", "lookup", "clear_cache"]
 
 FORMAT = "scc_fast.dispatch/1"
-TABLE_ENV_VAR = "SCC_FAST_DISPATCH_TABLE"
+TABLE_ENV_VAR = _settings.DISPATCH_TABLE_ENV
 DEFAULT_TABLE = Path(__file__).with_name("dispatch_table.json")
 
 _cache: dict[str, dict[str, Any]] = {}
@@ -92,7 +94,7 @@ def validate_table(table: Any, source: str = "dispatch table") -> None:
 
 def table_path() -> Path:
     """The table in use: ``$SCC_FAST_DISPATCH_TABLE`` if set, else the packaged one."""
-    env = os.environ.get(TABLE_ENV_VAR, "").strip()
+    env = _settings.env_dispatch_table()
     return Path(env) if env else DEFAULT_TABLE
 
 

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .. import _settings
 from .._checks import raise_flagged
 from .._numerics import refuse_double_backward
 from .activation import ACTIVATIONS, activation_code  # the C++ enum Activation (csrc/cpu/scc_cpu.cpp) uses these codes
@@ -52,6 +53,7 @@ _OPS = (
     "native_cache_bytes",
     "native_empty_cache",
     "native_radix_fft",
+    "native_configure",
 )
 
 _LOAD_ERROR: str | None = None
@@ -79,8 +81,21 @@ def _load() -> str | None:
         )
         return _LOAD_ERROR
     _register_python_side()
+    _settings.on_change(_configure)
     _REGISTERED = True
     return None
+
+
+def _configure(s: _settings.Settings) -> None:
+    """Hand the operator its switches (scc_fast._settings; csrc/cpu/scc_cpu_settings.h)."""
+    torch.ops.scc_fast.native_configure(
+        s.native_fft,
+        s.native_isa,
+        -1 if s.native_cache_mb is None else s.native_cache_mb,
+        0 if s.native_chunk_bytes is None else s.native_chunk_bytes,
+        -1 if s.native_row_pad is None else s.native_row_pad,
+        s.native_complement,
+    )
 
 
 def _register_python_side() -> None:
@@ -146,8 +161,8 @@ def fft_engine(spatial_shape: Sequence[int] | None = None, dtype: torch.dtype = 
     - ``"mkl_inplace"``: MKL's DFTI called in place, where libtorch exports it (x86-64 torch builds);
     - ``"aten"``: ``torch.fft``, out of place.
 
-    ``SCC_FAST_NATIVE_FFT=mkl`` keeps MKL for every shape, ``SCC_FAST_NATIVE_FFT=aten`` selects
-    ATen's transforms (comparisons, tests); another value raises. All give the same results to
+    The private setting ``native_fft`` (:mod:`scc_fast._settings`) ``"mkl"`` keeps MKL for every
+    shape, ``"aten"`` selects ATen's transforms (comparisons, tests). All give the same results to
     rounding.
     """
     _require()
@@ -163,8 +178,9 @@ def isa() -> str:
     """The build of the operator's inner loops that the next call runs: ``"avx512"``, ``"avx2"`` or
     ``"baseline"``, the widest this CPU supports (x86-64 builds with GCC carry all three).
 
-    ``SCC_FAST_NATIVE_ISA=baseline|avx2|avx512`` caps it (comparisons, tests); another value makes
-    the operator's calls (and this one) raise. The builds give the same results to rounding.
+    The private setting ``native_isa`` (``"baseline"``, ``"avx2"``, ``"avx512"``;
+    :mod:`scc_fast._settings`) caps it (comparisons, tests). The builds give the same results to
+    rounding.
     """
     _require()
     return torch.ops.scc_fast.native_isa()
@@ -175,8 +191,8 @@ def cached_bytes() -> int:
 
     The gradient field and statistics saved for backward, the workspace and the input gradient
     are the same sizes call after call in training; writing into reused memory instead of fresh
-    pages is measurably faster (``bench/RESULTS.md``). The cache holds at most
-    ``SCC_FAST_NATIVE_CACHE_MB`` MiB (default: 64, or the bytes of the latest call's buffers where
+    pages is measurably faster (``bench/RESULTS.md``). The cache holds at most the private setting
+    ``native_cache_mb`` MiB (:mod:`scc_fast._settings`; default: 64, or the bytes of the latest call's buffers where
     those are more, so that one step's buffers always fit; ``0`` turns it off); memory in use by live
     tensors is never counted or touched.
     """

@@ -54,7 +54,7 @@ forward holds C - 1 classes).
 Each stage is split over (pair, part of the map) programs that write partial results, summed
 by the pair kernel in a fixed order (deterministic, no atomics). The gradient is computed in the forward
 call and is all that is saved: backward multiplies it by the per-pair upstream gradient. Only
-one chunk's spectra are alive at a time (``CHUNK_ELEMENTS`` bounds the chunk). The whole forward
+one chunk's spectra are alive at a time (the setting ``fft_chunk_elements`` bounds the chunk). The whole forward
 is the registered op ``torch.ops.scc_fast.triton_fft_correlation`` (``torch.library.custom_op``
 with a fake implementation and ``register_autograd``), so ``torch.compile`` traces a model using
 it without a graph break.
@@ -72,6 +72,7 @@ import struct
 
 import torch
 
+from .. import _settings
 from .._checks import raise_flagged
 from .._grid import next_power_of_2
 from .._numerics import accumulation_dtype
@@ -91,15 +92,14 @@ except ImportError as exc:  # pragma: no cover - exercised only without triton i
 
 __all__ = [
     "correlation", "correlation_field", "activated_field", "activation_in_kernel", "unavailable_reason",
-    "unsupported_reason", "derives_first_class", "validates_in_op", "settings", "CHUNK_ELEMENTS", "DERIVE_FIRST_CLASS", "MAX_ACTIVATION_CHANNELS",
+    "unsupported_reason", "derives_first_class", "validates_in_op", "settings", "MAX_ACTIVATION_CHANNELS",
 ]
 
-#: Upper bound on B x k x spatial elements per chunk of k classes (at least one class per chunk).
-#: A chunk holds its one-hot target, its half spectra P and Y (about as many floats each) and the
-#: inverse transform; fewer, larger chunks mean fewer launches (about 100 small ones per chunk).
-#: 2^26 keeps every SPEC benchmark case in one chunk; a lower value trades time for peak memory
-#: (bench/gpu_3d_check.py measures 2^23 and 2^22 too). ``SCC_FAST_FFT_CHUNK_ELEMENTS`` sets it.
-CHUNK_ELEMENTS = int(os.environ.get("SCC_FAST_FFT_CHUNK_ELEMENTS", "0") or 0) or (1 << 26)
+# Upper bound on B x k x spatial elements per chunk of k classes (at least one class per chunk):
+# the setting ``fft_chunk_elements``. A chunk holds its one-hot target, its half spectra P and Y
+# (about as many floats each) and the inverse transform; fewer, larger chunks mean fewer launches
+# (about 100 small ones per chunk). 2^26 keeps every benchmark case in one chunk; a lower value
+# trades time for peak memory.
 
 
 # triton.jit reads TRITON_INTERPRET when the kernels below are defined: what counts is its value
@@ -756,16 +756,13 @@ def _sm_count(index: int | None) -> int:
 #: Stage 1 with the activation on a GPU: values in a tile (channel rows x voxels, so the more
 #: channels the fewer voxels) and warps per program. 1024 / 8 builds without spills for 2-32 rows
 #: (sm_90, triton 3.6 and 3.9); GPU run 5 measured the kernel at 216 us at brats-3d and 344 us at
-#: btcv-3d, 3-4x its memory traffic. ``bench/gpu_stage1_tune.py`` times other values.
-STAGE1_VALUES = 1024
-STAGE1_WARPS = 8
-#: Lay a tile's threads down the channel rows first (``CHANNEL_THREADS``): with 4-wide vector
+#: btcv-3d, 3-4x its memory traffic. The settings ``fft_stage1_values`` / ``fft_stage1_warps``
+#: (bench/gpu_stage1_tune.py times others). ``fft_stage1_channel_threads``: lay a tile's threads down the channel rows first (``CHANNEL_THREADS``): with 4-wide vector
 #: loads along the voxels Triton puts a warp's threads along the voxels and the remaining warps
 #: down the rows, so the softmax's max and sum over channels cross warps through shared memory
 #: every tile (1024 / 8: at 4 rows and at 16, read from the sm_90 TTGIR); without vector loads
 #: they stay in a warp (shuffles), at 63-128 registers for 4-32 rows. Unmeasured on a GPU: off
 #: until ``bench/gpu_stage1_tune.py`` says it is faster.
-STAGE1_CHANNEL_THREADS = False
 
 
 def _stage1_config(device: torch.device, n_chan: int) -> tuple[int, int, int, bool]:
@@ -773,9 +770,10 @@ def _stage1_config(device: torch.device, n_chan: int) -> tuple[int, int, int, bo
     the activation for C = ``n_chan``. The interpreter costs per operation, not per register:
     larger tiles there."""
     rows = next_power_of_2(n_chan)
+    s = _settings.current()
     if device.type == "cuda":
-        return rows, max(16, STAGE1_VALUES // rows), STAGE1_WARPS, STAGE1_CHANNEL_THREADS
-    return rows, max(16, 4096 // rows), 4, STAGE1_CHANNEL_THREADS
+        return rows, max(16, s.fft_stage1_values // rows), s.fft_stage1_warps, s.fft_stage1_channel_threads
+    return rows, max(16, 4096 // rows), 4, s.fft_stage1_channel_threads
 
 
 #: The derived-class kernels (``_derived_stats_kernel``, ``_derived_field_kernel``) hold a tile of
@@ -888,7 +886,7 @@ def _forward(
     n_half = n_vox // spatial[-1] * w_half
     default_block, target_programs = _config(device)
     # Stage 1 with the activation holds a tile of every channel (CP rows) in registers
-    # (STAGE1_VALUES), so fewer voxels a tile the more channels.
+    # (fft_stage1_values), so fewer voxels a tile the more channels.
     rows, lanes, warps, channel_threads = _stage1_config(device, probs.shape[1])
     lanes = block or lanes
     tile_override = block
@@ -901,7 +899,7 @@ def _forward(
     eps, fmax = float(torch.finfo(acc).eps), float(torch.finfo(acc).max)
     grad = None  # the single chunk's inverse transform, or assembled from the chunks'
     per_class = n_batch * n_vox
-    limit = CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
+    limit = _settings.current().fft_chunk_elements if chunk_elements is None else chunk_elements
     step = max(1, min(n_chan, limit // per_class))
     if derive_first and not _derivable(activation, first_channel, ignore_index, n_chan, per_class, acc, limit):
         raise ValueError(
@@ -1120,11 +1118,13 @@ def correlation_field(probs, target, first_class, include_dc, magnitude_weight, 
         )
 
 
-#: With the activation fused (:mod:`scc_fast.backends.activation`), stage 1 computes softmax /
-#: sigmoid from the logits itself (:func:`activated_field`): one launch instead of torch's softmax,
-#: the label narrowing and the statistics pass, and no B x C probability tensor beside the chunk's.
-#: False: the probabilities are computed first with torch (for A/B comparisons).
-activation_in_kernel: bool = True
+def activation_in_kernel() -> bool:
+    """With the activation fused (:mod:`scc_fast.backends.activation`), whether stage 1 computes
+    softmax / sigmoid from the logits itself (:func:`activated_field`): one launch instead of
+    torch's softmax, the label narrowing and the statistics pass, and no B x C probability tensor
+    beside the chunk's. The setting ``fft_activation_in_kernel`` (False: the probabilities are
+    computed first with torch, for A/B comparisons)."""
+    return _settings.current().fft_activation_in_kernel
 
 #: The most channels (C, background included) stage 1 takes with the activation: it holds a tile
 #: of every channel's logits. Wider inputs get their probabilities from torch first.
@@ -1138,8 +1138,7 @@ MAX_ACTIVATION_CHANNELS = 32
 #: class 0: where that class has a tiny share of the probability mass everywhere (0.03% on average,
 #: a network that predicts almost no background) its gradient is about 10x less accurate (4e-5
 #: relative instead of 4e-6; at 0.5% and above as accurate as the transform). On by default;
-#: ``SCC_FAST_FFT_DERIVE=0`` at import, or this attribute, turns it off.
-DERIVE_FIRST_CLASS: bool = os.environ.get("SCC_FAST_FFT_DERIVE", "1").strip() not in ("0", "false", "False")
+#: The setting ``fft_derive=False`` turns it off.
 
 
 def derives_first_class(x: torch.Tensor, activation: str | None, first_channel: int, ignore_index: int | None) -> bool:
@@ -1150,11 +1149,12 @@ def derives_first_class(x: torch.Tensor, activation: str | None, first_channel: 
     that is the same for every class of an image: the caller's part (``scc_loss`` asks for it with
     reduction "mean" or "sum", passes its class weights as ``field_weights``, and makes the
     reduction's derivative uniform)."""
-    if not (DERIVE_FIRST_CLASS and activation_in_kernel):
+    if not (_settings.current().fft_derive and activation_in_kernel()):
         return False
     code = 1 if activation == "softmax" else 0
     per_class = x.shape[0] * math.prod(x.shape[2:])
-    return _derivable(code, first_channel, ignore_index, x.shape[1], per_class, accumulation_dtype(x.dtype), CHUNK_ELEMENTS)
+    return _derivable(code, first_channel, ignore_index, x.shape[1], per_class, accumulation_dtype(x.dtype),
+                      _settings.current().fft_chunk_elements)
 
 
 def _derivable(activation: int, first_channel: int, ignore_index, n_chan: int, per_class: int, acc: torch.dtype,
@@ -1175,7 +1175,7 @@ def _stage1_holds(n_chan: int, acc: torch.dtype) -> bool:
 def _stage1_computes_p(x: torch.Tensor) -> bool:
     """Whether :func:`activated_field` has stage 1 compute p from ``x`` (B x C x spatial logits),
     else torch computes p first."""
-    return activation_in_kernel and _stage1_holds(x.shape[1], accumulation_dtype(x.dtype))
+    return activation_in_kernel() and _stage1_holds(x.shape[1], accumulation_dtype(x.dtype))
 
 
 def validates_in_op(
@@ -1196,12 +1196,13 @@ def validates_in_op(
 
 def settings() -> str:
     """The settings in force, in words (``scc-fast backends`` prints them)."""
-    derive = "derived from the others'" if DERIVE_FIRST_CLASS else "transformed like the others (SCC_FAST_FFT_DERIVE=0)"
-    where = "in stage 1" if activation_in_kernel else "before the kernels"
-    threads = ", threads down the channels first" if STAGE1_CHANNEL_THREADS else ""
+    s = _settings.current()
+    derive = "derived from the others'" if s.fft_derive else "transformed like the others (fft_derive=False)"
+    where = "in stage 1" if activation_in_kernel() else "before the kernels"
+    threads = ", threads down the channels first" if s.fft_stage1_channel_threads else ""
     return (
-        f"class 0 under softmax {derive}, softmax/sigmoid {where}, chunks of {CHUNK_ELEMENTS} elements, "
-        f"stage-1 tile {STAGE1_VALUES} values / {STAGE1_WARPS} warps{threads}"
+        f"class 0 under softmax {derive}, softmax/sigmoid {where}, chunks of {s.fft_chunk_elements} elements, "
+        f"stage-1 tile {s.fft_stage1_values} values / {s.fft_stage1_warps} warps{threads}"
     )
 
 

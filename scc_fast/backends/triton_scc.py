@@ -35,10 +35,10 @@ the full spectrum by Hermitian symmetry and keeps the real part. Other lengths (
 of 16, or short) use the direct DFT-as-dot, padded to the block with masks.
 
 Precision of the dots: ``SCC_FAST_TRITON_PRECISION`` (``"tf32"``, the default, ``"tf32x3"`` or
-``"ieee"``) or the module attribute :data:`input_precision` (it wins when set). With TF32 the
-operands are rounded to nearest TF32 in the kernel (tensor cores would truncate them). The
-interpreter (``TRITON_INTERPRET=1``) computes float32 dots whatever the setting, unless
-:data:`interpret_emulates_tf32` is set.
+``"ieee"``), the setting ``triton_precision`` of :mod:`scc_fast._settings` after import. With TF32
+the operands are rounded to nearest TF32 in the kernel (tensor cores would truncate them). The
+interpreter (``TRITON_INTERPRET=1``) computes float32 dots whatever the setting, unless the
+setting ``triton_interpret_tf32`` is set.
 
 3D input (B x C' x D x H x W): the per-slice (H, W) transforms are the 2D kernel's (its row
 pass, column DFT, inverse column and row passes, spatial sums and per-pair scalars are jit
@@ -71,15 +71,15 @@ per pair (:func:`workspace_bytes_per_pair`): 5 volumes of D x H x (W // 2 + 1) f
 y's slice spectra, re and im, then P and the depth-inverted field; B), about 10 bytes per voxel,
 plus 6 floats per slice and a few per pair; e.g. 21.3 MB per pair at 128^3 (170 MB for brats-3d,
 2 x 4 pairs) and 9.0 MB at 96^3 (253 MB for btcv-3d, 2 x 14 pairs). Pairs go in chunks whose
-workspace fits :data:`WORKSPACE_BYTES` (64 MiB). The slice passes add the 2D kernel's
+workspace fits the setting ``triton_workspace_bytes`` (64 MiB). The slice passes add the 2D kernel's
 per-program scratch (2 x H x (W // 2 + 1) + 2 x H x BN + 2 x BM x W floats). Only the gradient
 (4 bytes per voxel per pair) is kept for backward, or nothing with
-``scc_fast.backends.activation.RECOMPUTE_FIELD`` (the forward then runs launches 1-3 and backward
+the setting ``recompute_field`` (the forward then runs launches 1-3 and backward
 all five): GPU run 3 measured that 1.6x slower for the same peak. The GPU block sizes of the depth
 passes (``GPU_BLOCKS``, clipped to D) were tuned on the 2D split mode only.
 
 Activation inside the kernels (:func:`activated_field`, used by the fused activation layer while
-:data:`activation_in_kernel` is True): for softmax and sigmoid the kernels read the logits and the
+:func:`activation_in_kernel` is True): for softmax and sigmoid the kernels read the logits and the
 image's per-voxel statistics (m, r), 2 floats per voxel made by one launch of
 ``_activation_kernel.activation_stats``, and compute p where they load it (``_load_p``): p_c =
 exp(x_c - m) r with r = keep / sum_c exp(x_c - m), or r / (1 + exp(-x_c)) with r = keep (0 at an
@@ -88,7 +88,7 @@ so no B x C x spatial probability tensor is made: at 24 x 9 x 224 x 224 that is 
 forward's peak, for a few exponentials per voxel more (GPU run 3: 110 against 143 MiB peak, 3.53
 against 2.95 ms: the fused kernel reads p in four passes, each from 3 loads and an exponential).
 
-2D split mode (``SCC_FAST_TRITON_2D=split`` or :data:`mode_2d`): the fused kernel gives a pair to
+2D split mode (the setting ``triton_2d="split"``): the fused kernel gives a pair to
 one program, so a call with fewer pairs than SMs leaves SMs idle (16 x 2 x 512 x 512: 32 pairs
 for 132 SMs, GPU run 2). The split mode runs 2D input through the five 3D launches instead, with
 blocks of rows as the slices: launch 1 transforms each block along W only (``ROWS_ONLY``; the
@@ -113,6 +113,7 @@ from typing import NamedTuple
 
 import torch
 
+from .. import _settings
 from ._field_autograd import field_scaling_autograd
 from .activation import fused_entry
 
@@ -127,20 +128,14 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     _IMPORT_ERROR = f"triton is not importable ({exc})"
 
 __all__ = [
-    "correlation", "unavailable_reason", "unsupported_reason", "input_precision", "PRECISIONS", "mode_2d", "MODES_2D",
+    "correlation", "unavailable_reason", "unsupported_reason", "PRECISIONS", "MODES_2D",
     "activation_in_kernel", "activated_field", "settings",
 ]
 
 #: Read once: the interpreter is chosen by Triton when the kernel is decorated (at import).
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
-PRECISION_ENV = "SCC_FAST_TRITON_PRECISION"
-PRECISIONS = ("tf32", "tf32x3", "ieee")
-#: Dot precision; None means ``$SCC_FAST_TRITON_PRECISION`` or ``"tf32"``.
-input_precision: str | None = None
-#: Under the interpreter dots are float32 whatever the precision; set this to True to round the
-#: operands to TF32 there as the kernel does on GPU (for testing that path's accuracy).
-interpret_emulates_tf32: bool = False
+PRECISIONS = _settings.PRECISIONS
 
 MIN_SIZE, MAX_SIZE = 8, 1024
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -1343,11 +1338,10 @@ def _blocks(H: int, W: int, precision: str = "tf32", table: dict | None = None) 
     return bm, bn, bk, warps, stages
 
 
-#: Programs per SM in the persistent grids (each holds its own scratch); None: 1 for the fused 2D
+#: Programs per SM in the persistent grids (each holds its own scratch): 1 for the fused 2D
 #: kernel (:data:`GPU_BLOCKS_FUSED`), 2 for the sliced passes (4-warp blocks; GPU run 4's tune:
-#: as fast as 3 at brats-3d, faster at btcv-3d, 20 / 11 MiB less scratch). An integer applies to
-#: both.
-programs_per_sm: int | None = None
+#: as fast as 3 at brats-3d, faster at btcv-3d, 20 / 11 MiB less scratch); the setting
+#: ``triton_programs_per_sm`` applies one number to both.
 _PROGRAMS_PER_SM = {"fused": 1, "sliced": 2}
 
 
@@ -1356,28 +1350,17 @@ def _sm_count(device: torch.device) -> int:
 
 
 def _max_programs(device: torch.device, n_pairs: int, path: str = "sliced") -> int:
-    """Programs in a persistent grid of ``path`` ("fused" or "sliced"): :data:`programs_per_sm`
-    per SM at most (more would only wait, holding their scratch)."""
+    """Programs in a persistent grid of ``path`` ("fused" or "sliced"): :data:`_PROGRAMS_PER_SM`
+    (or the setting ``triton_programs_per_sm``) per SM at most (more would only wait, holding
+    their scratch)."""
     if device.type != "cuda":
         return n_pairs
-    per_sm = _PROGRAMS_PER_SM[path] if programs_per_sm is None else programs_per_sm
+    per_sm = _settings.current().triton_programs_per_sm or _PROGRAMS_PER_SM[path]
     return max(1, min(n_pairs, _sm_count(device) * max(1, int(per_sm))))
 
 
-def _setting(what: str, attr: str, value: str | None, env: str, default: str, allowed: tuple[str, ...]) -> str:
-    """A string setting: the module attribute ``attr`` when set (``value``), else ``$env``, else
-    ``default``; a value outside ``allowed`` is an error naming both places."""
-    value = value if value is not None else os.environ.get(env, "").strip() or default
-    if value not in allowed:
-        raise ValueError(
-            f"{what} ({env} or scc_fast.backends.triton_scc.{attr}) "
-            f"must be one of {', '.join(repr(v) for v in allowed)}, got {value!r}"
-        )
-    return value
-
-
 def _precision() -> str:
-    return _setting("the Triton dot precision", "input_precision", input_precision, PRECISION_ENV, "tf32", PRECISIONS)
+    return _settings.current().triton_precision
 
 
 def _four_step_tables(n: int, filler: torch.Tensor, device: torch.device):
@@ -1424,7 +1407,7 @@ def _prepare(probs, target, precision, act: _Activation | None):
     labels = not target.is_floating_point()
     if labels and target.dtype == torch.bool:
         target = target.to(torch.uint8)
-    if _INTERPRET and not interpret_emulates_tf32:
+    if _INTERPRET and not _settings.current().triton_interpret_tf32:
         precision = "ieee"  # the interpreter computes float32 dots whatever it is told
     x_chan = probs.shape[1]
     if act is None:  # probabilities given: the statistics pointer is never read
@@ -1469,26 +1452,20 @@ def _launch(probs, target, first_class, include_dc, magnitude_weight, phase_weig
     return scc, valid, grad
 
 
-#: Workspace of the sliced passes (3D, and 2D split) per call, at most (bytes): pairs are
-#: processed in chunks whose workspace (:func:`workspace_bytes_per_pair` each) fits; at least one
-#: pair per chunk. Each chunk costs its own five launches. 64 MiB: GPU run 3 measured brats-3d at
-#: 5.46 ms / 182 MiB peak against 5.56 ms / 283 MiB with 1 GiB, btcv-3d at 10.1 ms / 189 MiB
-#: against 9.0 ms / 363 MiB (5.3x and 7.5x less peak memory than the eager reference).
-WORKSPACE_BYTES = 1 << 26
+# Workspace of the sliced passes (3D, and 2D split) per call, at most: the setting
+# ``triton_workspace_bytes`` (64 MiB; bench/RESULTS.md, GPU run 3, against 1 GiB). Pairs are
+# processed in chunks whose workspace (:func:`workspace_bytes_per_pair` each) fits; at least one
+# pair per chunk. Each chunk costs its own five launches.
 
 MIN_DEPTH, MAX_DEPTH = 2, 1024
 
-MODE_2D_ENV = "SCC_FAST_TRITON_2D"
-MODES_2D = ("auto", "fused", "split")
-#: How 2D input runs; None means ``$SCC_FAST_TRITON_2D`` or ``"auto"``. ``"fused"``: the one
-#: launch of :func:`_scc_fused_kernel`, one program per pair at a time. ``"split"``: the 3D passes
-#: with blocks of rows as slices (five launches, many programs per pair). ``"auto"``: split where
-#: the call has fewer pairs than the GPU has SMs, else fused. GPU run 3 (H200, 132 SMs): at
-#: polyp-2d (32 pairs) split 3.64 ms against fused 8.06; at synapse-2d (216 pairs) 3.46 against
-#: 3.53, but 177 against 110 MiB of peak memory, so fused keeps the many-pair case.
-mode_2d: str | None = None
-#: Rows per slice of the 2D split (None: the row block of the tiles); a test hook.
-split_rows: int | None = None
+MODES_2D = _settings.MODES_2D
+# How 2D input runs, the setting ``triton_2d``: ``"fused"``: the one launch of
+# :func:`_scc_fused_kernel`, one program per pair at a time. ``"split"``: the 3D passes with blocks
+# of rows as slices (five launches, many programs per pair; rows per slice: the setting
+# ``triton_split_rows``, else the row block of the tiles). ``"auto"``: split where the call has
+# fewer pairs than the GPU has SMs, else fused (bench/RESULTS.md, GPU run 3: split wins at
+# polyp-2d's 32 pairs, fused keeps synapse-2d's 216 at less memory).
 
 
 def workspace_bytes_per_pair(D: int, H: int, W: int, n_slices: int | None = None) -> int:
@@ -1511,7 +1488,7 @@ def _depth_blocks(D: int, n_bins: int, precision: str) -> tuple[int, int, int, i
 
 
 def _mode_2d() -> str:
-    return _setting("the triton 2D mode", "mode_2d", mode_2d, MODE_2D_ENV, "auto", MODES_2D)
+    return _settings.current().triton_2d
 
 
 def _launch_sliced(
@@ -1541,6 +1518,7 @@ def _launch_sliced(
         per_program = 2 * H * WH + 2 * H * bn + 2 * bm * W
         rows_only = False
     else:
+        split_rows = _settings.current().triton_split_rows
         slice_rows = max(1, min(H, split_rows if split_rows is not None else bm))
         per_pair, rows = -(-H // slice_rows), H
         depth, n_bins = H, WH
@@ -1553,7 +1531,8 @@ def _launch_sliced(
     # The depth passes' DFT: four-step where the length factors as the 2D kernel's axes do.
     depth_tables, (dn1, dn2), (dn1p, dn2p), depth_four_step = _four_step_tables(depth, cos_d, device)
     pair_ws = 5 * rows * WH
-    chunk = max(1, min(n_pairs, WORKSPACE_BYTES // workspace_bytes_per_pair(1, rows, W, per_pair)))
+    budget = _settings.current().triton_workspace_bytes
+    chunk = max(1, min(n_pairs, budget // workspace_bytes_per_pair(1, rows, W, per_pair)))
     ws = torch.empty(chunk * pair_ws, dtype=torch.float32, device=device)
     stats = torch.empty(chunk * per_pair * 6, dtype=torch.float32, device=device)
     parts = torch.empty(chunk * n_blocks * 3, dtype=torch.float32, device=device)
@@ -1714,13 +1693,9 @@ def unsupported_reason(probs: torch.Tensor, target: torch.Tensor) -> str | None:
 
 def settings() -> str:
     """The settings in force, in words (``scc-fast backends`` prints them); a bad value is named."""
-    parts = []
-    for name, read in (("2D mode", _mode_2d), ("dots", _precision)):
-        try:
-            parts.append(f"{name} {read()}")
-        except ValueError as exc:
-            parts.append(f"{name}: {exc}")
-    where = "in the kernels" if activation_in_kernel else "before the kernels"
+    parts = [f"2D mode {_mode_2d()}", f"dots {_precision()}"]
+    where = "in the kernels" if activation_in_kernel() else "before the kernels"
+    programs_per_sm = _settings.current().triton_programs_per_sm
     per_sm = (f"{programs_per_sm} program(s) per SM" if programs_per_sm is not None else
               ", ".join(f"{n} program(s) per SM {path}" for path, n in _PROGRAMS_PER_SM.items()))
     parts.append(f"softmax/sigmoid {where}, {per_sm}")
@@ -1728,7 +1703,7 @@ def settings() -> str:
 
 
 def _split_2d(n_pairs: int, device: torch.device) -> bool:
-    """Whether 2D input of ``n_pairs`` (image, class) pairs runs the split mode (:data:`mode_2d`);
+    """Whether 2D input of ``n_pairs`` (image, class) pairs runs the split mode (setting ``triton_2d``);
     "auto" splits on CUDA when the pairs would leave SMs idle (no GPU: the fused kernel)."""
     mode = _mode_2d()
     if mode == "auto":
@@ -1737,7 +1712,7 @@ def _split_2d(n_pairs: int, device: torch.device) -> bool:
 
 
 def _op(probs: torch.Tensor):
-    """The registered op for this input: 3D, or 2D in the chosen mode (:data:`mode_2d`)."""
+    """The registered op for this input: 3D, or 2D in the chosen mode (setting ``triton_2d``)."""
     if probs.dim() == 5:
         return triton_correlation_3d
     split = _split_2d(probs.shape[0] * probs.shape[1], probs.device)
@@ -1788,13 +1763,13 @@ def correlation_field(probs, target, first_class, include_dc, magnitude_weight, 
         )
 
 
-#: With the activation fused (:mod:`scc_fast.backends.activation`), compute softmax / sigmoid
-#: inside the kernels from per-voxel statistics (:func:`activated_field`; no B x C x spatial
-#: probability tensor is made) rather than handing them the probabilities. True: less memory (one
-#: input-sized tensor fewer at the forward's peak) for a few exponentials per voxel more; False:
-#: the probabilities are computed first (for A/B comparisons). True stays the default: GPU run 3
-#: measured 5.6x less peak memory than the eager reference with it (4.3x without), 20% slower.
-activation_in_kernel: bool = True
+def activation_in_kernel() -> bool:
+    """With the activation fused (:mod:`scc_fast.backends.activation`), whether softmax / sigmoid
+    are computed inside the kernels from per-voxel statistics (:func:`activated_field`; no B x C x
+    spatial probability tensor is made) rather than handing them the probabilities: less memory
+    (one input-sized tensor fewer at the forward's peak) for a few exponentials per voxel more
+    (bench/RESULTS.md, GPU run 3). The setting ``triton_activation_in_kernel`` (default True)."""
+    return _settings.current().triton_activation_in_kernel
 
 
 def activated_field(x, target, activation, first_channel, first_class, ignore_index, include_dc,
