@@ -1,6 +1,6 @@
 """Shared numerical conventions: the zero tests every backend applies the same way.
 
-SPEC section 1 defines a correlation whose denominator is 0 as 0 and leaves degenerate
+docs/loss.md section 2 defines a correlation whose denominator is 0 as 0 and leaves degenerate
 pairs out of the loss. In floating point "is 0" needs a tolerance; these helpers give
 the one tolerance the reference and every backend use, scaled to the working dtype.
 """
@@ -8,8 +8,9 @@ the one tolerance the reference and every backend use, scaled to the working dty
 from __future__ import annotations
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-#: Relative test for a float target with no energy over K (SPEC section 1).
+#: Relative test for a float target with no energy over K (docs/loss.md section 2).
 DEGENERATE_TARGET_RTOL = 1e-9
 
 
@@ -80,3 +81,12 @@ def refuse_double_backward(backend: str) -> None:
             "gradient is computed analytically in the forward pass and is not differentiable. "
             "Use backend='reference' for higher-order derivatives."
         )
+
+
+def plain_eager(*tensors: torch.Tensor) -> bool:
+    """Whether a call may skip registered ops and run kernels directly (:class:`_ActivatedCorrelationEager`,
+    the reduction's kernel): eager mode, plain tensors and no dispatch mode (anything else may trace,
+    and needs a registered op's fake implementation or plain torch ops)."""
+    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+        return False
+    return all(type(t) is torch.Tensor or type(t) is torch.nn.Parameter for t in tensors)

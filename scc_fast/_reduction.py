@@ -19,7 +19,7 @@ import importlib.util
 
 import torch
 
-from .backends.activation import plain_eager
+from ._numerics import plain_eager
 
 __all__ = ["loss_and_derivative", "pair_loss"]
 

@@ -19,7 +19,7 @@ def _backends(args: argparse.Namespace) -> int:
     from . import available_backends
 
     if args.explain:
-        from .backends.dispatch import explain_shape
+        from .backends import explain_shape
 
         _check_explain(args, available_backends())
 

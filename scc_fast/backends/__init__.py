@@ -1,6 +1,6 @@
 """Backend registry and dispatch.
 
-Every backend computes the same thing, the per-pair correlation of SPEC section 1, through
+Every backend computes the same thing, the per-pair correlation of docs/loss.md section 1, through
 one function with this signature::
 
     correlation(probs, target, *, first_class, include_dc, magnitude_weight, phase_weight)
@@ -37,7 +37,7 @@ import torch
 from .. import _settings
 from . import dispatch
 
-__all__ = ["BACKENDS", "BackendStatus", "available_backends", "select_backend", "explain_backend"]
+__all__ = ["BACKENDS", "BackendStatus", "available_backends", "select_backend", "explain_backend", "explain_shape"]
 
 #: Backend name -> module implementing it. "reference" is the oracle, never chosen by "auto".
 BACKENDS: dict[str, str] = {
@@ -60,7 +60,8 @@ ENV_VAR = _settings.BACKEND_ENV
 
 
 class BackendStatus(NamedTuple):
-    """Whether a backend can run in this process, and if not, why."""
+    """Whether a backend can run in this process (``available``) and, if not, why (``reason``:
+    a sentence saying what is missing; ``"available"`` when it runs)."""
 
     available: bool
     reason: str
@@ -160,6 +161,47 @@ def select_backend(backend: str, probs: torch.Tensor, target: torch.Tensor) -> M
 
 
 def explain_backend(probs: torch.Tensor, target: torch.Tensor, backend: str = "auto") -> str:
-    """Say which backend ``backend`` resolves to for these tensors, and why."""
+    """Say which backend ``backend`` resolves to for these tensors, and why.
+
+    Args:
+        probs: the tensor the backend would get, B x C x spatial (logits or probabilities; only
+            its shape, dtype and device matter).
+        target: integer labels B x spatial or a float target B x C x spatial.
+        backend: a backend name or ``"auto"``. Defaults to ``"auto"``.
+
+    Returns:
+        Lines of text: ``"backend: NAME"``, then why (the dispatch table's row or the static
+        order, and the backends passed over).
+    """
     name, notes = _choose(backend, probs, target)
     return "\n".join([f"backend: {name}", *notes])
+
+
+def explain_shape(shape: tuple[int, ...], device: str = "cuda", backend: str = "auto", target: str = "labels") -> str:
+    """Explain the backend choice for an input of ``shape`` (B, C, spatial...) on ``device``.
+
+    When the device is usable here, allocates uninitialised tensors of that shape and returns
+    :func:`explain_backend`. Otherwise it says so and reports what the
+    dispatch table alone decides (availability of the backends is then not checked).
+    """
+    if len(shape) not in (4, 5):
+        raise ValueError(f"shape must be B,C,H,W or B,C,D,H,W (4 or 5 sizes), got {','.join(map(str, shape))}")
+    if target not in ("labels", "float"):
+        raise ValueError(f"target must be 'labels' or 'float', got {target!r}")
+    dev = torch.device(device)
+    usable = dev.type == "cpu" or (dev.type == "cuda" and torch.cuda.is_available())
+    if not usable:
+        order, note = _ranked_candidates(dev, tuple(shape[2:]), card="")  # no card to prefer
+        return "\n".join(
+            [
+                f"device {device} is not available in this process: backend availability not checked",
+                note,
+                f"auto would try, in order: {list(order)}",
+            ]
+        )
+    probs = torch.empty(shape, device=dev)
+    if target == "labels":
+        tgt = torch.zeros((shape[0], *shape[2:]), dtype=torch.long, device=dev)
+    else:
+        tgt = torch.empty(shape, device=dev)
+    return explain_backend(probs, tgt, backend)

@@ -39,13 +39,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from types import ModuleType
 from typing import Optional
 
 import torch
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .. import _settings
-from .._numerics import accumulation_dtype, refuse_double_backward
+from .._numerics import accumulation_dtype, plain_eager, refuse_double_backward
 
 # Triton is optional (without it the backward pass is written with torch ops), and imported only
 # when the kernel runs: the kernel lives in _activation_kernel, so `import scc_fast` stays light.
@@ -53,8 +53,11 @@ _HAVE_TRITON = importlib.util.find_spec("triton") is not None
 
 __all__ = [
     "ACTIVATIONS", "activated_correlation", "activated_loss", "activation_code", "activation_name", "fused_entry",
-    "plain_eager", "probabilities",
+    "probabilities",
 ]
+
+#: Backend name -> module, filled by :func:`fused_entry` as each fused backend is imported.
+_ENTRIES: dict[str, ModuleType] = {}
 
 #: Activation codes of the registered ops (the native operator uses the same numbers).
 ACTIVATIONS: dict[str | None, int] = {None: 0, "softmax": 1, "sigmoid": 2}
@@ -117,9 +120,7 @@ def _kernel_backward(x: torch.Tensor, backend: str) -> bool:
 
 
 def _field(backend: str, p, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad):
-    from . import load  # the registry imports this module's users lazily; avoid an import cycle
-
-    return load(backend).correlation_field(
+    return _ENTRIES[backend].correlation_field(
         p, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad
     )
 
@@ -158,9 +159,7 @@ def _activated_correlation_op(
 
 def _forward(x, target, backend, activation, first_channel, first_class, ignore_index, include_dc,
              magnitude_weight, phase_weight, need_grad, derive_first=False, validate=False, field_weights=None):
-    from . import load
-
-    module = load(backend)
+    module = _ENTRIES[backend]
     in_kernel = getattr(module, "activation_in_kernel", None)
     if activation and in_kernel is not None and in_kernel():
         # The backend computes p inside its kernels from per-voxel statistics: no probabilities made.
@@ -352,15 +351,6 @@ class _ActivatedLossEager(torch.autograd.Function):
         return _backward_with(ctx, ctx.saved_tensors[4], _activation_backward, scale=grad_loss) + (None, None)
 
 
-def plain_eager(*tensors: torch.Tensor) -> bool:
-    """Whether a call may skip registered ops and run kernels directly (:class:`_ActivatedCorrelationEager`,
-    the reduction's kernel): eager mode, plain tensors and no dispatch mode (anything else may trace,
-    and needs a registered op's fake implementation or plain torch ops)."""
-    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
-        return False
-    return all(type(t) is torch.Tensor or type(t) is torch.nn.Parameter for t in tensors)
-
-
 def activated_correlation(
     backend: str,
     x: torch.Tensor,
@@ -407,15 +397,13 @@ def activated_correlation(
         # Written with torch ops, the fused backward recomputes the softmax and holds as many
         # full-size temporaries as autograd's own softmax backward (measured on CPU: slower, no
         # lower peak), so without the kernel the activation is applied outside, as usual.
-        from . import load
-
         if derive_first or validate or field_weights is not None:
             raise ValueError(
                 f"backend {backend!r} cannot derive a class's field or make the checks without its backward kernel "
                 f"(derive_first={derive_first}, validate={validate}, field_weights given: {field_weights is not None})"
             )
         p, backend_target = probabilities(x, target, activation, first_channel, ignore_index)
-        return load(backend).correlation(
+        return _ENTRIES[backend].correlation(
             p, backend_target, first_class=first_class, include_dc=include_dc,
             magnitude_weight=magnitude_weight, phase_weight=phase_weight,
         )
@@ -476,10 +464,13 @@ def activated_loss(
     return _ActivatedLossEager.apply(*inputs, class_weights, reduction)
 
 
-def fused_entry(backend: str):
-    """The ``activated_correlation`` of ``backend`` (a module with ``correlation_field``):
-    :func:`activated_correlation` with the backend's name bound; its attribute ``loss`` is
-    :func:`activated_loss` with the name bound."""
+def fused_entry(backend: str, module: ModuleType):
+    """Register ``module`` (with ``correlation_field``) as backend ``backend``'s and return its
+    ``activated_correlation``: :func:`activated_correlation` with the name bound; its attribute
+    ``loss`` is :func:`activated_loss` with the name bound. The op names its backend by string
+    (custom ops take no modules) and finds the module here, so this module never imports the
+    registry or a backend."""
+    _ENTRIES[backend] = module
 
     def activated(x: torch.Tensor, target: torch.Tensor, **options) -> tuple[torch.Tensor, torch.Tensor]:
         return activated_correlation(backend, x, target, **options)

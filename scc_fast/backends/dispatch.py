@@ -167,7 +167,7 @@ def lookup(
     """
     # Cached per (table, device, shape), and the packaged table is read at import: a lookup is
     # then plain dict work, which torch.compile traces without a graph break.
-    key = os.environ.get(TABLE_ENV_VAR, "").strip() if path is None else str(path)
+    key = _settings.env_dispatch_table() if path is None else str(path)
     memo = (key, device.type, device.index, tuple(spatial), card)
     hit = _decisions.get(memo)
     if hit is not None:
@@ -229,39 +229,5 @@ def ranges_for(cases: list[dict[str, Any]]) -> list[tuple[int, int | None]]:
     return out
 
 
-def explain_shape(shape: tuple[int, ...], device: str = "cuda", backend: str = "auto", target: str = "labels") -> str:
-    """Explain the backend choice for an input of ``shape`` (B, C, spatial...) on ``device``.
-
-    When the device is usable here, allocates uninitialised tensors of that shape and returns
-    :func:`scc_fast.backends.explain_backend`. Otherwise it says so and reports what the
-    dispatch table alone decides (availability of the backends is then not checked).
-    """
-    from . import explain_backend
-
-    if len(shape) not in (4, 5):
-        raise ValueError(f"shape must be B,C,H,W or B,C,D,H,W (4 or 5 sizes), got {','.join(map(str, shape))}")
-    if target not in ("labels", "float"):
-        raise ValueError(f"target must be 'labels' or 'float', got {target!r}")
-    dev = torch.device(device)
-    usable = dev.type == "cpu" or (dev.type == "cuda" and torch.cuda.is_available())
-    if not usable:
-        from . import _ranked_candidates
-
-        order, note = _ranked_candidates(dev, tuple(shape[2:]), card="")  # no card to prefer
-        return "\n".join(
-            [
-                f"device {device} is not available in this process: backend availability not checked",
-                note,
-                f"auto would try, in order: {list(order)}",
-            ]
-        )
-    probs = torch.empty(shape, device=dev)
-    if target == "labels":
-        tgt = torch.zeros((shape[0], *shape[2:]), dtype=torch.long, device=dev)
-    else:
-        tgt = torch.empty(shape, device=dev)
-    return explain_backend(probs, tgt, backend)
-
-
 # Read the table in use now, outside any torch.compile trace (file reads cannot be traced).
-_entry(os.environ.get(TABLE_ENV_VAR, "").strip())
+_entry(_settings.env_dispatch_table())

@@ -1,6 +1,6 @@
 """Backend "torch": the fast pure-torch fallback, on any device.
 
-SPEC section 2: a real-to-complex ``rfftn`` per map, the half spectrum weighted back to the
+docs/loss.md section 5: a real-to-complex ``rfftn`` per map, the half spectrum weighted back to the
 full one, the quadratic sums taken in the spatial domain by Parseval, and an analytic gradient
 computed in the forward call. Only that gradient (B x C' x spatial) is kept for backward, whose
 work is one multiplication by the upstream gradient. Classes are processed one at a time, so
@@ -11,6 +11,8 @@ into a B x C' x spatial one-hot tensor.
 """
 
 from __future__ import annotations
+
+import sys
 
 import torch
 
@@ -56,9 +58,9 @@ def half_spectrum_weights(shape: tuple[int, ...], include_dc: bool, device, dtyp
 
 
 class PairStatistics:
-    """The per-pair sums of SPEC section 2, batched over images (1-D tensors of length B).
+    """The per-pair sums of docs/loss.md sections 4 and 5, batched over images (1-D tensors of length B).
 
-    Attributes mirror the SPEC: ``energy_a/b`` = sum_K A^2, B^2 (Parseval, centered when DC is
+    Attributes mirror docs/loss.md section 4: ``energy_a/b`` = sum_K A^2, B^2 (Parseval, centered when DC is
     out); ``cross`` = sum_K Re(P conj Y); ``t_a``, ``t_b``, ``t_ab`` = sum_K A, B, A B (the three
     sums that need the transform); ``total_a/b`` = energy over all frequencies; ``n`` = |K|.
     """
@@ -71,7 +73,7 @@ class PairStatistics:
 
 
 def pair_coefficients(s: PairStatistics, magnitude_weight: float, phase_weight: float):
-    """SCC per pair and the coefficients of its gradient (SPEC section 2).
+    """SCC per pair and the coefficients of its gradient (docs/loss.md section 4).
 
     With ``U_k = P_k / |P_k|`` the gradient of SCC with respect to p is
     ``Re(DFT^H[(c_a + c_ab B_k) U_k]) + c_aa * d(sum_K A^2)/dp + c_re * d(sum_K Re P conj Y)/dp``.
@@ -266,7 +268,7 @@ def correlation_field(probs, target, first_class, include_dc, magnitude_weight, 
 
 
 # The activation fused around correlation_field (scc_fast.backends.activation).
-activated_correlation = fused_entry("torch")
+activated_correlation = fused_entry("torch", sys.modules[__name__])
 
 
 def complex_correlation(

@@ -6,7 +6,7 @@ For any 2D or 3D shape cuFFT handles (B x C' x H x W or B x C' x D x H x W), per
    chunk (it is the input of the transform; with a float target nothing is written) and reduces
    the spatial moments of every pair: mean p, sum (p - mean p)^2, mean y, sum (y - mean y)^2,
    sum (p - mean p)(y - mean y) and, for labels, the exact integer class count. The moments are
-   combined tile by tile (Chan et al.), so the Parseval terms of SPEC section 2 never cancel.
+   combined tile by tile (Chan et al.), so the Parseval terms of docs/loss.md section 5 never cancel.
    With the activation fused (softmax / sigmoid of the logits, :func:`activated_field`) the
    stage is ``_activated_moments_kernel`` instead: it reads every channel's logits and the
    labels once per tile of voxels, writes p and y of the chunk, and reduces the moments of
@@ -64,6 +64,8 @@ triton is imported) for tests.
 """
 
 from __future__ import annotations
+
+import sys
 
 import functools
 import math
@@ -498,7 +500,7 @@ if triton is not None:
         SB: tl.constexpr,
     ):
         """Program: BP pairs of the chunk. Merges the per-split moments (Chan et al.) and T parts,
-        then SPEC section 2's Parseval sums and pair scalars (:mod:`._triton_scalars`, as
+        then docs/loss.md section 5's Parseval sums and pair scalars (:mod:`._triton_scalars`, as
         ``torch_fft.pair_coefficients``): SCC and valid into the B x C outputs at channel c0 + j,
         and with NEED_GRAD the 5 x n_pairs coefficients of the field kernel: c_a, c_ab, flat p (0/1),
         2 c_aa and c_re. One launch for what took ~100 small torch ops.
@@ -550,7 +552,7 @@ if triton is not None:
         count = tl.sum(count2, axis=1)
         s_y = mean_y * nv
         if LABELS:
-            # The exact integer class count: the degenerate test must not round (SPEC section 1).
+            # The exact integer class count: the degenerate test must not round (docs/loss.md section 2).
             s_y = count.to(dt)
         mean_p, mean_y, var_p, total_a, energy_a, total_b, energy_b, cross, valid = energies(
             mean_p * nv, s_y, m2_p, c_py, c_py + nv * mean_p * mean_y, m2_y, nv, LABELS, INCLUDE_DC)
@@ -572,7 +574,7 @@ if triton is not None:
             c_a, c_ab, c_aa, c_re, flat_p = grad_coefficients(
                 rho_mag, rho_phase, den, zero_mag, zero_phase, var_a, t_a, t_b, t_ab, n_k, var_p, total_a, nv,
                 magnitude_weight, phase_weight, EPS)
-            # A degenerate pair's field is 0 (SPEC: 0 gradient), so an upstream gradient that is
+            # A degenerate pair's field is 0 (docs/loss.md section 2: 0 gradient), so an upstream gradient that is
             # not 0 there (the reduction's uniform one, with a derived class 0) adds nothing. The
             # coefficients of an exactly degenerate pair are 0 already; this also holds where
             # rounding leaves noise in a spectrum that is 0 in exact arithmetic.
@@ -587,7 +589,7 @@ if triton is not None:
         """The spectrum of dSCC/dp at bins of P and Y (``xp``, ``xy``: the bins' shape, then
         re / im): ``(c_a + c_ab |Y|) P / |P| + c_p P + c_y Y`` (``c_p`` = 2 c_aa, ``c_y`` = c_re),
         the first term 0 where |P| = 0 and, off DC, where p is flat (``flat`` 1: there |P_k| is
-        0 up to rounding and P_k / |P_k| := 0, as SPEC says); the whole DC bin (``dc``) 0 when DC
+        0 up to rounding and P_k / |P_k| := 0, as docs/loss.md section 2 says); the whole DC bin (``dc``) 0 when DC
         is out of K. The coefficients, ``flat`` and ``dc`` are tensors that broadcast against the
         bins' shape (not scalars: they get a re / im axis)."""
         a = tl.sqrt(tl.sum(xp * xp, axis=-1))
@@ -612,11 +614,11 @@ if triton is not None:
 
         so that its unscaled inverse transform (DFT^H, ``irfftn`` with ``norm="forward"``) is the
         gradient. The first term is 0 where |P| = 0 and outside DC for a pair whose p is constant
-        (``flat``: there |P_k| is 0 up to rounding and P_k / |P_k| := 0, as SPEC says). The others
+        (``flat``: there |P_k| is 0 up to rounding and P_k / |P_k| := 0, as docs/loss.md section 2 says). The others
         are the spatial terms ``2N c_aa p + N c_re y`` moved into the spectrum (the transform is
         linear and p = DFT^H P / N): no pass over p and y after the transforms, and p is freed
         once transformed. With DC out of K the whole DC bin is 0,
-        which is the spatial terms' ``- mean`` (SPEC section 2). ``coef`` holds the pair kernel's
+        which is the spatial terms' ``- mean`` (docs/loss.md section 5). ``coef`` holds the pair kernel's
         rows c_a, c_ab, flat, 2 c_aa, c_re (n_pairs each).
         """
         tile = tl.program_id(0)
@@ -1244,4 +1246,4 @@ def activated_field(x, target, activation, first_channel, first_class, ignore_in
 
 
 # The activation fused around correlation_field or activated_field (scc_fast.backends.activation).
-activated_correlation = fused_entry("triton_fft")
+activated_correlation = fused_entry("triton_fft", sys.modules[__name__])

@@ -3,7 +3,7 @@
 2D input can also take the 3D passes (the split mode, at the end).
 
 2D input (B x C' x H x W). One program handles one (image, class) pair at a time (a persistent
-grid loops over pairs) and does all of SPEC section 2 for it:
+grid loops over pairs) and does all of docs/loss.md sections 4 and 5 for it:
 
 0. spatial sums of p and y (two passes, so the centered sums have no cancellation);
 1. row DFTs along W, real-to-complex onto the ``W // 2 + 1`` half spectrum, as ``tl.dot``
@@ -108,6 +108,8 @@ gradient saved by the forward by the per-pair upstream gradient.
 
 from __future__ import annotations
 
+import sys
+
 import os
 from typing import NamedTuple
 
@@ -160,7 +162,7 @@ if triton is not None:
     def _dot(a, b, PRECISION: tl.constexpr):
         """tl.dot; for TF32, both operands rounded to nearest TF32 first. The tensor cores would
         otherwise truncate the 13 low mantissa bits: a biased error, measured (emulated in the
-        interpreter, 512 x 512) at 7e-3 of the loss, over the 5e-3 of SPEC section 4, against
+        interpreter, 512 x 512) at 7e-3 of the loss, over the 5e-3 of docs/loss.md section 6, against
         3e-4 with rounding."""
         if PRECISION == "tf32":
             ua = (a.to(tl.uint32, bitcast=True) + 4096) >> 13
@@ -699,7 +701,7 @@ if triton is not None:
             else:
                 t_base = target_ptr + tl.cast(pair, tl.int64) * hw
 
-            # ---- phase 0: spatial sums and the Parseval sums of SPEC section 2 ----
+            # ---- phase 0: spatial sums and the Parseval sums of docs/loss.md section 5 ----
             s_p, s_y, m2_p, pyc, py, m2_y = _spatial_sums(p_base, t_base, a_base, A_OFF, H, W, cls, LABELS, ACT, BM, BN)
             mean_p, mean_y, var_p, total_a, energy_a, total_b, energy_b, cross, valid = _energies(
                 s_p, s_y, m2_p, pyc, py, m2_y, n_vox, LABELS, INCLUDE_DC)
@@ -1309,7 +1311,7 @@ def _next_pow2(n: int) -> int:
 #: 0-24 B; tf32x3 32/32/16/8/1: 0-104 B (64/64/32/8/3, the first guess, spilled 424 B).
 #: These are the sliced passes' (3D, and the 2D split mode). tf32 timed on an H200
 #: (bench/gpu_tune.py): 32/32/32/4/2 with 3 programs per SM was the fastest split-mode row at both
-#: SPEC 2D cases in GPU run 3 (2.67 / 3.34 ms against 3.30 / 3.85 at the earlier 64/32/32/8/2,
+#: 2D benchmark cases in GPU run 3 (2.67 / 3.34 ms against 3.30 / 3.85 at the earlier 64/32/32/8/2,
 #: 1 per SM), and in GPU run 4 took btcv-3d from 10.4 to 5.1 ms (brats-3d 5.9 -> 5.5); with 2 per
 #: SM 4.2 and 5.5 ms.
 GPU_BLOCKS = {
@@ -1794,4 +1796,4 @@ def activated_field(x, target, activation, first_channel, first_class, ignore_in
 
 
 # The activation fused around correlation_field or activated_field (scc_fast.backends.activation).
-activated_correlation = fused_entry("triton")
+activated_correlation = fused_entry("triton", sys.modules[__name__])
