@@ -1,4 +1,4 @@
-"""Backend triton_fft's forward peak memory at the SPEC cases, predicted on a CPU: every tensor its
+"""Backend triton_fft's forward peak memory at the benchmark cases, predicted on a CPU: every tensor its
 forward allocates, with its Triton kernels stubbed out (no computation; the tensors are made and
 freed as on a GPU), counted by :class:`scc_fast.benchmark.live_bytes.LiveBytes`.
 
@@ -8,7 +8,7 @@ its Y derived too (validate=True). At GPU run 5's code the first column reproduc
 peaks above the inputs (brats-3d 194, btcv-3d 288, synapse-2d 125, polyp-2d 96 MiB): the forward is
 the step's peak, and cuFFT's workspace did not show. Softmax, int64 labels, float32 logits.
 
-    python bench/fft_forward_peak.py                      # the four SPEC cases, about 2 GB of RAM
+    python bench/fft_forward_peak.py                      # the four benchmark cases, about 2 GB of RAM
     python bench/fft_forward_peak.py --shape 2x3x16x16x16
 """
 
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from host_overhead import parse_shape, stub_kernels  # noqa: E402
 from scc_fast.backends import triton_fft  # noqa: E402
-from scc_fast.benchmark.cases import SPEC_CASES  # noqa: E402
+from scc_fast.benchmark.cases import BENCHMARK_CASES  # noqa: E402
 from scc_fast.benchmark.live_bytes import LiveBytes  # noqa: E402
 
 SETTINGS = {
@@ -51,14 +51,14 @@ def forward_peak_mib(shape: tuple[int, ...], **settings) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shape", type=parse_shape, action="append", help="BxCxHxW or BxCxDxHxW (repeatable); "
-                    "default: the SPEC cases")
+                    "default: the benchmark cases")
     args = ap.parse_args(argv)
     stub_kernels("triton_fft")
     triton_fft.raise_flagged = lambda *a, **k: None  # the stubbed stage 1 writes no flags
     if args.shape:
         shapes = {f"shape {i + 1}": shape for i, shape in enumerate(args.shape)}
     else:
-        shapes = {name: shape for name, (shape, _) in SPEC_CASES.items()}
+        shapes = {name: shape for name, (shape, _) in BENCHMARK_CASES.items()}
     print("| case | " + " | ".join(f"{name}, MiB" for name in SETTINGS) + " |")
     print("|---|" + "---|" * len(SETTINGS))
     for name, shape in shapes.items():

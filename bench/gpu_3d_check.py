@@ -1,6 +1,6 @@
-"""One-shot GPU check of the accelerated backends at the SPEC cases, 3D first (run once on the H100/H200).
+"""One-shot GPU check of the accelerated backends at the benchmark cases, 3D first (run once on the H100/H200).
 
-Cases (SPEC section 5; logits in, integer labels, softmax, forward + backward of ``scc_loss``):
+Cases (docs/loss.md section 8; logits in, integer labels, softmax, forward + backward of ``scc_loss``):
 brats-3d 2x4x128^3, btcv-3d 2x14x96^3, synapse-2d 24x9x224^2, polyp-2d 16x2x512^2.
 
 For each case and each accelerated backend that runs it (``torch``, ``triton_fft``, and
@@ -19,7 +19,7 @@ and class 0's target spectrum is derived too; every other row passes ``validate=
 ``triton_fft`` with smaller chunks of classes only with ``--chunked``, measured in GPU run 2):
 
 1. correctness: loss and dL/dlogits against backend "reference" run in float64 on the same
-   device, as ||out - ref|| / ||ref|| (SPEC section 4: 1e-5 for float32 paths, 5e-3 for the
+   device, as ||out - ref|| / ||ref|| (docs/loss.md section 6: 1e-5 for float32 paths, 5e-3 for the
    in-kernel DFT with its default TF32 dots);
 2. median forward + backward time (CUDA events, after warm-up) and peak memory above the inputs
    (``max_memory_allocated`` after ``reset_peak_memory_stats``, the gradient included) against the
@@ -98,7 +98,7 @@ ACCELERATED = ("torch", "triton_fft", "triton")
 # triton_fft with smaller chunks of classes (the setting fft_chunk_elements = 2^k): less memory, more launches.
 # Measured to choose the default; not dispatch candidates of their own.
 CHUNKED = ("triton_fft:chunk=2^23", "triton_fft:chunk=2^22")
-# The in-kernel DFT with IEEE dots (SPEC section 4: 1e-5), on the 3D cases only (the 2D check,
+# The in-kernel DFT with IEEE dots (docs/loss.md section 6: 1e-5), on the 3D cases only (the 2D check,
 # bench/gpu_triton_check.py, has its own precision rows). Not a dispatch candidate.
 TRITON_IEEE = ("triton:ieee",)
 # Recompute the gradient field in backward instead of keeping it (issue 4: keep or recompute,

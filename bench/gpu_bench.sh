@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The full GPU benchmark suite in one go: SPEC cases at full size (every available backend, the
+# The full GPU benchmark suite in one go: benchmark cases at full size (every available backend, the
 # reference eager and under torch.compile), the memory timeline, then the scaling study.
 #
 #   bash bench/gpu_bench.sh OUTDIR [TOTAL_SECONDS]        (from the repository root)

@@ -2,7 +2,7 @@
 
 GPU run 2 (bench/RESULTS.md) missed issue 3's and issue 4's targets with every backend at 2-6 ms per
 step and 1-2% of the HBM roofline, and put that down to fixed per-step costs. This script measures
-it, per SPEC case and backend (logits, integer labels, softmax, ``scc_loss``, forward + backward):
+it, per benchmark case and backend (logits, integer labels, softmax, ``scc_loss``, forward + backward):
 
 - ``step_ms``: wall time of a step, synchronised before and after (what a training loop pays);
 - ``host_ms``: wall time of issuing the step without waiting for the device (the host's own cost:

@@ -2,7 +2,7 @@
 
 ``_activated_moments_kernel`` (softmax / sigmoid, one-hot target, spatial moments; writes p and y)
 took 216 us at brats-3d and 344 us at btcv-3d in GPU run 5, 3-4x its memory traffic, and the
-triton_fft step is host-bound at most SPEC cases, so a step's time hides it: this script reads the
+triton_fft step is host-bound at most benchmark cases, so a step's time hides it: this script reads the
 kernel's own device time from torch.profiler. Per case (logits + int64 labels + softmax, float32,
 ``scc_loss(..., backend="triton_fft", validate=False)``) and per (values per tile, warps, threads down
 the channels first) of the settings ``fft_stage1_values`` / ``fft_stage1_warps`` / ``fft_stage1_channel_threads``

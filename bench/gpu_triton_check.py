@@ -1,11 +1,11 @@
-"""One-shot GPU check of backend "triton" at the SPEC 2D cases (run once on the H100/H200).
+"""One-shot GPU check of backend "triton" at the 2D benchmark cases (run once on the H100/H200).
 
 For each case (logits in, integer labels, softmax, forward + backward of ``scc_loss``):
 
 1. correctness: loss and dL/dlogits of backend "triton" (TF32 default, 3xTF32, IEEE dots; and
    the 2D split mode, the setting ``triton_2d="split"``, at the first of them) against backend
    "reference" run in float64 on the same GPU, as ||out - ref|| / ||ref||
-   (SPEC section 4: TF32 <= 5e-3, IEEE / 3xTF32 <= 1e-5);
+   (docs/loss.md section 6: TF32 <= 5e-3, IEEE / 3xTF32 <= 1e-5);
 2. median forward + backward time and peak memory above the inputs for triton (fused and split;
    softmax in its kernels, or "p-first": the probabilities computed before them),
    torch, reference eager and reference under ``torch.compile``, with ratios against the

@@ -5,7 +5,7 @@ timed the 2D fused kernel and split mode under eight configurations, GPU run 4 t
 (``bench/RESULTS.md``); the defaults are now 32/32/32, 4 warps, 2 stages, 2 programs per SM for
 the sliced passes (3D and the 2D split, ``triton_scc.GPU_BLOCKS``) and 64/32/32, 8 warps, 2
 stages, 1 program per SM for the fused 2D kernel (``GPU_BLOCKS_FUSED``: less scratch). This
-script times, per SPEC case, the 3D path (mode ``3d``: brats-3d, btcv-3d) and the 2D fused kernel
+script times, per benchmark case, the 3D path (mode ``3d``: brats-3d, btcv-3d) and the 2D fused kernel
 and split mode (the setting ``triton_2d``) under their defaults and a few others; TF32 dots,
 logits + int64 labels + softmax, ``scc_loss(..., validate=False)``; the first configuration of
 each mode is the default. Each row: median forward + backward ms (CUDA events, after a warm-up

@@ -17,7 +17,7 @@ subprocess per backend (median of 3 processes) (Linux: VmHWM after resetting it 
 
 ``validate=True`` (the default of ``scc_loss``, and of this script) adds the same input checks to
 every backend (a pass over the logits and one over the labels, about 0.4 ms at 2 x 4 x 64^3);
-``--no-validate`` times the backends alone, as the benchmark suite (SPEC section 5) does.
+``--no-validate`` times the backends alone, as the benchmark suite (docs/loss.md section 8) does.
 
 On a machine shared with other jobs, OpenMP threads spin against each other and 2-thread
 timings can be inflated many times; ``--threads 1`` is steadier there.

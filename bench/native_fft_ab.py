@@ -5,7 +5,7 @@ steps through the setting ``native_fft`` (scc_fast._settings, read at every call
 An engine's time is the median over rounds of its block medians; the ratio against the first
 engine is the median of per-round ratios (both engines then met the same machine state).
 
-    python bench/native_fft_ab.py                                  # the SPEC's CPU cases, radix vs MKL
+    python bench/native_fft_ab.py                                  # the CPU benchmark cases, radix vs MKL
     python bench/native_fft_ab.py --shapes 1x4x96x96x96 --engines auto mkl aten --rounds 9
 
 Engines: ``auto`` (the default: the operator's own radix transform where

@@ -1,4 +1,4 @@
-"""One benchmark group per SPEC case; rows: every available backend and the reference."""
+"""One benchmark group per benchmark case; rows: every available backend and the reference."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from scc_fast.benchmark.measure import build_loss_fn, make_inputs, peak_memory
 
 DEVICE = os.environ.get("SCC_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
 
-# Small CPU versions of the SPEC cases (about 30-100 ms per call for the reference on 2 cores).
+# Small CPU versions of the benchmark cases (about 30-100 ms per call for the reference on 2 cores).
 _CPU_SMALL = {
     "synapse-2d": (2, 9, 224, 224),
     "polyp-2d": (1, 2, 256, 256),

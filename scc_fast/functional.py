@@ -141,46 +141,55 @@ def scc_loss(
 ) -> torch.Tensor:
     """Spectral Correlation Coefficient loss, ``1 - SCC`` per (image, class) pair, reduced.
 
-    ``SCC = magnitude_weight * rho_mag + phase_weight * rho_phase``, where ``rho_mag`` is the
-    Pearson correlation of the spectral magnitudes ``|DFT(p)|`` and ``|DFT(y)|`` over the
-    frequency set K and ``rho_phase = sum_K Re(P conj Y) / sum_K |P||Y|`` (SPEC section 1; this
-    is the project's reconstruction, as the paper publishes no equation).
+    ``SCC = magnitude_weight * rho_mag + phase_weight * rho_phase``: ``rho_mag`` is the Pearson
+    correlation of the magnitude spectra ``|DFT(p)|`` and ``|DFT(y)|`` over the frequency set K,
+    ``rho_phase = sum_K Re(P conj Y) / sum_K |P||Y|`` the magnitude-weighted cosine of their phase
+    difference. The exact definition, its degenerate cases and its gradient are in docs/loss.md
+    (the paper publishes no equation; this is the project's reconstruction).
 
     Args:
-        input: B x C x H x W or B x C x D x H x W. Logits when ``softmax`` or ``sigmoid`` is
-            set, else probabilities. float16/bfloat16 are computed in float32.
-        target: integer labels B x spatial or B x 1 x spatial (one channel per label; with
-            C = 1, labels 0/1 are the binary mask of that channel), or a float one-hot/soft
-            target B x C x spatial.
-        softmax: apply softmax over C to ``input``.
-        sigmoid: apply a sigmoid to ``input``.
-        include_background: keep channel 0 (ignored when C = 1).
-        include_dc: keep the DC frequency in K (default: leave it out; SPEC section 1 says why).
-        magnitude_weight, phase_weight: weights of the two correlations (>= 0, not both 0).
-        weight: class weights, one per class in the loss (C, or C - 1 without background).
-        ignore_index: a label whose voxels are set to 0 in both prediction and target.
-        reduction: ``"mean"`` over non-degenerate pairs (class-weighted), ``"sum"`` or
-            ``"none"`` (B x C, or B x (C - 1) without background; degenerate pairs are 0).
-        validate: check label range and NaN/Inf (costs a device sync; backends ``native`` and
-            ``triton_fft`` make the checks inside their operator, native for softmax over every
-            channel with integer labels and no ``ignore_index``, triton_fft for softmax or sigmoid
-            with integer labels, the error raised after its forward). With
-            ``validate=False``, and while ``torch.compile`` traces the call (a data-dependent
-            check would break the graph) or a CUDA graph captures it (a check waits for the
-            device), a NaN/Inf in ``input`` propagates to a NaN loss and
-            gradient as in torch's own losses, and labels outside the classes count as 0 in
-            every channel.
-        backend: ``"auto"``, ``"torch"``, ``"triton"``, ``"triton_fft"``, ``"native"`` or
-            ``"reference"``; the environment variable ``SCC_FAST_BACKEND`` overrides ``"auto"``.
-            ``native`` and the Triton backends (and ``torch`` on CUDA) apply the softmax or
-            sigmoid, the background drop and ``ignore_index`` inside their op, so no probability
-            tensor is kept for backward.
+        input: the prediction, B x C x H x W or B x C x D x H x W: logits when ``softmax`` or
+            ``sigmoid`` is set, else probabilities. float16 and bfloat16 are computed in float32.
+        target: integer labels B x H x W(xD) or B x 1 x spatial (label c is channel c; with C = 1
+            the labels 0/1 are the mask of that channel), or a float one-hot or soft target of
+            the input's shape.
+        softmax: apply a softmax over the C channels to ``input``. Defaults to False.
+        sigmoid: apply a sigmoid to each channel of ``input``. Defaults to False.
+        include_background: keep channel 0 in the loss (the softmax always uses it; ignored when
+            C = 1). Defaults to True.
+        include_dc: keep the zero frequency in K (docs/loss.md section 1 says why it is left out
+            by default). Defaults to False.
+        magnitude_weight: weight of ``rho_mag``, finite and >= 0. Defaults to 0.5.
+        phase_weight: weight of ``rho_phase``, finite and >= 0, not 0 with ``magnitude_weight``.
+            Defaults to 0.5.
+        weight: class weights, one per class in the loss (C, or C - 1 without background),
+            finite and >= 0. Defaults to None (every class 1).
+        ignore_index: a label (integer targets only) whose voxels are set to 0 in prediction and
+            target and get no gradient. Defaults to None.
+        reduction: ``"mean"`` (class-weighted, over the non-degenerate pairs), ``"sum"`` or
+            ``"none"``. Defaults to ``"mean"``.
+        validate: check the labels' range and the input and target for NaN/Inf, at the cost of a
+            device synchronisation. Skipped while ``torch.compile`` traces the call or a CUDA
+            graph captures it; unchecked, a NaN/Inf gives a NaN loss and out-of-range labels count
+            as 0 in every channel. Defaults to True.
+        backend: ``"auto"``, ``"reference"``, ``"torch"``, ``"native"``, ``"triton"`` or
+            ``"triton_fft"`` (docs/backends.md); the environment variable ``SCC_FAST_BACKEND``
+            overrides ``"auto"``. Defaults to ``"auto"``.
 
     Returns:
-        A scalar (``"mean"``, ``"sum"``) or B x C' tensor (``"none"``), float32 (float64 for
-        float64 input). A pair whose target has no energy over K (class absent, or covering the
-        image when DC is out) contributes 0 loss and 0 gradient and is left out of the mean; if
-        every pair is degenerate the loss is 0.
+        A scalar for ``"mean"`` and ``"sum"``, else B x C' (C' = C, or C - 1 without background);
+        float32, float64 for float64 input. A pair whose target has no energy over K (the class
+        absent, or covering the image when DC is out) has loss 0 and gradient 0 and is left out
+        of the mean; if every pair is, the loss is 0.
+
+    Raises:
+        TypeError: ``input`` or ``target`` of the wrong type or dtype.
+        ValueError: bad shapes, option values, labels out of range or NaN/Inf (``validate``).
+        RuntimeError: a named backend that cannot run this input, with the reason.
+
+    Example::
+
+        loss = scc_loss(logits, labels, softmax=True)     # B x C x H x W logits, B x H x W labels
     """
     _check_input(input, "input")
     if softmax and sigmoid:
@@ -292,19 +301,22 @@ def spectral_correlation(
     """Per-pair spectral correlation of ``probs`` and ``target``: a metric, B x C.
 
     Args:
-        probs: B x C x spatial probabilities (or any real maps).
-        target: integer labels B x spatial / B x 1 x spatial, or a float target B x C x spatial.
-        kind: ``"scc"`` (weighted sum of the two below), ``"magnitude"`` (Pearson correlation
-            of spectral magnitudes), ``"phase"`` (magnitude-weighted cosine of the phase
+        probs: B x C x H x W or B x C x D x H x W probabilities (or any real maps).
+        target: integer labels B x spatial or B x 1 x spatial, or a float target of the shape of
+            ``probs``.
+        kind: ``"scc"`` (the weighted sum of the next two), ``"magnitude"`` (Pearson correlation
+            of the magnitude spectra), ``"phase"`` (magnitude-weighted cosine of the phase
             difference) or ``"complex"`` (Pearson correlation of the complex spectra, computed
-            without any transform).
-        include_dc: keep the DC frequency in K.
-        magnitude_weight, phase_weight: used by ``kind="scc"``.
-        backend: as in :func:`scc_loss`.
+            without a transform). Defaults to ``"scc"``.
+        include_dc: keep the zero frequency in K. Defaults to False.
+        magnitude_weight: weight of the magnitude term for ``kind="scc"``. Defaults to 0.5.
+        phase_weight: weight of the phase term for ``kind="scc"``. Defaults to 0.5.
+        backend: as in :func:`scc_loss`. Defaults to ``"auto"``.
 
     Returns:
         B x C correlations in [-1, 1], float32 (float64 for float64 input); 0 where a
-        denominator is 0 (a constant map, or a class absent from the target).
+        denominator is 0 (a constant map, or a class absent from the target), docs/loss.md
+        section 2.
     """
     _check_input(probs, "probs")
     _check_choice("kind", kind, _KINDS)

@@ -19,7 +19,9 @@ DEFAULT_LAMBDA_SPECTRAL = 0.5
 
 
 class SCCLoss(nn.Module):
-    """Module form of :func:`scc_fast.scc_loss`; takes the same keyword arguments.
+    """Module form of :func:`scc_fast.scc_loss`; takes its keyword arguments, with its defaults
+    (``softmax``, ``sigmoid``, ``include_background``, ``include_dc``, ``magnitude_weight``,
+    ``phase_weight``, ``weight``, ``ignore_index``, ``reduction``, ``validate``, ``backend``).
 
     Shapes:
         input: B x C x H x W or B x C x D x H x W.
@@ -56,9 +58,10 @@ class SpatialSpectralLoss(nn.Module):
     logits and integer labels B x 1 x spatial as MONAI does).
 
     Args:
-        spatial: a module ``(input, target) -> scalar``.
-        spectral: the spectral loss module; default ``SCCLoss(softmax=True)``.
-        lambda_spectral: weight of the spectral term (default ``DEFAULT_LAMBDA_SPECTRAL``).
+        spatial: a module or callable ``(input, target) -> scalar``.
+        spectral: the spectral loss module. Defaults to ``SCCLoss(softmax=True)``.
+        lambda_spectral: weight of the spectral term, >= 0. Defaults to ``DEFAULT_LAMBDA_SPECTRAL``
+            (0.5).
     """
 
     def __init__(
@@ -87,10 +90,15 @@ class DiceCESCCLoss(nn.Module):
 
     Args:
         include_background: keep channel 0 in the Dice and SCC terms (CE always uses it).
-        sigmoid: sigmoid + binary CE instead of softmax + CE.
-        lambda_dice, lambda_ce, lambda_spectral: weights of the three terms.
-        smooth_nr, smooth_dr: Dice smoothing.
-        ignore_index: label excluded from all three terms.
+            Defaults to True.
+        sigmoid: a sigmoid per channel and binary CE instead of softmax and CE. Defaults to False.
+        lambda_dice: weight of the Dice term, >= 0. Defaults to 1.0.
+        lambda_ce: weight of the cross-entropy term, >= 0. Defaults to 1.0.
+        lambda_spectral: weight of the spectral term, >= 0. Defaults to ``DEFAULT_LAMBDA_SPECTRAL``
+            (0.5).
+        smooth_nr: Dice numerator smoothing. Defaults to 1e-5.
+        smooth_dr: Dice denominator smoothing. Defaults to 1e-5.
+        ignore_index: a label left out of all three terms. Defaults to None.
         **scc_kwargs: passed to :func:`scc_fast.scc_loss` (``include_dc``, ``magnitude_weight``,
             ``phase_weight``, ``weight``, ``backend``, ``validate``).
 

@@ -1,4 +1,4 @@
-"""The reference: SPEC section 1 written directly with ``torch.fft.fftn`` and autograd.
+"""The reference: docs/loss.md section 1 written directly with ``torch.fft.fftn`` and autograd.
 
 This is the correctness oracle (run it in float64) and the "torch.fft baseline" every
 benchmark is measured against. It is deliberately plain: full complex spectra, means and

@@ -203,7 +203,7 @@ def test_case_scales_are_written_out():
     gpu = default_cases("cuda", quick=False)
     assert {c.shape for c in gpu.values()} == {
         (24, 9, 224, 224), (16, 2, 512, 512), (2, 4, 128, 128, 128), (2, 14, 96, 96, 96)}
-    assert all(c.scale == 1 and c.scale_text == "full SPEC size" for c in gpu.values())
+    assert all(c.scale == 1 and c.scale_text == "full size" for c in gpu.values())
     assert parse_case("polyp-2d", {}) == Case("polyp-2d", (16, 2, 512, 512), "polyp-2d")
     assert parse_case("a=2x3x5x7", {}).shape == (2, 3, 5, 7)
     assert parse_case("2x3x4x5x6", {}).name == "2x3x4x5x6"
@@ -262,7 +262,7 @@ def test_gpu_bandwidth_roofline_and_ratios_from_synthetic_rows(tmp_path):
     assert "% of copy BW" in md and "Fake H100" in md and "3000 GB/s" in md
     assert f"{100 * d['roofline']['fwdbwd']:.1f}%" in md
     assert "native on synapse-2d: unsupported: RuntimeError: backend 'native'" in md
-    assert "24x9x224x224 (full SPEC size)" in md
+    assert "24x9x224x224 (full size)" in md
     assert _png(plot_cases({"meta": meta, "rows": rows}, tmp_path / "c.png"))
 
 

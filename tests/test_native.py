@@ -1,6 +1,6 @@
 """Backend "native" (the compiled CPU operator in csrc/) against the float64 reference.
 
-Tolerances are SPEC section 4's, ||out - ref|| / ||ref|| for the correlation and the input
+Tolerances are docs/loss.md section 6's, ||out - ref|| / ||ref|| for the correlation and the input
 gradient: float64 1e-10, float32 1e-5. Every test but the "not built" one needs scc_fast._C and
 skips, saying why, only when it was genuinely not built (CI builds it).
 """

@@ -433,7 +433,7 @@ def test_autocast_cuda(backend, amp_dtype):
     loss.backward()
     assert x.grad.dtype == torch.float32 and logits.grad.dtype == amp_dtype
     ref_loss, ref_grad = loss_and_grad(logits.detach().double().cpu(), t.cpu(), "reference", softmax=True)
-    tol = 5e-3 if backend == "triton" else 1e-5  # TF32 dots by default in the triton kernel (SPEC 4)
+    tol = 5e-3 if backend == "triton" else 1e-5  # TF32 dots by default in the triton kernel (docs/loss.md section 6)
     assert rel_err(loss.cpu(), ref_loss) < tol
     assert rel_err(logits.grad.cpu(), ref_grad) < 1e-2
 

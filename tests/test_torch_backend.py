@@ -1,4 +1,4 @@
-"""Backend "torch" against the float64 reference (SPEC section 4 tolerances)."""
+"""Backend "torch" against the float64 reference (docs/loss.md section 6 tolerances)."""
 
 from __future__ import annotations
 

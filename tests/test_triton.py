@@ -2,7 +2,7 @@
 input: test_triton_3d.py.
 
 On a machine without CUDA the kernel runs under Triton's interpreter: tests/conftest.py sets
-TRITON_INTERPRET=1 before anything imports triton. Tolerance (SPEC section 4): relative error
+TRITON_INTERPRET=1 before anything imports triton. Tolerance (docs/loss.md section 6): relative error
 ||out - ref|| / ||ref|| <= 1e-5 for SCC and for dSCC/dp (float32 dots; on GPU the tests force
 IEEE dots, since TF32 is only held to 5e-3).
 """
@@ -482,7 +482,7 @@ def test_precision_setting(monkeypatch):
     _settings.update(triton_precision="tf32")
     assert triton_scc._precision() == "tf32"
     # TF32 (the GPU default): operands are rounded to TF32 in the kernel; the interpreter does
-    # it too when asked, and then shows TF32's accuracy: SPEC section 4 allows 5e-3.
+    # it too when asked, and then shows TF32's accuracy: docs/loss.md section 6 allows 5e-3.
     _settings.update(triton_interpret_tf32=True)
     out, _ = triton_scc.correlation(probs.float().to(DEVICE), target.to(DEVICE))
     err = rel_err(out, reference_correlation(probs, target)[0])

@@ -2,8 +2,8 @@
 
 The 3D path runs the 2D kernel's per-slice transforms and a depth DFT in five launches (see
 scc_fast/backends/triton_scc.py). On a machine without CUDA it runs under Triton's interpreter
-(tests/conftest.py sets TRITON_INTERPRET=1); shapes are kept small for that. Tolerance (SPEC
-section 4): ||out - ref|| / ||ref|| <= 1e-5 for SCC and dSCC/dp, with IEEE dots on GPU. The
+(tests/conftest.py sets TRITON_INTERPRET=1); shapes are kept small for that. Tolerance (docs/loss.md
+section 6): ||out - ref|| / ||ref|| <= 1e-5 for SCC and dSCC/dp, with IEEE dots on GPU. The
 label-layout cases (ignored labels, degenerate pairs and targets) and the public-API cases
 (every reduction, sigmoid with one channel) and the no-gradient path run in 2D and 3D in
 test_triton.py.

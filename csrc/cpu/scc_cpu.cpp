@@ -1,4 +1,4 @@
-// CPU kernels of scc_fast::scc_forward and scc_fast::scc_backward: SPEC section 2 with fused passes
+// CPU kernels of scc_fast::scc_forward and scc_fast::scc_backward: the identities of docs/loss.md section 5 with fused passes
 // around the FFTs (in place: the operator's own for float32 maps of sizes with prime factors up to 7
 // on AVX-512 CPUs, scc_cpu_radix_fft.h, MKL where libtorch exports it; else ATen's: scc_cpu_fft.h), the
 // activation (softmax over channels, or sigmoid) and the ignore mask included. Outputs, saved

@@ -1,4 +1,4 @@
-"""Per-pair scalars of SPEC section 2 as Triton device functions, shared by backends "triton"
+"""Per-pair scalars of docs/loss.md sections 4 and 5 as Triton device functions, shared by backends "triton"
 (inside its fused kernel and its scalars launch) and "triton_fft" (its pair kernel).
 
 They compute what :func:`scc_fast.backends.torch_fft.pair_coefficients` computes on tensors, with
@@ -21,7 +21,7 @@ FP64_MAX = tl.constexpr(float(torch.finfo(torch.float64).max))
 
 @triton.jit
 def energies(s_p, s_y, m2_p, pyc, py, m2_y, n_vox, LABELS: tl.constexpr, INCLUDE_DC: tl.constexpr):
-    """SPEC section 2's Parseval sums from the spatial sums of a pair (n_vox voxels): s_p, s_y
+    """docs/loss.md section 5's Parseval sums from the spatial sums of a pair (n_vox voxels): s_p, s_y
     (sum p, sum y; for labels s_y is the class count), m2_p, m2_y (sums of squared deviations from
     the means), pyc (sum (p - mean p) y), py (sum p y). Returns (mean_p, mean_y, var_p, total_a,
     energy_a, total_b, energy_b, cross, valid)."""

@@ -1,6 +1,6 @@
 """Backend "native": the compiled CPU operator ``torch.ops.scc_fast.scc_forward`` (``csrc/``).
 
-SPEC section 2 in C++: one complex FFT carries the spectra of p and y (split by Hermitian
+The identities of docs/loss.md section 5 in C++: one complex FFT carries the spectra of p and y (split by Hermitian
 symmetry), fused passes give the spatial sums, ``T_a``, ``T_b``, ``T_ab`` and the gradient field,
 one complex inverse FFT gives the gradients of two pairs (the spatial terms added in the spectrum),
 and a last pass unpacks them.

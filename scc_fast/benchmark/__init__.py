@@ -3,7 +3,7 @@
 Three studies, each writing JSON, Markdown and PNG files into ``--out`` (the PNG files need
 matplotlib, the ``[bench]`` extra; without it they are skipped, with one line on stderr saying so):
 
-* cases (default): the SPEC section 5 cases (full size on a GPU, reduced batch, and with
+* cases (default): the benchmark cases of docs/loss.md section 8 (full size on a GPU, reduced batch, and with
   ``--quick`` reduced size, on a CPU; the scale is written next to every number) for every
   available backend, the ``reference`` in eager mode and under ``torch.compile``; forward and
   forward + backward; median and IQR; peak memory above the inputs; ratios against the reference
@@ -29,11 +29,11 @@ import sys
 import threading
 from pathlib import Path
 
-from .cases import CPU_QUICK_COMPILE, SPEC_CASES, Case, default_cases, parse_case, scaling_shapes
+from .cases import CPU_QUICK_COMPILE, BENCHMARK_CASES, Case, default_cases, parse_case, scaling_shapes
 from .errors import CLIError, one_line, run_command, writable_dir
 from .report import PLOTS_HINT, fit_exponent, plots_unavailable
 
-__all__ = ["add_parser", "main", "run", "fit_exponent", "Case", "SPEC_CASES"]
+__all__ = ["add_parser", "main", "run", "fit_exponent", "Case", "BENCHMARK_CASES"]
 
 COMPILED = "reference-compile"
 
@@ -44,7 +44,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "bench",
         help="benchmark every available backend against the torch.fft reference",
         description=__doc__.split("\n\n")[0] + " Cases: " + ", ".join(
-            f"{n} {'x'.join(map(str, s))}" for n, (s, _) in SPEC_CASES.items()) + ".",
+            f"{n} {'x'.join(map(str, s))}" for n, (s, _) in BENCHMARK_CASES.items()) + ".",
     )
     p.add_argument("--quick", action="store_true",
                    help="fewer repeats; on a CPU also smaller cases and torch.compile only on the two acceptance shapes "

@@ -1,7 +1,7 @@
-"""Benchmark cases: the SPEC section 5 shapes, and how they are scaled down on a CPU.
+"""Benchmark cases: the benchmark shapes of docs/loss.md section 8, and how they are scaled down on a CPU.
 
-Every measured shape keeps the SPEC case it comes from, so each number can be reported with its
-scale (fraction of the SPEC case's elements) next to it.
+Every measured shape keeps the benchmark case it comes from, so each number can be reported with its
+scale (fraction of the benchmark case's elements) next to it.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-__all__ = ["Case", "SPEC_CASES", "default_cases", "parse_case", "format_shape", "scaling_shapes"]
+__all__ = ["Case", "BENCHMARK_CASES", "default_cases", "parse_case", "format_shape", "scaling_shapes"]
 
-#: SPEC section 5: name -> (full shape B x C x spatial, why it is there).
-SPEC_CASES: dict[str, tuple[tuple[int, ...], str]] = {
+#: docs/loss.md section 8: name -> (full shape B x C x spatial, why it is there).
+BENCHMARK_CASES: dict[str, tuple[tuple[int, ...], str]] = {
     "synapse-2d": ((24, 9, 224, 224), "TransUNet Synapse setting"),
     "polyp-2d": ((16, 2, 512, 512), "large 2D slices"),
     "brats-3d": ((2, 4, 128, 128, 128), "3D brain tumour patches"),
@@ -57,7 +57,7 @@ def _fraction(x: float) -> str:
 
 @dataclass(frozen=True)
 class Case:
-    """One measured shape. ``spec`` names the SPEC case it scales (None for a custom shape)."""
+    """One measured shape. ``spec`` names the benchmark case it scales (None for a custom shape)."""
 
     name: str
     shape: tuple[int, ...]
@@ -65,7 +65,7 @@ class Case:
 
     @property
     def full_shape(self) -> tuple[int, ...] | None:
-        return SPEC_CASES[self.spec][0] if self.spec else None
+        return BENCHMARK_CASES[self.spec][0] if self.spec else None
 
     @property
     def spatial(self) -> tuple[int, ...]:
@@ -86,18 +86,18 @@ class Case:
 
     @property
     def scale(self) -> float | None:
-        """Fraction of the SPEC case's elements measured (1 = full size)."""
+        """Fraction of the benchmark case's elements measured (1 = full size)."""
         full = self.full_shape
         return None if full is None else self.elements / math.prod(full)
 
     @property
     def scale_text(self) -> str:
-        """E.g. ``"1/3 of 24x9x224x224: batch 8/24"``, ``"full SPEC size"``, ``"custom shape"``."""
+        """E.g. ``"1/3 of 24x9x224x224: batch 8/24"``, ``"full size"``, ``"custom shape"``."""
         full = self.full_shape
         if full is None:
             return "custom shape"
         if tuple(full) == tuple(self.shape):
-            return "full SPEC size"
+            return "full size"
         parts = []
         if self.shape[0] != full[0]:
             parts.append(f"batch {self.shape[0]}/{full[0]}")
@@ -123,7 +123,7 @@ class Case:
 def default_cases(device: str, quick: bool) -> dict[str, Case]:
     """The cases a run measures by default on ``device`` ("cpu" or "cuda")."""
     if device == "cuda":
-        return {name: Case(name, shape, name) for name, (shape, _) in SPEC_CASES.items()}
+        return {name: Case(name, shape, name) for name, (shape, _) in BENCHMARK_CASES.items()}
     table = _CPU_QUICK if quick else _CPU_DEFAULT
     return {name: Case(name, shape, spec) for name, (spec, shape) in table.items()}
 
@@ -135,12 +135,12 @@ def parse_case(text: str, known: dict[str, Case]) -> Case:
     """A case from the command line: a known name, or ``[name=]BxCxHxW`` / ``[name=]BxCxDxHxW``."""
     if text in known:
         return known[text]
-    if text in SPEC_CASES:  # a SPEC case this device/mode does not list by default: run it full size
-        return Case(text, SPEC_CASES[text][0], text)
+    if text in BENCHMARK_CASES:  # a benchmark case this device/mode does not list by default: run it full size
+        return Case(text, BENCHMARK_CASES[text][0], text)
     m = _CUSTOM.match(text)
     if m is None:
         raise ValueError(
-            f"--cases entries must be one of {', '.join(sorted(set(known) | set(SPEC_CASES)))} or a shape "
+            f"--cases entries must be one of {', '.join(sorted(set(known) | set(BENCHMARK_CASES)))} or a shape "
             f"[name=]BxCxHxW / [name=]BxCxDxHxW, got {text!r}"
         )
     shape = tuple(int(s) for s in m.group("shape").split("x"))

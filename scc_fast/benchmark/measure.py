@@ -1,7 +1,7 @@
 """Measuring one backend on one shape: inputs, warm-up, timing and peak memory.
 
 The functions here run either inside the ``scc-fast bench`` process or, on a CPU, in a fresh
-subprocess per (case, backend) (``python -m scc_fast.benchmark.measure SPEC_JSON``), because the
+subprocess per (case, backend) (``python -m scc_fast.benchmark.measure ARGS_JSON``), because the
 CPU peak is the resident-set high-water mark of the process and must not see other backends'
 heap. Each result is one JSON-able dict.
 
@@ -307,7 +307,7 @@ def measure_one(spec: dict[str, Any]) -> dict[str, Any]:
         _sync(device)
         out["input_bytes"] = x.numel() * x.element_size() + t.numel() * t.element_size()
         # First call, in a fresh process (CPU default): its high-water mark above the inputs is
-        # the SPEC's "high-water RSS of a fresh process", one-time costs (imports, JIT,
+        # "the high-water resident set of a fresh process" (docs/loss.md section 8), one-time costs (imports, JIT,
         # compilation, caches) included.
         hwm_ok = False
         if device.type == "cpu":

@@ -172,7 +172,7 @@ def cases_markdown(data: dict) -> str:
         f"caches, lazily loaded code) included ({'max_memory_allocated' if cuda else 'VmHWM'}"
         f"{', a fresh process per row' if meta.get('isolation') == 'process' else ', all rows in one process'}). Speedup = "
         f"reference time / row time (eager / compiled reference, same run); memory = reference peak / row peak. "
-        f"Scale: fraction of the SPEC case's elements measured."
+        f"Scale: fraction of the benchmark case's elements measured."
     )
     out.append("")
     head = ["case", "shape (scale)", "backend", "fwd ms", "fwd+bwd ms", "speedup fwd+bwd (eager / compiled)",

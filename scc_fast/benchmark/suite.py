@@ -209,7 +209,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def run_cases(cfg: Config) -> dict[str, Any]:
-    """The SPEC cases x every row label; writes results.json / results.md (after every row) and cases.png."""
+    """The benchmark cases x every row label; writes results.json / results.md (after every row) and cases.png."""
     cfg.out.mkdir(parents=True, exist_ok=True)
     meta = environment(cfg)
     meta["study"] = "cases"
