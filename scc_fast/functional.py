@@ -168,10 +168,10 @@ def scc_loss(
             target and get no gradient. Defaults to None.
         reduction: ``"mean"`` (class-weighted, over the non-degenerate pairs), ``"sum"`` or
             ``"none"``. Defaults to ``"mean"``.
-        validate: check the labels' range and the input and target for NaN/Inf, at the cost of a
-            device synchronisation. Skipped while ``torch.compile`` traces the call or a CUDA
-            graph captures it; unchecked, a NaN/Inf gives a NaN loss and out-of-range labels count
-            as 0 in every channel. Defaults to True.
+        validate: check the labels' range and the input and target for NaN/Inf; the check
+            costs a device sync. Skipped while ``torch.compile`` traces the call or a CUDA graph
+            captures it. With ``validate=False`` a NaN or Inf propagates to a NaN loss and
+            out-of-range labels count as 0 in every channel. Defaults to True.
         backend: ``"auto"``, ``"reference"``, ``"torch"``, ``"native"``, ``"triton"`` or
             ``"triton_fft"`` (docs/backends.md); the environment variable ``SCC_FAST_BACKEND``
             overrides ``"auto"``. Defaults to ``"auto"``.
