@@ -1,6 +1,7 @@
-"""The value checks of ``validate=True``, shared by :mod:`scc_fast.functional` and the backends
-that make them inside their operator (backends "native" and "triton_fft": their first pass reads
-every logit and label anyway, so the checks cost no pass of their own there).
+"""The value checks of ``validate=True``, shared by the backends: :func:`check_values` where a
+backend makes them in passes of their own, :func:`raise_flagged` where it makes them inside its
+operator (backends "native" and "triton_fft": their first pass reads every logit and label
+anyway, so the checks cost no pass of their own there).
 
 Each check raises the same ``ValueError`` wherever it runs.
 """
@@ -56,6 +57,23 @@ def raise_label_error(
     )
 
 
+def check_target_values(target: torch.Tensor, n_chan: int, ignore_index: int | None) -> None:
+    """A float target must be finite; integer labels in range (:func:`check_labels`)."""
+    if target.is_floating_point():
+        if not all_finite(target):
+            raise ValueError(NONFINITE_TARGET)
+    else:
+        check_labels(target, n_chan, ignore_index)
+
+
+def check_values(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None) -> None:
+    """``validate=True``'s checks in passes of their own: the target (for ``x``'s C channels), then
+    the input ``x``."""
+    check_target_values(target, x.shape[1], ignore_index)
+    if not all_finite(x):
+        raise ValueError(NONFINITE_INPUT)
+
+
 # Bits of the per-image (or per-program) flags a backend's first pass sets where it makes the
 # checks itself (csrc/cpu/scc_cpu.cpp, enum InputFlag; triton_fft's stage 1).
 FLAG_NONFINITE_INPUT = 1
@@ -64,8 +82,8 @@ FLAG_LABEL_OUTSIDE = 2
 
 def raise_flagged(flags: torch.Tensor, target: torch.Tensor, n_chan: int, ignore_index: int | None = None) -> None:
     """Raise ``validate=True``'s error for what an operator's pass flagged (a non-empty int tensor of
-    FLAG_* bits; one device sync): the target's error first, as :mod:`scc_fast.functional`'s own
-    checks order them."""
+    FLAG_* bits; one device sync): the target's error first, as :func:`check_values`
+    orders them."""
     seen = int(flags.max())
     if seen & FLAG_LABEL_OUTSIDE:
         raise_label_error(target, n_chan, ignore_index)

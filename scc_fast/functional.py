@@ -1,8 +1,8 @@
 """Functional API: :func:`scc_loss` and :func:`spectral_correlation`.
 
-This layer checks the arguments, applies the activation, ``ignore_index`` and
-``include_background``, picks the backend (before any ``autograd.Function.apply``), and
-reduces the per-pair values. Backends only compute per-pair correlations.
+:func:`scc_loss` checks the arguments, builds one :class:`~scc_fast.backends._protocol.LossOptions`,
+picks the backend and returns its ``loss``: the activation, ``ignore_index``, the background drop,
+the value checks and the reduction are the backend's (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ from typing import Sequence
 
 import torch
 
-from . import _settings, backends
-from ._checks import NONFINITE_INPUT, NONFINITE_TARGET, all_finite, check_labels
-from ._reduction import pair_loss
-from .backends.activation import probabilities
+from . import backends
+from ._checks import check_target_values
+from .backends._protocol import LossOptions
 
 __all__ = ["scc_loss", "spectral_correlation"]
 
@@ -37,22 +36,6 @@ def _check_input(input: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} must have at least one image and one channel, got shape {tuple(input.shape)}")
     if any(s < 2 for s in input.shape[2:]):
         raise ValueError(f"{name} must have every spatial size >= 2, got spatial shape {tuple(input.shape[2:])}")
-
-
-def _check_target_values(target: torch.Tensor, n_chan: int, ignore_index: int | None) -> None:
-    """``validate=True``'s check of a target from :func:`_check_target`: label range, or NaN/Inf."""
-    if target.is_floating_point():
-        if not all_finite(target):
-            raise ValueError(NONFINITE_TARGET)
-    else:
-        check_labels(target, n_chan, ignore_index)
-
-
-def _check_values(input: torch.Tensor, target: torch.Tensor, ignore_index: int | None) -> None:
-    """``validate=True``'s value checks: the target, then the input."""
-    _check_target_values(target, input.shape[1], ignore_index)
-    if not all_finite(input):
-        raise ValueError(NONFINITE_INPUT)
 
 
 def _check_target(input: torch.Tensor, target: torch.Tensor, ignore_index: int | None) -> torch.Tensor:
@@ -201,91 +184,35 @@ def scc_loss(
     _check_weights(magnitude_weight, phase_weight)
     if ignore_index is not None and (not isinstance(ignore_index, int) or isinstance(ignore_index, bool)):
         raise ValueError(f"ignore_index must be an int or None, got {ignore_index!r}")
-    # Value checks branch on data, which torch.compile(fullgraph=True) cannot trace, and wait for
-    # the device, which a CUDA graph capture cannot.
-    validate = validate and not torch.compiler.is_compiling() and not _capturing(input)
     target = _check_target(input, target, ignore_index)
 
     n_chan = input.shape[1]
     drop_background = not include_background and n_chan > 1
-    n_pairs = n_chan - 1 if drop_background else n_chan
     acc = torch.float64 if input.dtype == torch.float64 else torch.float32  # what the backends compute in
     labels = not target.is_floating_point()
-    first_class = 1 if (n_chan == 1 or drop_background) else 0
-    first_channel = 1 if drop_background else 0
-    activation = "softmax" if softmax else "sigmoid" if sigmoid else None
-    target_in_loss = target if labels else (target[:, 1:] if drop_background else target).to(acc)
-    # The backend is chosen for the computing dtype from metadata alone: the input itself where it
-    # is already what the backend gets, else a stand-in of one uninitialised element (no kernel
-    # launch) expanded to that shape (three more torch ops on the host of a host-bound GPU step).
-    if input.dtype == acc and first_channel == 0:
+    if not labels:
+        target = (target[:, 1:] if drop_background else target).to(acc)
+    options = LossOptions(
+        activation="softmax" if softmax else "sigmoid" if sigmoid else None,
+        first_channel=1 if drop_background else 0,
+        first_class=1 if labels and (n_chan == 1 or drop_background) else 0,
+        ignore_index=ignore_index,
+        include_dc=bool(include_dc),
+        magnitude_weight=float(magnitude_weight),
+        phase_weight=float(phase_weight),
+        class_weights=_class_weights(weight, n_chan - drop_background, not drop_background, input.device),
+        reduction=reduction,
+        # Value checks branch on data, which torch.compile(fullgraph=True) cannot trace, and wait
+        # for the device, which a CUDA graph capture cannot.
+        validate=validate and not torch.compiler.is_compiling() and not _capturing(input),
+    )
+    # The backend is chosen from metadata alone: the input itself where it is what the backend
+    # computes on, else a stand-in of one uninitialised element (no kernel launch) expanded to it.
+    if input.dtype == acc and not drop_background:
         probe = input
     else:
-        probe = torch.empty((), dtype=acc, device=input.device).expand(input.shape)[:, first_channel:]
-    impl = backends.select_backend(backend, probe, target_in_loss)
-    # (The setting fuse_activation=False applies the activation here with torch ops: A/B.)
-    fused = getattr(impl, "activated_correlation", None) if _settings.current().fuse_activation else None
-    # A backend that computes the activation inside its kernels reads float16/bfloat16 logits as
-    # they are (and returns their gradient in their dtype): no float32 copy is made or saved.
-    in_kernel = fused is not None and activation is not None and getattr(impl, "activation_in_kernel", lambda: False)()
-    x = input if (input.dtype == acc or in_kernel) else input.to(acc)
-    # A backend whose operator reads every logit and label anyway may make the checks there (the
-    # same errors, raised after its forward call) instead of in passes of their own here.
-    checks_in_op = (
-        validate
-        and fused is not None
-        and getattr(impl, "validates_in_op", lambda **_: False)(
-            activation=activation, labels=labels, first_channel=first_channel, ignore_index=ignore_index, x=x
-        )
-    )
-    class_weights = _class_weights(weight, n_pairs, include_background or n_chan == 1, input.device)
-    if validate and not checks_in_op:
-        _check_values(input, target, ignore_index)
-    target = target_in_loss
-
-    coefficients = dict(
-        include_dc=include_dc, magnitude_weight=float(magnitude_weight), phase_weight=float(phase_weight)
-    )
-    # Backend "triton_fft" derives class 0's spectrum and field from the other classes' where the
-    # softmax runs over every channel (a transform of p and an inverse transform fewer per image):
-    # its gradient then needs an upstream gradient that is the same for every class of an image,
-    # which the mean and the sum give once the reduction leaves the valid factor and the class
-    # weights out of its derivative (uniform_grad): the backend's degenerate pairs have a zero
-    # field, and it multiplies the class weights into the field (field_weights).
-    derive_first = (
-        fused is not None
-        and reduction != "none"
-        and getattr(impl, "derives_first_class", None) is not None
-        and impl.derives_first_class(x, activation, first_channel, ignore_index if labels else None)
-    )
-    options = dict(
-        activation=activation,
-        first_channel=first_channel,
-        first_class=first_class if labels else 0,
-        ignore_index=ignore_index if labels else None,
-        **coefficients,
-    )
-    in_op = {"validate": True} if checks_in_op else {}
-    derived = {"derive_first": True, "field_weights": class_weights} if derive_first else {}
-    fused_loss = getattr(fused, "loss", None)
-    if fused_loss is not None:
-        # Eager mode: the backend's op and the reduction in one autograd node (None elsewhere).
-        loss = fused_loss(x, target, **options, **in_op, **derived, class_weights=class_weights, reduction=reduction)
-        if loss is not None:
-            return loss
-    if fused is not None:
-        # The backend applies the activation, the background drop and the ignore mask itself.
-        scc, valid = fused(
-            x,
-            target,
-            **options,
-            **in_op,
-            **derived,
-        )
-    else:
-        probs, target = probabilities(x, target, activation, first_channel, ignore_index if labels else None)
-        scc, valid = impl.correlation(probs, target, first_class=first_class if labels else 0, **coefficients)
-    return pair_loss(scc, valid, class_weights, reduction, uniform_grad=derive_first)
+        probe = torch.empty((), dtype=acc, device=input.device).expand(input.shape)[:, options.first_channel:]
+    return backends.select_backend(backend, probe, target).loss(input, target, options)
 
 
 def spectral_correlation(
@@ -327,7 +254,7 @@ def spectral_correlation(
         magnitude_weight, phase_weight = (1.0, 0.0) if kind == "magnitude" else (0.0, 1.0)
     target = _check_target(probs, target, None)
     if not torch.compiler.is_compiling() and not _capturing(probs):
-        _check_target_values(target, probs.shape[1], None)
+        check_target_values(target, probs.shape[1], None)
     first_class = 1 if probs.shape[1] == 1 else 0
     x = probs if probs.dtype == torch.float64 else probs.float()
     if target.is_floating_point():

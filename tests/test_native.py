@@ -962,7 +962,7 @@ def test_validate_in_op_raises_what_scc_loss_checks_raise(shape, monkeypatch):
     def not_here(*args, **kwargs):
         raise AssertionError("validate's checks ran outside the operator")
 
-    monkeypatch.setattr(scc_fast.functional, "_check_values", not_here)
+    monkeypatch.setattr(scc_fast._checks, "check_values", not_here)
     assert [_loss_error("native", *case) for case in cases] == expected
     ok = scc_fast.scc_loss(x.requires_grad_(True), labels, softmax=True, backend="native")
     ok.backward()

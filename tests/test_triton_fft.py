@@ -582,7 +582,7 @@ def _forbid_separate_checks(monkeypatch):
     def separate(*args, **kwargs):
         raise AssertionError("scc_loss checked the values in passes of its own")
 
-    monkeypatch.setattr(scc_fast.functional, "_check_values", separate)
+    monkeypatch.setattr(scc_fast._checks, "check_values", separate)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])

@@ -1,29 +1,14 @@
 """Backend registry and dispatch.
 
-Every backend computes the same thing, the per-pair correlation of docs/loss.md section 1, through
-one function with this signature::
-
-    correlation(probs, target, *, first_class, include_dc, magnitude_weight, phase_weight)
-        -> (scc: B x C' tensor, differentiable in probs; valid: B x C' bool tensor)
-
-``probs`` is B x C' x spatial, float32 or float64 (the public API has already applied the
-activation, ``ignore_index`` and ``include_background``). ``target`` is either integer labels
-B x spatial, where label ``first_class + j`` is channel ``j`` and anything else (``-1`` marks
-ignored voxels) is 0 in every channel, or a float target B x C' x spatial. ``valid`` is False
-for degenerate pairs. Backends live in their own modules, imported only when first used, and
-each module also provides ``unavailable_reason()`` and ``unsupported_reason(probs, target)``
-(None when it can run, else a sentence saying why not).
-
-A backend may also take the logits itself: ``activated_correlation(x, target, *, activation,
-first_channel, first_class, ignore_index, include_dc, magnitude_weight, phase_weight)``, with
-the activation, background drop and ignore mask fused so that no probability tensor is kept for
-backward (native in C++; torch, triton and triton_fft through :mod:`scc_fast.backends.activation`, from
-their ``correlation_field``). The public API uses it when the chosen backend has it. Two
-optional hooks let it do more: ``validates_in_op(*, activation, labels, first_channel,
-ignore_index, x)``, true where ``activated_correlation(..., validate=True)`` makes
-``scc_loss(validate=True)``'s checks in its own passes (native, triton_fft), and
-``derives_first_class(x, activation, first_channel, ignore_index)``, true where it can derive
-class 0's spectrum from the others' (triton_fft, ``derive_first=True``).
+Every backend is a module implementing :class:`scc_fast.backends._protocol.Backend`:
+``unavailable_reason()``, ``unsupported_reason(probs, target)``, ``loss(x, target, options)`` and
+``correlation(probs, target, *, first_class, include_dc, magnitude_weight, phase_weight)``, the
+per-pair correlation of docs/loss.md section 1. :func:`scc_fast.scc_loss` hands ``loss`` one
+:class:`~scc_fast.backends._protocol.LossOptions`; what a backend does inside (the activation in
+its kernels, checks in its first pass, class 0 derived from the others) it decides itself.
+Backends live in their own modules, imported only when first used; "auto" picks the first that
+runs of the measured dispatch table's ranking (:mod:`scc_fast.backends.dispatch`), then
+:data:`AUTO_ORDER`. docs/architecture.md has the call path and how to add a backend.
 """
 
 from __future__ import annotations
@@ -36,6 +21,7 @@ import torch
 
 from .. import _settings
 from . import dispatch
+from ._protocol import Backend
 
 __all__ = ["BACKENDS", "BackendStatus", "available_backends", "select_backend", "explain_backend", "explain_shape"]
 
@@ -155,7 +141,7 @@ def _choose(backend: str, probs: torch.Tensor, target: torch.Tensor) -> tuple[st
     raise RuntimeError("no backend can run this input: " + "; ".join(notes))
 
 
-def select_backend(backend: str, probs: torch.Tensor, target: torch.Tensor) -> ModuleType:
+def select_backend(backend: str, probs: torch.Tensor, target: torch.Tensor) -> Backend:
     """Resolve ``backend`` ("auto" or a name) for this input; an unusable named backend is an error."""
     return load(_choose(backend, probs, target)[0])
 

@@ -44,8 +44,10 @@ from typing import Optional
 
 import torch
 
-from .. import _settings
+from .. import _checks, _settings
 from .._numerics import accumulation_dtype, plain_eager, refuse_double_backward
+from .._reduction import loss_and_derivative, pair_loss
+from ._protocol import LossOptions
 
 # Triton is optional (without it the backward pass is written with torch ops), and imported only
 # when the kernel runs: the kernel lives in _activation_kernel, so `import scc_fast` stays light.
@@ -53,7 +55,7 @@ _HAVE_TRITON = importlib.util.find_spec("triton") is not None
 
 __all__ = [
     "ACTIVATIONS", "activated_correlation", "activated_loss", "activation_code", "activation_name", "fused_entry",
-    "probabilities",
+    "fused_loss", "plain_loss", "probabilities",
 ]
 
 #: Backend name -> module, filled by :func:`fused_entry` as each fused backend is imported.
@@ -335,8 +337,6 @@ class _ActivatedLossEager(torch.autograd.Function):
     @staticmethod
     def forward(ctx, *inputs):
         # inputs: the op's 15, then class_weights, reduction
-        from .._reduction import loss_and_derivative
-
         scc, valid, field = _forward(*inputs[:11], *inputs[12:15])
         loss, dloss_dscc = loss_and_derivative(scc, valid, inputs[15], inputs[16], uniform_grad=inputs[12])
         _keep_options(ctx, inputs)
@@ -445,7 +445,7 @@ def activated_loss(
     class_weights: torch.Tensor | None = None,
     reduction: str = "mean",
 ) -> torch.Tensor | None:
-    """``scc_loss``'s loss in one autograd node, or None where that does not apply.
+    """The loss in one autograd node (for :func:`fused_loss`), or None where that does not apply.
 
     :func:`activated_correlation` (the same arguments) followed by
     :func:`scc_fast._reduction.pair_loss` with ``class_weights`` and ``reduction``
@@ -464,21 +464,65 @@ def activated_loss(
     return _ActivatedLossEager.apply(*inputs, class_weights, reduction)
 
 
+def plain_loss(correlation, x: torch.Tensor, target: torch.Tensor, options: LossOptions) -> torch.Tensor:
+    """The loss with the activation, background drop and ignore mask applied here with torch ops
+    and ``correlation`` (a backend's) computing the pairs; autograd keeps the probabilities."""
+    o = options
+    if o.validate:
+        _checks.check_values(x, target, o.ignore_index)
+    p, target = probabilities(x.to(accumulation_dtype(x.dtype)), target, o.activation, o.first_channel, o.ignore_index)
+    scc, valid = correlation(p, target, first_class=o.first_class, **o.coefficients())
+    return pair_loss(scc, valid, o.class_weights, o.reduction)
+
+
+def fused_loss(
+    backend: str,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    options: LossOptions,
+    *,
+    in_kernel: bool = False,
+    checks_in_op: bool = False,
+    derive_first: bool = False,
+) -> torch.Tensor:
+    """The loss of a backend registered with :func:`fused_entry`, the probabilities never saved.
+
+    Args:
+        backend: the backend's name.
+        x, target, options: as the backend's ``loss`` gets them (:mod:`scc_fast.backends._protocol`).
+        in_kernel: the backend's kernels compute the activation from ``x`` as it is (float16 and
+            bfloat16 logits are then read without a float32 copy).
+        checks_in_op: with ``options.validate``, the backend's kernels make the checks.
+        derive_first: class 0's field derived from the others' (:func:`activated_correlation`);
+            only with reduction "mean" or "sum", whose derivative is then made uniform.
+    """
+    o = options
+    if not _settings.current().fuse_activation:  # the A/B setting: the activation outside
+        return plain_loss(_ENTRIES[backend].correlation, x, target, o)
+    if not in_kernel:
+        x = x.to(accumulation_dtype(x.dtype))
+    if o.validate and not checks_in_op:
+        _checks.check_values(x, target, o.ignore_index)
+    field_weights = o.class_weights if derive_first else None
+    args = dict(activation=o.activation, first_channel=o.first_channel, first_class=o.first_class,
+                ignore_index=o.ignore_index, derive_first=derive_first, validate=checks_in_op and o.validate,
+                field_weights=field_weights, **o.coefficients())
+    loss = activated_loss(backend, x, target, **args, class_weights=o.class_weights, reduction=o.reduction)
+    if loss is not None:  # eager mode: the op and the reduction in one autograd node
+        return loss
+    scc, valid = activated_correlation(backend, x, target, **args)
+    return pair_loss(scc, valid, o.class_weights, o.reduction, uniform_grad=derive_first)
+
+
 def fused_entry(backend: str, module: ModuleType):
     """Register ``module`` (with ``correlation_field``) as backend ``backend``'s and return its
-    ``activated_correlation``: :func:`activated_correlation` with the name bound; its attribute
-    ``loss`` is :func:`activated_loss` with the name bound. The op names its backend by string
-    (custom ops take no modules) and finds the module here, so this module never imports the
-    registry or a backend."""
+    ``activated_correlation``: :func:`activated_correlation` with the name bound. The op names its
+    backend by string (custom ops take no modules) and finds the module here, so this module never
+    imports the registry or a backend."""
     _ENTRIES[backend] = module
 
     def activated(x: torch.Tensor, target: torch.Tensor, **options) -> tuple[torch.Tensor, torch.Tensor]:
         return activated_correlation(backend, x, target, **options)
-
-    def loss(x: torch.Tensor, target: torch.Tensor, **options) -> torch.Tensor | None:
-        return activated_loss(backend, x, target, **options)
-
-    activated.loss = loss
 
     activated.__name__ = activated.__qualname__ = "activated_correlation"
     activated.__doc__ = (

@@ -22,10 +22,12 @@ from collections.abc import Sequence
 
 import torch
 
-from .. import _settings
+from .. import _checks, _settings
 from .._checks import raise_flagged
-from .._numerics import refuse_double_backward
-from .activation import ACTIVATIONS, activation_code  # the C++ enum Activation (csrc/cpu/scc_cpu.cpp) uses these codes
+from .._numerics import accumulation_dtype, refuse_double_backward
+from .._reduction import pair_loss
+from ._protocol import LossOptions
+from .activation import ACTIVATIONS, activation_code, plain_loss  # the C++ enum Activation (csrc/cpu/scc_cpu.cpp) uses these codes
 
 __all__ = [
     "activated_correlation",
@@ -34,6 +36,7 @@ __all__ = [
     "empty_cache",
     "fft_engine",
     "isa",
+    "loss",
     "unavailable_reason",
     "unsupported_reason",
     "validates_in_op",
@@ -330,3 +333,23 @@ def activated_correlation(
     if validate:  # per-image flags (csrc/cpu/scc_cpu.cpp, enum InputFlag: the FLAG_* bits)
         raise_flagged(flags, target, input.shape[1])
     return scc, valid
+
+
+def loss(x: torch.Tensor, target: torch.Tensor, options: LossOptions) -> torch.Tensor:
+    """The loss (:class:`scc_fast.backends._protocol.Backend`): the activation, background drop and
+    ignore mask inside the operator, and ``validate``'s checks too where :func:`validates_in_op`."""
+    o = options
+    if not _settings.current().fuse_activation:  # the A/B setting: the activation outside
+        return plain_loss(correlation, x, target, o)
+    x = x.to(accumulation_dtype(x.dtype))
+    checks_in_op = o.validate and validates_in_op(
+        activation=o.activation, labels=not target.is_floating_point(), first_channel=o.first_channel,
+        ignore_index=o.ignore_index,
+    )
+    if o.validate and not checks_in_op:
+        _checks.check_values(x, target, o.ignore_index)
+    scc, valid = activated_correlation(
+        x, target, activation=o.activation, first_channel=o.first_channel, first_class=o.first_class,
+        ignore_index=o.ignore_index, validate=checks_in_op, **o.coefficients(),
+    )
+    return pair_loss(scc, valid, o.class_weights, o.reduction)

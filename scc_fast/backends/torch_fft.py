@@ -25,9 +25,10 @@ from .._numerics import (
     safe_div,
     variance_is_zero,
 )
-from .activation import fused_entry
+from ._protocol import LossOptions
+from .activation import fused_entry, fused_loss
 
-__all__ = ["correlation", "complex_correlation", "PairStatistics", "pair_coefficients"]
+__all__ = ["correlation", "complex_correlation", "loss", "PairStatistics", "pair_coefficients"]
 
 
 def unavailable_reason() -> str | None:
@@ -269,6 +270,12 @@ def correlation_field(probs, target, first_class, include_dc, magnitude_weight, 
 
 # The activation fused around correlation_field (scc_fast.backends.activation).
 activated_correlation = fused_entry("torch", sys.modules[__name__])
+
+
+def loss(x: torch.Tensor, target: torch.Tensor, options: LossOptions) -> torch.Tensor:
+    """The loss (:class:`scc_fast.backends._protocol.Backend`); the activation is fused where the
+    one-pass backward kernel runs (CUDA), applied with torch ops elsewhere."""
+    return fused_loss("torch", x, target, options)
 
 
 def complex_correlation(

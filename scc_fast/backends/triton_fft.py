@@ -79,7 +79,8 @@ from .._checks import raise_flagged
 from .._grid import next_power_of_2
 from .._numerics import accumulation_dtype
 from ._field_autograd import field_scaling_autograd
-from .activation import activation_name, fused_entry, probabilities
+from ._protocol import LossOptions
+from .activation import activation_name, fused_entry, fused_loss, probabilities
 
 try:
     import triton
@@ -93,7 +94,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without triton i
     _IMPORT_ERROR = f"triton is not installed ({exc}); pip install 'scc_fast[triton]'"
 
 __all__ = [
-    "correlation", "correlation_field", "activated_field", "activation_in_kernel", "unavailable_reason",
+    "correlation", "correlation_field", "loss", "activated_field", "activation_in_kernel", "unavailable_reason",
     "unsupported_reason", "derives_first_class", "validates_in_op", "settings", "MAX_ACTIVATION_CHANNELS",
 ]
 
@@ -1148,9 +1149,9 @@ def derives_first_class(x: torch.Tensor, activation: str | None, first_channel: 
     logits) with these settings: softmax over every channel (``first_channel`` 0), no
     ``ignore_index``, stage 1 computing p (at most :data:`MAX_ACTIVATION_CHANNELS` channels, not
     float64) and one chunk of classes. Its gradient is then only right for an upstream gradient
-    that is the same for every class of an image: the caller's part (``scc_loss`` asks for it with
-    reduction "mean" or "sum", passes its class weights as ``field_weights``, and makes the
-    reduction's derivative uniform)."""
+    that is the same for every class of an image: :func:`loss` asks for it with reduction
+    "mean" or "sum", whose derivative :func:`~scc_fast.backends.activation.fused_loss` makes
+    uniform, the class weights passed as ``field_weights``)."""
     if not (_settings.current().fft_derive and activation_in_kernel()):
         return False
     code = 1 if activation == "softmax" else 0
@@ -1187,11 +1188,11 @@ def validates_in_op(
     logits ``x``: the first chunk's stage 1 reads every logit and label anyway, so with softmax or
     sigmoid and integer labels (any ``first_channel`` and ``ignore_index``) it flags a label
     outside the classes (other than ``ignore_index``) or a NaN/Inf logit as it goes, and the error
-    is raised after the forward's launches (one device sync where ``scc_loss``'s own checks take
+    is raised after the forward's launches (one device sync where separate checks, :func:`scc_fast._checks.check_values`, take
     two syncs and passes of their own over the labels and logits). Where class 0 is derived
     (:func:`derives_first_class`), its target spectrum is then derived too: the one-hot maps of
-    labels in range sum to one. (A float target is checked by ``scc_loss``: stage 1 reads only
-    its chunk's channels.)"""
+    labels in range sum to one. (A float target is checked by separate checks: stage 1 reads
+    only its chunk's channels.)"""
     return (activation in ("softmax", "sigmoid") and labels and x is not None and _stage1_computes_p(x)
             and unsupported_reason(x, x) is None)
 
@@ -1247,3 +1248,19 @@ def activated_field(x, target, activation, first_channel, first_class, ignore_in
 
 # The activation fused around correlation_field or activated_field (scc_fast.backends.activation).
 activated_correlation = fused_entry("triton_fft", sys.modules[__name__])
+
+
+def loss(x: torch.Tensor, target: torch.Tensor, options: LossOptions) -> torch.Tensor:
+    """The loss (:class:`scc_fast.backends._protocol.Backend`): the activation computed by stage 1
+    (:func:`activation_in_kernel`), ``validate``'s checks there too (:func:`validates_in_op`), and
+    class 0 derived from the others for the mean and the sum (:func:`derives_first_class`)."""
+    o = options
+    in_kernel = o.activation is not None and activation_in_kernel()
+    x = x if in_kernel else x.to(accumulation_dtype(x.dtype))
+    labels = not target.is_floating_point()
+    checks_in_op = o.validate and validates_in_op(
+        activation=o.activation, labels=labels, first_channel=o.first_channel, ignore_index=o.ignore_index, x=x
+    )
+    derive_first = o.reduction != "none" and derives_first_class(x, o.activation, o.first_channel, o.ignore_index)
+    return fused_loss("triton_fft", x, target, o, in_kernel=in_kernel, checks_in_op=checks_in_op,
+                      derive_first=derive_first)

@@ -117,7 +117,8 @@ import torch
 
 from .. import _settings
 from ._field_autograd import field_scaling_autograd
-from .activation import fused_entry
+from ._protocol import LossOptions
+from .activation import fused_entry, fused_loss
 
 try:  # Triton is optional: without it the backend reports itself unavailable.
     import triton
@@ -131,7 +132,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 
 __all__ = [
     "correlation", "unavailable_reason", "unsupported_reason", "PRECISIONS", "MODES_2D",
-    "activation_in_kernel", "activated_field", "settings",
+    "activation_in_kernel", "activated_field", "loss", "settings",
 ]
 
 #: Read once: the interpreter is chosen by Triton when the kernel is decorated (at import).
@@ -1797,3 +1798,10 @@ def activated_field(x, target, activation, first_channel, first_class, ignore_in
 
 # The activation fused around correlation_field or activated_field (scc_fast.backends.activation).
 activated_correlation = fused_entry("triton", sys.modules[__name__])
+
+
+def loss(x: torch.Tensor, target: torch.Tensor, options: LossOptions) -> torch.Tensor:
+    """The loss (:class:`scc_fast.backends._protocol.Backend`): softmax / sigmoid computed inside
+    the kernels where :func:`activation_in_kernel`."""
+    in_kernel = options.activation is not None and activation_in_kernel()
+    return fused_loss("triton", x, target, options, in_kernel=in_kernel)
