@@ -19,6 +19,13 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def to_accumulation(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in :func:`accumulation_dtype`; ``x`` itself where it already is (no ``to`` dispatched:
+    host time on a host-bound GPU step)."""
+    acc = accumulation_dtype(x.dtype)
+    return x if x.dtype == acc else x.to(acc)
+
+
 def variance_is_zero(var: torch.Tensor, energy: torch.Tensor, total_energy: torch.Tensor) -> torch.Tensor:
     """True where a variance over K is rounding noise.
 

@@ -45,7 +45,7 @@ from typing import Optional
 import torch
 
 from .. import _checks, _settings
-from .._numerics import accumulation_dtype, plain_eager, refuse_double_backward
+from .._numerics import accumulation_dtype, plain_eager, refuse_double_backward, to_accumulation
 from .._reduction import loss_and_derivative, pair_loss
 from ._protocol import LossOptions
 
@@ -470,7 +470,7 @@ def plain_loss(correlation, x: torch.Tensor, target: torch.Tensor, options: Loss
     o = options
     if o.validate:
         _checks.check_values(x, target, o.ignore_index)
-    p, target = probabilities(x.to(accumulation_dtype(x.dtype)), target, o.activation, o.first_channel, o.ignore_index)
+    p, target = probabilities(to_accumulation(x), target, o.activation, o.first_channel, o.ignore_index)
     scc, valid = correlation(p, target, first_class=o.first_class, **o.coefficients())
     return pair_loss(scc, valid, o.class_weights, o.reduction)
 
@@ -500,7 +500,7 @@ def fused_loss(
     if not _settings.current().fuse_activation:  # the A/B setting: the activation outside
         return plain_loss(_ENTRIES[backend].correlation, x, target, o)
     if not in_kernel:
-        x = x.to(accumulation_dtype(x.dtype))
+        x = to_accumulation(x)
     if o.validate and not checks_in_op:
         _checks.check_values(x, target, o.ignore_index)
     field_weights = o.class_weights if derive_first else None

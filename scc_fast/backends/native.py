@@ -24,7 +24,7 @@ import torch
 
 from .. import _checks, _settings
 from .._checks import raise_flagged
-from .._numerics import accumulation_dtype, refuse_double_backward
+from .._numerics import refuse_double_backward, to_accumulation
 from .._reduction import pair_loss
 from ._protocol import LossOptions
 from .activation import ACTIVATIONS, activation_code, plain_loss  # the C++ enum Activation (csrc/cpu/scc_cpu.cpp) uses these codes
@@ -341,7 +341,7 @@ def loss(x: torch.Tensor, target: torch.Tensor, options: LossOptions) -> torch.T
     o = options
     if not _settings.current().fuse_activation:  # the A/B setting: the activation outside
         return plain_loss(correlation, x, target, o)
-    x = x.to(accumulation_dtype(x.dtype))
+    x = to_accumulation(x)
     checks_in_op = o.validate and validates_in_op(
         activation=o.activation, labels=not target.is_floating_point(), first_channel=o.first_channel,
         ignore_index=o.ignore_index,

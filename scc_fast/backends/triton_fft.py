@@ -77,7 +77,7 @@ import torch
 from .. import _settings
 from .._checks import raise_flagged
 from .._grid import next_power_of_2
-from .._numerics import accumulation_dtype
+from .._numerics import accumulation_dtype, to_accumulation
 from ._field_autograd import field_scaling_autograd
 from ._protocol import LossOptions
 from .activation import activation_name, fused_entry, fused_loss, probabilities
@@ -1256,7 +1256,7 @@ def loss(x: torch.Tensor, target: torch.Tensor, options: LossOptions) -> torch.T
     class 0 derived from the others for the mean and the sum (:func:`derives_first_class`)."""
     o = options
     in_kernel = o.activation is not None and activation_in_kernel()
-    x = x if in_kernel else x.to(accumulation_dtype(x.dtype))
+    x = x if in_kernel else to_accumulation(x)
     labels = not target.is_floating_point()
     checks_in_op = o.validate and validates_in_op(
         activation=o.activation, labels=labels, first_channel=o.first_channel, ignore_index=o.ignore_index, x=x
