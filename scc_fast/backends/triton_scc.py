@@ -173,6 +173,46 @@ if triton is not None:
         return tl.dot(a, b, input_precision=PRECISION)
 
     @triton.jit
+    def _tdot(t, x, RIGHT: tl.constexpr, PRECISION: tl.constexpr):
+        """t @ x, or with RIGHT x @ t: a table on the left (transforms along H) or right (along W)."""
+        if RIGHT:
+            y = _dot(x, t, PRECISION)
+        else:
+            y = _dot(t, x, PRECISION)
+        return y
+
+    @triton.jit
+    def _cdot(c, s, xr, xi, INV: tl.constexpr, RIGHT: tl.constexpr, PRECISION: tl.constexpr):
+        """(C - iS) @ X, or with INV (C + iS) @ X, for X = xr + i xi (with RIGHT, X @ (C -+ iS)):
+        (re, im). re is finished before im is begun: the order of the dots sets where the compiler
+        puts shared-memory barriers."""
+        if INV:
+            re = _tdot(c, xr, RIGHT, PRECISION) - _tdot(s, xi, RIGHT, PRECISION)
+            im = _tdot(c, xi, RIGHT, PRECISION) + _tdot(s, xr, RIGHT, PRECISION)
+        else:
+            re = _tdot(c, xr, RIGHT, PRECISION) + _tdot(s, xi, RIGHT, PRECISION)
+            im = _tdot(c, xi, RIGHT, PRECISION) - _tdot(s, xr, RIGHT, PRECISION)
+        return re, im
+
+    @triton.jit
+    def _twiddle(zr, zi, twc, tws, INV: tl.constexpr):
+        """Z times (c - i s), or with INV (c + i s): the four-step twiddle of step 2."""
+        if INV:
+            re = zr * twc - zi * tws
+            im = zi * twc + zr * tws
+        else:
+            re = zr * twc + zi * tws
+            im = zi * twc - zr * tws
+        return re, im
+
+    @triton.jit
+    def _twiddles_at(tw_c_ptr, tw_s_ptr, n1, r2, N2):
+        """Row n1 of the N1 x N2 twiddle tables (cos, sin), 0 past N2."""
+        twc = tl.load(tw_c_ptr + n1 * N2 + r2, mask=r2 < N2, other=0.0)
+        tws = tl.load(tw_s_ptr + n1 * N2 + r2, mask=r2 < N2, other=0.0)
+        return twc, tws
+
+    @triton.jit
     def _load_p(p_base, a_base, A_OFF, offs, mask, ACT: tl.constexpr):
         """p at offs of one map, float32, 0 where masked. ACT 0: p itself is at p_base. ACT 1
         (softmax) / 2 (sigmoid): p_base holds the logits and a_base the image's per-voxel
@@ -190,18 +230,40 @@ if triton is not None:
         return x
 
     @triton.jit
+    def _load_map(
+        p_base, t_base, a_base, A_OFF, offs, mask, cls, TARGET: tl.constexpr, LABELS: tl.constexpr, ACT: tl.constexpr
+    ):
+        """p (or y, when TARGET: 1 where the label is cls, or the float target) at offs, float32,
+        0 where masked."""
+        if TARGET:
+            if LABELS:
+                lab = tl.load(t_base + offs, mask=mask, other=0)
+                x = tl.where(mask & (lab == cls), 1.0, 0.0)
+            else:
+                x = tl.load(t_base + offs, mask=mask, other=0.0).to(tl.float32)
+        else:
+            x = _load_p(p_base, a_base, A_OFF, offs, mask, ACT)
+        return x
+
+    @triton.jit
+    def _load_map_tile(
+        p_base, t_base, a_base, A_OFF, rows, cols, H, W, cls,
+        TARGET: tl.constexpr, LABELS: tl.constexpr, ACT: tl.constexpr,
+    ):
+        """p (or y, when TARGET) at [rows x cols], float32, 0 outside the image."""
+        mask = (rows[:, None] < H) & (cols[None, :] < W)
+        offs = rows[:, None] * W + cols[None, :]
+        return _load_map(p_base, t_base, a_base, A_OFF, offs, mask, cls, TARGET, LABELS, ACT)
+
+    @triton.jit
     def _load_pair_tile(
         p_base, t_base, a_base, A_OFF, rows, cols, H, W, cls, LABELS: tl.constexpr, ACT: tl.constexpr
     ):
-        """p and y tiles [rows x cols] of one pair, float32, 0 outside the image."""
+        """p and y tiles [rows x cols] of one pair, float32, 0 outside the image; and the mask."""
         mask = (rows[:, None] < H) & (cols[None, :] < W)
         offs = rows[:, None] * W + cols[None, :]
-        p = _load_p(p_base, a_base, A_OFF, offs, mask, ACT)
-        if LABELS:
-            lab = tl.load(t_base + offs, mask=mask, other=0)
-            y = tl.where(mask & (lab == cls), 1.0, 0.0)
-        else:
-            y = tl.load(t_base + offs, mask=mask, other=0.0).to(tl.float32)
+        p = _load_map(p_base, t_base, a_base, A_OFF, offs, mask, cls, False, LABELS, ACT)
+        y = _load_map(p_base, t_base, a_base, A_OFF, offs, mask, cls, True, LABELS, ACT)
         return p, y, mask
 
     @triton.jit
@@ -222,16 +284,7 @@ if triton is not None:
                 acc_i = tl.zeros([BM, BN], dtype=tl.float32)
                 for w0 in range(0, W, BK):
                     wr = w0 + rk
-                    mask = (rows[:, None] < H) & (wr[None, :] < W)
-                    offs = rows[:, None] * W + wr[None, :]
-                    if TARGET:
-                        if LABELS:
-                            lab = tl.load(t_base + offs, mask=mask, other=0)
-                            x = tl.where(mask & (lab == cls), 1.0, 0.0)
-                        else:
-                            x = tl.load(t_base + offs, mask=mask, other=0.0).to(tl.float32)
-                    else:
-                        x = _load_p(p_base, a_base, A_OFF, offs, mask, ACT)
+                    x = _load_map_tile(p_base, t_base, a_base, A_OFF, rows, wr, H, W, cls, TARGET, LABELS, ACT)
                     tmask = (wr[:, None] < W) & (kcols[None, :] < WH)
                     toffs = wr[:, None] * WH + kcols[None, :]
                     cw = tl.load(cos_w_ptr + toffs, mask=tmask, other=0.0)
@@ -244,29 +297,6 @@ if triton is not None:
                 tl.store(out_i + soffs, acc_i, mask=smask)
 
     @triton.jit
-    def _col_dft(
-        cos_h_ptr, sin_h_ptr, x1r_ptr, x1i_ptr, khs, kcols, H, WH,
-        PRECISION: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    ):
-        """Tile [khs x kcols] of X = (C - iS) @ X1 along H (X1 = H x WH in scratch)."""
-        rk = tl.arange(0, BK)
-        xr = tl.zeros([BM, BN], dtype=tl.float32)
-        xi = tl.zeros([BM, BN], dtype=tl.float32)
-        for h0 in range(0, H, BK):
-            hs = h0 + rk
-            tmask = (khs[:, None] < H) & (hs[None, :] < H)
-            toffs = khs[:, None] * H + hs[None, :]
-            ch = tl.load(cos_h_ptr + toffs, mask=tmask, other=0.0)
-            sh = tl.load(sin_h_ptr + toffs, mask=tmask, other=0.0)
-            xmask = (hs[:, None] < H) & (kcols[None, :] < WH)
-            xoffs = hs[:, None] * WH + kcols[None, :]
-            a_r = tl.load(x1r_ptr + xoffs, mask=xmask, other=0.0)
-            a_i = tl.load(x1i_ptr + xoffs, mask=xmask, other=0.0)
-            xr += _dot(ch, a_r, PRECISION) + _dot(sh, a_i, PRECISION)
-            xi += _dot(ch, a_i, PRECISION) - _dot(sh, a_r, PRECISION)
-        return xr, xi
-
-    @triton.jit
     def _spectrum_weight(inside, kw, is_dc, W, INCLUDE_DC: tl.constexpr):
         """Weights turning half-spectrum sums into full ones: 2, except bin 0 and the Nyquist
         bin of even W along the halved axis (kw) (1); 0 outside the spectrum and, with DC out of
@@ -276,13 +306,6 @@ if triton is not None:
         if not INCLUDE_DC:
             wgt = tl.where(is_dc, 0.0, wgt)
         return wgt
-
-    @triton.jit
-    def _half_spectrum_weight(khs, kcols, H, W, WH, INCLUDE_DC: tl.constexpr):
-        """_spectrum_weight at the bins [khs x kcols] of an H x WH half spectrum; and the mask."""
-        inside = (khs[:, None] < H) & (kcols[None, :] < WH)
-        is_dc = (khs[:, None] == 0) & (kcols[None, :] == 0)
-        return _spectrum_weight(inside, kcols[None, :], is_dc, W, INCLUDE_DC), inside
 
     @triton.jit
     def _field_tile(s_pr, s_pi, s_b, offs, mask, khs, kcols, c_a, c_ab, flat_p, INCLUDE_DC: tl.constexpr):
@@ -302,6 +325,18 @@ if triton is not None:
         return coef * pr, coef * pi
 
     @triton.jit
+    def _plane_tile(src_r, src_i, s_b, offs, mask, khs, kcols, c_a, c_ab, flat_p, FIELD: tl.constexpr,
+                    INCLUDE_DC: tl.constexpr):
+        """A complex plane at src (0 where masked), or with FIELD the gradient field built from P
+        (at src) and B (at s_b), at the bins [khs x kcols]."""
+        if FIELD:
+            xr, xi = _field_tile(src_r, src_i, s_b, offs, mask, khs, kcols, c_a, c_ab, flat_p, INCLUDE_DC)
+        else:
+            xr = tl.load(src_r + offs, mask=mask, other=0.0)
+            xi = tl.load(src_i + offs, mask=mask, other=0.0)
+        return xr, xi
+
+    @triton.jit
     def _square_tables(cos_ptr, sin_ptr, n, NP: tl.constexpr):
         """An n x n pair of DFT tables (cos, sin), padded to NP x NP with zeros."""
         r = tl.arange(0, NP)
@@ -310,44 +345,40 @@ if triton is not None:
         return tl.load(cos_ptr + offs, mask=mask, other=0.0), tl.load(sin_ptr + offs, mask=mask, other=0.0)
 
     @triton.jit
+    def _fs_tables(cos_ptr, sin_ptr, n, FOUR_STEP: tl.constexpr, NP: tl.constexpr):
+        """The N1 x N1 tables of a four-step column transform's step 3, loaded once by its caller;
+        unused placeholders for the direct DFT."""
+        if FOUR_STEP:
+            c, s = _square_tables(cos_ptr, sin_ptr, n, NP)
+        else:
+            c = 0.0
+            s = 0.0
+        return c, s
+
+    @triton.jit
     def _fs_step1(
-        src_r, src_i, s_pr, s_pi, s_b, z_r, z_i, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
+        src_r, src_i, s_b, z_r, z_i, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
         k0, H, WH, N1, N2, c_a, c_ab, flat_p,
         INV: tl.constexpr, FIELD: tl.constexpr, INCLUDE_DC: tl.constexpr, PRECISION: tl.constexpr,
         N2P: tl.constexpr, BN: tl.constexpr,
     ):
         """Four-step DFT along H (H = N1 N2, h = n1 + N1 n2, k = k2 + N2 k1), steps 1-2, for the
         column block k0 + [0, BN): Z[n1 N2 + k2] = w_H^(-+ n1 k2) sum_n2 w_N2^(-+ n2 k2) X[n1 + N1 n2].
-        X is the plane src (or, with FIELD, the gradient field built from P and B); Z is H x BN."""
+        X is the plane src (or, with FIELD, the gradient field built from P at src and B at s_b);
+        Z is H x BN."""
         rn2 = tl.arange(0, N2P)
         rn = tl.arange(0, BN)
         kcols = k0 + rn
-        tmask = (rn2[:, None] < N2) & (rn2[None, :] < N2)
-        toffs = rn2[:, None] * N2 + rn2[None, :]
-        c2 = tl.load(c2_ptr + toffs, mask=tmask, other=0.0)
-        s2 = tl.load(s2_ptr + toffs, mask=tmask, other=0.0)
+        c2, s2 = _square_tables(c2_ptr, s2_ptr, N2, N2P)
         rmask = rn2 < N2
         xmask = rmask[:, None] & (kcols[None, :] < WH)
         for n1 in range(0, N1):
             rows = n1 + N1 * rn2
-            twc = tl.load(tw_c_ptr + n1 * N2 + rn2, mask=rmask, other=0.0)[:, None]
-            tws = tl.load(tw_s_ptr + n1 * N2 + rn2, mask=rmask, other=0.0)[:, None]
+            twc, tws = _twiddles_at(tw_c_ptr, tw_s_ptr, n1, rn2, N2)
             xoffs = rows[:, None] * WH + kcols[None, :]
-            if FIELD:
-                xr, xi = _field_tile(s_pr, s_pi, s_b, xoffs, xmask, rows, kcols, c_a, c_ab, flat_p, INCLUDE_DC)
-            else:
-                xr = tl.load(src_r + xoffs, mask=xmask, other=0.0)
-                xi = tl.load(src_i + xoffs, mask=xmask, other=0.0)
-            if INV:  # (C + iS) X, then times (c + i s)
-                zr = _dot(c2, xr, PRECISION) - _dot(s2, xi, PRECISION)
-                zi = _dot(c2, xi, PRECISION) + _dot(s2, xr, PRECISION)
-                tr = zr * twc - zi * tws
-                ti = zi * twc + zr * tws
-            else:  # (C - iS) X, then times (c - i s)
-                zr = _dot(c2, xr, PRECISION) + _dot(s2, xi, PRECISION)
-                zi = _dot(c2, xi, PRECISION) - _dot(s2, xr, PRECISION)
-                tr = zr * twc + zi * tws
-                ti = zi * twc - zr * tws
+            xr, xi = _plane_tile(src_r, src_i, s_b, xoffs, xmask, rows, kcols, c_a, c_ab, flat_p, FIELD, INCLUDE_DC)
+            zr, zi = _cdot(c2, s2, xr, xi, INV, False, PRECISION)
+            tr, ti = _twiddle(zr, zi, twc[:, None], tws[:, None], INV)
             zoffs = (n1 * N2 + rn2)[:, None] * BN + rn[None, :]
             tl.store(z_r + zoffs, tr, mask=xmask)
             tl.store(z_i + zoffs, ti, mask=xmask)
@@ -365,31 +396,33 @@ if triton is not None:
         zoffs = (rn1 * N2 + k2)[:, None] * BN + rn[None, :]
         zr = tl.load(z_r + zoffs, mask=zmask, other=0.0)
         zi = tl.load(z_i + zoffs, mask=zmask, other=0.0)
-        if INV:
-            xr = _dot(c1, zr, PRECISION) - _dot(s1, zi, PRECISION)
-            xi = _dot(c1, zi, PRECISION) + _dot(s1, zr, PRECISION)
-        else:
-            xr = _dot(c1, zr, PRECISION) + _dot(s1, zi, PRECISION)
-            xi = _dot(c1, zi, PRECISION) - _dot(s1, zr, PRECISION)
+        xr, xi = _cdot(c1, s1, zr, zi, INV, False, PRECISION)
         return xr, xi, k2 + N2 * rn1
 
     @triton.jit
-    def _load_map_tile(
-        p_base, t_base, a_base, A_OFF, rows, cols, H, W, cls,
-        TARGET: tl.constexpr, LABELS: tl.constexpr, ACT: tl.constexpr,
-    ):
-        """p (or y, when TARGET) at [rows x cols], float32, 0 outside the image."""
-        mask = (rows[:, None] < H) & (cols[None, :] < W)
-        offs = rows[:, None] * W + cols[None, :]
-        if TARGET:
-            if LABELS:
-                lab = tl.load(t_base + offs, mask=mask, other=0)
-                x = tl.where(mask & (lab == cls), 1.0, 0.0)
-            else:
-                x = tl.load(t_base + offs, mask=mask, other=0.0).to(tl.float32)
-        else:
-            x = _load_p(p_base, a_base, A_OFF, offs, mask, ACT)
-        return x
+    def _w_tables(c1_ptr, s1_ptr, c2_ptr, s2_ptr, M1, M2, M1P: tl.constexpr, M2P: tl.constexpr):
+        """The four-step along W's index ranges (M1P, M2P) and tables: M1 x M1 (step 3), M2 x M2
+        (step 1)."""
+        c2, s2 = _square_tables(c2_ptr, s2_ptr, M2, M2P)
+        c1, s1 = _square_tables(c1_ptr, s1_ptr, M1, M1P)
+        return tl.arange(0, M1P), tl.arange(0, M2P), c1, s1, c2, s2
+
+    @triton.jit
+    def _w_store(w_r, w_i, zr, zi, tw_c_ptr, tw_s_ptr, m1, rm, r2, M2, W, mask, INV: tl.constexpr):
+        """Four-step along W, steps 1-2 of one m1: the tile Z times the twiddles of row m1, into
+        columns m1 M2 + [0, M2) of the BM x W scratch."""
+        twc, tws = _twiddles_at(tw_c_ptr, tw_s_ptr, m1, r2, M2)
+        zoffs = rm[:, None] * W + (m1 * M2 + r2)[None, :]
+        tr, ti = _twiddle(zr, zi, twc[None, :], tws[None, :], INV)
+        tl.store(w_r + zoffs, tr, mask=mask)
+        tl.store(w_i + zoffs, ti, mask=mask)
+
+    @triton.jit
+    def _w_load(w_r, w_i, rows, rm, r1, k2, H, M1, M2, W):
+        """Four-step along W, step 3's input for one k2: Z[h, m1 M2 + k2] from the BM x W scratch."""
+        zmask = (rows[:, None] < H) & (r1[None, :] < M1)
+        zoffs = rm[:, None] * W + (r1 * M2 + k2)[None, :]
+        return tl.load(w_r + zoffs, mask=zmask, other=0.0), tl.load(w_i + zoffs, mask=zmask, other=0.0)
 
     @triton.jit
     def _row_dft_fs(
@@ -402,10 +435,7 @@ if triton is not None:
         of p (or y): X1[h, k] for k < WH into out_r / out_i. z_r / z_i: BM x W scratch, reused
         for each block of rows."""
         rm = tl.arange(0, BM)
-        r2 = tl.arange(0, M2P)
-        r1 = tl.arange(0, M1P)
-        c2, s2 = _square_tables(c2_ptr, s2_ptr, M2, M2P)
-        c1, s1 = _square_tables(c1_ptr, s1_ptr, M1, M1P)
+        r1, r2, c1, s1, c2, s2 = _w_tables(c1_ptr, s1_ptr, c2_ptr, s2_ptr, M1, M2, M1P, M2P)
         for h0 in range(0, H, BM):
             rows = h0 + rm
             # steps 1-2: Z[h, m1 M2 + k2] = w_W^(-m1 k2) sum_m2 x[h, m1 + M1 m2] w_M2^(-m2 k2)
@@ -413,21 +443,13 @@ if triton is not None:
                 x = _load_map_tile(p_base, t_base, a_base, A_OFF, rows, m1 + M1 * r2, H, W, cls, TARGET, LABELS, ACT)
                 zr = _dot(x, c2, PRECISION)
                 zi = -_dot(x, s2, PRECISION)
-                twc = tl.load(tw_c_ptr + m1 * M2 + r2, mask=r2 < M2, other=0.0)[None, :]
-                tws = tl.load(tw_s_ptr + m1 * M2 + r2, mask=r2 < M2, other=0.0)[None, :]
                 zmask = (rows[:, None] < H) & (r2[None, :] < M2)
-                zoffs = rm[:, None] * W + (m1 * M2 + r2)[None, :]
-                tl.store(z_r + zoffs, zr * twc + zi * tws, mask=zmask)
-                tl.store(z_i + zoffs, zi * twc - zr * tws, mask=zmask)
+                _w_store(z_r, z_i, zr, zi, tw_c_ptr, tw_s_ptr, m1, rm, r2, M2, W, zmask, False)
             tl.debug_barrier()
             # step 3: X1[h, k2 + M2 k1] = sum_m1 Z[h, m1 M2 + k2] w_M1^(-m1 k1); keep k < WH
             for k2 in range(0, M2):
-                zmask = (rows[:, None] < H) & (r1[None, :] < M1)
-                zoffs = rm[:, None] * W + (r1 * M2 + k2)[None, :]
-                zr = tl.load(z_r + zoffs, mask=zmask, other=0.0)
-                zi = tl.load(z_i + zoffs, mask=zmask, other=0.0)
-                xr = _dot(zr, c1, PRECISION) + _dot(zi, s1, PRECISION)
-                xi = _dot(zi, c1, PRECISION) - _dot(zr, s1, PRECISION)
+                zr, zi = _w_load(z_r, z_i, rows, rm, r1, k2, H, M1, M2, W)
+                xr, xi = _cdot(c1, s1, zr, zi, False, True, PRECISION)
                 ks = k2 + M2 * r1
                 omask = (rows[:, None] < H) & (r1[None, :] < M1) & (ks[None, :] < WH)
                 ooffs = rows[:, None] * WH + ks[None, :]
@@ -494,33 +516,141 @@ if triton is not None:
         return s_p, s_y, m2_p, pyc, py, m2_y
 
     @triton.jit
-    def _icol_tile(
-        cos_ptr, sin_ptr, src_r, src_i, s_b, rows, kcols, NR, NC, c_a, c_ab, flat_p,
-        FIELD: tl.constexpr, INCLUDE_DC: tl.constexpr, PRECISION: tl.constexpr,
+    def _col_tile(
+        cos_ptr, sin_ptr, src_r, src_i, s_b, dst_r, dst_i, rows, kcols, NR, NC, W, WH, c_a, c_ab, flat_p, acc1, acc2,
+        MODE: tl.constexpr, INV: tl.constexpr, FIELD: tl.constexpr, INCLUDE_DC: tl.constexpr,
+        NEED_GRAD: tl.constexpr, DEPTH: tl.constexpr, PRECISION: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     ):
-        """Tile [rows x kcols] of (C + iS) @ X, the inverse DFT along the first axis of an NR x NC
-        plane (row stride NC): X is the plane at src, or with FIELD the gradient field built from P
-        (at src) and B (at s_b), whose DC bin is row 0, column 0."""
+        """Tile [rows x kcols] of (C - iS) @ X, or with INV (C + iS) @ X: the direct DFT along the
+        first axis of an NR x NC plane (row stride NC; NR x NR tables), handed to _col_out. X is
+        the plane at src, or with FIELD the gradient field built from P (at src) and B (at s_b),
+        whose DC bin is row 0, column 0."""
         rk = tl.arange(0, BK)
-        g1r = tl.zeros([BM, BN], dtype=tl.float32)
-        g1i = tl.zeros([BM, BN], dtype=tl.float32)
-        for kh0 in range(0, NR, BK):
-            khs = kh0 + rk
-            tmask = (rows[:, None] < NR) & (khs[None, :] < NR)
-            toffs = rows[:, None] * NR + khs[None, :]
-            ch = tl.load(cos_ptr + toffs, mask=tmask, other=0.0)
-            sh = tl.load(sin_ptr + toffs, mask=tmask, other=0.0)
-            xmask = (khs[:, None] < NR) & (kcols[None, :] < NC)
-            xoffs = khs[:, None] * NC + kcols[None, :]
-            if FIELD:
-                gr, gi = _field_tile(src_r, src_i, s_b, xoffs, xmask, khs, kcols, c_a, c_ab, flat_p, INCLUDE_DC)
+        acc_r = tl.zeros([BM, BN], dtype=tl.float32)
+        acc_i = tl.zeros([BM, BN], dtype=tl.float32)
+        for r0 in range(0, NR, BK):
+            ks = r0 + rk
+            tmask = (rows[:, None] < NR) & (ks[None, :] < NR)
+            toffs = rows[:, None] * NR + ks[None, :]
+            c = tl.load(cos_ptr + toffs, mask=tmask, other=0.0)
+            s = tl.load(sin_ptr + toffs, mask=tmask, other=0.0)
+            xmask = (ks[:, None] < NR) & (kcols[None, :] < NC)
+            xoffs = ks[:, None] * NC + kcols[None, :]
+            xr, xi = _plane_tile(src_r, src_i, s_b, xoffs, xmask, ks, kcols, c_a, c_ab, flat_p, FIELD, INCLUDE_DC)
+            tr, ti = _cdot(c, s, xr, xi, INV, False, PRECISION)
+            acc_r += tr
+            acc_i += ti
+        return _col_out(acc_r, acc_i, rows, kcols, NR, NC, W, WH, s_b, dst_r, dst_i, acc1, acc2,
+                        MODE, INCLUDE_DC, NEED_GRAD, DEPTH)
+
+    @triton.jit
+    def _add_part(acc, part, DEPTH: tl.constexpr):
+        """acc + part (row sums of a tile); in the depth passes acc is a scalar, summed tile by tile."""
+        if DEPTH:
+            acc += tl.sum(part, axis=0)
+        else:
+            acc += part
+        return acc
+
+    @triton.jit
+    def _col_out(
+        xr, xi, rows, kcols, NR, NC, W, WH, s_b, dst_r, dst_i, acc1, acc2,
+        MODE: tl.constexpr, INCLUDE_DC: tl.constexpr, NEED_GRAD: tl.constexpr, DEPTH: tl.constexpr,
+    ):
+        """What a column transform does with its output tile X at [rows x kcols] of an NR x NC
+        plane. MODE 0: X stored at dst. MODE 1 (X = Y): B = |Y| stored at s_b, its part of T_b
+        added to acc1. MODE 2 (X = P): B read back, the parts of T_a and T_ab added to acc1 and
+        acc2, and P stored at dst with NEED_GRAD. The half-spectrum bin along W is the column, or
+        in the depth passes (DEPTH: the columns are a slice's H x WH bins) the column mod WH."""
+        inside = (rows[:, None] < NR) & (kcols[None, :] < NC)
+        offs = rows[:, None] * NC + kcols[None, :]
+        if MODE == 0:
+            tl.store(dst_r + offs, xr, mask=inside)
+            tl.store(dst_i + offs, xi, mask=inside)
+        else:
+            if DEPTH:
+                kw = kcols % WH
             else:
-                gr = tl.load(src_r + xoffs, mask=xmask, other=0.0)
-                gi = tl.load(src_i + xoffs, mask=xmask, other=0.0)
-            g1r += _dot(ch, gr, PRECISION) - _dot(sh, gi, PRECISION)
-            g1i += _dot(ch, gi, PRECISION) + _dot(sh, gr, PRECISION)
-        return g1r, g1i
+                kw = kcols
+            is_dc = (rows[:, None] == 0) & (kcols[None, :] == 0)
+            wgt = _spectrum_weight(inside, kw[None, :], is_dc, W, INCLUDE_DC)
+            mag = tl.sqrt(xr * xr + xi * xi)
+            if MODE == 1:
+                # two pointer adds, not s_b + offs: the integer code the kernels had before these helpers
+                tl.store(s_b + rows[:, None] * NC + kcols[None, :], mag, mask=inside)
+                acc1 = _add_part(acc1, tl.sum(wgt * mag, axis=1), DEPTH)
+            else:
+                bmag = tl.load(s_b + offs, mask=inside, other=0.0)
+                acc1 = _add_part(acc1, tl.sum(wgt * mag, axis=1), DEPTH)
+                acc2 = _add_part(acc2, tl.sum(wgt * mag * bmag, axis=1), DEPTH)
+                if NEED_GRAD:
+                    tl.store(dst_r + offs, xr, mask=inside)
+                    tl.store(dst_i + offs, xi, mask=inside)
+        return acc1, acc2
+
+    @triton.jit
+    def _col_block(
+        src_r, src_i, s_b, dst_r, dst_i, z_r, z_i, cos_ptr, sin_ptr, c1, s1, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
+        k0, NR, NC, N1, N2, W, WH, c_a, c_ab, flat_p, acc1, acc2,
+        MODE: tl.constexpr, INV: tl.constexpr, FIELD: tl.constexpr, FOUR_STEP: tl.constexpr,
+        INCLUDE_DC: tl.constexpr, NEED_GRAD: tl.constexpr, DEPTH: tl.constexpr, PRECISION: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, N1P: tl.constexpr, N2P: tl.constexpr,
+    ):
+        """The DFT (INV: inverse) along the first axis of the column block k0 + [0, BN) of an
+        NR x NC plane (src, or with FIELD the field from P at src and B at s_b), each output tile
+        handled by _col_out; returns (acc1, acc2), which must be tensors (a loop carries no float
+        literal). Four-step (NR = N1 N2; c1, s1: the N1 x N1 tables) through Z, NR x BN, so dst
+        may be src; the direct DFT needs dst apart from src."""
+        kcols = k0 + tl.arange(0, BN)
+        if FOUR_STEP:
+            _fs_step1(src_r, src_i, s_b, z_r, z_i, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
+                      k0, NR, NC, N1, N2, c_a, c_ab, flat_p, INV, FIELD, INCLUDE_DC, PRECISION, N2P, BN)
+            tl.debug_barrier()
+            for k2 in range(0, N2):
+                xr, xi, rows = _fs_step3(z_r, z_i, c1, s1, k2, kcols, NC, N1, N2, INV, PRECISION, N1P, BN)
+                acc1, acc2 = _col_out(xr, xi, rows, kcols, NR, NC, W, WH, s_b, dst_r, dst_i, acc1, acc2,
+                                      MODE, INCLUDE_DC, NEED_GRAD, DEPTH)
+            tl.debug_barrier()  # Z is reused by the next block
+        else:
+            rm = tl.arange(0, BM)
+            for r0 in range(0, NR, BM):
+                acc1, acc2 = _col_tile(cos_ptr, sin_ptr, src_r, src_i, s_b, dst_r, dst_i, r0 + rm, kcols, NR, NC, W,
+                                       WH, c_a, c_ab, flat_p, acc1, acc2, MODE, INV, FIELD, INCLUDE_DC, NEED_GRAD,
+                                       DEPTH, PRECISION, BM, BN, BK)
+        return acc1, acc2
+
+    @triton.jit
+    def _col_pass(
+        src_r, src_i, s_b, dst_r, dst_i, z_r, z_i, cos_ptr, sin_ptr, c1, s1, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
+        NR, NC, N1, N2, W, c_a, c_ab, flat_p,
+        MODE: tl.constexpr, INV: tl.constexpr, FIELD: tl.constexpr, FOUR_STEP: tl.constexpr,
+        INCLUDE_DC: tl.constexpr, NEED_GRAD: tl.constexpr, PRECISION: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, N1P: tl.constexpr, N2P: tl.constexpr,
+    ):
+        """_col_block over all the columns of an NR x NC half spectrum (NC = WH); returns the row
+        sums acc1, acc2 of _col_out (N1P of them four-step, else BM). The direct DFT goes tile by
+        tile, blocks of rows outermost."""
+        if FOUR_STEP:
+            acc1 = tl.zeros([N1P], dtype=tl.float32)
+            acc2 = tl.zeros([N1P], dtype=tl.float32)
+            for k0 in range(0, NC, BN):
+                acc1, acc2 = _col_block(src_r, src_i, s_b, dst_r, dst_i, z_r, z_i, cos_ptr, sin_ptr, c1, s1,
+                                        c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr, k0, NR, NC, N1, N2, W, NC, c_a, c_ab,
+                                        flat_p, acc1, acc2, MODE, INV, FIELD, True, INCLUDE_DC, NEED_GRAD, False,
+                                        PRECISION, BM, BN, BK, N1P, N2P)
+        else:
+            acc1 = tl.zeros([BM], dtype=tl.float32)
+            acc2 = tl.zeros([BM], dtype=tl.float32)
+            rm = tl.arange(0, BM)
+            rn = tl.arange(0, BN)
+            for r0 in range(0, NR, BM):
+                rows = r0 + rm
+                for k0 in range(0, NC, BN):
+                    acc1, acc2 = _col_tile(cos_ptr, sin_ptr, src_r, src_i, s_b, dst_r, dst_i, rows, k0 + rn, NR, NC,
+                                           W, NC, c_a, c_ab, flat_p, acc1, acc2, MODE, INV, FIELD, INCLUDE_DC,
+                                           NEED_GRAD, False, PRECISION, BM, BN, BK)
+        return acc1, acc2
 
     @triton.jit
     def _inv_col_pass(
@@ -533,33 +663,10 @@ if triton is not None:
         field from P at src and B at s_b) into dst; four-step or direct; then a barrier. The
         four-step goes one block of columns at a time through Z (H x BN), so dst may be src
         there; the direct DFT needs dst apart from src."""
-        rm = tl.arange(0, BM)
-        rn = tl.arange(0, BN)
-        if FOUR_STEP:
-            c1, s1 = _square_tables(c1_ptr, s1_ptr, N1, N1P)
-            for k0 in range(0, WH, BN):
-                kcols = k0 + rn
-                _fs_step1(src_r, src_i, src_r, src_i, s_b, z_r, z_i, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
-                          k0, H, WH, N1, N2, c_a, c_ab, flat_p, True, FIELD, INCLUDE_DC, PRECISION, N2P, BN)
-                tl.debug_barrier()
-                for k2 in range(0, N2):
-                    g1r, g1i, hs = _fs_step3(z_r, z_i, c1, s1, k2, kcols, WH, N1, N2, True, PRECISION, N1P, BN)
-                    smask = (hs[:, None] < H) & (kcols[None, :] < WH)
-                    soffs = hs[:, None] * WH + kcols[None, :]
-                    tl.store(dst_r + soffs, g1r, mask=smask)
-                    tl.store(dst_i + soffs, g1i, mask=smask)
-                tl.debug_barrier()
-        else:
-            for h0 in range(0, H, BM):
-                rows = h0 + rm
-                for k0 in range(0, WH, BN):
-                    kcols = k0 + rn
-                    g1r, g1i = _icol_tile(cos_h_ptr, sin_h_ptr, src_r, src_i, s_b, rows, kcols, H, WH,
-                                          c_a, c_ab, flat_p, FIELD, INCLUDE_DC, PRECISION, BM, BN, BK)
-                    smask = (rows[:, None] < H) & (kcols[None, :] < WH)
-                    soffs = rows[:, None] * WH + kcols[None, :]
-                    tl.store(dst_r + soffs, g1r, mask=smask)
-                    tl.store(dst_i + soffs, g1i, mask=smask)
+        c1, s1 = _fs_tables(c1_ptr, s1_ptr, N1, FOUR_STEP, N1P)
+        _col_pass(src_r, src_i, s_b, dst_r, dst_i, z_r, z_i, cos_h_ptr, sin_h_ptr, c1, s1, c2_ptr, s2_ptr,
+                  tw_c_ptr, tw_s_ptr, H, WH, N1, N2, 0, c_a, c_ab, flat_p, 0, True, FIELD, FOUR_STEP, INCLUDE_DC,
+                  False, PRECISION, BM, BN, BK, N1P, N2P)
         tl.debug_barrier()
 
     @triton.jit
@@ -578,10 +685,7 @@ if triton is not None:
         rn = tl.arange(0, BN)
         rk = tl.arange(0, BK)
         if FOUR_STEP_W:
-            r1 = tl.arange(0, M1P)
-            r2 = tl.arange(0, M2P)
-            d2, e2 = _square_tables(d2_ptr, e2_ptr, M2, M2P)
-            d1, e1 = _square_tables(d1_ptr, e1_ptr, M1, M1P)
+            r1, r2, d1, e1, d2, e2 = _w_tables(d1_ptr, e1_ptr, d2_ptr, e2_ptr, M1, M2, M1P, M2P)
             for h0 in range(0, H, BM):
                 rows = h0 + rm
                 # steps 1-2 on the full spectrum, G[k] = conj(G[W - k]) for k >= WH:
@@ -595,20 +699,12 @@ if triton is not None:
                     gr = tl.load(g_r + goffs, mask=gmask, other=0.0)
                     gi = tl.load(g_i + goffs, mask=gmask, other=0.0)
                     gi = tl.where(lower[None, :], gi, -gi)
-                    zr = _dot(gr, d2, PRECISION) - _dot(gi, e2, PRECISION)
-                    zi = _dot(gi, d2, PRECISION) + _dot(gr, e2, PRECISION)
-                    twc = tl.load(tv_c_ptr + m1 * M2 + r2, mask=r2 < M2, other=0.0)[None, :]
-                    tws = tl.load(tv_s_ptr + m1 * M2 + r2, mask=r2 < M2, other=0.0)[None, :]
-                    zoffs = rm[:, None] * W + (m1 * M2 + r2)[None, :]
-                    tl.store(w_r + zoffs, zr * twc - zi * tws, mask=gmask)
-                    tl.store(w_i + zoffs, zi * twc + zr * tws, mask=gmask)
+                    zr, zi = _cdot(d2, e2, gr, gi, True, True, PRECISION)
+                    _w_store(w_r, w_i, zr, zi, tv_c_ptr, tv_s_ptr, m1, rm, r2, M2, W, gmask, True)
                 tl.debug_barrier()
                 # step 3, real part: out[h, k2 + M2 k1] = Re sum_m1 Z[h, m1 M2 + k2] w_M1^(m1 k1)
                 for k2 in range(0, M2):
-                    zmask = (rows[:, None] < H) & (r1[None, :] < M1)
-                    zoffs = rm[:, None] * W + (r1 * M2 + k2)[None, :]
-                    zr = tl.load(w_r + zoffs, mask=zmask, other=0.0)
-                    zi = tl.load(w_i + zoffs, mask=zmask, other=0.0)
+                    zr, zi = _w_load(w_r, w_i, rows, rm, r1, k2, H, M1, M2, W)
                     acc = _dot(zr, d1, PRECISION) - _dot(zi, e1, PRECISION)
                     wcols = k2 + M2 * r1
                     p, y, mask = _load_pair_tile(p_base, t_base, a_base, A_OFF, rows, wcols, H, W, cls, LABELS, ACT)
@@ -641,6 +737,68 @@ if triton is not None:
                     tl.store(g_base + offs, acc, mask=mask)
 
     @triton.jit
+    def _pair_results(
+        scc_ptr, valid_ptr, pair, energy_a, total_a, energy_b, total_b, cross, valid, t_a, t_b, t_ab, n_k, var_p,
+        n_vox, magnitude_weight, phase_weight, NEED_GRAD: tl.constexpr,
+    ):
+        """Phase 3: the per-pair scalars, as torch_fft.pair_coefficients; SCC and valid stored at
+        pair. Returns the gradient coefficients (c_a, c_ab, c_aa, c_re, flat_p), zeros without
+        NEED_GRAD."""
+        scc, rho_mag, rho_phase, den, zero_mag, zero_phase, var_a = _pair_scalars(
+            energy_a, total_a, energy_b, total_b, cross, t_a, t_b, t_ab, n_k, magnitude_weight, phase_weight,
+            FP32_EPS, FP32_MAX)
+        tl.store(scc_ptr + pair, scc)
+        tl.store(valid_ptr + pair, valid.to(tl.int8))
+        if NEED_GRAD:
+            c_a, c_ab, c_aa, c_re, flat_p = _grad_coefficients(
+                rho_mag, rho_phase, den, zero_mag, zero_phase, var_a, t_a, t_b, t_ab, n_k, var_p, total_a,
+                n_vox, magnitude_weight, phase_weight, FP32_EPS)
+        else:
+            c_a = 0.0
+            c_ab = 0.0
+            c_aa = 0.0
+            c_re = 0.0
+            flat_p = False
+        return c_a, c_ab, c_aa, c_re, flat_p
+
+    @triton.jit
+    def _dc_offsets(mean_p, mean_y, INCLUDE_DC: tl.constexpr):
+        """What the gradient's spatial terms subtract from p and y: the means when DC is out of K."""
+        if INCLUDE_DC:
+            off_p = 0.0
+            off_y = 0.0
+        else:
+            off_p = mean_p
+            off_y = mean_y
+        return off_p, off_y
+
+    @triton.jit
+    def _fused_scratch(
+        scratch_ptr, pid, PER_PROGRAM, plane, H, W,
+        SLOTS: tl.constexpr, FOUR_STEP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    ):
+        """The fused kernel's per-program scratch. Planes (H x WH each): X1 (0-1), the row transform
+        of y, then of p, then (four-step along H) P, then the half-inverse of the field; B (2); P
+        (3-4: direct DFT along H, with the gradient). After the planes, the four-step
+        intermediates: 2 x H x BN and 2 x BM x W. Returns X1 (re, im), B, P (re, im), Z along H
+        (re, im), Z along W (re, im)."""
+        scratch = scratch_ptr + pid.to(tl.int64) * PER_PROGRAM
+        s_p1r = scratch
+        s_p1i = scratch + plane
+        s_b = scratch + 2 * plane
+        if FOUR_STEP:
+            s_pr = s_p1r  # P1 is dead once step 1 of its column transform has run
+            s_pi = s_p1i
+        else:
+            s_pr = scratch + 3 * plane
+            s_pi = scratch + 4 * plane
+        s_zr = scratch + SLOTS * plane  # four-step along H: 2 x H x BN
+        s_zi = s_zr + H * BN
+        s_wr = s_zi + H * BN  # four-step along W: 2 x BM x W
+        s_wi = s_wr + BM * W
+        return s_p1r, s_p1i, s_b, s_pr, s_pi, s_zr, s_zi, s_wr, s_wi
+
+    @triton.jit
     def _scc_fused_kernel(
         probs_ptr,  # B*C' x H x W probs, or (ACT > 0) B x X_CHAN x H x W logits
         target_ptr,  # labels B x H x W or float B*C' x H x W
@@ -668,28 +826,10 @@ if triton is not None:
             n_k = n_vox
         else:
             n_k = n_vox - 1.0
-        scratch = scratch_ptr + pid.to(tl.int64) * PER_PROGRAM
-        # Scratch planes (H x WH each): X1 (0-1), the row transform of y, then of p, then (four-step
-        # along H) P, then the half-inverse of the field; B (2); P (3-4: direct DFT along H, with the
-        # gradient). After the planes, the four-step intermediates: 2 x H x BN and 2 x BM x W.
-        s_p1r = scratch
-        s_p1i = scratch + plane
+        s_p1r, s_p1i, s_b, s_pr, s_pi, s_zr, s_zi, s_wr, s_wi = _fused_scratch(
+            scratch_ptr, pid, PER_PROGRAM, plane, H, W, SLOTS, FOUR_STEP, BM, BN)
         s_y1r = s_p1r  # y's row transform is consumed (phase 2a) before p's is made
         s_y1i = s_p1i
-        s_b = scratch + 2 * plane
-        if FOUR_STEP:
-            s_pr = s_p1r  # P1 is dead once step 1 of its column transform has run
-            s_pi = s_p1i
-        else:
-            s_pr = scratch + 3 * plane
-            s_pi = scratch + 4 * plane
-        s_zr = scratch + SLOTS * plane  # four-step along H: 2 x H x BN
-        s_zi = s_zr + H * BN
-        s_wr = s_zi + H * BN  # four-step along W: 2 x BM x W
-        s_wi = s_wr + BM * W
-
-        rm = tl.arange(0, BM)
-        rn = tl.arange(0, BN)
 
         for pair in range(pid, n_pairs, n_prog):
             img = pair // n_chan
@@ -713,97 +853,34 @@ if triton is not None:
                       d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
                       True, LABELS, ACT, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
 
-            if FOUR_STEP:
-                # ---- phase 2, four-step along H: N1 DFTs of N2, twiddles, N2 DFTs of N1 ----
-                c1, s1 = _square_tables(c1_ptr, s1_ptr, N1, N1P)
-                # One block of columns at a time: Z is H x BN, and a block's output may overwrite
-                # its input (P over P1, the half-inverse over P), as step 1 has consumed it.
-                acc_tb = tl.zeros([N1P], dtype=tl.float32)
-                for k0 in range(0, WH, BN):
-                    kcols = k0 + rn
-                    _fs_step1(s_y1r, s_y1i, s_pr, s_pi, s_b, s_zr, s_zi, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
-                              k0, H, WH, N1, N2, 0.0, 0.0, False, False, False, INCLUDE_DC, PRECISION, N2P, BN)
-                    tl.debug_barrier()
-                    for k2 in range(0, N2):
-                        yr, yi, khs = _fs_step3(s_zr, s_zi, c1, s1, k2, kcols, WH, N1, N2, False, PRECISION, N1P, BN)
-                        bmag = tl.sqrt(yr * yr + yi * yi)
-                        wgt, inside = _half_spectrum_weight(khs, kcols, H, W, WH, INCLUDE_DC)
-                        acc_tb += tl.sum(wgt * bmag, axis=1)
-                        tl.store(s_b + khs[:, None] * WH + kcols[None, :], bmag, mask=inside)
-                    tl.debug_barrier()
-                # ---- phase 1p: row DFT of p, P1 = p @ (C - iS), over Y1 ----
-                _row_pass(p_base, t_base, a_base, A_OFF, s_p1r, s_p1i, s_wr, s_wi, cos_w_ptr, sin_w_ptr,
-                          d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
-                          False, LABELS, ACT, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
-                acc_ta = tl.zeros([N1P], dtype=tl.float32)
-                acc_tab = tl.zeros([N1P], dtype=tl.float32)
-                for k0 in range(0, WH, BN):
-                    kcols = k0 + rn
-                    _fs_step1(s_p1r, s_p1i, s_pr, s_pi, s_b, s_zr, s_zi, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
-                              k0, H, WH, N1, N2, 0.0, 0.0, False, False, False, INCLUDE_DC, PRECISION, N2P, BN)
-                    tl.debug_barrier()
-                    for k2 in range(0, N2):
-                        pr, pi, khs = _fs_step3(s_zr, s_zi, c1, s1, k2, kcols, WH, N1, N2, False, PRECISION, N1P, BN)
-                        amag = tl.sqrt(pr * pr + pi * pi)
-                        wgt, inside = _half_spectrum_weight(khs, kcols, H, W, WH, INCLUDE_DC)
-                        soffs = khs[:, None] * WH + kcols[None, :]
-                        bmag = tl.load(s_b + soffs, mask=inside, other=0.0)
-                        acc_ta += tl.sum(wgt * amag, axis=1)
-                        acc_tab += tl.sum(wgt * amag * bmag, axis=1)
-                        if NEED_GRAD:
-                            tl.store(s_pr + soffs, pr, mask=inside)
-                            tl.store(s_pi + soffs, pi, mask=inside)
-                    tl.debug_barrier()
-            else:
-                # ---- phase 2a: column DFT of Y along H, Y = (C - iS) @ Y1; B = |Y| kept, T_b ----
-                acc_tb = tl.zeros([BM], dtype=tl.float32)
-                for kh0 in range(0, H, BM):
-                    khs = kh0 + rm
-                    for k0 in range(0, WH, BN):
-                        kcols = k0 + rn
-                        yr, yi = _col_dft(cos_h_ptr, sin_h_ptr, s_y1r, s_y1i, khs, kcols, H, WH, PRECISION, BM, BN, BK)
-                        bmag = tl.sqrt(yr * yr + yi * yi)
-                        wgt, inside = _half_spectrum_weight(khs, kcols, H, W, WH, INCLUDE_DC)
-                        acc_tb += tl.sum(wgt * bmag, axis=1)
-                        tl.store(s_b + khs[:, None] * WH + kcols[None, :], bmag, mask=inside)
-                tl.debug_barrier()
-                # ---- phase 1p: row DFT of p, P1 = p @ (C - iS), over Y1 ----
-                _row_pass(p_base, t_base, a_base, A_OFF, s_p1r, s_p1i, s_wr, s_wi, cos_w_ptr, sin_w_ptr,
-                          d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
-                          False, LABELS, ACT, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
-
-                # ---- phase 2b: column DFT of P; A = |P|, T_a and T_ab (P kept for the gradient) ----
-                acc_ta = tl.zeros([BM], dtype=tl.float32)
-                acc_tab = tl.zeros([BM], dtype=tl.float32)
-                for kh0 in range(0, H, BM):
-                    khs = kh0 + rm
-                    for k0 in range(0, WH, BN):
-                        kcols = k0 + rn
-                        pr, pi = _col_dft(cos_h_ptr, sin_h_ptr, s_p1r, s_p1i, khs, kcols, H, WH, PRECISION, BM, BN, BK)
-                        amag = tl.sqrt(pr * pr + pi * pi)
-                        wgt, inside = _half_spectrum_weight(khs, kcols, H, W, WH, INCLUDE_DC)
-                        soffs = khs[:, None] * WH + kcols[None, :]
-                        bmag = tl.load(s_b + soffs, mask=inside, other=0.0)
-                        acc_ta += tl.sum(wgt * amag, axis=1)
-                        acc_tab += tl.sum(wgt * amag * bmag, axis=1)
-                        if NEED_GRAD:
-                            tl.store(s_pr + soffs, pr, mask=inside)
-                            tl.store(s_pi + soffs, pi, mask=inside)
+            # ---- phase 2a: column DFT of Y along H, Y = (C - iS) @ Y1; B = |Y| kept, T_b ----
+            # Four-step (N1 DFTs of N2, twiddles, N2 DFTs of N1) one block of columns at a time:
+            # a block's output may overwrite its input (P over P1, the half-inverse over P).
+            c1, s1 = _fs_tables(c1_ptr, s1_ptr, N1, FOUR_STEP, N1P)
+            acc_tb, _ = _col_pass(s_y1r, s_y1i, s_b, s_pr, s_pi, s_zr, s_zi, cos_h_ptr, sin_h_ptr, c1, s1,
+                                  c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr, H, WH, N1, N2, W, 0.0, 0.0, False,
+                                  1, False, False, FOUR_STEP, INCLUDE_DC, NEED_GRAD, PRECISION, BM, BN, BK, N1P, N2P)
+            if not FOUR_STEP:
+                tl.debug_barrier()  # (the four-step ends each block of columns with one)
+            # ---- phase 1p: row DFT of p, P1 = p @ (C - iS), over Y1 ----
+            _row_pass(p_base, t_base, a_base, A_OFF, s_p1r, s_p1i, s_wr, s_wi, cos_w_ptr, sin_w_ptr,
+                      d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
+                      False, LABELS, ACT, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
+            # ---- phase 2b: column DFT of P; A = |P|, T_a and T_ab (P kept for the gradient) ----
+            acc_ta, acc_tab = _col_pass(s_p1r, s_p1i, s_b, s_pr, s_pi, s_zr, s_zi, cos_h_ptr, sin_h_ptr, c1, s1,
+                                        c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr, H, WH, N1, N2, W, 0.0, 0.0, False,
+                                        2, False, False, FOUR_STEP, INCLUDE_DC, NEED_GRAD, PRECISION,
+                                        BM, BN, BK, N1P, N2P)
             t_a = tl.sum(acc_ta, axis=0)
             t_b = tl.sum(acc_tb, axis=0)
             t_ab = tl.sum(acc_tab, axis=0)
 
             # ---- phase 3: per-pair scalars, as torch_fft.pair_coefficients ----
-            scc, rho_mag, rho_phase, den, zero_mag, zero_phase, var_a = _pair_scalars(
-                energy_a, total_a, energy_b, total_b, cross, t_a, t_b, t_ab, n_k, magnitude_weight, phase_weight,
-                FP32_EPS, FP32_MAX)
-            tl.store(scc_ptr + pair, scc)
-            tl.store(valid_ptr + pair, valid.to(tl.int8))
+            c_a, c_ab, c_aa, c_re, flat_p = _pair_results(
+                scc_ptr, valid_ptr, pair, energy_a, total_a, energy_b, total_b, cross, valid, t_a, t_b, t_ab, n_k,
+                var_p, n_vox, magnitude_weight, phase_weight, NEED_GRAD)
 
             if NEED_GRAD:
-                c_a, c_ab, c_aa, c_re, flat_p = _grad_coefficients(
-                    rho_mag, rho_phase, den, zero_mag, zero_phase, var_a, t_a, t_b, t_ab, n_k, var_p, total_a,
-                    n_vox, magnitude_weight, phase_weight, FP32_EPS)
                 tl.debug_barrier()
                 # ---- phase 4: field G = (c_a + c_ab B) P/|P|, inverse column DFT (C + iS) @ G ----
                 # P1 / Y1 are dead after phase 2: their slots take the half-inverse.
@@ -811,12 +888,7 @@ if triton is not None:
                               c1_ptr, s1_ptr, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr, H, WH, N1, N2, c_a, c_ab, flat_p,
                               True, FOUR_STEP, INCLUDE_DC, PRECISION, BM, BN, BK, N1P, N2P)
                 # ---- phase 5: inverse row DFT (complex-to-real) + spatial terms -> dSCC/dp ----
-                if INCLUDE_DC:
-                    off_p = 0.0
-                    off_y = 0.0
-                else:
-                    off_p = mean_p
-                    off_y = mean_y
+                off_p, off_y = _dc_offsets(mean_p, mean_y, INCLUDE_DC)
                 g_base = grad_ptr + tl.cast(pair, tl.int64) * hw
                 _inv_row_pass(s_p1r, s_p1i, s_wr, s_wi, p_base, t_base, a_base, A_OFF, g_base, cos_w_ptr, sin_w_ptr,
                               d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
@@ -831,15 +903,27 @@ if triton is not None:
     # ----------------------------------------------------------------------------------------
 
     @triton.jit
-    def _slice_scratch(scratch_ptr, pid, PER_PROGRAM, plane, H, W, BM: tl.constexpr, BN: tl.constexpr):
-        """The slice kernels' per-program scratch: X1 (re, im planes of H x WH), then the four-step
-        intermediates (2 x H x BN along H, 2 x BM x W along W)."""
+    def _slice_program(scratch_ptr, PER_PROGRAM, H, ROWS, W, WH, ROWS_ONLY: tl.constexpr, BM: tl.constexpr,
+                       BN: tl.constexpr):
+        """A slice kernel's program: a slice's plane (H x WH) and a pair's volume (ROWS x WH) of
+        spectrum, its id, the grid size and its scratch: X1 (re, im planes of H x WH), then the
+        four-step intermediates (2 x H x BN along H, 2 x BM x W along W); with ROWS_ONLY the last
+        alone."""
+        plane = H * WH
+        vol = tl.cast(ROWS, tl.int64) * WH
+        pid = tl.program_id(0)
+        if ROWS_ONLY:
+            x1_plane = 0
+            z_rows = 0
+        else:
+            x1_plane = plane
+            z_rows = H
         scratch = scratch_ptr + pid.to(tl.int64) * PER_PROGRAM
-        z_r = scratch + 2 * plane
-        z_i = z_r + H * BN
-        w_r = z_i + H * BN
+        z_r = scratch + 2 * x1_plane
+        z_i = z_r + z_rows * BN
+        w_r = z_i + z_rows * BN
         w_i = w_r + BM * W
-        return scratch, scratch + plane, z_r, z_i, w_r, w_i
+        return plane, vol, pid, tl.num_programs(0), scratch, scratch + x1_plane, z_r, z_i, w_r, w_i
 
     @triton.jit
     def _slice_maps(
@@ -872,43 +956,29 @@ if triton is not None:
         p_base, t_base, a_base, A_OFF, out_r, out_i, x1r, x1i, z_r, z_i, w_r, w_i,
         cos_w_ptr, sin_w_ptr, cos_h_ptr, sin_h_ptr, c1_ptr, s1_ptr, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
         d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, N1, N2, M1, M2, cls,
-        TARGET: tl.constexpr, LABELS: tl.constexpr, ACT: tl.constexpr, FOUR_STEP: tl.constexpr,
-        FOUR_STEP_W: tl.constexpr,
+        TARGET: tl.constexpr, LABELS: tl.constexpr, ACT: tl.constexpr, ROWS_ONLY: tl.constexpr,
+        FOUR_STEP: tl.constexpr, FOUR_STEP_W: tl.constexpr,
         PRECISION: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
         N1P: tl.constexpr, N2P: tl.constexpr, M1P: tl.constexpr, M2P: tl.constexpr,
     ):
         """Half spectrum (H x WH, complex) of one H x W map of p (or y, when TARGET) into out:
-        the 2D kernel's row pass into x1, then its column DFT (four-step or direct)."""
-        _row_pass(p_base, t_base, a_base, A_OFF, x1r, x1i, w_r, w_i, cos_w_ptr, sin_w_ptr,
+        the 2D kernel's row pass into x1, then its column DFT (four-step or direct); with
+        ROWS_ONLY the row pass alone, into out."""
+        if ROWS_ONLY:
+            r_r = out_r
+            r_i = out_i
+        else:
+            r_r = x1r
+            r_i = x1i
+        _row_pass(p_base, t_base, a_base, A_OFF, r_r, r_i, w_r, w_i, cos_w_ptr, sin_w_ptr,
                   d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
                   TARGET, LABELS, ACT, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
-        rm = tl.arange(0, BM)
-        rn = tl.arange(0, BN)
-        if FOUR_STEP:
-            c1, s1 = _square_tables(c1_ptr, s1_ptr, N1, N1P)
-            for k0 in range(0, WH, BN):
-                kcols = k0 + rn
-                _fs_step1(x1r, x1i, x1r, x1i, x1r, z_r, z_i, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
-                          k0, H, WH, N1, N2, 0.0, 0.0, False, False, False, False, PRECISION, N2P, BN)
-                tl.debug_barrier()
-                for k2 in range(0, N2):
-                    xr, xi, khs = _fs_step3(z_r, z_i, c1, s1, k2, kcols, WH, N1, N2, False, PRECISION, N1P, BN)
-                    omask = (khs[:, None] < H) & (kcols[None, :] < WH)
-                    ooffs = khs[:, None] * WH + kcols[None, :]
-                    tl.store(out_r + ooffs, xr, mask=omask)
-                    tl.store(out_i + ooffs, xi, mask=omask)
-                tl.debug_barrier()
-        else:
-            for kh0 in range(0, H, BM):
-                khs = kh0 + rm
-                for k0 in range(0, WH, BN):
-                    kcols = k0 + rn
-                    xr, xi = _col_dft(cos_h_ptr, sin_h_ptr, x1r, x1i, khs, kcols, H, WH, PRECISION, BM, BN, BK)
-                    omask = (khs[:, None] < H) & (kcols[None, :] < WH)
-                    ooffs = khs[:, None] * WH + kcols[None, :]
-                    tl.store(out_r + ooffs, xr, mask=omask)
-                    tl.store(out_i + ooffs, xi, mask=omask)
-        tl.debug_barrier()
+        if not ROWS_ONLY:
+            c1, s1 = _fs_tables(c1_ptr, s1_ptr, N1, FOUR_STEP, N1P)
+            _col_pass(x1r, x1i, x1r, out_r, out_i, z_r, z_i, cos_h_ptr, sin_h_ptr, c1, s1, c2_ptr, s2_ptr,
+                      tw_c_ptr, tw_s_ptr, H, WH, N1, N2, W, 0.0, 0.0, False, 0, False, False, FOUR_STEP, False,
+                      False, PRECISION, BM, BN, BK, N1P, N2P)
+            tl.debug_barrier()
 
     @triton.jit
     def _scc3d_slices_fwd(
@@ -930,14 +1000,8 @@ if triton is not None:
         y maps into the workspace: 2D transforms over H and W (3D: a slice is a depth plane), or
         with ROWS_ONLY the transform along W alone (2D split: a slice is a block of H rows of the
         map, and the column DFT is the depth pass's). Persistent grid."""
-        pid = tl.program_id(0)
-        n_prog = tl.num_programs(0)
-        plane = H * WH
-        vol = tl.cast(ROWS, tl.int64) * WH
-        if ROWS_ONLY:
-            x1r, x1i, z_r, z_i, w_r, w_i = _slice_scratch(scratch_ptr, pid, PER_PROGRAM, 0, 0, W, BM, BN)
-        else:
-            x1r, x1i, z_r, z_i, w_r, w_i = _slice_scratch(scratch_ptr, pid, PER_PROGRAM, plane, H, W, BM, BN)
+        plane, vol, pid, n_prog, x1r, x1i, z_r, z_i, w_r, w_i = _slice_program(
+            scratch_ptr, PER_PROGRAM, H, ROWS, W, WH, ROWS_ONLY, BM, BN)
         for sl in range(pid, n_slices, n_prog):
             pair, d, rows, cls, elem, p_base, t_base, a_base = _slice_maps(
                 sl, pair0, n_chan, X_CHAN, X_FIRST, first_class, D, H, ROWS, W, probs_ptr, target_ptr, act_ptr, LABELS)
@@ -952,50 +1016,32 @@ if triton is not None:
             tl.store(st + 5, m2_y)
             ws = ws_ptr + tl.cast(pair, tl.int64) * PAIR_WS + d * plane
             if ROWS_ONLY:
-                _row_pass(p_base, t_base, a_base, A_OFF, ws + 2 * vol, ws + 3 * vol, w_r, w_i, cos_w_ptr, sin_w_ptr,
-                          d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, rows, W, WH, M1, M2, cls,
-                          True, LABELS, ACT, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
-                _row_pass(p_base, t_base, a_base, A_OFF, ws, ws + vol, w_r, w_i, cos_w_ptr, sin_w_ptr,
-                          d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, rows, W, WH, M1, M2, cls,
-                          False, LABELS, ACT, FOUR_STEP_W, PRECISION, BM, BN, BK, M1P, M2P)
+                nr = rows  # a block of rows (the last may be shorter)
             else:
-                _slice_spectrum(p_base, t_base, a_base, A_OFF, ws + 2 * vol, ws + 3 * vol, x1r, x1i, z_r, z_i, w_r, w_i,
-                                cos_w_ptr, sin_w_ptr, cos_h_ptr, sin_h_ptr, c1_ptr, s1_ptr, c2_ptr, s2_ptr,
-                                tw_c_ptr, tw_s_ptr, d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr,
-                                H, W, WH, N1, N2, M1, M2, cls, True, LABELS, ACT, FOUR_STEP, FOUR_STEP_W,
-                                PRECISION, BM, BN, BK, N1P, N2P, M1P, M2P)
-                _slice_spectrum(p_base, t_base, a_base, A_OFF, ws, ws + vol, x1r, x1i, z_r, z_i, w_r, w_i,
-                                cos_w_ptr, sin_w_ptr, cos_h_ptr, sin_h_ptr, c1_ptr, s1_ptr, c2_ptr, s2_ptr,
-                                tw_c_ptr, tw_s_ptr, d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr,
-                                H, W, WH, N1, N2, M1, M2, cls, False, LABELS, ACT, FOUR_STEP, FOUR_STEP_W,
-                                PRECISION, BM, BN, BK, N1P, N2P, M1P, M2P)
+                nr = H
+            _slice_spectrum(p_base, t_base, a_base, A_OFF, ws + 2 * vol, ws + 3 * vol, x1r, x1i, z_r, z_i, w_r, w_i,
+                            cos_w_ptr, sin_w_ptr, cos_h_ptr, sin_h_ptr, c1_ptr, s1_ptr, c2_ptr, s2_ptr, tw_c_ptr,
+                            tw_s_ptr, d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, nr, W, WH, N1, N2, M1, M2,
+                            cls, True, LABELS, ACT, ROWS_ONLY, FOUR_STEP, FOUR_STEP_W, PRECISION, BM, BN, BK, N1P,
+                            N2P, M1P, M2P)
+            _slice_spectrum(p_base, t_base, a_base, A_OFF, ws, ws + vol, x1r, x1i, z_r, z_i, w_r, w_i, cos_w_ptr,
+                            sin_w_ptr, cos_h_ptr, sin_h_ptr, c1_ptr, s1_ptr, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
+                            d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, nr, W, WH, N1, N2, M1, M2, cls, False,
+                            LABELS, ACT, ROWS_ONLY, FOUR_STEP, FOUR_STEP_W, PRECISION, BM, BN, BK, N1P, N2P, M1P, M2P)
 
     @triton.jit
-    def _depth_y_tile(yr, yi, kds, kcols, D, NBINS, W, WH, s_b, INCLUDE_DC: tl.constexpr):
-        """B = |Y| at the tile [kds x kcols] of a pair's D x NBINS spectrum, stored; returns its
-        part of T_b."""
-        bmag = tl.sqrt(yr * yr + yi * yi)
-        inside = (kds[:, None] < D) & (kcols[None, :] < NBINS)
-        is_dc = (kds[:, None] == 0) & (kcols[None, :] == 0)
-        wgt = _spectrum_weight(inside, (kcols % WH)[None, :], is_dc, W, INCLUDE_DC)
-        tl.store(s_b + kds[:, None] * NBINS + kcols[None, :], bmag, mask=inside)
-        return tl.sum(tl.sum(wgt * bmag, axis=1), axis=0)
+    def _depth_program(scratch_ptr, D, BN: tl.constexpr):
+        """A depth pass's program: its id, the grid size and its D x BN scratch Z (re, im)."""
+        pid = tl.program_id(0)
+        z_r = scratch_ptr + pid.to(tl.int64) * (2 * D * BN)
+        return pid, tl.num_programs(0), z_r, z_r + D * BN
 
     @triton.jit
-    def _depth_p_tile(pr, pi, kds, kcols, D, NBINS, W, WH, s_b, s_pr, s_pi,
-                      INCLUDE_DC: tl.constexpr, NEED_GRAD: tl.constexpr):
-        """A = |P| at the tile, with B read back; P stored (with the gradient); returns the tile's
-        parts of T_a and T_ab."""
-        amag = tl.sqrt(pr * pr + pi * pi)
-        inside = (kds[:, None] < D) & (kcols[None, :] < NBINS)
-        is_dc = (kds[:, None] == 0) & (kcols[None, :] == 0)
-        wgt = _spectrum_weight(inside, (kcols % WH)[None, :], is_dc, W, INCLUDE_DC)
-        soffs = kds[:, None] * NBINS + kcols[None, :]
-        bmag = tl.load(s_b + soffs, mask=inside, other=0.0)
-        if NEED_GRAD:
-            tl.store(s_pr + soffs, pr, mask=inside)
-            tl.store(s_pi + soffs, pi, mask=inside)
-        return tl.sum(tl.sum(wgt * amag, axis=1), axis=0), tl.sum(tl.sum(wgt * amag * bmag, axis=1), axis=0)
+    def _depth_task(ws_ptr, task, N_BLOCKS, PAIR_WS, BN: tl.constexpr):
+        """A depth pass's task: its pair in the chunk, the pair's workspace and the first bin."""
+        pair = task // N_BLOCKS
+        blk = task % N_BLOCKS
+        return pair, ws_ptr + tl.cast(pair, tl.int64) * PAIR_WS, blk * BN
 
     @triton.jit
     def _scc3d_depth_fwd(
@@ -1011,61 +1057,48 @@ if triton is not None:
         (D = N1 N2) its four-step column transform through a D x BN scratch Z per program. P,
         when the gradient is needed, takes the place of Y2 (this block's columns of Y2 are
         consumed by then, and no other task reads them)."""
-        pid = tl.program_id(0)
-        n_prog = tl.num_programs(0)
+        pid, n_prog, z_r, z_i = _depth_program(scratch_ptr, D, BN)
         vol = tl.cast(D, tl.int64) * NBINS
-        z_r = scratch_ptr + pid.to(tl.int64) * (2 * D * BN)
-        z_i = z_r + D * BN
-        rm = tl.arange(0, BM)
         for task in range(pid, N_TASKS, n_prog):
-            pair = task // N_BLOCKS
-            blk = task % N_BLOCKS
-            ws = ws_ptr + tl.cast(pair, tl.int64) * PAIR_WS
+            pair, ws, k0 = _depth_task(ws_ptr, task, N_BLOCKS, PAIR_WS, BN)
             s_p2r = ws
             s_p2i = ws + vol
             s_y2r = ws + 2 * vol
             s_y2i = ws + 3 * vol
             s_b = ws + 4 * vol
-            k0 = blk * BN
-            kcols = k0 + tl.arange(0, BN)
             t_a = 0.0
             t_b = 0.0
             t_ab = 0.0
-            if FOUR_STEP:
-                c1, s1 = _square_tables(c1_ptr, s1_ptr, N1, N1P)
-                _fs_step1(s_y2r, s_y2i, s_y2r, s_y2i, s_b, z_r, z_i, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
-                          k0, D, NBINS, N1, N2, 0.0, 0.0, False, False, False, INCLUDE_DC, PRECISION, N2P, BN)
-                tl.debug_barrier()
-                for k2 in range(0, N2):
-                    yr, yi, kds = _fs_step3(z_r, z_i, c1, s1, k2, kcols, NBINS, N1, N2, False, PRECISION, N1P, BN)
-                    t_b += _depth_y_tile(yr, yi, kds, kcols, D, NBINS, W, WH, s_b, INCLUDE_DC)
-                tl.debug_barrier()
-                _fs_step1(s_p2r, s_p2i, s_p2r, s_p2i, s_b, z_r, z_i, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr,
-                          k0, D, NBINS, N1, N2, 0.0, 0.0, False, False, False, INCLUDE_DC, PRECISION, N2P, BN)
-                tl.debug_barrier()
-                for k2 in range(0, N2):
-                    pr, pi, kds = _fs_step3(z_r, z_i, c1, s1, k2, kcols, NBINS, N1, N2, False, PRECISION, N1P, BN)
-                    a, ab = _depth_p_tile(pr, pi, kds, kcols, D, NBINS, W, WH, s_b, s_y2r, s_y2i,
-                                          INCLUDE_DC, NEED_GRAD)
-                    t_a += a
-                    t_ab += ab
-                tl.debug_barrier()  # Z is reused by the next task
-            else:
-                for kd0 in range(0, D, BM):
-                    kds = kd0 + rm
-                    yr, yi = _col_dft(cos_d_ptr, sin_d_ptr, s_y2r, s_y2i, kds, kcols, D, NBINS, PRECISION, BM, BN, BK)
-                    t_b += _depth_y_tile(yr, yi, kds, kcols, D, NBINS, W, WH, s_b, INCLUDE_DC)
-                tl.debug_barrier()
-                for kd0 in range(0, D, BM):
-                    kds = kd0 + rm
-                    pr, pi = _col_dft(cos_d_ptr, sin_d_ptr, s_p2r, s_p2i, kds, kcols, D, NBINS, PRECISION, BM, BN, BK)
-                    a, ab = _depth_p_tile(pr, pi, kds, kcols, D, NBINS, W, WH, s_b, s_y2r, s_y2i,
-                                          INCLUDE_DC, NEED_GRAD)
-                    t_a += a
-                    t_ab += ab
+            c1, s1 = _fs_tables(c1_ptr, s1_ptr, N1, FOUR_STEP, N1P)
+            t_b, t_ab = _col_block(s_y2r, s_y2i, s_b, s_y2r, s_y2i, z_r, z_i, cos_d_ptr, sin_d_ptr, c1, s1, c2_ptr,
+                                   s2_ptr, tw_c_ptr, tw_s_ptr, k0, D, NBINS, N1, N2, W, WH, 0.0, 0.0, False, t_b, t_ab,
+                                   1, False, False, FOUR_STEP, INCLUDE_DC, NEED_GRAD, True, PRECISION,
+                                   BM, BN, BK, N1P, N2P)
+            if not FOUR_STEP:
+                tl.debug_barrier()  # (the four-step block ends with one)
+            t_a, t_ab = _col_block(s_p2r, s_p2i, s_b, s_y2r, s_y2i, z_r, z_i, cos_d_ptr, sin_d_ptr, c1, s1, c2_ptr,
+                                   s2_ptr, tw_c_ptr, tw_s_ptr, k0, D, NBINS, N1, N2, W, WH, 0.0, 0.0, False, t_a, t_ab,
+                                   2, False, False, FOUR_STEP, INCLUDE_DC, NEED_GRAD, True, PRECISION,
+                                   BM, BN, BK, N1P, N2P)
             tl.store(parts_ptr + task * 3 + 0, t_a)
             tl.store(parts_ptr + task * 3 + 1, t_b)
             tl.store(parts_ptr + task * 3 + 2, t_ab)
+
+    @triton.jit
+    def _column_sums(base, n, STRIDE: tl.constexpr, I0: tl.constexpr, I1: tl.constexpr, I2: tl.constexpr,
+                     B: tl.constexpr):
+        """Sums of the columns I0, I1, I2 of an n x STRIDE float32 array, B rows at a time."""
+        r = tl.arange(0, B)
+        acc0 = tl.zeros([B], dtype=tl.float32)
+        acc1 = tl.zeros([B], dtype=tl.float32)
+        acc2 = tl.zeros([B], dtype=tl.float32)
+        for j0 in range(0, n, B):
+            js = j0 + r
+            m = js < n
+            acc0 += tl.load(base + js * STRIDE + I0, mask=m, other=0.0)
+            acc1 += tl.load(base + js * STRIDE + I1, mask=m, other=0.0)
+            acc2 += tl.load(base + js * STRIDE + I2, mask=m, other=0.0)
+        return tl.sum(acc0, axis=0), tl.sum(acc1, axis=0), tl.sum(acc2, axis=0)
 
     @triton.jit
     def _scc3d_scalars(
@@ -1082,17 +1115,7 @@ if triton is not None:
         pair = tl.program_id(0)
         st = stats_ptr + tl.cast(pair, tl.int64) * D * 6
         rd = tl.arange(0, BD)
-        acc_p = tl.zeros([BD], dtype=tl.float32)
-        acc_y = tl.zeros([BD], dtype=tl.float32)
-        acc_py = tl.zeros([BD], dtype=tl.float32)
-        for d0 in range(0, D, BD):
-            ds = d0 + rd
-            m = ds < D
-            acc_p += tl.load(st + ds * 6 + 0, mask=m, other=0.0)
-            acc_y += tl.load(st + ds * 6 + 1, mask=m, other=0.0)
-            acc_py += tl.load(st + ds * 6 + 4, mask=m, other=0.0)
-        s_p = tl.sum(acc_p, axis=0)
-        s_y = tl.sum(acc_y, axis=0)
+        s_p, s_y, py = _column_sums(st, D, 6, 0, 1, 4, BD)
         mean_p = s_p / n_vox
         mean_y = s_y / n_vox
         acc_pp = tl.zeros([BD], dtype=tl.float32)
@@ -1110,42 +1133,19 @@ if triton is not None:
             acc_pp += tl.load(st + ds * 6 + 2, mask=m, other=0.0) + hw * dp * dp
             acc_pyc += tl.load(st + ds * 6 + 3, mask=m, other=0.0) + dp * sy_d
             acc_yy += tl.load(st + ds * 6 + 5, mask=m, other=0.0) + hw * dy * dy
-        rb = tl.arange(0, BB)
-        acc_ta = tl.zeros([BB], dtype=tl.float32)
-        acc_tb = tl.zeros([BB], dtype=tl.float32)
-        acc_tab = tl.zeros([BB], dtype=tl.float32)
-        pp = parts_ptr + tl.cast(pair, tl.int64) * N_BLOCKS * 3
-        for b0 in range(0, N_BLOCKS, BB):
-            bs = b0 + rb
-            m = bs < N_BLOCKS
-            acc_ta += tl.load(pp + bs * 3 + 0, mask=m, other=0.0)
-            acc_tb += tl.load(pp + bs * 3 + 1, mask=m, other=0.0)
-            acc_tab += tl.load(pp + bs * 3 + 2, mask=m, other=0.0)
-        t_a = tl.sum(acc_ta, axis=0)
-        t_b = tl.sum(acc_tb, axis=0)
-        t_ab = tl.sum(acc_tab, axis=0)
+        t_a, t_b, t_ab = _column_sums(parts_ptr + tl.cast(pair, tl.int64) * N_BLOCKS * 3, N_BLOCKS, 3, 0, 1, 2, BB)
         mean_p, mean_y, var_p, total_a, energy_a, total_b, energy_b, cross, valid = _energies(
-            s_p, s_y, tl.sum(acc_pp, axis=0), tl.sum(acc_pyc, axis=0), tl.sum(acc_py, axis=0),
-            tl.sum(acc_yy, axis=0), n_vox, LABELS, INCLUDE_DC)
+            s_p, s_y, tl.sum(acc_pp, axis=0), tl.sum(acc_pyc, axis=0), py, tl.sum(acc_yy, axis=0), n_vox,
+            LABELS, INCLUDE_DC)
         if INCLUDE_DC:
             n_k = n_vox
         else:
             n_k = n_vox - 1.0
-        scc, rho_mag, rho_phase, den, zero_mag, zero_phase, var_a = _pair_scalars(
-            energy_a, total_a, energy_b, total_b, cross, t_a, t_b, t_ab, n_k, magnitude_weight, phase_weight,
-                FP32_EPS, FP32_MAX)
-        tl.store(scc_ptr + pair0 + pair, scc)
-        tl.store(valid_ptr + pair0 + pair, valid.to(tl.int8))
+        c_a, c_ab, c_aa, c_re, flat_p = _pair_results(
+            scc_ptr + pair0, valid_ptr + pair0, pair, energy_a, total_a, energy_b, total_b, cross, valid, t_a, t_b,
+            t_ab, n_k, var_p, n_vox, magnitude_weight, phase_weight, NEED_GRAD)
         if NEED_GRAD:
-            c_a, c_ab, c_aa, c_re, flat_p = _grad_coefficients(
-                rho_mag, rho_phase, den, zero_mag, zero_phase, var_a, t_a, t_b, t_ab, n_k, var_p, total_a,
-                n_vox, magnitude_weight, phase_weight, FP32_EPS)
-            if INCLUDE_DC:
-                off_p = 0.0
-                off_y = 0.0
-            else:
-                off_p = mean_p
-                off_y = mean_y
+            off_p, off_y = _dc_offsets(mean_p, mean_y, INCLUDE_DC)
             cp = coef_ptr + pair * 8
             tl.store(cp + 0, c_a)
             tl.store(cp + 1, c_ab)
@@ -1166,44 +1166,19 @@ if triton is not None:
         """Launch 4: per task (pair, block of bins; persistent grid), the gradient field
         (c_a + c_ab B) P/|P| (the 2D kernel's field tile: DC is kd = 0, bin 0) and its inverse DFT
         along D (direct, or four-step as in launch 2), into the P2 slots (dead since launch 2)."""
-        pid = tl.program_id(0)
-        n_prog = tl.num_programs(0)
+        pid, n_prog, z_r, z_i = _depth_program(scratch_ptr, D, BN)
         vol = tl.cast(D, tl.int64) * NBINS
-        z_r = scratch_ptr + pid.to(tl.int64) * (2 * D * BN)
-        z_i = z_r + D * BN
-        rm = tl.arange(0, BM)
         for task in range(pid, N_TASKS, n_prog):
-            pair = task // N_BLOCKS
-            blk = task % N_BLOCKS
-            ws = ws_ptr + tl.cast(pair, tl.int64) * PAIR_WS
+            pair, ws, k0 = _depth_task(ws_ptr, task, N_BLOCKS, PAIR_WS, BN)
             cp = coef_ptr + pair * 8
             c_a = tl.load(cp + 0)
             c_ab = tl.load(cp + 1)
             flat_p = tl.load(cp + 4) > 0.5
-            k0 = blk * BN
-            kcols = k0 + tl.arange(0, BN)
-            if FOUR_STEP:
-                c1, s1 = _square_tables(c1_ptr, s1_ptr, N1, N1P)
-                _fs_step1(ws + 2 * vol, ws + 3 * vol, ws + 2 * vol, ws + 3 * vol, ws + 4 * vol, z_r, z_i,
-                          c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr, k0, D, NBINS, N1, N2, c_a, c_ab, flat_p,
-                          True, True, INCLUDE_DC, PRECISION, N2P, BN)
-                tl.debug_barrier()
-                for k2 in range(0, N2):
-                    g2r, g2i, rows = _fs_step3(z_r, z_i, c1, s1, k2, kcols, NBINS, N1, N2, True, PRECISION, N1P, BN)
-                    smask = (rows[:, None] < D) & (kcols[None, :] < NBINS)
-                    soffs = rows[:, None] * NBINS + kcols[None, :]
-                    tl.store(ws + soffs, g2r, mask=smask)
-                    tl.store(ws + vol + soffs, g2i, mask=smask)
-                tl.debug_barrier()  # Z is reused by the next task
-            else:
-                for d0 in range(0, D, BM):
-                    rows = d0 + rm
-                    g2r, g2i = _icol_tile(cos_d_ptr, sin_d_ptr, ws + 2 * vol, ws + 3 * vol, ws + 4 * vol, rows,
-                                          kcols, D, NBINS, c_a, c_ab, flat_p, True, INCLUDE_DC, PRECISION, BM, BN, BK)
-                    smask = (rows[:, None] < D) & (kcols[None, :] < NBINS)
-                    soffs = rows[:, None] * NBINS + kcols[None, :]
-                    tl.store(ws + soffs, g2r, mask=smask)
-                    tl.store(ws + vol + soffs, g2i, mask=smask)
+            c1, s1 = _fs_tables(c1_ptr, s1_ptr, N1, FOUR_STEP, N1P)
+            unused = 0.0  # MODE 0 sums nothing (a name, not a literal: a loop carries tensors only)
+            _col_block(ws + 2 * vol, ws + 3 * vol, ws + 4 * vol, ws, ws + vol, z_r, z_i, cos_d_ptr, sin_d_ptr, c1, s1,
+                       c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr, k0, D, NBINS, N1, N2, 0, 0, c_a, c_ab, flat_p, unused,
+                       unused, 0, True, True, FOUR_STEP, INCLUDE_DC, False, True, PRECISION, BM, BN, BK, N1P, N2P)
 
     @triton.jit
     def _scc3d_slices_inv(
@@ -1221,14 +1196,8 @@ if triton is not None:
         """Launch 5: per (pair, slice), the 2D kernel's inverse column and row passes of the
         slice's plane of the depth-inverted field (with ROWS_ONLY the row pass alone: the depth
         pass was the column DFT), plus the spatial terms: dSCC/dp written."""
-        pid = tl.program_id(0)
-        n_prog = tl.num_programs(0)
-        plane = H * WH
-        vol = tl.cast(ROWS, tl.int64) * WH
-        if ROWS_ONLY:
-            x1r, x1i, z_r, z_i, w_r, w_i = _slice_scratch(scratch_ptr, pid, PER_PROGRAM, 0, 0, W, BM, BN)
-        else:
-            x1r, x1i, z_r, z_i, w_r, w_i = _slice_scratch(scratch_ptr, pid, PER_PROGRAM, plane, H, W, BM, BN)
+        plane, vol, pid, n_prog, x1r, x1i, z_r, z_i, w_r, w_i = _slice_program(
+            scratch_ptr, PER_PROGRAM, H, ROWS, W, WH, ROWS_ONLY, BM, BN)
         for sl in range(pid, n_slices, n_prog):
             pair, d, rows, cls, elem, p_base, t_base, a_base = _slice_maps(
                 sl, pair0, n_chan, X_CHAN, X_FIRST, first_class, D, H, ROWS, W, probs_ptr, target_ptr, act_ptr, LABELS)
@@ -1239,19 +1208,20 @@ if triton is not None:
             off_y = tl.load(cp + 6)
             ws = ws_ptr + tl.cast(pair, tl.int64) * PAIR_WS + d * plane
             if ROWS_ONLY:
-                _inv_row_pass(ws, ws + vol, w_r, w_i, p_base, t_base, a_base, A_OFF, grad_ptr + elem,
-                              cos_w_ptr, sin_w_ptr,
-                              d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, rows, W, WH, M1, M2, cls,
-                              n_vox, c_aa, c_re, off_p, off_y, LABELS, ACT, FOUR_STEP_W, PRECISION, BM, BN, BK,
-                              M1P, M2P)
+                g_r = ws
+                g_i = ws + vol
+                nr = rows  # a block of rows (the last may be shorter)
             else:
                 _inv_col_pass(ws, ws + vol, ws, x1r, x1i, z_r, z_i, cos_h_ptr, sin_h_ptr,
                               c1_ptr, s1_ptr, c2_ptr, s2_ptr, tw_c_ptr, tw_s_ptr, H, WH, N1, N2, 0.0, 0.0, False,
                               False, FOUR_STEP, INCLUDE_DC, PRECISION, BM, BN, BK, N1P, N2P)
-                _inv_row_pass(x1r, x1i, w_r, w_i, p_base, t_base, a_base, A_OFF, grad_ptr + elem, cos_w_ptr, sin_w_ptr,
-                              d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, H, W, WH, M1, M2, cls,
-                              n_vox, c_aa, c_re, off_p, off_y, LABELS, ACT, FOUR_STEP_W, PRECISION, BM, BN, BK,
-                              M1P, M2P)
+                g_r = x1r
+                g_i = x1i
+                nr = H
+            _inv_row_pass(g_r, g_i, w_r, w_i, p_base, t_base, a_base, A_OFF, grad_ptr + elem, cos_w_ptr, sin_w_ptr,
+                          d1_ptr, e1_ptr, d2_ptr, e2_ptr, tv_c_ptr, tv_s_ptr, nr, W, WH, M1, M2, cls,
+                          n_vox, c_aa, c_re, off_p, off_y, LABELS, ACT, FOUR_STEP_W, PRECISION, BM, BN, BK,
+                          M1P, M2P)
             # The next slice overwrites the scratch this one has just read.
             tl.debug_barrier()
 
