@@ -25,6 +25,7 @@ CPU proxy sees).
     python bench/host_overhead.py --backend triton --shape 1x3x16x16 --out /tmp/host
     python bench/host_overhead.py --cuda-reduction --out /tmp/host      # the reduction as on CUDA
     python bench/host_overhead.py --cuda-reduction --validate --out /tmp/host   # validate=True
+    python bench/host_overhead.py --cuda-reduction --registered-op --out /tmp/host  # no eager loss node
 """
 
 from __future__ import annotations
@@ -98,6 +99,9 @@ def parse_args(argv=None):
     ap.add_argument("--cuda-reduction", action="store_true",
                     help="the reduction's Triton kernel (stubbed) as on CUDA, not its torch ops")
     ap.add_argument("--validate", action="store_true", help="scc_loss's default validate=True (value checks)")
+    ap.add_argument("--registered-op", action="store_true",
+                    help="the registered op and the reduction's node, as under torch.compile, instead of the eager "
+                         "loss node")
     return ap.parse_args(argv)
 
 
@@ -108,6 +112,10 @@ def main(argv=None) -> int:
         from scc_fast import _reduction
 
         _reduction._use_kernel = lambda scc: True
+    if args.registered_op:  # fused_loss then takes the route of traced code (the reduction's kernel stays)
+        from scc_fast.backends import activation
+
+        activation.plain_eager = lambda *tensors: False
     from scc_fast.backends import triton_fft
 
     if args.validate and hasattr(triton_fft, "raise_flagged"):  # (commits before the checks in stage 1: none)
@@ -159,6 +167,7 @@ def main(argv=None) -> int:
         "shape": list(args.shape),
         "cuda_reduction": args.cuda_reduction,
         "validate": args.validate,
+        "registered_op": args.registered_op,
         "host_us": host_us,
         "torch_ops": sum(ops.values()),
         "torch_ops_by_name": dict(sorted(ops.items())),

@@ -91,7 +91,7 @@ def refuse_double_backward(backend: str) -> None:
 
 
 def plain_eager(*tensors: torch.Tensor) -> bool:
-    """Whether a call may skip registered ops and run kernels directly (:class:`_ActivatedCorrelationEager`,
+    """Whether a call may skip registered ops and run kernels directly (the eager loss node,
     the reduction's kernel): eager mode, plain tensors and no dispatch mode (anything else may trace,
     and needs a registered op's fake implementation or plain torch ops)."""
     if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:

@@ -105,7 +105,7 @@ def test_backward_without_field_is_an_error():
     x = logits.clone().requires_grad_(True)
     scc, _, field = torch.ops.scc_fast.activated_correlation(x, labels, "torch", 1, 0, 0, None, False, 0.5, 0.5, False,
                                                              False)
-    # (the op itself works for every backend with correlation_field, kernel or not)
+    # (the op itself works for every fused backend, kernel or not)
     assert field.shape == (0,)
     with pytest.raises(RuntimeError, match="need_grad=False"):
         scc.sum().backward()

@@ -335,13 +335,13 @@ def test_2d_mode_setting(monkeypatch):
     p, t = probs.to(DEVICE, torch.float32), target.to(DEVICE)
     _settings.update(triton_2d="auto")
     assert triton_scc._mode_2d() == "auto"
-    assert triton_scc._op(p) is triton_scc.triton_correlation_2d  # "auto" without a GPU: fused
-    assert triton_scc._op(p[:, :, None]) is triton_scc.triton_correlation_3d  # 3D: one way only
+    assert triton_scc._launcher(p) is triton_scc._launch  # "auto" without a GPU: fused
+    assert triton_scc._launcher(p[:, :, None]) is triton_scc._launch_sliced  # 3D: one way only
     _settings.update(triton_2d="split")
-    assert triton_scc._op(p) is triton_scc.triton_correlation_2d_split
+    assert triton_scc._launcher(p) is triton_scc._launch_sliced
     split, _ = triton_scc.correlation(p, t)
     _settings.update(triton_2d="fused")
-    assert triton_scc._op(p) is triton_scc.triton_correlation_2d
+    assert triton_scc._launcher(p) is triton_scc._launch
     fused, _ = triton_scc.correlation(p, t)
     assert rel_err(split, fused) <= TOL
     with pytest.raises(ValueError, match=r"setting triton_2d must be one of 'auto', 'fused', 'split', got 'rows'"):
@@ -432,10 +432,12 @@ def test_torch_compile_fullgraph_and_opcheck():
     (g_compiled,) = torch.autograd.grad(out, x)
     assert torch.allclose(out, eager) and torch.allclose(g_compiled, g_eager)
 
-    ops = torch.ops.scc_fast
-    for op in (ops.triton_correlation_2d.default, ops.triton_correlation_2d_split.default):
-        torch.library.opcheck(op, (p.clone().requires_grad_(True), t, 0, False, 0.5, 0.5, True, "ieee"))
-        torch.library.opcheck(op, (p, t, 0, True, 0.3, 0.7, False, "ieee"))
+    op = torch.ops.scc_fast.activated_correlation.default
+    for mode in ("fused", "split"):
+        _settings.update(triton_2d=mode)
+        torch.library.opcheck(op, (p.clone().requires_grad_(True), t, "triton", 0, 0, 0, None, False, 0.5, 0.5,
+                                   True, False))
+        torch.library.opcheck(op, (p, t, "triton", 0, 0, 0, None, True, 0.3, 0.7, False, False))
 
 
 def test_unsupported_inputs_are_reported():

@@ -143,9 +143,10 @@ def test_torch_compile_fullgraph_and_opcheck():
     (g_compiled,) = torch.autograd.grad((out * w).sum(), x)
     assert torch.allclose(out, eager) and torch.allclose(g_compiled, g_eager)
 
-    op = torch.ops.scc_fast.triton_correlation_3d.default
-    torch.library.opcheck(op, (p.clone().requires_grad_(True), t, 0, False, 0.5, 0.5, True, "ieee"))
-    torch.library.opcheck(op, (p, t, 0, True, 0.3, 0.7, False, "ieee"))
+    op = torch.ops.scc_fast.activated_correlation.default
+    torch.library.opcheck(op, (p.clone().requires_grad_(True), t, "triton", 0, 0, 0, None, False, 0.5, 0.5, True,
+                               False))
+    torch.library.opcheck(op, (p, t, "triton", 0, 0, 0, None, True, 0.3, 0.7, False, False))
 
 
 def test_unsupported_3d_inputs_are_reported():

@@ -23,6 +23,7 @@ import scc_fast
 from scc_fast import _settings
 from scc_fast import backends
 from scc_fast.backends import dispatch
+from scc_fast.backends._protocol import FieldRequest
 from scc_fast.benchmark.live_bytes import LiveBytes
 from scc_fast.reference import reference_correlation
 
@@ -514,7 +515,7 @@ def test_field_weights_need_a_derived_field():
     with pytest.raises(ValueError, match=r"one weight per class \(3\); got derive_first=True, 2 weights"):
         triton_fft._forward(x, t, 0, False, 0.5, 0.5, True, activation=1, derive_first=True, field_weights=w[:2])
     with pytest.raises(ValueError, match="field_weights are multiplied into a derived field"):
-        triton_fft.activated_field(x, t, 1, 0, 0, None, False, 0.5, 0.5, True, field_weights=w)
+        triton_fft.field(x, t, FieldRequest(1, 0, 0, None, False, 0.5, 0.5, True), w)
 
 
 def test_settings_are_listed_by_the_cli(monkeypatch, capsys):
@@ -762,8 +763,8 @@ def test_validate_in_stage_one_refuses_what_it_cannot_check():
         triton_fft._forward(logits.float().to(DEVICE), torch.rand(2, 3, 6, 8, device=DEVICE), 0, False, 0.5, 0.5,
                             True, activation=1, validate=True)
     with pytest.raises(ValueError, match="validate=True needs stage 1 to compute p"):
-        triton_fft.activated_field(logits.to(DEVICE), labels.to(DEVICE), 1, 0, 0, None, False, 0.5, 0.5, True,
-                                   validate=True)
+        triton_fft.field(logits.to(DEVICE), labels.to(DEVICE),
+                         FieldRequest(1, 0, 0, None, False, 0.5, 0.5, True, validate=True))
 
 
 def test_validated_forward_peak_is_lower():
@@ -877,9 +878,10 @@ def test_torch_compile_fullgraph_opcheck_and_double_backward():
     (g_compiled,) = torch.autograd.grad(out, x)
     assert torch.allclose(out, eager) and torch.allclose(g_compiled, g_eager)
 
-    op = torch.ops.scc_fast.triton_fft_correlation.default
-    torch.library.opcheck(op, (p.clone().requires_grad_(True), t, 0, False, 0.5, 0.5, True))
-    torch.library.opcheck(op, (p, t, 0, True, 0.3, 0.7, False))
+    op = torch.ops.scc_fast.activated_correlation.default
+    torch.library.opcheck(op, (p.clone().requires_grad_(True), t, "triton_fft", 0, 0, 0, None, False, 0.5, 0.5,
+                               True, False))
+    torch.library.opcheck(op, (p, t, "triton_fft", 0, 0, 0, None, True, 0.3, 0.7, False, False))
 
     y = scc_fast.scc_loss(x, t, softmax=True, backend="triton_fft")
     with pytest.raises(RuntimeError, match="does not support double backward"):

@@ -1,6 +1,8 @@
 """The interface every backend implements, and the options a loss call hands it.
 
-A backend is a module with four functions (:class:`Backend`). :func:`scc_fast.scc_loss` checks its
+A backend is a module with four functions (:class:`Backend`); one whose activation is fused
+(:mod:`scc_fast.backends.activation`) has a fifth, ``field`` (:class:`FusedBackend`), which the one
+registered op calls with a :class:`FieldRequest`. :func:`scc_fast.scc_loss` checks its
 arguments, builds one :class:`LossOptions`, picks the backend and calls ``backend.loss``; how the
 backend gets there (the activation in its kernels, class 0 derived from the others, the value
 checks made in its own first pass) is its own business. ``correlation`` serves
@@ -10,11 +12,11 @@ checks made in its own first pass) is its own business. ``correlation`` serves
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 
-__all__ = ["Backend", "LossOptions"]
+__all__ = ["Backend", "FieldRequest", "FusedBackend", "LossOptions"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,3 +80,49 @@ class Backend(Protocol):
         """``(scc, valid)``, both B x C', of probabilities B x C' x spatial (float32 or float64):
         docs/loss.md section 1; ``valid`` is False for degenerate pairs; ``scc`` differentiable in
         ``probs``."""
+
+
+class FieldRequest(NamedTuple):
+    """What the registered op ``torch.ops.scc_fast.activated_correlation`` asks of a fused
+    backend's ``field`` (:class:`FusedBackend`), already checked.
+
+    Attributes:
+        activation: 0 (``x`` holds probabilities), 1 (softmax over every channel of ``x``) or 2
+            (sigmoid): :data:`scc_fast.backends.activation.ACTIVATIONS`.
+        first_channel, first_class, ignore_index, include_dc, magnitude_weight, phase_weight: as
+            in :class:`LossOptions`.
+        need_grad: compute the gradient field dSCC/dp.
+        derive_first: class 0's field derived from the others' (only where the backend's ``loss``
+            asked for it: backend "triton_fft").
+        validate: the backend's kernels make ``LossOptions.validate``'s checks (only where its
+            ``loss`` asked for it).
+    """
+
+    activation: int
+    first_channel: int
+    first_class: int
+    ignore_index: int | None
+    include_dc: bool
+    magnitude_weight: float
+    phase_weight: float
+    need_grad: bool
+    derive_first: bool = False
+    validate: bool = False
+
+    def coefficients(self) -> tuple[bool, float, float]:
+        """``(include_dc, magnitude_weight, phase_weight)``."""
+        return self.include_dc, self.magnitude_weight, self.phase_weight
+
+
+class FusedBackend(Backend, Protocol):
+    """A backend whose loss runs through the registered op with the activation fused."""
+
+    def field(self, x: torch.Tensor, target: torch.Tensor, request: FieldRequest,
+              field_weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(scc, valid, field)`` without autograd: scc and valid B x C', field = dSCC/dp B x C' x
+        spatial (float32, float64 for float64 input; B x (C' - 1) x spatial with
+        ``request.derive_first``, each class's multiplied by its ``field_weights`` entry where
+        given), or shape (0,) without ``request.need_grad``. ``x`` is logits or probabilities as
+        ``request.activation`` says; the activation, background drop and ignore mask are the
+        backend's to apply (:func:`scc_fast.backends.activation.probability_field` does it with
+        torch ops)."""

@@ -1,12 +1,11 @@
-"""The activation (softmax / sigmoid), background drop and ignore mask around a backend, with
-the probabilities never kept for backward.
+"""The one registered op of the fused backends and the activation around it, the probabilities
+never kept for backward.
 
-Backends compute the gradient field ``dSCC/dp`` in their forward call. Applied outside, the
-activation makes autograd keep the B x C x spatial probabilities for the activation's backward,
-and backward runs three full-size passes (field x upstream, softmax backward, then the input
-gradient). Here one registered op, ``torch.ops.scc_fast.activated_correlation``, computes the
-probabilities, hands them to the backend's ``correlation_field`` and keeps only the input (the
-caller's tensor, no new memory) and the field; the probabilities are freed before it returns.
+``torch.ops.scc_fast.activated_correlation(x, target, backend, ...)`` calls the backend's
+``field`` (:class:`~scc_fast.backends._protocol.FusedBackend`), which applies the activation
+(softmax / sigmoid), background drop and ignore mask itself, in its kernels or with torch ops
+(:func:`probability_field`), and returns the per-pair SCC, the valid mask and the gradient field
+``dSCC/dp``. The op keeps only the input (the caller's tensor, no new memory) and the field.
 Its backward is ``torch.ops.scc_fast.activation_backward``: one pass that recomputes p from the
 input and applies the upstream gradients and the activation's Jacobian,
 
@@ -14,25 +13,17 @@ input and applies the upstream gradients and the activation's Jacobian,
     sigmoid: dL/dx_c = keep * g_c s_c (1 - s_c),            none: dL/dx_c = keep * g_c
 
 (g_c = 0 for a dropped background channel; keep = 0 at ignored voxels). That pass is one Triton
-kernel, used on CUDA (float32 and narrower) and, for the Triton backends, on CPU under
-``TRITON_INTERPRET=1``. Elsewhere (CPU torch backend, float64) the activation is applied outside
-as usual: written with torch ops the fused backward is no leaner than autograd's (measured on the
-2-core CPU, 8x9x224²: slower, and no lower peak). The torch-ops version of the pass stays as the
-op's fallback and as the kernel's check in the tests. The native CPU operator does the same inside its own C++ code
-(:mod:`scc_fast.backends.native`).
+kernel on CUDA (float32 and narrower) and, for the Triton backends, on CPU under
+``TRITON_INTERPRET=1``; torch ops elsewhere. Without the kernel (CPU torch backend, float64) the
+activation is applied outside the op as usual: written with torch ops the fused backward is no
+leaner than autograd's. Probabilities (``activation=None``) take the same op: it is every fused
+backend's ``correlation``.
 
-Eager calls run the op's ``torch.autograd.Function`` twin, :class:`_ActivatedCorrelationEager`:
-the same code without the custom op's dispatch layers (the Triton backends are host-bound on a
-GPU); torch.compile, tensor subclasses and dispatch modes get the registered op.
-
-A backend opts in by providing ``correlation_field(probs, target, first_class, include_dc,
-magnitude_weight, phase_weight, need_grad) -> (scc, valid, field)`` (field float32, float64
-for float64 probs; shape (0,) when not ``need_grad``) and an ``activated_correlation`` that
-calls :func:`activated_correlation` with its name. A backend whose kernels can compute p
-themselves also provides ``activated_field(x, target, activation, first_channel, first_class,
-ignore_index, include_dc, magnitude_weight, phase_weight, need_grad)`` and a true
-``activation_in_kernel()``; the op then hands it the logits for softmax and sigmoid, and no
-probability tensor is made at all (backend "triton": per-voxel statistics, one launch).
+The loss (:func:`fused_loss`) in eager mode is one autograd node, :class:`_ActivatedLossEager`:
+the op's forward, context and backward with the reduction, without the custom op's dispatch
+layers. torch.compile, tensor subclasses and dispatch modes get the registered op and the
+reduction (:func:`scc_fast._reduction.pair_loss`). Backend ``native`` has its own compiled
+operator (:mod:`scc_fast.backends.native`).
 """
 
 from __future__ import annotations
@@ -40,22 +31,22 @@ from __future__ import annotations
 import importlib.util
 import os
 from types import ModuleType
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
 from .. import _checks, _settings
 from .._numerics import accumulation_dtype, plain_eager, refuse_double_backward, to_accumulation
 from .._reduction import loss_and_derivative, pair_loss
-from ._protocol import LossOptions
+from ._protocol import FieldRequest, LossOptions
 
 # Triton is optional (without it the backward pass is written with torch ops), and imported only
 # when the kernel runs: the kernel lives in _activation_kernel, so `import scc_fast` stays light.
 _HAVE_TRITON = importlib.util.find_spec("triton") is not None
 
 __all__ = [
-    "ACTIVATIONS", "activated_correlation", "activated_loss", "activation_code", "activation_name", "fused_entry",
-    "fused_loss", "plain_loss", "probabilities",
+    "ACTIVATIONS", "activated_correlation", "activation_code", "activation_name", "fused_entry", "fused_loss",
+    "plain_loss", "probabilities", "probability_correlation", "probability_field",
 ]
 
 #: Backend name -> module, filled by :func:`fused_entry` as each fused backend is imported.
@@ -121,10 +112,42 @@ def _kernel_backward(x: torch.Tensor, backend: str) -> bool:
     return x.is_cuda or (_INTERPRETED and backend in _TRITON_BACKENDS and x.device.type == "cpu")
 
 
-def _field(backend: str, p, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad):
-    return _ENTRIES[backend].correlation_field(
-        p, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad
-    )
+def probability_field(field, x: torch.Tensor, target: torch.Tensor, request: FieldRequest):
+    """A backend's ``field`` (:class:`~scc_fast.backends._protocol.FusedBackend`) with the
+    activation, background drop and ignore mask applied here with torch ops: ``field(probs,
+    target, first_class, include_dc, magnitude_weight, phase_weight, need_grad)`` computes the
+    pairs from the probabilities."""
+    r = request
+    if r.derive_first or r.validate:
+        raise ValueError(
+            "the backend derives no class's field and makes no checks with the probabilities given "
+            f"(derive_first={r.derive_first}, validate={r.validate})"
+        )
+    p, backend_target = probabilities(x, target, activation_name(r.activation), r.first_channel, r.ignore_index)
+    return field(p.contiguous(), backend_target, r.first_class, *r.coefficients(), r.need_grad)
+
+
+class _OpInputs(NamedTuple):
+    """The registered op's inputs, by name (:func:`_named`; the op takes them by position)."""
+
+    x: torch.Tensor
+    target: torch.Tensor
+    backend: str
+    request: FieldRequest
+    recompute: bool
+    field_weights: torch.Tensor | None
+
+    def field(self):
+        """``(scc, valid, field)`` by the backend's ``field``."""
+        return _ENTRIES[self.backend].field(self.x, self.target, self.request, self.field_weights)
+
+
+def _named(x, target, backend, activation, first_channel, first_class, ignore_index, include_dc, magnitude_weight,
+           phase_weight, need_grad, recompute, derive_first=False, validate=False, field_weights=None) -> _OpInputs:
+    """The op's inputs (its schema's order) by name."""
+    request = FieldRequest(activation, first_channel, first_class, ignore_index, include_dc, magnitude_weight,
+                           phase_weight, need_grad, derive_first, validate)
+    return _OpInputs(x, target, backend, request, recompute, field_weights)
 
 
 @torch.library.custom_op("scc_fast::activated_correlation", mutates_args=())
@@ -145,42 +168,12 @@ def _activated_correlation_op(
     validate: bool = False,
     field_weights: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """SCC (B x C'), valid (B x C' bool) and the field dSCC/dp (B x C' x spatial, or (0,)). With
-    ``recompute`` (and ``need_grad`` False) backward computes the field again instead of
-    reading a saved one. With ``derive_first`` (backend "triton_fft", where its
-    ``derives_first_class`` says so) the field is B x (C' - 1) x spatial, the classes 1 on less
-    class 0's, for an upstream gradient that is the same for every class of an image; with
-    ``field_weights`` too (one per class, the loss's class weights) each class's field is
-    multiplied by its weight first (w_c G_c - w_0 G_0), so that a weighted loss's upstream
-    gradient can be the same for every class. With ``validate`` (where the backend's
-    ``validates_in_op`` says so) the backend makes ``scc_loss(validate=True)``'s checks in its
-    kernels and raises their ``ValueError``."""
-    return _forward(x, target, backend, activation, first_channel, first_class, ignore_index, include_dc,
-                    magnitude_weight, phase_weight, need_grad, derive_first, validate, field_weights)
-
-
-def _forward(x, target, backend, activation, first_channel, first_class, ignore_index, include_dc,
-             magnitude_weight, phase_weight, need_grad, derive_first=False, validate=False, field_weights=None):
-    module = _ENTRIES[backend]
-    in_kernel = getattr(module, "activation_in_kernel", None)
-    if activation and in_kernel is not None and in_kernel():
-        # The backend computes p inside its kernels from per-voxel statistics: no probabilities made.
-        return module.activated_field(
-            x, target, activation, first_channel, first_class, ignore_index, include_dc, magnitude_weight,
-            phase_weight, need_grad, **({"derive_first": True} if derive_first else {}),
-            **({"validate": True} if validate else {}),
-            **({"field_weights": field_weights} if field_weights is not None else {}),
-        )
-    if derive_first or validate:
-        raise ValueError(
-            f"backend {backend!r} does not derive a class's field or make the checks here "
-            f"(derive_first={derive_first}, validate={validate})"
-        )
-    p, backend_target = probabilities(x, target, activation_name(activation), first_channel, ignore_index)
-    scc, valid, field = _field(
-        backend, p.contiguous(), backend_target, first_class, include_dc, magnitude_weight, phase_weight, need_grad
-    )
-    return scc, valid, field
+    """SCC (B x C'), valid (B x C' bool) and the field dSCC/dp (B x C' x spatial, or (0,)) by the
+    backend's ``field`` (:class:`~scc_fast.backends._protocol.FieldRequest` for the arguments).
+    With ``recompute`` (and ``need_grad`` False) backward computes the field again instead of
+    reading a saved one."""
+    return _named(x, target, backend, activation, first_channel, first_class, ignore_index, include_dc,
+                  magnitude_weight, phase_weight, need_grad, recompute, derive_first, validate, field_weights).field()
 
 
 @_activated_correlation_op.register_fake
@@ -193,43 +186,40 @@ def _(x, target, backend, activation, first_channel, first_class, ignore_index, 
     return x.new_empty(pairs, dtype=acc), x.new_empty(pairs, dtype=torch.bool), field
 
 
-def _keep_options(ctx, inputs):
-    """The op's non-tensor inputs on ``ctx``, for backward."""
-    ctx.backend, ctx.activation, ctx.first_channel = inputs[2:5]
-    ctx.ignore_index = inputs[6]
-    ctx.recompute, ctx.derive_first, ctx.validate = inputs[11:14]
-    ctx.options = inputs[5:10]  # first_class, ignore_index, include_dc, magnitude_weight, phase_weight
+def _keep(ctx, inputs: _OpInputs, field: torch.Tensor, *extra: torch.Tensor) -> None:
+    """The op's options on ``ctx`` (its tensors saved for backward, with ``extra``)."""
+    ctx.op_inputs = inputs._replace(x=None, target=None, field_weights=None)
     ctx.set_materialize_grads(False)
+    ctx.save_for_backward(inputs.x, inputs.target, field, inputs.field_weights, *extra)
 
 
 def _setup_context(ctx, inputs, output):
-    _keep_options(ctx, inputs)
+    _keep(ctx, _named(*inputs), output[2])
     ctx.mark_non_differentiable(output[1], output[2])
-    ctx.save_for_backward(inputs[0], inputs[1], output[2], inputs[14])  # x, target, field, field_weights
 
 
 def _backward_with(ctx, grad_scc, activation_backward, **scale):
-    """dL/dx through ``activation_backward`` (the registered op, or its implementation in eager mode,
-    which also takes the upstream gradient as ``grad_scc`` times a ``scale``)."""
-    refuse_double_backward(ctx.backend)
+    """dL/dx (and None for the op's other inputs) through ``activation_backward`` (the registered
+    op, or its implementation in eager mode, which also takes the upstream gradient as
+    ``grad_scc`` times a ``scale``)."""
+    a = ctx.op_inputs
+    r = a.request
+    refuse_double_backward(a.backend)
     x, target, field, field_weights = ctx.saved_tensors[:4]
     nones = (None,) * 14
     if grad_scc is None:
         return (None,) + nones
-    if ctx.recompute:  # the forward kept no field: run it again, with the gradient this time
+    if a.recompute:  # the forward kept no field: run it again, with the gradient this time
         # (validate as in the forward: what the backend computes may depend on it; the checks
         # passed there, so they pass again)
         with torch.no_grad():
-            _, _, field = _forward(
-                x, target, ctx.backend, ctx.activation, ctx.first_channel, *ctx.options, True, ctx.derive_first,
-                ctx.validate, field_weights,
-            )
+            _, _, field = a._replace(x=x, target=target, request=r._replace(need_grad=True),
+                                     field_weights=field_weights).field()
     if field.numel() == 0:
-        raise RuntimeError(f"scc_fast {ctx.backend}: backward called but the forward ran with need_grad=False")
-    use_kernel = _kernel_backward(x, ctx.backend)
+        raise RuntimeError(f"scc_fast {a.backend}: backward called but the forward ran with need_grad=False")
+    use_kernel = _kernel_backward(x, a.backend)
     grad_x = activation_backward(
-        x, field, grad_scc.contiguous(), target, ctx.activation, ctx.first_channel, ctx.ignore_index, use_kernel,
-        **scale,
+        x, field, grad_scc.contiguous(), target, r.activation, r.first_channel, r.ignore_index, use_kernel, **scale,
     )
     return (grad_x,) + nones
 
@@ -307,40 +297,26 @@ def _(x, field, grad_scc, target, activation, first_channel, ignore_index, use_k
     return torch.empty_like(x)
 
 
-class _ActivatedCorrelationEager(torch.autograd.Function):
-    """The registered op's eager twin: the same forward, context and backward, called without
-    the custom op's dispatch layers (argument defaults, autograd and backend redispatch, twice a
-    step with the backward op: about a third of the loss's Python time on the 2-core CPU, and the
-    Triton backends are host-bound on a GPU). Used outside torch.compile and tensor subclasses
-    or dispatch modes, which get the registered op (its fake implementation traces it)."""
+class _ActivatedLossEager(torch.autograd.Function):
+    """The loss in eager mode as one autograd node: the registered op's forward, context and
+    backward and the reduction over the pairs, called without the custom op's dispatch layers.
+    The Triton backends are host-bound on a GPU, and the registered op with the reduction's own
+    node costs more host time a step (bench/RESULTS.md, "one autograd route"). torch.compile,
+    tensor subclasses and dispatch modes get the registered op (its fake implementation traces
+    it) and :func:`scc_fast._reduction.pair_loss`. The reduction is :func:`scc_fast._reduction.
+    loss_and_derivative`; backward scales its saved derivative by the upstream gradient and runs
+    the activation's backward."""
 
     # forward takes ctx (no separate setup_context): apply then skips binding the arguments to
     # forward's signature with inspect, about 20 us a call.
     @staticmethod
     def forward(ctx, *inputs):
-        output = _forward(*inputs[:11], *inputs[12:15])
-        _setup_context(ctx, inputs, output)
-        return output
-
-    @staticmethod
-    def backward(ctx, grad_scc, grad_valid, grad_field):
-        return _backward_with(ctx, grad_scc, _activation_backward)
-
-
-class _ActivatedLossEager(torch.autograd.Function):
-    """:class:`_ActivatedCorrelationEager` and the loss's reduction over the pairs in one autograd
-    node (``scc_loss`` in eager mode): one ``Function.apply`` and one backward node a step fewer
-    on the host, whose work a GPU step waits for. The reduction is :func:`scc_fast._reduction.
-    loss_and_derivative`, as in its own node; backward scales its saved derivative by the
-    upstream gradient and runs the activation's backward."""
-
-    @staticmethod
-    def forward(ctx, *inputs):
         # inputs: the op's 15, then class_weights, reduction
-        scc, valid, field = _forward(*inputs[:11], *inputs[12:15])
-        loss, dloss_dscc = loss_and_derivative(scc, valid, inputs[15], inputs[16], uniform_grad=inputs[12])
-        _keep_options(ctx, inputs)
-        ctx.save_for_backward(inputs[0], inputs[1], field, inputs[14], dloss_dscc)
+        op_inputs = _named(*inputs[:15])
+        scc, valid, field = op_inputs.field()
+        loss, dloss_dscc = loss_and_derivative(scc, valid, inputs[15], inputs[16],
+                                               uniform_grad=op_inputs.request.derive_first)
+        _keep(ctx, op_inputs, field, dloss_dscc)
         return loss
 
     @staticmethod
@@ -367,10 +343,11 @@ def activated_correlation(
     validate: bool = False,
     field_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-pair SCC of ``activation(x)`` by ``backend``, the probabilities never saved.
+    """Per-pair SCC of ``activation(x)`` by ``backend`` through the registered op, the
+    probabilities never saved.
 
     Args:
-        backend: a backend name whose module provides ``correlation_field``.
+        backend: a backend name registered with :func:`fused_entry`.
         x: B x C x spatial logits (``activation`` "softmax" over C, or "sigmoid") or
             probabilities (``activation=None``).
         target: integer labels B x spatial, or a float target B x C' x spatial for the
@@ -393,7 +370,7 @@ def activated_correlation(
         ``(scc, valid)``, both B x C'; ``scc`` is differentiable in ``x``.
     """
     code = activation_code(activation)
-    if not _kernel_backward(x, backend):
+    if code and not _kernel_backward(x, backend):
         # Written with torch ops, the fused backward recomputes the softmax and holds as many
         # full-size temporaries as autograd's own softmax backward (measured on CPU: slower, no
         # lower peak), so without the kernel the activation is applied outside, as usual.
@@ -402,15 +379,11 @@ def activated_correlation(
                 f"backend {backend!r} cannot derive a class's field or make the checks without its backward kernel "
                 f"(derive_first={derive_first}, validate={validate}, field_weights given: {field_weights is not None})"
             )
-        p, backend_target = probabilities(x, target, activation, first_channel, ignore_index)
-        return _ENTRIES[backend].correlation(
-            p, backend_target, first_class=first_class, include_dc=include_dc,
-            magnitude_weight=magnitude_weight, phase_weight=phase_weight,
-        )
-    op = _ActivatedCorrelationEager.apply if plain_eager(x, target) else _activated_correlation_op
+        x, target = probabilities(x, target, activation, first_channel, ignore_index)
+        code, first_channel, ignore_index = 0, 0, None
     inputs = _op_inputs(backend, x, target, code, first_channel, first_class, ignore_index, include_dc,
                         magnitude_weight, phase_weight, derive_first, validate, field_weights)
-    scc, valid, _ = op(*inputs)
+    scc, valid, _ = _activated_correlation_op(*inputs)
     return scc, valid
 
 
@@ -425,43 +398,6 @@ def _op_inputs(backend, x, target, code, first_channel, first_class, ignore_inde
         None if ignore_index is None else int(ignore_index), bool(include_dc), float(magnitude_weight),
         float(phase_weight), need_grad and not recompute, recompute, bool(derive_first), bool(validate), field_weights,
     )  # fmt: skip
-
-
-def activated_loss(
-    backend: str,
-    x: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    activation: str | None,
-    first_channel: int = 0,
-    first_class: int = 0,
-    ignore_index: int | None = None,
-    include_dc: bool = False,
-    magnitude_weight: float = 0.5,
-    phase_weight: float = 0.5,
-    derive_first: bool = False,
-    validate: bool = False,
-    field_weights: torch.Tensor | None = None,
-    class_weights: torch.Tensor | None = None,
-    reduction: str = "mean",
-) -> torch.Tensor | None:
-    """The loss in one autograd node (for :func:`fused_loss`), or None where that does not apply.
-
-    :func:`activated_correlation` (the same arguments) followed by
-    :func:`scc_fast._reduction.pair_loss` with ``class_weights`` and ``reduction``
-    (``derive_first`` makes the reduction's derivative uniform, as ``uniform_grad``: with class
-    weights the caller passes them as ``field_weights`` too), where the
-    op's eager twin would run: eager mode, plain tensors, the activation's backward kernel.
-    Elsewhere (torch.compile, tensor subclasses, dispatch modes, no kernel) it returns None and
-    the caller takes the two steps.
-    """
-    if not _kernel_backward(x, backend) or not plain_eager(x, target):
-        return None
-    if class_weights is not None and not plain_eager(class_weights):
-        return None
-    inputs = _op_inputs(backend, x, target, activation_code(activation), first_channel, first_class, ignore_index,
-                        include_dc, magnitude_weight, phase_weight, derive_first, validate, field_weights)
-    return _ActivatedLossEager.apply(*inputs, class_weights, reduction)
 
 
 def plain_loss(correlation, x: torch.Tensor, target: torch.Tensor, options: LossOptions) -> torch.Tensor:
@@ -487,6 +423,10 @@ def fused_loss(
 ) -> torch.Tensor:
     """The loss of a backend registered with :func:`fused_entry`, the probabilities never saved.
 
+    In eager mode, with the activation's backward kernel and plain tensors, one autograd node
+    (:class:`_ActivatedLossEager`); elsewhere the module's ``activated_correlation`` (the
+    registered op, or native's operator) and the reduction.
+
     Args:
         backend: the backend's name.
         x, target, options: as the backend's ``loss`` gets them (:mod:`scc_fast.backends._protocol`).
@@ -504,21 +444,29 @@ def fused_loss(
     if o.validate and not checks_in_op:
         _checks.check_values(x, target, o.ignore_index)
     field_weights = o.class_weights if derive_first else None
-    args = dict(activation=o.activation, first_channel=o.first_channel, first_class=o.first_class,
-                ignore_index=o.ignore_index, derive_first=derive_first, validate=checks_in_op and o.validate,
-                field_weights=field_weights, **o.coefficients())
-    loss = activated_loss(backend, x, target, **args, class_weights=o.class_weights, reduction=o.reduction)
-    if loss is not None:  # eager mode: the op and the reduction in one autograd node
-        return loss
-    scc, valid = activated_correlation(backend, x, target, **args)
+    validate = checks_in_op and o.validate
+    eager = _kernel_backward(x, backend) and plain_eager(x, target)
+    if eager and (o.class_weights is None or plain_eager(o.class_weights)):
+        inputs = _op_inputs(backend, x, target, activation_code(o.activation), o.first_channel, o.first_class,
+                            o.ignore_index, o.include_dc, o.magnitude_weight, o.phase_weight, derive_first, validate,
+                            field_weights)
+        return _ActivatedLossEager.apply(*inputs, o.class_weights, o.reduction)
+    scc, valid = _ENTRIES[backend].activated_correlation(
+        x, target, activation=o.activation, first_channel=o.first_channel, first_class=o.first_class,
+        ignore_index=o.ignore_index, derive_first=derive_first, validate=validate, field_weights=field_weights,
+        **o.coefficients(),
+    )
     return pair_loss(scc, valid, o.class_weights, o.reduction, uniform_grad=derive_first)
 
 
 def fused_entry(backend: str, module: ModuleType):
-    """Register ``module`` (with ``correlation_field``) as backend ``backend``'s and return its
-    ``activated_correlation``: :func:`activated_correlation` with the name bound. The op names its
-    backend by string (custom ops take no modules) and finds the module here, so this module never
-    imports the registry or a backend."""
+    """Register ``module`` as backend ``backend``'s and return its ``activated_correlation``:
+    :func:`activated_correlation` with the name bound. The registered op names its backend by
+    string (custom ops take no modules) and finds the module's ``field`` here (a
+    :class:`~scc_fast.backends._protocol.FusedBackend`), so this module never imports the registry
+    or a backend. :func:`fused_loss` finds the module's ``correlation`` and ``activated_correlation``
+    here too: backend "native" registers with its own (its compiled operator, whose backward
+    needs no kernel of this module's)."""
     _ENTRIES[backend] = module
 
     def activated(x: torch.Tensor, target: torch.Tensor, **options) -> tuple[torch.Tensor, torch.Tensor]:
@@ -530,3 +478,9 @@ def fused_entry(backend: str, module: ModuleType):
         "backward; see :func:`scc_fast.backends.activation.activated_correlation` for the arguments."
     )
     return activated
+
+
+def probability_correlation(backend: str, probs: torch.Tensor, target: torch.Tensor, **coefficients):
+    """A fused backend's ``correlation`` (:class:`~scc_fast.backends._protocol.Backend`): the
+    registered op on probabilities."""
+    return activated_correlation(backend, probs, target, activation=None, **coefficients)

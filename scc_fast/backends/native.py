@@ -22,12 +22,13 @@ from collections.abc import Sequence
 
 import torch
 
-from .. import _checks, _settings
+import sys
+
+from .. import _settings
 from .._checks import raise_flagged
-from .._numerics import refuse_double_backward, to_accumulation
-from .._reduction import pair_loss
+from .._numerics import refuse_double_backward
 from ._protocol import LossOptions
-from .activation import ACTIVATIONS, activation_code, plain_loss  # the C++ enum Activation (csrc/cpu/scc_cpu.cpp) uses these codes
+from .activation import ACTIVATIONS, activation_code, fused_entry, fused_loss  # the C++ enum Activation (csrc/cpu/scc_cpu.cpp) uses these codes
 
 __all__ = [
     "activated_correlation",
@@ -275,6 +276,8 @@ def activated_correlation(
     magnitude_weight: float = 0.5,
     phase_weight: float = 0.5,
     validate: bool = False,
+    derive_first: bool = False,
+    field_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pair SCC of ``activation(input)``, the activation fused into the operator.
 
@@ -297,11 +300,16 @@ def activated_correlation(
         validate: raise ``scc_loss(validate=True)``'s ``ValueError`` for labels outside 0 .. C - 1
             and for NaN/Inf in ``input``, from what the operator's passes saw (after its forward
             call). Only where :func:`validates_in_op` is true.
+        derive_first, field_weights: the keywords of
+            :func:`scc_fast.backends.activation.activated_correlation`; the operator derives no
+            class, so only False and None.
 
     Returns:
         ``(scc, valid)``, both B x C'; ``scc`` is differentiable in ``input``.
     """
     _require()
+    if derive_first or field_weights is not None:
+        raise ValueError("backend 'native' derives no class's field: derive_first must be False, field_weights None")
     if validate and not validates_in_op(
         activation=activation,
         labels=not target.is_floating_point(),
@@ -339,17 +347,12 @@ def loss(x: torch.Tensor, target: torch.Tensor, options: LossOptions) -> torch.T
     """The loss (:class:`scc_fast.backends._protocol.Backend`): the activation, background drop and
     ignore mask inside the operator, and ``validate``'s checks too where :func:`validates_in_op`."""
     o = options
-    if not _settings.current().fuse_activation:  # the A/B setting: the activation outside
-        return plain_loss(correlation, x, target, o)
-    x = to_accumulation(x)
     checks_in_op = o.validate and validates_in_op(
         activation=o.activation, labels=not target.is_floating_point(), first_channel=o.first_channel,
         ignore_index=o.ignore_index,
     )
-    if o.validate and not checks_in_op:
-        _checks.check_values(x, target, o.ignore_index)
-    scc, valid = activated_correlation(
-        x, target, activation=o.activation, first_channel=o.first_channel, first_class=o.first_class,
-        ignore_index=o.ignore_index, validate=checks_in_op, **o.coefficients(),
-    )
-    return pair_loss(scc, valid, o.class_weights, o.reduction)
+    return fused_loss("native", x, target, o, checks_in_op=checks_in_op)
+
+
+# fused_loss finds correlation and activated_correlation here.
+fused_entry("native", sys.modules[__name__])

@@ -2,8 +2,9 @@
 
 docs/loss.md section 5: a real-to-complex ``rfftn`` per map, the half spectrum weighted back to the
 full one, the quadratic sums taken in the spatial domain by Parseval, and an analytic gradient
-computed in the forward call. Only that gradient (B x C' x spatial) is kept for backward, whose
-work is one multiplication by the upstream gradient. Classes are processed one at a time, so
+computed in the forward call. Only that gradient (B x C' x spatial) is kept for backward (the
+registered op of :mod:`scc_fast.backends.activation`), whose work is one multiplication by the
+upstream gradient. Classes are processed one at a time, so
 the complex spectra of one class are alive at a time and integer labels are never expanded
 into a B x C' x spatial one-hot tensor.
 
@@ -17,7 +18,6 @@ import sys
 import torch
 
 from .._numerics import (
-    refuse_double_backward,
     DEGENERATE_TARGET_RTOL,
     accumulation_dtype,
     is_constant_map,
@@ -25,10 +25,10 @@ from .._numerics import (
     safe_div,
     variance_is_zero,
 )
-from ._protocol import LossOptions
-from .activation import fused_entry, fused_loss
+from ._protocol import FieldRequest, LossOptions
+from .activation import fused_entry, fused_loss, probability_correlation, probability_field
 
-__all__ = ["correlation", "complex_correlation", "loss", "PairStatistics", "pair_coefficients"]
+__all__ = ["correlation", "complex_correlation", "field", "loss", "PairStatistics", "pair_coefficients"]
 
 
 def unavailable_reason() -> str | None:
@@ -227,28 +227,6 @@ def _forward(probs, target, first_class, include_dc, magnitude_weight, phase_wei
     return scc, valid, grad
 
 
-class SCCTorchFunction(torch.autograd.Function):
-    """SCC per pair with the analytic gradient computed in forward and saved for backward."""
-
-    @staticmethod
-    def forward(ctx, probs, target, first_class, include_dc, magnitude_weight, phase_weight):
-        need_grad = ctx.needs_input_grad[0]
-        scc, valid, grad = _forward(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad)
-        ctx.mark_non_differentiable(valid)
-        if need_grad:
-            ctx.save_for_backward(grad)
-        return scc, valid
-
-    @staticmethod
-    def backward(ctx, grad_scc, grad_valid):
-        # once_differentiable would only catch double backward when grad_scc requires grad; the
-        # usual loss (scc -> mean) would get a silently wrong second derivative, so refuse here.
-        refuse_double_backward("torch")
-        (grad,) = ctx.saved_tensors
-        upstream = grad_scc.view(grad_scc.shape + (1,) * (grad.dim() - 2))
-        return (grad * upstream).to(ctx.saved_tensors[0].dtype), None, None, None, None, None
-
-
 def correlation(
     probs: torch.Tensor,
     target: torch.Tensor,
@@ -259,16 +237,23 @@ def correlation(
     phase_weight: float = 0.5,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pair SCC and the non-degenerate mask; see :mod:`scc_fast.backends` for the contract."""
-    return SCCTorchFunction.apply(probs, target, first_class, include_dc, magnitude_weight, phase_weight)
+    return probability_correlation("torch", probs, target, first_class=first_class, include_dc=include_dc,
+                                   magnitude_weight=magnitude_weight, phase_weight=phase_weight)
 
 
-def correlation_field(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad):
-    """``(scc, valid, field)`` without autograd: field = dSCC/dp (B x C' x spatial, or (0,))."""
+def _probs_field(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad):
+    """``(scc, valid, field)`` of probabilities: field = dSCC/dp (B x C' x spatial, or (0,))."""
     scc, valid, grad = _forward(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad)
     return scc, valid, grad if grad is not None else scc.new_empty((0,))
 
 
-# The activation fused around correlation_field (scc_fast.backends.activation).
+def field(x: torch.Tensor, target: torch.Tensor, request: FieldRequest, field_weights=None):
+    """``(scc, valid, field)`` (:class:`scc_fast.backends._protocol.FusedBackend`): the activation
+    with torch ops, then the spectra and the analytic field."""
+    return probability_field(_probs_field, x, target, request)
+
+
+# The activation fused around field (scc_fast.backends.activation).
 activated_correlation = fused_entry("torch", sys.modules[__name__])
 
 

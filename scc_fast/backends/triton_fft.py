@@ -7,7 +7,7 @@ For any 2D or 3D shape cuFFT handles (B x C' x H x W or B x C' x D x H x W), per
    the spatial moments of every pair: mean p, sum (p - mean p)^2, mean y, sum (y - mean y)^2,
    sum (p - mean p)(y - mean y) and, for labels, the exact integer class count. The moments are
    combined tile by tile (Chan et al.), so the Parseval terms of docs/loss.md section 5 never cancel.
-   With the activation fused (softmax / sigmoid of the logits, :func:`activated_field`) the
+   With the activation fused (softmax / sigmoid of the logits, :func:`field`) the
    stage is ``_activated_moments_kernel`` instead: it reads every channel's logits and the
    labels once per tile of voxels, writes p and y of the chunk, and reduces the moments of
    every class at once: one launch where torch's softmax, the label narrowing and the
@@ -55,9 +55,9 @@ Each stage is split over (pair, part of the map) programs that write partial res
 by the pair kernel in a fixed order (deterministic, no atomics). The gradient is computed in the forward
 call and is all that is saved: backward multiplies it by the per-pair upstream gradient. Only
 one chunk's spectra are alive at a time (the setting ``fft_chunk_elements`` bounds the chunk). The whole forward
-is the registered op ``torch.ops.scc_fast.triton_fft_correlation`` (``torch.library.custom_op``
-with a fake implementation and ``register_autograd``), so ``torch.compile`` traces a model using
-it without a graph break.
+runs inside the one registered op, ``torch.ops.scc_fast.activated_correlation``
+(:mod:`scc_fast.backends.activation`), so ``torch.compile`` traces a model using it without a
+graph break.
 
 Triton kernels run on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (set before
 triton is imported) for tests.
@@ -78,9 +78,8 @@ from .. import _settings
 from .._checks import raise_flagged
 from .._grid import next_power_of_2
 from .._numerics import accumulation_dtype, to_accumulation
-from ._field_autograd import field_scaling_autograd
-from ._protocol import LossOptions
-from .activation import activation_name, fused_entry, fused_loss, probabilities
+from ._protocol import FieldRequest, LossOptions
+from .activation import fused_entry, fused_loss, probability_correlation, probability_field
 
 try:
     import triton
@@ -94,7 +93,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without triton i
     _IMPORT_ERROR = f"triton is not installed ({exc}); pip install 'scc_fast[triton]'"
 
 __all__ = [
-    "correlation", "correlation_field", "loss", "activated_field", "activation_in_kernel", "unavailable_reason",
+    "correlation", "field", "loss", "activation_in_kernel", "unavailable_reason",
     "unsupported_reason", "derives_first_class", "validates_in_op", "settings", "MAX_ACTIVATION_CHANNELS",
 ]
 
@@ -1047,42 +1046,6 @@ def _forward(
     return scc, valid, grad
 
 
-# Registered op: opaque to torch.compile (no graph break, a fake implementation gives the output
-# shapes), with autograd attached. Only the gradient is saved; backward is a scaling.
-
-
-@torch.library.custom_op("scc_fast::triton_fft_correlation", mutates_args=())
-def triton_fft_correlation(
-    probs: torch.Tensor,
-    target: torch.Tensor,
-    first_class: int,
-    include_dc: bool,
-    magnitude_weight: float,
-    phase_weight: float,
-    need_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """SCC (B x C'), valid (B x C' bool) and dSCC/dp (B x C' x spatial; empty when not ``need_grad``),
-    in float32 (float64 for float64 ``probs``)."""
-    scc, valid, grad = _forward(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad)
-    if grad is None:
-        grad = scc.new_empty((0,))
-    return scc, valid, grad
-
-
-@triton_fft_correlation.register_fake
-def _(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad):
-    acc = accumulation_dtype(probs.dtype)
-    n_batch, n_chan = probs.shape[:2]
-    scc = probs.new_empty((n_batch, n_chan), dtype=acc)
-    valid = probs.new_empty((n_batch, n_chan), dtype=torch.bool)
-    grad = probs.new_empty(tuple(probs.shape) if need_grad else (0,), dtype=acc)
-    return scc, valid, grad
-
-
-_setup_context, _backward = field_scaling_autograd("triton_fft", n_inputs=7)
-triton_fft_correlation.register_autograd(_backward, setup_context=_setup_context)
-
-
 def correlation(
     probs: torch.Tensor,
     target: torch.Tensor,
@@ -1102,28 +1065,23 @@ def correlation(
     Returns:
         ``(scc, valid)``, both B x C'; scc is differentiable in ``probs``.
     """
-    if _IMPORT_ERROR is not None:
-        raise RuntimeError(_IMPORT_ERROR)
-    need_grad = torch.is_grad_enabled() and probs.requires_grad
-    scc, valid, _ = triton_fft_correlation(
-        probs, target, int(first_class), bool(include_dc), float(magnitude_weight), float(phase_weight), need_grad
-    )
-    return scc, valid
+    return probability_correlation("triton_fft", probs, target, first_class=first_class, include_dc=include_dc,
+                                   magnitude_weight=magnitude_weight, phase_weight=phase_weight)
 
 
-def correlation_field(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad):
-    """``(scc, valid, field)`` without autograd: field = dSCC/dp (B x C' x spatial, or (0,))."""
+def _probs_field(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad):
+    """``(scc, valid, field)`` of probabilities: field = dSCC/dp (B x C' x spatial, or (0,)), in
+    float32 (float64 for float64 ``probs``)."""
     if _IMPORT_ERROR is not None:
         raise RuntimeError(_IMPORT_ERROR)
     with torch.no_grad():
-        return triton_fft_correlation(
-            probs, target, int(first_class), bool(include_dc), float(magnitude_weight), float(phase_weight), need_grad
-        )
+        scc, valid, grad = _forward(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad)
+    return scc, valid, grad if grad is not None else scc.new_empty((0,))
 
 
 def activation_in_kernel() -> bool:
     """With the activation fused (:mod:`scc_fast.backends.activation`), whether stage 1 computes
-    softmax / sigmoid from the logits itself (:func:`activated_field`): one launch instead of
+    softmax / sigmoid from the logits itself (:func:`field`): one launch instead of
     torch's softmax, the label narrowing and the statistics pass, and no B x C probability tensor
     beside the chunk's. The setting ``fft_activation_in_kernel`` (False: the probabilities are
     computed first with torch, for A/B comparisons)."""
@@ -1145,7 +1103,7 @@ MAX_ACTIVATION_CHANNELS = 32
 
 
 def derives_first_class(x: torch.Tensor, activation: str | None, first_channel: int, ignore_index: int | None) -> bool:
-    """Whether :func:`activated_field` can derive class 0's spectrum for ``x`` (B x C x spatial
+    """Whether :func:`field` can derive class 0's spectrum for ``x`` (B x C x spatial
     logits) with these settings: softmax over every channel (``first_channel`` 0), no
     ``ignore_index``, stage 1 computing p (at most :data:`MAX_ACTIVATION_CHANNELS` channels, not
     float64) and one chunk of classes. Its gradient is then only right for an upstream gradient
@@ -1176,7 +1134,7 @@ def _stage1_holds(n_chan: int, acc: torch.dtype) -> bool:
 
 
 def _stage1_computes_p(x: torch.Tensor) -> bool:
-    """Whether :func:`activated_field` has stage 1 compute p from ``x`` (B x C x spatial logits),
+    """Whether :func:`field` has stage 1 compute p from ``x`` (B x C x spatial logits),
     else torch computes p first."""
     return activation_in_kernel() and _stage1_holds(x.shape[1], accumulation_dtype(x.dtype))
 
@@ -1184,7 +1142,7 @@ def _stage1_computes_p(x: torch.Tensor) -> bool:
 def validates_in_op(
     *, activation: str | None, labels: bool, first_channel: int, ignore_index: int | None, x: torch.Tensor | None = None
 ) -> bool:
-    """Whether :func:`activated_field` makes ``scc_loss(validate=True)``'s checks itself for the
+    """Whether :func:`field` makes ``scc_loss(validate=True)``'s checks itself for the
     logits ``x``: the first chunk's stage 1 reads every logit and label anyway, so with softmax or
     sigmoid and integer labels (any ``first_channel`` and ``ignore_index``) it flags a label
     outside the classes (other than ``ignore_index``) or a NaN/Inf logit as it goes, and the error
@@ -1209,44 +1167,44 @@ def settings() -> str:
     )
 
 
-def activated_field(x, target, activation, first_channel, first_class, ignore_index, include_dc,
-                    magnitude_weight, phase_weight, need_grad, derive_first=False, validate=False,
-                    field_weights=None):
-    """``(scc, valid, field)`` of ``activation(x)`` (1: softmax over all C channels, 2: sigmoid)
-    over channels ``first_channel`` on, voxels labelled ``ignore_index`` counted as p = 0 and
-    target 0, p computed by stage 1. field = dSCC/dp (B x C' x spatial float32, or (0,)); with
-    ``derive_first`` (where :func:`derives_first_class`) B x (C' - 1) x spatial, the classes 1
-    on less class 0's (:func:`_forward`), each class's multiplied by its ``field_weights`` entry
-    first where given. ``validate`` (where :func:`validates_in_op`): stage 1 makes
-    ``scc_loss(validate=True)``'s checks and their ``ValueError`` is raised here."""
+def field(x: torch.Tensor, target: torch.Tensor, request: FieldRequest, field_weights=None):
+    """``(scc, valid, field)`` (:class:`scc_fast.backends._protocol.FusedBackend`) of
+    ``activation(x)`` over channels ``first_channel`` on, voxels labelled ``ignore_index``
+    counted as p = 0 and target 0, p computed by stage 1 where it can (:func:`activation_in_kernel`,
+    at most :data:`MAX_ACTIVATION_CHANNELS` channels, not float64), by torch first otherwise.
+    field = dSCC/dp (B x C' x spatial float32, or (0,)); with ``derive_first`` (where
+    :func:`derives_first_class`) B x (C' - 1) x spatial, the classes 1 on less class 0's
+    (:func:`_forward`), each class's multiplied by its ``field_weights`` entry first where given.
+    ``validate`` (where :func:`validates_in_op`): stage 1 makes ``scc_loss(validate=True)``'s
+    checks and their ``ValueError`` is raised here."""
+    r = request
+    if not (r.activation and activation_in_kernel()):
+        return probability_field(_probs_field, x, target, r)
     if _IMPORT_ERROR is not None:
         raise RuntimeError(_IMPORT_ERROR)
     reason = unsupported_reason(x, target)
     if reason is not None:
         raise RuntimeError(f"backend 'triton_fft' cannot run: {reason}")
-    if field_weights is not None and not derive_first:
+    if field_weights is not None and not r.derive_first:
         raise ValueError("field_weights are multiplied into a derived field: they need derive_first=True")
-    if validate and not _stage1_computes_p(x):
+    if r.validate and not _stage1_computes_p(x):
         raise ValueError(
             f"validate=True needs stage 1 to compute p (at most {MAX_ACTIVATION_CHANNELS} channels, not float64, "
             f"activation_in_kernel); got {x.shape[1]} channels of {x.dtype}"
         )
-    if not derive_first and not _stage1_computes_p(x):
+    if not r.derive_first and not _stage1_computes_p(x):
         # Too many channels for one tile, or float64 (stage 1 computes in float32).
-        p, t = probabilities(
-            x.to(accumulation_dtype(x.dtype)), target, activation_name(int(activation)), first_channel, ignore_index
-        )
-        return correlation_field(p.contiguous(), t, first_class, include_dc, magnitude_weight, phase_weight, need_grad)
+        return probability_field(_probs_field, x.to(accumulation_dtype(x.dtype)), target, r)
     with torch.no_grad():
         scc, valid, grad = _forward(
-            x, target, int(first_class), bool(include_dc), float(magnitude_weight), float(phase_weight), need_grad,
-            activation=int(activation), first_channel=int(first_channel), ignore_index=ignore_index,
-            derive_first=bool(derive_first), validate=bool(validate), field_weights=field_weights,
+            x, target, r.first_class, *r.coefficients(), r.need_grad, activation=r.activation,
+            first_channel=r.first_channel, ignore_index=r.ignore_index, derive_first=r.derive_first,
+            validate=r.validate, field_weights=field_weights,
         )
     return scc, valid, grad if grad is not None else scc.new_empty((0,))
 
 
-# The activation fused around correlation_field or activated_field (scc_fast.backends.activation).
+# The activation fused around field (scc_fast.backends.activation).
 activated_correlation = fused_entry("triton_fft", sys.modules[__name__])
 
 

@@ -78,8 +78,8 @@ the setting ``recompute_field`` (the forward then runs launches 1-3 and backward
 all five): GPU run 3 measured that 1.6x slower for the same peak. The GPU block sizes of the depth
 passes (``GPU_BLOCKS``, clipped to D) were tuned on the 2D split mode only.
 
-Activation inside the kernels (:func:`activated_field`, used by the fused activation layer while
-:func:`activation_in_kernel` is True): for softmax and sigmoid the kernels read the logits and the
+Activation inside the kernels (:func:`field`, called by the registered op of
+:mod:`scc_fast.backends.activation`, while :func:`activation_in_kernel` is True): for softmax and sigmoid the kernels read the logits and the
 image's per-voxel statistics (m, r), 2 floats per voxel made by one launch of
 ``_activation_kernel.activation_stats``, and compute p where they load it (``_load_p``): p_c =
 exp(x_c - m) r with r = keep / sum_c exp(x_c - m), or r / (1 + exp(-x_c)) with r = keep (0 at an
@@ -99,11 +99,9 @@ about 10 bytes per pixel and class of transient workspace. The default, ``"auto"
 the call has fewer pairs than the GPU has SMs (GPU run 3: 2.2x faster at 16 x 2 x 512 x 512, the
 same time for 1.6x the memory at 24 x 9 x 224 x 224); ``bench/gpu_triton_check.py`` measures both.
 
-The ops are registered as ``torch.ops.scc_fast.triton_correlation_2d``,
-``torch.ops.scc_fast.triton_correlation_2d_split`` and ``torch.ops.scc_fast.triton_correlation_3d``
-(``torch.library.custom_op`` with a fake implementation and ``register_autograd``), so
-``torch.compile`` traces through them without a graph break. Their backward multiplies the
-gradient saved by the forward by the per-pair upstream gradient.
+The launches run inside the one registered op, ``torch.ops.scc_fast.activated_correlation``
+(:mod:`scc_fast.backends.activation`), whose fake implementation lets ``torch.compile`` trace
+them without a graph break and whose backward applies the saved field.
 """
 
 from __future__ import annotations
@@ -116,9 +114,8 @@ from typing import NamedTuple
 import torch
 
 from .. import _settings
-from ._field_autograd import field_scaling_autograd
-from ._protocol import LossOptions
-from .activation import fused_entry, fused_loss
+from ._protocol import FieldRequest, LossOptions
+from .activation import fused_entry, fused_loss, probability_correlation, probability_field
 
 try:  # Triton is optional: without it the backend reports itself unavailable.
     import triton
@@ -132,7 +129,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 
 __all__ = [
     "correlation", "unavailable_reason", "unsupported_reason", "PRECISIONS", "MODES_2D",
-    "activation_in_kernel", "activated_field", "loss", "settings",
+    "activation_in_kernel", "field", "loss", "settings",
 ]
 
 #: Read once: the interpreter is chosen by Triton when the kernel is decorated (at import).
@@ -1563,63 +1560,6 @@ def _launch_sliced(
 
 
 # --------------------------------------------------------------------------------------------
-# Registered op (custom_op: opaque to torch.compile, no graph break) and its autograd
-# --------------------------------------------------------------------------------------------
-
-
-def _fake(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad, precision):
-    n_batch, n_chan = probs.shape[:2]
-    scc = probs.new_empty((n_batch, n_chan), dtype=torch.float32)
-    valid = probs.new_empty((n_batch, n_chan), dtype=torch.bool)
-    grad = probs.new_empty(tuple(probs.shape) if need_grad else (0,), dtype=torch.float32)
-    return scc, valid, grad
-
-
-# Backward scales the saved field by each pair's upstream gradient (reduction="none" gives any
-# B x C' weights), over every spatial dim.
-_setup_context, _backward = field_scaling_autograd("triton", n_inputs=8)
-
-
-def _register(name: str, launch, doc: str):
-    """``torch.ops.scc_fast.<name>``: (scc B x C' float32, valid B x C' bool, dSCC/dp float32 of
-    the input's shape or empty when ``need_grad`` is False) by ``launch``, with a fake
-    implementation and autograd."""
-
-    def op(
-        probs: torch.Tensor,
-        target: torch.Tensor,
-        first_class: int,
-        include_dc: bool,
-        magnitude_weight: float,
-        phase_weight: float,
-        need_grad: bool,
-        precision: str,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return launch(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad, precision)
-
-    op.__name__ = op.__qualname__ = name
-    op.__doc__ = doc
-    registered = torch.library.custom_op(f"scc_fast::{name}", op, mutates_args=())
-    registered.register_fake(_fake)
-    registered.register_autograd(_backward, setup_context=_setup_context)
-    return registered
-
-
-triton_correlation_2d = _register(
-    "triton_correlation_2d", _launch, "2D input (B x C' x H x W) in one launch of the fused kernel."
-)
-triton_correlation_2d_split = _register(
-    "triton_correlation_2d_split", _launch_sliced,
-    "2D input in the split mode: the 3D passes with blocks of rows as slices, five launches per chunk of "
-    "pairs (three when need_grad is False).",
-)
-triton_correlation_3d = _register(
-    "triton_correlation_3d", _launch_sliced,
-    "3D input (B x C' x D x H x W) in five launches per chunk of pairs (three when need_grad is False).",
-)
-
-
-# --------------------------------------------------------------------------------------------
 # Backend contract
 # --------------------------------------------------------------------------------------------
 
@@ -1684,12 +1624,11 @@ def _split_2d(n_pairs: int, device: torch.device) -> bool:
     return mode == "split"
 
 
-def _op(probs: torch.Tensor):
-    """The registered op for this input: 3D, or 2D in the chosen mode (setting ``triton_2d``)."""
-    if probs.dim() == 5:
-        return triton_correlation_3d
-    split = _split_2d(probs.shape[0] * probs.shape[1], probs.device)
-    return triton_correlation_2d_split if split else triton_correlation_2d
+def _launcher(probs: torch.Tensor):
+    """The launch for this input: 3D, or 2D in the chosen mode (setting ``triton_2d``)."""
+    if probs.dim() == 5 or _split_2d(probs.shape[0] * probs.shape[1], probs.device):
+        return _launch_sliced
+    return _launch
 
 
 def correlation(
@@ -1711,62 +1650,52 @@ def correlation(
     Returns:
         ``(scc, valid)``: B x C' float32 (differentiable in ``probs``), B x C' bool.
     """
+    return probability_correlation("triton", probs, target, first_class=first_class, include_dc=include_dc,
+                                   magnitude_weight=magnitude_weight, phase_weight=phase_weight)
+
+
+def _probs_field(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad):
+    """``(scc, valid, field)`` of probabilities: field = dSCC/dp (B x C' x spatial float32, or (0,))."""
     reason = unavailable_reason() or unsupported_reason(probs, target)
     if reason is not None:
         raise RuntimeError(f"backend 'triton' cannot run: {reason}")
-    need_grad = probs.requires_grad and torch.is_grad_enabled()
-    op = _op(probs)
-    scc, valid, _ = op(
-        probs, target, int(first_class), bool(include_dc), float(magnitude_weight), float(phase_weight),
-        need_grad, _precision(),
-    )
-    return scc, valid
-
-
-def correlation_field(probs, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad):
-    """``(scc, valid, field)`` without autograd: field = dSCC/dp (B x C' x spatial float32, or (0,))."""
-    reason = unavailable_reason() or unsupported_reason(probs, target)
-    if reason is not None:
-        raise RuntimeError(f"backend 'triton' cannot run: {reason}")
-    op = _op(probs)
     with torch.no_grad():
-        return op(
-            probs, target, int(first_class), bool(include_dc), float(magnitude_weight), float(phase_weight),
-            need_grad, _precision(),
-        )
+        return _launcher(probs)(probs, target, int(first_class), bool(include_dc), float(magnitude_weight),
+                                float(phase_weight), need_grad, _precision())
 
 
 def activation_in_kernel() -> bool:
-    """With the activation fused (:mod:`scc_fast.backends.activation`), whether softmax / sigmoid
-    are computed inside the kernels from per-voxel statistics (:func:`activated_field`; no B x C x
-    spatial probability tensor is made) rather than handing them the probabilities: less memory
-    (one input-sized tensor fewer at the forward's peak) for a few exponentials per voxel more
-    (bench/RESULTS.md, GPU run 3). The setting ``triton_activation_in_kernel`` (default True)."""
+    """Whether softmax / sigmoid are computed inside the kernels from per-voxel statistics (no
+    B x C x spatial probability tensor is made) rather than handing them the probabilities: less
+    memory (one input-sized tensor fewer at the forward's peak) for a few exponentials per voxel
+    more (bench/RESULTS.md, GPU run 3). The setting ``triton_activation_in_kernel`` (default True)."""
     return _settings.current().triton_activation_in_kernel
 
 
-def activated_field(x, target, activation, first_channel, first_class, ignore_index, include_dc,
-                    magnitude_weight, phase_weight, need_grad):
-    """``(scc, valid, field)`` of ``activation(x)`` (1 softmax over all C channels, 2 sigmoid) over
-    channels ``first_channel`` on, with voxels labelled ``ignore_index`` counted as p = 0 and
-    target 0, p computed inside the kernels. field = dSCC/dp (B x C' x spatial float32, or (0,))."""
-    probs_view = x[:, first_channel:]
+def field(x: torch.Tensor, target: torch.Tensor, request: FieldRequest, field_weights=None):
+    """``(scc, valid, field)`` (:class:`scc_fast.backends._protocol.FusedBackend`): softmax or
+    sigmoid computed inside the kernels where :func:`activation_in_kernel`, with torch ops before
+    them otherwise. field = dSCC/dp (B x C' x spatial float32, or (0,))."""
+    r = request
+    if not (r.activation and activation_in_kernel()):
+        return probability_field(_probs_field, x, target, r)
+    if r.derive_first or r.validate or field_weights is not None:
+        raise ValueError(f"backend 'triton' derives no class's field and makes no checks in its kernels, got {r}")
+    probs_view = x[:, r.first_channel:]
     reason = unavailable_reason() or unsupported_reason(probs_view, target)
     if reason is not None:
         raise RuntimeError(f"backend 'triton' cannot run: {reason}")
     from ._activation_kernel import activation_stats
 
     x = x.contiguous()  # once, for the statistics and the kernels
-    act = _Activation(int(activation), activation_stats(x, target, int(activation), ignore_index), int(first_channel))
-    if ignore_index is not None:  # an ignored voxel matches no class (its p is 0 through the statistics)
-        target = torch.where(target == ignore_index, torch.full_like(target, -1), target)
-    split = x.dim() == 5 or _split_2d(probs_view.shape[0] * probs_view.shape[1], x.device)
-    launch = _launch_sliced if split else _launch
+    act = _Activation(r.activation, activation_stats(x, target, r.activation, r.ignore_index), r.first_channel)
+    if r.ignore_index is not None:  # an ignored voxel matches no class (its p is 0 through the statistics)
+        target = torch.where(target == r.ignore_index, torch.full_like(target, -1), target)
     with torch.no_grad():
-        return launch(x, target, first_class, include_dc, magnitude_weight, phase_weight, need_grad, _precision(), act)
+        return _launcher(probs_view)(x, target, r.first_class, *r.coefficients(), r.need_grad, _precision(), act)
 
 
-# The activation fused around correlation_field or activated_field (scc_fast.backends.activation).
+# The activation fused around field (scc_fast.backends.activation).
 activated_correlation = fused_entry("triton", sys.modules[__name__])
 
 
