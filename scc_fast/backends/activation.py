@@ -188,7 +188,8 @@ def _(x, target, backend, activation, first_channel, first_class, ignore_index, 
 
 def _keep(ctx, inputs: _OpInputs, field: torch.Tensor, *extra: torch.Tensor) -> None:
     """The op's options on ``ctx`` (its tensors saved for backward, with ``extra``)."""
-    ctx.op_inputs = inputs._replace(x=None, target=None, field_weights=None)
+    # three attributes, not a _replace(d) copy of the inputs: less host work, every step
+    ctx.backend, ctx.request, ctx.recompute = inputs.backend, inputs.request, inputs.recompute
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(inputs.x, inputs.target, field, inputs.field_weights, *extra)
 
@@ -202,22 +203,20 @@ def _backward_with(ctx, grad_scc, activation_backward, **scale):
     """dL/dx (and None for the op's other inputs) through ``activation_backward`` (the registered
     op, or its implementation in eager mode, which also takes the upstream gradient as
     ``grad_scc`` times a ``scale``)."""
-    a = ctx.op_inputs
-    r = a.request
-    refuse_double_backward(a.backend)
+    r = ctx.request
+    refuse_double_backward(ctx.backend)
     x, target, field, field_weights = ctx.saved_tensors[:4]
     nones = (None,) * 14
     if grad_scc is None:
         return (None,) + nones
-    if a.recompute:  # the forward kept no field: run it again, with the gradient this time
+    if ctx.recompute:  # the forward kept no field: run it again, with the gradient this time
         # (validate as in the forward: what the backend computes may depend on it; the checks
         # passed there, so they pass again)
         with torch.no_grad():
-            _, _, field = a._replace(x=x, target=target, request=r._replace(need_grad=True),
-                                     field_weights=field_weights).field()
+            _, _, field = _OpInputs(x, target, ctx.backend, r._replace(need_grad=True), True, field_weights).field()
     if field.numel() == 0:
-        raise RuntimeError(f"scc_fast {a.backend}: backward called but the forward ran with need_grad=False")
-    use_kernel = _kernel_backward(x, a.backend)
+        raise RuntimeError(f"scc_fast {ctx.backend}: backward called but the forward ran with need_grad=False")
+    use_kernel = _kernel_backward(x, ctx.backend)
     grad_x = activation_backward(
         x, field, grad_scc.contiguous(), target, r.activation, r.first_channel, r.ignore_index, use_kernel, **scale,
     )

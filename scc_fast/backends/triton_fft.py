@@ -831,47 +831,142 @@ def _pair_blocks(n_splits: int) -> tuple[int, int]:
     return max(1, PAIR_VALUES // sb), sb
 
 
-def _forward(
-    probs: torch.Tensor,
-    target: torch.Tensor,
-    first_class: int,
-    include_dc: bool,
-    magnitude_weight: float,
-    phase_weight: float,
-    need_grad: bool,
-    *,
-    activation: int = 0,
-    first_channel: int = 0,
-    ignore_index: int | None = None,
-    chunk_elements: int | None = None,
-    splits: int | None = None,
-    block: int | None = None,
-    derive_first: bool = False,
-    validate: bool = False,
-    field_weights: torch.Tensor | None = None,
-):
+def _check_forward(activation, first_channel, ignore_index, n_chan, per_class, acc, limit, step, labels,
+                   derive_first, validate, field_weights) -> None:
+    """The ValueError of an option :func:`_forward` cannot compute with the others given."""
+    if derive_first and not _derivable(activation, first_channel, ignore_index, n_chan, per_class, acc, limit):
+        raise ValueError(
+            "derive_first needs softmax over every channel, no ignore_index, float32 and one chunk "
+            f"(got activation {activation}, first_channel {first_channel}, ignore_index {ignore_index}, "
+            f"{n_chan} classes in chunks of {step}, {acc})"
+        )
+    if field_weights is not None and (not derive_first or field_weights.numel() != n_chan):
+        raise ValueError(
+            f"field_weights needs derive_first and one weight per class ({n_chan}); got derive_first={derive_first}, "
+            f"{field_weights.numel()} weights"
+        )
+    if validate and not (activation in (1, 2) and labels):
+        raise ValueError(
+            "validate needs logits (softmax or sigmoid computed by stage 1) and integer labels "
+            f"(got activation {activation}, {'integer labels' if labels else 'a float target'})"
+        )
+
+
+def _narrow_labels(target: torch.Tensor, first_class: int, n_chan: int, block: int) -> torch.Tensor:
+    """The labels as int8 channel indices (-1: no channel). The statistics pass reads the labels
+    once per class: 1 byte a voxel instead of 8 per class. (With the activation, stage 1 reads
+    the labels once for all classes of a tile.)"""
+    narrow = torch.empty(target.shape, dtype=torch.int8, device=target.device)
+    _narrow_labels_kernel[(-(-target.numel() // block),)](target, narrow, target.numel(), first_class, n_chan,
+                                                          BLOCK=block)
+    return narrow
+
+
+def _moments(probs, target, y_view, y_chunk, c0, k, n_vox, check, activation, first_channel, first_class, ignore_index,
+             labels, p_skip, y_skip, stage1, block, target_programs, splits, acc):
+    """Stage 1 for the chunk of classes c0 .. c0 + k: ``(p_chunk, part, counts, n_sp, flags)``,
+    the spatial moments per pair and split, the map p the transform takes (written here with the
+    activation, a view of ``probs`` without), and with ``check`` the FLAG_* bits of the checks per
+    (image, split). With the activation a program takes one image's tile for every class
+    (``_activated_moments_kernel``), without it one pair's (``_spatial_stats_kernel``; labels:
+    B x spatial, the same map for every class, channel stride 0)."""
+    n_batch, device = probs.shape[0], probs.device
+    n_pairs = n_batch * k
+    rows, lanes, warps, channel_threads = stage1
+    if activation:
+        n_sp, span = _splits(n_vox, n_batch, lanes, target_programs, splits)
+    else:
+        n_sp, span = _splits(n_vox, n_pairs, block, target_programs, splits)
+    part = torch.empty(n_pairs, n_sp, 6, dtype=acc, device=device)
+    counts = torch.empty(n_pairs, n_sp, dtype=torch.int32, device=device) if labels else part
+    flags = None
+    y_sc = 0 if labels else y_view.stride(1)
+    if activation:
+        p_chunk = torch.empty(n_batch, k - p_skip, *probs.shape[2:], dtype=acc, device=device)
+        if check:
+            flags = torch.empty(n_batch, n_sp, dtype=torch.int32, device=device)
+        _activated_moments_kernel[(n_sp, n_batch)](
+            probs, target, y_view, y_view.stride(0), y_sc,
+            p_chunk, y_chunk, part, counts, flags if check else counts,
+            n_vox, probs.shape[1], first_channel, c0, k, first_class,
+            0 if ignore_index is None else int(ignore_index), span, n_sp, p_skip, y_skip,
+            ACTIVATION=int(activation), LABELS=labels, HAS_IGNORE=labels and ignore_index is not None,
+            VALIDATE=check, CP=rows, BLOCK=lanes, CHANNEL_THREADS=channel_threads, num_warps=warps,
+        )  # fmt: skip
+    else:
+        p_chunk = probs[:, c0 : c0 + k]
+        _spatial_stats_kernel[(n_pairs, n_sp)](
+            p_chunk, probs.stride(0), probs.stride(1), y_view, y_view.stride(0), y_sc, y_chunk, part, counts,
+            n_vox, k, first_class + c0, span, n_sp, LABELS=labels, WRITE_Y=labels, BLOCK=block,
+        )  # fmt: skip
+    return p_chunk, part, counts, n_sp, flags
+
+
+def _transform_sums(P_r, Y_r, n_pairs, n_batch, n_chan, n_half, w_half, n_vox, last_even, include_dc, y_skip,
+                    derived, block, target_programs, splits, acc):
+    """Stage 3, T_a, T_b, T_ab per pair and split: ``(tpart, n_tsp)``. Where class 0 is derived
+    (``derived``: the derived kernels' rows, block and warps), a program per split of an image's
+    classes."""
+    if derived is not None:
+        d_rows, d_block, d_warps = derived
+        n_tsp, tspan = _splits(n_half, n_batch, d_block, target_programs, splits)
+        tpart = torch.empty(n_pairs, n_tsp, 3, dtype=acc, device=P_r.device)
+        _derived_stats_kernel[(n_tsp, n_batch)](
+            P_r, Y_r, tpart, n_chan, n_half, w_half, n_vox, tspan, n_tsp,
+            LAST_EVEN=last_even, INCLUDE_DC=include_dc, Y_SKIP=bool(y_skip), CP=d_rows, BLOCK=d_block,
+            num_warps=d_warps,
+        )  # fmt: skip
+    else:
+        n_tsp, tspan = _splits(n_half, n_pairs, block, target_programs, splits)
+        tpart = torch.empty(n_pairs, n_tsp, 3, dtype=acc, device=P_r.device)
+        _spectral_stats_kernel[(n_pairs, n_tsp)](
+            P_r, Y_r, tpart, n_half, w_half, tspan, n_tsp, LAST_EVEN=last_even, INCLUDE_DC=include_dc, BLOCK=block,
+        )  # fmt: skip
+    return tpart, n_tsp
+
+
+def _assemble(grad: torch.Tensor | None, g: torch.Tensor, c0: int, n_chan: int) -> torch.Tensor:
+    """The gradient of every class, ``g`` (a chunk's, classes c0 on) written into it (made at the
+    first chunk)."""
+    if grad is None:
+        grad = g.new_empty((g.shape[0], n_chan, *g.shape[2:]))
+    grad[:, c0 : c0 + g.shape[1]] = g
+    return grad
+
+
+def _field_spectrum(P_r, Y_r, coef, field_weights, n_pairs, n_batch, n_chan, n_half, n_vox, include_dc, y_skip,
+                    derived, block) -> None:
+    """Stage 5: the gradient's spectrum, in place of P."""
+    if derived is not None:
+        d_rows, d_block, d_warps = derived
+        _derived_field_kernel[(-(-n_half // d_block), n_batch)](
+            P_r, Y_r, coef, field_weights.contiguous() if field_weights is not None else coef,
+            n_pairs, n_chan, n_half, n_vox,
+            INCLUDE_DC=include_dc, Y_SKIP=bool(y_skip), HAS_WEIGHT=field_weights is not None, CP=d_rows,
+            BLOCK=d_block, num_warps=d_warps,
+        )  # fmt: skip
+    else:
+        _field_kernel[(-(-n_half // block), n_pairs)](P_r, Y_r, coef, n_pairs, n_half, INCLUDE_DC=include_dc,
+                                                      BLOCK=block)
+
+
+def _forward(probs: torch.Tensor, target: torch.Tensor, first_class: int, include_dc: bool, magnitude_weight: float,
+             phase_weight: float, need_grad: bool, *, activation: int = 0, first_channel: int = 0,
+             ignore_index: int | None = None, chunk_elements: int | None = None, splits: int | None = None,
+             block: int | None = None, derive_first: bool = False, validate: bool = False,
+             field_weights: torch.Tensor | None = None):
     """SCC (B x C'), valid (B x C') and, if ``need_grad``, dSCC/dp (B x C' x spatial, contiguous).
 
     ``probs`` holds the probabilities B x C' x spatial; with ``activation`` (1: softmax over all
-    C channels, 2: sigmoid) it holds the logits B x C x spatial instead, of which channels
-    ``first_channel`` on are the loss's C', and stage 1 computes p itself
-    (``_activated_moments_kernel``; voxels labelled ``ignore_index`` count as p = 0 and y = 0).
-    ``chunk_elements``, ``splits`` and ``block`` override the launch configuration (tests use them
-    to exercise several chunks, splits and tiles on small inputs).
-
-    ``derive_first`` (softmax over every channel, no ignored label, one chunk: what
-    :func:`derives_first_class` checks) transforms p of classes 1 on only and derives class 0's
-    spectrum from theirs; the gradient is then B x (C - 1) x spatial, dSCC_c/dp_c - dSCC_0/dp_0
-    for the classes 1 on, valid for an upstream gradient that is the same for every class of an
-    image (the softmax's backward does not see a map added to every class's gradient).
-    ``field_weights`` (with ``derive_first``: one weight per class, C) multiplies each class's
-    dSCC_c/dp_c by its weight before the difference: the gradient of sum_c w_c SCC_c, for a
-    class-weighted loss whose upstream gradient leaves the weights out.
-
-    ``validate`` (logits and integer labels: what :func:`validates_in_op` checks) makes
-    ``scc_loss(validate=True)``'s checks in stage 1 and raises their ``ValueError`` after the
-    launches (one device sync); with ``derive_first`` the labels' one-hot maps then sum to one at
-    each voxel too, so Y of class 0 is derived like P (y of C - 1 classes written and transformed).
+    C channels, 2: sigmoid) the logits B x C x spatial, of which channels ``first_channel`` on are
+    the loss's, and stage 1 computes p (voxels labelled ``ignore_index``: p = 0, y = 0).
+    ``chunk_elements``, ``splits`` and ``block`` override the launch configuration (tests).
+    ``derive_first`` (where :func:`derives_first_class`) derives class 0's spectrum from the
+    others' (the module's docstring): the gradient is then B x (C - 1) x spatial, dSCC_c/dp_c -
+    dSCC_0/dp_0, each term times its ``field_weights`` entry where given. ``validate`` (where
+    :func:`validates_in_op`) makes ``scc_loss(validate=True)``'s checks in stage 1 and raises
+    their ``ValueError`` after the launches (one device sync); with ``derive_first`` Y of class 0
+    is then derived too.
     """
     acc = accumulation_dtype(probs.dtype)
     # Logits are read in their own dtype by the kernel; probabilities are computed in acc.
@@ -890,8 +985,11 @@ def _forward(
     # Stage 1 with the activation holds a tile of every channel (CP rows) in registers
     # (fft_stage1_values), so fewer voxels a tile the more channels.
     rows, lanes, warps, channel_threads = _stage1_config(device, probs.shape[1])
-    lanes = block or lanes
-    tile_override = block
+    stage1 = (rows, block or lanes, warps, channel_threads)
+    derived = None
+    if derive_first:  # the derived kernels' rows, tile and warps
+        d_rows, d_block, d_warps = _derived_config(device, n_chan)
+        derived = (d_rows, block or d_block, d_warps)
     block = block or default_block
 
     scc = torch.empty(n_batch, n_chan, dtype=acc, device=device)
@@ -903,77 +1001,28 @@ def _forward(
     per_class = n_batch * n_vox
     limit = _settings.current().fft_chunk_elements if chunk_elements is None else chunk_elements
     step = max(1, min(n_chan, limit // per_class))
-    if derive_first and not _derivable(activation, first_channel, ignore_index, n_chan, per_class, acc, limit):
-        raise ValueError(
-            "derive_first needs softmax over every channel, no ignore_index, float32 and one chunk "
-            f"(got activation {activation}, first_channel {first_channel}, ignore_index {ignore_index}, "
-            f"{n_chan} classes in chunks of {step}, {acc})"
-        )
-    p_skip = int(derive_first)
-    if field_weights is not None and (not derive_first or field_weights.numel() != n_chan):
-        raise ValueError(
-            f"field_weights needs derive_first and one weight per class ({n_chan}); got derive_first={derive_first}, "
-            f"{field_weights.numel()} weights"
-        )
-    if validate and not (activation in (1, 2) and labels):
-        raise ValueError(
-            "validate needs logits (softmax or sigmoid computed by stage 1) and integer labels "
-            f"(got activation {activation}, {'integer labels' if labels else 'a float target'})"
-        )
-    y_skip = int(derive_first and validate)
+    _check_forward(activation, first_channel, ignore_index, n_chan, per_class, acc, limit, step, labels,
+                   derive_first, validate, field_weights)
+    p_skip, y_skip = int(derive_first), int(derive_first and validate)
     flags = None  # stage 1's FLAG_* bits per (image, split), where it makes the checks
 
     class0 = first_class
     if labels and not activation and n_chan > 1 and n_chan <= 127 and target.element_size() > 1:
-        # The statistics pass reads the labels once per class: narrow them once to int8 channel
-        # indices (-1: no channel), 1 byte a voxel instead of 8 per class. (With the activation,
-        # stage 1 reads the labels once for all classes of a tile.)
-        narrow = torch.empty(target.shape, dtype=torch.int8, device=device)
-        _narrow_labels_kernel[(-(-target.numel() // block),)](
-            target, narrow, target.numel(), first_class, n_chan, BLOCK=block
-        )
-        target, class0 = narrow, 0
-
-    # Labels: B x spatial, the same map for every class (channel stride 0).
-    y_src = target
-    y_sb, y_sc = (target.stride(0), 0) if labels else (target.stride(0), target.stride(1))
+        target, class0 = _narrow_labels(target, first_class, n_chan, block), 0
 
     for c0 in range(0, n_chan, step):
         k = min(n_chan, c0 + step) - c0
         n_pairs = n_batch * k
-        y_view = y_src if labels else y_src[:, c0 : c0 + k]
+        y_view = target if labels else target[:, c0 : c0 + k]
         y_chunk = torch.empty(n_batch, k - y_skip, *spatial, dtype=acc, device=device) if labels else y_view
 
-        # 1. Spatial moments (and the p and one-hot y the transforms need). With the activation
-        # a program takes one image's tile for every class, without it one pair's.
-        if activation:
-            n_sp, span = _splits(n_vox, n_batch, lanes, target_programs, splits)
-        else:
-            n_sp, span = _splits(n_vox, n_pairs, block, target_programs, splits)
-        part = torch.empty(n_pairs, n_sp, 6, dtype=acc, device=device)
-        counts = torch.empty(n_pairs, n_sp, dtype=torch.int32, device=device) if labels else part
-        if activation:
-            p_chunk = torch.empty(n_batch, k - p_skip, *spatial, dtype=acc, device=device)
-            check = validate and c0 == 0  # the first chunk's stage 1 reads every logit and label
-            if check:
-                flags = torch.empty(n_batch, n_sp, dtype=torch.int32, device=device)
-            _activated_moments_kernel[(n_sp, n_batch)](
-                probs, target, y_view, y_view.stride(0), y_view.stride(1) if not labels else 0,
-                p_chunk, y_chunk, part, counts, flags if check else counts,
-                n_vox, probs.shape[1], first_channel, c0, k, first_class,
-                0 if ignore_index is None else int(ignore_index), span, n_sp, p_skip, y_skip,
-                ACTIVATION=int(activation), LABELS=labels, HAS_IGNORE=labels and ignore_index is not None,
-                VALIDATE=check, CP=rows, BLOCK=lanes, CHANNEL_THREADS=channel_threads, num_warps=warps,
-            )  # fmt: skip
-        else:
-            p_chunk = probs[:, c0 : c0 + k]
-            _spatial_stats_kernel[(n_pairs, n_sp)](
-                p_chunk, probs.stride(0), probs.stride(1),
-                y_view, y_sb, y_sc,
-                y_chunk, part, counts,
-                n_vox, k, class0 + c0, span, n_sp,
-                LABELS=labels, WRITE_Y=labels, BLOCK=block,
-            )  # fmt: skip
+        # 1. Spatial moments, and the p and one-hot y the transforms need.
+        check = validate and c0 == 0  # the first chunk's stage 1 reads every logit and label
+        p_chunk, part, counts, n_sp, chunk_flags = _moments(
+            probs, target, y_view, y_chunk, c0, k, n_vox, check, activation, first_channel, class0, ignore_index,
+            labels, p_skip, y_skip, stage1, block, target_programs, splits, acc,
+        )
+        flags = chunk_flags if check else flags
 
         # 2. Half spectra, y's first: each map is freed as soon as it is transformed, so at most
         # two maps and one spectrum, or one map and two spectra, are alive at once.
@@ -984,24 +1033,10 @@ def _forward(
         P_r = torch.view_as_real(P)
         Y_r = torch.view_as_real(Y)
 
-        # 3. T_a, T_b, T_ab (a program per split of an image's classes where class 0 is derived).
-        if derive_first:
-            d_rows, d_block, d_warps = _derived_config(device, n_chan)
-            d_block = tile_override or d_block
-            n_tsp, tspan = _splits(n_half, n_batch, d_block, target_programs, splits)
-            tpart = torch.empty(n_pairs, n_tsp, 3, dtype=acc, device=device)
-            _derived_stats_kernel[(n_tsp, n_batch)](
-                P_r, Y_r, tpart, n_chan, n_half, w_half, n_vox, tspan, n_tsp,
-                LAST_EVEN=spatial[-1] % 2 == 0, INCLUDE_DC=include_dc, Y_SKIP=bool(y_skip), CP=d_rows, BLOCK=d_block,
-                num_warps=d_warps,
-            )  # fmt: skip
-        else:
-            n_tsp, tspan = _splits(n_half, n_pairs, block, target_programs, splits)
-            tpart = torch.empty(n_pairs, n_tsp, 3, dtype=acc, device=device)
-            _spectral_stats_kernel[(n_pairs, n_tsp)](
-                P_r, Y_r, tpart, n_half, w_half, tspan, n_tsp,
-                LAST_EVEN=spatial[-1] % 2 == 0, INCLUDE_DC=include_dc, BLOCK=block,
-            )  # fmt: skip
+        # 3. T_a, T_b, T_ab.
+        tpart, n_tsp = _transform_sums(P_r, Y_r, n_pairs, n_batch, n_chan, n_half, w_half, n_vox,
+                                       spatial[-1] % 2 == 0, include_dc, y_skip, derived, block, target_programs,
+                                       splits, acc)
 
         # 4. Per-pair sums by Parseval, SCC, valid and the gradient's coefficients: one launch.
         coef = torch.empty(5, n_pairs, dtype=acc, device=device) if need_grad else tpart
@@ -1017,28 +1052,15 @@ def _forward(
             continue
 
         # 5. The gradient's spectrum, in place of P; Y is not needed after it.
-        if derive_first:
-            _derived_field_kernel[(-(-n_half // d_block), n_batch)](
-                P_r, Y_r, coef, field_weights.contiguous() if field_weights is not None else coef,
-                n_pairs, n_chan, n_half, n_vox,
-                INCLUDE_DC=include_dc, Y_SKIP=bool(y_skip), HAS_WEIGHT=field_weights is not None, CP=d_rows,
-                BLOCK=d_block, num_warps=d_warps,
-            )  # fmt: skip
-        else:
-            _field_kernel[(-(-n_half // block), n_pairs)](
-                P_r, Y_r, coef, n_pairs, n_half, INCLUDE_DC=include_dc, BLOCK=block
-            )
+        _field_spectrum(P_r, Y_r, coef, field_weights, n_pairs, n_batch, n_chan, n_half, n_vox, include_dc, y_skip,
+                        derived, block)
         del Y, Y_r, P_r
 
         # 6. Inverse transform, unscaled (the coefficients carry no N): dSCC/dp of the chunk.
         g = torch.fft.irfftn(P, s=spatial, dim=dims, norm="forward")
         del P
-        if k == n_chan:
-            grad = g  # B x (C - 1) x spatial where class 0 was derived
-        else:
-            if grad is None:
-                grad = torch.empty((n_batch, n_chan, *spatial), dtype=acc, device=device)
-            grad[:, c0 : c0 + k] = g
+        # (one chunk: B x (C - 1) x spatial where class 0 is derived)
+        grad = g if k == n_chan else _assemble(grad, g, c0, n_chan)
         del g
     if flags is not None:
         # After every launch, so that the device has the whole forward queued while the host waits.
