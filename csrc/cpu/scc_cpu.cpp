@@ -349,6 +349,574 @@ struct Options {
   bool need_grad = false;
 };
 
+// One scc_forward call: its options, shapes, pointers into its tensors, transforms and chunking, fixed
+// by plan_run before the passes start; every pass below reads it (and writes only through its pointers).
+template <typename scalar_t, typename Y>
+struct RunContext {
+  const at::Tensor* input = nullptr;
+  const Y* tdata = nullptr;  // integer labels B x N, or the float target B x C' x N
+  bool labels = false;
+  Options o;
+  int64_t n_in_chan = 0, n_chan = 0;  // input channels; channels in the loss
+  int64_t n_batch = 0, n_pairs = 0;   // images; pairs (image b, class c), q = b * n_chan + c
+  at::IntArrayRef spatial;
+  Geometry g;
+  int64_t N = 1, L = 1, rpb = 1, nb = 1;  // g.n_vox, g.len, g.rows_per_block, g.blocks
+  double eps = 0;                         // of scalar_t, for the zero tests
+  // The activation runs inside the passes (p is never a separate tensor) when there is one to apply
+  // or an ignore mask; otherwise p is the input itself.
+  bool activated = false;
+  const scalar_t* x_all = nullptr;
+  scalar_t* stats = nullptr;  // per image: shift map, then scale map (N each); null without statistics
+  std::vector<int64_t> fft_dims;
+  bool radix = false, inplace = false;  // the operator's own transform; transforms in place (radix or MKL)
+  int64_t LS = 1, M = 1;                // workspace row stride and map size, complex elements
+  std::shared_ptr<const RadixPlan> plan;
+  int64_t map_bytes = 0, chunk = 1, n_chunks = 1;  // pairs per chunk, chunks
+  bool complement = false;  // one class per image derived from the others (chunks hold whole images)
+  int64_t w_slot_step = 1;  // z's slot of packed field m is w_slot_step * m
+  size_t saved_bytes = 0;   // bytes of this call's buffers besides the workspace, and of its backward's
+  scalar_t* scc_ptr = nullptr;
+  bool* valid_ptr = nullptr;
+  scalar_t* grad_ptr = nullptr;
+  at::TensorOptions complex_options;
+  bool p_in_grad = false, fused_build = false;  // see plan_run
+  uint8_t* flags = nullptr;
+
+  // Target map of pair q: the image's labels (class label first_class + c) or the pair's float map.
+  const Y* tmap(int64_t q) const { return labels ? tdata + (q / n_chan) * N : tdata + q * N; }
+  // A class whose label is the ignored one has y = 0 everywhere: give it a label no voxel has
+  // (the lowest value of the label type; labels are 0 .. C-1 when validated).
+  int64_t tlabel(int64_t q) const {
+    const int64_t cl = o.first_class + q % n_chan;
+    if constexpr (std::is_integral<Y>::value) {
+      if (o.has_ignore && cl == o.ignore) return static_cast<int64_t>(std::numeric_limits<Y>::lowest());
+    }
+    return cl;
+  }
+  const scalar_t* xmap(int64_t q) const {
+    return x_all + ((q / n_chan) * n_in_chan + o.first_channel + q % n_chan) * N;
+  }
+  const scalar_t* shift_map(int64_t b) const { return stats != nullptr ? stats + b * 2 * N : nullptr; }
+  const scalar_t* scale_map(int64_t b) const { return stats != nullptr ? stats + b * 2 * N + N : nullptr; }
+  // Where the build pass reads p: the input, or (activated) the gradient buffer.
+  const scalar_t* pmap(int64_t q) const { return activated ? grad_ptr + q * N : xmap(q); }
+  // Per row of the spectrum (in the radix transform's order where it runs), the row of -k's leading coordinates.
+  const int64_t* neg_row() const { return radix ? plan->neg_row.data() : g.neg_row.data(); }
+};
+
+// Pairs per chunk and whether chunks derive one class per image (complement), from the map size.
+template <typename scalar_t, typename Y>
+void plan_chunks(RunContext<scalar_t, Y>& c) {
+  // Chunks run one after another; inside a chunk every pass is parallel over (pair, block of rows)
+  // and the threads split the maps of each transform. (A variant giving each thread whole chunks
+  // needed a workspace per thread, which cost more peak memory than backend "torch" at 2 threads,
+  // and was not faster.)
+  c.map_bytes = c.M * static_cast<int64_t>(sizeof(c10::complex<scalar_t>));
+  int64_t chunk = chunk_bytes() / c.map_bytes;
+  // At least two pairs per thread: the inverse transform packs two pairs per map, and each thread
+  // needs a map of its own (measured, 2 x 4 x 64^3 on 2 threads: the inverse took 3.3 ms with one
+  // packed map per chunk, 1.9 ms with two).
+  chunk = std::max<int64_t>(2 * at::get_num_threads(), chunk - chunk % 2);
+  // Softmax over every input channel and integer labels (no ignore mask, all in range: checked per
+  // image below) make each image's maps sum to one at every voxel, p and y alike, so one class's
+  // spectrum is N (1 + i) at DC minus the others': a transform fewer per image. Chunks then hold
+  // whole images, an even number of pairs (two per inverse map). The setting complement=false turns
+  // it off (tests, comparisons).
+  const bool sums_to_one = c.o.act == kActSoftmax && c.o.first_channel == 0 && c.labels && !c.o.has_ignore &&
+                           c.n_chan >= 2 && native_settings().complement.load(std::memory_order_relaxed);
+  const int64_t image_unit = c.n_chan % 2 == 0 ? c.n_chan : 2 * c.n_chan;
+  // Whole images also let the build pass run the softmax itself (fused_build, below): worth a chunk up
+  // to 4 times the budget (measured, bench/RESULTS.md: 8 x 9 x 224^2 with 18 pairs per chunk, 7.3 MB,
+  // 3.6% faster than with 4).
+  if (sums_to_one && chunk < image_unit && image_unit * c.map_bytes <= 4 * chunk_bytes()) chunk = image_unit;
+  c.complement = sums_to_one && chunk >= image_unit;
+  if (c.complement) chunk -= chunk % image_unit;
+  c.chunk = std::min(chunk, c.n_pairs);
+  c.n_chunks = (c.n_pairs + c.chunk - 1) / c.chunk;
+}
+
+// Everything the passes of one call need: shapes, the transforms' engine and layout, the chunking,
+// and where p, the statistics and the outputs live.
+template <typename scalar_t, typename Y>
+RunContext<scalar_t, Y> plan_run(const at::Tensor& input, const Y* tdata, bool labels, const Options& o,
+                                 at::Tensor& scc_out, at::Tensor& valid_out, at::Tensor& grad_out,
+                                 at::Tensor& stats_out, at::Tensor& flags_out) {
+  RunContext<scalar_t, Y> c;
+  c.input = &input;
+  c.tdata = tdata;
+  c.labels = labels;
+  c.o = o;
+  c.n_in_chan = input.size(1);
+  c.n_chan = c.n_in_chan - o.first_channel;
+  c.n_batch = input.size(0);
+  c.n_pairs = c.n_batch * c.n_chan;
+  c.spatial = input.sizes().slice(2);
+  c.g = make_geometry(c.spatial);
+  c.N = c.g.n_vox, c.L = c.g.len, c.rpb = c.g.rows_per_block, c.nb = c.g.blocks;
+  c.eps = std::numeric_limits<scalar_t>::epsilon();
+  c.activated = o.act != kActNone || o.has_ignore;
+  c.x_all = input.data_ptr<scalar_t>();
+  c.stats = stats_out.numel() > 0 ? stats_out.data_ptr<scalar_t>() : nullptr;
+  for (int64_t d = 1; d <= static_cast<int64_t>(c.spatial.size()); ++d) c.fft_dims.push_back(d);
+
+  // Complex workspace maps (z, and the spectra and packed fields over it when transformed in place)
+  // have rows LS elements apart, M elements per map; real maps are packed (N).
+  // The operator's own transform (scc_cpu_radix_fft.h) for float32 maps it fits on AVX-512, whose
+  // spectra keep the leading axes in digit-reversed order (the passes only see it through neg_row);
+  // MKL's in place elsewhere where libtorch exports it, else ATen's.
+  c.radix = use_radix_fft(input.scalar_type(), c.spatial);
+  c.inplace = c.radix || inplace_fft_available(input.scalar_type());
+  c.LS = workspace_row_stride(c.L, c.inplace), c.M = c.g.rows * c.LS;
+  c.plan = c.radix ? radix_plan(c.spatial, c.LS) : nullptr;
+  plan_chunks(c);
+
+  // Workspace: the chunk's maps z only. The packed field of pairs 2m and 2m + 1 is written over z's map
+  // 2m when the spectra are in z (in place: field_rows reads each element's inputs before writing it),
+  // over map m otherwise (ATen's spectra are separate tensors). (Separate field maps cost a third more
+  // workspace, and were slower: bench/RESULTS.md.)
+  c.w_slot_step = c.inplace ? 2 : 1;
+  // The backward's input gradient is the size of the input.
+  c.saved_bytes = stats_out.nbytes() + (o.need_grad ? grad_out.nbytes() + input.nbytes() : 0);
+  c.scc_ptr = scc_out.data_ptr<scalar_t>();
+  c.valid_ptr = valid_out.data_ptr<bool>();
+  c.grad_ptr = o.need_grad ? grad_out.data_ptr<scalar_t>() : nullptr;
+  c.complex_options = input.options().dtype(c10::toComplexType(input.scalar_type()));
+
+  // With a gradient to compute, p goes into the gradient buffer (which the last pass overwrites in
+  // place): one activation pass over each image writes p and the per-voxel statistics (softmax max and
+  // keep / sum, the ignore mask) that the backward needs, 2 x B x N values instead of the B x C x N
+  // probabilities (or the build pass does, below). Without one (a metric), only the statistics are
+  // stored, and the build pass computes p block by block into a scratch row buffer.
+  c.p_in_grad = c.activated && o.need_grad;
+  // Chunks of whole images (complement) run the softmax inside their build pass, block by block: p is
+  // a block-sized scratch then, never written to memory or read back (measured, bench/RESULTS.md:
+  // 3-6% of a step at 2 x 4 x 64^3).
+  c.fused_build = c.complement && c.p_in_grad && c.stats != nullptr && o.act == kActSoftmax;
+  c.flags = flags_out.data_ptr<uint8_t>();
+  return c;
+}
+
+// The activation pass over each image (unless the build pass runs it): p into the gradient buffer
+// with the statistics, or the statistics alone (no gradient); flags images whose input holds NaN/Inf.
+template <typename scalar_t, typename Y, typename K>
+void activate_images(const RunContext<scalar_t, Y>& c) {
+  const int64_t N = c.N, n_in_chan = c.n_in_chan, n_chan = c.n_chan, act = c.o.act;
+  scalar_t* stats = c.stats;
+  const int64_t vblocks = (N + kBlockElems - 1) / kBlockElems;
+  // Per work item: the softmax read a NaN or Inf (items write their own byte; no shared writes).
+  std::vector<uint8_t> nonfinite(c.n_batch * vblocks, 0);
+  parallel_items(c.n_batch * vblocks, [&](auto take) {
+    for (int64_t item; (item = take()) >= 0;) {
+      const int64_t b = item / vblocks, i0 = (item % vblocks) * kBlockElems, i1 = std::min(N, i0 + kBlockElems);
+      const Y* lab = (c.labels && c.o.has_ignore) ? c.tdata + b * N : nullptr;
+      scalar_t* sh = stats != nullptr ? stats + b * 2 * N : nullptr;
+      scalar_t* sc = stats != nullptr ? stats + b * 2 * N + N : nullptr;
+      const bool finite =
+          c.p_in_grad ? K::template activation_pass<scalar_t, Y>(c.x_all + b * n_in_chan * N, n_in_chan,
+                                                                 c.o.first_channel, N, act, lab, c.o.ignore, sh, sc,
+                                                                 c.grad_ptr + b * n_chan * N, i0, i1, N)
+                      : K::template stats<scalar_t, Y>(c.x_all + b * n_in_chan * N, n_in_chan, N, act == kActSoftmax,
+                                                       lab, c.o.ignore, sh, sc, i0, i1);
+      nonfinite[item] = finite ? 0 : 1;
+    }
+  });
+  for (int64_t item = 0; item < c.n_batch * vblocks; ++item)
+    if (nonfinite[item]) c.flags[item / vblocks] |= kFlagNonFiniteInput;
+}
+
+// p at voxel 0 of pair q (the shift of its spatial sums), by the same code as the passes.
+template <typename scalar_t, typename Y, typename K>
+scalar_t p_first(const RunContext<scalar_t, Y>& c, int64_t q) {
+  if (!c.activated) return c.xmap(q)[0];
+  if (c.p_in_grad) return c.grad_ptr[q * c.N];
+  scalar_t v;
+  const int64_t b = q / c.n_chan;
+  K::template activate<scalar_t>(c.xmap(q), c.shift_map(b), c.scale_map(b), c.o.act, &v, 0, 1);
+  return v;
+}
+
+// What the passes write as they go: the chunk's workspace and per-pair scratch (allocated once, reused
+// by every chunk) and the per-image label counts of the whole call.
+template <typename scalar_t>
+struct RunState {
+  // Voxels per image whose label is one of the loss channels' (the build pass counts them per pair).
+  std::vector<double> label_count;
+  at::Tensor workspace, zbuf;  // zbuf: the workspace as chunk x M maps, or chunk x spatial for ATen's
+  scalar_t* z = nullptr;
+  std::vector<double> part_sp, sp_pair;  // spatial sums per (pair, block of rows), then per pair
+  std::vector<double> part_ss;           // spectral sums per (pair, block of rows)
+  std::vector<PairCoef> coef;
+  std::vector<scalar_t> kp;                 // p at voxel 0 of each pair
+  std::vector<at::Tensor> Zparts, wparts;   // ATen's spectra and inverse transforms, kept alive
+  std::vector<const scalar_t*> Zmap, wmap;  // per slot: its spectrum, its inverse transform
+};
+
+// The workspace of `chunk` maps (from the buffer cache) and the per-pair scratch.
+template <typename scalar_t, typename Y>
+void allocate_chunk_buffers(const RunContext<scalar_t, Y>& c, RunState<scalar_t>& st) {
+  using cplx = c10::complex<scalar_t>;
+  const int64_t chunk = c.chunk, nb = c.nb;
+  // (Maps of M elements; ATen's transforms take them as tensors of the spatial shape, M == N.)
+  st.workspace = cached_empty({chunk * c.M}, c.complex_options);
+  // The buffers of this call and of its backward, so that the buffer cache keeps one step's worth
+  // (told once the forward's buffers are allocated: a call that fails for memory leaves the cap).
+  set_call_bytes(st.workspace.nbytes() + c.saved_bytes);
+  std::vector<int64_t> ws_shape{chunk};
+  if (c.inplace) {
+    ws_shape.push_back(c.M);
+  } else {
+    ws_shape.insert(ws_shape.end(), c.spatial.begin(), c.spatial.end());
+  }
+  st.zbuf = st.workspace.view(ws_shape);
+  st.z = reinterpret_cast<scalar_t*>(st.zbuf.template data_ptr<cplx>());
+  st.part_sp.resize(chunk * nb * kNumSpatial);
+  st.sp_pair.resize(chunk * kNumSpatial);
+  st.part_ss.resize(chunk * nb * kNumSpectral);
+  st.coef.resize(chunk);
+  st.kp.resize(chunk);
+}
+
+// The radix transform of the maps `slots` of in_data, in place, its work items shared with stealing.
+template <typename scalar_t, typename Y>
+void radix_transform(const RunContext<scalar_t, Y>& c, scalar_t* in_data, const std::vector<int64_t>& slots,
+                     bool forward, std::vector<const scalar_t*>& map) {
+  const int64_t n = static_cast<int64_t>(slots.size()), M = c.M;
+  const RadixPlan& plan = *c.plan;
+  // Items the threads share with stealing (parallel_items): whole maps where there are at least 4
+  // per thread, else the maps' stage items (planes or rows, then pencils or columns), so that a
+  // faster thread takes over work of a slower one (measured, bench/RESULTS.md: 2 x 4 x 64^3 with a
+  // busy process on the second CPU 0.88 of the time with whole maps split evenly; a quiet machine
+  // 1.00, while stage items at 8 x 9 x 224^2 cost 3%).
+  auto map_of = [&](int64_t l) { return reinterpret_cast<float*>(in_data + 2 * slots[l] * M); };
+  if (n >= 4 * at::get_num_threads()) {
+    parallel_items(n, [&](auto take) {
+      for (int64_t item; (item = take()) >= 0;) radix_fft(map_of(item), plan, forward);
+    });
+  } else {
+    for (int st = 0; st < 2; ++st) {
+      const int stage = forward ? st : 1 - st;
+      const int64_t per_map = radix_stage_items(plan, stage);
+      parallel_items(n * per_map, [&](auto take) {
+        for (int64_t item; (item = take()) >= 0;)
+          radix_stage(map_of(item / per_map), plan, forward, stage, item % per_map, item % per_map + 1);
+      });
+    }
+  }
+  for (int64_t l = 0; l < n; ++l) map[slots[l]] = in_data + 2 * slots[l] * M;
+}
+
+// Transforms of the maps `slots` of `in`. The radix transform: items shared with stealing (above).
+// MKL and ATen: the threads split the maps evenly, each transforming its share in single-threaded
+// calls (one per run of consecutive slots); the maps left over by the even split are transformed
+// from this thread, where MKL uses its own threads (measured on this project's 2-core machine, one
+// 64^3 map: 0.83 ms on one thread, 0.41 ms on two).
+// `inplace`: the maps are transformed where they are (the radix transform, or MKL's DFTI,
+// scc_cpu_fft.h); otherwise ATen returns new tensors, which parts keeps alive. map[slot] points to
+// the slot's spectrum.
+template <typename scalar_t, typename Y>
+void transform_maps(const RunContext<scalar_t, Y>& c, const at::Tensor& in, const std::vector<int64_t>& slots,
+               bool forward, std::vector<at::Tensor>& parts, std::vector<const scalar_t*>& map) {
+  using cplx = c10::complex<scalar_t>;
+  const int64_t n = static_cast<int64_t>(slots.size()), M = c.M;
+  parts.assign(n, at::Tensor());
+  map.assign(in.size(0), nullptr);
+  scalar_t* in_data = reinterpret_cast<scalar_t*>(in.data_ptr<cplx>());
+  if (c.radix) {
+    radix_transform(c, in_data, slots, forward, map);
+    return;
+  }
+  auto run_slots = [&](int64_t i, int64_t j, int64_t mkl_threads) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    while (i < j) {
+      int64_t k = i + 1;
+      while (k < j && slots[k] == slots[k - 1] + 1) ++k;
+      const scalar_t* base;
+      if (c.inplace) {
+        scalar_t* maps = in_data + 2 * slots[i] * M;
+        inplace_fft(maps, c.input->scalar_type(), c.spatial, c.LS, k - i, forward, mkl_threads);
+        base = maps;
+      } else {
+        const at::Tensor part = in.narrow(0, slots[i], k - i);
+        at::Tensor out = forward ? at::fft_fftn(part, std::nullopt, c.fft_dims, std::nullopt)
+                                 : at::fft_ifftn(part, std::nullopt, c.fft_dims, "forward");
+        out = out.contiguous();
+        base = reinterpret_cast<const scalar_t*>(out.data_ptr<cplx>());
+        parts[i] = std::move(out);
+      }
+      for (int64_t l = i; l < k; ++l) map[slots[l]] = base + 2 * (l - i) * M;  // M == N for ATen's
+      i = k;
+    }
+  };
+  const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  const int64_t even = n - n % threads;
+  if (even > 0 && threads > 1) {
+    at::parallel_for(0, threads, 1, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) run_slots(t * even / threads, (t + 1) * even / threads, 1);
+    });
+  } else {
+    run_slots(0, even, threads);
+  }
+  run_slots(even, n, threads);
+}
+
+// 1. (fused_build) p + i*y and the spatial sums (shifted by the first voxel of each map) for a chunk
+//    of whole images, the softmax inside: voxel 0 first (the shift of the sums), then per block of an
+//    image's voxels the softmax and the maps of all its classes from it (p stays in cache).
+template <typename scalar_t, typename Y, typename K>
+void build_whole_images(const RunContext<scalar_t, Y>& c, RunState<scalar_t>& st, int64_t q0, int64_t nc) {
+  const int64_t N = c.N, L = c.L, LS = c.LS, M = c.M, rpb = c.rpb, nb = c.nb;
+  const int64_t n_in_chan = c.n_in_chan, n_chan = c.n_chan, act = c.o.act;
+  scalar_t* stats = c.stats;
+  scalar_t* z = st.z;
+  const int64_t b0 = q0 / n_chan, n_img = nc / n_chan;
+  std::vector<uint8_t> nonfinite(n_img * nb, 0);
+  // p at voxel 0 into the gradient buffer, where p_first reads it (the unpack pass overwrites it;
+  // block 0 below tests voxel 0 for NaN/Inf with the rest).
+  for (int64_t m = 0; m < n_img; ++m) {
+    const int64_t b = b0 + m;
+    K::template activation_pass<scalar_t, Y>(c.x_all + b * n_in_chan * N, n_in_chan, 0, N, act, nullptr, 0,
+                                             stats + b * 2 * N, stats + b * 2 * N + N, c.grad_ptr + b * n_chan * N,
+                                             0, 1, N);
+  }
+  for (int64_t s = 0; s < nc; ++s) st.kp[s] = p_first<scalar_t, Y, K>(c, q0 + s);
+  parallel_items(n_img * nb, [&](auto take) {
+    std::vector<scalar_t> pbuf;  // the block's p, n_chan maps of n values
+    for (int64_t item; (item = take()) >= 0;) {
+      const int64_t m = item / nb, blk = item % nb, b = b0 + m;
+      const int64_t r0 = blk * rpb, r_end = std::min(c.g.rows, (blk + 1) * rpb);
+      const int64_t i0 = r0 * L, n = (r_end - r0) * L;
+      pbuf.resize(n_chan * n);
+      // The block as one of its own (channels still N apart in x), p into pbuf.
+      const bool finite = K::template activation_pass<scalar_t, Y>(
+          c.x_all + b * n_in_chan * N + i0, n_in_chan, 0, N, act, nullptr, 0, stats + b * 2 * N + i0,
+          stats + b * 2 * N + N + i0, pbuf.data(), 0, n, n);
+      nonfinite[item] = finite ? 0 : 1;
+      const Y* ym = c.tdata + b * N;
+      for (int64_t s = m * n_chan; s < (m + 1) * n_chan; ++s) {
+        const int64_t q = q0 + s;
+        const scalar_t* p = pbuf.data() + (s - m * n_chan) * n;
+        const int64_t cl = c.tlabel(q);
+        double* acc = &st.part_sp[(s * nb + blk) * kNumSpatial];
+        std::fill(acc, acc + kNumSpatial, 0.0);
+        for (int64_t r = r0; r < r_end; ++r)
+          K::template build<scalar_t, Y>(p + (r - r0) * L, ym + r * L, cl, st.kp[s], 0.0, z + 2 * s * M + 2 * r * LS,
+                                         0, L, acc);
+      }
+    }
+  });
+  for (int64_t item = 0; item < n_img * nb; ++item)
+    if (nonfinite[item]) c.flags[b0 + item / nb] |= kFlagNonFiniteInput;
+}
+
+// 1. (other chunks) p + i*y and the spatial sums pair by pair, p read from the gradient buffer or the
+//    input, or computed per row block (without a gradient).
+template <typename scalar_t, typename Y, typename K>
+void build_pairs(const RunContext<scalar_t, Y>& c, RunState<scalar_t>& st, int64_t q0, int64_t nc) {
+  const int64_t L = c.L, LS = c.LS, M = c.M, rpb = c.rpb, nb = c.nb;
+  scalar_t* z = st.z;
+  for (int64_t s = 0; s < nc; ++s) st.kp[s] = p_first<scalar_t, Y, K>(c, q0 + s);
+  parallel_items(nc * nb, [&](auto take) {
+    std::vector<scalar_t> pbuf;
+    for (int64_t item; (item = take()) >= 0;) {
+      const int64_t s = item / nb, blk = item % nb, q = q0 + s;
+      const int64_t r0 = blk * rpb, r_end = std::min(c.g.rows, (blk + 1) * rpb);
+      const scalar_t* p;  // p of this block's rows
+      if (c.activated && !c.o.need_grad) {
+        pbuf.resize((r_end - r0) * L);
+        const int64_t b = q / c.n_chan;
+        const scalar_t* sh = c.stats != nullptr ? c.shift_map(b) + r0 * L : nullptr;
+        const scalar_t* sc = c.stats != nullptr ? c.scale_map(b) + r0 * L : nullptr;
+        K::template activate<scalar_t>(c.xmap(q) + r0 * L, sh, sc, c.o.act, pbuf.data(), 0, (r_end - r0) * L);
+        p = pbuf.data();
+      } else {
+        p = c.pmap(q) + r0 * L;
+      }
+      const Y* ym = c.tmap(q);
+      const int64_t cl = c.tlabel(q);
+      const double ky = c.labels ? 0.0 : static_cast<double>(ym[0]);
+      double* acc = &st.part_sp[(s * nb + blk) * kNumSpatial];
+      std::fill(acc, acc + kNumSpatial, 0.0);
+      // Row by row: short sums in double, then added up (pairwise-like accuracy).
+      for (int64_t r = r0; r < r_end; ++r)
+        K::template build<scalar_t, Y>(p + (r - r0) * L, ym + r * L, cl, st.kp[s], ky, z + 2 * s * M + 2 * r * LS, 0,
+                                       L, acc);
+    }
+  });
+}
+
+// 1. Build p + i*y and the spatial sums of pairs q0 .. q0 + nc - 1, then their per-pair totals and
+//    the images' label counts.
+template <typename scalar_t, typename Y, typename K>
+void build_chunk(const RunContext<scalar_t, Y>& c, RunState<scalar_t>& st, int64_t q0, int64_t nc) {
+  const int64_t nb = c.nb;
+  if (c.fused_build) {
+    build_whole_images<scalar_t, Y, K>(c, st, q0, nc);
+  } else {
+    build_pairs<scalar_t, Y, K>(c, st, q0, nc);
+  }
+
+  // Spatial sums per pair (partials added in block order: deterministic).
+  std::vector<double>& sp_pair = st.sp_pair;
+  const std::vector<double>& part_sp = st.part_sp;
+  std::fill(sp_pair.begin(), sp_pair.end(), 0.0);
+  for (int64_t s = 0; s < nc; ++s)
+    for (int64_t blk = 0; blk < nb; ++blk)
+      for (int k = 0; k < kNumSpatial; ++k) sp_pair[s * kNumSpatial + k] += part_sp[(s * nb + blk) * kNumSpatial + k];
+  if (c.labels)
+    for (int64_t s = 0; s < nc; ++s) st.label_count[(q0 + s) / c.n_chan] += sp_pair[s * kNumSpatial + kT1];
+}
+
+// With `complement`: the spectrum of each image's left-out class, N (1 + i) at DC minus the others'
+// (comp_slot: per image of the chunk, that class's slot, or -1 where the image's labels leave it out).
+template <typename scalar_t, typename Y, typename K>
+void complement_spectra(const RunContext<scalar_t, Y>& c, RunState<scalar_t>& st,
+                        const std::vector<int64_t>& comp_slot, int64_t nc) {
+  using cplx = c10::complex<scalar_t>;
+  const int64_t N = c.N, L = c.L, LS = c.LS, M = c.M, rpb = c.rpb, nb = c.nb, n_chan = c.n_chan;
+  std::vector<const scalar_t*>& Zmap = st.Zmap;
+  const int64_t n_img = nc / n_chan;
+  std::vector<const scalar_t*> others(n_img * (n_chan - 1));
+  for (int64_t m = 0; m < n_img; ++m) {
+    if (comp_slot[m] < 0) continue;
+    if (c.inplace) {  // the derived class's own slot of z (its p + i*y is not transformed)
+      Zmap[comp_slot[m]] = st.z + 2 * comp_slot[m] * M;
+    } else {
+      at::Tensor zc = at::empty({N}, c.complex_options);
+      Zmap[comp_slot[m]] = reinterpret_cast<const scalar_t*>(zc.data_ptr<cplx>());
+      st.Zparts.push_back(std::move(zc));
+    }
+    int64_t k = 0;
+    for (int64_t s = m * n_chan; s < (m + 1) * n_chan; ++s)
+      if (s != comp_slot[m]) others[m * (n_chan - 1) + k++] = Zmap[s];
+  }
+  parallel_items(n_img * nb, [&](auto take) {
+    for (int64_t item; (item = take()) >= 0;) {
+      const int64_t m = item / nb, blk = item % nb;
+      if (comp_slot[m] < 0) continue;
+      scalar_t* out = const_cast<scalar_t*>(Zmap[comp_slot[m]]);
+      K::template complement<scalar_t>(others.data() + m * (n_chan - 1), n_chan - 1, out, L, LS, blk * rpb,
+                                       std::min(c.g.rows, (blk + 1) * rpb));
+      if (blk == 0) {
+        out[0] += static_cast<scalar_t>(N);
+        out[1] += static_cast<scalar_t>(N);
+      }
+    }
+  });
+}
+
+// 2. One complex transform carries the spectra of p and y; with `complement`, the class of each
+//    image with the most voxels (the best-conditioned difference) is left out and follows
+//    from the others, when the image's labels are all in range (class counts add up to N).
+template <typename scalar_t, typename Y, typename K>
+void forward_spectra(const RunContext<scalar_t, Y>& c, RunState<scalar_t>& st, int64_t nc) {
+  const int64_t n_chan = c.n_chan;
+  std::vector<int64_t> slots, comp_slot;
+  if (c.complement) {
+    for (int64_t s0 = 0; s0 < nc; s0 += n_chan) {
+      double total = 0, most = -1;
+      int64_t pick = -1;
+      for (int64_t s = s0; s < s0 + n_chan; ++s) {
+        const double count = st.sp_pair[s * kNumSpatial + kT1];
+        total += count;
+        if (count > most) most = count, pick = s;
+      }
+      comp_slot.push_back(total == static_cast<double>(c.N) ? pick : -1);
+    }
+  }
+  for (int64_t s = 0; s < nc; ++s)
+    if (!c.complement || comp_slot[s / n_chan] != s) slots.push_back(s);
+  transform_maps(c, st.zbuf.narrow(0, 0, nc), slots, true, st.Zparts, st.Zmap);
+  if (c.complement) complement_spectra<scalar_t, Y, K>(c, st, comp_slot, nc);
+}
+
+// 3. T_a, T_b, T_ab over the weighted half spectrum; 4. per pair SCC, validity and the field's
+//    coefficients, into the outputs and st.coef.
+template <typename scalar_t, typename Y, typename K>
+void pair_scalars(const RunContext<scalar_t, Y>& c, RunState<scalar_t>& st, int64_t q0, int64_t nc) {
+  const int64_t N = c.N, L = c.L, LS = c.LS, rpb = c.rpb, nb = c.nb;
+  const bool include_dc = c.o.include_dc;
+  std::vector<double>& part_ss = st.part_ss;
+  parallel_items(nc * nb, [&](auto take) {
+    for (int64_t item; (item = take()) >= 0;) {
+      const int64_t s = item / nb, blk = item % nb;
+      double* acc = &part_ss[(s * nb + blk) * kNumSpectral];
+      std::fill(acc, acc + kNumSpectral, 0.0);
+      K::template sums<scalar_t>(st.Zmap[s], c.neg_row(), L, LS, blk * rpb, std::min(c.g.rows, (blk + 1) * rpb),
+                                 include_dc, acc);
+    }
+  });
+
+  // 4. Per-pair scalars (partials added in block order: deterministic).
+  for (int64_t s = 0; s < nc; ++s) {
+    double ss[kNumSpectral] = {0, 0, 0};
+    for (int64_t blk = 0; blk < nb; ++blk)
+      for (int k = 0; k < kNumSpectral; ++k) ss[k] += part_ss[(s * nb + blk) * kNumSpectral + k];
+    const int64_t q = q0 + s;
+    const double ky = c.labels ? 0.0 : static_cast<double>(c.tmap(q)[0]);
+    st.coef[s] = pair_coefficients(&st.sp_pair[s * kNumSpatial], ss, static_cast<double>(st.kp[s]), ky, c.labels, N,
+                                   include_dc, c.o.w_mag, c.o.w_phase, c.eps);
+    c.scc_ptr[q] = static_cast<scalar_t>(st.coef[s].scc);
+    c.valid_ptr[q] = st.coef[s].valid;
+  }
+}
+
+// 5. Fields of two pairs packed in one spectrum, written over z (the first pair's map in place).
+template <typename scalar_t, typename Y, typename K>
+void field_pass(const RunContext<scalar_t, Y>& c, RunState<scalar_t>& st, int64_t nc) {
+  const int64_t N = c.N, L = c.L, LS = c.LS, M = c.M, rpb = c.rpb, nb = c.nb;
+  const int64_t n_packed = (nc + 1) / 2;
+  parallel_items(n_packed * nb, [&](auto take) {
+    for (int64_t item; (item = take()) >= 0;) {
+      const int64_t m = item / nb, blk = item % nb;
+      const int64_t s1 = 2 * m, s2 = 2 * m + 1;
+      const bool has2 = s2 < nc;
+      const scalar_t* Z1 = st.Zmap[s1];
+      const PairCoef& c1 = st.coef[s1];
+      const PairCoef c2 = has2 ? st.coef[s2] : PairCoef();  // all zero: an empty second field
+      const double inv_n = 1.0 / static_cast<double>(N);
+      K::template field<scalar_t>(
+          Z1, has2 ? st.Zmap[s2] : Z1, static_cast<scalar_t>(c1.c_a), static_cast<scalar_t>(c1.c_ab),
+          static_cast<scalar_t>(c1.c_p * inv_n), static_cast<scalar_t>(c1.c_y * inv_n),
+          static_cast<scalar_t>(c2.c_a), static_cast<scalar_t>(c2.c_ab), static_cast<scalar_t>(c2.c_p * inv_n),
+          static_cast<scalar_t>(c2.c_y * inv_n), st.z + 2 * (c.w_slot_step * m) * M, c.neg_row(), L, LS, blk * rpb,
+          std::min(c.g.rows, (blk + 1) * rpb), c.o.include_dc);
+    }
+  });
+}
+
+// 6. Unnormalised inverse transform (DFT^H = N * ifft), unpacked into the gradient output.
+template <typename scalar_t, typename Y, typename K>
+void inverse_unpack(const RunContext<scalar_t, Y>& c, RunState<scalar_t>& st, int64_t q0, int64_t nc) {
+  const int64_t N = c.N, L = c.L, LS = c.LS, rpb = c.rpb, nb = c.nb, w_slot_step = c.w_slot_step;
+  const int64_t n_packed = (nc + 1) / 2;
+  std::vector<int64_t> packed(n_packed);
+  for (int64_t m = 0; m < n_packed; ++m) packed[m] = w_slot_step * m;
+  transform_maps(c, st.zbuf.narrow(0, 0, nc), packed, false, st.wparts, st.wmap);
+  parallel_items(nc * nb, [&](auto take) {
+    for (int64_t item; (item = take()) >= 0;) {
+      const int64_t s = item / nb, blk = item % nb, q = q0 + s;
+      K::template unpack<scalar_t>(st.wmap[w_slot_step * (s / 2)], static_cast<int>(s % 2), c.grad_ptr + q * N, L,
+                                   LS, blk * rpb, std::min(c.g.rows, (blk + 1) * rpb));
+    }
+  });
+}
+
+// The passes over chunk ci's pairs, in order (the gradient's only where one is asked for).
+template <typename scalar_t, typename Y, typename K>
+void run_chunk(const RunContext<scalar_t, Y>& c, RunState<scalar_t>& st, int64_t ci) {
+  const int64_t q0 = ci * c.chunk;
+  const int64_t nc = std::min(c.chunk, c.n_pairs - q0);
+  build_chunk<scalar_t, Y, K>(c, st, q0, nc);
+  forward_spectra<scalar_t, Y, K>(c, st, nc);
+  pair_scalars<scalar_t, Y, K>(c, st, q0, nc);
+  if (!c.o.need_grad) return;
+  field_pass<scalar_t, Y, K>(c, st, nc);
+  st.Zparts.clear();  // ATen's spectra: the field pass read the last of them
+  inverse_unpack<scalar_t, Y, K>(c, st, q0, nc);
+}
+
+// scc_forward for one input and target: the activation pass, then the chunks one after another.
 template <typename scalar_t, typename Y, typename K>
 void run(
     const at::Tensor& input,
@@ -360,438 +928,16 @@ void run(
     at::Tensor& grad_out,
     at::Tensor& stats_out,
     at::Tensor& flags_out) {
-  using cplx = c10::complex<scalar_t>;
-  const int64_t first_class = o.first_class, first_channel = o.first_channel, act = o.act;
-  const bool include_dc = o.include_dc, need_grad = o.need_grad;
-  const double w_mag = o.w_mag, w_phase = o.w_phase;
-  const int64_t n_in_chan = input.size(1);
-  const int64_t n_chan = n_in_chan - first_channel;  // channels in the loss
-  const int64_t n_batch = input.size(0);
-  const int64_t n_pairs = n_batch * n_chan;
-  const auto spatial = input.sizes().slice(2);
-  const Geometry g = make_geometry(spatial);
-  const int64_t N = g.n_vox, L = g.len, rpb = g.rows_per_block, nb = g.blocks;
-  const double eps = std::numeric_limits<scalar_t>::epsilon();
-  // Target map of pair q: the image's labels (class label first_class + c) or the pair's float map.
-  auto tmap = [&](int64_t q) { return labels ? tdata + (q / n_chan) * N : tdata + q * N; };
-  // A class whose label is the ignored one has y = 0 everywhere: give it a label no voxel has
-  // (the lowest value of the label type; labels are 0 .. C-1 when validated).
-  auto tlabel = [&](int64_t q) -> int64_t {
-    const int64_t cl = first_class + q % n_chan;
-    if constexpr (std::is_integral<Y>::value) {
-      if (o.has_ignore && cl == o.ignore) return static_cast<int64_t>(std::numeric_limits<Y>::lowest());
-    }
-    return cl;
-  };
-  // The activation runs inside the passes (p is never a separate tensor) when there is one to apply
-  // or an ignore mask; otherwise p is the input itself.
-  const bool activated = act != kActNone || o.has_ignore;
-  const scalar_t* x_all = input.data_ptr<scalar_t>();
-  auto xmap = [&](int64_t q) { return x_all + ((q / n_chan) * n_in_chan + first_channel + q % n_chan) * N; };
-  scalar_t* stats = stats_out.numel() > 0 ? stats_out.data_ptr<scalar_t>() : nullptr;
-  auto shift_map = [&](int64_t b) -> const scalar_t* { return stats != nullptr ? stats + b * 2 * N : nullptr; };
-  auto scale_map = [&](int64_t b) -> const scalar_t* { return stats != nullptr ? stats + b * 2 * N + N : nullptr; };
-
-  std::vector<int64_t> fft_dims;
-  for (int64_t d = 1; d <= static_cast<int64_t>(spatial.size()); ++d) fft_dims.push_back(d);
-
-  // Complex workspace maps (z, and the spectra and packed fields over it when transformed in place)
-  // have rows LS elements apart, M elements per map; real maps are packed (N).
-  // The operator's own transform (scc_cpu_radix_fft.h) for float32 maps it fits on AVX-512, whose
-  // spectra keep the leading axes in digit-reversed order (the passes only see it through neg_row);
-  // MKL's in place elsewhere where libtorch exports it, else ATen's.
-  const bool radix = use_radix_fft(input.scalar_type(), spatial);
-  const bool inplace = radix || inplace_fft_available(input.scalar_type());
-  const int64_t LS = workspace_row_stride(L, inplace), M = g.rows * LS;
-  const std::shared_ptr<const RadixPlan> plan = radix ? radix_plan(spatial, LS) : nullptr;
-  const int64_t* neg_row = radix ? plan->neg_row.data() : g.neg_row.data();
-
-  // Chunks run one after another; inside a chunk every pass is parallel over (pair, block of rows)
-  // and the threads split the maps of each transform. (A variant giving each thread whole chunks
-  // needed a workspace per thread, which cost more peak memory than backend "torch" at 2 threads,
-  // and was not faster.)
-  const int64_t map_bytes = M * static_cast<int64_t>(sizeof(cplx));
-  int64_t chunk = chunk_bytes() / map_bytes;
-  // At least two pairs per thread: the inverse transform packs two pairs per map, and each thread
-  // needs a map of its own (measured, 2 x 4 x 64^3 on 2 threads: the inverse took 3.3 ms with one
-  // packed map per chunk, 1.9 ms with two).
-  chunk = std::max<int64_t>(2 * at::get_num_threads(), chunk - chunk % 2);
-  // Softmax over every input channel and integer labels (no ignore mask, all in range: checked per
-  // image below) make each image's maps sum to one at every voxel, p and y alike, so one class's
-  // spectrum is N (1 + i) at DC minus the others': a transform fewer per image. Chunks then hold
-  // whole images, an even number of pairs (two per inverse map). The setting complement=false turns
-  // it off (tests, comparisons).
-  const bool sums_to_one = act == kActSoftmax && first_channel == 0 && labels && !o.has_ignore && n_chan >= 2 &&
-                           native_settings().complement.load(std::memory_order_relaxed);
-  const int64_t image_unit = n_chan % 2 == 0 ? n_chan : 2 * n_chan;
-  // Whole images also let the build pass run the softmax itself (fused_build, below): worth a chunk up
-  // to 4 times the budget (measured, bench/RESULTS.md: 8 x 9 x 224^2 with 18 pairs per chunk, 7.3 MB,
-  // 3.6% faster than with 4).
-  if (sums_to_one && chunk < image_unit && image_unit * map_bytes <= 4 * chunk_bytes()) chunk = image_unit;
-  const bool complement = sums_to_one && chunk >= image_unit;
-  if (complement) chunk -= chunk % image_unit;
-  chunk = std::min(chunk, n_pairs);
-  const int64_t n_chunks = (n_pairs + chunk - 1) / chunk;
-
-  // Workspace: the chunk's maps z only. The packed field of pairs 2m and 2m + 1 is written over z's map
-  // 2m when the spectra are in z (in place: field_rows reads each element's inputs before writing it),
-  // over map m otherwise (ATen's spectra are separate tensors). (Separate field maps cost a third more
-  // workspace, and were slower: bench/RESULTS.md.)
-  const int64_t w_slot_step = inplace ? 2 : 1;
-  scalar_t* scc_ptr = scc_out.data_ptr<scalar_t>();
-  bool* valid_ptr = valid_out.data_ptr<bool>();
-  scalar_t* grad_ptr = need_grad ? grad_out.data_ptr<scalar_t>() : nullptr;
-  const auto complex_options = input.options().dtype(c10::toComplexType(input.scalar_type()));
-
-  // With a gradient to compute, p goes into the gradient buffer (which the last pass overwrites in
-  // place): one activation pass over each image writes p and the per-voxel statistics (softmax max and
-  // keep / sum, the ignore mask) that the backward needs, 2 x B x N values instead of the B x C x N
-  // probabilities (or the build pass does, below). Without one (a metric), only the statistics are
-  // stored, and the build pass computes p block by block into a scratch row buffer.
-  const bool p_in_grad = activated && need_grad;
-  // Chunks of whole images (complement) run the softmax inside their build pass, block by block: p is
-  // a block-sized scratch then, never written to memory or read back (measured, bench/RESULTS.md:
-  // 3-6% of a step at 2 x 4 x 64^3).
-  const bool fused_build = complement && p_in_grad && stats != nullptr && act == kActSoftmax;
-  uint8_t* flags = flags_out.data_ptr<uint8_t>();
-  if ((p_in_grad || stats != nullptr) && !fused_build) {
-    const int64_t vblocks = (N + kBlockElems - 1) / kBlockElems;
-    // Per work item: the softmax read a NaN or Inf (items write their own byte; no shared writes).
-    std::vector<uint8_t> nonfinite(n_batch * vblocks, 0);
-    parallel_items(n_batch * vblocks, [&](auto take) {
-      for (int64_t item; (item = take()) >= 0;) {
-        const int64_t b = item / vblocks, i0 = (item % vblocks) * kBlockElems, i1 = std::min(N, i0 + kBlockElems);
-        const Y* lab = (labels && o.has_ignore) ? tdata + b * N : nullptr;
-        scalar_t* sh = stats != nullptr ? stats + b * 2 * N : nullptr;
-        scalar_t* sc = stats != nullptr ? stats + b * 2 * N + N : nullptr;
-        const bool finite =
-            p_in_grad ? K::template activation_pass<scalar_t, Y>(x_all + b * n_in_chan * N, n_in_chan, first_channel, N,
-                                                                 act, lab, o.ignore, sh, sc, grad_ptr + b * n_chan * N,
-                                                                 i0, i1, N)
-                      : K::template stats<scalar_t, Y>(x_all + b * n_in_chan * N, n_in_chan, N, act == kActSoftmax,
-                                                       lab, o.ignore, sh, sc, i0, i1);
-        nonfinite[item] = finite ? 0 : 1;
-      }
-    });
-    for (int64_t item = 0; item < n_batch * vblocks; ++item)
-      if (nonfinite[item]) flags[item / vblocks] |= kFlagNonFiniteInput;
-  }
-  // Voxels per image whose label is one of the loss channels' (the build pass counts them per pair).
-  std::vector<double> label_count(labels ? n_batch : 0, 0.0);
-  // p at voxel 0 of pair q (the shift of its spatial sums), by the same code as the passes.
-  auto p_first = [&](int64_t q) -> scalar_t {
-    if (!activated) return xmap(q)[0];
-    if (p_in_grad) return grad_ptr[q * N];
-    scalar_t v;
-    const int64_t b = q / n_chan;
-    K::template activate<scalar_t>(xmap(q), shift_map(b), scale_map(b), act, &v, 0, 1);
-    return v;
-  };
-  // Where the build pass reads p: the input, or (activated) the gradient buffer.
-  auto pmap = [&](int64_t q) -> const scalar_t* { return activated ? grad_ptr + q * N : xmap(q); };
-
-  // Transforms of the maps `slots` of `in`. The radix transform: items shared with stealing (below).
-  // MKL and ATen: the threads split the maps evenly, each transforming its share in single-threaded
-  // calls (one per run of consecutive slots); the maps left over by the even split are transformed
-  // from this thread, where MKL uses its own threads (measured on this project's 2-core machine, one
-  // 64^3 map: 0.83 ms on one thread, 0.41 ms on two).
-  // `inplace`: the maps are transformed where they are (the radix transform, or MKL's DFTI,
-  // scc_cpu_fft.h); otherwise ATen returns new tensors, which parts keeps alive. map[slot] points to
-  // the slot's spectrum.
-  auto transform = [&](const at::Tensor& in, const std::vector<int64_t>& slots, bool forward,
-                       std::vector<at::Tensor>& parts, std::vector<const scalar_t*>& map) {
-    const int64_t n = static_cast<int64_t>(slots.size());
-    parts.assign(n, at::Tensor());
-    map.assign(in.size(0), nullptr);
-    scalar_t* in_data = reinterpret_cast<scalar_t*>(in.data_ptr<cplx>());
-    if (radix) {
-      // Items the threads share with stealing (parallel_items): whole maps where there are at least 4
-      // per thread, else the maps' stage items (planes or rows, then pencils or columns), so that a
-      // faster thread takes over work of a slower one (measured, bench/RESULTS.md: 2 x 4 x 64^3 with a
-      // busy process on the second CPU 0.88 of the time with whole maps split evenly; a quiet machine
-      // 1.00, while stage items at 8 x 9 x 224^2 cost 3%).
-      auto map_of = [&](int64_t l) { return reinterpret_cast<float*>(in_data + 2 * slots[l] * M); };
-      if (n >= 4 * at::get_num_threads()) {
-        parallel_items(n, [&](auto take) {
-          for (int64_t item; (item = take()) >= 0;) radix_fft(map_of(item), *plan, forward);
-        });
-      } else {
-        for (int st = 0; st < 2; ++st) {
-          const int stage = forward ? st : 1 - st;
-          const int64_t per_map = radix_stage_items(*plan, stage);
-          parallel_items(n * per_map, [&](auto take) {
-            for (int64_t item; (item = take()) >= 0;)
-              radix_stage(map_of(item / per_map), *plan, forward, stage, item % per_map, item % per_map + 1);
-          });
-        }
-      }
-      for (int64_t l = 0; l < n; ++l) map[slots[l]] = in_data + 2 * slots[l] * M;
-      return;
-    }
-    auto run_slots = [&](int64_t i, int64_t j, int64_t mkl_threads) {
-      at::AutoDispatchBelowADInplaceOrView below_autograd;
-      while (i < j) {
-        int64_t k = i + 1;
-        while (k < j && slots[k] == slots[k - 1] + 1) ++k;
-        const scalar_t* base;
-        if (inplace) {
-          scalar_t* maps = in_data + 2 * slots[i] * M;
-          inplace_fft(maps, input.scalar_type(), spatial, LS, k - i, forward, mkl_threads);
-          base = maps;
-        } else {
-          const at::Tensor part = in.narrow(0, slots[i], k - i);
-          at::Tensor out = forward ? at::fft_fftn(part, std::nullopt, fft_dims, std::nullopt)
-                                   : at::fft_ifftn(part, std::nullopt, fft_dims, "forward");
-          out = out.contiguous();
-          base = reinterpret_cast<const scalar_t*>(out.data_ptr<cplx>());
-          parts[i] = std::move(out);
-        }
-        for (int64_t l = i; l < k; ++l) map[slots[l]] = base + 2 * (l - i) * M;  // M == N for ATen's
-        i = k;
-      }
-    };
-    const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-    const int64_t even = n - n % threads;
-    if (even > 0 && threads > 1) {
-      at::parallel_for(0, threads, 1, [&](int64_t b, int64_t e) {
-        for (int64_t t = b; t < e; ++t) run_slots(t * even / threads, (t + 1) * even / threads, 1);
-      });
-    } else {
-      run_slots(0, even, threads);
-    }
-    run_slots(even, n, threads);
-  };
-
-  auto run_chunks = [&](int64_t chunk_begin, int64_t chunk_end) {
-    // (Maps of M elements; ATen's transforms take them as tensors of the spatial shape, M == N.)
-    const at::Tensor workspace = cached_empty({chunk * M}, complex_options);
-    // The buffers of this call and of its backward, so that the buffer cache keeps one step's worth
-    // (told once the forward's buffers are allocated: a call that fails for memory leaves the cap).
-    // The backward's input gradient is the size of the input.
-    set_call_bytes(workspace.nbytes() + stats_out.nbytes() + (need_grad ? grad_out.nbytes() + input.nbytes() : 0));
-    std::vector<int64_t> ws_shape{chunk};
-    if (inplace) {
-      ws_shape.push_back(M);
-    } else {
-      ws_shape.insert(ws_shape.end(), spatial.begin(), spatial.end());
-    }
-    const at::Tensor zbuf = workspace.view(ws_shape);
-    scalar_t* z = reinterpret_cast<scalar_t*>(zbuf.data_ptr<cplx>());
-    std::vector<double> part_sp(chunk * nb * kNumSpatial), sp_pair(chunk * kNumSpatial);
-    std::vector<double> part_ss(chunk * nb * kNumSpectral);
-    std::vector<PairCoef> coef(chunk);
-    std::vector<scalar_t> kp(chunk);
-    std::vector<at::Tensor> Zparts, wparts;
-    std::vector<const scalar_t*> Zmap, wmap;
-
-    // 1. Build p + i*y and the spatial sums (shifted by the first voxel of each map), for chunks of
-    //    whole images with the softmax inside (fused_build): voxel 0 first (the shift of the sums),
-    //    then per block of an image's voxels the softmax and the maps of all its classes from it.
-    auto build_whole_images = [&](int64_t q0, int64_t nc) {
-      const int64_t b0 = q0 / n_chan, n_img = nc / n_chan;
-      std::vector<uint8_t> nonfinite(n_img * nb, 0);
-      // p at voxel 0 into the gradient buffer, where p_first reads it (the unpack pass overwrites it;
-      // block 0 below tests voxel 0 for NaN/Inf with the rest).
-      for (int64_t m = 0; m < n_img; ++m) {
-        const int64_t b = b0 + m;
-        K::template activation_pass<scalar_t, Y>(x_all + b * n_in_chan * N, n_in_chan, 0, N, act, nullptr, 0,
-                                                 stats + b * 2 * N, stats + b * 2 * N + N, grad_ptr + b * n_chan * N,
-                                                 0, 1, N);
-      }
-      for (int64_t s = 0; s < nc; ++s) kp[s] = p_first(q0 + s);
-      parallel_items(n_img * nb, [&](auto take) {
-        std::vector<scalar_t> pbuf;  // the block's p, n_chan maps of n values
-        for (int64_t item; (item = take()) >= 0;) {
-          const int64_t m = item / nb, blk = item % nb, b = b0 + m;
-          const int64_t r0 = blk * rpb, r_end = std::min(g.rows, (blk + 1) * rpb);
-          const int64_t i0 = r0 * L, n = (r_end - r0) * L;
-          pbuf.resize(n_chan * n);
-          // The block as one of its own (channels still N apart in x), p into pbuf.
-          const bool finite = K::template activation_pass<scalar_t, Y>(
-              x_all + b * n_in_chan * N + i0, n_in_chan, 0, N, act, nullptr, 0, stats + b * 2 * N + i0,
-              stats + b * 2 * N + N + i0, pbuf.data(), 0, n, n);
-          nonfinite[item] = finite ? 0 : 1;
-          const Y* ym = tdata + b * N;
-          for (int64_t s = m * n_chan; s < (m + 1) * n_chan; ++s) {
-            const int64_t q = q0 + s;
-            const scalar_t* p = pbuf.data() + (s - m * n_chan) * n;
-            const int64_t cl = tlabel(q);
-            double* acc = &part_sp[(s * nb + blk) * kNumSpatial];
-            std::fill(acc, acc + kNumSpatial, 0.0);
-            for (int64_t r = r0; r < r_end; ++r)
-              K::template build<scalar_t, Y>(p + (r - r0) * L, ym + r * L, cl, kp[s], 0.0, z + 2 * s * M + 2 * r * LS,
-                                             0, L, acc);
-          }
-        }
-      });
-      for (int64_t item = 0; item < n_img * nb; ++item)
-        if (nonfinite[item]) flags[b0 + item / nb] |= kFlagNonFiniteInput;
-    };
-    //    Otherwise pair by pair, p read from the gradient buffer or the input, or computed per row
-    //    block (without a gradient).
-    auto build_pairs = [&](int64_t q0, int64_t nc) {
-      for (int64_t s = 0; s < nc; ++s) kp[s] = p_first(q0 + s);
-      parallel_items(nc * nb, [&](auto take) {
-        std::vector<scalar_t> pbuf;
-        for (int64_t item; (item = take()) >= 0;) {
-          const int64_t s = item / nb, blk = item % nb, q = q0 + s;
-          const int64_t r0 = blk * rpb, r_end = std::min(g.rows, (blk + 1) * rpb);
-          const scalar_t* p;  // p of this block's rows
-          if (activated && !need_grad) {
-            pbuf.resize((r_end - r0) * L);
-            const int64_t b = q / n_chan;
-            const scalar_t* sh = stats != nullptr ? shift_map(b) + r0 * L : nullptr;
-            const scalar_t* sc = stats != nullptr ? scale_map(b) + r0 * L : nullptr;
-            K::template activate<scalar_t>(xmap(q) + r0 * L, sh, sc, act, pbuf.data(), 0, (r_end - r0) * L);
-            p = pbuf.data();
-          } else {
-            p = pmap(q) + r0 * L;
-          }
-          const Y* ym = tmap(q);
-          const int64_t cl = tlabel(q);
-          const double ky = labels ? 0.0 : static_cast<double>(ym[0]);
-          double* acc = &part_sp[(s * nb + blk) * kNumSpatial];
-          std::fill(acc, acc + kNumSpatial, 0.0);
-          // Row by row: short sums in double, then added up (pairwise-like accuracy).
-          for (int64_t r = r0; r < r_end; ++r)
-            K::template build<scalar_t, Y>(p + (r - r0) * L, ym + r * L, cl, kp[s], ky, z + 2 * s * M + 2 * r * LS, 0,
-                                           L, acc);
-        }
-      });
-    };
-
-    for (int64_t ci = chunk_begin; ci < chunk_end; ++ci) {
-      const int64_t q0 = ci * chunk;
-      const int64_t nc = std::min(chunk, n_pairs - q0);
-
-      // 1. Build p + i*y and the spatial sums.
-      if (fused_build) {
-        build_whole_images(q0, nc);
-      } else {
-        build_pairs(q0, nc);
-      }
-
-      // Spatial sums per pair (partials added in block order: deterministic).
-      std::fill(sp_pair.begin(), sp_pair.end(), 0.0);
-      for (int64_t s = 0; s < nc; ++s)
-        for (int64_t blk = 0; blk < nb; ++blk)
-          for (int k = 0; k < kNumSpatial; ++k) sp_pair[s * kNumSpatial + k] += part_sp[(s * nb + blk) * kNumSpatial + k];
-      if (labels)
-        for (int64_t s = 0; s < nc; ++s) label_count[(q0 + s) / n_chan] += sp_pair[s * kNumSpatial + kT1];
-
-      // 2. One complex transform carries the spectra of p and y; with `complement`, the class of each
-      //    image with the most voxels (the best-conditioned difference) is left out and follows
-      //    from the others, when the image's labels are all in range (class counts add up to N).
-      std::vector<int64_t> slots, comp_slot;
-      if (complement) {
-        for (int64_t s0 = 0; s0 < nc; s0 += n_chan) {
-          double total = 0, most = -1;
-          int64_t pick = -1;
-          for (int64_t s = s0; s < s0 + n_chan; ++s) {
-            const double count = sp_pair[s * kNumSpatial + kT1];
-            total += count;
-            if (count > most) most = count, pick = s;
-          }
-          comp_slot.push_back(total == static_cast<double>(N) ? pick : -1);
-        }
-      }
-      for (int64_t s = 0; s < nc; ++s)
-        if (!complement || comp_slot[s / n_chan] != s) slots.push_back(s);
-      transform(zbuf.narrow(0, 0, nc), slots, true, Zparts, Zmap);
-      if (complement) {
-        const int64_t n_img = nc / n_chan;
-        std::vector<const scalar_t*> others(n_img * (n_chan - 1));
-        for (int64_t m = 0; m < n_img; ++m) {
-          if (comp_slot[m] < 0) continue;
-          if (inplace) {  // the derived class's own slot of z (its p + i*y is not transformed)
-            Zmap[comp_slot[m]] = z + 2 * comp_slot[m] * M;
-          } else {
-            at::Tensor zc = at::empty({N}, complex_options);
-            Zmap[comp_slot[m]] = reinterpret_cast<const scalar_t*>(zc.data_ptr<cplx>());
-            Zparts.push_back(std::move(zc));
-          }
-          int64_t k = 0;
-          for (int64_t s = m * n_chan; s < (m + 1) * n_chan; ++s)
-            if (s != comp_slot[m]) others[m * (n_chan - 1) + k++] = Zmap[s];
-        }
-        parallel_items(n_img * nb, [&](auto take) {
-          for (int64_t item; (item = take()) >= 0;) {
-            const int64_t m = item / nb, blk = item % nb;
-            if (comp_slot[m] < 0) continue;
-            scalar_t* out = const_cast<scalar_t*>(Zmap[comp_slot[m]]);
-            K::template complement<scalar_t>(others.data() + m * (n_chan - 1), n_chan - 1, out, L, LS, blk * rpb,
-                                             std::min(g.rows, (blk + 1) * rpb));
-            if (blk == 0) {
-              out[0] += static_cast<scalar_t>(N);
-              out[1] += static_cast<scalar_t>(N);
-            }
-          }
-        });
-      }
-
-      // 3. T_a, T_b, T_ab over the weighted half spectrum.
-      parallel_items(nc * nb, [&](auto take) {
-        for (int64_t item; (item = take()) >= 0;) {
-          const int64_t s = item / nb, blk = item % nb;
-          double* acc = &part_ss[(s * nb + blk) * kNumSpectral];
-          std::fill(acc, acc + kNumSpectral, 0.0);
-          K::template sums<scalar_t>(Zmap[s], neg_row, L, LS, blk * rpb, std::min(g.rows, (blk + 1) * rpb),
-                                     include_dc, acc);
-        }
-      });
-
-      // 4. Per-pair scalars (partials added in block order: deterministic).
-      for (int64_t s = 0; s < nc; ++s) {
-        double ss[kNumSpectral] = {0, 0, 0};
-        for (int64_t blk = 0; blk < nb; ++blk)
-          for (int k = 0; k < kNumSpectral; ++k) ss[k] += part_ss[(s * nb + blk) * kNumSpectral + k];
-        const int64_t q = q0 + s;
-        const double ky = labels ? 0.0 : static_cast<double>(tmap(q)[0]);
-        coef[s] = pair_coefficients(&sp_pair[s * kNumSpatial], ss, static_cast<double>(kp[s]), ky, labels, N, include_dc, w_mag, w_phase, eps);
-        scc_ptr[q] = static_cast<scalar_t>(coef[s].scc);
-        valid_ptr[q] = coef[s].valid;
-      }
-      if (!need_grad) continue;
-
-      // 5. Fields of two pairs packed in one spectrum, written over z (the first pair's map in place).
-      const int64_t n_packed = (nc + 1) / 2;
-      parallel_items(n_packed * nb, [&](auto take) {
-        for (int64_t item; (item = take()) >= 0;) {
-          const int64_t m = item / nb, blk = item % nb;
-          const int64_t s1 = 2 * m, s2 = 2 * m + 1;
-          const bool has2 = s2 < nc;
-          const scalar_t* Z1 = Zmap[s1];
-          const PairCoef& c1 = coef[s1];
-          const PairCoef c2 = has2 ? coef[s2] : PairCoef();  // all zero: an empty second field
-          const double inv_n = 1.0 / static_cast<double>(N);
-          K::template field<scalar_t>(
-              Z1, has2 ? Zmap[s2] : Z1, static_cast<scalar_t>(c1.c_a), static_cast<scalar_t>(c1.c_ab),
-              static_cast<scalar_t>(c1.c_p * inv_n), static_cast<scalar_t>(c1.c_y * inv_n),
-              static_cast<scalar_t>(c2.c_a), static_cast<scalar_t>(c2.c_ab), static_cast<scalar_t>(c2.c_p * inv_n),
-              static_cast<scalar_t>(c2.c_y * inv_n), z + 2 * (w_slot_step * m) * M, neg_row, L, LS, blk * rpb,
-              std::min(g.rows, (blk + 1) * rpb), include_dc);
-        }
-      });
-      Zparts.clear();
-
-      // 6. Unnormalised inverse transform (DFT^H = N * ifft), unpacked into the gradient output.
-      std::vector<int64_t> packed(n_packed);
-      for (int64_t m = 0; m < n_packed; ++m) packed[m] = w_slot_step * m;
-      transform(zbuf.narrow(0, 0, nc), packed, false, wparts, wmap);
-      parallel_items(nc * nb, [&](auto take) {
-        for (int64_t item; (item = take()) >= 0;) {
-          const int64_t s = item / nb, blk = item % nb, q = q0 + s;
-          K::template unpack<scalar_t>(wmap[w_slot_step * (s / 2)], static_cast<int>(s % 2), grad_ptr + q * N, L, LS,
-                                       blk * rpb, std::min(g.rows, (blk + 1) * rpb));
-        }
-      });
-    }
-  };
-
-  run_chunks(0, n_chunks);
+  const RunContext<scalar_t, Y> c =
+      plan_run<scalar_t, Y>(input, tdata, labels, o, scc_out, valid_out, grad_out, stats_out, flags_out);
+  if ((c.p_in_grad || c.stats != nullptr) && !c.fused_build) activate_images<scalar_t, Y, K>(c);
+  RunState<scalar_t> st;
+  st.label_count.assign(labels ? c.n_batch : 0, 0.0);
+  allocate_chunk_buffers(c, st);
+  for (int64_t ci = 0; ci < c.n_chunks; ++ci) run_chunk<scalar_t, Y, K>(c, st, ci);
   // Counts are exact integers in double.
-  for (int64_t b = 0; b < static_cast<int64_t>(label_count.size()); ++b)
-    if (label_count[b] != static_cast<double>(N)) flags[b] |= kFlagLabelOutside;
+  for (int64_t b = 0; b < static_cast<int64_t>(st.label_count.size()); ++b)
+    if (st.label_count[b] != static_cast<double>(c.N)) c.flags[b] |= kFlagLabelOutside;
 }
 
 // The widest build of the inner loops this CPU runs (AVX-512: F, DQ, BW and VL; AVX2 with FMA).
