@@ -179,6 +179,23 @@ if triton is not None:
         return n_b, mean_p_b, mean_y_b, m2_p_b, m2_y_b, c_py_b
 
     @triton.jit
+    def _store_moments(part_ptr, count_ptr, pair, split, n_splits, n, mean_p, m2_p, mean_y, m2_y, c_py, count, mask,
+                       LABELS: tl.constexpr):
+        """Split ``split``'s moments of pairs ``pair`` (a scalar, or a vector stored where ``mask``):
+        ``(n, mean p, M2 p, mean y, M2 y, C py)`` to ``part[pair, split]`` and, for labels, the class
+        count to ``count[pair, split]``, the layout the pair kernel reads. Both stage-1 kernels write
+        them, so they cannot drift apart."""
+        out = part_ptr + (pair * n_splits + split) * 6
+        tl.store(out + 0, n, mask=mask)
+        tl.store(out + 1, mean_p, mask=mask)
+        tl.store(out + 2, m2_p, mask=mask)
+        tl.store(out + 3, mean_y, mask=mask)
+        tl.store(out + 4, m2_y, mask=mask)
+        tl.store(out + 5, c_py, mask=mask)
+        if LABELS:
+            tl.store(count_ptr + pair * n_splits + split, count, mask=mask)
+
+    @triton.jit
     def _spatial_stats_kernel(
         p_ptr,
         p_stride_b,
@@ -243,46 +260,95 @@ if triton is not None:
             n, mean_p, mean_y, m2_p, m2_y, c_py = _merge_moments(
                 n, mean_p, mean_y, m2_p, m2_y, c_py,
                 n_t, mp_t, my_t, tl.sum(dp * dp, axis=0), tl.sum(dy * dy, axis=0), tl.sum(dp * dy, axis=0))
-        out = part_ptr + (pair * n_splits + split) * 6
-        tl.store(out + 0, n)
-        tl.store(out + 1, mean_p)
-        tl.store(out + 2, m2_p)
-        tl.store(out + 3, mean_y)
-        tl.store(out + 4, m2_y)
-        tl.store(out + 5, c_py)
+        _store_moments(part_ptr, count_ptr, pair, split, n_splits, n, mean_p, m2_p, mean_y, m2_y, c_py, count, None,
+                       LABELS)
+
+    @triton.jit
+    def _chunk_rows(b, j, in_chunk, n_chunk, skip, n_vox):
+        """Stage 1's output rows of image b for chunk rows ``j``: their offsets into a B x (n_chunk -
+        skip) x n_vox map (``skip`` 1: the chunk's row 0 is not written) and which rows it holds."""
+        return (b * (n_chunk - skip) + j - skip).to(tl.int64) * n_vox, in_chunk & (j >= skip)
+
+    @triton.jit
+    def _nonfinite(x):
+        """1 where float32 ``x`` is NaN or +-inf, else 0 (int32). NaN and +-inf have every exponent
+        bit set: an integer test, no float compare that a compiler could assume away."""
+        exponent = x.to(tl.int32, bitcast=True) & 0x7F800000
+        return (exponent == 0x7F800000).to(tl.int32)
+
+    @triton.jit
+    def _label_outside(lab, m, n_chan, ignore_index, HAS_IGNORE: tl.constexpr):
+        """1 where a label read (``m``) is outside 0 .. max(C, 2) - 1 (scc_fast._checks.label_range)
+        and, with HAS_IGNORE, not ``ignore_index``; else 0 (int32)."""
+        outside = (lab < 0) | (lab >= tl.maximum(n_chan, 2))
+        if HAS_IGNORE:
+            outside = outside & (lab != ignore_index)
+        return (m & outside).to(tl.int32)
+
+    @triton.jit
+    def _activate(x, row_ok, ACTIVATION: tl.constexpr):
+        """p of a tile of logits (channel rows x voxels): the softmax over the rows ``row_ok``
+        (ACTIVATION 1; rows past C take no part) or the sigmoid (2)."""
+        if ACTIVATION == 1:
+            x = tl.where(row_ok[:, None], x, -float("inf"))
+            e = tl.exp(x - tl.max(x, axis=0)[None, :])
+            p = e / tl.sum(e, axis=0)[None, :]
+        else:
+            p = 1.0 / (1.0 + tl.exp(-x))
+        return p
+
+    @triton.jit
+    def _one_hot(p, lab, rows, mine, first_channel, first_class, ignore_index, HAS_IGNORE: tl.constexpr):
+        """The one-hot target (bool, channel rows x voxels, where ``mine``) of labels ``lab``: label
+        ``first_class + c`` is loss channel c, row ``first_channel + c``. Returns p with the voxels
+        labelled ``ignore_index`` (HAS_IGNORE) at 0, and the one-hot y, 0 there too."""
+        cls = lab - first_class  # the loss channel the label names, if any
+        if HAS_IGNORE:
+            keep = lab != ignore_index
+            cls = tl.where(keep, cls, -1)
+            p = tl.where(keep[None, :], p, 0.0)
+        hit = (cls[None, :] == (rows - first_channel)[:, None]) & mine
+        return p, hit
+
+    @triton.jit
+    def _welford_step(v, n_l, p, y, mean_p, m2_p, mean_y, m2_y, c_py, LABELS: tl.constexpr):
+        """Welford's update of every lane (rows x voxel slots) with its voxel's p and y; ``v`` (per
+        slot) is 1 where the slot has a voxel, 0 past the end (no sample). With labels (y 0 / 1)
+        ``c_py`` sums p over the ones and y's moments are left to :func:`_lane_moments`."""
+        n_l += v
+        step = (v / tl.maximum(n_l, 1.0))[None, :]
+        dp = p - mean_p
+        mean_p += dp * step
+        m2_p += v[None, :] * dp * (p - mean_p)
         if LABELS:
-            tl.store(count_ptr + pair * n_splits + split, count)
+            c_py += p * y
+        else:
+            dy = y - mean_y
+            mean_y += dy * step
+            m2_y += v[None, :] * dy * (y - mean_y)
+            c_py += v[None, :] * dp * (y - mean_y)
+        return n_l, mean_p, m2_p, mean_y, m2_y, c_py
+
+    @triton.jit
+    def _lane_moments(n_l, mean_p, m2_p, mean_y, m2_y, c_py, count_l, LABELS: tl.constexpr):
+        """Per row, the moments of :func:`_welford_step`'s lanes merged once, in closed form
+        (:func:`_combine_columns`): ``(n, mean p, mean y, M2 p, M2 y, C py)``. With labels a lane's
+        y moments follow from its count k of ones (``count_l``) and the sum s of p over them
+        (``c_py``): mean k / n, M2 = k - k^2 / n, C = s - k mean p (no running y moments)."""
+        n_lanes = n_l[None, :] + tl.zeros_like(mean_p)
+        if LABELS:
+            k = count_l.to(mean_p.dtype)
+            mean_y = k / tl.maximum(n_lanes, 1.0)
+            m2_y = k - k * mean_y
+            c_py = c_py - k * mean_p
+        return _combine_columns(n_lanes, mean_p, mean_y, m2_p, m2_y, c_py)
 
     @triton.jit
     def _activated_moments_kernel(
-        x_ptr,
-        lab_ptr,
-        yf_ptr,
-        yf_stride_b,
-        yf_stride_c,
-        p_out_ptr,
-        y_out_ptr,
-        part_ptr,
-        count_ptr,
-        flag_ptr,
-        n_vox,
-        n_chan,
-        first_channel,
-        c0,
-        n_chunk,
-        first_class,
-        ignore_index,
-        span,
-        n_splits,
-        p_skip,
-        y_skip,
-        ACTIVATION: tl.constexpr,
-        LABELS: tl.constexpr,
-        HAS_IGNORE: tl.constexpr,
-        VALIDATE: tl.constexpr,
-        CP: tl.constexpr,
-        BLOCK: tl.constexpr,
-        CHANNEL_THREADS: tl.constexpr,
+        x_ptr, lab_ptr, yf_ptr, yf_stride_b, yf_stride_c, p_out_ptr, y_out_ptr, part_ptr, count_ptr, flag_ptr,
+        n_vox, n_chan, first_channel, c0, n_chunk, first_class, ignore_index, span, n_splits, p_skip, y_skip,
+        ACTIVATION: tl.constexpr, LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr, VALIDATE: tl.constexpr,
+        CP: tl.constexpr, BLOCK: tl.constexpr, CHANNEL_THREADS: tl.constexpr,
     ):
         """Program (split, image): stage 1 from the logits, for every class of the chunk at once.
 
@@ -309,24 +375,16 @@ if triton is not None:
         j = rows - first_channel - c0  # the row's index in the chunk
         in_chunk = (j >= 0) & (j < n_chunk)
         x_img = x_ptr + b.to(tl.int64) * n_chan * n_vox + rows[:, None].to(tl.int64) * n_vox
-        y_rows = (b * (n_chunk - y_skip) + j - y_skip).to(tl.int64) * n_vox
-        y_mine = in_chunk & (j >= y_skip)
-        p_rows = (b * (n_chunk - p_skip) + j - p_skip).to(tl.int64) * n_vox
-        p_mine = in_chunk & (j >= p_skip)
+        y_rows, y_mine = _chunk_rows(b, j, in_chunk, n_chunk, y_skip, n_vox)
+        p_rows, p_mine = _chunk_rows(b, j, in_chunk, n_chunk, p_skip, n_vox)
         lanes = tl.arange(0, BLOCK)
         # Every lane (row, voxel slot) keeps its own running moments (Welford), merged across
-        # lanes once after the loop: no reduction across threads inside the loop. (Per-tile
-        # sums merged per tile cost 7 block reductions a tile: GPU run 5 measured this kernel
-        # at 284 us at brats-3d and 498 us at btcv-3d, 5-7x its memory traffic.) With labels
-        # y is 0 / 1: a lane keeps its count k of ones and the sum s of p over them, and its y
-        # moments follow after the loop (mean k / n, M2 = k - k^2 / n, C = s - k mean p): four
-        # running arrays instead of six, and no Welford update of y.
+        # lanes once after the loop: no reduction across threads inside the loop (per-tile sums
+        # merged per tile cost 7 block reductions a tile). With labels a lane keeps its count of
+        # ones and the sum of p over them instead of y's moments (:func:`_lane_moments`).
         n_l = tl.zeros([BLOCK], dtype=dt)
-        mean_p = tl.zeros([CP, BLOCK], dtype=dt)
-        m2_p = tl.zeros([CP, BLOCK], dtype=dt)
-        mean_y = tl.zeros([CP, BLOCK], dtype=dt)
-        m2_y = tl.zeros([CP, BLOCK], dtype=dt)
-        c_py = tl.zeros([CP, BLOCK], dtype=dt)  # with labels: the sum of p over the lane's ones
+        zero = tl.zeros([CP, BLOCK], dtype=dt)
+        mean_p, m2_p, mean_y, m2_y, c_py = zero, zero, zero, zero, zero
         count_l = tl.zeros([CP, BLOCK], dtype=tl.int32)
         if VALIDATE:  # per lane, or-ed over the loop and reduced once after it
             nonfinite_l = tl.zeros([CP, BLOCK], dtype=tl.int32)
@@ -343,30 +401,14 @@ if triton is not None:
             tile = row_ok[:, None] & m[None, :]
             x = tl.load(x_img + idx[None, :], mask=tile, other=0.0).to(tl.float32)
             if VALIDATE:
-                # NaN and +-inf have every exponent bit set: an integer test, no float compare
-                # that a compiler could assume away.
-                exponent = x.to(tl.int32, bitcast=True) & 0x7F800000
-                nonfinite_l |= (exponent == 0x7F800000).to(tl.int32)
-            if ACTIVATION == 1:
-                x = tl.where(row_ok[:, None], x, -float("inf"))  # rows past C take no part
-                e = tl.exp(x - tl.max(x, axis=0)[None, :])
-                p = e / tl.sum(e, axis=0)[None, :]
-            else:
-                p = 1.0 / (1.0 + tl.exp(-x))
+                nonfinite_l |= _nonfinite(x)
+            p = _activate(x, row_ok, ACTIVATION)
             mine = in_chunk[:, None] & m[None, :]
             if LABELS:
                 lab = tl.load(lab_ptr + b.to(tl.int64) * n_vox + idx, mask=m, other=-1)
-                if VALIDATE:  # labels 0 .. max(C, 2) - 1 (scc_fast._checks.label_range) or ignore_index
-                    outside = (lab < 0) | (lab >= tl.maximum(n_chan, 2))
-                    if HAS_IGNORE:
-                        outside = outside & (lab != ignore_index)
-                    outside_l |= (m & outside).to(tl.int32)
-                cls = lab - first_class  # the loss channel the label names, if any
-                if HAS_IGNORE:
-                    keep = lab != ignore_index
-                    cls = tl.where(keep, cls, -1)
-                    p = tl.where(keep[None, :], p, 0.0)
-                hit = (cls[None, :] == (rows - first_channel)[:, None]) & mine
+                if VALIDATE:
+                    outside_l |= _label_outside(lab, m, n_chan, ignore_index, HAS_IGNORE)
+                p, hit = _one_hot(p, lab, rows, mine, first_channel, first_class, ignore_index, HAS_IGNORE)
                 y = hit.to(dt)
                 count_l += hit.to(tl.int32)
                 tl.store(y_out_ptr + y_rows[:, None] + idx[None, :], y, mask=y_mine[:, None] & m[None, :])
@@ -376,38 +418,12 @@ if triton is not None:
                 y = tl.load(yf + idx[None, :], mask=mine, other=0.0).to(dt)
             p = tl.where(mine, p, 0.0).to(dt)
             tl.store(p_out_ptr + p_rows[:, None] + idx[None, :], p, mask=p_mine[:, None] & m[None, :])
-            # Welford's update of each lane with its voxel (lanes past the end take no sample).
-            v = m.to(dt)
-            n_l += v
-            step = (v / tl.maximum(n_l, 1.0))[None, :]
-            dp = p - mean_p
-            mean_p += dp * step
-            m2_p += v[None, :] * dp * (p - mean_p)
-            if LABELS:
-                c_py += p * y
-            else:
-                dy = y - mean_y
-                mean_y += dy * step
-                m2_y += v[None, :] * dy * (y - mean_y)
-                c_py += v[None, :] * dp * (y - mean_y)
-        n_lanes = n_l[None, :] + tl.zeros([CP, BLOCK], dtype=dt)
-        if LABELS:
-            k = count_l.to(dt)
-            mean_y = k / tl.maximum(n_lanes, 1.0)
-            m2_y = k - k * mean_y
-            c_py = c_py - k * mean_p
-        # The lanes merged once, in closed form.
-        n, mean_p, mean_y, m2_p, m2_y, c_py = _combine_columns(n_lanes, mean_p, mean_y, m2_p, m2_y, c_py)
+            n_l, mean_p, m2_p, mean_y, m2_y, c_py = _welford_step(
+                m.to(dt), n_l, p, y, mean_p, m2_p, mean_y, m2_y, c_py, LABELS)
+        n, mean_p, mean_y, m2_p, m2_y, c_py = _lane_moments(n_l, mean_p, m2_p, mean_y, m2_y, c_py, count_l, LABELS)
         count = tl.sum(count_l, axis=1)
-        out = part_ptr + ((b * n_chunk + j) * n_splits + split) * 6
-        tl.store(out + 0, n, mask=in_chunk)
-        tl.store(out + 1, mean_p, mask=in_chunk)
-        tl.store(out + 2, m2_p, mask=in_chunk)
-        tl.store(out + 3, mean_y, mask=in_chunk)
-        tl.store(out + 4, m2_y, mask=in_chunk)
-        tl.store(out + 5, c_py, mask=in_chunk)
-        if LABELS:
-            tl.store(count_ptr + (b * n_chunk + j) * n_splits + split, count, mask=in_chunk)
+        _store_moments(part_ptr, count_ptr, b * n_chunk + j, split, n_splits, n, mean_p, m2_p, mean_y, m2_y, c_py,
+                       count, in_chunk, LABELS)
         if VALIDATE:
             flag = tl.max(tl.max(nonfinite_l, axis=1), axis=0) | (tl.max(outside_l, axis=0) * 2)
             tl.store(flag_ptr + b * n_splits + split, flag)
@@ -473,6 +489,25 @@ if triton is not None:
         tl.store(out + 2, tl.sum(t_ab, axis=0))
 
     @triton.jit
+    def _transform_sums(tpart_ptr, pairs, pm, n_tsp, BP: tl.constexpr, SB: tl.constexpr):
+        """T_a, T_b and T_ab of pairs ``pairs`` (where ``pm``): their ``n_tsp`` splits' parts summed,
+        SB at a time. Plain sums accumulate BP x SB blocks and reduce once after the loop: triton 3.6's
+        thread-locality pass fails to compile `acc += tl.sum(block, axis=1)` in a loop here
+        (GPU run 5; triton 3.9 compiles both)."""
+        dt = tpart_ptr.dtype.element_ty
+        t_a2 = tl.zeros([BP, SB], dtype=dt)
+        t_b2 = tl.zeros([BP, SB], dtype=dt)
+        t_ab2 = tl.zeros([BP, SB], dtype=dt)
+        for s0 in range(0, n_tsp, SB):
+            s = s0 + tl.arange(0, SB)
+            sm = pm[:, None] & (s < n_tsp)[None, :]
+            row = tpart_ptr + (pairs[:, None] * n_tsp + s[None, :]) * 3
+            t_a2 += tl.load(row + 0, mask=sm, other=0.0)
+            t_b2 += tl.load(row + 1, mask=sm, other=0.0)
+            t_ab2 += tl.load(row + 2, mask=sm, other=0.0)
+        return tl.sum(t_a2, axis=1), tl.sum(t_b2, axis=1), tl.sum(t_ab2, axis=1)
+
+    @triton.jit
     def _pair_kernel(
         part_ptr,
         count_ptr,
@@ -519,9 +554,6 @@ if triton is not None:
         # the running moments (Chan et al.). A block's loads are independent of each other: the
         # loop is n_sp / SB dependent steps, not n_sp (GPU run 4: 51 us at brats-3d, 132 splits).
         n, mean_p, mean_y, m2_p, m2_y, c_py = zero, zero, zero, zero, zero, zero
-        t_a2 = tl.zeros([BP, SB], dtype=dt)
-        t_b2 = tl.zeros([BP, SB], dtype=dt)
-        t_ab2 = tl.zeros([BP, SB], dtype=dt)
         count2 = tl.zeros([BP, SB], dtype=tl.int64)
         for s0 in range(0, n_sp, SB):
             s = s0 + tl.arange(0, SB)
@@ -536,19 +568,7 @@ if triton is not None:
                 n, mean_p, mean_y, m2_p, m2_y, c_py, n_b, mp_b, my_b, m2p_b, m2y_b, cpy_b)
             if LABELS:
                 count2 += tl.load(count_ptr + pairs[:, None] * n_sp + s[None, :], mask=sm, other=0).to(tl.int64)
-        # Plain sums accumulate BP x SB blocks and reduce once after the loop: triton 3.6's
-        # thread-locality pass fails to compile `acc += tl.sum(block, axis=1)` in a loop here
-        # (GPU run 5; triton 3.9 compiles both).
-        for s0 in range(0, n_tsp, SB):
-            s = s0 + tl.arange(0, SB)
-            sm = pm[:, None] & (s < n_tsp)[None, :]
-            row = tpart_ptr + (pairs[:, None] * n_tsp + s[None, :]) * 3
-            t_a2 += tl.load(row + 0, mask=sm, other=0.0)
-            t_b2 += tl.load(row + 1, mask=sm, other=0.0)
-            t_ab2 += tl.load(row + 2, mask=sm, other=0.0)
-        t_a = tl.sum(t_a2, axis=1)
-        t_b = tl.sum(t_b2, axis=1)
-        t_ab = tl.sum(t_ab2, axis=1)
+        t_a, t_b, t_ab = _transform_sums(tpart_ptr, pairs, pm, n_tsp, BP, SB)
         count = tl.sum(count2, axis=1)
         s_y = mean_y * nv
         if LABELS:
