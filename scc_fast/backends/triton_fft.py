@@ -922,8 +922,8 @@ def _moments(probs, target, y_view, y_chunk, c0, k, n_vox, check, activation, fi
     return p_chunk, part, counts, n_sp, flags
 
 
-def _transform_sums(P_r, Y_r, n_pairs, n_batch, n_chan, n_half, w_half, n_vox, last_even, include_dc, y_skip,
-                    derived, block, target_programs, splits, acc):
+def _spectral_sums(P_r, Y_r, n_pairs, n_batch, n_chan, n_half, w_half, n_vox, last_even, include_dc, y_skip,
+                   derived, block, target_programs, splits, acc):
     """Stage 3, T_a, T_b, T_ab per pair and split: ``(tpart, n_tsp)``. Where class 0 is derived
     (``derived``: the derived kernels' rows, block and warps), a program per split of an image's
     classes."""
@@ -1054,9 +1054,9 @@ def _forward(probs: torch.Tensor, target: torch.Tensor, first_class: int, includ
         Y_r = torch.view_as_real(Y)
 
         # 3. T_a, T_b, T_ab.
-        tpart, n_tsp = _transform_sums(P_r, Y_r, n_pairs, n_batch, n_chan, n_half, w_half, n_vox,
-                                       spatial[-1] % 2 == 0, include_dc, y_skip, derived, block, target_programs,
-                                       splits, acc)
+        tpart, n_tsp = _spectral_sums(P_r, Y_r, n_pairs, n_batch, n_chan, n_half, w_half, n_vox,
+                                      spatial[-1] % 2 == 0, include_dc, y_skip, derived, block, target_programs,
+                                      splits, acc)
 
         # 4. Per-pair sums by Parseval, SCC, valid and the gradient's coefficients: one launch.
         coef = torch.empty(5, n_pairs, dtype=acc, device=device) if need_grad else tpart
