@@ -1,66 +1,38 @@
 """Backend "triton_fft": cuFFT transforms with fused Triton kernels for everything between them.
 
-For any 2D or 3D shape cuFFT handles (B x C' x H x W or B x C' x D x H x W), per chunk of classes:
+For any 2D or 3D shape cuFFT handles (B x C' x H x W or B x C' x D x H x W), per chunk of classes
+(:func:`_forward`):
 
-1. ``_spatial_stats_kernel`` reads p and the labels once, writes the one-hot target y of the
-   chunk (it is the input of the transform; with a float target nothing is written) and reduces
-   the spatial moments of every pair: mean p, sum (p - mean p)^2, mean y, sum (y - mean y)^2,
-   sum (p - mean p)(y - mean y) and, for labels, the exact integer class count. The moments are
-   combined tile by tile (Chan et al.), so the Parseval terms of docs/loss.md section 5 never cancel.
-   With the activation fused (softmax / sigmoid of the logits, :func:`field`) the
-   stage is ``_activated_moments_kernel`` instead: it reads every channel's logits and the
-   labels once per tile of voxels, writes p and y of the chunk, and reduces the moments of
-   every class at once: one launch where torch's softmax, the label narrowing and the
-   statistics pass were three (GPU run 4: the softmax alone was 90 us of the 870 us of kernels
-   a step at brats-3d).
-2. ``torch.fft.rfftn`` of y, then of p (the half spectra Y and P); each map is freed once
-   transformed, so no more than two maps and a spectrum or a map and two spectra are alive.
-3. ``_spectral_stats_kernel`` reads P and Y once: |P|, |Y|, the half-spectrum weights (2 for
-   every bin of the last axis except bin 0 and the even-length Nyquist bin; 0 at DC when DC is
-   out of K), and the three transform sums T_a, T_b, T_ab.
-4. ``_pair_kernel``, one launch for all pairs of the chunk: the partial sums of stages 1 and 3
-   merged (a block of splits at a time), the Parseval sums, SCC and valid, and the gradient's
-   per-pair coefficients, with the device functions of :mod:`._triton_scalars` (what
-   :func:`scc_fast.backends.torch_fft.pair_coefficients` computes on tensors for backend
-   "torch", with the same zero tests). It replaced about 100 small torch operations per chunk:
-   GPU run 3 found this backend host-bound, 4-5 ms per step issuing ~180 launches for 0.5-1.7 ms
-   of kernels.
-5. ``_field_kernel`` overwrites P with the spectrum of dSCC/dp: the field ``(c_a + c_ab
-   |Y_k|) P_k / |P_k|`` (0 where |P_k| = 0) plus the spatial terms ``2N c_aa p + N c_re y``
-   carried into the spectrum as ``2 c_aa P_k + c_re Y_k`` (the transform is linear, and
-   p = DFT^H P / N), the DC bin 0 when DC is out (that is the terms' ``- mean``). |Y_k| is
-   recomputed from Y, so no magnitude array is ever stored; Y is freed.
-6. ``torch.fft.irfftn(..., norm="forward")`` of it, the unscaled inverse DFT^H: dSCC/dp of the
-   chunk, with no pass over p and y after the transforms (a gradient kernel did that until the
-   spatial terms moved into the spectrum). The default ``norm`` would scale the result by 1 / N
-   in one more pass over the gradient (GPU run 5: 33 us at brats-3d); the coefficients carry no
-   factor N instead.
-With the softmax over every channel (no ignored label, one chunk) the classes' maps sum to one
-at each voxel, so class 0's spectrum is N at DC minus the others' (:func:`derives_first_class`):
-stage 1 writes p of the classes 1 on only, stages 3 and 5 are ``_derived_stats_kernel`` and
-``_derived_field_kernel`` (a program per image and block of bins, every class at once, class 0's
-P summed from the others' in registers), and the field kernel writes G_c - G_0 for the classes 1
-on, so the inverse transform has C - 1 maps too: adding one map to every class's gradient does not
-change the softmax's backward where the upstream gradient is the same for every class of an image
-(``scc_loss``'s mean and sum, whose derivative then leaves the valid factor and the class weights
-out: a class-weighted loss has each G_c multiplied by its weight in the field kernel). C - 1 maps transformed each way instead of C; the peak is p of C - 1 classes, y and Y (a
-class's map less than p, Y and P).
-With ``scc_loss``'s ``validate=True`` (logits and integer labels: :func:`validates_in_op`) stage 1
-makes the checks as it reads the logits and labels (a flag per program: a label outside the
-classes, a NaN/Inf logit) and the error is raised after the forward's launches, one device sync;
-the labels then known in range, their one-hot maps sum to one as well, so where class 0 is
-derived its Y is too (y of C - 1 classes written and transformed: every map and spectrum of the
-forward holds C - 1 classes).
-Each stage is split over (pair, part of the map) programs that write partial results, summed
-by the pair kernel in a fixed order (deterministic, no atomics). The gradient is computed in the forward
-call and is all that is saved: backward multiplies it by the per-pair upstream gradient. Only
-one chunk's spectra are alive at a time (the setting ``fft_chunk_elements`` bounds the chunk). The whole forward
-runs inside the one registered op, ``torch.ops.scc_fast.activated_correlation``
-(:mod:`scc_fast.backends.activation`), so ``torch.compile`` traces a model using it without a
-graph break.
+1. Stage 1 reads p (or, with the activation fused, every channel's logits: softmax or sigmoid
+   computed here, ``_activated_moments_kernel``) and the labels once per tile, writes p and the
+   one-hot y the transforms take, and reduces each pair's spatial moments (means, second moments,
+   the co-moment and the exact class count), combined tile by tile (Chan et al.) so that the
+   Parseval terms of docs/loss.md section 5 never cancel. Without the activation it is
+   ``_spatial_stats_kernel``.
+2. ``torch.fft.rfftn`` of y, then of p: the half spectra Y and P, each map freed once transformed.
+3. ``_spectral_stats_kernel``: |P|, |Y|, the half-spectrum weights and the sums T_a, T_b, T_ab.
+4. ``_pair_kernel``, one launch for all pairs: the partial sums merged in a fixed order
+   (deterministic, no atomics), SCC, valid and the gradient's coefficients
+   (:mod:`._triton_scalars`, the zero tests of backend "torch"). One launch where there were
+   about 100 small torch ops: the backend is host-bound on a GPU (bench/RESULTS.md, GPU run 3).
+5. ``_field_kernel`` overwrites P with the spectrum of dSCC/dp, the spatial terms carried into
+   the spectrum (the transform is linear), so no pass over p and y follows the transforms.
+6. ``torch.fft.irfftn(..., norm="forward")``, unscaled (the coefficients carry no factor N, which
+   saves a pass): dSCC/dp of the chunk.
 
-Triton kernels run on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (set before
-triton is imported) for tests.
+Under a softmax over every channel (no ignored label, one chunk) the maps sum to one at each
+voxel, so class 0's spectrum is N at DC minus the others' (:func:`derives_first_class`): C - 1
+maps are transformed each way, ``_derived_stats_kernel`` / ``_derived_field_kernel`` take a
+program per image and block of bins, and the field of classes 1 on is G_c - G_0, right for an
+upstream gradient that is the same for every class of an image (the mean and the sum). With
+``validate`` (:func:`validates_in_op`) stage 1 makes ``scc_loss``'s checks as it reads, one
+device sync after the launches; the labels then known in range, Y of class 0 is derived too.
+
+The gradient field is computed in the forward call and is all that is saved. Only one chunk's
+spectra are alive at a time (the setting ``fft_chunk_elements``). The forward runs inside the one
+registered op, ``torch.ops.scc_fast.activated_correlation`` (:mod:`scc_fast.backends.activation`),
+so ``torch.compile`` traces a model using it without a graph break. Triton kernels run on CUDA
+tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (set before triton is imported) for tests.
 """
 
 from __future__ import annotations
@@ -493,7 +465,7 @@ if triton is not None:
         """T_a, T_b and T_ab of pairs ``pairs`` (where ``pm``): their ``n_tsp`` splits' parts summed,
         SB at a time. Plain sums accumulate BP x SB blocks and reduce once after the loop: triton 3.6's
         thread-locality pass fails to compile `acc += tl.sum(block, axis=1)` in a loop here
-        (GPU run 5; triton 3.9 compiles both)."""
+        (found on the device with triton 3.6; triton 3.9 compiles both)."""
         dt = tpart_ptr.dtype.element_ty
         t_a2 = tl.zeros([BP, SB], dtype=dt)
         t_b2 = tl.zeros([BP, SB], dtype=dt)
@@ -552,7 +524,7 @@ if triton is not None:
         # The splits' moments, SB at a time: each block of splits combined in closed form (the
         # deviations of its means from their combined mean, no cancellation), then merged into
         # the running moments (Chan et al.). A block's loads are independent of each other: the
-        # loop is n_sp / SB dependent steps, not n_sp (GPU run 4: 51 us at brats-3d, 132 splits).
+        # loop is n_sp / SB dependent steps, not n_sp (bench/RESULTS.md, GPU run 4).
         n, mean_p, mean_y, m2_p, m2_y, c_py = zero, zero, zero, zero, zero, zero
         count2 = tl.zeros([BP, SB], dtype=tl.int64)
         for s0 in range(0, n_sp, SB):
@@ -777,8 +749,8 @@ def _sm_count(index: int | None) -> int:
 
 #: Stage 1 with the activation on a GPU: values in a tile (channel rows x voxels, so the more
 #: channels the fewer voxels) and warps per program. 1024 / 8 builds without spills for 2-32 rows
-#: (sm_90, triton 3.6 and 3.9); GPU run 5 measured the kernel at 216 us at brats-3d and 344 us at
-#: btcv-3d, 3-4x its memory traffic. The settings ``fft_stage1_values`` / ``fft_stage1_warps``
+#: (sm_90, triton 3.6 and 3.9); on the device it runs at a few times its memory traffic's time
+#: (bench/RESULTS.md, GPU run 5). The settings ``fft_stage1_values`` / ``fft_stage1_warps``
 #: (bench/gpu_stage1_tune.py times others). ``fft_stage1_channel_threads``: lay a tile's threads down the channel rows first (``CHANNEL_THREADS``): with 4-wide vector
 #: loads along the voxels Triton puts a warp's threads along the voxels and the remaining warps
 #: down the rows, so the softmax's max and sum over channels cross warps through shared memory
@@ -839,7 +811,7 @@ def _float32_pair(x: float) -> tuple[float, float]:
 #: The pair kernel reads each partial sum as blocks of BP pairs x SB splits, about PAIR_VALUES
 #: values, SB up to PAIR_MAX_SPLIT_BLOCK (:func:`_pair_blocks`). Its loop over the splits is a
 #: chain of dependent steps in one program per BP pairs: with 32 x 32 blocks, the 528 splits of
-#: brats-3d and btcv-3d took 17 steps (GPU run 5: 33 / 61 us for 8 / 28 pairs); 4 x 256 take 3.
+#: brats-3d and btcv-3d took 17 steps (bench/RESULTS.md, GPU run 5); 4 x 256 take 3.
 PAIR_VALUES = 1024
 PAIR_MAX_SPLIT_BLOCK = 256
 
