@@ -1,8 +1,9 @@
 """Launch-geometry arithmetic for the host side of the Triton kernels, in plain Python.
 
-``triton.next_power_of_2`` and ``triton.cdiv`` are ``ConstexprFunction`` objects: about 1.5 us a
-call on the 2-core CPU against 0.03 us for the integer arithmetic, and a Triton-backend step
-makes several of them on a host that a GPU step waits for (``bench/host_overhead.py``).
+``triton.next_power_of_2`` and ``triton.cdiv`` are ``ConstexprFunction`` objects, far slower a
+call than the integer arithmetic (bench/RESULTS.md, 'CPU: class 0 derived from the other classes
+...'), and a Triton-backend step makes several of them on a host that a GPU step waits for
+(``bench/host_overhead.py``).
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@
 // (Without a gradient, only the statistics are stored and the build pass computes p row by row.)
 // Pairs (image b, class c) are then processed in chunks of consecutive pairs (about 2 MB of complex
 // maps, at least two pairs per thread), so the workspace is a few MB whatever the batch, and the
-// transforms run on cache-sized batches (measured: 224x224 maps transform about 2x faster per map in
-// batches of 4 than of 72). Per chunk:
+// transforms run on cache-sized batches (faster per map than large batches; measured: bench/RESULTS.md,
+// 'Figures moved out of the code's comments'). Per chunk:
 //   1. build pass:   z = p + i*y for each pair (labels read directly, y built on the fly) and the
 //                    spatial sums of p and y (shifted by the first voxel; row sums in the map dtype,
 //                    totals in double); for chunks of whole images with softmax, per block of voxels
@@ -95,10 +95,10 @@ enum class Isa : int { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
 #undef SCC_KERNEL_NS
 #pragma GCC pop_options
 namespace scc_fast {
-// The AVX-512 build where it measured faster (perf samples per pass, 2 x 4 x 64^3 on the project's
-// AMD EPYC machine: the softmax statistics 7.4% -> 4.8% of the samples, the field 6.3% -> 5.1%, the
-// backward op 22% faster), the AVX2 one for the passes that were slower at 512 bits (the build pass,
-// the spectral sums over short rows, the complement and unpack copies).
+// The AVX-512 build where it measured faster (the softmax statistics, the field, the backward op),
+// the AVX2 one for the passes that were slower at 512 bits (the build pass, the spectral sums over
+// short rows, the complement and unpack copies). Perf samples per pass: bench/RESULTS.md, 'CPU:
+// AVX-512 inner loops, ...'; the backward op's gain: 'Figures moved out of the code's comments'.
 struct Avx512Kernels : avx512::Kernels {
   template <typename T, typename Y>
   static void build(const T* p, const Y* ym, int64_t cl, double kp, double ky, T* z, int64_t i0, int64_t i1, double* acc) {
@@ -128,8 +128,8 @@ namespace {
 // Runs items 0 .. n-1 over the threads: each thread works through its own equal, consecutive share
 // first (as at::parallel_for: the same thread then touches the same rows in every pass, which stay
 // in its core's cache), and when done takes the items not yet started from the end of the other
-// threads' shares. This machine's second CPU is at times shared with other work (measured,
-// bench/RESULTS.md: two threads then ran 1.3x one thread's speed instead of 1.9x), and with fixed
+// threads' shares. This machine's second CPU is at times shared with other work (two threads then
+// gain much less over one: bench/RESULTS.md, 'CPU: AVX-512 inner loops, ...'), and with fixed
 // shares a thread waits for the slower one's in every pass.
 // worker(take) runs once per thread; take() returns the next item, or -1 when none is left. Every
 // item runs exactly once (claimed by an atomic exchange); per-item results must go to per-item
@@ -172,7 +172,7 @@ void parallel_items(int64_t n, const W& worker) {
 }
 
 // Workspace budget per chunk: the complex p + i*y maps of the chunk. About 2 MB keeps the transforms
-// in cache (measured on a 2-core machine: 224x224 maps are 2x faster per map in batches of 4 than 72).
+// in cache (measured: bench/RESULTS.md, 'Figures moved out of the code's comments').
 // The setting chunk_bytes overrides it (for tuning; scc_cpu_settings.h).
 int64_t chunk_bytes() {
   const int64_t v = native_settings().chunk_bytes.load(std::memory_order_relaxed);
@@ -180,11 +180,10 @@ int64_t chunk_bytes() {
 }
 // Row stride (complex elements) of the workspace maps. MKL transforms maps whose rows are a multiple
 // of 8 elements long faster when the rows are padded by 2 elements: with power-of-two strides the
-// columns of the leading axes collide in the cache. Measured per single-threaded transform on this
-// project's 2-core machine (bench/RESULTS.md): 64^3 0.74 -> 0.65 ms, 128^3 6.7 -> 5.6 ms, 512^2
-// 1.11 -> 0.61 ms, 224^2 0.142 -> 0.138 ms; the radix transform (radix 2 then) 64^3 0.40 -> 0.35 ms
-// (8 elements: 0.39). Only the in-place transforms take a stride (ATen's
-// return packed maps). The setting row_pad sets the padding in elements (0: none).
+// columns of the leading axes collide in the cache (measured per single-threaded transform: MKL in
+// bench/RESULTS.md, 'CPU: padded transform rows, ...'; the radix transform in 'Figures moved out of
+// the code's comments'). Only the in-place transforms take a stride (ATen's return packed maps).
+// The setting row_pad sets the padding in elements (0: none).
 int64_t workspace_row_stride(int64_t len, bool inplace) {
   if (!inplace) return len;
   const int64_t pad = native_settings().row_pad.load(std::memory_order_relaxed);
@@ -415,8 +414,8 @@ void plan_chunks(RunContext<scalar_t, Y>& c) {
   c.map_bytes = c.M * static_cast<int64_t>(sizeof(c10::complex<scalar_t>));
   int64_t chunk = chunk_bytes() / c.map_bytes;
   // At least two pairs per thread: the inverse transform packs two pairs per map, and each thread
-  // needs a map of its own (measured, 2 x 4 x 64^3 on 2 threads: the inverse took 3.3 ms with one
-  // packed map per chunk, 1.9 ms with two).
+  // needs a map of its own (with one packed map per chunk the inverse was much slower; measured:
+  // bench/RESULTS.md, 'Figures moved out of the code's comments').
   chunk = std::max<int64_t>(2 * at::get_num_threads(), chunk - chunk % 2);
   // Softmax over every input channel and integer labels (no ignore mask, all in range: checked per
   // image below) make each image's maps sum to one at every voxel, p and y alike, so one class's
@@ -427,8 +426,8 @@ void plan_chunks(RunContext<scalar_t, Y>& c) {
                            c.n_chan >= 2 && native_settings().complement.load(std::memory_order_relaxed);
   const int64_t image_unit = c.n_chan % 2 == 0 ? c.n_chan : 2 * c.n_chan;
   // Whole images also let the build pass run the softmax itself (fused_build, below): worth a chunk up
-  // to 4 times the budget (measured, bench/RESULTS.md: 8 x 9 x 224^2 with 18 pairs per chunk, 7.3 MB,
-  // 3.6% faster than with 4).
+  // to 4 times the budget (measured at 8 x 9 x 224^2: bench/RESULTS.md, 'CPU: the softmax inside the
+  // build pass, ...', chunks of whole images up to 4 budgets).
   if (sums_to_one && chunk < image_unit && image_unit * c.map_bytes <= 4 * chunk_bytes()) chunk = image_unit;
   c.complement = sums_to_one && chunk >= image_unit;
   if (c.complement) chunk -= chunk % image_unit;
@@ -473,8 +472,9 @@ RunContext<scalar_t, Y> plan_run(const at::Tensor& input, const Y* tdata, bool l
 
   // Workspace: the chunk's maps z only. The packed field of pairs 2m and 2m + 1 is written over z's map
   // 2m when the spectra are in z (in place: field_rows reads each element's inputs before writing it),
-  // over map m otherwise (ATen's spectra are separate tensors). (Separate field maps cost a third more
-  // workspace, and were slower: bench/RESULTS.md.)
+  // over map m otherwise (ATen's spectra are separate tensors). (Separate field maps cost more
+  // workspace, and were slower: bench/RESULTS.md, 'CPU: `validate` inside the operator, the gradient
+  // field in place'.)
   c.w_slot_step = c.inplace ? 2 : 1;
   // The backward's input gradient is the size of the input.
   c.saved_bytes = stats_out.nbytes() + (o.need_grad ? grad_out.nbytes() + input.nbytes() : 0);
@@ -490,8 +490,8 @@ RunContext<scalar_t, Y> plan_run(const at::Tensor& input, const Y* tdata, bool l
   // stored, and the build pass computes p block by block into a scratch row buffer.
   c.p_in_grad = c.activated && o.need_grad;
   // Chunks of whole images (complement) run the softmax inside their build pass, block by block: p is
-  // a block-sized scratch then, never written to memory or read back (measured, bench/RESULTS.md:
-  // 3-6% of a step at 2 x 4 x 64^3).
+  // a block-sized scratch then, never written to memory or read back (a few percent of a step:
+  // bench/RESULTS.md, 'CPU: the softmax inside the build pass, ...').
   c.fused_build = c.complement && c.p_in_grad && c.stats != nullptr && o.act == kActSoftmax;
   c.flags = flags_out.data_ptr<uint8_t>();
   return c;
@@ -585,9 +585,9 @@ void radix_transform(const RunContext<scalar_t, Y>& c, scalar_t* in_data, const 
   const RadixPlan& plan = *c.plan;
   // Items the threads share with stealing (parallel_items): whole maps where there are at least 4
   // per thread, else the maps' stage items (planes or rows, then pencils or columns), so that a
-  // faster thread takes over work of a slower one (measured, bench/RESULTS.md: 2 x 4 x 64^3 with a
-  // busy process on the second CPU 0.88 of the time with whole maps split evenly; a quiet machine
-  // 1.00, while stage items at 8 x 9 x 224^2 cost 3%).
+  // faster thread takes over work of a slower one (a gain with a busy second CPU, none on a quiet
+  // machine, while stage items cost time where maps are many: bench/RESULTS.md, 'CPU: the
+  // operator's own mixed-radix FFT', threads).
   auto map_of = [&](int64_t l) { return reinterpret_cast<float*>(in_data + 2 * slots[l] * M); };
   if (n >= 4 * at::get_num_threads()) {
     parallel_items(n, [&](auto take) {
@@ -609,8 +609,8 @@ void radix_transform(const RunContext<scalar_t, Y>& c, scalar_t* in_data, const 
 // Transforms of the maps `slots` of `in`. The radix transform: items shared with stealing (above).
 // MKL and ATen: the threads split the maps evenly, each transforming its share in single-threaded
 // calls (one per run of consecutive slots); the maps left over by the even split are transformed
-// from this thread, where MKL uses its own threads (measured on this project's 2-core machine, one
-// 64^3 map: 0.83 ms on one thread, 0.41 ms on two).
+// from this thread, where MKL uses its own threads (about twice as fast on two: bench/RESULTS.md,
+// 'CPU: one activation pass, one transform fewer per image').
 // `inplace`: the maps are transformed where they are (the radix transform, or MKL's DFTI,
 // scc_cpu_fft.h); otherwise ATen returns new tensors, which parts keeps alive. map[slot] points to
 // the slot's spectrum.

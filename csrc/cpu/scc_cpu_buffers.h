@@ -3,13 +3,13 @@
 //
 // Training calls the operator at one shape step after step, and each call needs the same buffers:
 // the gradient field and statistics saved for backward, the chunk workspace, the gradient of the
-// input. Fresh from the system allocator their pages are first touched in every call, at about
-// 0.6-0.9 us per 4 KiB page on this project's CPU machines (measured: the backward at 2 x 4 x 64^3
-// took 0.95 ms writing into reused memory and 2.7 ms into fresh pages), while glibc returns large
-// freed blocks to the system (or keeps them) depending on its trim heuristics. Released buffers
-// are kept here up to the setting cache_mb MiB (scc_cpu_settings.h; (default: 64 MiB, or the bytes of the latest
-// call's buffers where those are more; 0 turns the cache off), the oldest released going first when
-// the cap is reached; a request takes a kept block of exactly its size.
+// input. Fresh from the system allocator their pages are first touched in every call, a cost that
+// shows in every step (measured: bench/RESULTS.md, 'CPU: transforms in place, operator buffers
+// reused'), while glibc returns large freed blocks to the system (or keeps them) depending on its
+// trim heuristics. Released buffers are kept here up to the setting cache_mb MiB
+// (scc_cpu_settings.h; (default: 64 MiB, or the bytes of the latest call's buffers where those are
+// more; 0 turns the cache off), the oldest released going first when the cap is reached; a request
+// takes a kept block of exactly its size.
 #pragma once
 
 #include <ATen/ATen.h>

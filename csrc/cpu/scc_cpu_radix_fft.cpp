@@ -26,9 +26,9 @@ namespace scc_fast {
 namespace {
 
 constexpr int kTwFloats = 32;  // one row twiddle vector pair: 16 floats of re, 16 of (-im, im)
-// A 2D map's height axis goes in columns this many vectors wide (512 bytes of each row): measured
-// against one vector per column (bench/RESULTS.md), 224^2 0.064 -> 0.059 ms, 512^2 0.41 -> 0.32,
-// 2048^2 12.4 -> 10.2 ms per map; a full step at 8 x 9 x 224^2 0.970 of the time, 1 x 2 x 1024^2 0.868.
+// A 2D map's height axis goes in columns this many vectors wide (512 bytes of each row): faster
+// than one vector per column, per map and per step (bench/RESULTS.md, 'CPU: the operator's own
+// mixed-radix FFT').
 constexpr int64_t kColumnVectors = 8;
 constexpr int64_t kMaxRowVectors = 256;  // width <= 2048
 

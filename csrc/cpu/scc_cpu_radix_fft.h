@@ -1,9 +1,10 @@
 // The operator's own in-place FFT for float32 maps on AVX-512 CPUs (scc_cpu_radix_fft.cpp).
 //
 // Why: libtorch's MKL runs its generic code path on CPUs it does not recognise as Intel's (this
-// project's AMD EPYC machine: mkl_dft_def_* in perf), 0.65 ms per 64^3 complex map on one thread in
-// place; this transform takes 0.25 ms there (bench/RESULTS.md). A 4-lane AVX2 build of it measured no
-// better than MKL, so there is none: other CPUs, float64 and shapes it does not fit keep MKL.
+// project's AMD EPYC machine: mkl_dft_def_* in perf); this transform takes well under half its time
+// per map there (bench/RESULTS.md, 'CPU: the operator's own mixed-radix FFT'). A 4-lane AVX2 build
+// of it measured no better than MKL, so there is none: other CPUs, float64 and shapes it does not
+// fit keep MKL.
 //
 // Shapes: 2 or 3 axes whose lengths have no prime factor above 7 (mixed radix 2, 3, 4, 5, 7), the
 // last a multiple of 8 from 16 to 2048. Layout: the workspace's (scc_cpu.cpp): complex interleaved

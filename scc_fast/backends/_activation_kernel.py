@@ -66,8 +66,8 @@ def _activation_backward_kernel(
     if ACTIVATION == 1:
         # Pass 1: the max m, s = sum_c exp(x_c - m) and d = sum_c exp(x_c - m) g_c (g_c = u_c f_c,
         # loss channels only) together, rescaled as m grows (online softmax): x is read twice,
-        # not four times as with separate max, sum and dot passes (GPU run 5: 171 us at btcv-3d,
-        # 14 channels, 2.4x the kernel's memory traffic); the field is read twice either way.
+        # not four times as with separate max, sum and dot passes (those took 2.4x the kernel's
+        # memory traffic at btcv-3d: bench/RESULTS.md, GPU run 5); the field is read twice either way.
         # The channels before the loss's first take part in m and s only (d stays 0).
         m, s = _softmax_max_sum(x_img, first_channel, n_vox, offs, mask, BLOCK)
         dot = tl.zeros([BLOCK], tl.float32)
@@ -115,7 +115,8 @@ def activation_backward(x, field, grad_scc, target, activation, first_channel, i
     x = x.contiguous()
     field = field.contiguous()
     out = torch.empty_like(x)
-    # The interpreter costs about 1 ms per program instance whatever its size: few, large blocks.
+    # The interpreter's cost per program instance hardly depends on its size: few, large blocks
+    # (measured: bench/RESULTS.md, 'Figures moved out of the code's comments').
     block = min(next_power_of_2(n_vox), 8192) if x.device.type == "cpu" else 1024
     labels = target.contiguous() if ignore_index is not None else x  # any pointer when unused
     up = grad_scc.contiguous()  # read as float32 by the kernel: no conversion launched here

@@ -307,7 +307,8 @@ class _ActivatedLossEager(torch.autograd.Function):
     the activation's backward."""
 
     # forward takes ctx (no separate setup_context): apply then skips binding the arguments to
-    # forward's signature with inspect, about 20 us a call.
+    # forward's signature with inspect, host time a GPU step waits for (measured: bench/RESULTS.md,
+    # 'CPU: Python host time of a triton_fft step ...' and 'Figures moved out of the code's comments').
     @staticmethod
     def forward(ctx, *inputs):
         # inputs: the op's 15, then class_weights, reduction

@@ -160,8 +160,9 @@ def fft_engine(spatial_shape: Sequence[int] | None = None, dtype: torch.dtype = 
     - ``"radix_avx512"``: the operator's own in-place mixed-radix FFT (radices 2, 3, 4, 5, 7), for
       float32 maps with 2 or 3 axes whose sizes have no prime factor above 7, the last a multiple of
       8 from 16 to 2048 (64^3, 224^2, 96^3, 256^2, ...), where the CPU has AVX-512 and the AVX-512
-      build of the inner loops runs (:func:`isa`). On this project's AMD EPYC machine a step takes
-      about 0.7 of its time with MKL's transforms (bench/RESULTS.md);
+      build of the inner loops runs (:func:`isa`). On this project's AMD EPYC machine a step is
+      clearly faster with it than with MKL's transforms (bench/RESULTS.md, 'CPU: the operator's
+      own mixed-radix FFT');
     - ``"mkl_inplace"``: MKL's DFTI called in place, where libtorch exports it (x86-64 torch builds);
     - ``"aten"``: ``torch.fft``, out of place.
 
@@ -195,9 +196,10 @@ def cached_bytes() -> int:
 
     The gradient field and statistics saved for backward, the workspace and the input gradient
     are the same sizes call after call in training; writing into reused memory instead of fresh
-    pages is measurably faster (``bench/RESULTS.md``). The cache holds at most the private setting
-    ``native_cache_mb`` MiB (:mod:`scc_fast._settings`; default: 64, or the bytes of the latest call's buffers where
-    those are more, so that one step's buffers always fit; ``0`` turns it off); memory in use by live
+    pages is measurably faster (``bench/RESULTS.md``, 'CPU: transforms in place, operator buffers
+    reused'). The cache holds at most the private setting ``native_cache_mb`` MiB
+    (:mod:`scc_fast._settings`; default: 64, or the bytes of the latest call's buffers where those
+    are more, so that one step's buffers always fit; ``0`` turns it off); memory in use by live
     tensors is never counted or touched.
     """
     _require()
@@ -218,9 +220,9 @@ def validates_in_op(
     The softmax reads every logit (a NaN/Inf test rides on its max) and the build pass counts
     each class's voxels, whose sum is the image's size exactly when every label is a class of the
     loss: with softmax, integer labels, every channel in the loss and no ignore_index, both
-    checks cost no pass of their own (measured, bench/RESULTS.md: 0.5 ms of a 9.9 ms step at
-    2 x 4 x 64^3 for the separate passes). Otherwise the checks run before the operator. ``x``
-    (the input; other backends' answer depends on it) is not needed here.
+    checks cost no pass of their own (the separate passes cost a few percent of a step:
+    bench/RESULTS.md, 'CPU: `validate` inside the operator ...'). Otherwise the checks run before
+    the operator. ``x`` (the input; other backends' answer depends on it) is not needed here.
     """
     return activation == "softmax" and labels and first_channel == 0 and ignore_index is None
 

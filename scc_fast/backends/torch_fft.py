@@ -46,7 +46,8 @@ def half_spectrum_weights(shape: tuple[int, ...], include_dc: bool, device, dtyp
     which count once; the DC bin gets weight 0 when it is left out of K.
 
     Built with device ops only: assigning a Python number into a CUDA tensor element copies a CPU
-    scalar to the device, which a CUDA graph cannot capture (GPU run 4, rows ``torch:graph``).
+    scalar to the device, which a CUDA graph cannot capture (bench/RESULTS.md, GPU run 4, rows
+    ``torch:graph``).
     """
     last = shape[-1]
     k = torch.arange(last // 2 + 1, device=device)
@@ -117,7 +118,8 @@ def _one_class(p, y, y_is_label, include_dc, magnitude_weight, phase_weight, nee
 
     # Spatial sums. With DC out the Parseval terms are centered sums, taken in two passes (mean,
     # then squared deviations) so that N sum p^2 - S_p^2 does not cancel for near-constant maps.
-    # (torch.var_mean computes the same but measured 10x slower here.)
+    # (torch.var_mean computes the same but was much slower here: bench/RESULTS.md, 'Figures moved
+    # out of the code's comments'.)
     nd = p.dim()
     mean_p = p.mean(dims)
     dev_p = p - _bshape(mean_p, nd)
@@ -189,10 +191,11 @@ def _one_class(p, y, y_is_label, include_dc, magnitude_weight, phase_weight, nee
 
 
 #: Elements per chunk of classes (B x k x spatial), per device type. On the CPU one class at a
-#: time measured fastest (whole-batch ops over all classes ran 5x slower at 8x9x224x224) and
-#: keeps the transient spectra to one class. On a GPU the per-class loop is launch-bound (5.5x
-#: slower than the reference at 24x9x224x224 on an H200, bench/RESULTS.md run 1), so classes
-#: are batched up to this many elements (a few times that in transient float32 spectra).
+#: time measured fastest (whole-batch ops over all classes were much slower: bench/RESULTS.md,
+#: 'Figures moved out of the code's comments') and keeps the transient spectra to one class. On a
+#: GPU the per-class loop is launch-bound (far slower than the reference: bench/RESULTS.md, GPU
+#: run 1), so classes are batched up to this many elements (a few times that in transient float32
+#: spectra).
 CHUNK_ELEMENTS = {"cpu": 1, "cuda": 1 << 25}
 
 
@@ -211,7 +214,8 @@ def _forward(probs, target, first_class, include_dc, magnitude_weight, phase_wei
     for c0 in range(0, n_chan, step):
         c1 = min(n_chan, c0 + step)
         k = c1 - c0
-        # Contiguous copies: reductions over a strided class slice measured 10-100x slower.
+        # Contiguous copies: reductions over a strided class slice were far slower
+        # (bench/RESULTS.md, 'Figures moved out of the code's comments').
         p = probs[:, c0:c1].reshape(n_batch * k, *spatial).contiguous()
         if labels:
             classes = torch.arange(first_class + c0, first_class + c1, device=probs.device)

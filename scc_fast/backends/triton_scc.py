@@ -1,38 +1,16 @@
 """Backend "triton": SCC forward and gradient in Triton kernels that do the DFT themselves, for
-2D input in one fused launch and for 3D input in five launches that share its code (below);
-2D input can also take the 3D passes (the split mode, at the end).
+2D input in one fused launch and for 3D input in five launches that share its code; 2D input can
+also take the 3D passes (the split mode).
 
-2D input (B x C' x H x W). One program handles one (image, class) pair at a time (a persistent
-grid loops over pairs) and does all of docs/loss.md sections 4 and 5 for it:
-
-0. spatial sums of p and y (two passes, so the centered sums have no cancellation);
-1. row DFTs along W, real-to-complex onto the ``W // 2 + 1`` half spectrum, as ``tl.dot``
-   products of the p / y tiles with cosine and sine tables (one map at a time, into a
-   per-program scratch in global memory, which stays in L2);
-2. column DFTs along H (complex), as ``tl.dot`` with the H tables: first Y (``B = |Y|`` kept
-   in the scratch, ``T_b``), then P (``A = |P|``, ``T_a``, ``T_ab``; P kept for the gradient);
-3. the per-pair scalars, as :func:`scc_fast.backends.torch_fft.pair_coefficients` with the
-   zero tests of :mod:`scc_fast._numerics` (float32 epsilon), plus one guard: the phase term
-   is 0 when A or B is rounding noise over K (a constant map), where 1 / T_ab would explode;
-4. the gradient field ``(c_a + c_ab B_k) U_k`` (``U = P / |P|``, 0 where ``|P| = 0``, DC
-   zeroed when it is out of K, 0 off DC for a constant p) and its inverse column DFT;
-5. the inverse row DFT (complex-to-real, half-spectrum weights 1/2/1), plus the spatial
-   terms ``2N c_aa (p - [DC out] mean p) + N c_re (y - [DC out] mean y)``: dSCC/dp is written.
-
-Scratch per program (global memory, L2-resident): 3 planes of H x (W // 2 + 1) float32 (the row
-transform of y, then of p, then P, then the half-inverse of the field, all in place; and B), 2
-more for P when the H axis uses the direct DFT and the gradient is needed, plus 2 x H x BN and
-2 x BM x W floats for the four-step intermediates. The grid has one program per SM at most.
-Phases are separated by ``tl.debug_barrier()`` (the scratch is written and read by all threads
-of the program). Integer labels are compared with ``first_class + c`` inside the kernel, so no
-one-hot tensor is ever made. Padded rows and columns of every tile are masked to 0.
-
-Long axes are factored (four-step): from ``FOUR_STEP_MIN_H`` (128) up, when 16 divides the
-length N = N1 N2 (N2 = 16 or 32): N1 DFTs of length N2 as ``tl.dot``, twiddles, N2 DFTs of
-length N1, so the work per output is N1 + N2 instead of N. Along H it is the complex DFT; along
-W the real input is transformed as complex and the half spectrum kept, and the inverse rebuilds
-the full spectrum by Hermitian symmetry and keeps the real part. Other lengths (not a multiple
-of 16, or short) use the direct DFT-as-dot, padded to the block with masks.
+2D input (B x C' x H x W): :func:`_scc_fused_kernel`. A persistent grid (one program per SM at
+most) loops over the (image, class) pairs and does all of docs/loss.md sections 4 and 5 for each:
+spatial sums of p and y, row DFTs along W onto the ``W // 2 + 1`` half spectrum and column DFTs
+along H as ``tl.dot`` products with cosine and sine tables, the per-pair scalars, the gradient
+field and its inverse column and row DFTs plus the spatial terms: dSCC/dp is written. Each
+program keeps its intermediates in a scratch in global memory, which stays in L2 (the phases are
+listed above the kernel). Integer labels are compared inside the kernel: no one-hot tensor. Axes
+from ``FOUR_STEP_MIN_H`` (128) up whose length 16 divides are factored (four-step, N = N1 N2: work
+per output N1 + N2 instead of N); other lengths use the direct DFT-as-dot, masked to the block.
 
 Precision of the dots: ``SCC_FAST_TRITON_PRECISION`` (``"tf32"``, the default, ``"tf32x3"`` or
 ``"ieee"``), the setting ``triton_precision`` of :mod:`scc_fast._settings` after import. With TF32
@@ -40,64 +18,25 @@ the operands are rounded to nearest TF32 in the kernel (tensor cores would trunc
 interpreter (``TRITON_INTERPRET=1``) computes float32 dots whatever the setting, unless the
 setting ``triton_interpret_tf32`` is set.
 
-3D input (B x C' x D x H x W): the per-slice (H, W) transforms are the 2D kernel's (its row
-pass, column DFT, inverse column and row passes, spatial sums and per-pair scalars are jit
-helpers called by both), the depth axis and the spectral sums are a further stage. Five launches
-per chunk of pairs (three without the gradient):
+3D input (B x C' x D x H x W), per chunk of pairs: ``_scc3d_slices_fwd`` (each depth slice's sums
+and half spectra, by the 2D kernel's helpers), ``_scc3d_depth_fwd`` (the DFT along D and the
+spectral sums), ``_scc3d_scalars``, ``_scc3d_depth_inv`` and ``_scc3d_slices_inv`` (the field and
+its inverse transforms); three launches without the gradient. D may be 2 to 1024 (``MIN_DEPTH``,
+``MAX_DEPTH``). The pairs go in chunks whose workspace, about 10 bytes per voxel and pair
+(:func:`workspace_bytes_per_pair`), fits the setting ``triton_workspace_bytes``. Only the gradient
+field is kept for backward; with the setting ``recompute_field`` nothing is, and backward runs all
+five launches again: slower for the same peak (bench/RESULTS.md, GPU run 3), so it is off by default.
 
-1. ``_scc3d_slices_fwd`` (persistent grid over (pair, depth slice)): the slice's spatial sums
-   (6 floats) and the half spectra of its p and y maps, into a workspace;
-2. ``_scc3d_depth_fwd`` (persistent grid over (pair, block of the H x (W // 2 + 1) bins)): the
-   DFT along D, as ``tl.dot`` with D x D tables (the 2D column-DFT tile with D rows) or, where D
-   factors as the 2D kernel's axes do (from ``FOUR_STEP_MIN_H``, 16 | D), its four-step column
-   transform through a D x BN scratch per program; first of Y (``B = |Y|`` kept), then of P
-   (``A = |P|``, this block's part of ``T_a``, ``T_b``, ``T_ab``; P written over Y's slices,
-   which are consumed by then);
-3. ``_scc3d_scalars`` (one program per pair): the slices' sums combined by the parallel variance
-   formula (the centered sums keep no cancellation), the T parts summed, the 2D kernel's
-   per-pair scalars and gradient coefficients;
-4. ``_scc3d_depth_inv`` (persistent, as launch 2): the gradient field ``(c_a + c_ab B) P / |P|``
-   and its inverse DFT along D (direct or four-step), into the slots of p's slice spectra (dead
-   since launch 2);
-5. ``_scc3d_slices_inv`` (persistent, per slice): the 2D kernel's inverse column and row passes
-   plus the spatial terms: dSCC/dp written.
+Activation inside the kernels (:func:`field`, while :func:`activation_in_kernel` is True): for
+softmax and sigmoid the kernels read the logits and 2 floats per voxel of statistics, made by
+``_activation_kernel.activation_stats``, and compute p where they load it (``_load_p``): no
+B x C x spatial probability tensor is made (less memory at the forward's peak), for a few
+exponentials per voxel more (bench/RESULTS.md, GPU run 3).
 
-Labels are read in-kernel by launches 1 and 5, as in 2D (no one-hot tensor).
-
-The depth axis uses the four-step transform where the 2D axes would (128 = 8 x 16: 24
-multiply-adds per output instead of 128), else the direct DFT-as-dot, whose work per output grows
-as D (96^3: direct); D may be 2 to 1024 (``MIN_DEPTH``, ``MAX_DEPTH``), H and W as for 2D. Transient workspace
-per pair (:func:`workspace_bytes_per_pair`): 5 volumes of D x H x (W // 2 + 1) float32 (p's and
-y's slice spectra, re and im, then P and the depth-inverted field; B), about 10 bytes per voxel,
-plus 6 floats per slice and a few per pair; e.g. 21.3 MB per pair at 128^3 (170 MB for brats-3d,
-2 x 4 pairs) and 9.0 MB at 96^3 (253 MB for btcv-3d, 2 x 14 pairs). Pairs go in chunks whose
-workspace fits the setting ``triton_workspace_bytes`` (64 MiB). The slice passes add the 2D kernel's
-per-program scratch (2 x H x (W // 2 + 1) + 2 x H x BN + 2 x BM x W floats). Only the gradient
-(4 bytes per voxel per pair) is kept for backward, or nothing with
-the setting ``recompute_field`` (the forward then runs launches 1-3 and backward
-all five): GPU run 3 measured that 1.6x slower for the same peak. The GPU block sizes of the depth
-passes (``GPU_BLOCKS``, clipped to D) were tuned on the 2D split mode only.
-
-Activation inside the kernels (:func:`field`, called by the registered op of
-:mod:`scc_fast.backends.activation`, while :func:`activation_in_kernel` is True): for softmax and sigmoid the kernels read the logits and the
-image's per-voxel statistics (m, r), 2 floats per voxel made by one launch of
-``_activation_kernel.activation_stats``, and compute p where they load it (``_load_p``): p_c =
-exp(x_c - m) r with r = keep / sum_c exp(x_c - m), or r / (1 + exp(-x_c)) with r = keep (0 at an
-ignored voxel). Loss channel c reads input channel X_FIRST + c of X_CHAN (the background drop),
-so no B x C x spatial probability tensor is made: at 24 x 9 x 224 x 224 that is 43 MB fewer at the
-forward's peak, for a few exponentials per voxel more (GPU run 3: 110 against 143 MiB peak, 3.53
-against 2.95 ms: the fused kernel reads p in four passes, each from 3 loads and an exponential).
-
-2D split mode (the setting ``triton_2d="split"``): the fused kernel gives a pair to
-one program, so a call with fewer pairs than SMs leaves SMs idle (16 x 2 x 512 x 512: 32 pairs
-for 132 SMs, GPU run 2). The split mode runs 2D input through the five 3D launches instead, with
-blocks of rows as the slices: launch 1 transforms each block along W only (``ROWS_ONLY``; the
-last block may be shorter, and the per-slice spatial sums are combined as for 3D), launches 2 and
-4 do the DFT along H over blocks of the W // 2 + 1 frequency columns (the depth passes: four-step
-at 224 and 512, direct below 128), launch 5 inverts each block along W and adds the spatial terms. Many programs per pair,
-about 10 bytes per pixel and class of transient workspace. The default, ``"auto"``, splits where
-the call has fewer pairs than the GPU has SMs (GPU run 3: 2.2x faster at 16 x 2 x 512 x 512, the
-same time for 1.6x the memory at 24 x 9 x 224 x 224); ``bench/gpu_triton_check.py`` measures both.
+2D split mode (the setting ``triton_2d``): the fused kernel gives a pair to one program, so a call
+with fewer pairs than SMs leaves SMs idle. The split mode runs 2D input through the five 3D
+launches, with blocks of rows as the slices; ``"auto"`` (the default) takes it for such calls
+(bench/RESULTS.md, GPU run 3; ``bench/gpu_triton_check.py`` measures both).
 
 The launches run inside the one registered op, ``torch.ops.scc_fast.activated_correlation``
 (:mod:`scc_fast.backends.activation`), whose fake implementation lets ``torch.compile`` trace
@@ -159,9 +98,8 @@ if triton is not None:
     @triton.jit
     def _dot(a, b, PRECISION: tl.constexpr):
         """tl.dot; for TF32, both operands rounded to nearest TF32 first. The tensor cores would
-        otherwise truncate the 13 low mantissa bits: a biased error, measured (emulated in the
-        interpreter, 512 x 512) at 7e-3 of the loss, over the 5e-3 of docs/loss.md section 6, against
-        3e-4 with rounding."""
+        otherwise truncate the 13 low mantissa bits: a biased error, over the 5e-3 of docs/loss.md
+        section 6 (measured: bench/RESULTS.md, 'Figures moved out of the code's comments')."""
         if PRECISION == "tf32":
             ua = (a.to(tl.uint32, bitcast=True) + 4096) >> 13
             ub = (b.to(tl.uint32, bitcast=True) + 4096) >> 13
@@ -795,6 +733,27 @@ if triton is not None:
         s_wi = s_wr + BM * W
         return s_p1r, s_p1i, s_b, s_pr, s_pi, s_zr, s_zi, s_wr, s_wi
 
+    # The 2D kernel. One program per (image, class) pair at a time, in phases separated by
+    # tl.debug_barrier() (the scratch is written and read by all threads of the program):
+    # 0. spatial sums of p and y (two passes, so the centered sums have no cancellation);
+    # 1. row DFTs along W, real-to-complex onto the W // 2 + 1 half spectrum, as tl.dot products of
+    #    the p / y tiles with cosine and sine tables (one map at a time, into the scratch);
+    # 2. column DFTs along H (complex), as tl.dot with the H tables: first Y (B = |Y| kept in the
+    #    scratch, T_b), then P (A = |P|, T_a, T_ab; P kept for the gradient);
+    # 3. the per-pair scalars, as scc_fast.backends.torch_fft.pair_coefficients with the zero tests
+    #    of scc_fast._numerics (float32 epsilon), plus one guard: the phase term is 0 when A or B is
+    #    rounding noise over K (a constant map), where 1 / T_ab would explode;
+    # 4. the gradient field (c_a + c_ab B_k) U_k (U = P / |P|, 0 where |P| = 0, DC zeroed when it is
+    #    out of K, 0 off DC for a constant p) and its inverse column DFT;
+    # 5. the inverse row DFT (complex-to-real, half-spectrum weights 1/2/1), plus the spatial terms
+    #    2N c_aa (p - [DC out] mean p) + N c_re (y - [DC out] mean y): dSCC/dp is written.
+    # Scratch per program: 3 planes of H x (W // 2 + 1) float32 (the row transform of y, then of p,
+    # then P, then the half-inverse of the field, all in place; and B), 2 more for P when the H axis
+    # uses the direct DFT and the gradient is needed, plus 2 x H x BN and 2 x BM x W floats for the
+    # four-step intermediates. Padded rows and columns of every tile are masked to 0. The four-step
+    # along W transforms the real input as complex and keeps the half spectrum; its inverse rebuilds
+    # the full spectrum by Hermitian symmetry and keeps the real part. With ACT, loss channel c reads
+    # input channel X_FIRST + c of X_CHAN (the background drop).
     @triton.jit
     def _scc_fused_kernel(
         probs_ptr,  # B*C' x H x W probs, or (ACT > 0) B x X_CHAN x H x W logits
@@ -896,7 +855,14 @@ if triton is not None:
 
 
     # ----------------------------------------------------------------------------------------
-    # 3D: B x C' x D x H x W, in five launches sharing the helpers above (see the module doc)
+    # 3D: B x C' x D x H x W, in five launches sharing the helpers above (the module doc; each
+    # launch's docstring says what it does). The depth axis takes the four-step transform where the
+    # 2D axes would (128 = 8 x 16: 24 multiply-adds per output instead of 128), else the direct
+    # DFT-as-dot (96^3: direct). Labels are read in-kernel by launches 1 and 5, as in 2D.
+    # The 2D split mode runs the same launches with blocks of H rows as the slices: launch 1
+    # transforms each block along W only (ROWS_ONLY; the last block may be shorter, its spatial sums
+    # combined as for 3D), launches 2 and 4 do the DFT along H over blocks of the W // 2 + 1
+    # frequency columns, launch 5 inverts each block along W and adds the spatial terms.
     # ----------------------------------------------------------------------------------------
 
     @triton.jit
@@ -1275,21 +1241,19 @@ def _next_pow2(n: int) -> int:
 #: GPU tile configurations (BM, BN, BK, num_warps, num_stages) per dot precision, chosen so that
 #: ptxas reports no (or little) register spilling for sm_90 in every path (direct / four-step on
 #: H and W), compiled without a GPU with triton.compile(..., target=GPUTarget("cuda", 90, 32))
-#: and cuobjdump --dump-resource-usage: tf32 64/32/32/8/2: 0-80 B stack; ieee 32/32/16/8/2:
-#: 0-24 B; tf32x3 32/32/16/8/1: 0-104 B (64/64/32/8/3, the first guess, spilled 424 B).
-#: These are the sliced passes' (3D, and the 2D split mode). tf32 timed on an H200
-#: (bench/gpu_tune.py): 32/32/32/4/2 with 3 programs per SM was the fastest split-mode row at both
-#: 2D benchmark cases in GPU run 3 (2.67 / 3.34 ms against 3.30 / 3.85 at the earlier 64/32/32/8/2,
-#: 1 per SM), and in GPU run 4 took btcv-3d from 10.4 to 5.1 ms (brats-3d 5.9 -> 5.5); with 2 per
-#: SM 4.2 and 5.5 ms.
+#: and cuobjdump --dump-resource-usage (the stack bytes: bench/RESULTS.md, 'Figures moved out of
+#: the code's comments'). These are the sliced passes' (3D, and the 2D split mode). tf32 timed on
+#: an H200 (bench/gpu_tune.py): 32/32/32/4/2 with 3 programs per SM was the fastest split-mode row
+#: at both 2D benchmark cases and about halved btcv-3d (bench/RESULTS.md, GPU runs 3 and 4, the
+#: tune tables).
 GPU_BLOCKS = {
     "tf32": (32, 32, 32, 4, 2),
     "ieee": (32, 32, 16, 8, 2),
     "tf32x3": (32, 32, 16, 8, 1),
 }
-#: The fused 2D kernel's. tf32 64/32/32/8/2 with 1 program per SM (GPU run 3: 3.35 ms and 110 MiB
-#: peak at synapse-2d, 5.6x less than the eager reference); run 4's 32/32/32/4/2 with 3 per SM ran
-#: 2.95 ms but held 137 MiB of per-program scratch (4.5x), under issue 3's 5x memory target.
+#: The fused 2D kernel's. tf32 64/32/32/8/2 with 1 program per SM: it meets issue 3's 5x memory
+#: target at synapse-2d; run 4's 32/32/32/4/2 with 3 per SM was a little faster but its
+#: per-program scratch missed the target (bench/RESULTS.md, GPU run 4, what changed after it).
 GPU_BLOCKS_FUSED = dict(GPU_BLOCKS, tf32=(64, 32, 32, 8, 2))
 
 
@@ -1309,8 +1273,8 @@ def _blocks(H: int, W: int, precision: str = "tf32", table: dict | None = None) 
 
 
 #: Programs per SM in the persistent grids (each holds its own scratch): 1 for the fused 2D
-#: kernel (:data:`GPU_BLOCKS_FUSED`), 2 for the sliced passes (4-warp blocks; GPU run 4's tune:
-#: as fast as 3 at brats-3d, faster at btcv-3d, 20 / 11 MiB less scratch); the setting
+#: kernel (:data:`GPU_BLOCKS_FUSED`), 2 for the sliced passes (4-warp blocks: as fast as 3 or
+#: faster, for less scratch; bench/RESULTS.md, GPU run 4's tune); the setting
 #: ``triton_programs_per_sm`` applies one number to both.
 _PROGRAMS_PER_SM = {"fused": 1, "sliced": 2}
 
@@ -1442,12 +1406,15 @@ def workspace_bytes_per_pair(D: int, H: int, W: int, n_slices: int | None = None
     """Transient workspace of the sliced passes per (image, class) pair: 5 volumes of D x H x
     (W // 2 + 1) float32 (the slices' half spectra of p and y, re and im; B), plus 6 floats per
     slice of spatial sums (D slices, or ``n_slices``) and 8 of coefficients; the T parts are 3
-    floats per block of bins. A 2D split is D = 1 with H rows in ``n_slices`` blocks."""
+    floats per block of bins. A 2D split is D = 1 with H rows in ``n_slices`` blocks. About 10
+    bytes per voxel: e.g. 21.3 MB per pair at 128^3 (170 MB for 2 x 4 pairs), 9.0 MB at 96^3 (253 MB
+    for 2 x 14 pairs)."""
     return 4 * (5 * D * H * (W // 2 + 1) + 6 * (D if n_slices is None else n_slices) + 8)
 
 
 def _depth_blocks(D: int, n_bins: int, precision: str) -> tuple[int, int, int, int, int]:
-    """(BM, BN, BK, num_warps, num_stages) of the depth passes: tiles of depth x bins."""
+    """(BM, BN, BK, num_warps, num_stages) of the depth passes: tiles of depth x bins. On a GPU
+    :data:`GPU_BLOCKS` clipped to D, tuned on the 2D split mode only."""
     if _INTERPRET:
         bd = max(16, min(128, _next_pow2(D)))
         return bd, max(16, min(512, _next_pow2(n_bins))), bd, 4, 1
