@@ -103,7 +103,7 @@ def test_bad_activation_is_named():
 def test_backward_without_field_is_an_error():
     logits, labels = fused_case((1, 2, 6, 6), None)
     x = logits.clone().requires_grad_(True)
-    scc, _, field = torch.ops.scc_fast.activated_correlation(x, labels, "torch", 1, 0, 0, None, False, 0.5, 0.5, False,
+    scc, _, field, _ = torch.ops.scc_fast.activated_correlation(x, labels, "torch", 1, 0, 0, None, False, 0.5, 0.5, False,
                                                              False)
     # (the op itself works for every fused backend, kernel or not)
     assert field.shape == (0,)
@@ -215,15 +215,16 @@ def _full_size_saved(loss, x):
             and t.data_ptr() != x.data_ptr()]
 
 
-@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("backend", FUSED + [name for name in ("native",) if available(name)])
 @pytest.mark.parametrize("shape", [(2, 3, 9, 12), (1, 3, 4, 8, 9)])
 def test_recompute_field_in_backward(monkeypatch, backend, shape):
-    """The setting recompute_field: the graph keeps only the input (no field), backward computes the field
-    again; loss and gradient are those of the default path (bitwise: the same passes run)."""
+    """The setting recompute_field: the graph keeps only the input (no field, and for native no
+    softmax statistics), backward computes them again; loss and gradient are those of the default
+    path (bitwise: the same passes run)."""
     kw = dict(softmax=True, include_background=False, ignore_index=255, backend=backend, reduction="none")
     logits, labels = fused_case(shape, 255)
     dtype = torch.float64 if backend == "torch" else torch.float32
-    if not activation._kernel_backward(logits.to(dtype), backend):
+    if backend != "native" and not activation.kernel_backward(logits.to(dtype), backend):
         pytest.skip(f"backend {backend} applies the activation outside here (no fused op to recompute)")
     upstream = torch.rand(shape[0], shape[1] - 1, generator=torch.Generator().manual_seed(5), dtype=dtype)
     results = {}
@@ -235,7 +236,8 @@ def test_recompute_field_in_backward(monkeypatch, backend, shape):
         (out * upstream).sum().backward()
         results[recompute] = (out.detach(), x.grad, saved)
     assert torch.equal(results[True][0], results[False][0]) and torch.equal(results[True][1], results[False][1])
-    assert len(results[False][2]) == 1 and len(results[True][2]) == 0
+    kept = 2 if backend == "native" else 1  # the field (and native's statistics)
+    assert len(results[False][2]) == kept and len(results[True][2]) == 0
 
 
 @pytest.mark.parametrize("backend", [name for name in ("torch", "native") if available(name)])

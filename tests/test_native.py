@@ -265,14 +265,22 @@ def test_unsupported_inputs_are_named():
 @needs_op
 def test_opcheck():
     probs, target = make_inputs((2, 3, 6, 5), labels=True)
-    probs = probs.float().requires_grad_(True)
+    probs = probs.float()
+    # The C++ operators (no autograd of their own: they run inside the registered op below).
     fwd = torch.ops.scc_fast.scc_forward.default
     torch.library.opcheck(fwd, (probs, target, 0, 0, 0, None, False, 0.5, 0.5, True))
     torch.library.opcheck(fwd, (probs, target, 1, 1, 1, 2, False, 0.5, 0.5, True))  # softmax, no background, ignore 2
     probs2, ftarget = make_inputs((1, 2, 4, 3, 5), labels=False)
     torch.library.opcheck(fwd, (probs2, ftarget, 0, 0, 0, None, True, 0.3, 0.7, False))
-    torch.library.opcheck(fwd, (probs2.requires_grad_(True), ftarget, 2, 0, 0, None, True, 0.3, 0.7, True))
-    _, _, field, stats, _ = fwd(probs.detach(), target, 1, 0, 0, None, False, 0.5, 0.5, True)
+    torch.library.opcheck(fwd, (probs2, ftarget, 2, 0, 0, None, True, 0.3, 0.7, True))
+    # The registered op with backend "native": its fake, autograd and backward.
+    op = torch.ops.scc_fast.activated_correlation.default
+    grad_probs = probs.clone().requires_grad_(True)
+    torch.library.opcheck(op, (grad_probs, target, "native", 0, 0, 0, None, False, 0.5, 0.5, True, False))
+    torch.library.opcheck(op, (grad_probs, target, "native", 1, 1, 1, 2, False, 0.5, 0.5, True, False))
+    torch.library.opcheck(op, (probs2.clone().requires_grad_(True), ftarget, "native", 2, 0, 0, None, True, 0.3, 0.7,
+                               True, False))
+    _, _, field, stats, _ = fwd(probs, target, 1, 0, 0, None, False, 0.5, 0.5, True)
     up = torch.randn(2, 3)
     torch.library.opcheck(torch.ops.scc_fast.scc_backward.default, (field, up, probs.detach(), stats, 1, 0))
 

@@ -1,8 +1,9 @@
 """The interface every backend implements, and the options a loss call hands it.
 
 A backend is a module with four functions (:class:`Backend`); one whose activation is fused
-(:mod:`scc_fast.backends.activation`) has a fifth, ``field`` (:class:`FusedBackend`), which the one
-registered op calls with a :class:`FieldRequest`. :func:`scc_fast.scc_loss` checks its
+(:mod:`scc_fast.backends.activation`: every backend but the reference) has three more, ``field``,
+``backward`` and ``fake`` (:class:`FusedBackend`), which the one registered op calls with a
+:class:`FieldRequest`. :func:`scc_fast.scc_loss` checks its
 arguments, builds one :class:`LossOptions`, picks the backend and calls ``backend.loss``; how the
 backend gets there (the activation in its kernels, class 0 derived from the others, the value
 checks made in its own first pass) is its own business. ``correlation`` serves
@@ -115,14 +116,30 @@ class FieldRequest(NamedTuple):
 
 
 class FusedBackend(Backend, Protocol):
-    """A backend whose loss runs through the registered op with the activation fused."""
+    """A backend whose loss runs through the one registered op with the activation fused
+    (:mod:`scc_fast.backends.activation`): its forward, backward and fake implementation."""
 
-    def field(self, x: torch.Tensor, target: torch.Tensor, request: FieldRequest,
-              field_weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(scc, valid, field)`` without autograd: scc and valid B x C', field = dSCC/dp B x C' x
-        spatial (float32, float64 for float64 input; B x (C' - 1) x spatial with
+    def field(
+        self, x: torch.Tensor, target: torch.Tensor, request: FieldRequest, field_weights: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(scc, valid, field, aux)`` without autograd: scc and valid B x C', field = dSCC/dp
+        B x C' x spatial (float32, float64 for float64 input; B x (C' - 1) x spatial with
         ``request.derive_first``, each class's multiplied by its ``field_weights`` entry where
-        given), or shape (0,) without ``request.need_grad``. ``x`` is logits or probabilities as
-        ``request.activation`` says; the activation, background drop and ignore mask are the
-        backend's to apply (:func:`scc_fast.backends.activation.probability_field` does it with
-        torch ops)."""
+        given), or shape (0,) without ``request.need_grad``; ``aux`` whatever else :meth:`backward`
+        needs, or None. ``x`` is logits or probabilities as ``request.activation``
+        says; the activation, background drop and ignore mask are the backend's to apply
+        (:func:`scc_fast.backends.activation.probability_field` does it with torch ops)."""
+
+    def backward(self, backend: str, x: torch.Tensor, target: torch.Tensor, field: torch.Tensor,
+                 aux: torch.Tensor | None, grad_scc: torch.Tensor, request: FieldRequest,
+                 scale: torch.Tensor | None, eager: bool) -> torch.Tensor:
+        """dL/dx from the per-pair upstream gradient ``grad_scc`` (B x C', times the one-element
+        ``scale`` where given) and what :meth:`field` returned; ``eager`` False in traced code,
+        which must reach only registered ops
+        (:func:`scc_fast.backends.activation.field_backward` for a backend that needs only the
+        field)."""
+
+    def fake(self, x: torch.Tensor, target: torch.Tensor,
+             request: FieldRequest) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Empty tensors of :meth:`field`'s shapes and dtypes, for tracing
+        (:func:`scc_fast.backends.activation.field_fake`)."""

@@ -6,7 +6,8 @@ never kept for backward.
 (softmax / sigmoid), background drop and ignore mask itself, in its kernels or with torch ops
 (:func:`probability_field`), and returns the per-pair SCC, the valid mask and the gradient field
 ``dSCC/dp``. The op keeps only the input (the caller's tensor, no new memory) and the field.
-Its backward is ``torch.ops.scc_fast.activation_backward``: one pass that recomputes p from the
+Its backward is the backend's ``backward``; for all but ``native`` :func:`field_backward`,
+``torch.ops.scc_fast.activation_backward`` in traced code: one pass that recomputes p from the
 input and applies the upstream gradients and the activation's Jacobian,
 
     softmax: dL/dx_c = keep * p_c (g_c - sum_k p_k g_k),   g_c = grad_scc[b, c] * field_c
@@ -15,15 +16,19 @@ input and applies the upstream gradients and the activation's Jacobian,
 (g_c = 0 for a dropped background channel; keep = 0 at ignored voxels). That pass is one Triton
 kernel on CUDA (float32 and narrower) and, for the Triton backends, on CPU under
 ``TRITON_INTERPRET=1``; torch ops elsewhere. Without the kernel (CPU torch backend, float64) the
-activation is applied outside the op as usual: written with torch ops the fused backward is no
-leaner than autograd's. Probabilities (``activation=None``) take the same op: it is every fused
-backend's ``correlation``.
+backend's loss asks :func:`fused_loss` to apply the activation outside the op, as usual: written
+with torch ops the fused backward is no leaner than autograd's. Probabilities
+(``activation=None``) take the same op: it is every fused backend's ``correlation``.
 
 The loss (:func:`fused_loss`) in eager mode is one autograd node, :class:`_ActivatedLossEager`:
 the op's forward, context and backward with the reduction, without the custom op's dispatch
 layers. torch.compile, tensor subclasses and dispatch modes get the registered op and the
-reduction (:func:`scc_fast._reduction.pair_loss`). Backend ``native`` has its own compiled
-operator (:mod:`scc_fast.backends.native`).
+reduction (:func:`scc_fast._reduction.pair_loss`).
+
+A backend's ``field`` may return, besides the field, what its own backward needs (``aux``):
+backend ``native`` returns its per-voxel softmax statistics, and its ``backward`` is its compiled
+operator's. The others' ``backward`` is :func:`field_backward` and their ``fake``
+:func:`field_fake`.
 """
 
 from __future__ import annotations
@@ -45,8 +50,9 @@ from ._protocol import FieldRequest, LossOptions
 _HAVE_TRITON = importlib.util.find_spec("triton") is not None
 
 __all__ = [
-    "ACTIVATIONS", "activated_correlation", "activation_code", "activation_name", "fused_entry", "fused_loss",
-    "plain_loss", "probabilities", "probability_correlation", "probability_field",
+    "ACTIVATIONS", "activated_correlation", "activation_code", "activation_name", "field_backward", "field_fake",
+    "fused_entry", "fused_loss", "kernel_backward", "plain_loss", "probabilities", "probability_correlation",
+    "probability_field", "with_no_aux",
 ]
 
 #: Backend name -> module, filled by :func:`fused_entry` as each fused backend is imported.
@@ -104,7 +110,7 @@ def probabilities(
     return p, target
 
 
-def _kernel_backward(x: torch.Tensor, backend: str) -> bool:
+def kernel_backward(x: torch.Tensor, backend: str) -> bool:
     """Whether backward runs as the one-pass Triton kernel (float32/16 on CUDA, or a Triton
     backend under the interpreter)."""
     if not _HAVE_TRITON or x.dtype == torch.float64:
@@ -124,7 +130,37 @@ def probability_field(field, x: torch.Tensor, target: torch.Tensor, request: Fie
             f"(derive_first={r.derive_first}, validate={r.validate})"
         )
     p, backend_target = probabilities(x, target, activation_name(r.activation), r.first_channel, r.ignore_index)
-    return field(p.contiguous(), backend_target, r.first_class, *r.coefficients(), r.need_grad)
+    return with_no_aux(*field(p.contiguous(), backend_target, r.first_class, *r.coefficients(), r.need_grad))
+
+
+def with_no_aux(scc: torch.Tensor, valid: torch.Tensor, field: torch.Tensor):
+    """``(scc, valid, field, aux)`` of a backend whose backward needs nothing besides the field:
+    aux None (no tensor made in eager mode; the registered op returns an empty one)."""
+    return scc, valid, field, None
+
+
+def field_fake(x: torch.Tensor, target: torch.Tensor, request: FieldRequest):
+    """The fake outputs of a fused backend's ``field`` whose field is in the accumulation dtype and
+    whose backward needs nothing else (``aux`` of shape (0,)): the op's fake implementation."""
+    acc = accumulation_dtype(x.dtype)
+    pairs = (x.shape[0], x.shape[1] - request.first_channel)
+    field_shape = (pairs[0], pairs[1] - int(request.derive_first)) + tuple(x.shape[2:])
+    field = x.new_empty(field_shape if request.need_grad else (0,), dtype=acc)
+    return x.new_empty(pairs, dtype=acc), x.new_empty(pairs, dtype=torch.bool), field, x.new_empty((0,), dtype=acc)
+
+
+def field_backward(backend: str, x, target, field, aux, grad_scc, request: FieldRequest, scale=None, eager=False):
+    """dL/dx of a fused backend whose backward needs only the field: the upstream gradient
+    ``grad_scc`` (times a one-element ``scale`` where given), the field and the activation's
+    Jacobian in one pass (:func:`_activation_backward`); in traced code (``eager`` False) through
+    the registered op ``torch.ops.scc_fast.activation_backward``."""
+    use_kernel = kernel_backward(x, backend)
+    r = request
+    if eager:
+        return _activation_backward(x, field, grad_scc, target, r.activation, r.first_channel, r.ignore_index,
+                                    use_kernel, scale=scale)
+    return torch.ops.scc_fast.activation_backward(x, field, grad_scc, target, r.activation, r.first_channel,
+                                                  r.ignore_index, use_kernel)
 
 
 class _OpInputs(NamedTuple):
@@ -138,7 +174,7 @@ class _OpInputs(NamedTuple):
     field_weights: torch.Tensor | None
 
     def field(self):
-        """``(scc, valid, field)`` by the backend's ``field``."""
+        """``(scc, valid, field, aux)`` by the backend's ``field``."""
         return _ENTRIES[self.backend].field(self.x, self.target, self.request, self.field_weights)
 
 
@@ -167,64 +203,65 @@ def _activated_correlation_op(
     derive_first: bool = False,
     validate: bool = False,
     field_weights: Optional[torch.Tensor] = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """SCC (B x C'), valid (B x C' bool) and the field dSCC/dp (B x C' x spatial, or (0,)) by the
-    backend's ``field`` (:class:`~scc_fast.backends._protocol.FieldRequest` for the arguments).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SCC (B x C'), valid (B x C' bool), the field dSCC/dp (B x C' x spatial, or (0,)) and what
+    else the backend's backward needs (``aux``) by the backend's ``field``
+    (:class:`~scc_fast.backends._protocol.FieldRequest` for the arguments).
     With ``recompute`` (and ``need_grad`` False) backward computes the field again instead of
     reading a saved one."""
-    return _named(x, target, backend, activation, first_channel, first_class, ignore_index, include_dc,
-                  magnitude_weight, phase_weight, need_grad, recompute, derive_first, validate, field_weights).field()
+    scc, valid, field, aux = _named(x, target, backend, activation, first_channel, first_class, ignore_index,
+                                    include_dc, magnitude_weight, phase_weight, need_grad, recompute, derive_first,
+                                    validate, field_weights).field()
+    return scc, valid, field, aux if aux is not None else scc.new_empty((0,))
 
 
 @_activated_correlation_op.register_fake
 def _(x, target, backend, activation, first_channel, first_class, ignore_index, include_dc, magnitude_weight,
       phase_weight, need_grad, recompute, derive_first=False, validate=False, field_weights=None):
-    acc = accumulation_dtype(x.dtype)
-    pairs = (x.shape[0], x.shape[1] - first_channel)
-    field_shape = (pairs[0], pairs[1] - int(derive_first)) + tuple(x.shape[2:])
-    field = x.new_empty(field_shape if need_grad else (0,), dtype=acc)
-    return x.new_empty(pairs, dtype=acc), x.new_empty(pairs, dtype=torch.bool), field
+    a = _named(x, target, backend, activation, first_channel, first_class, ignore_index, include_dc,
+               magnitude_weight, phase_weight, need_grad, recompute, derive_first, validate, field_weights)
+    return _ENTRIES[backend].fake(x, target, a.request)
 
 
-def _keep(ctx, inputs: _OpInputs, field: torch.Tensor, *extra: torch.Tensor) -> None:
+def _keep(ctx, inputs: _OpInputs, field: torch.Tensor, aux: torch.Tensor, *extra: torch.Tensor) -> None:
     """The op's options on ``ctx`` (its tensors saved for backward, with ``extra``)."""
     # three attributes, not a _replace(d) copy of the inputs: less host work, every step
     ctx.backend, ctx.request, ctx.recompute = inputs.backend, inputs.request, inputs.recompute
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(inputs.x, inputs.target, field, inputs.field_weights, *extra)
+    if inputs.recompute:  # backward computes the field and aux again
+        aux = None
+    ctx.save_for_backward(inputs.x, inputs.target, field, inputs.field_weights, aux, *extra)
 
 
 def _setup_context(ctx, inputs, output):
-    _keep(ctx, _named(*inputs), output[2])
-    ctx.mark_non_differentiable(output[1], output[2])
+    _keep(ctx, _named(*inputs), output[2], output[3])
+    ctx.mark_non_differentiable(output[1], output[2], output[3])
 
 
-def _backward_with(ctx, grad_scc, activation_backward, **scale):
-    """dL/dx (and None for the op's other inputs) through ``activation_backward`` (the registered
-    op, or its implementation in eager mode, which also takes the upstream gradient as
-    ``grad_scc`` times a ``scale``)."""
+def _backward_with(ctx, grad_scc, eager: bool, scale=None):
+    """dL/dx (and None for the op's other inputs) by the backend's ``backward``: in eager mode
+    (the loss node) with the upstream gradient ``grad_scc`` times a one-element ``scale``."""
     r = ctx.request
     refuse_double_backward(ctx.backend)
-    x, target, field, field_weights = ctx.saved_tensors[:4]
+    x, target, field, field_weights, aux = ctx.saved_tensors[:5]
     nones = (None,) * 14
     if grad_scc is None:
         return (None,) + nones
+    module = _ENTRIES[ctx.backend]
     if ctx.recompute:  # the forward kept no field: run it again, with the gradient this time
         # (validate as in the forward: what the backend computes may depend on it; the checks
         # passed there, so they pass again)
         with torch.no_grad():
-            _, _, field = _OpInputs(x, target, ctx.backend, r._replace(need_grad=True), True, field_weights).field()
+            _, _, field, aux = _OpInputs(x, target, ctx.backend, r._replace(need_grad=True), True,
+                                         field_weights).field()
     if field.numel() == 0:
         raise RuntimeError(f"scc_fast {ctx.backend}: backward called but the forward ran with need_grad=False")
-    use_kernel = _kernel_backward(x, ctx.backend)
-    grad_x = activation_backward(
-        x, field, grad_scc.contiguous(), target, r.activation, r.first_channel, r.ignore_index, use_kernel, **scale,
-    )
+    grad_x = module.backward(ctx.backend, x, target, field, aux, grad_scc.contiguous(), r, scale, eager)
     return (grad_x,) + nones
 
 
-def _backward(ctx, grad_scc, grad_valid, grad_field):
-    return _backward_with(ctx, grad_scc, torch.ops.scc_fast.activation_backward)
+def _backward(ctx, grad_scc, grad_valid, grad_field, grad_aux):
+    return _backward_with(ctx, grad_scc, False)
 
 
 _activated_correlation_op.register_autograd(_backward, setup_context=_setup_context)
@@ -313,18 +350,18 @@ class _ActivatedLossEager(torch.autograd.Function):
     def forward(ctx, *inputs):
         # inputs: the op's 15, then class_weights, reduction
         op_inputs = _named(*inputs[:15])
-        scc, valid, field = op_inputs.field()
+        scc, valid, field, aux = op_inputs.field()
         loss, dloss_dscc = loss_and_derivative(scc, valid, inputs[15], inputs[16],
                                                uniform_grad=op_inputs.request.derive_first)
-        _keep(ctx, op_inputs, field, dloss_dscc)
+        _keep(ctx, op_inputs, field, aux, dloss_dscc)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         if grad_loss is None:
-            return _backward_with(ctx, None, _activation_backward) + (None, None)
-        # dL/dscc = grad_loss * dloss/dscc, multiplied where the activation's backward reads it.
-        return _backward_with(ctx, ctx.saved_tensors[4], _activation_backward, scale=grad_loss) + (None, None)
+            return _backward_with(ctx, None, True) + (None, None)
+        # dL/dscc = grad_loss * dloss/dscc, multiplied where the backend's backward reads it.
+        return _backward_with(ctx, ctx.saved_tensors[5], True, scale=grad_loss) + (None, None)
 
 
 def activated_correlation(
@@ -370,20 +407,9 @@ def activated_correlation(
         ``(scc, valid)``, both B x C'; ``scc`` is differentiable in ``x``.
     """
     code = activation_code(activation)
-    if code and not _kernel_backward(x, backend):
-        # Written with torch ops, the fused backward recomputes the softmax and holds as many
-        # full-size temporaries as autograd's own softmax backward (measured on CPU: slower, no
-        # lower peak), so without the kernel the activation is applied outside, as usual.
-        if derive_first or validate or field_weights is not None:
-            raise ValueError(
-                f"backend {backend!r} cannot derive a class's field or make the checks without its backward kernel "
-                f"(derive_first={derive_first}, validate={validate}, field_weights given: {field_weights is not None})"
-            )
-        x, target = probabilities(x, target, activation, first_channel, ignore_index)
-        code, first_channel, ignore_index = 0, 0, None
     inputs = _op_inputs(backend, x, target, code, first_channel, first_class, ignore_index, include_dc,
                         magnitude_weight, phase_weight, derive_first, validate, field_weights)
-    scc, valid, _ = _activated_correlation_op(*inputs)
+    scc, valid, _, _ = _activated_correlation_op(*inputs)
     return scc, valid
 
 
@@ -420,12 +446,12 @@ def fused_loss(
     in_kernel: bool = False,
     checks_in_op: bool = False,
     derive_first: bool = False,
+    activation_outside: bool = False,
 ) -> torch.Tensor:
     """The loss of a backend registered with :func:`fused_entry`, the probabilities never saved.
 
-    In eager mode, with the activation's backward kernel and plain tensors, one autograd node
-    (:class:`_ActivatedLossEager`); elsewhere the module's ``activated_correlation`` (the
-    registered op, or native's operator) and the reduction.
+    In eager mode, with plain tensors, one autograd node (:class:`_ActivatedLossEager`);
+    elsewhere the registered op and the reduction.
 
     Args:
         backend: the backend's name.
@@ -435,9 +461,14 @@ def fused_loss(
         checks_in_op: with ``options.validate``, the backend's kernels make the checks.
         derive_first: class 0's field derived from the others' (:func:`activated_correlation`);
             only with reduction "mean" or "sum", whose derivative is then made uniform.
+        activation_outside: apply the activation with torch ops before the op, autograd keeping
+            the probabilities: for a backend whose backward would run as torch ops
+            (:func:`kernel_backward` false), which recompute the softmax and hold as many
+            full-size temporaries as autograd's own softmax backward (slower on a CPU, no lower
+            peak).
     """
     o = options
-    if not _settings.current().fuse_activation:  # the A/B setting: the activation outside
+    if activation_outside or not _settings.current().fuse_activation:  # (the setting: an A/B switch)
         return plain_loss(_ENTRIES[backend].correlation, x, target, o)
     if not in_kernel:
         x = to_accumulation(x)
@@ -445,14 +476,13 @@ def fused_loss(
         _checks.check_values(x, target, o.ignore_index)
     field_weights = o.class_weights if derive_first else None
     validate = checks_in_op and o.validate
-    eager = _kernel_backward(x, backend) and plain_eager(x, target)
-    if eager and (o.class_weights is None or plain_eager(o.class_weights)):
+    if plain_eager(x, target) and (o.class_weights is None or plain_eager(o.class_weights)):
         inputs = _op_inputs(backend, x, target, activation_code(o.activation), o.first_channel, o.first_class,
                             o.ignore_index, o.include_dc, o.magnitude_weight, o.phase_weight, derive_first, validate,
                             field_weights)
         return _ActivatedLossEager.apply(*inputs, o.class_weights, o.reduction)
-    scc, valid = _ENTRIES[backend].activated_correlation(
-        x, target, activation=o.activation, first_channel=o.first_channel, first_class=o.first_class,
+    scc, valid = activated_correlation(
+        backend, x, target, activation=o.activation, first_channel=o.first_channel, first_class=o.first_class,
         ignore_index=o.ignore_index, derive_first=derive_first, validate=validate, field_weights=field_weights,
         **o.coefficients(),
     )
@@ -464,9 +494,7 @@ def fused_entry(backend: str, module: ModuleType):
     :func:`activated_correlation` with the name bound. The registered op names its backend by
     string (custom ops take no modules) and finds the module's ``field`` here (a
     :class:`~scc_fast.backends._protocol.FusedBackend`), so this module never imports the registry
-    or a backend. :func:`fused_loss` finds the module's ``correlation`` and ``activated_correlation``
-    here too: backend "native" registers with its own (its compiled operator, whose backward
-    needs no kernel of this module's)."""
+    or a backend."""
     _ENTRIES[backend] = module
 
     def activated(x: torch.Tensor, target: torch.Tensor, **options) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,11 +9,13 @@ libtorch exports it (:func:`fft_engine`), on maps whose rows are padded where th
 multiple of 8 (power-of-two strides collide in the cache), and the operator's buffers are reused
 from call to call (:func:`cached_bytes`, :func:`empty_cache`).
 The gradient field dSCC/dp is computed in the forward call and saved; backward is one elementwise
-pass (``torch.ops.scc_fast.scc_backward``). With :func:`activated_correlation` the softmax or
-sigmoid (and the ignore mask) run inside the operator, so no probability tensor is made or kept.
+pass (``torch.ops.scc_fast.scc_backward``). The softmax or sigmoid (and the ignore mask) run
+inside the operator, so no probability tensor is made or kept.
 
-The operator is optional at build time (``scc_fast._C``). This module registers its fake
-(meta) kernel, so ``torch.compile`` traces it, and its autograd formula.
+The operator runs inside the fused backends' one registered op,
+``torch.ops.scc_fast.activated_correlation`` (:mod:`scc_fast.backends.activation`), as this
+module's :func:`field`, :func:`backward` and :func:`fake`. It is optional at build time
+(``scc_fast._C``); this module registers the C++ operators' fake (meta) kernels.
 """
 
 from __future__ import annotations
@@ -26,9 +28,8 @@ import sys
 
 from .. import _settings
 from .._checks import raise_flagged
-from .._numerics import refuse_double_backward
-from ._protocol import LossOptions
-from .activation import ACTIVATIONS, activation_code, fused_entry, fused_loss  # the C++ enum Activation (csrc/cpu/scc_cpu.cpp) uses these codes
+from ._protocol import FieldRequest, LossOptions
+from .activation import ACTIVATIONS, activation_name, fused_entry, fused_loss, probability_correlation  # the C++ enum Activation (csrc/cpu/scc_cpu.cpp) uses these codes
 
 __all__ = [
     "activated_correlation",
@@ -119,28 +120,6 @@ def _register_python_side() -> None:
     @torch.library.register_fake("scc_fast::scc_backward")
     def _(field, grad_scc, input, stats, activation, first_channel):
         return input.new_empty(input.shape)
-
-    def setup_context(ctx, inputs, output):
-        input, _target, activation, first_channel = inputs[:4]
-        # No zero-filled gradients for the outputs nothing flows into (valid, field, stats): that
-        # would cost full-size allocations in every backward.
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(input, output[2], output[3])
-        ctx.activation, ctx.first_channel = activation, first_channel
-
-    def backward(ctx, grad_scc, grad_valid, grad_field, grad_stats, grad_flags):
-        refuse_double_backward("native")
-        input, field, stats = ctx.saved_tensors
-        torch._check(field.dim() >= 3, lambda: "scc_forward was called with need_grad=False; it has no gradient")
-        nones = (None,) * 9
-        if grad_scc is None:
-            return (None,) + nones
-        grad_input = torch.ops.scc_fast.scc_backward(
-            field, grad_scc.contiguous(), input, stats, ctx.activation, ctx.first_channel
-        )
-        return (grad_input,) + nones
-
-    torch.library.register_autograd("scc_fast::scc_forward", backward, setup_context=setup_context)
 
 
 def unavailable_reason() -> str | None:
@@ -255,15 +234,8 @@ def correlation(
     Returns:
         ``(scc, valid)``, both B x C'; ``scc`` is differentiable in ``probs``.
     """
-    return activated_correlation(
-        probs,
-        target,
-        activation=None,
-        first_class=first_class,
-        include_dc=include_dc,
-        magnitude_weight=magnitude_weight,
-        phase_weight=phase_weight,
-    )
+    return probability_correlation("native", probs, target, first_class=first_class, include_dc=include_dc,
+                                   magnitude_weight=magnitude_weight, phase_weight=phase_weight)
 
 
 def activated_correlation(
@@ -278,15 +250,14 @@ def activated_correlation(
     magnitude_weight: float = 0.5,
     phase_weight: float = 0.5,
     validate: bool = False,
-    derive_first: bool = False,
-    field_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pair SCC of ``activation(input)``, the activation fused into the operator.
 
     The probabilities are never a tensor: the forward pass computes them inside its passes
-    (softmax from per-voxel max and 1 / sum, 2 x B x spatial values), and backward recomputes
-    them from ``input`` while it applies the activation's Jacobian, in one pass. This saves
-    the B x C x spatial probabilities and the separate softmax forward and backward.
+    (softmax from per-voxel max and 1 / sum, 2 x B x spatial values, kept for backward), and
+    backward recomputes them from ``input`` while it applies the activation's Jacobian, in one
+    pass. This saves the B x C x spatial probabilities and the separate softmax forward and
+    backward.
 
     Args:
         input: B x C x spatial logits (``activation`` "softmax" over C, or "sigmoid"), or
@@ -302,47 +273,60 @@ def activated_correlation(
         validate: raise ``scc_loss(validate=True)``'s ``ValueError`` for labels outside 0 .. C - 1
             and for NaN/Inf in ``input``, from what the operator's passes saw (after its forward
             call). Only where :func:`validates_in_op` is true.
-        derive_first, field_weights: the keywords of
-            :func:`scc_fast.backends.activation.activated_correlation`; the operator derives no
-            class, so only False and None.
 
     Returns:
         ``(scc, valid)``, both B x C'; ``scc`` is differentiable in ``input``.
     """
+    return _activated(input, target, activation=activation, first_channel=first_channel, first_class=first_class,
+                      ignore_index=ignore_index, include_dc=include_dc, magnitude_weight=magnitude_weight,
+                      phase_weight=phase_weight, validate=validate)
+
+
+def field(x: torch.Tensor, target: torch.Tensor, request: FieldRequest, field_weights=None):
+    """``(scc, valid, field, stats)`` (:class:`scc_fast.backends._protocol.FusedBackend`) by the
+    operator ``torch.ops.scc_fast.scc_forward``: ``stats`` are the per-voxel softmax statistics
+    its backward reads (shape (0,) where there are none)."""
+    r = request
     _require()
-    if derive_first or field_weights is not None:
+    if r.derive_first or field_weights is not None:
         raise ValueError("backend 'native' derives no class's field: derive_first must be False, field_weights None")
-    if validate and not validates_in_op(
-        activation=activation,
-        labels=not target.is_floating_point(),
-        first_channel=first_channel,
-        ignore_index=ignore_index,
-    ):
+    name = activation_name(r.activation)
+    labels = not target.is_floating_point()
+    if r.validate and not validates_in_op(activation=name, labels=labels, first_channel=r.first_channel,
+                                          ignore_index=r.ignore_index):
         raise ValueError(
             "validate=True needs softmax, integer labels, first_channel=0 and no ignore_index (validates_in_op); "
-            f"got activation={activation!r}, target dtype {target.dtype}, first_channel={first_channel}, "
-            f"ignore_index={ignore_index!r}"
+            f"got activation={name!r}, target dtype {target.dtype}, first_channel={r.first_channel}, "
+            f"ignore_index={r.ignore_index!r}"
         )
-    reason = unsupported_reason(input, target)
+    reason = unsupported_reason(x, target)
     if reason is not None:
         raise RuntimeError(f"backend 'native' cannot run: {reason}")
-    code = activation_code(activation)
-    need_grad = torch.is_grad_enabled() and input.requires_grad
-    scc, valid, _, _, flags = torch.ops.scc_fast.scc_forward(
-        input,
-        target,
-        code,
-        int(first_channel),
-        int(first_class),
-        None if ignore_index is None else int(ignore_index),
-        bool(include_dc),
-        float(magnitude_weight),
-        float(phase_weight),
-        need_grad,
+    scc, valid, grad, stats, flags = torch.ops.scc_fast.scc_forward(
+        x, target, r.activation, r.first_channel, r.first_class, r.ignore_index, *r.coefficients(), r.need_grad
     )
-    if validate:  # per-image flags (csrc/cpu/scc_cpu.cpp, enum InputFlag: the FLAG_* bits)
-        raise_flagged(flags, target, input.shape[1])
-    return scc, valid
+    if r.validate:  # per-image flags (csrc/cpu/scc_cpu.cpp, enum InputFlag: the FLAG_* bits)
+        raise_flagged(flags, target, x.shape[1])
+    return scc, valid, grad, stats
+
+
+def backward(backend, x, target, field, aux, grad_scc, request: FieldRequest, scale=None, eager=False):
+    """dL/dx by the operator's backward, ``torch.ops.scc_fast.scc_backward``: the upstream
+    gradient (times ``scale`` where given), the field and the activation's Jacobian, p recomputed
+    from ``x`` and the saved statistics ``aux``, in one pass."""
+    if scale is not None:
+        grad_scc = grad_scc * scale
+    return torch.ops.scc_fast.scc_backward(field, grad_scc.contiguous(), x, aux, request.activation,
+                                           request.first_channel)
+
+
+def fake(x: torch.Tensor, target: torch.Tensor, request: FieldRequest):
+    """The fake outputs of :func:`field` (the registered op's fake implementation)."""
+    pairs = (x.shape[0], x.shape[1] - request.first_channel)
+    grad = x.new_empty(pairs + tuple(x.shape[2:])) if request.need_grad else x.new_empty((0,))
+    uses_stats = request.activation == ACTIVATIONS["softmax"] or request.ignore_index is not None
+    stats = x.new_empty((x.shape[0], 2) + tuple(x.shape[2:])) if uses_stats else x.new_empty((0,))
+    return x.new_empty(pairs), x.new_empty(pairs, dtype=torch.bool), grad, stats
 
 
 def loss(x: torch.Tensor, target: torch.Tensor, options: LossOptions) -> torch.Tensor:
@@ -356,5 +340,5 @@ def loss(x: torch.Tensor, target: torch.Tensor, options: LossOptions) -> torch.T
     return fused_loss("native", x, target, o, checks_in_op=checks_in_op)
 
 
-# fused_loss finds correlation and activated_correlation here.
-fused_entry("native", sys.modules[__name__])
+# The registered op of scc_fast.backends.activation calls field, backward and fake.
+_activated = fused_entry("native", sys.modules[__name__])

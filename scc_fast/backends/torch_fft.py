@@ -26,7 +26,9 @@ from .._numerics import (
     variance_is_zero,
 )
 from ._protocol import FieldRequest, LossOptions
-from .activation import fused_entry, fused_loss, probability_correlation, probability_field
+from .activation import (
+    field_backward, field_fake, fused_entry, fused_loss, kernel_backward, probability_correlation, probability_field,
+)
 
 __all__ = ["correlation", "complex_correlation", "field", "loss", "PairStatistics", "pair_coefficients"]
 
@@ -257,14 +259,17 @@ def field(x: torch.Tensor, target: torch.Tensor, request: FieldRequest, field_we
     return probability_field(_probs_field, x, target, request)
 
 
-# The activation fused around field (scc_fast.backends.activation).
+# The registered op's backward and fake implementation, and the activation fused around field
+# (scc_fast.backends.activation).
+backward, fake = field_backward, field_fake
 activated_correlation = fused_entry("torch", sys.modules[__name__])
 
 
 def loss(x: torch.Tensor, target: torch.Tensor, options: LossOptions) -> torch.Tensor:
     """The loss (:class:`scc_fast.backends._protocol.Backend`); the activation is fused where the
     one-pass backward kernel runs (CUDA), applied with torch ops elsewhere."""
-    return fused_loss("torch", x, target, options)
+    outside = options.activation is not None and not kernel_backward(x, "torch")
+    return fused_loss("torch", x, target, options, activation_outside=outside)
 
 
 def complex_correlation(

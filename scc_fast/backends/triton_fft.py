@@ -51,7 +51,10 @@ from .._checks import raise_flagged
 from .._grid import next_power_of_2
 from .._numerics import accumulation_dtype, to_accumulation
 from ._protocol import FieldRequest, LossOptions
-from .activation import fused_entry, fused_loss, probability_correlation, probability_field
+from .activation import (
+    field_backward, field_fake, fused_entry, fused_loss, kernel_backward, probability_correlation, probability_field,
+    with_no_aux,
+)
 
 try:
     import triton
@@ -1215,7 +1218,11 @@ def field(x: torch.Tensor, target: torch.Tensor, request: FieldRequest, field_we
             first_channel=r.first_channel, ignore_index=r.ignore_index, derive_first=r.derive_first,
             validate=r.validate, field_weights=field_weights,
         )
-    return scc, valid, grad if grad is not None else scc.new_empty((0,))
+    return with_no_aux(scc, valid, grad if grad is not None else scc.new_empty((0,)))
+
+
+# The registered op's backward and fake implementation (scc_fast.backends.activation).
+backward, fake = field_backward, field_fake
 
 
 # The activation fused around field (scc_fast.backends.activation).
@@ -1234,5 +1241,6 @@ def loss(x: torch.Tensor, target: torch.Tensor, options: LossOptions) -> torch.T
         activation=o.activation, labels=labels, first_channel=o.first_channel, ignore_index=o.ignore_index, x=x
     )
     derive_first = o.reduction != "none" and derives_first_class(x, o.activation, o.first_channel, o.ignore_index)
+    outside = o.activation is not None and not kernel_backward(x, "triton_fft")  # float64: no backward kernel
     return fused_loss("triton_fft", x, target, o, in_kernel=in_kernel, checks_in_op=checks_in_op,
-                      derive_first=derive_first)
+                      derive_first=derive_first, activation_outside=outside)

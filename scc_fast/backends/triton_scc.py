@@ -54,7 +54,9 @@ import torch
 
 from .. import _settings
 from ._protocol import FieldRequest, LossOptions
-from .activation import fused_entry, fused_loss, probability_correlation, probability_field
+from .activation import (
+    field_backward, field_fake, fused_entry, fused_loss, probability_correlation, probability_field, with_no_aux,
+)
 
 try:  # Triton is optional: without it the backend reports itself unavailable.
     import triton
@@ -1642,7 +1644,7 @@ def activation_in_kernel() -> bool:
 def field(x: torch.Tensor, target: torch.Tensor, request: FieldRequest, field_weights=None):
     """``(scc, valid, field)`` (:class:`scc_fast.backends._protocol.FusedBackend`): softmax or
     sigmoid computed inside the kernels where :func:`activation_in_kernel`, with torch ops before
-    them otherwise. field = dSCC/dp (B x C' x spatial float32, or (0,))."""
+    them otherwise. field = dSCC/dp (B x C' x spatial float32, or (0,)); no ``aux``."""
     r = request
     if not (r.activation and activation_in_kernel()):
         return probability_field(_probs_field, x, target, r)
@@ -1659,7 +1661,12 @@ def field(x: torch.Tensor, target: torch.Tensor, request: FieldRequest, field_we
     if r.ignore_index is not None:  # an ignored voxel matches no class (its p is 0 through the statistics)
         target = torch.where(target == r.ignore_index, torch.full_like(target, -1), target)
     with torch.no_grad():
-        return _launcher(probs_view)(x, target, r.first_class, *r.coefficients(), r.need_grad, _precision(), act)
+        return with_no_aux(*_launcher(probs_view)(x, target, r.first_class, *r.coefficients(), r.need_grad,
+                                                  _precision(), act))
+
+
+# The registered op's backward and fake implementation (scc_fast.backends.activation).
+backward, fake = field_backward, field_fake
 
 
 # The activation fused around field (scc_fast.backends.activation).
