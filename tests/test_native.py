@@ -552,14 +552,18 @@ def test_fft_engine_switch(monkeypatch):
     assert engine in ("mkl_inplace", "aten")
     if sys.platform.startswith("linux") and torch.backends.mkl.is_available():
         assert engine == "mkl_inplace"
-    radix = "radix_avx512" if native.isa() == "avx512" else engine
+    widest = native.isa()
+    radix = f"radix_{widest}" if widest != "baseline" else engine
     for shape in [(64, 64, 64), (224, 224), (96, 96, 96), (7, 5, 16), (1, 2048)]:
         assert native.fft_engine(shape) == radix, shape
     # A prime factor of 11, 13; a last axis not a multiple of 8, under 16 or over 2048.
     for shape in [(44, 64), (64, 13, 64), (64, 60), (9, 7), (64, 8), (2, 4096)]:
         assert native.fft_engine(shape) == engine, shape
     assert native.fft_engine((64, 64, 64), torch.float64) == engine
+    # The transform's build follows the inner loops' (the setting native_isa caps both).
     _settings.update(native_isa="avx2")
+    assert native.fft_engine((64, 64, 64)) == ("radix_avx2" if widest != "baseline" else engine)
+    _settings.update(native_isa="baseline")
     assert native.fft_engine((64, 64, 64)) == engine
     _settings.update(native_isa="auto")
     _settings.update(native_fft="mkl")
@@ -584,12 +588,19 @@ def test_fft_engine_rejects_bad_arguments_and_settings(monkeypatch):
     assert native.fft_engine() in ("mkl_inplace", "aten")
 
 
-def _require_radix(monkeypatch):
-    """Skips unless the operator's own radix transform runs here (AVX-512, GCC x86-64)."""
+_RADIX_NEEDS = {"avx512": "AVX-512 F/DQ/BW/VL and FMA", "avx2": "AVX2 and FMA"}
+
+
+@pytest.fixture(params=["avx512", "avx2"])
+def radix_build(request, monkeypatch):
+    """Each build of the operator's own radix transform (the setting native_isa picks it); skips,
+    saying what is missing, where this CPU or compiler lacks it."""
     _settings.update(native_fft="auto")
-    _settings.update(native_isa="auto")
-    if native.fft_engine((64, 64)) != "radix_avx512":
-        pytest.skip("the radix transform needs AVX-512 and a GCC x86-64 build")
+    _settings.update(native_isa=request.param)
+    if native.fft_engine((64, 64)) != f"radix_{request.param}":
+        pytest.skip(f"the radix transform's {request.param} build needs {_RADIX_NEEDS[request.param]} "
+                    f"and a GCC x86-64 build; here the inner loops' widest build is {native.isa()!r}")
+    return request.param
 
 
 # 2D and 3D; every radix (2, 3, 4, 5, 7) on the leading axes and inside rows: a last axis of 64
@@ -605,11 +616,10 @@ RADIX_FFT_SHAPES = [(2, 64, 64, 64), (3, 4, 64), (1, 2, 128), (2, 8, 2, 64), (1,
 @pytest.mark.parametrize("shape", RADIX_FFT_SHAPES)
 @pytest.mark.parametrize("forward", [True, False])
 @pytest.mark.parametrize("reverse_items", [False, True])
-def test_radix_fft_matches_torch_fft(shape, forward, reverse_items, monkeypatch):
+def test_radix_fft_matches_torch_fft(shape, forward, reverse_items, radix_build):
     """The operator's own transform (through a padded workspace, spectra unpermuted by the test hook)
     against torch.fft in complex128: forward fftn, inverse n * ifftn; each stage's items in either
-    order (threads split them)."""
-    _require_radix(monkeypatch)
+    order (threads split them); both builds (8 and 4 complex lanes)."""
     g = torch.Generator().manual_seed(31)
     x = torch.complex(torch.randn(shape, generator=g), torch.randn(shape, generator=g))
     dims = tuple(range(1, x.dim()))
@@ -621,8 +631,7 @@ def test_radix_fft_matches_torch_fft(shape, forward, reverse_items, monkeypatch)
 
 
 @needs_op
-def test_radix_fft_hook_rejects_what_it_cannot_transform(monkeypatch):
-    _require_radix(monkeypatch)
+def test_radix_fft_hook_rejects_what_it_cannot_transform(radix_build):
     with pytest.raises(RuntimeError, match="maps must be a complex64 CPU tensor, got ComplexDouble"):
         torch.ops.scc_fast.native_radix_fft(torch.zeros(1, 4, 64, dtype=torch.complex128), True)
     for shape in [(1, 11, 64), (1, 4, 60), (1, 4, 8)]:
@@ -642,12 +651,11 @@ def test_radix_fft_hook_rejects_what_it_cannot_transform(monkeypatch):
     [(2, 4, 8, 64), (1, 2, 4, 64), (1, 3, 2, 4, 64), (2, 5, 4, 2, 128), (1, 3, 16, 256), (1, 3, 14, 224),
      (2, 2, 6, 5, 40)],
 )
-def test_radix_engine_matches_reference(shape, threads, monkeypatch):
+def test_radix_engine_matches_reference(shape, threads, radix_build):
     """Float32 losses and gradients through the radix transform (its spectra with digit-reversed
     leading axes: the passes reach mirror rows through its own table) against the float64 reference,
-    with the complement spectrum (softmax, labels) and without it (a float target)."""
-    _require_radix(monkeypatch)
-    assert native.fft_engine(shape[2:]) == "radix_avx512"
+    with the complement spectrum (softmax, labels) and without it (a float target); both builds."""
+    assert native.fft_engine(shape[2:]) == f"radix_{radix_build}"
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -657,22 +665,23 @@ def test_radix_engine_matches_reference(shape, threads, monkeypatch):
 
 
 @needs_op
-def test_radix_engine_results_do_not_depend_on_the_thread_count(monkeypatch):
+def test_radix_engine_results_do_not_depend_on_the_thread_count(radix_build):
     """One thread transforms every map itself; two split the maps, and a map left over stage by stage:
-    the same arithmetic per item, so the same bits."""
-    _require_radix(monkeypatch)
+    the same arithmetic per item, so the same bits (each build)."""
     g = torch.Generator().manual_seed(35)
     logits = torch.randn(1, 2, 8, 16, 64, generator=g)  # 1 map per transform: split by stages
     labels = torch.randint(0, 2, (1, 8, 16, 64), generator=g)
     before = torch.get_num_threads()
     try:
         results = []
-        for threads in (1, 2):
+        for threads in (1, 2, 2):  # and run to run: the same bits after other work in between
             torch.set_num_threads(threads)
             results.append(_softmax_step(logits, labels, "native"))
+            _softmax_step(torch.randn(2, 3, 4, 6, 40, generator=g), torch.randint(0, 3, (2, 4, 6, 40), generator=g), "native")
     finally:
         torch.set_num_threads(before)
-    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    for other in results[1:]:
+        assert torch.equal(results[0][0], other[0]) and torch.equal(results[0][1], other[1])
 
 
 @needs_op

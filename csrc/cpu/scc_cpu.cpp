@@ -1,6 +1,6 @@
 // CPU kernels of scc_fast::scc_forward and scc_fast::scc_backward: the identities of docs/loss.md section 5 with fused passes
 // around the FFTs (in place: the operator's own for float32 maps of sizes with prime factors up to 7
-// on AVX-512 CPUs, scc_cpu_radix_fft.h, MKL where libtorch exports it; else ATen's: scc_cpu_fft.h), the
+// on AVX-512 and AVX2 CPUs, scc_cpu_radix_fft.h, MKL where libtorch exports it; else ATen's: scc_cpu_fft.h), the
 // activation (softmax over channels, or sigmoid) and the ignore mask included. Outputs, saved
 // tensors and workspace come from a cache of released buffers (scc_cpu_buffers.h).
 //
@@ -329,11 +329,11 @@ PairCoef pair_coefficients(
 
 Isa kernel_isa();
 
-// Whether the operator's own radix transform runs for these maps: float32, a shape it fits,
-// the AVX-512 build of the kernels chosen (kernel_isa: the CPU runs it) and the setting fft "auto".
+// Whether the operator's own radix transform runs for these maps: float32, a shape it fits, the
+// AVX-512 or AVX2 build of the kernels chosen (kernel_isa: the CPU runs it; the transform's build is
+// the same ISA's, radix_lanes) and the setting fft "auto".
 bool use_radix_fft(at::ScalarType dtype, at::IntArrayRef spatial) {
-  return dtype == at::kFloat && fft_choice() == FftChoice::kAuto && kernel_isa() == Isa::kAvx512 &&
-         radix_fft_fits(spatial);
+  return dtype == at::kFloat && fft_choice() == FftChoice::kAuto && radix_lanes() > 0 && radix_fft_fits(spatial);
 }
 
 // What the operator was asked to compute, besides the tensors.
@@ -461,13 +461,13 @@ RunContext<scalar_t, Y> plan_run(const at::Tensor& input, const Y* tdata, bool l
 
   // Complex workspace maps (z, and the spectra and packed fields over it when transformed in place)
   // have rows LS elements apart, M elements per map; real maps are packed (N).
-  // The operator's own transform (scc_cpu_radix_fft.h) for float32 maps it fits on AVX-512, whose
+  // The operator's own transform (scc_cpu_radix_fft.h) for float32 maps it fits on AVX-512 or AVX2, whose
   // spectra keep the leading axes in digit-reversed order (the passes only see it through neg_row);
   // MKL's in place elsewhere where libtorch exports it, else ATen's.
   c.radix = use_radix_fft(input.scalar_type(), c.spatial);
   c.inplace = c.radix || inplace_fft_available(input.scalar_type());
   c.LS = workspace_row_stride(c.L, c.inplace), c.M = c.g.rows * c.LS;
-  c.plan = c.radix ? radix_plan(c.spatial, c.LS) : nullptr;
+  c.plan = c.radix ? radix_plan(c.spatial, c.LS, radix_lanes()) : nullptr;
   plan_chunks(c);
 
   // Workspace: the chunk's maps z only. The packed field of pairs 2m and 2m + 1 is written over z's map
@@ -944,9 +944,7 @@ void run(
 // The setting isa (baseline, avx2, avx512) caps it, for tests and comparisons; read at every call.
 Isa kernel_isa() {
 #ifdef SCC_HAVE_AVX2_KERNELS
-  static const Isa best = cpu_runs_avx512()                                                 ? Isa::kAvx512
-                          : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? Isa::kAvx2
-                                                                                               : Isa::kBaseline;
+  static const Isa best = cpu_runs_avx512() ? Isa::kAvx512 : cpu_runs_avx2() ? Isa::kAvx2 : Isa::kBaseline;
 #else
   constexpr Isa best = Isa::kBaseline;
 #endif
@@ -1138,13 +1136,13 @@ std::string native_isa() {
 }
 
 // The transforms the operator uses for maps of this spatial shape and dtype (float32 by default):
-// "radix_avx512", "mkl_inplace" or "aten"; without a shape, those of shapes the radix transform
-// does not fit.
+// "radix_avx512", "radix_avx2", "mkl_inplace" or "aten"; without a shape, those of shapes the radix
+// transform does not fit.
 std::string native_fft_engine(at::IntArrayRef spatial, std::optional<at::ScalarType> dtype) {
   const at::ScalarType t = dtype.value_or(at::kFloat);
   TORCH_CHECK(t == at::kFloat || t == at::kDouble, "native_fft_engine: dtype must be float32 or float64, got ", t);
   for (auto s : spatial) TORCH_CHECK(s >= 1, "native_fft_engine: spatial sizes must be >= 1, got ", spatial);
-  if (!spatial.empty() && use_radix_fft(t, spatial)) return "radix_avx512";
+  if (!spatial.empty() && use_radix_fft(t, spatial)) return radix_lanes() == 8 ? "radix_avx512" : "radix_avx2";
   return inplace_fft_available(t) ? "mkl_inplace" : "aten";
 }
 
@@ -1158,6 +1156,14 @@ TORCH_LIBRARY_FRAGMENT(scc_fast, m) {
 TORCH_LIBRARY_IMPL(scc_fast, CPU, m) {
   m.impl("scc_forward", &scc_forward_cpu);
   m.impl("scc_backward", &scc_backward_cpu);
+}
+
+int radix_lanes() {
+  switch (kernel_isa()) {
+    case Isa::kAvx512: return 8;
+    case Isa::kAvx2: return 4;
+    default: return 0;
+  }
 }
 
 }  // namespace scc_fast
