@@ -18,6 +18,7 @@ from torch import nn
 import scc_fast
 from scc_fast import backends
 
+
 # ---------------------------------------------------------------- backends
 
 
@@ -50,19 +51,6 @@ def backend_input(input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tens
     elif target.is_floating_point():
         target = target.to(probs.dtype)
     return probs, target
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor, floor: float = 0.0) -> float:
-    """||out - ref|| / max(||ref||, floor) in float64; the absolute error where that is 0.
-
-    ``floor=1`` for losses and correlations: they are O(1) quantities (the loss is 1 - SCC), and
-    when SCC is close to 1 (or a correlation close to 0) their own rounding is absolute, not
-    relative to a small value.
-    """
-    out, ref = out.detach().double(), ref.detach().double()
-    diff = torch.linalg.vector_norm(out - ref).item()
-    scale = max(torch.linalg.vector_norm(ref).item(), floor)
-    return diff / scale if scale > 0 else diff
 
 
 # ---------------------------------------------------------------- a small UNet

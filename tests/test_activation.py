@@ -18,32 +18,13 @@ from scc_fast._numerics import plain_eager
 from scc_fast.backends import activation
 
 from _fused import fused_case, fused_vs_reference
-
-TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
-
+from _helpers import TOL, rel_err
 
 def available(name: str) -> bool:
     return backends.available_backends()[name].available
 
 
 FUSED = [name for name in ("torch", "triton", "triton_fft") if available(name)]
-
-
-@pytest.mark.parametrize("backend", FUSED)
-@pytest.mark.parametrize("act", ["softmax", "sigmoid", None])
-@pytest.mark.parametrize("include_background", [True, False])
-@pytest.mark.parametrize("ignore_index", [None, 255, 1])
-@pytest.mark.parametrize("shape", [(2, 3, 9, 12), (1, 3, 4, 8, 9)])
-def test_fused_matches_reference(backend, act, include_background, ignore_index, shape):
-    dtype = torch.float64 if backend == "torch" else torch.float32  # the Triton backends compute float32
-    out, ref, grad, ref_grad = fused_vs_reference(backend, act, include_background, ignore_index, shape, dtype)
-    assert rel_err(out, ref) <= TOL[dtype]
-    assert rel_err(grad, ref_grad) <= TOL[dtype]
 
 
 @pytest.mark.skipif(not available("triton_fft"), reason="Triton (or TRITON_INTERPRET=1) not available")

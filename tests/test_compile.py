@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from scc_fast import DiceCESCCLoss, scc_loss
-from _models import backend_input, backend_params, rel_err, require_supported
+from _helpers import rel_err
+from _models import backend_input, backend_params, require_supported
 
 BACKENDS = backend_params()
 

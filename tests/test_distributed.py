@@ -24,7 +24,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import scc_fast
-from _models import ddp_batch, ddp_worker, make_model, rel_err
+from _helpers import rel_err
+from _models import ddp_batch, ddp_worker, make_model
 
 WORLD_SIZE = 2
 STEPS = 2

@@ -24,7 +24,8 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from scc_fast import backends, scc_loss, spectral_correlation
-from _models import backend_params, rel_err
+from _helpers import rel_err
+from _models import backend_params
 
 BACKENDS = backend_params()
 

@@ -16,7 +16,8 @@ from torch import nn
 
 import scc_fast
 from scc_fast import DiceCESCCLoss, SCCLoss, SpatialSpectralLoss, backends, scc_loss, spectral_correlation
-from _models import backend_input, backend_params, rel_err, require_supported
+from _helpers import rel_err
+from _models import backend_input, backend_params, require_supported
 
 BACKENDS = backend_params()
 FAST_BACKENDS = backend_params(exclude=("reference",))

@@ -11,57 +11,14 @@ import scc_fast
 from scc_fast.backends import torch_fft
 from scc_fast.reference import reference_complex_correlation, reference_correlation
 
-SHAPES = [(2, 3, 16, 16), (2, 3, 15, 9), (1, 4, 8, 13), (2, 2, 6, 5, 7), (1, 3, 8, 8, 8)]
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
-
-
-def make_inputs(shape, labels: bool, seed: int = 0, ignore: bool = False):
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(shape, generator=g, dtype=torch.float64) * 2
-    spatial = (shape[0],) + tuple(shape[2:])
-    if labels:
-        target = torch.randint(0, shape[1], spatial, generator=g)
-        if ignore:
-            target[torch.rand(spatial, generator=g) < 0.1] = -1  # what functional passes for ignore_index
-    else:
-        target = torch.softmax(torch.randn(shape, generator=g, dtype=torch.float64) * 3, dim=1)
-    return logits, target
-
-
-def per_pair_grad(fn, probs, target, seed=1, **kw):
-    """Value and input gradient of a random weighting of the per-pair output (tests grad_output)."""
-    x = probs.detach().clone().requires_grad_(True)
-    scc, valid = fn(x, target, **kw)
-    w = torch.rand(scc.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(scc.dtype)
-    (grad,) = torch.autograd.grad((scc * w).sum(), x)
-    return scc.detach(), valid, grad
-
-
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("include_dc", [False, True])
-@pytest.mark.parametrize("labels", [True, False])
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
-def test_correlation_matches_reference(shape, include_dc, labels, dtype, tol):
-    logits, target = make_inputs(shape, labels, ignore=labels)
-    probs = torch.softmax(logits, 1)
-    kw = dict(first_class=0, include_dc=include_dc, magnitude_weight=0.3, phase_weight=0.7)
-    ref, ref_valid, ref_grad = per_pair_grad(reference_correlation, probs, target, **kw)
-    t = target if labels else target.to(dtype)
-    out, valid, grad = per_pair_grad(torch_fft.correlation, probs.to(dtype), t, **kw)
-    assert out.dtype == dtype and grad.dtype == dtype
-    assert torch.equal(valid, ref_valid)
-    assert rel_err(out, ref) <= tol
-    assert rel_err(grad, ref_grad) <= tol
+from _helpers import make_inputs, per_pair_grad, rel_err
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 12, 9), (1, 2, 5, 6, 7)])
 @pytest.mark.parametrize("include_dc", [False, True])
 @pytest.mark.parametrize("labels", [True, False])
 def test_complex_kind_equals_fft_formula(shape, include_dc, labels):
-    logits, target = make_inputs(shape, labels)
+    logits, target = make_inputs(shape, labels, logits=True)
     probs = torch.softmax(logits, 1)
     ref, ref_valid, ref_grad = per_pair_grad(reference_complex_correlation, probs, target, include_dc=include_dc)
     out, valid, grad = per_pair_grad(torch_fft.complex_correlation, probs, target, include_dc=include_dc)
@@ -71,7 +28,7 @@ def test_complex_kind_equals_fft_formula(shape, include_dc, labels):
 
 
 def test_first_class_maps_labels_to_channels():
-    logits, target = make_inputs((2, 3, 10, 11), labels=True)
+    logits, target = make_inputs((2, 3, 10, 11), labels=True, logits=True)
     probs = torch.softmax(logits, 1)[:, 1:]
     ref, _ = reference_correlation(probs, target, first_class=1)
     out, _ = torch_fft.correlation(probs, target, first_class=1)
@@ -80,14 +37,14 @@ def test_first_class_maps_labels_to_channels():
 
 @pytest.mark.parametrize("include_dc", [False, True])
 def test_gradcheck(include_dc):
-    logits, target = make_inputs((1, 2, 6, 5), labels=True, seed=3)
+    logits, target = make_inputs((1, 2, 6, 5), labels=True, seed=3, logits=True)
     probs = torch.softmax(logits, 1).requires_grad_(True)
     fn = lambda p: torch_fft.correlation(p, target, include_dc=include_dc, magnitude_weight=0.4, phase_weight=0.6)[0]
     assert torch.autograd.gradcheck(fn, (probs,), eps=1e-6, atol=1e-7)
 
 
 def test_gradcheck_3d_float_target():
-    logits, target = make_inputs((1, 2, 4, 3, 5), labels=False, seed=4)
+    logits, target = make_inputs((1, 2, 4, 3, 5), labels=False, seed=4, logits=True)
     probs = torch.softmax(logits, 1).requires_grad_(True)
     fn = lambda p: torch_fft.correlation(p, target)[0]
     assert torch.autograd.gradcheck(fn, (probs,), eps=1e-6, atol=1e-7)
@@ -104,34 +61,9 @@ def _loss_and_grad(backend, logits, target, **kw):
     return loss.detach(), grad
 
 
-API_CASES = [
-    dict(softmax=True),
-    dict(softmax=True, include_dc=True),
-    dict(softmax=True, include_background=False),
-    dict(softmax=True, weight=[0.2, 1.0, 3.0]),
-    dict(softmax=True, include_background=False, weight=[1.0, 0.5]),
-    dict(softmax=True, ignore_index=1),
-    dict(sigmoid=True, magnitude_weight=1.0, phase_weight=0.0),
-    dict(softmax=True, magnitude_weight=0.0, phase_weight=2.0),
-]
-
-
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("case", API_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
-@pytest.mark.parametrize("shape", [(2, 3, 14, 11), (1, 3, 6, 7, 5)])
-def test_scc_loss_torch_matches_reference(case, reduction, shape):
-    logits, target = make_inputs(shape, labels=True, seed=2)
-    ref, ref_grad = _loss_and_grad("reference", logits, target, reduction=reduction, **case)
-    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
-        out, grad = _loss_and_grad("torch", logits.to(dtype), target, reduction=reduction, **case)
-        assert out.shape == ref.shape
-        assert rel_err(out, ref) <= tol, dtype
-        assert rel_err(grad, ref_grad) <= tol, dtype
-
-
 @pytest.mark.parametrize("include_background", [True, False])
 def test_scc_loss_float_target(include_background):
-    logits, target = make_inputs((2, 3, 9, 12), labels=False, seed=5)
+    logits, target = make_inputs((2, 3, 9, 12), labels=False, seed=5, logits=True)
     kw = dict(softmax=True, include_background=include_background, reduction="none")
     ref, ref_grad = _loss_and_grad("reference", logits, target, **kw)
     out, grad = _loss_and_grad("torch", logits.float(), target.float(), **kw)
@@ -140,7 +72,7 @@ def test_scc_loss_float_target(include_background):
 
 
 def test_ignore_index_zeroes_voxels_in_prediction_and_target():
-    logits, target = make_inputs((2, 3, 10, 10), labels=True, seed=6)
+    logits, target = make_inputs((2, 3, 10, 10), labels=True, seed=6, logits=True)
     target[:, :3] = 255
     out = scc_fast.scc_loss(logits, target, softmax=True, ignore_index=255, reduction="none", backend="torch")
     probs = torch.softmax(logits, 1)
@@ -153,7 +85,7 @@ def test_ignore_index_zeroes_voxels_in_prediction_and_target():
 
 def test_ignore_index_inside_class_range():
     """An ignore_index that is also a class id: its voxels count for no class."""
-    logits, target = make_inputs((1, 3, 8, 9), labels=True, seed=8)
+    logits, target = make_inputs((1, 3, 8, 9), labels=True, seed=8, logits=True)
     ref, ref_grad = _loss_and_grad("reference", logits, target, softmax=True, ignore_index=2, reduction="none")
     out, grad = _loss_and_grad("torch", logits, target, softmax=True, ignore_index=2, reduction="none")
     assert out[0, 2] == 0  # the class is gone from the target: degenerate
@@ -177,7 +109,7 @@ def test_single_channel_binary_labels():
 @pytest.mark.parametrize("backend", ["torch", "reference"])
 @pytest.mark.parametrize("include_dc", [False, True])
 def test_degenerate_pairs_excluded(backend, include_dc):
-    logits, target = make_inputs((2, 3, 8, 8), labels=True, seed=9)
+    logits, target = make_inputs((2, 3, 8, 8), labels=True, seed=9, logits=True)
     target[0] = 0  # image 0: class 0 covers everything, classes 1 and 2 absent
     x = logits.clone().requires_grad_(True)
     loss = scc_fast.scc_loss(x, target, softmax=True, include_dc=include_dc, reduction="none", backend=backend)
@@ -245,7 +177,7 @@ def test_perfect_prediction_scores_one():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(2, 3, 12, 10), (1, 2, 6, 5, 7)])
 def test_half_precision_input(dtype, shape):
-    logits, target = make_inputs(shape, labels=True, seed=10)
+    logits, target = make_inputs(shape, labels=True, seed=10, logits=True)
     x = logits.to(dtype)
     loss, grad = _loss_and_grad("torch", x, target, softmax=True)
     assert loss.dtype == torch.float32 and grad.dtype == dtype
@@ -257,7 +189,7 @@ def test_half_precision_input(dtype, shape):
 @pytest.mark.parametrize("kind", ["scc", "magnitude", "phase", "complex"])
 @pytest.mark.parametrize("labels", [True, False])
 def test_spectral_correlation_kinds(kind, labels):
-    logits, target = make_inputs((2, 3, 11, 12), labels=labels, seed=11)
+    logits, target = make_inputs((2, 3, 11, 12), labels=labels, seed=11, logits=True)
     probs = torch.softmax(logits, 1)
     ref = scc_fast.spectral_correlation(probs, target, kind=kind, backend="reference")
     out = scc_fast.spectral_correlation(probs.float(), target if labels else target.float(), kind=kind, backend="torch")
@@ -267,7 +199,7 @@ def test_spectral_correlation_kinds(kind, labels):
 
 
 def test_scc_kind_is_weighted_sum_of_magnitude_and_phase():
-    logits, target = make_inputs((2, 3, 10, 10), labels=True, seed=12)
+    logits, target = make_inputs((2, 3, 10, 10), labels=True, seed=12, logits=True)
     probs = torch.softmax(logits, 1)
     m = scc_fast.spectral_correlation(probs, target, kind="magnitude", backend="torch")
     p = scc_fast.spectral_correlation(probs, target, kind="phase", backend="torch")
@@ -276,13 +208,13 @@ def test_scc_kind_is_weighted_sum_of_magnitude_and_phase():
 
 
 def test_no_grad_input_skips_gradient():
-    logits, target = make_inputs((1, 2, 8, 8), labels=True)
+    logits, target = make_inputs((1, 2, 8, 8), labels=True, logits=True)
     loss = scc_fast.scc_loss(logits, target, softmax=True, backend="torch")
     assert not loss.requires_grad
 
 
 def test_reduction_semantics():
-    logits, target = make_inputs((3, 4, 8, 9), labels=True, seed=13)
+    logits, target = make_inputs((3, 4, 8, 9), labels=True, seed=13, logits=True)
     w = [0.5, 1.0, 2.0, 0.0]
     none = scc_fast.scc_loss(logits, target, softmax=True, weight=w, reduction="none", backend="torch")
     unweighted = scc_fast.scc_loss(logits, target, softmax=True, reduction="none", backend="torch")
@@ -297,7 +229,7 @@ def test_reduction_semantics():
 
 def test_combinations_smoke():
     """Every combination of the boolean options runs and agrees with the reference."""
-    logits, target = make_inputs((1, 3, 9, 8), labels=True, seed=14)
+    logits, target = make_inputs((1, 3, 9, 8), labels=True, seed=14, logits=True)
     for include_background, include_dc, softmax in itertools.product([True, False], repeat=3):
         kw = dict(include_background=include_background, include_dc=include_dc, softmax=softmax, sigmoid=not softmax)
         ref, ref_grad = _loss_and_grad("reference", logits, target, **kw)

@@ -32,22 +32,6 @@ def _ieee_dots(monkeypatch):
     _settings.update(triton_precision="ieee")
 
 
-# Odd and even sizes, non-powers of two, one channel (sigmoid), the smallest depth (2).
-CASES = [
-    ((1, 2, 8, 12, 10), True),
-    ((2, 3, 5, 9, 8), False),
-    ((1, 1, 2, 8, 9), True),
-    ((1, 2, 3, 16, 11), False),
-]
-
-
-@pytest.mark.parametrize("shape,labels", CASES, ids=["x".join(map(str, c[0])) for c in CASES])
-@pytest.mark.parametrize("include_dc", [False, True])
-def test_matches_reference(shape, labels, include_dc):
-    probs, target = make_inputs(shape, labels)
-    compare(probs, target, first_class=0, include_dc=include_dc, magnitude_weight=0.3, phase_weight=0.7)
-
-
 @pytest.mark.parametrize("weights", [(1.0, 0.0), (0.0, 1.0)])
 def test_magnitude_phase_weights(weights):
     probs, target = make_inputs((1, 2, 4, 9, 10), labels=True, seed=3)

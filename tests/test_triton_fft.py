@@ -27,7 +27,8 @@ from scc_fast.backends._protocol import FieldRequest
 from scc_fast.benchmark.live_bytes import LiveBytes
 from scc_fast.reference import reference_correlation
 
-import _models
+import _helpers
+from _helpers import check_against_reference, per_pair_grad, rel_err
 from _aot import assert_compiles
 
 triton_fft = pytest.importorskip("scc_fast.backends.triton_fft")
@@ -37,52 +38,22 @@ if triton_fft.unavailable_reason() is not None:
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ROOT = Path(__file__).resolve().parents[1]
 
-# 2D and 3D, odd and even last axis (the Nyquist weight), non-powers of two.
-SHAPES = [(2, 3, 8, 12), (1, 3, 9, 7), (1, 2, 8, 12, 10), (2, 3, 7, 9, 6)]
 # Several chunks of classes, several splits per pair and several tiles per split.
 SMALL_LAUNCH = dict(chunk_elements=1, splits=3, block=64)
 
 
-def rel_err(out: torch.Tensor, ref: torch.Tensor, floor: float = 0.0) -> float:
-    """:func:`_models.rel_err` of tensors on any device (the reference runs on the CPU)."""
-    return _models.rel_err(out.cpu(), ref.cpu(), floor)
-
-
 def make_inputs(shape, labels: bool, seed: int = 0, ignore: bool = False, n_labels: int | None = None):
-    """Probabilities (float64) and labels B x spatial (or a soft float target B x C x spatial)."""
-    g = torch.Generator().manual_seed(seed)
-    probs = torch.softmax(torch.randn(shape, generator=g, dtype=torch.float64) * 2, 1)
-    spatial = (shape[0],) + tuple(shape[2:])
-    if labels:
-        target = torch.randint(0, n_labels or shape[1], spatial, generator=g)
-        if ignore:
-            target[torch.rand(spatial, generator=g) < 0.15] = -1  # what scc_loss passes for ignore_index
-    else:
-        target = torch.softmax(torch.randn(shape, generator=g, dtype=torch.float64) * 3, dim=1)
-    return probs, target
+    """``_helpers.make_inputs`` as these tests use it: 15% of the labels ignored where ``ignore``."""
+    return _helpers.make_inputs(shape, labels, seed, ignore=0.15 if ignore else 0.0, n_labels=n_labels)
 
 
-def value_and_grad(fn, probs, target, seed=1, **kw):
-    """Per-pair values and the input gradient of a random weighting of them (tests grad_output)."""
-    x = probs.detach().clone().requires_grad_(True)
-    scc, valid = fn(x, target, **kw)
-    w = torch.rand(scc.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    (grad,) = torch.autograd.grad((scc * w.to(scc.device, scc.dtype)).sum(), x)
-    return scc.detach(), valid, grad
-
-
-def check_against_reference(probs, target, dtype, tol, launch=None, **kw):
-    ref, ref_valid, ref_grad = value_and_grad(reference_correlation, probs, target, **kw)
-    t = target.to(DEVICE) if not target.is_floating_point() else target.to(DEVICE, dtype)
+def check(probs, target, dtype, tol=None, launch=None, **kw):
+    """triton_fft's correlation (with an explicit launch configuration where given) against the
+    float64 reference (``_helpers.check_against_reference``)."""
     fn = triton_fft.correlation
     if launch:
         fn = lambda p, t, **k: triton_fft_forward(p, t, launch, **k)  # noqa: E731
-    out, valid, grad = value_and_grad(fn, probs.to(DEVICE, dtype), t, **kw)
-    assert out.dtype == dtype and grad.dtype == dtype and grad.shape == probs.shape
-    assert torch.equal(valid.cpu(), ref_valid)
-    assert torch.isfinite(out).all() and torch.isfinite(grad).all()
-    assert rel_err(out, ref) <= tol, rel_err(out, ref)
-    assert rel_err(grad, ref_grad) <= tol, rel_err(grad, ref_grad)
+    return check_against_reference(fn, probs, target, dtype, DEVICE, tol, **kw)
 
 
 class _Forced(torch.autograd.Function):
@@ -108,15 +79,6 @@ def triton_fft_forward(p, t, launch, *, first_class=0, include_dc=False, magnitu
 # ---------------------------------------------------------------- correlation vs reference
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("include_dc", [False, True], ids=["no_dc", "dc"])
-@pytest.mark.parametrize("labels", [True, False], ids=["labels", "float"])
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)], ids=["fp32", "fp64"])
-def test_matches_reference(shape, include_dc, labels, dtype, tol):
-    probs, target = make_inputs(shape, labels, ignore=labels)
-    check_against_reference(probs, target, dtype, tol, include_dc=include_dc, magnitude_weight=0.3, phase_weight=0.7)
-
-
 @pytest.mark.parametrize("shape", [(2, 3, 8, 12), (2, 3, 7, 9, 6)], ids=["2d", "3d"])
 @pytest.mark.parametrize("labels", [True, False], ids=["labels", "float"])
 @pytest.mark.parametrize("include_dc", [False, True], ids=["no_dc", "dc"])
@@ -124,8 +86,8 @@ def test_many_chunks_splits_and_tiles(shape, labels, include_dc):
     # One class per chunk, 3 splits of each map with tiles of 64: exercises the chunk loop, the
     # merge of partial moments across splits and the Chan update across tiles.
     probs, target = make_inputs(shape, labels, seed=5, ignore=labels)
-    check_against_reference(probs, target, torch.float32, 1e-5, launch=SMALL_LAUNCH, include_dc=include_dc)
-    check_against_reference(probs, target, torch.float64, 1e-10, launch=SMALL_LAUNCH, include_dc=include_dc)
+    check(probs, target, torch.float32, 1e-5, launch=SMALL_LAUNCH, include_dc=include_dc)
+    check(probs, target, torch.float64, 1e-10, launch=SMALL_LAUNCH, include_dc=include_dc)
 
 
 @pytest.mark.parametrize("labels", [True, False], ids=["labels", "float"])
@@ -138,8 +100,8 @@ def test_more_splits_than_the_pair_kernel_reads_at_once(labels, monkeypatch):
     assert triton_fft._splits(7 * 9 * 6, 6, 4, 1, 80)[0] > 2 * 16
     assert triton_fft._splits(7 * 9 * 4, 6, 4, 1, 80)[0] > 2 * 16
     assert triton_fft._pair_blocks(63) == (64, 16)
-    check_against_reference(probs, target, torch.float32, 1e-5, launch=launch)
-    check_against_reference(probs, target, torch.float64, 1e-10, launch=launch)
+    check(probs, target, torch.float32, 1e-5, launch=launch)
+    check(probs, target, torch.float64, 1e-10, launch=launch)
     check_activated((2, 3, 7, 9, 6), 1, labels=labels, launch=launch)
 
 
@@ -148,7 +110,7 @@ def test_first_class_and_ignored_labels(shape):
     # Channel j is label first_class + j; label 0 (background dropped) and -1 are in no channel.
     probs, target = make_inputs(shape, labels=True, seed=2, ignore=True, n_labels=shape[1] + 1)
     for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-10)):
-        check_against_reference(probs, target, dtype, tol, first_class=1)
+        check(probs, target, dtype, tol, first_class=1)
 
 
 # ---------------------------------------------------------------- the activation in stage 1
@@ -170,7 +132,7 @@ def check_activated(shape, activation, *, labels=True, first_channel=0, ignore_i
     name = {1: "softmax", 2: "sigmoid"}[activation]
     first_class = first_channel if labels else 0
     p, t = scc_fast.backends.activation.probabilities(logits, target, name, first_channel, ignore_index)
-    ref, ref_valid, ref_grad = value_and_grad(
+    ref, ref_valid, ref_grad = per_pair_grad(
         reference_correlation, p.contiguous(), t, first_class=first_class, include_dc=include_dc
     )
     w = torch.rand(ref.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -275,7 +237,6 @@ def test_forward_peak_holds_two_spectra_and_a_map(activation):
     bound = map_bytes + 2 * spectrum_bytes if activation else max(map_bytes, spectrum_bytes) + spectrum_bytes + b * d * h * w
     assert live.peak <= 1.01 * bound, (live.peak / map_bytes, bound / map_bytes)
     assert live.now == sum(t.untyped_storage().nbytes() for t in out)  # nothing else is left alive
-
 
 
 class _InverseTransforms(TorchDispatchMode):
@@ -805,9 +766,9 @@ def test_degenerate_pairs(include_dc):
     target[0] = 0  # image 0: class 0 covers everything (degenerate without DC), 1 and 2 absent
     target[1][target[1] == 2] = 1  # image 1: class 2 absent
     probs[2, 1] = 0.25  # image 2: a constant prediction (zero spectral variance outside DC)
-    ref, ref_valid, _ = value_and_grad(reference_correlation, probs, target, include_dc=include_dc)
-    check_against_reference(probs, target, torch.float64, 1e-10, include_dc=include_dc)
-    check_against_reference(probs, target, torch.float32, 1e-5, include_dc=include_dc)
+    ref, ref_valid, _ = per_pair_grad(reference_correlation, probs, target, include_dc=include_dc)
+    check(probs, target, torch.float64, 1e-10, include_dc=include_dc)
+    check(probs, target, torch.float32, 1e-5, include_dc=include_dc)
     assert not ref_valid[0, 1] and not ref_valid[0, 2] and not ref_valid[1, 2]
     assert bool(ref_valid[0, 0]) == include_dc
 
@@ -821,18 +782,18 @@ def test_degenerate_float_target_and_constant_prediction():
     # prediction (1, 0) is not: |P_k| = 0 off DC, where docs/loss.md section 4 sets P_k / |P_k| := 0 but the float64
     # reference's FFT of a 6x7x5 constant leaves rounding noise with a random phase. Its gradient
     # is checked where the reference's FFT is exact (test_degenerate_pairs); here the others are.
-    ref, ref_valid, ref_grad = value_and_grad(reference_correlation, probs, target, include_dc=True)
+    ref, ref_valid, ref_grad = per_pair_grad(reference_correlation, probs, target, include_dc=True)
     for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
         t = target.to(DEVICE, dtype)
-        out, valid, grad = value_and_grad(triton_fft.correlation, probs.to(DEVICE, dtype), t, include_dc=True)
+        out, valid, grad = per_pair_grad(triton_fft.correlation, probs.to(DEVICE, dtype), t, include_dc=True)
         assert torch.equal(valid.cpu(), ref_valid) and rel_err(out, ref) <= tol
         assert rel_err(grad[0], ref_grad[0]) <= tol and rel_err(grad[1, 1], ref_grad[1, 1]) <= tol
     # With DC out, pairs (1, 0) and (1, 1) have a map with no spectrum over K: docs/loss.md section 2 defines their
     # correlation as 0 (zero denominators), with a zero gradient.
-    check_against_reference(probs, target, torch.float64, 1e-10)
-    check_against_reference(probs, target, torch.float32, 1e-5)
+    check(probs, target, torch.float64, 1e-10)
+    check(probs, target, torch.float32, 1e-5)
     for dtype in (torch.float64, torch.float32):
-        out, valid, grad = value_and_grad(triton_fft.correlation, probs.to(DEVICE, dtype), target.to(DEVICE, dtype))
+        out, valid, grad = per_pair_grad(triton_fft.correlation, probs.to(DEVICE, dtype), target.to(DEVICE, dtype))
         assert valid.tolist() == [[False, True], [True, False]]
         assert out[1, 0] == 0 and out[1, 1] == 0 and torch.all(grad[1] == 0)
 
@@ -957,29 +918,6 @@ def loss_and_grad(backend, logits, target, dtype, **kw):
     upstream = torch.rand(loss.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     (grad,) = torch.autograd.grad((loss * upstream.to(DEVICE, loss.dtype)).sum(), x)
     return loss.detach(), grad
-
-
-API_CASES = [
-    dict(softmax=True),
-    dict(softmax=True, include_dc=True),
-    dict(softmax=True, include_background=False, weight=[1.0, 0.5]),
-    dict(softmax=True, ignore_index=1),
-    dict(sigmoid=True, magnitude_weight=1.0, phase_weight=0.0),
-]
-
-
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("case", API_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
-@pytest.mark.parametrize("shape", [(2, 3, 9, 10), (1, 3, 6, 7, 8)], ids=["2d", "3d"])
-def test_scc_loss_matches_reference(shape, case, reduction):
-    g = torch.Generator().manual_seed(11)
-    logits = torch.randn(shape, generator=g, dtype=torch.float64) * 2
-    labels = torch.randint(0, shape[1], (shape[0],) + shape[2:], generator=g)
-    kw = dict(case, reduction=reduction)
-    ref, ref_grad = loss_and_grad("reference", logits, labels, torch.float64, **kw)
-    out, grad = loss_and_grad("triton_fft", logits, labels, torch.float32, **kw)
-    assert out.shape == ref.shape and out.dtype == torch.float32
-    assert rel_err(out, ref) <= 1e-5 and rel_err(grad, ref_grad) <= 1e-5
 
 
 def test_scc_loss_float_target_3d():

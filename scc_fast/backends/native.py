@@ -4,7 +4,7 @@ The identities of docs/loss.md section 5 in C++: one complex FFT carries the spe
 symmetry), fused passes give the spatial sums, ``T_a``, ``T_b``, ``T_ab`` and the gradient field,
 one complex inverse FFT gives the gradients of two pairs (the spatial terms added in the spectrum),
 and a last pass unpacks them.
-The transforms run in place, by the operator's own mixed-radix FFT (AVX-512, float32) or MKL where
+The transforms run in place, by the operator's own mixed-radix FFT (AVX-512 or AVX2, float32) or MKL where
 libtorch exports it (:func:`fft_engine`), on maps whose rows are padded where the last axis is a
 multiple of 8 (power-of-two strides collide in the cache), and the operator's buffers are reused
 from call to call (:func:`cached_bytes`, :func:`empty_cache`).
@@ -136,12 +136,13 @@ def fft_engine(spatial_shape: Sequence[int] | None = None, dtype: torch.dtype = 
     """The transforms the operator uses for maps of ``spatial_shape`` (e.g. ``(64, 64, 64)``) in
     ``dtype`` (float32 or float64); without a shape, those of shapes the first engine does not fit.
 
-    - ``"radix_avx512"``: the operator's own in-place mixed-radix FFT (radices 2, 3, 4, 5, 7), for
-      float32 maps with 2 or 3 axes whose sizes have no prime factor above 7, the last a multiple of
-      8 from 16 to 2048 (64^3, 224^2, 96^3, 256^2, ...), where the CPU has AVX-512 and the AVX-512
-      build of the inner loops runs (:func:`isa`). On this project's AMD EPYC machine a step is
-      clearly faster with it than with MKL's transforms (bench/RESULTS.md, 'CPU: the operator's
-      own mixed-radix FFT');
+    - ``"radix_avx512"`` or ``"radix_avx2"``: the operator's own in-place mixed-radix FFT (radices
+      2, 3, 4, 5, 7), for float32 maps with 2 or 3 axes whose sizes have no prime factor above 7,
+      the last a multiple of 8 from 16 to 2048 (64^3, 224^2, 96^3, 256^2, ...), in the build of the
+      inner loops' instruction set (:func:`isa`: AVX-512, or AVX2 with FMA). Where MKL runs its
+      generic code (AMD CPUs) a step is clearly faster with it than with MKL's transforms
+      (bench/RESULTS.md, 'CPU: the operator's own mixed-radix FFT' and 'CPU: the radix transform
+      on AVX2');
     - ``"mkl_inplace"``: MKL's DFTI called in place, where libtorch exports it (x86-64 torch builds);
     - ``"aten"``: ``torch.fft``, out of place.
 
@@ -163,8 +164,8 @@ def isa() -> str:
     ``"baseline"``, the widest this CPU supports (x86-64 builds with GCC carry all three).
 
     The private setting ``native_isa`` (``"baseline"``, ``"avx2"``, ``"avx512"``;
-    :mod:`scc_fast._settings`) caps it (comparisons, tests). The builds give the same results to
-    rounding.
+    :mod:`scc_fast._settings`) caps it (comparisons, tests), and with it the build of the
+    operator's own FFT (:func:`fft_engine`). The builds give the same results to rounding.
     """
     _require()
     return torch.ops.scc_fast.native_isa()
