@@ -323,6 +323,28 @@ def test_bench_help_imports_no_mode():
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
+def test_bench_folder_holds_only_the_gpu_call_the_suite_and_the_journal():
+    """Every benchmark is a mode of ``scc-fast bench``: bench/ keeps the prepared GPU call, the
+    pytest-benchmark suite and RESULTS.md with its result folders; gpu_run.sh calls the harness,
+    every mode it names exists."""
+    import re
+    from pathlib import Path
+
+    from scc_fast.benchmark import STUDIES
+    from scc_fast.benchmark.modes import MODES
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    extra = [f.name for f in bench.iterdir() if not (
+        f.name in ("gpu_run.sh", "conftest.py", "RESULTS.md", "__pycache__") or (f.is_dir() and f.name == "results")
+        or re.fullmatch(r"test_.*\.py", f.name))]
+    assert not extra, extra
+    script = (bench / "gpu_run.sh").read_text()
+    assert "python3 " not in script.replace('BENCH="python3 -m scc_fast.cli bench"', "").replace(
+        "python3 -m scc_fast.cli backends", "").replace("python3 -c", ""), "gpu_run.sh runs something besides the harness"
+    named = set(re.findall(r"\$BENCH ([a-z][a-z0-9-]*)", script)) | set(re.findall(r"^  step ([a-z]+) ", script, re.M))
+    assert named and named <= {*MODES, *STUDIES}, named - {*MODES, *STUDIES}
+
+
 def test_smoke_runs_choose_the_triton_interpreter(monkeypatch):
     """A --smoke run without CUDA sets TRITON_INTERPRET itself (before the backends import triton)."""
     from scc_fast.benchmark.modes._common import interpreter_for_smoke
