@@ -15,7 +15,13 @@ matplotlib, the ``[bench]`` extra; without it they are skipped, with one line on
   set per phase). Files: ``timeline.json``, ``timeline.md``, ``timeline.png`` (and, on CUDA,
   ``timeline_<backend>.pickle`` snapshots for https://pytorch.org/memory_viz).
 
-Progress goes to stderr. ``main(argv)`` runs it from Python (``argv`` without ``"bench"``).
+These are also the modes ``cases``, ``scaling`` and ``timeline``; the other modes of the harness
+(the GPU checks, profile, tuning, the CPU studies: ``scc-fast bench --help`` lists them) live in
+:mod:`.modes`, one module each, imported only when named. Every mode times through
+:func:`.measure.time_steps`.
+
+Progress goes to stderr. ``main(argv)`` runs it from Python (``argv`` without ``"bench"``, e.g.
+``main(["profile", "--smoke", "--device", "cpu", "--out", "d"])``).
 A mistake on the command line is one line on stderr and exit code 2 (:class:`.errors.CLIError`).
 """
 
