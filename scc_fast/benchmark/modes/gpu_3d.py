@@ -279,6 +279,35 @@ def prepare_case(name, shape, device, results, out) -> dict | None:
     return dict(case=case, logits=logits, labels=labels, loss64=loss64, grad64=grad64)
 
 
+def variant_settings(backend: str) -> dict:
+    """The settings a row label's variant changes (``triton_fft:chunk=2^23``, ``triton:ieee``, ...)."""
+    if backend in CHUNKED:
+        return {"fft_chunk_elements": 1 << int(backend.rsplit("^", 1)[1])}
+    if backend in TRITON_WS:
+        return {"triton_workspace_bytes": 1 << int(backend.rsplit("^", 1)[1])}
+    for labels, setting in ((RECOMPUTE, {"recompute_field": True}), (FFT_ALL_CLASSES, {"fft_derive": False}),
+                            (TRITON_IEEE, {"triton_precision": "ieee"})):
+        if backend in labels:
+            return setting
+    return {}
+
+
+def measure_graphed(r: dict, fn, x, state: dict, backend: str, device, reps: int) -> None:
+    """Correctness and replay time of forward + backward captured in a CUDA graph, into ``r``."""
+    graph, loss = capture_graph(fn, x, device)
+    graph.replay()
+    sync(device)
+    r["rel_err_loss"] = rel_err(loss, state["loss64"])
+    r["rel_err_grad"] = rel_err(x.grad, state["grad64"])
+    tol = TOLERANCE[backend]
+    r["tolerance"] = tol
+    r["correct"] = bool(r["rel_err_loss"] <= tol and r["rel_err_grad"] <= tol)
+    r["median_ms"], r["times_ms"] = time_graph_ms(graph, device, reps)
+    r["peak_mib"] = r["held_mib"] = None  # the graph's memory pool is allocated once, at capture
+    log(f"{state['case']['name']} {backend:22s} err {r['rel_err_loss']:.1e}/{r['rel_err_grad']:.1e} "
+        f"{r['median_ms']:.3f} ms (graph replay)")
+
+
 def measure(state, backend, device, results, out, settings) -> None:
     """Correctness, peak memory and median time of one backend on one prepared case."""
     from scc_fast import _settings
@@ -306,16 +335,7 @@ def measure(state, backend, device, results, out, settings) -> None:
             settings["compile_needs_s"] = max(settings["compile_needs_s"], 1.3 * r["compile_s"])
         else:
             impl = backend.split(":")[0]
-            if backend in CHUNKED:
-                _settings.update(fft_chunk_elements=1 << int(backend.rsplit("^", 1)[1]))
-            if backend in RECOMPUTE:
-                _settings.update(recompute_field=True)
-            if backend in FFT_ALL_CLASSES:
-                _settings.update(fft_derive=False)
-            if backend in TRITON_WS:
-                _settings.update(triton_workspace_bytes=1 << int(backend.rsplit("^", 1)[1]))
-            if backend in TRITON_IEEE:
-                _settings.update(triton_precision="ieee")
+            _settings.update(**variant_settings(backend))
             if impl != "reference":
                 reason = backends._unavailable_reason(impl)  # only this backend (native is not imported)
                 if reason is not None:
@@ -328,19 +348,7 @@ def measure(state, backend, device, results, out, settings) -> None:
             fn = loss_fn(impl, labels, validate=backend in FFT_VALIDATE)
             x = logits.clone().requires_grad_(True)
         if backend in GRAPHED:
-            graph, loss = capture_graph(fn, x, device)
-            graph.replay()
-            sync(device)
-            r["rel_err_loss"] = rel_err(loss, state["loss64"])
-            r["rel_err_grad"] = rel_err(x.grad, state["grad64"])
-            tol = TOLERANCE[backend]
-            r["tolerance"] = tol
-            r["correct"] = bool(r["rel_err_loss"] <= tol and r["rel_err_grad"] <= tol)
-            r["median_ms"], r["times_ms"] = time_graph_ms(graph, device, settings["reps"])
-            r["peak_mib"] = r["held_mib"] = None  # the graph's memory pool is allocated once, at capture
-            del graph, loss
-            log(f"{case['name']} {backend:22s} err {r['rel_err_loss']:.1e}/{r['rel_err_grad']:.1e} "
-                f"{r['median_ms']:.3f} ms (graph replay)")
+            measure_graphed(r, fn, x, state, backend, device, settings["reps"])
             return
         t_first = time.perf_counter()
         loss = fwd_bwd(fn, x).detach()

@@ -172,6 +172,16 @@ def run(args: argparse.Namespace) -> int:
     meta["seconds"] = round(time.time() - t0, 1)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    lines = markdown_lines(meta, rows)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {args.out}/results.json and results.md in {meta['seconds']} s")
+    return 0
+
+
+def markdown_lines(meta: dict, rows: list[dict]) -> list[str]:
+    """The results.md table: a row per backend and rank."""
     lines = [
         f"### Reliability on {meta['device']} (torch {meta['torch']}, triton {meta['triton']}, {meta['date_utc']})",
         "",
@@ -185,20 +195,17 @@ def run(args: argparse.Namespace) -> int:
             lines.append(f"| {r['backend']} | {r.get('rank', '-')} | skipped: {r['skipped'][:80]} | | | |")
             continue
         d = r.get("determinism", {})
+
         def amp(key):
             v = r.get(key)
             if v is None:
                 return "-"
             return v.get("error", f"{'ok' if v.get('ok') else 'FAIL'} (loss {v.get('loss_dtype')}, grad {v.get('grad_dtype')})")
+
         o = r.get("oom", {})
         oom = o.get("error") or o.get("skipped") or f"{o.get('raised')}, {o.get('next_call_equal')}"
         lines.append(
             f"| {r['backend']} | {r['rank']} | {d.get('bitwise_equal_twice')} / {d.get('equal_under_deterministic_algorithms')}"
             f"{' (' + d['error'][:60] + ')' if d.get('error') else ''} | {amp('autocast_float16')} | {amp('autocast_bfloat16')} | {oom} |"
         )
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"wrote {args.out}/results.json and results.md in {meta['seconds']} s")
-    return 0
-
+    return lines
