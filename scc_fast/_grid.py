@@ -3,7 +3,7 @@
 ``triton.next_power_of_2`` and ``triton.cdiv`` are ``ConstexprFunction`` objects, far slower a
 call than the integer arithmetic (bench/RESULTS.md, 'CPU: class 0 derived from the other classes
 ...'), and a Triton-backend step makes several of them on a host that a GPU step waits for
-(``bench/host_overhead.py``).
+(``scc-fast bench host-overhead``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Private settings: the backends' tuning, comparison and test switches, in one object.
 
-Users need none of them (the defaults are the measured best); tests and ``bench/`` set them::
+Users need none of them (the defaults are the measured best); tests and the modes of ``scc-fast bench`` set them::
 
     from scc_fast import _settings
 

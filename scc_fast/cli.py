@@ -102,7 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``scc-fast ARGS``; returns the exit code (2 for a mistake on the command line)."""
-    return run_command(build_parser().parse_args(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    args._argv = argv  # the command as typed, for the record of a measurement
+    return run_command(args)
 
 
 if __name__ == "__main__":

@@ -282,31 +282,102 @@ def test_cuda_style_timeline_plots(tmp_path):
     assert "triton_fft: failed: OutOfMemoryError" in md
 
 
-def _run_bench_script(name, *args, interpreter_unset=False):
-    """Run ``bench/<name>`` in a fresh process (optionally without TRITON_INTERPRET in its environment,
-    to see that the script sets it itself for --smoke)."""
+def _run_mode_in_subprocess(mode, *args):
+    """``scc-fast bench MODE ARGS`` in a fresh process: for the modes that stub the Triton kernels
+    for the rest of their process (host-overhead, fft-peak)."""
     import subprocess
     import sys
+
+    return subprocess.run([sys.executable, "-m", "scc_fast.cli", "bench", mode, *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_bench_help_lists_every_mode(capsys):
+    """``scc-fast bench --help`` names every mode with its one line; each mode's --help works."""
+    from scc_fast.benchmark import STUDIES
+    from scc_fast.benchmark.modes import MODES
+    from scc_fast.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as done:
+        cli_main(["bench", "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for name, help_text in [*STUDIES.items(), *((n, h) for n, (_, h) in MODES.items())]:
+        assert f"{name} {' '.join(help_text.split())}" in text, name
+    for name in [*STUDIES, *MODES]:
+        with pytest.raises(SystemExit) as done:
+            cli_main(["bench", name, "--help"])
+        assert done.value.code == 0, name
+        assert f"usage: scc-fast bench {name}" in capsys.readouterr().out
+
+
+def test_bench_help_imports_no_mode():
+    """The modes are imported when named: ``scc-fast bench --help`` loads none of them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, contextlib, io\nfrom scc_fast.cli import main\n"
+            "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n    main(['bench', '--help'])\n"
+            "print(sorted(m for m in sys.modules if m.startswith('scc_fast.benchmark.modes.') or m == 'triton'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_bench_folder_holds_only_the_gpu_call_the_suite_and_the_journal():
+    """Every benchmark is a mode of ``scc-fast bench``: bench/ keeps the prepared GPU call, the
+    pytest-benchmark suite and RESULTS.md with its result folders; gpu_run.sh calls the harness,
+    every mode it names exists."""
+    import re
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "bench" / name
-    env = {k: v for k, v in os.environ.items() if not (interpreter_unset and k == "TRITON_INTERPRET")}
-    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300, env=env)
+    from scc_fast.benchmark import STUDIES
+    from scc_fast.benchmark.modes import MODES
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    extra = [f.name for f in bench.iterdir() if not (
+        f.name in ("gpu_run.sh", "conftest.py", "RESULTS.md", "__pycache__") or (f.is_dir() and f.name == "results")
+        or re.fullmatch(r"test_.*\.py", f.name))]
+    assert not extra, extra
+    script = (bench / "gpu_run.sh").read_text()
+    assert "python3 " not in script.replace('BENCH="python3 -m scc_fast.cli bench"', "").replace(
+        "python3 -m scc_fast.cli backends", "").replace("python3 -c", ""), "gpu_run.sh runs something besides the harness"
+    named = set(re.findall(r"\$BENCH ([a-z][a-z0-9-]*)", script)) | set(re.findall(r"^  step ([a-z]+) ", script, re.M))
+    assert named and named <= {*MODES, *STUDIES}, named - {*MODES, *STUDIES}
 
 
-def _run_gpu_profile(*args):
-    return _run_bench_script("gpu_profile.py", *args)
+def test_smoke_runs_choose_the_triton_interpreter(monkeypatch):
+    """A --smoke run without CUDA sets TRITON_INTERPRET itself (before the backends import triton)."""
+    from scc_fast.benchmark.modes._common import interpreter_for_smoke
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    interpreter_for_smoke(False)
+    assert "TRITON_INTERPRET" not in os.environ
+    interpreter_for_smoke(True)
+    assert os.environ["TRITON_INTERPRET"] == ("1" if not torch.cuda.is_available() else os.environ["TRITON_INTERPRET"])
 
 
-def test_gpu_profile_script_dry_run_on_cpu(tmp_path):
-    """bench/gpu_profile.py (a stage of the prepared GPU call) runs end to end on CPU: a row per
+def test_time_steps_rounds_blocks_and_alternation():
+    """The one timing loop: warm-up calls, an untimed call before each block, the order reversed
+    every other round with alternate, one sample (the block's median) per round and clock."""
+    calls = []
+    steps = {n: (lambda n=n: calls.append(n)) for n in "ab"}
+    ms = measure.time_steps(steps, repeats=3, warmup=1, block=2, untimed_first=True, alternate=True,
+                            clocks=("wall", "host"), before_block=lambda n: calls.append(n.upper()))
+    assert calls == ["a", "b"] + ["A", "a", "a", "a", "B", "b", "b", "b"] + ["B", "b", "b", "b", "A", "a", "a", "a"] \
+        + ["A", "a", "a", "a", "B", "b", "b", "b"]
+    assert set(ms) == {"a", "b"} and all(len(v) == 3 and min(v) >= 0 for c in ms.values() for v in c.values())
+    with pytest.raises(ValueError, match="events on CUDA only"):
+        measure.time_steps(steps, repeats=1, clocks=("events",))
+
+
+def test_gpu_profile_mode_dry_run_on_cpu(tmp_path):
+    """scc-fast bench profile (a stage of the prepared GPU call) runs end to end on CPU: a row per
     backend with step/host times, the validate=True time and the profiler's host table."""
     wanted = ["reference", "torch"] + (["native"] if available_backends()["native"].available else [])
     if available_backends()["triton_fft"].available:
         wanted += ["triton_fft", "triton_fft:all-classes"]  # and a row with a setting changed
-    done = _run_gpu_profile("--smoke", "--device", "cpu", "--cases", "smoke-2d", "--reps", "2",
-                            "--backends", ",".join(wanted), "--out", str(tmp_path))
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert main(["profile", "--smoke", "--device", "cpu", "--cases", "smoke-2d", "--reps", "2",
+                 "--backends", ",".join(wanted), "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "results.json").read_text())
     assert [r["backend"] for r in data["rows"]] == wanted and not data["skipped"]
     for r in data["rows"]:
@@ -317,6 +388,8 @@ def test_gpu_profile_script_dry_run_on_cpu(tmp_path):
         assert "Top ops by host time" in table
     md = (tmp_path / "results.md").read_text()
     assert "| smoke-2d | torch |" in md and data["environment"]["card"] == "CPU (dry run)"
+    env = data["environment"]
+    assert env["command"].startswith("scc-fast bench profile --smoke") and env["commit"] and env["date"]
     # Host time per launch: a torch op, and two Triton kernels where triton_fft runs (interpreter).
     names = ["torch.add"] + (["triton 6 args (_narrow_labels_kernel)", "triton 21 args (_activated_moments_kernel)"]
                              if available_backends()["triton_fft"].available else [])
@@ -324,78 +397,78 @@ def test_gpu_profile_script_dry_run_on_cpu(tmp_path):
     assert "Host time per launch" in md
 
 
-def test_gpu_profile_script_refuses_bad_arguments(tmp_path):
-    done = _run_gpu_profile("--smoke", "--device", "cpu", "--backends", "torch,nope", "--out", str(tmp_path))
-    assert done.returncode == 2 and "unknown backends ['nope']" in done.stderr
-    done = _run_gpu_profile("--smoke", "--device", "cpu", "--cases", "brats-3d", "--out", str(tmp_path))
-    assert done.returncode == 2 and "unknown cases ['brats-3d']" in done.stderr
+def test_gpu_profile_mode_refuses_bad_arguments(tmp_path, capsys):
+    assert main(["profile", "--smoke", "--device", "cpu", "--backends", "torch,nope", "--out", str(tmp_path)]) == 2
+    assert "unknown backends ['nope']" in capsys.readouterr().err
+    assert main(["profile", "--smoke", "--device", "cpu", "--cases", "brats-3d", "--out", str(tmp_path)]) == 2
+    assert "unknown cases ['brats-3d']" in capsys.readouterr().err
     if not torch.cuda.is_available():
-        done = _run_gpu_profile("--out", str(tmp_path))
-        assert done.returncode == 2 and "no CUDA device" in done.stderr
+        assert main(["profile", "--out", str(tmp_path)]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
 
 
-def _assert_budget_and_refusal(run, tmp_path, n_rows):
-    """A tuning script with no time budget lists all its rows as skipped; without CUDA and --smoke
+def _assert_budget_and_refusal(mode, tmp_path, n_rows, capsys):
+    """A tuning mode with no time budget lists all its rows as skipped; without CUDA and --smoke
     it refuses."""
-    done = run("--smoke", "--budget", "0", "--out", str(tmp_path))
+    assert main([mode, "--smoke", "--budget", "0", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
-    assert done.returncode == 0 and len(rows) == n_rows and all("time budget" in r["skipped"] for r in rows), rows
+    assert len(rows) == n_rows and all("time budget" in r["skipped"] for r in rows), rows
     if not torch.cuda.is_available():
-        done = run("--out", str(tmp_path))
-        assert done.returncode == 2 and "no CUDA device" in done.stderr
+        capsys.readouterr()
+        assert main([mode, "--out", str(tmp_path)]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
 
 
-def test_gpu_tune_script_dry_run_on_cpu(tmp_path):
-    """bench/gpu_tune.py (a stage of the prepared GPU call) runs on CPU under the interpreter: the
-    3D path under its first two configurations and each 2D mode's default are timed and agree with
-    the case's first row; rows past the budget are listed as skipped; without CUDA and --smoke it
-    refuses."""
+def test_gpu_tune_mode_dry_run_on_cpu(tmp_path, capsys):
+    """scc-fast bench tune (a stage of the prepared GPU call) runs on CPU under the interpreter:
+    the 3D path under its first two configurations and each 2D mode's default are timed and agree
+    with the case's first row; rows past the budget are listed as skipped; without CUDA and
+    --smoke it refuses."""
     pytest.importorskip("triton")
+    from scc_fast.backends import triton_scc
 
-    def run(*args):
-        return _run_bench_script("gpu_tune.py", *args, interpreter_unset=True)
-
-    done = run("--smoke", "--configs", "4", "--reps", "1", "--out", str(tmp_path))
-    assert done.returncode == 0, done.stderr[-2000:]
+    blocks = dict(triton_scc.GPU_BLOCKS)
+    assert main(["tune", "--smoke", "--configs", "4", "--reps", "1", "--out", str(tmp_path)]) == 0
+    assert triton_scc.GPU_BLOCKS == blocks  # the defaults are back
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert [(r["mode"], r["case"]) for r in rows] == [
         ("3d", "smoke-3d"), ("3d", "smoke-3d"), ("fused", "smoke-2d"), ("split", "smoke-2d")], rows
     for r in rows:
         assert r["ms"] > 0 and r["rel_diff_loss"] <= 1e-5 and r["rel_diff_grad"] <= 1e-5, r
     assert "| smoke-2d | split | 32, 32, 32 | 4 | 2 | 2 |" in (tmp_path / "results.md").read_text()
-    _assert_budget_and_refusal(run, tmp_path, n_rows=8)
+    _assert_budget_and_refusal("tune", tmp_path, 8, capsys)
 
 
-def test_gpu_stage1_tune_script_dry_run_on_cpu(tmp_path):
-    """bench/gpu_stage1_tune.py (a stage of the prepared GPU call) runs on CPU under the interpreter:
-    each configuration's step runs and agrees with the first row, the kernel time is left out off
-    CUDA, rows past the budget are listed as skipped; without CUDA and
-    --smoke it refuses."""
+def test_gpu_stage1_tune_mode_dry_run_on_cpu(tmp_path, capsys):
+    """scc-fast bench stage1-tune (a stage of the prepared GPU call) runs on CPU under the
+    interpreter: each configuration's step runs and agrees with the first row, the kernel time is
+    left out off CUDA, rows past the budget are listed as skipped; without CUDA and --smoke it
+    refuses."""
     pytest.importorskip("triton")
+    from scc_fast import _settings
 
-    def run(*args):
-        return _run_bench_script("gpu_stage1_tune.py", *args, interpreter_unset=True)
-
-    done = run("--smoke", "--configs", "2", "--reps", "1", "--out", str(tmp_path))
-    assert done.returncode == 0, done.stderr[-2000:]
+    before = _settings.current()
+    assert main(["stage1-tune", "--smoke", "--configs", "2", "--reps", "1", "--out", str(tmp_path)]) == 0
+    assert _settings.current() == before
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert [(r["values"], r["warps"], r["channel_threads"]) for r in rows] == [(1024, 8, False), (1024, 8, True)], rows
     for r in rows:
         assert r["ms"] > 0 and r["kernel_us"] is None and r["rel_diff_loss"] <= 1e-6 and r["rel_diff_grad"] <= 1e-6, r
     assert "| smoke-3d | 1024 | 8 | yes | - |" in (tmp_path / "results.md").read_text()
-    _assert_budget_and_refusal(run, tmp_path, n_rows=11)
+    _assert_budget_and_refusal("stage1-tune", tmp_path, 11, capsys)
 
 
-def test_host_overhead_script_counts_a_steps_ops_and_launches(tmp_path):
-    """bench/host_overhead.py times a triton_fft step with its kernels stubbed and counts what the
-    host issues. The counts are the step's host work (GPU run 5: the eager step is host-bound):
-    a change that adds torch ops or launches to it fails here and has to say why."""
+def test_host_overhead_mode_counts_a_steps_ops_and_launches(tmp_path, capsys):
+    """scc-fast bench host-overhead times a triton_fft step with its kernels stubbed and counts
+    what the host issues. The counts are the step's host work (GPU run 5: the eager step is
+    host-bound): a change that adds torch ops or launches to it fails here and has to say why."""
     pytest.importorskip("triton")
-    done = _run_bench_script("host_overhead.py", "--steps", "5", "--repeats", "1", "--warmup", "2",
-                             "--out", str(tmp_path))
+    done = _run_mode_in_subprocess("host-overhead", "--steps", "5", "--repeats", "1", "--warmup", "2",
+                                   "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr[-2000:]
     r = json.loads((tmp_path / "results.json").read_text())
     assert r["backend"] == "triton_fft" and r["shape"] == [1, 3, 4, 4, 4] and r["host_us"][0] > 0
+    assert r["command"].startswith("scc-fast bench host-overhead") and r["commit"]
     # Stage 1, spectral sums, pair kernel, field kernel (softmax over every channel and the mean:
     # class 0 derived from the others), activation backward (the reduction's kernel runs on CUDA
     # only); two forward transforms and one inverse.
@@ -407,8 +480,8 @@ def test_host_overhead_script_counts_a_steps_ops_and_launches(tmp_path):
     assert "select" not in " ".join(r["torch_ops_by_name"])  # sizes come from shapes, not x[0, 0]
 
     # The reduction as on CUDA: one more (stubbed) launch instead of its torch ops.
-    cuda = _run_bench_script("host_overhead.py", "--cuda-reduction", "--steps", "5", "--repeats", "1", "--warmup",
-                             "2", "--out", str(tmp_path / "cuda"))
+    cuda = _run_mode_in_subprocess("host-overhead", "--cuda-reduction", "--steps", "5", "--repeats", "1",
+                                   "--warmup", "2", "--out", str(tmp_path / "cuda"))
     assert cuda.returncode == 0, cuda.stderr[-2000:]
     rc = json.loads((tmp_path / "cuda" / "results.json").read_text())
     assert rc["cuda_reduction"] and rc["kernel_launches_by_name"]["_pair_loss_kernel"] == 1
@@ -419,24 +492,25 @@ def test_host_overhead_script_counts_a_steps_ops_and_launches(tmp_path):
 
     # validate=True (scc_loss's default): stage 1 makes the checks, read once after the forward
     # (one reduction and one sync), not aminmax / sum passes and two syncs before it.
-    checked = _run_bench_script("host_overhead.py", "--cuda-reduction", "--validate", "--steps", "5", "--repeats",
-                                "1", "--warmup", "2", "--out", str(tmp_path / "validate"))
+    checked = _run_mode_in_subprocess("host-overhead", "--cuda-reduction", "--validate", "--steps", "5",
+                                      "--repeats", "1", "--warmup", "2", "--out", str(tmp_path / "validate"))
     assert checked.returncode == 0, checked.stderr[-2000:]
     rv = json.loads((tmp_path / "validate" / "results.json").read_text())
     assert rv["validate"] and rv["kernel_launches"] == 6 and rv["torch_ops"] <= 21, rv["torch_ops_by_name"]
     assert rv["torch_ops_by_name"]["aten::max"] == 1 and rv["torch_ops_by_name"]["aten::item"] == 1
     assert not {"aten::aminmax", "aten::sum", "aten::isfinite"} & set(rv["torch_ops_by_name"]), rv["torch_ops_by_name"]
 
-    bad = _run_bench_script("host_overhead.py", "--shape", "1x1x4x4", "--out", str(tmp_path))
-    assert bad.returncode != 0 and "--shape must be" in bad.stderr
+    with pytest.raises(SystemExit) as bad:  # parsing only: nothing is stubbed in this process
+        main(["host-overhead", "--shape", "1x1x4x4", "--out", str(tmp_path)])
+    assert bad.value.code == 2 and "--shape must be" in capsys.readouterr().err
 
 
-def test_fft_forward_peak_script(tmp_path):
-    """bench/fft_forward_peak.py (triton_fft's forward peak with its kernels stubbed, the table in
+def test_fft_forward_peak_mode(tmp_path):
+    """scc-fast bench fft-peak (triton_fft's forward peak with its kernels stubbed, the table in
     bench/RESULTS.md): each derivation lowers the peak, to every map and spectrum of C - 1 classes
     with validate=True."""
     pytest.importorskip("triton")
-    done = _run_bench_script("fft_forward_peak.py", "--shape", "2x4x24x24x24")
+    done = _run_mode_in_subprocess("fft-peak", "--shape", "2x4x24x24x24")
     assert done.returncode == 0, done.stderr[-2000:]
     row = next(line for line in done.stdout.splitlines() if line.startswith("| shape 1 2x4x24x24x24"))
     every, derived, validated = (float(v) for v in row.strip(" |").split("|")[1:])
@@ -446,66 +520,57 @@ def test_fft_forward_peak_script(tmp_path):
     assert abs(validated - expected) <= 0.01 * expected + 0.01, (validated, expected)
 
 
-def test_derived_class_accuracy_script(tmp_path):
-    """bench/derived_class_accuracy.py (the accuracy table of triton_fft's derived class 0 in
+def test_derived_class_accuracy_mode(capsys):
+    """scc-fast bench derived-accuracy (the accuracy table of triton_fft's derived class 0 in
     bench/RESULTS.md) runs and its rows hold the float32 tolerance where class 0 is not tiny."""
     pytest.importorskip("triton")
     for labels in ("uniform", "sampled"):
-        done = _run_bench_script("derived_class_accuracy.py", "--shape", "1x3x8x10", "--shifts", "0,4",
-                                 "--labels", labels)
-        assert done.returncode == 0, done.stderr[-2000:]
-        rows = [line for line in done.stdout.splitlines() if line.startswith("| +")]
-        assert len(rows) == 2, done.stdout
+        assert main(["derived-accuracy", "--shape", "1x3x8x10", "--shifts", "0,4", "--labels", labels]) == 0
+        out = capsys.readouterr().out
+        rows = [line for line in out.splitlines() if line.startswith("| +")]
+        assert len(rows) == 2, out
         for row in rows:  # loss and gradient: P and Y derived / P derived / every class transformed
             cells = row.split("|")
             errors = [float(v) for v in cells[4].split("/") + cells[5].split("/")]
             assert len(errors) == 6 and max(errors) <= 1e-5, row
+    assert main(["derived-accuracy", "--shifts", "0,x"]) == 2
+    assert "--shifts" in capsys.readouterr().err
 
 
-def test_gpu_triton_check_and_reliability_scripts_dry_run_on_cpu(tmp_path):
+def test_gpu_check_and_reliability_modes_dry_run_on_cpu(tmp_path):
     """The other stages of the prepared GPU call that have no test of their own run end to end on CPU
-    (the interpreter, tiny shapes): gpu_triton_check.py with every contender, the split mode's and
-    the probabilities-first rows included, and gpu_reliability_check.py."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
+    (the interpreter, tiny shapes): gpu-check with every contender, the split mode's and the
+    probabilities-first rows included, and reliability."""
     pytest.importorskip("triton")
-    bench = Path(__file__).resolve().parents[1] / "bench"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run(
-        [sys.executable, str(bench / "gpu_triton_check.py"), "--smoke", "--no-compile", "--reps", "1", "--cases", "smoke-b",
-         "--out", str(tmp_path / "t")], capture_output=True, text=True, timeout=600, env=env)
-    assert done.returncode == 0, done.stderr[-2000:]
-    (row,) = json.loads((tmp_path / "t" / "results.json").read_text())["rows"]
+    from scc_fast import _settings
+
+    before = _settings.current()
+    assert main(["gpu-check", "--smoke", "--no-compile", "--reps", "1", "--cases", "smoke-b",
+                 "--out", str(tmp_path / "t")]) == 0
+    assert _settings.current() == before
+    data = json.loads((tmp_path / "t" / "results.json").read_text())
+    (row,) = data["rows"]
     assert set(row["accuracy"]) == {"tf32", "ieee", "tf32,split"}, row
     assert all(e["ok"] for e in row["accuracy"].values()), row["accuracy"]
     assert {"triton[tf32]", "triton[tf32,split]", "triton[tf32,p-first]", "triton[tf32,unfused]", "reference",
             "torch"} <= set(row["time_ms"]), row
-    done = subprocess.run([sys.executable, str(bench / "gpu_reliability_check.py"), "--device", "cpu", "--out",
-                           str(tmp_path / "r")], capture_output=True, text=True, timeout=600,
-                          env={**env, "TRITON_INTERPRET": "1"})
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "| triton | 2d | True / True |" in (tmp_path / "r" / "results.md").read_text()
-
-
-def _run_native_fft_ab(*args):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "bench" / "native_fft_ab.py"
-    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+    assert data["meta"]["command"].startswith("scc-fast bench gpu-check")
+    assert main(["reliability", "--device", "cpu", "--out", str(tmp_path / "r")]) == 0
+    md = (tmp_path / "r" / "results.md").read_text()
+    assert "| triton | 2d | True / True |" in md and "command: `scc-fast bench reliability" in md
 
 
 @pytest.mark.skipif(not available_backends()["native"].available, reason="native operator not built")
-def test_native_fft_ab_script_runs_each_engine():
-    """bench/native_fft_ab.py: a row per engine with the engine fft_engine names for the shape and a
-    ratio against the first (1.000 for itself)."""
-    done = _run_native_fft_ab("--shapes", "1x2x8x64", "1x3x4x4x16", "--engines", "auto", "mkl", "aten",
-                              "--rounds", "2", "--block", "1")
-    assert done.returncode == 0, done.stderr[-2000:]
-    rows = [ln.split() for ln in done.stdout.splitlines() if ln.startswith("1x")]
+def test_native_fft_ab_mode_runs_each_engine(capsys):
+    """scc-fast bench native-fft: a row per engine with the engine fft_engine names for the shape
+    and a ratio against the first (1.000 for itself)."""
+    from scc_fast import _settings
+
+    before = _settings.current()
+    assert main(["native-fft", "--shapes", "1x2x8x64", "1x3x4x4x16", "--engines", "auto", "mkl", "aten",
+                 "--rounds", "2", "--block", "1"]) == 0
+    assert _settings.current() == before
+    rows = [ln.split() for ln in capsys.readouterr().out.splitlines() if ln.startswith("1x")]
     assert [(r[0], r[1]) for r in rows] == [(s, e) for s in ("1x2x8x64", "1x3x4x4x16") for e in ("auto", "mkl", "aten")]
     from scc_fast.backends import native
 
@@ -518,13 +583,15 @@ def test_native_fft_ab_script_runs_each_engine():
         assert r[-1] == "1.000" if r[1] == "auto" else float(r[-1]) > 0
 
 
-def test_native_fft_ab_script_refuses_bad_arguments():
-    done = _run_native_fft_ab("--shapes", "2x4x64")
-    assert done.returncode == 2 and "a shape needs B, C and 2 or 3 spatial sizes" in done.stderr
-    done = _run_native_fft_ab("--engines", "fftw")
-    assert done.returncode == 2 and "invalid choice: 'fftw'" in done.stderr
-    done = _run_native_fft_ab("--rounds", "0")
-    assert done.returncode == 2 and "--rounds and --block must be >= 1" in done.stderr
+def test_native_fft_ab_mode_refuses_bad_arguments(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["native-fft", "--shapes", "2x4x64"])
+    assert done.value.code == 2 and "a shape needs B, C and 2 or 3 spatial sizes" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        main(["native-fft", "--engines", "fftw"])
+    assert done.value.code == 2 and "invalid choice: 'fftw'" in capsys.readouterr().err
+    assert main(["native-fft", "--rounds", "0"]) == 2
+    assert "--rounds and --block must be >= 1" in capsys.readouterr().err
 
 
 def test_commit_of_a_measurement(monkeypatch, tmp_path):

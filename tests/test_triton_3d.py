@@ -275,7 +275,7 @@ for x, act, labels, rows, check in (("*fp32", 1, True, 4, False), ("*bf16", 1, T
              count_ptr="*i32" if labels else f, flag_ptr="*i32" if check else f, **{i: "i32" for i in stage1_ints}),
              dict(ACTIVATION=act, LABELS=labels, HAS_IGNORE=labels and rows != 4, VALIDATE=check, CP=rows,
                   CHANNEL_THREADS=False, BLOCK=max(16, 1024 // rows)), warps=8)
-# the other tiles and warps bench/gpu_stage1_tune.py times (values per tile, warps, threads down
+# the other tiles and warps scc-fast bench stage1-tune times (values per tile, warps, threads down
 # the channels first), at 16 rows, and the channel-thread tiles at 4 and 32 rows too
 variants = [(16, v, w, False) for v, w in ((512, 4), (1024, 4), (1024, 2), (2048, 8), (2048, 4), (4096, 8), (512, 1))]
 variants += [(rows, v, w, True) for rows in (4, 16, 32) for v, w in ((1024, 8), (2048, 8), (1024, 4))]

@@ -888,7 +888,7 @@ def test_kernels_compile_for_the_gpu():
 
 
 def test_stage1_settings_pick_the_gpu_tile(monkeypatch):
-    """The settings fft_stage1_values / fft_stage1_warps (bench/gpu_stage1_tune.py varies them) set the GPU tile: values
+    """The settings fft_stage1_values / fft_stage1_warps (scc-fast bench stage1-tune varies them) set the GPU tile: values
     split between the channel rows (at least 16 voxels); the interpreter keeps its large tiles."""
     cuda = torch.device("cuda")
     assert triton_fft._stage1_config(cuda, 4) == (4, 256, 8, False)
@@ -947,7 +947,7 @@ def table_file(tmp_path, monkeypatch):
     dispatch.clear_cache()
 
 
-PROVENANCE = {"card": "Fake GPU", "date": "2026-11-27", "command": "python bench/gpu_3d_check.py"}
+PROVENANCE = {"card": "Fake GPU", "date": "2026-11-27", "command": "scc-fast bench gpu-3d"}
 
 
 def measured(*rows) -> dict:
@@ -1075,14 +1075,14 @@ def test_explain_shape_and_cli(table_file, capsys):
     assert "backend: triton_fft" in capsys.readouterr().out
 
 
-# ---------------------------------------------------------------- the GPU script, smoke mode
+# ---------------------------------------------------------------- the GPU check (scc-fast bench gpu-3d), smoke mode
 
 
 def test_gpu_3d_check_smoke_emits_a_loadable_table(tmp_path):
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     env.pop(dispatch.TABLE_ENV_VAR, None)
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "gpu_3d_check.py"), "--smoke", "--out", str(tmp_path)],
+        [sys.executable, "-m", "scc_fast.cli", "bench", "gpu-3d", "--smoke", "--out", str(tmp_path)],
         env=env,
         capture_output=True,
         text=True,

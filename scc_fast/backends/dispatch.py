@@ -1,7 +1,7 @@
 """Measured dispatch: which backend ``backend="auto"`` tries first, per device and shape.
 
 The ranking comes from a table of timings measured on real hardware and committed with the
-package (``dispatch_table.json`` next to this file; ``bench/gpu_3d_check.py`` writes it), not
+package (``dispatch_table.json`` next to this file; ``scc-fast bench gpu-3d`` writes it), not
 from a guess. Format (``"format": "scc_fast.dispatch/1"``)::
 
     {

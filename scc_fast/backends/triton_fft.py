@@ -754,12 +754,12 @@ def _sm_count(index: int | None) -> int:
 #: channels the fewer voxels) and warps per program. 1024 / 8 builds without spills for 2-32 rows
 #: (sm_90, triton 3.6 and 3.9); on the device it runs at a few times its memory traffic's time
 #: (bench/RESULTS.md, GPU run 5). The settings ``fft_stage1_values`` / ``fft_stage1_warps``
-#: (bench/gpu_stage1_tune.py times others). ``fft_stage1_channel_threads``: lay a tile's threads down the channel rows first (``CHANNEL_THREADS``): with 4-wide vector
+#: (``scc-fast bench stage1-tune`` times others). ``fft_stage1_channel_threads``: lay a tile's threads down the channel rows first (``CHANNEL_THREADS``): with 4-wide vector
 #: loads along the voxels Triton puts a warp's threads along the voxels and the remaining warps
 #: down the rows, so the softmax's max and sum over channels cross warps through shared memory
 #: every tile (1024 / 8: at 4 rows and at 16, read from the sm_90 TTGIR); without vector loads
 #: they stay in a warp (shuffles), at 63-128 registers for 4-32 rows. Unmeasured on a GPU: off
-#: until ``bench/gpu_stage1_tune.py`` says it is faster.
+#: until ``scc-fast bench stage1-tune`` says it is faster.
 
 
 def _stage1_config(device: torch.device, n_chan: int) -> tuple[int, int, int, bool]:

@@ -36,7 +36,7 @@ exponentials per voxel more (bench/RESULTS.md, GPU run 3).
 2D split mode (the setting ``triton_2d``): the fused kernel gives a pair to one program, so a call
 with fewer pairs than SMs leaves SMs idle. The split mode runs 2D input through the five 3D
 launches, with blocks of rows as the slices; ``"auto"`` (the default) takes it for such calls
-(bench/RESULTS.md, GPU run 3; ``bench/gpu_triton_check.py`` measures both).
+(bench/RESULTS.md, GPU run 3; ``scc-fast bench gpu-check`` measures both).
 
 The launches run inside the one registered op, ``torch.ops.scc_fast.activated_correlation``
 (:mod:`scc_fast.backends.activation`), whose fake implementation lets ``torch.compile`` trace
@@ -1245,7 +1245,7 @@ def _next_pow2(n: int) -> int:
 #: H and W), compiled without a GPU with triton.compile(..., target=GPUTarget("cuda", 90, 32))
 #: and cuobjdump --dump-resource-usage (the stack bytes: bench/RESULTS.md, 'Figures moved out of
 #: the code's comments'). These are the sliced passes' (3D, and the 2D split mode). tf32 timed on
-#: an H200 (bench/gpu_tune.py): 32/32/32/4/2 with 3 programs per SM was the fastest split-mode row
+#: an H200 (scc-fast bench tune): 32/32/32/4/2 with 3 programs per SM was the fastest split-mode row
 #: at both 2D benchmark cases and about halved btcv-3d (bench/RESULTS.md, GPU runs 3 and 4, the
 #: tune tables).
 GPU_BLOCKS = {

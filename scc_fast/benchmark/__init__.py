@@ -15,7 +15,13 @@ matplotlib, the ``[bench]`` extra; without it they are skipped, with one line on
   set per phase). Files: ``timeline.json``, ``timeline.md``, ``timeline.png`` (and, on CUDA,
   ``timeline_<backend>.pickle`` snapshots for https://pytorch.org/memory_viz).
 
-Progress goes to stderr. ``main(argv)`` runs it from Python (``argv`` without ``"bench"``).
+These are also the modes ``cases``, ``scaling`` and ``timeline``; the other modes of the harness
+(the GPU checks, profile, tuning, the CPU studies: ``scc-fast bench --help`` lists them) live in
+:mod:`.modes`, one module each, imported only when named. Every mode times through
+:func:`.measure.time_steps`.
+
+Progress goes to stderr. ``main(argv)`` runs it from Python (``argv`` without ``"bench"``, e.g.
+``main(["profile", "--smoke", "--device", "cpu", "--out", "d"])``).
 A mistake on the command line is one line on stderr and exit code 2 (:class:`.errors.CLIError`).
 """
 
@@ -38,14 +44,38 @@ __all__ = ["add_parser", "main", "run", "fit_exponent", "Case", "BENCHMARK_CASES
 COMPILED = "reference-compile"
 
 
+STUDIES = {
+    "cases": "the benchmark cases, every backend against the reference (the default without a mode)",
+    "scaling": "time and memory against N, with the fitted growth exponent (same as --scaling)",
+    "timeline": "memory over one forward + backward (same as --timeline)",
+}
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``bench`` on the ``scc-fast`` command line (called by :mod:`scc_fast.cli`)."""
+    """Register ``bench`` and its modes on the ``scc-fast`` command line (called by :mod:`scc_fast.cli`)."""
+    from .modes import ModeAction, add_modes
+
     p = subparsers.add_parser(
         "bench",
-        help="benchmark every available backend against the torch.fft reference",
+        help="benchmark every available backend against the torch.fft reference (and the modes below)",
         description=__doc__.split("\n\n")[0] + " Cases: " + ", ".join(
-            f"{n} {'x'.join(map(str, s))}" for n, (s, _) in BENCHMARK_CASES.items()) + ".",
+            f"{n} {'x'.join(map(str, s))}" for n, (s, _) in BENCHMARK_CASES.items()) + ". "
+        "Without a mode it runs the cases study with the options below; `scc-fast bench MODE --help` "
+        "gives a mode's own options (put them after the mode).",
     )
+    _add_study_options(p)
+    modes = p.add_subparsers(dest="mode", metavar="MODE", action=ModeAction, required=False,
+                             title="modes (default: cases)")
+    for name, help_text in STUDIES.items():
+        sp = modes.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        _add_study_options(sp)
+        sp.set_defaults(**{name: True} if name != "cases" else {})
+    add_modes(modes)
+    return p
+
+
+def _add_study_options(p: argparse.ArgumentParser) -> None:
+    """The options of the cases, scaling and timeline studies (``bench`` itself and its three modes)."""
     p.add_argument("--quick", action="store_true",
                    help="fewer repeats; on a CPU also smaller cases and torch.compile only on the two acceptance shapes "
                         "(under 3 minutes on 2 cores)")
@@ -80,14 +110,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="write JSON and Markdown only (without matplotlib the PNG files are skipped anyway)")
     p.add_argument("--report-only", action="store_true", help="rewrite Markdown and PNG from the JSON files in --out")
     p.set_defaults(func=run)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """``scc-fast bench ARGS`` from Python: ``main(["--quick", "--out", "d"])``; returns the exit code."""
     parser = argparse.ArgumentParser(prog="scc-fast")
     add_parser(parser.add_subparsers(dest="command", required=True))
-    return run_command(parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)]))
+    argv = ["bench", *(sys.argv[1:] if argv is None else argv)]
+    args = parser.parse_args(argv)
+    args._argv = argv
+    return run_command(args)
 
 
 def _labels(args, device: str) -> tuple[list[str], dict[str, str]]:
@@ -204,8 +236,7 @@ def run(args: argparse.Namespace) -> int:
         label_notes=notes,
         scaling_sizes=sizes,
         scaling_repeats=args.repeats or (10 if gpu else (2 if args.quick else 3)),
-        command="scc-fast " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"]
-        else "scc-fast bench " + " ".join(shlex.quote(a) for a in _argv_of(args)),
+        command=command_of(args),
     )
     for name, why in notes.items():
         suite.progress(cfg, f"left out {name}: {why}")
@@ -239,11 +270,19 @@ def _exit_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)
 
 
+def command_of(args: argparse.Namespace) -> str:
+    """The command for the record: as typed where :func:`main` or ``scc-fast`` parsed it."""
+    argv = getattr(args, "_argv", None)
+    if argv is None and sys.argv[1:2] == ["bench"]:
+        argv = sys.argv[1:]
+    return "scc-fast " + shlex.join(argv if argv is not None else ["bench", *_argv_of(args)])
+
+
 def _argv_of(args: argparse.Namespace) -> list[str]:
     """A reconstruction of the command for the record, when not run from the command line."""
     parts = []
     for k, v in sorted(vars(args).items()):
-        if k.startswith("_") or k in ("func", "command") or v in (None, False):
+        if k.startswith("_") or k in ("func", "command", "mode") or v in (None, False):
             continue
         flag = "--" + k.replace("_", "-")
         if v is True:

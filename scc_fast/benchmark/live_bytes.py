@@ -2,8 +2,8 @@
 at the peak, on any device (the allocator's own rounding, caching and workspaces, e.g. cuFFT's,
 are not counted).
 
-With a backend's kernels stubbed out (``bench/host_overhead.py``'s ``stub_kernels``) this predicts
-a GPU call's peak on a CPU: ``bench/fft_forward_peak.py`` reproduces GPU run 5's measured peaks of
+With a backend's kernels stubbed out (``scc-fast bench host-overhead``'s ``stub_kernels``) this predicts
+a GPU call's peak on a CPU: ``scc-fast bench fft-peak`` reproduces GPU run 5's measured peaks of
 backend triton_fft at the benchmark cases within 1 MiB. It sees the tensors of Python-level torch calls
 only: those made inside a registered custom op's implementation are seen when that implementation
 is called directly, not through the op.

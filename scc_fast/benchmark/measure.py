@@ -33,7 +33,7 @@ import statistics
 import sys
 import time
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -42,6 +42,9 @@ __all__ = [
     "make_inputs",
     "build_loss_fn",
     "time_calls",
+    "time_steps",
+    "time_step",
+    "CLOCKS",
     "peak_memory",
     "measure_one",
     "measure_series",
@@ -120,31 +123,97 @@ def summarize(samples_ms: list[float]) -> dict[str, Any]:
     }
 
 
+#: What :func:`time_steps` can read around a call: ``events`` (CUDA events, the device's time),
+#: ``wall`` (perf_counter, the device synchronised after the call: what a training loop waits for),
+#: ``host`` (perf_counter until the call returns, without waiting: the host's cost of issuing it).
+CLOCKS = ("events", "wall", "host")
+
+
+def time_steps(steps: Mapping[str, Callable[[], object]], *, repeats: int, device: torch.device | str = "cpu",
+               clocks: tuple[str, ...] = ("auto",), warmup: int = 0, block: int = 1, untimed_first: bool = False,
+               alternate: bool = False, max_s: float | None = None,
+               before_block: Callable[[str], object] | None = None) -> dict[str, dict[str, list[float]]]:
+    """Milliseconds of each step, per clock: the one timing loop of ``scc-fast bench``'s modes.
+
+    ``repeats`` rounds; each round runs every step in turn (in reverse order every other round
+    with ``alternate``, so that no step always follows the same one), ``block`` timed calls in
+    a row, after one untimed call with ``untimed_first`` (it meets what the previous step left:
+    freed memory, cold caches); a step's sample for the round is the median of its block.
+    ``before_block(name)``, untimed, starts each block (e.g. switches a setting for an A/B).
+    ``warmup`` untimed calls of each step come first. ``clocks``: names from :data:`CLOCKS`,
+    ``auto`` being ``events`` on CUDA and ``wall`` elsewhere; ``events`` needs CUDA. With
+    ``max_s``, no round starts after that many seconds once three rounds are done.
+    """
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    clocks = tuple(("events" if cuda else "wall") if c == "auto" else c for c in clocks)
+    if not set(clocks) <= set(CLOCKS) or ("events" in clocks and not cuda):
+        raise ValueError(f"clocks must be from {CLOCKS} (events on CUDA only), got {clocks} on {device}")
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    _sync(device)
+    out: dict[str, dict[str, list[float]]] = {name: {c: [] for c in clocks} for name in steps}
+    names = list(steps)
+    t_start = time.perf_counter()
+    for r in range(repeats):
+        if max_s is not None and r >= 3 and time.perf_counter() - t_start > max_s:
+            break
+        for name in (names[::-1] if alternate and r % 2 else names):
+            if before_block is not None:
+                before_block(name)
+            if untimed_first:
+                steps[name]()
+            block_ms: dict[str, list[float]] = {c: [] for c in clocks}
+            for _ in range(block):
+                for c, ms in _time_one(steps[name], device, clocks).items():
+                    block_ms[c].append(ms)
+            for c in clocks:
+                out[name][c].append(statistics.median(block_ms[c]))
+    return out
+
+
+def _time_one(step: Callable[[], object], device: torch.device, clocks: tuple[str, ...]) -> dict[str, float]:
+    """One call of ``step`` under every clock asked for (see :data:`CLOCKS`)."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+    start = end = None
+    if "events" in clocks:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    t0 = time.perf_counter()
+    if start is not None:
+        start.record()
+    step()
+    if end is not None:
+        end.record()
+    t1 = time.perf_counter()
+    if end is not None:
+        end.synchronize()
+    elif cuda and "wall" in clocks:
+        torch.cuda.synchronize(device)
+    t2 = time.perf_counter()
+    got = {"host": (t1 - t0) * 1e3, "wall": (t2 - t0) * 1e3}
+    if start is not None:
+        got["events"] = start.elapsed_time(end)
+    return {c: got[c] for c in clocks}
+
+
+def time_step(step: Callable[[], object], *, repeats: int, device: torch.device | str = "cpu", **kw: Any) -> list[float]:
+    """:func:`time_steps` of one step under one clock (``clock=``, default ``auto``): its samples in ms."""
+    clock = kw.pop("clock", "auto")
+    (samples,) = time_steps({"step": step}, repeats=repeats, device=device, clocks=(clock,), **kw)["step"].values()
+    return samples
+
+
 def time_calls(fn: LossFn, x: torch.Tensor, t: torch.Tensor, mode: str, repeats: int) -> dict[str, Any]:
     """Time ``repeats`` calls (already warmed up): CUDA events on a GPU, perf_counter on a CPU."""
-    samples = []
-    if x.device.type == "cuda":
-        for _ in range(repeats):
-            x.grad = None
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            loss = fn(x, t)
-            if mode == "fwdbwd":
-                loss.backward()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end))
-            del loss
-    else:
-        for _ in range(repeats):
-            x.grad = None
-            t0 = time.perf_counter()
-            loss = fn(x, t)
-            if mode == "fwdbwd":
-                loss.backward()
-            samples.append((time.perf_counter() - t0) * 1e3)
-            del loss
+
+    def step() -> None:
+        loss = _call(fn, x, t, mode)
+        del loss
+
+    samples = time_step(step, repeats=repeats, device=x.device)
     x.grad = None
     return summarize(samples)
 
@@ -158,19 +227,9 @@ def copy_bandwidth(device: torch.device | str, nbytes: int = 1 << 30, repeats: i
     nbytes = int(min(nbytes, free // 4))
     src = torch.empty(nbytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    samples = []
-    for _ in range(repeats):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        dst.copy_(src)
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end))
+    samples = time_step(lambda: dst.copy_(src), repeats=repeats, device=device, warmup=3)
     med = statistics.median(samples)
-    del src, dst
+    src = dst = None  # noqa: F841 - freed before empty_cache
     torch.cuda.empty_cache()
     return {"bytes": nbytes, "median_ms": med, "GBps": 2 * nbytes / (med * 1e-3) / 1e9, "method": "dst.copy_(src), read + write"}
 

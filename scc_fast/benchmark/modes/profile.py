@@ -1,7 +1,7 @@
-"""Where a forward + backward step spends its time on the GPU: the host or the kernels.
+"""``scc-fast bench profile``: where a forward + backward step spends its time on the GPU, the host or the kernels.
 
 GPU run 2 (bench/RESULTS.md) missed issue 3's and issue 4's targets with every backend at 2-6 ms per
-step and 1-2% of the HBM roofline, and put that down to fixed per-step costs. This script measures
+step and 1-2% of the HBM roofline, and put that down to fixed per-step costs. This mode measures
 it, per benchmark case and backend (logits, integer labels, softmax, ``scc_loss``, forward + backward):
 
 - ``step_ms``: wall time of a step, synchronised before and after (what a training loop pays);
@@ -22,17 +22,17 @@ Writes ``results.json``, ``results.md`` and one ``profile_<case>_<backend>.txt``
 tables) per row to ``--out``, after every row. ``--budget`` bounds the run (rows not started are
 listed as skipped).
 
-    python bench/gpu_profile.py --out /tmp/profile                                   # on the GPU
-    TRITON_INTERPRET=1 python bench/gpu_profile.py --smoke --device cpu --out /tmp/p    # dry run
+    scc-fast bench profile --out /tmp/profile                                   # on the GPU
+    scc-fast bench profile --smoke --device cpu --out /tmp/p                    # dry run (interpreter)
+
+(Before the harness: ``bench/gpu_profile.py``.)
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import statistics
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -40,11 +40,12 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import scc_fast  # noqa: E402
-from scc_fast import _settings, backends  # noqa: E402
-from scc_fast.benchmark.measure import _sync as sync, make_inputs  # noqa: E402
-from scc_fast.benchmark.suite import _commit  # noqa: E402
+import scc_fast
+from scc_fast import _settings, backends
+
+from ..errors import writable_dir
+from ..measure import _sync as sync, make_inputs, time_steps
+from ._common import environment, interpreter_for_smoke, pick, require_cuda
 
 CASES = {
     "synapse-2d": (24, 9, 224, 224),
@@ -59,16 +60,14 @@ BACKENDS = ("reference", "torch", "triton", "triton_fft", "triton_fft:all-classe
 VARIANTS = {"triton_fft:all-classes": {"fft_derive": False}}
 
 
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="bench/out/gpu_profile", help="output folder")
-    ap.add_argument("--device", default="cuda", help="cuda (default) or cpu (a dry run of the script)")
-    ap.add_argument("--smoke", action="store_true", help="tiny shapes (with --device cpu and TRITON_INTERPRET=1)")
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--out", type=Path, default=Path("bench/out/gpu_profile"), help="output folder")
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cuda (default) or cpu (a dry run of the mode)")
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes (with --device cpu: under the Triton interpreter)")
     ap.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
     ap.add_argument("--backends", default=None, help="comma-separated backends (default: every available one)")
     ap.add_argument("--reps", type=int, default=10, help="timed steps per measurement")
     ap.add_argument("--budget", type=float, default=40.0, help="seconds: no row starts after this")
-    return ap.parse_args(argv)
 
 
 def step(x, labels, backend, validate):
@@ -76,37 +75,19 @@ def step(x, labels, backend, validate):
     scc_fast.scc_loss(leaf, labels, softmax=True, backend=backend, validate=validate).backward()
 
 
-def median_ms(samples):
-    return round(statistics.median(samples) * 1e3, 4)
-
-
 def time_row(x, labels, backend, device, reps):
-    """step_ms, host_ms, gpu_ms (validate=False) and step_ms with validate=True."""
+    """step_ms (synchronised), host_ms (issuing only) and gpu_ms (CUDA events) of the same steps,
+    validate=False; then step_ms with validate=True."""
     row = {}
+    clocks = ("wall", "host", "events") if device.type == "cuda" else ("wall", "host")
     for validate in (False, True):
-        walls, hosts, gpus = [], [], []
-        for _ in range(reps):
-            sync(device)
-            start = torch.cuda.Event(enable_timing=True) if device.type == "cuda" else None
-            end = torch.cuda.Event(enable_timing=True) if device.type == "cuda" else None
-            t0 = time.perf_counter()
-            if start is not None:
-                start.record()
-            step(x, labels, backend, validate)
-            if end is not None:
-                end.record()
-            t1 = time.perf_counter()
-            sync(device)
-            t2 = time.perf_counter()
-            walls.append(t2 - t0)
-            hosts.append(t1 - t0)
-            if start is not None:
-                gpus.append(start.elapsed_time(end) / 1e3)
+        (ms,) = time_steps({"step": lambda: step(x, labels, backend, validate)}, repeats=reps, device=device,
+                           clocks=clocks).values()
+        med = {c: round(statistics.median(s), 4) for c, s in ms.items()}
         if validate:
-            row["step_ms_validate"] = median_ms(walls)
+            row["step_ms_validate"] = med["wall"]
         else:
-            row["step_ms"], row["host_ms"] = median_ms(walls), median_ms(hosts)
-            row["gpu_ms"] = median_ms(gpus) if gpus else None
+            row["step_ms"], row["host_ms"], row["gpu_ms"] = med["wall"], med["host"], med.get("events")
     return row
 
 
@@ -164,29 +145,10 @@ def launch_overhead(device, launches: int) -> dict:
     return out
 
 
-def environment(device, argv) -> dict:
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (dry run)"
-    return {
-        "card": card,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "triton": triton_version,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": _commit(),
-        "command": " ".join(["python", "bench/gpu_profile.py", *argv]),
-    }
-
-
 def markdown(results):
     env = results["environment"]
     lines = [
-        "# Where a step's time goes (bench/gpu_profile.py)",
+        "# Where a step's time goes (scc-fast bench profile)",
         "",
         f"- {env.get('card')}; torch {env.get('torch')}, triton {env.get('triton')}; {env.get('date')}, "
         f"commit {env.get('commit')}",
@@ -217,30 +179,19 @@ def write(out: Path, results):
     (out / "results.md").write_text(markdown(results))
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("no CUDA device: run with --device cpu (and --smoke) to check the script", file=sys.stderr)
-        return 2
-    cases = SMOKE_CASES if args.smoke else CASES
-    if args.cases:
-        unknown = sorted(set(args.cases.split(",")) - set(cases))
-        if unknown:
-            print(f"unknown cases {unknown}; known: {sorted(cases)}", file=sys.stderr)
-            return 2
-        cases = {k: v for k, v in cases.items() if k in args.cases.split(",")}
-    wanted = args.backends.split(",") if args.backends else list(BACKENDS)
-    unknown = sorted(set(wanted) - set(BACKENDS))
-    if unknown:
-        print(f"unknown backends {unknown}; known: {list(BACKENDS)}", file=sys.stderr)
-        return 2
+    require_cuda(device, "run with --device cpu (and --smoke) to check the mode")
+    interpreter_for_smoke(args.smoke)
+    known = SMOKE_CASES if args.smoke else CASES
+    cases = {k: known[k] for k in pick("--cases", args.cases, known)}
+    wanted = pick("--backends", args.backends, BACKENDS)
     status = backends.available_backends()
     # native is a CPU operator: on a GPU it has nothing to measure.
     available = [b for b in wanted if status[b.split(":")[0]].available and not (b == "native" and device.type == "cuda")]
-    out = Path(args.out)
-    results = {"environment": environment(device, argv), "rows": [], "skipped": []}
+    out = writable_dir(args.out)
+    card = None if device.type == "cuda" else "CPU (dry run)"
+    results = {"environment": environment(args, device, card), "rows": [], "skipped": []}
     try:
         results["launch_us"] = launch_overhead(device, 500 if device.type == "cuda" else 5)
         print("launch_us", json.dumps(results["launch_us"]), flush=True)
@@ -281,6 +232,3 @@ def main(argv=None) -> int:
     write(out, results)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,11 +1,11 @@
-"""Tile configurations of backend "triton" on the GPU: one stage of the prepared GPU call.
+"""``scc-fast bench tune``: tile configurations of backend "triton" on the GPU, a stage of the prepared GPU call.
 
 The tile sizes were first chosen without a GPU, only so that ptxas reports no spills. GPU run 3
 timed the 2D fused kernel and split mode under eight configurations, GPU run 4 the 3D path
 (``bench/RESULTS.md``); the defaults are now 32/32/32, 4 warps, 2 stages, 2 programs per SM for
 the sliced passes (3D and the 2D split, ``triton_scc.GPU_BLOCKS``) and 64/32/32, 8 warps, 2
 stages, 1 program per SM for the fused 2D kernel (``GPU_BLOCKS_FUSED``: less scratch). This
-script times, per benchmark case, the 3D path (mode ``3d``: brats-3d, btcv-3d) and the 2D fused kernel
+mode times, per benchmark case, the 3D path (mode ``3d``: brats-3d, btcv-3d) and the 2D fused kernel
 and split mode (the setting ``triton_2d``) under their defaults and a few others; TF32 dots,
 logits + int64 labels + softmax, ``scc_loss(..., validate=False)``; the first configuration of
 each mode is the default. Each row: median forward + backward ms (CUDA events, after a warm-up
@@ -15,30 +15,26 @@ gradient to the case's first row (all should agree within TF32's 5e-3).
 Rows go in the order of ``CONFIGS`` x cases, so when ``--budget`` runs out the most informative
 ones are done; ``results.json`` / ``results.md`` are written after every row.
 
-    python bench/gpu_tune.py --out /tmp/tune                                  # on the GPU
-    TRITON_INTERPRET=1 python bench/gpu_tune.py --smoke --out /tmp/tune       # CPU dry run
+    scc-fast bench tune --out /tmp/tune                    # on the GPU
+    scc-fast bench tune --smoke --out /tmp/tune            # CPU dry run (Triton interpreter)
+
+(Before the harness: ``bench/gpu_tune.py``.)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
-import time
 import traceback
 from pathlib import Path
 
-if "--smoke" in sys.argv and not os.environ.get("TRITON_INTERPRET"):
-    os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: a CPU dry run
-
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from scc_fast import _settings  # noqa: E402
-from scc_fast.backends import triton_scc  # noqa: E402
-from scc_fast.benchmark.measure import _sync as sync, build_loss_fn, time_calls  # noqa: E402
-from scc_fast.benchmark.suite import _commit  # noqa: E402
+from scc_fast import _settings
+
+from ..errors import writable_dir
+from ..measure import _sync as sync, build_loss_fn, time_calls
+from ._common import Clock, environment, interpreter_for_smoke, require_cuda
 
 CASES = {"synapse-2d": (24, 9, 224, 224), "polyp-2d": (16, 2, 512, 512)}
 CASES_3D = {"brats-3d": (2, 4, 128, 128, 128), "btcv-3d": (2, 14, 96, 96, 96)}
@@ -56,13 +52,6 @@ CONFIGS = [
     ("3d", 64, 64, 32, 8, 2, 1),
     ("fused", 32, 32, 32, 4, 2, 3),  # GPU run 4: faster, more scratch (137 against 110 MiB)
 ]
-T0 = time.perf_counter()
-
-
-def elapsed() -> float:
-    return time.perf_counter() - T0
-
-
 #: scc_loss(x, labels, softmax=True, backend="triton", validate=False)
 triton_loss = build_loss_fn("triton")
 
@@ -89,36 +78,29 @@ def rel(a, b):
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True, help="output folder")
-    ap.add_argument("--smoke", action="store_true", help="tiny shapes on CPU under TRITON_INTERPRET=1")
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--out", required=True, type=Path, help="output folder")
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes on CPU under the Triton interpreter")
     ap.add_argument("--budget", type=float, default=60.0, help="seconds: no row starts after this")
     ap.add_argument("--reps", type=int, default=7, help="timed steps per row")
     ap.add_argument("--configs", type=int, default=len(CONFIGS), help="only the first N configurations")
-    args = ap.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if not args.smoke and not torch.cuda.is_available():
-        print("gpu_tune.py: no CUDA device (use --smoke for a dry run on CPU)", file=sys.stderr)
-        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.smoke:
+        require_cuda("cuda", "use --smoke for a dry run on CPU")
+    interpreter_for_smoke(args.smoke)
+    from scc_fast.backends import triton_scc
+
+    out = writable_dir(args.out)
+    elapsed = Clock()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     cases_2d = SMOKE_CASES if args.smoke else CASES
     cases_3d = SMOKE_CASES_3D if args.smoke else CASES_3D
     default_blocks, defaults = triton_scc.GPU_BLOCKS["tf32"], _settings.current()
     default_fused = triton_scc.GPU_BLOCKS_FUSED["tf32"]
-    env = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (interpreter)",
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "commit": _commit(),
-    }
-    try:
-        import triton
-
-        env["triton"] = triton.__version__
-    except ImportError:
-        pass
+    env = environment(args, device, card=None if device.type == "cuda" else "cpu (interpreter)")
+    env["device"] = env["card"]
     inputs, baseline, rows = {}, {}, []
     for mode, bm, bn, bk, warps, stages, pps in CONFIGS[: args.configs]:
         for name, shape in (cases_3d if mode == "3d" else cases_2d).items():
@@ -138,10 +120,10 @@ def main(argv=None) -> int:
                 table = triton_scc.GPU_BLOCKS_FUSED if mode == "fused" else triton_scc.GPU_BLOCKS
                 table["tf32"] = (bm, bn, bk, warps, stages)
                 _settings.update(triton_programs_per_sm=pps, triton_2d="auto" if mode == "3d" else mode)
-                t = time.perf_counter()
+                t = elapsed()
                 loss = step(x, labels)
                 sync(device)
-                row["first_call_s"] = round(time.perf_counter() - t, 2)  # compilation included
+                row["first_call_s"] = round(elapsed() - t, 2)  # compilation included
                 grad = x.grad.detach().clone()
                 if name not in baseline:
                     baseline[name] = (loss, grad)
@@ -169,7 +151,7 @@ def main(argv=None) -> int:
 def markdown(env, rows) -> str:
     lines = [
         f"<!-- {env['device']}, torch {env['torch']}, triton {env.get('triton')}, {env['date']}, "
-        f"commit {env['commit']} -->",
+        f"commit {env['commit']}; {env['command']} -->",
         "| case | mode | BM, BN, BK | warps | stages | programs/SM | fwd+bwd ms | peak MiB | rel diff loss / grad "
         "| first call s |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -190,6 +172,3 @@ def write(out: Path, env, rows) -> None:
     (out / "results.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1) + "\n")
     (out / "results.md").write_text(markdown(env, rows) + "\n")
 
-
-if __name__ == "__main__":
-    sys.exit(main())

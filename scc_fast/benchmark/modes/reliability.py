@@ -1,4 +1,4 @@
-"""The CUDA half of issue 6 (reliability), for the one prepared GPU call (bench/gpu_run.sh).
+"""``scc-fast bench reliability``: the CUDA half of issue 6, a stage of the prepared GPU call (bench/gpu_run.sh).
 
 For every fast backend available on the device:
 - determinism: the same inputs twice (forward + backward, logits, softmax) give bitwise equal loss
@@ -10,10 +10,11 @@ For every fast backend available on the device:
   normal call gives the same result as before.
 
 Writes results.json and results.md into --out. Runs on CPU too (``--device cpu``; Triton backends
-under TRITON_INTERPRET=1) to check the script itself:
+under TRITON_INTERPRET=1, which it sets there) to check the mode itself. (Before the harness:
+``bench/gpu_reliability_check.py``.)
 
-    python bench/gpu_reliability_check.py --out gpu_out/reliability
-    TRITON_INTERPRET=1 python bench/gpu_reliability_check.py --device cpu --out /tmp/rel
+    scc-fast bench reliability --out gpu_out/reliability
+    scc-fast bench reliability --device cpu --out /tmp/rel
 """
 
 from __future__ import annotations
@@ -21,15 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 import traceback
+from pathlib import Path
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import scc_fast  # noqa: E402
-from scc_fast import backends  # noqa: E402
+import scc_fast
+from scc_fast import backends
+
+from ..errors import writable_dir
+from ._common import environment, interpreter_for_smoke, require_cuda
 
 FAST = ("triton", "triton_fft", "torch", "native")
 
@@ -122,25 +125,19 @@ def check_oom(backend, device, shape):
     return {"raised": raised, "next_call_equal": same, "ok": raised == "torch.OutOfMemoryError" and same}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--device", default="cuda")
-    args = ap.parse_args()
-    device = torch.device(args.device)
-    os.makedirs(args.out, exist_ok=True)
-    t0 = time.time()
-    meta = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "torch": torch.__version__,
-        "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
-    try:
-        import triton
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, type=Path, help="output folder (results.json, results.md)")
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: a dry run of the mode")
 
-        meta["triton"] = triton.__version__
-    except ImportError:
-        meta["triton"] = None
+
+def run(args: argparse.Namespace) -> int:
+    device = torch.device(args.device)
+    require_cuda(device, "use --device cpu for a dry run of the mode")
+    interpreter_for_smoke(device.type == "cpu")
+    writable_dir(args.out)
+    t0 = time.time()
+    env = environment(args, device, card=None if device.type == "cuda" else "cpu")
+    meta = {"device": env["card"], "date_utc": env["date"], **{k: env[k] for k in ("torch", "triton", "commit", "command")}}
     big = device.type == "cuda"
     shapes = {"2d": (2, 4, 64, 64) if big else (1, 3, 16, 16), "3d": (1, 3, 32, 32, 32) if big else (1, 3, 8, 8, 8)}
     rows = []
@@ -175,8 +172,20 @@ def main() -> int:
     meta["seconds"] = round(time.time() - t0, 1)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    lines = markdown_lines(meta, rows)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {args.out}/results.json and results.md in {meta['seconds']} s")
+    return 0
+
+
+def markdown_lines(meta: dict, rows: list[dict]) -> list[str]:
+    """The results.md table: a row per backend and rank."""
     lines = [
         f"### Reliability on {meta['device']} (torch {meta['torch']}, triton {meta['triton']}, {meta['date_utc']})",
+        "",
+        f"- commit {meta['commit']}; command: `{meta['command']}`",
         "",
         "| backend | rank | deterministic (twice / deterministic algorithms) | autocast fp16 | autocast bf16 | OOM raised, next call equal |",
         "|---|---|---|---|---|---|",
@@ -186,23 +195,17 @@ def main() -> int:
             lines.append(f"| {r['backend']} | {r.get('rank', '-')} | skipped: {r['skipped'][:80]} | | | |")
             continue
         d = r.get("determinism", {})
+
         def amp(key):
             v = r.get(key)
             if v is None:
                 return "-"
             return v.get("error", f"{'ok' if v.get('ok') else 'FAIL'} (loss {v.get('loss_dtype')}, grad {v.get('grad_dtype')})")
+
         o = r.get("oom", {})
         oom = o.get("error") or o.get("skipped") or f"{o.get('raised')}, {o.get('next_call_equal')}"
         lines.append(
             f"| {r['backend']} | {r['rank']} | {d.get('bitwise_equal_twice')} / {d.get('equal_under_deterministic_algorithms')}"
             f"{' (' + d['error'][:60] + ')' if d.get('error') else ''} | {amp('autocast_float16')} | {amp('autocast_bfloat16')} | {oom} |"
         )
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"wrote {args.out}/results.json and results.md in {meta['seconds']} s")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return lines

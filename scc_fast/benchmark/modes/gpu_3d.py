@@ -1,4 +1,4 @@
-"""One-shot GPU check of the accelerated backends at the benchmark cases, 3D first (run once on the H100/H200).
+"""``scc-fast bench gpu-3d``: the accelerated backends at the benchmark cases on the GPU, 3D first.
 
 Cases (docs/loss.md section 8; logits in, integer labels, softmax, forward + backward of ``scc_loss``):
 brats-3d 2x4x128^3, btcv-3d 2x14x96^3, synapse-2d 24x9x224^2, polyp-2d 16x2x512^2.
@@ -28,64 +28,42 @@ and class 0's target spectrum is derived too; every other row passes ``validate=
    the device-to-device copy bandwidth measured here, and the fraction of it reached.
 
 Writes ``results.json``, ``results.md`` and ``dispatch_table.json`` (the ranking of the correct
-backends per case, in the format :mod:`scc_fast.backends.dispatch` reads; commit it as
-``scc_fast/backends/dispatch_table.json``) to ``--out``, after every step, so a failure or a
+backends per case, in the format :mod:`scc_fast.backends.dispatch` reads, made by
+:mod:`.gpu_3d_report`; commit it as ``scc_fast/backends/dispatch_table.json``, or pass
+``--install-table`` to write it there) to ``--out``, after every step, so a failure or a
 timeout loses nothing already measured. Every case and backend is wrapped: one failure does not
 lose the rest. ``--budget`` (seconds, default 185) bounds the run: the compiled reference, the
 slowest part, is skipped for a case when too little time is left.
 
-    python bench/gpu_3d_check.py --out /tmp/hybrid3d                 # on the GPU
-    python bench/gpu_3d_check.py --smoke --out /tmp/smoke            # CPU, tiny shapes, interpreter
+    scc-fast bench gpu-3d --out /tmp/hybrid3d                 # on the GPU
+    scc-fast bench gpu-3d --smoke --out /tmp/smoke            # CPU, tiny shapes, interpreter
+
+(Before the harness: ``bench/gpu_3d_check.py``.)
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
-import math
 import os
 import platform
 import statistics
-import sys
 import time
 import traceback
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import torch
 
+import scc_fast
+from scc_fast import backends
+from scc_fast.backends import dispatch
+from scc_fast.reference import reference_correlation
 
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "gpu_3d"), help="output folder")
-    ap.add_argument("--smoke", action="store_true", help="tiny shapes; on CPU under the Triton interpreter")
-    ap.add_argument("--device", default=None, help="cuda (default) or cpu (default with --smoke)")
-    ap.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
-    ap.add_argument("--budget", type=float, default=185.0, help="seconds for the whole run")
-    ap.add_argument("--warmup", type=int, default=None, help="untimed iterations per measurement")
-    ap.add_argument("--reps", type=int, default=None, help="timed iterations per measurement")
-    ap.add_argument("--compile-backend", default=None, help="torch.compile backend (inductor; aot_eager with --smoke)")
-    ap.add_argument("--no-compile", action="store_true", help="skip the compiled reference")
-    ap.add_argument("--chunked", action="store_true", help="also triton_fft with smaller chunks of classes")
-    return ap.parse_args(argv)
-
-
-ARGS = parse_args()
-DEVICE_NAME = ARGS.device or ("cpu" if ARGS.smoke else "cuda")
-if DEVICE_NAME == "cpu":
-    # Triton kernels on CPU tensors need the interpreter, chosen before triton is imported.
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-os.environ.pop("SCC_FAST_BACKEND", None)  # the run names every backend itself
-
-import torch  # noqa: E402
-
-sys.path.insert(0, str(ROOT))
-import scc_fast  # noqa: E402
-from scc_fast import backends  # noqa: E402
-from scc_fast.backends import activation, dispatch  # noqa: E402
-from scc_fast.benchmark.suite import _commit  # noqa: E402
-from scc_fast.reference import reference_correlation  # noqa: E402
+from ..errors import writable_dir
+from ..measure import time_step
+from ._common import Clock, environment, pick, require_cuda
+from .gpu_3d_report import ACCELERATED, _fmt, _ratio, markdown, write_outputs
 
 CASES = {
     "brats-3d": (2, 4, 128, 128, 128),
@@ -94,12 +72,11 @@ CASES = {
     "polyp-2d": (16, 2, 512, 512),
 }
 SMOKE_CASES = {"smoke-3d": (1, 3, 8, 12, 10), "smoke-2d": (2, 3, 16, 12)}
-ACCELERATED = ("torch", "triton_fft", "triton")
 # triton_fft with smaller chunks of classes (the setting fft_chunk_elements = 2^k): less memory, more launches.
 # Measured to choose the default; not dispatch candidates of their own.
 CHUNKED = ("triton_fft:chunk=2^23", "triton_fft:chunk=2^22")
 # The in-kernel DFT with IEEE dots (docs/loss.md section 6: 1e-5), on the 3D cases only (the 2D check,
-# bench/gpu_triton_check.py, has its own precision rows). Not a dispatch candidate.
+# scc-fast bench gpu-check, has its own precision rows). Not a dispatch candidate.
 TRITON_IEEE = ("triton:ieee",)
 # Recompute the gradient field in backward instead of keeping it (issue 4: keep or recompute,
 # whichever costs less), on the 3D cases. Not dispatch candidates of their own.
@@ -125,11 +102,7 @@ TOLERANCE.update({"reference:graph": 1e-5, "torch:graph": 1e-5, "triton_fft:grap
 TOLERANCE.update({"triton:recompute": 5e-3, "triton_fft:recompute": 1e-5, "triton:ws=2^30": 5e-3})
 TOLERANCE.update({name: 1e-5 for name in (*FFT_ALL_CLASSES, *FFT_VALIDATE)})
 
-T0 = time.perf_counter()
-
-
-def elapsed() -> float:
-    return time.perf_counter() - T0
+elapsed = Clock()  # restarted by run
 
 
 def log(msg: str) -> None:
@@ -193,22 +166,7 @@ def fwd_bwd(fn, x):
 
 
 def time_ms(fn, x, device, warmup: int, reps: int) -> tuple[float, list[float]]:
-    for _ in range(warmup):
-        fwd_bwd(fn, x)
-    sync(device)
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fwd_bwd(fn, x)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t = time.perf_counter()
-            fwd_bwd(fn, x)
-            times.append(1e3 * (time.perf_counter() - t))
+    times = time_step(lambda: fwd_bwd(fn, x), repeats=reps, device=device, warmup=warmup)
     return statistics.median(times), times
 
 
@@ -230,17 +188,7 @@ def capture_graph(fn, x, device):
 
 
 def time_graph_ms(graph, device, reps: int) -> tuple[float, list[float]]:
-    for _ in range(3):
-        graph.replay()
-    sync(device)
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+    times = time_step(graph.replay, repeats=reps, device=device, warmup=3)
     return statistics.median(times), times
 
 
@@ -307,174 +255,6 @@ def time_copy(a, b, device, reps):
     return statistics.median(times), times
 
 
-def environment(device) -> dict:
-    env = {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": " ".join(["python", *sys.argv]),
-        "commit": _commit(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "device": str(device),
-        "smoke": ARGS.smoke,
-    }
-    try:
-        import triton
-
-        env["triton"] = triton.__version__
-    except ImportError:
-        env["triton"] = None
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        env["card"] = props.name
-        env["memory_GiB"] = round(props.total_memory / 2**30, 1)
-        env["cuda"] = torch.version.cuda
-    else:
-        env["card"] = f"CPU {platform.processor() or platform.machine()} (Triton interpreter)"
-    return env
-
-
-# ---------------------------------------------------------------- outputs
-
-
-def write_outputs(out: Path, results: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "results.md").write_text(markdown(results))
-    (out / "dispatch_table.json").write_text(json.dumps(dispatch_table(results), indent=2) + "\n")
-
-
-def _fmt(v, spec=".3g", suffix=""):
-    return "-" if v is None else f"{v:{spec}}{suffix}"
-
-
-def markdown(results: dict) -> str:
-    env = results["environment"]
-    bw = results.get("bandwidth") or {}
-    lines = [
-        f"### scc_fast GPU check, 3D and 2D cases ({env.get('card')}, {env.get('date')})",
-        "",
-        f"torch {env.get('torch')}, triton {env.get('triton')}, commit {env.get('commit', '')[:12]}, "
-        f"`{env.get('command')}`. Logits in, integer labels, softmax, forward + backward, float32; "
-        f"correctness against the reference in float64 on the same device. Copy bandwidth "
-        f"{_fmt(bw.get('GBps'), '.0f')} GB/s (read + write).",
-        "",
-        "| case | shape | backend | rel err loss | rel err grad | ok | median ms | x vs eager | x vs compiled "
-        "| peak MiB | held MiB | mem / eager | mem / compiled | roofline ms | roofline frac |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for case in results["cases"]:
-        shape = "x".join(map(str, case["shape"]))
-        if case.get("error"):
-            lines.append(f"| {case['name']} | {shape} | error: {case['error'][:80]} |" + " |" * 12)
-            continue
-        eager = case["backends"].get("reference", {})
-        comp = case["backends"].get("reference-compiled", {})
-        for name, r in case["backends"].items():
-            if r.get("skipped") or r.get("error"):
-                why = r.get("skipped") or "error: " + r["error"]
-                lines.append(f"| {case['name']} | {shape} | {name} | {why[:100]} |" + " |" * 11)
-                continue
-            ms = r.get("median_ms")
-            lines.append(
-                "| "
-                + " | ".join(
-                    [
-                        case["name"],
-                        shape,
-                        name,
-                        _fmt(r.get("rel_err_loss"), ".1e"),
-                        _fmt(r.get("rel_err_grad"), ".1e"),
-                        {True: "yes", False: "**NO**", None: "-"}[r.get("correct")],
-                        _fmt(ms, ".2f"),
-                        _fmt(_ratio(eager.get("median_ms"), ms), ".1f", "x"),
-                        _fmt(_ratio(comp.get("median_ms"), ms), ".1f", "x"),
-                        _fmt(r.get("peak_mib"), ".0f"),
-                        _fmt(r.get("held_mib"), ".0f"),
-                        _fmt(_ratio(eager.get("peak_mib"), r.get("peak_mib")), ".1f", "x"),
-                        _fmt(_ratio(comp.get("peak_mib"), r.get("peak_mib")), ".1f", "x"),
-                        _fmt(case.get("roofline_ms"), ".3f"),
-                        _fmt(_ratio(case.get("roofline_ms"), ms), ".2f"),
-                    ]
-                )
-                + " |"
-            )
-    lines += ["", "Ratios: reference / backend (higher is better), measured in this run on this device. Peak: "
-              "above the inputs during forward + backward; held: what the graph keeps between them."]
-    return "\n".join(lines) + "\n"
-
-
-def _ratio(a, b):
-    return None if a is None or b is None or b <= 0 else a / b
-
-
-def dispatch_table(results: dict) -> dict:
-    env = results["environment"]
-    device_kind = torch.device(env["device"]).type
-    measured_cases = []
-    for case in results["cases"]:
-        timed = {
-            name: r["median_ms"]
-            for name, r in case.get("backends", {}).items()
-            if name in ACCELERATED and r.get("correct") and r.get("median_ms") is not None
-        }
-        if timed:
-            spatial = case["shape"][2:]
-            measured_cases.append(
-                dict(
-                    case=case["name"],
-                    shape=case["shape"],
-                    ndim=len(spatial),
-                    n=math.prod(spatial),
-                    timed=timed,
-                    baselines={
-                        name: case["backends"].get(name, {}).get("median_ms")
-                        for name in ("reference", "reference-compiled")
-                    },
-                    peak={
-                        name: round(r["peak_mib"], 1)
-                        for name, r in case.get("backends", {}).items()
-                        if r.get("peak_mib") is not None
-                    },
-                )
-            )
-    ranges = dispatch.ranges_for([dict(device_kind=device_kind, ndim=c["ndim"], n=c["n"]) for c in measured_cases])
-    rows = []
-    for c, (lo, hi) in zip(measured_cases, ranges):
-        ranking = sorted(c["timed"], key=c["timed"].get)
-        median = {k: round(v, 4) for k, v in c["timed"].items()}
-        median.update({k: round(v, 4) for k, v in c["baselines"].items() if v is not None})
-        rows.append(
-            dict(
-                case=c["case"],
-                device_kind=device_kind,
-                card=env.get("card"),
-                ndim=c["ndim"],
-                n_min=lo,
-                n_max=hi,
-                shape=c["shape"],
-                ranking=ranking,
-                median_ms=median,
-                peak_mib=c["peak"],
-            )
-        )
-    table = {
-        "format": dispatch.FORMAT,
-        "measured": bool(rows),
-        "smoke": bool(env.get("smoke")),
-        "note": "ranking of the correct accelerated backends by median forward+backward time per case; "
-        "N ranges split at geometric midpoints between measured cases"
-        if rows
-        else "no backend measured correctly in this run",
-        "provenance": {k: env.get(k) for k in ("card", "date", "command", "commit", "torch", "triton")},
-        "rows": rows,
-    }
-    dispatch.validate_table(table, "emitted dispatch table")
-    return table
-
-
-# ---------------------------------------------------------------- the run
-
-
 def prepare_case(name, shape, device, results, out) -> dict | None:
     """Inputs and the float64 oracle of one case; None (with the error recorded) if that fails."""
     case = {"name": name, "shape": list(shape), "backends": {}, "error": None}
@@ -499,6 +279,35 @@ def prepare_case(name, shape, device, results, out) -> dict | None:
     return dict(case=case, logits=logits, labels=labels, loss64=loss64, grad64=grad64)
 
 
+def variant_settings(backend: str) -> dict:
+    """The settings a row label's variant changes (``triton_fft:chunk=2^23``, ``triton:ieee``, ...)."""
+    if backend in CHUNKED:
+        return {"fft_chunk_elements": 1 << int(backend.rsplit("^", 1)[1])}
+    if backend in TRITON_WS:
+        return {"triton_workspace_bytes": 1 << int(backend.rsplit("^", 1)[1])}
+    for labels, setting in ((RECOMPUTE, {"recompute_field": True}), (FFT_ALL_CLASSES, {"fft_derive": False}),
+                            (TRITON_IEEE, {"triton_precision": "ieee"})):
+        if backend in labels:
+            return setting
+    return {}
+
+
+def measure_graphed(r: dict, fn, x, state: dict, backend: str, device, reps: int) -> None:
+    """Correctness and replay time of forward + backward captured in a CUDA graph, into ``r``."""
+    graph, loss = capture_graph(fn, x, device)
+    graph.replay()
+    sync(device)
+    r["rel_err_loss"] = rel_err(loss, state["loss64"])
+    r["rel_err_grad"] = rel_err(x.grad, state["grad64"])
+    tol = TOLERANCE[backend]
+    r["tolerance"] = tol
+    r["correct"] = bool(r["rel_err_loss"] <= tol and r["rel_err_grad"] <= tol)
+    r["median_ms"], r["times_ms"] = time_graph_ms(graph, device, reps)
+    r["peak_mib"] = r["held_mib"] = None  # the graph's memory pool is allocated once, at capture
+    log(f"{state['case']['name']} {backend:22s} err {r['rel_err_loss']:.1e}/{r['rel_err_grad']:.1e} "
+        f"{r['median_ms']:.3f} ms (graph replay)")
+
+
 def measure(state, backend, device, results, out, settings) -> None:
     """Correctness, peak memory and median time of one backend on one prepared case."""
     from scc_fast import _settings
@@ -510,7 +319,7 @@ def measure(state, backend, device, results, out, settings) -> None:
     x = fn = None
     try:
         if backend == "reference-compiled":
-            left = ARGS.budget - elapsed()
+            left = settings["budget"] - elapsed()
             if left < settings["compile_needs_s"]:
                 r["skipped"] = f"time budget: {left:.0f}s left, compile needs about {settings['compile_needs_s']:.0f}s"
                 return
@@ -526,16 +335,7 @@ def measure(state, backend, device, results, out, settings) -> None:
             settings["compile_needs_s"] = max(settings["compile_needs_s"], 1.3 * r["compile_s"])
         else:
             impl = backend.split(":")[0]
-            if backend in CHUNKED:
-                _settings.update(fft_chunk_elements=1 << int(backend.rsplit("^", 1)[1]))
-            if backend in RECOMPUTE:
-                _settings.update(recompute_field=True)
-            if backend in FFT_ALL_CLASSES:
-                _settings.update(fft_derive=False)
-            if backend in TRITON_WS:
-                _settings.update(triton_workspace_bytes=1 << int(backend.rsplit("^", 1)[1]))
-            if backend in TRITON_IEEE:
-                _settings.update(triton_precision="ieee")
+            _settings.update(**variant_settings(backend))
             if impl != "reference":
                 reason = backends._unavailable_reason(impl)  # only this backend (native is not imported)
                 if reason is not None:
@@ -548,19 +348,7 @@ def measure(state, backend, device, results, out, settings) -> None:
             fn = loss_fn(impl, labels, validate=backend in FFT_VALIDATE)
             x = logits.clone().requires_grad_(True)
         if backend in GRAPHED:
-            graph, loss = capture_graph(fn, x, device)
-            graph.replay()
-            sync(device)
-            r["rel_err_loss"] = rel_err(loss, state["loss64"])
-            r["rel_err_grad"] = rel_err(x.grad, state["grad64"])
-            tol = TOLERANCE[backend]
-            r["tolerance"] = tol
-            r["correct"] = bool(r["rel_err_loss"] <= tol and r["rel_err_grad"] <= tol)
-            r["median_ms"], r["times_ms"] = time_graph_ms(graph, device, settings["reps"])
-            r["peak_mib"] = r["held_mib"] = None  # the graph's memory pool is allocated once, at capture
-            del graph, loss
-            log(f"{case['name']} {backend:22s} err {r['rel_err_loss']:.1e}/{r['rel_err_grad']:.1e} "
-                f"{r['median_ms']:.3f} ms (graph replay)")
+            measure_graphed(r, fn, x, state, backend, device, settings["reps"])
             return
         t_first = time.perf_counter()
         loss = fwd_bwd(fn, x).detach()
@@ -607,27 +395,40 @@ def finalize(case) -> None:
             r["roofline_fraction"] = _ratio(case.get("roofline_ms"), r["median_ms"])
 
 
-def main() -> int:
-    device = torch.device(DEVICE_NAME)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("no CUDA device here; run with --smoke (CPU, interpreter) or on the GPU", file=sys.stderr)
-        return 2
-    out = Path(ARGS.out)
-    cases = SMOKE_CASES if ARGS.smoke else CASES
-    if ARGS.cases:
-        wanted = [c.strip() for c in ARGS.cases.split(",") if c.strip()]
-        unknown = [c for c in wanted if c not in cases]
-        if unknown:
-            print(f"unknown case(s) {unknown}; choose from {list(cases)}", file=sys.stderr)
-            return 2
-        cases = {c: cases[c] for c in wanted}
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--out", type=Path, default=Path("bench/out/gpu_3d"), help="output folder")
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes; on CPU under the Triton interpreter")
+    ap.add_argument("--device", choices=("cuda", "cpu"), default=None, help="cuda (default) or cpu (default with --smoke)")
+    ap.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
+    ap.add_argument("--budget", type=float, default=185.0, help="seconds for the whole run")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed iterations per measurement")
+    ap.add_argument("--reps", type=int, default=None, help="timed iterations per measurement")
+    ap.add_argument("--compile-backend", default=None, help="torch.compile backend (inductor; aot_eager with --smoke)")
+    ap.add_argument("--no-compile", action="store_true", help="skip the compiled reference")
+    ap.add_argument("--chunked", action="store_true", help="also triton_fft with smaller chunks of classes")
+    ap.add_argument("--install-table", action="store_true",
+                    help="also write the dispatch table to scc_fast/backends/dispatch_table.json (to commit)")
+
+
+def run(args: argparse.Namespace) -> int:
+    device = torch.device(args.device or ("cpu" if args.smoke else "cuda"))
+    require_cuda(device, "run with --smoke (CPU, interpreter) or on the GPU")
+    if device.type == "cpu":
+        # Triton kernels on CPU tensors need the interpreter, chosen before triton is imported.
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ.pop("SCC_FAST_BACKEND", None)  # the run names every backend itself
+    elapsed.restart()
+    out = writable_dir(args.out)
+    known = SMOKE_CASES if args.smoke else CASES
+    cases = {c: known[c] for c in pick("--cases", args.cases, known)}
     settings = {
-        "warmup": ARGS.warmup if ARGS.warmup is not None else (1 if ARGS.smoke else 3),
-        "reps": ARGS.reps if ARGS.reps is not None else (2 if ARGS.smoke else 10),
-        "compile_backend": ARGS.compile_backend or ("aot_eager" if ARGS.smoke else "inductor"),
-        "compile_needs_s": 5 if ARGS.smoke else 40,
+        "warmup": args.warmup if args.warmup is not None else (1 if args.smoke else 3),
+        "reps": args.reps if args.reps is not None else (2 if args.smoke else 10),
+        "compile_backend": args.compile_backend or ("aot_eager" if args.smoke else "inductor"),
+        "compile_needs_s": 5 if args.smoke else 40,
+        "budget": args.budget,
     }
-    results = {"environment": environment(device), "settings": settings, "bandwidth": None, "cases": []}
+    results = {"environment": _environment(args, device), "settings": settings, "bandwidth": None, "cases": []}
     log(f"environment: {json.dumps(results['environment'])}")
     try:
         results["bandwidth"] = copy_bandwidth(device)
@@ -638,7 +439,7 @@ def main() -> int:
     # Pass 1: every backend and the eager reference, every case (the data that matters most).
     states = []
     for name, shape in cases.items():
-        if elapsed() > ARGS.budget - 10:
+        if elapsed() > args.budget - 10:
             results["cases"].append({"name": name, "shape": list(shape), "backends": {}, "error": "time budget"})
             log(f"{name}: skipped, time budget spent")
             continue
@@ -649,11 +450,11 @@ def main() -> int:
         extra = (*TRITON_IEEE, *RECOMPUTE, *TRITON_WS) if len(shape) == 5 else ()
         graphed = GRAPHED if device.type == "cuda" else ()
         for backend in ("reference", *ACCELERATED, *FFT_ALL_CLASSES, *FFT_VALIDATE, *extra,
-                        *(CHUNKED if ARGS.chunked else ()), *graphed):
+                        *(CHUNKED if args.chunked else ()), *graphed):
             measure(state, backend, device, results, out, settings)
     # Pass 2: the compiled reference (slow to compile), while the budget lasts.
     for state in states:
-        if ARGS.no_compile:
+        if args.no_compile:
             state["case"]["backends"]["reference-compiled"] = {"skipped": "--no-compile"}
             finalize(state["case"])
             continue
@@ -661,8 +462,18 @@ def main() -> int:
     write_outputs(out, results)
     print(markdown(results))
     log(f"wrote {out}/results.json, results.md, dispatch_table.json")
+    if args.install_table:
+        installed = Path(dispatch.__file__).with_name("dispatch_table.json")
+        installed.write_text((out / "dispatch_table.json").read_text())
+        log(f"wrote {installed}")
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _environment(args: argparse.Namespace, device: torch.device) -> dict:
+    """The common record, with the card's memory and whether this was a smoke run."""
+    card = None if device.type == "cuda" else f"CPU {platform.processor() or platform.machine()} (Triton interpreter)"
+    env = environment(args, device, card)
+    env["smoke"] = args.smoke
+    if device.type == "cuda":
+        env["memory_GiB"] = round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
+    return env

@@ -1,4 +1,4 @@
-"""Accuracy of backend triton_fft's derived class 0 against transforming every class, as class 0's
+"""``scc-fast bench derived-accuracy``: accuracy of backend triton_fft's derived class 0 against transforming every class, as class 0's
 share of the probability mass shrinks (CPU, Triton interpreter; about a second a row).
 
 Class 0's spectrum is the other classes' summed (their maps sum to one under the softmax), so their
@@ -10,44 +10,51 @@ error of the loss (the mean of 1 - SCC over the valid pairs) and of its gradient
 against the float64 reference: P and Y of class 0 derived (validate=True) / P derived / every class
 transformed.
 
-    python bench/derived_class_accuracy.py                 # 2 x 4 x 16^3
-    python bench/derived_class_accuracy.py --labels sampled
-    python bench/derived_class_accuracy.py --shape 1x3x32x32
+    scc-fast bench derived-accuracy                 # 2 x 4 x 16^3
+    scc-fast bench derived-accuracy --labels sampled
+    scc-fast bench derived-accuracy --shape 1x3x32x32
+
+(Before the harness: ``bench/derived_class_accuracy.py``.)
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
-from pathlib import Path
 
-os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: the kernels take CPU tensors
-
-import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from scc_fast.backends import triton_fft  # noqa: E402
-from scc_fast.backends.activation import _activation_backward  # noqa: E402
-from scc_fast.reference import reference_correlation  # noqa: E402
+from ..errors import CLIError
+from ._common import shape_arg
 
 
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shape", type=lambda s: shape_arg(s, min_channels=2), default=(2, 4, 16, 16, 16),
+                   help="BxCxHxW or BxCxDxHxW, C >= 2")
+    p.add_argument("--shifts", default="0,-3,-6,-9,4", help="comma-separated, added to class 0's logits")
+    p.add_argument("--labels", choices=("uniform", "sampled"), default="uniform",
+                   help="labels uniform over the classes, or drawn from the softmax at each voxel")
+
+
+def rel(a, b) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--shape", default="2x4x16x16x16", help="BxCxHxW or BxCxDxHxW, C >= 2")
-    ap.add_argument("--shifts", default="0,-3,-6,-9,4", help="added to class 0's logits")
-    ap.add_argument("--labels", choices=("uniform", "sampled"), default="uniform",
-                    help="labels uniform over the classes, or drawn from the softmax at each voxel")
-    args = ap.parse_args(argv)
-    shape = tuple(int(v) for v in args.shape.split("x"))
+def run(args: argparse.Namespace) -> int:
+    try:
+        shifts = [float(v) for v in args.shifts.split(",")]
+    except ValueError:
+        raise CLIError(f"--shifts: expected comma-separated numbers like 0,-3,4, got {args.shifts!r}") from None
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: the kernels take CPU tensors
+    import torch
+
+    from scc_fast.backends import triton_fft
+    from scc_fast.backends.activation import _activation_backward
+    from scc_fast.reference import reference_correlation
+
+    shape = tuple(args.shape)
     print("| class 0 shift | class 0 mean p | class 0 labels | loss P, Y derived / P derived / all | "
           "gradient P, Y derived / P derived / all |")
     print("|---|---|---|---|---|")
-    for shift in (float(v) for v in args.shifts.split(",")):
+    for shift in shifts:
         g = torch.Generator().manual_seed(7)
         logits = torch.randn(shape, generator=g, dtype=torch.float64) * 2
         logits[:, 0] += shift
@@ -75,7 +82,3 @@ def main(argv=None) -> int:
         grads = " / ".join(f"{e[1]:.1e}" for e in errs)
         print(f"| {shift:+.0f} | {share:.2%} | {label_share:.2%} | {losses} | {grads} |")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""One-shot GPU check of backend "triton" at the 2D benchmark cases (run once on the H100/H200).
+"""``scc-fast bench gpu-check``: one-shot GPU check of backend "triton" at the 2D benchmark cases.
 
 For each case (logits in, integer labels, softmax, forward + backward of ``scc_loss``):
 
@@ -13,11 +13,12 @@ For each case (logits in, integer labels, softmax, forward + backward of ``scc_l
    measured copy bandwidth).
 
 Every case and every measurement is wrapped so one failure does not lose the rest. Prints a
-table and markdown rows; writes ``results.json`` to ``--out``. Budget: well under 3 minutes
-(``--budget`` seconds; the compiled reference, the slowest part, is skipped when time runs short).
+table and markdown rows; writes ``results.json`` and ``results.md`` to ``--out``. Budget: well
+under 3 minutes (``--budget`` seconds; the compiled reference, the slowest part, is skipped when
+time runs short). (Before the harness: ``bench/gpu_triton_check.py``.)
 
-    python bench/gpu_triton_check.py --out /tmp/triton2d            # on the GPU
-    TRITON_INTERPRET=1 python bench/gpu_triton_check.py --smoke --out /tmp/smoke   # CPU, tiny shapes
+    scc-fast bench gpu-check --out /tmp/triton2d            # on the GPU
+    scc-fast bench gpu-check --smoke --out /tmp/smoke       # CPU, tiny shapes, Triton interpreter
 """
 
 from __future__ import annotations
@@ -27,42 +28,21 @@ import json
 import os
 import platform
 import statistics
-import sys
-import time
 import traceback
-
-if "--smoke" in sys.argv and not os.environ.get("TRITON_INTERPRET"):
-    try:  # a CPU smoke run needs the interpreter, set before triton is imported
-        import torch as _t
-
-        if not _t.cuda.is_available():
-            os.environ["TRITON_INTERPRET"] = "1"
-    except ImportError:
-        pass
+from pathlib import Path
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import scc_fast  # noqa: E402
-from scc_fast import _settings  # noqa: E402
-from scc_fast.backends import triton_scc  # noqa: E402
-from scc_fast.benchmark.suite import _commit  # noqa: E402
+import scc_fast
+from scc_fast import _settings
+
+from ..errors import writable_dir
+from ..measure import _sync as sync, copy_bandwidth, time_step
+from ._common import Clock, environment, interpreter_for_smoke
 
 CASES = {"synapse-2d": (24, 9, 224, 224), "polyp-2d": (16, 2, 512, 512)}
 SMOKE_CASES = {"smoke-a": (2, 3, 16, 16), "smoke-b": (1, 2, 24, 20)}
 TOLERANCE = {"tf32": 5e-3, "tf32x3": 1e-5, "ieee": 1e-5}
-
-T0 = time.perf_counter()
-
-
-def elapsed() -> float:
-    return time.perf_counter() - T0
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     out, ref = out.detach().double(), ref.detach().double()
@@ -107,26 +87,8 @@ def time_median(fn, logits, labels, device, warmup=3, reps=10, max_s=8.0):
         loss = fn(x, labels)
         torch.autograd.grad(loss, x)
 
-    for _ in range(warmup):
-        step()
-    sync(device)
-    times = []
-    t_start = time.perf_counter()
-    for _ in range(reps):
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            step()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            t = time.perf_counter()
-            step()
-            times.append((time.perf_counter() - t) * 1e3)
-        if time.perf_counter() - t_start > max_s and len(times) >= 3:
-            break
-    return statistics.median(times)
+    # Past max_s (and three steps) no more steps start: the budget is the device call's.
+    return statistics.median(time_step(step, repeats=reps, device=device, warmup=warmup, max_s=max_s))
 
 
 def peak_memory_mib(fn, logits, labels, device):
@@ -147,24 +109,10 @@ def peak_memory_mib(fn, logits, labels, device):
 
 
 def copy_bandwidth_gbs(device):
-    if device.type != "cuda":
-        return None
-    a = torch.empty(256 * 2**20, dtype=torch.uint8, device=device)
-    b = torch.empty_like(a)
-    for _ in range(3):
-        b.copy_(a)
-    sync(device)
-    ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    ev0.record()
-    for _ in range(10):
-        b.copy_(a)
-    ev1.record()
-    ev1.synchronize()
-    s = ev0.elapsed_time(ev1) / 1e3 / 10
-    return 2 * a.numel() / s / 1e9  # read + write
+    return copy_bandwidth(device)["GBps"] if device.type == "cuda" else None
 
 
-def run_case(name, shape, device, args, budget_s):
+def run_case(name, shape, device, args, budget_s, elapsed):
     row = {"case": name, "shape": list(shape), "errors": {}}
     defaults = _settings.current()
     logits, labels = make_case(shape, device)
@@ -275,7 +223,8 @@ def print_table(rows, device_name):
 
 def markdown_rows(rows, meta):
     lines = [
-        f"<!-- {meta['device']}, torch {meta['torch']}, triton {meta['triton']}, {meta['date']}, commit {meta['commit']} -->",
+        f"<!-- {meta['device']}, torch {meta['torch']}, triton {meta['triton']}, {meta['date']}, commit {meta['commit']}; "
+        f"{meta['command']} -->",
         "| case | contender | fwd+bwd ms | x eager ref | x compiled ref | peak MiB above inputs | mem ratio vs ref |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -290,10 +239,9 @@ def markdown_rows(rows, meta):
     return "\n".join(lines)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True, help="directory for results.json")
-    ap.add_argument("--smoke", action="store_true", help="tiny shapes (CPU under TRITON_INTERPRET=1 works)")
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--out", required=True, type=Path, help="folder for results.json and results.md")
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes (on a CPU under the Triton interpreter)")
     ap.add_argument("--cases", nargs="*", default=None, help="subset of case names")
     ap.add_argument("--precisions", nargs="*", default=["tf32", "ieee"], choices=list(TOLERANCE))
     ap.add_argument("--reps", type=int, default=15)
@@ -302,9 +250,22 @@ def main():
         help="seconds; a compiled baseline is not started past its case's share of it (bench/gpu_run.sh allows 170 s)",
     )
     ap.add_argument("--no-compile", action="store_true")
-    args = ap.parse_args()
 
-    os.makedirs(args.out, exist_ok=True)
+
+def run(args: argparse.Namespace) -> int:
+    interpreter_for_smoke(args.smoke)
+    defaults = _settings.current()
+    try:
+        return _run(args)
+    finally:
+        _settings.restore(defaults)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from scc_fast.backends import triton_scc
+
+    elapsed = Clock()
+    writable_dir(args.out)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # the reference stays IEEE
@@ -312,16 +273,11 @@ def main():
     _settings.update(triton_interpret_tf32=True)  # under the interpreter, show TF32's accuracy too
     if args.cases:
         cases = {k: v for k, v in cases.items() if k in args.cases}
-    commit = _commit()
-    import triton
-
+    env = environment(args, device, card=None if device.type == "cuda"
+                      else f"cpu ({platform.processor() or platform.machine()}), interpreter")
     meta = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}), interpreter",
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "cuda": torch.version.cuda,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "commit": commit or "unknown",
+        "device": env["card"],
+        **{k: env[k] for k in ("torch", "triton", "cuda", "date", "commit", "command")},
         "interpret": os.environ.get("TRITON_INTERPRET", ""),
         "triton_unavailable": triton_scc.unavailable_reason(),
         "triton_blocks": {k: list(v) for k, v in triton_scc.GPU_BLOCKS.items()},
@@ -342,7 +298,7 @@ def main():
         # Leave the later cases their share of the budget for the compiled baseline.
         case_budget = args.budget * (i + 1) / n
         try:
-            row = run_case(name, shape, device, args, case_budget)
+            row = run_case(name, shape, device, args, case_budget, elapsed)
         except Exception as exc:  # noqa: BLE001
             traceback.print_exc()
             row = {"case": name, "shape": list(shape), "errors": {"case": f"{type(exc).__name__}: {exc}"},
@@ -361,7 +317,4 @@ def main():
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(md + "\n")
     print(f"\nwrote {args.out}/results.json and results.md in {elapsed():.0f}s")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -1,8 +1,8 @@
-"""Tile size and warps of triton_fft's first kernel on the GPU: one stage of the prepared GPU call.
+"""``scc-fast bench stage1-tune``: tile size and warps of triton_fft's first kernel on the GPU, a stage of the prepared GPU call.
 
 ``_activated_moments_kernel`` (softmax / sigmoid, one-hot target, spatial moments; writes p and y)
-took 216 us at brats-3d and 344 us at btcv-3d in GPU run 5, 3-4x its memory traffic, and the
-triton_fft step is host-bound at most benchmark cases, so a step's time hides it: this script reads the
+took 3-4x its memory traffic's time in GPU run 5 (bench/RESULTS.md), and the
+triton_fft step is host-bound at most benchmark cases, so a step's time hides it: this mode reads the
 kernel's own device time from torch.profiler. Per case (logits + int64 labels + softmax, float32,
 ``scc_loss(..., backend="triton_fft", validate=False)``) and per (values per tile, warps, threads down
 the channels first) of the settings ``fft_stage1_values`` / ``fft_stage1_warps`` / ``fft_stage1_channel_threads``
@@ -11,31 +11,27 @@ device us over the profiled steps, the step's median ms (CUDA events), and the r
 of loss and gradient to the case's first row (float32 rounding: about 1e-6). ``results.json`` /
 ``results.md`` are written after every row; rows past ``--budget`` are listed as skipped.
 
-    python bench/gpu_stage1_tune.py --out /tmp/stage1                               # on the GPU
-    TRITON_INTERPRET=1 python bench/gpu_stage1_tune.py --smoke --out /tmp/stage1    # CPU dry run
+    scc-fast bench stage1-tune --out /tmp/stage1                  # on the GPU
+    scc-fast bench stage1-tune --smoke --out /tmp/stage1          # CPU dry run (Triton interpreter)
+
+(Before the harness: ``bench/gpu_stage1_tune.py``.)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
-import time
 import traceback
 from pathlib import Path
 
-if "--smoke" in sys.argv and not os.environ.get("TRITON_INTERPRET"):
-    os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: a CPU dry run
-
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from scc_fast import _settings  # noqa: E402
-from scc_fast.backends import triton_fft  # noqa: E402
-from scc_fast.benchmark.measure import _sync as sync, build_loss_fn, make_inputs, time_calls  # noqa: E402
-from scc_fast.benchmark.suite import _commit  # noqa: E402
+from scc_fast import _settings
+
+from ..errors import writable_dir
+from ..measure import _sync as sync, build_loss_fn, make_inputs, time_calls
+from ._common import Clock, environment, interpreter_for_smoke, require_cuda
 
 CASES = {"brats-3d": (2, 4, 128, 128, 128), "btcv-3d": (2, 14, 96, 96, 96)}
 SMOKE_CASES = {"smoke-3d": (1, 3, 8, 12, 10)}
@@ -54,17 +50,14 @@ CONFIGS = [
     (512, 1, False), (2048, 4, False), (512, 4, False), (1024, 4, False), (2048, 8, False),
 ]
 KERNEL = "_activated_moments_kernel"
-T0 = time.perf_counter()
 
 
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True, type=Path)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--out", required=True, type=Path, help="output folder")
     ap.add_argument("--budget", type=float, default=60.0, help="seconds; later rows are skipped")
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--configs", type=int, default=len(CONFIGS), help="how many of CONFIGS to run")
-    ap.add_argument("--smoke", action="store_true", help="tiny case on CPU under TRITON_INTERPRET=1")
-    return ap.parse_args(argv)
+    ap.add_argument("--smoke", action="store_true", help="tiny case on CPU under the Triton interpreter")
 
 
 def kernel_us(fn, x, t, steps: int) -> float | None:
@@ -99,24 +92,16 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    if not args.smoke:
+        require_cuda("cuda")
+    interpreter_for_smoke(args.smoke)
+    elapsed = Clock()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type != "cuda" and not args.smoke:
-        print("no CUDA device: run on the GPU, or pass --smoke for a CPU dry run", file=sys.stderr)
-        return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    import triton
-
-    results = {
-        "environment": {
-            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (smoke)",
-            "torch": torch.__version__, "triton": triton.__version__, "commit": _commit(),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "command": "python bench/gpu_stage1_tune.py " + " ".join(sys.argv[1:]),
-        },
-        "rows": [],
-    }
+    writable_dir(args.out)
+    env = environment(args, device, card=None if device.type == "cuda" else "cpu (smoke)")
+    env["device"] = env["card"]
+    results = {"environment": env, "rows": []}
     cases = SMOKE_CASES if args.smoke else CASES
     fn = build_loss_fn("triton_fft", validate=False)
     defaults = _settings.current()
@@ -129,7 +114,7 @@ def main(argv=None) -> int:
             x, t = inputs[name]
             row = {"case": name, "shape": list(shape), "values": values, "warps": warps,
                    "channel_threads": channel_threads}
-            if time.perf_counter() - T0 > args.budget:
+            if elapsed() > args.budget:
                 row["skipped"] = f"time budget ({args.budget:.0f} s) used"
             else:
                 _settings.update(fft_stage1_values=values, fft_stage1_warps=warps,
@@ -156,6 +141,3 @@ def main(argv=None) -> int:
     print(markdown(results))
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
