@@ -583,6 +583,28 @@ def test_native_fft_ab_mode_runs_each_engine(capsys):
         assert r[-1] == "1.000" if r[1] == "auto" else float(r[-1]) > 0
 
 
+@pytest.mark.skipif(not available_backends()["native"].available, reason="native operator not built")
+def test_native_fft_mode_caps_the_isa_and_times_the_reference(capsys):
+    """--isa avx2 runs the AVX2 builds (the radix transform's too, where the CPU has them) for
+    every engine; --reference adds a reference row and reference/this ratios (1.00 for itself)."""
+    from scc_fast import _settings
+    from scc_fast.backends import native
+
+    before = _settings.current()
+    assert main(["native-fft", "--shapes", "1x2x8x64", "--engines", "auto", "mkl", "--rounds", "2", "--block", "1",
+                 "--isa", "avx2", "--reference", "--validate"]) == 0
+    assert _settings.current() == before
+    out = capsys.readouterr().out
+    with _settings.override(native_isa="avx2"):
+        isa, radix = native.isa(), native.fft_engine((8, 64))
+    assert f"inner loops {isa}, validate=True" in out
+    rows = {ln.split()[1]: ln.split() for ln in out.splitlines() if ln.startswith("1x")}
+    assert list(rows) == ["auto", "mkl", "reference"]
+    assert rows["auto"][2] == f"({radix})" and rows["reference"][2] == "(torch.fft)"
+    assert rows["reference"][rows["reference"].index("reference/this:") + 1] == "1.00x"
+    assert all(float(r[r.index("reference/this:") + 1].rstrip("x")) > 0 for r in rows.values())
+
+
 def test_native_fft_ab_mode_refuses_bad_arguments(capsys):
     with pytest.raises(SystemExit) as done:
         main(["native-fft", "--shapes", "2x4x64"])

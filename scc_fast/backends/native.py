@@ -140,9 +140,9 @@ def fft_engine(spatial_shape: Sequence[int] | None = None, dtype: torch.dtype = 
       2, 3, 4, 5, 7), for float32 maps with 2 or 3 axes whose sizes have no prime factor above 7,
       the last a multiple of 8 from 16 to 2048 (64^3, 224^2, 96^3, 256^2, ...), in the build of the
       inner loops' instruction set (:func:`isa`: AVX-512, or AVX2 with FMA). Where MKL runs its
-      generic code (AMD CPUs) a step is clearly faster with it than with MKL's transforms
-      (bench/RESULTS.md, 'CPU: the operator's own mixed-radix FFT' and 'CPU: the radix transform
-      on AVX2');
+      generic code (AMD CPUs) a step is faster with it than with MKL's transforms; where MKL runs
+      its own AVX2 or AVX-512 code (Intel CPUs), somewhat slower (bench/RESULTS.md, 'CPU: the
+      operator's own mixed-radix FFT' and 'CPU: the radix transform on AVX2');
     - ``"mkl_inplace"``: MKL's DFTI called in place, where libtorch exports it (x86-64 torch builds);
     - ``"aten"``: ``torch.fft``, out of place.
 
