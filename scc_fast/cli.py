@@ -38,13 +38,18 @@ def _backends(args: argparse.Namespace) -> int:
         if name == "triton" and status.available:
             from .backends import triton_scc
 
-            detail += f" (settings: {triton_scc.settings()})"
+            detail += f" (settings: {_pairs(triton_scc.settings())})"
         if name == "triton_fft" and status.available:
             from .backends import triton_fft
 
-            detail += f" (settings: {triton_fft.settings()})"
+            detail += f" (settings: {_pairs(triton_fft.settings())})"
         print(f"{name:10s} {'yes' if status.available else 'no ':3s}  {detail}")
     return 0
+
+
+def _pairs(settings: dict) -> str:
+    """A backend's settings as ``name=value`` pairs."""
+    return ", ".join(f"{k}={v}" for k, v in settings.items())
 
 
 def _shape(text: str) -> tuple[int, ...]:

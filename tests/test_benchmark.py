@@ -419,6 +419,7 @@ def _assert_budget_and_refusal(mode, tmp_path, n_rows, capsys):
         assert "no CUDA device" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_gpu_tune_mode_dry_run_on_cpu(tmp_path, capsys):
     """scc-fast bench tune (a stage of the prepared GPU call) runs on CPU under the interpreter:
     the 3D path under its first two configurations and each 2D mode's default are timed and agree
@@ -458,6 +459,7 @@ def test_gpu_stage1_tune_mode_dry_run_on_cpu(tmp_path, capsys):
     _assert_budget_and_refusal("stage1-tune", tmp_path, 11, capsys)
 
 
+@pytest.mark.slow
 def test_host_overhead_mode_counts_a_steps_ops_and_launches(tmp_path, capsys):
     """scc-fast bench host-overhead times a triton_fft step with its kernels stubbed and counts
     what the host issues. The counts are the step's host work (GPU run 5: the eager step is
@@ -537,6 +539,7 @@ def test_derived_class_accuracy_mode(capsys):
     assert "--shifts" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_gpu_check_and_reliability_modes_dry_run_on_cpu(tmp_path):
     """The other stages of the prepared GPU call that have no test of their own run end to end on CPU
     (the interpreter, tiny shapes): gpu-check with every contender, the split mode's and the

@@ -182,6 +182,7 @@ def _with_examples(test):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.slow
 def test_loss_and_gradient_match_reference(backend):
     @_settings(backend)
     @_with_examples
@@ -236,6 +237,7 @@ def test_metric_kinds_match_reference_and_stay_in_range(backend, kind):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.slow
 def test_circular_shift_invariance(backend):
     """Shifting prediction and target together (circularly) leaves every spectral magnitude and
     every cross-spectrum phase difference unchanged: the per-pair loss must not move. Catches

@@ -168,6 +168,7 @@ def test_no_grad_path_matches(rank):
 
 
 @pytest.mark.parametrize("shape,four_step", [((2, 3, 37, 45), False), ((1, 3, 48, 64), True)])
+@pytest.mark.slow
 def test_tiled_loops_and_persistent_grid(monkeypatch, shape, four_step):
     # Small blocks force several tiles per axis (as on GPU), and fewer programs than pairs make
     # each program loop over pairs, reusing its scratch; with four_step, both axes are factored
@@ -197,6 +198,7 @@ def test_four_step_column_dft(monkeypatch, shape, labels, include_dc):
     "shape,labels,include_dc",
     [((1, 2, 9, 48), True, False), ((1, 2, 20, 64), False, True), ((2, 2, 32, 32), True, True)],
 )
+@pytest.mark.slow
 def test_four_step_row_dft(monkeypatch, shape, labels, include_dc):
     # Factored real-to-complex DFT along W and its Hermitian inverse (and along H too for 32 x 32).
     monkeypatch.setattr(triton_scc, "FOUR_STEP_MIN_H", 32)
@@ -260,6 +262,7 @@ def test_split_mode_four_step_columns(monkeypatch, shape, labels, include_dc):
     compare(probs, target, include_dc=include_dc, magnitude_weight=0.45, phase_weight=0.55)
 
 
+@pytest.mark.slow
 def test_split_mode_chunks_and_persistent_grid(monkeypatch):
     # GPU-like small tiles (3 row blocks of 16, 16, 5 rows per pair; 16-row tiles along H in the
     # depth passes), fewer programs than slices (each loops, reusing its scratch), and a
@@ -280,7 +283,9 @@ def test_settings_are_listed_by_the_cli(monkeypatch, capsys):
     _settings.update(triton_2d="split", triton_activation_in_kernel=False, triton_programs_per_sm=2)
     assert cli.main(["backends"]) == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("triton "))
-    assert "2D mode split, dots ieee, softmax/sigmoid before the kernels, 2 program(s) per SM" in line
+    listed = {"mode_2d": "split", "precision": "ieee", "activation_in_kernel": False, "programs_per_sm": 2}
+    assert triton_scc.settings() == listed
+    assert "(settings: " + ", ".join(f"{k}={v}" for k, v in listed.items()) + ")" in line
 
 
 def test_2d_mode_setting(monkeypatch):
@@ -314,7 +319,7 @@ def test_programs_per_sm_per_path(monkeypatch):
     assert triton_scc._max_programs(cuda, 1000, "fused") == triton_scc._max_programs(cuda, 1000) == 264
     assert triton_scc._max_programs(torch.device("cpu"), 7, "fused") == 7
     _settings.update(triton_programs_per_sm=None)
-    assert "1 program(s) per SM fused, 2 program(s) per SM sliced" in triton_scc.settings()
+    assert triton_scc.settings()["programs_per_sm"] == {"fused": 1, "sliced": 2}
 
 
 def test_2d_mode_auto_splits_when_pairs_leave_sms_idle(monkeypatch):
@@ -368,6 +373,7 @@ def test_public_api_sigmoid_single_channel_and_soft_target(rank):
         assert rel_err(out, ref) <= TOL and rel_err(grad, ref_grad) <= TOL
 
 
+@pytest.mark.slow
 def test_torch_compile_fullgraph_and_opcheck():
     probs, target = make_inputs((2, 3, 12, 10), labels=True, seed=37)
     p, t = probs.to(DEVICE, torch.float32), target.to(DEVICE)

@@ -54,6 +54,7 @@ def test_half_inputs_are_read_as_float32(dtype):
     assert rel_err(grad, ref_grad) <= 2 * torch.finfo(dtype).eps
 
 
+@pytest.mark.slow
 def test_tiled_loops_chunks_and_persistent_grid(monkeypatch):
     # Small blocks force several tiles along every axis, depth included (37 = 2 x 16 + 5); fewer
     # programs than slices make each program loop over slices, reusing its scratch; a workspace
@@ -67,6 +68,7 @@ def test_tiled_loops_chunks_and_persistent_grid(monkeypatch):
 
 
 @pytest.mark.parametrize("labels,include_dc", [(True, False), (False, True)])
+@pytest.mark.slow
 def test_four_step_slices(monkeypatch, labels, include_dc):
     # The factored DFT along H (32 = 2 x 16) and along W (48 = 3 x 16) in the slice passes,
     # enabled below its default threshold so that the interpreter stays quick.
@@ -80,6 +82,7 @@ def test_four_step_slices(monkeypatch, labels, include_dc):
     "shape,labels,include_dc",
     [((1, 2, 32, 9, 10), True, False), ((2, 2, 48, 8, 9), False, True), ((1, 3, 64, 10, 9), True, True)],
 )
+@pytest.mark.slow
 def test_four_step_depth(monkeypatch, shape, labels, include_dc):
     # The factored DFT along D (D = N1 x 16, N1 = 2, 3, 4 padded to a 16 block) in launches 2 and
     # 4, below its default threshold; with the forward-only launches too.
@@ -91,6 +94,7 @@ def test_four_step_depth(monkeypatch, shape, labels, include_dc):
     assert_forward_only_matches(probs, target, out, valid, **kw)
 
 
+@pytest.mark.slow
 def test_four_step_depth_tiles_and_persistent_grid(monkeypatch):
     # Several blocks of bins per pair (16 of the 9 x 5 = 45), fewer depth programs than tasks (each
     # loops, reusing its Z scratch), two chunks of pairs.
@@ -111,6 +115,7 @@ def test_four_step_default_threshold(shape):
     compare(probs, target, include_dc=True)
 
 
+@pytest.mark.slow
 def test_torch_compile_fullgraph_and_opcheck():
     probs, target = make_inputs((1, 2, 2, 9, 8), labels=True, seed=37)
     p, t = probs.to(DEVICE, torch.float32), target.to(DEVICE)

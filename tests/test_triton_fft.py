@@ -91,6 +91,7 @@ def test_many_chunks_splits_and_tiles(shape, labels, include_dc):
 
 
 @pytest.mark.parametrize("labels", [True, False], ids=["labels", "float"])
+@pytest.mark.slow
 def test_more_splits_than_the_pair_kernel_reads_at_once(labels, monkeypatch):
     # 48 splits of each map's moments and 63 of its spectrum: the pair kernel combines them
     # 16 at a time (its blocks capped at 16 splits here) and merges the blocks.
@@ -484,11 +485,13 @@ def test_settings_are_listed_by_the_cli(monkeypatch, capsys):
 
     assert cli.main(["backends"]) == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("triton_fft "))
-    assert "class 0 under softmax derived from the others'" in line and "chunks of" in line
+    listed = triton_fft.settings()
+    assert listed["derive_first_class"] is True and listed["chunk_elements"] == _settings.current().fft_chunk_elements
+    assert "(settings: " + ", ".join(f"{k}={v}" for k, v in listed.items()) + ")" in line
     _settings.update(fft_derive=False)
     _settings.update(fft_stage1_channel_threads=True)
-    assert "transformed like the others (fft_derive=False)" in triton_fft.settings()
-    assert "threads down the channels first" in triton_fft.settings()
+    assert triton_fft.settings()["derive_first_class"] is False
+    assert triton_fft.settings()["stage1_channel_threads"] is True
 
 
 def forward_peaks(seed, *settings, shape=(2, 4, 16, 16, 16)):
@@ -581,6 +584,7 @@ def test_validate_in_stage_one_derives_the_target_spectrum():
     check_derived(logits, labels)  # (the float64 reference, without validate)
 
 
+@pytest.mark.slow
 def test_validate_in_stage_one_splits_tiles_and_chunks():
     # Several splits and tiles: every program flags what it saw; several chunks: the first
     # chunk's stage 1 checks every label and logit (class 0 is then transformed, not derived).
@@ -1078,6 +1082,7 @@ def test_explain_shape_and_cli(table_file, capsys):
 # ---------------------------------------------------------------- the GPU check (scc-fast bench gpu-3d), smoke mode
 
 
+@pytest.mark.slow
 def test_gpu_3d_check_smoke_emits_a_loadable_table(tmp_path):
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     env.pop(dispatch.TABLE_ENV_VAR, None)

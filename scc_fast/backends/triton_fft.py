@@ -1172,16 +1172,19 @@ def validates_in_op(
             and unsupported_reason(x, x) is None)
 
 
-def settings() -> str:
-    """The settings in force, in words (``scc-fast backends`` prints them)."""
+def settings() -> dict[str, object]:
+    """The settings in force (``scc-fast backends`` prints them): whether class 0 under softmax is
+    derived from the others' spectra, whether stage 1 applies the softmax/sigmoid, the elements
+    per chunk of classes and stage 1's tile."""
     s = _settings.current()
-    derive = "derived from the others'" if s.fft_derive else "transformed like the others (fft_derive=False)"
-    where = "in stage 1" if activation_in_kernel() else "before the kernels"
-    threads = ", threads down the channels first" if s.fft_stage1_channel_threads else ""
-    return (
-        f"class 0 under softmax {derive}, softmax/sigmoid {where}, chunks of {s.fft_chunk_elements} elements, "
-        f"stage-1 tile {s.fft_stage1_values} values / {s.fft_stage1_warps} warps{threads}"
-    )
+    return {
+        "derive_first_class": s.fft_derive,
+        "activation_in_kernel": activation_in_kernel(),
+        "chunk_elements": s.fft_chunk_elements,
+        "stage1_values": s.fft_stage1_values,
+        "stage1_warps": s.fft_stage1_warps,
+        "stage1_channel_threads": s.fft_stage1_channel_threads,
+    }
 
 
 def field(x: torch.Tensor, target: torch.Tensor, request: FieldRequest, field_weights=None):

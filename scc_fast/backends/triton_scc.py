@@ -1573,15 +1573,17 @@ def unsupported_reason(probs: torch.Tensor, target: torch.Tensor) -> str | None:
     return None
 
 
-def settings() -> str:
-    """The settings in force, in words (``scc-fast backends`` prints them); a bad value is named."""
-    parts = [f"2D mode {_mode_2d()}", f"dots {_precision()}"]
-    where = "in the kernels" if activation_in_kernel() else "before the kernels"
+def settings() -> dict[str, object]:
+    """The settings in force (``scc-fast backends`` prints them): the 2D mode, the dots' precision,
+    whether the kernels apply the softmax/sigmoid, and the programs per SM (one number for every
+    persistent grid, or per path). A bad value is named."""
     programs_per_sm = _settings.current().triton_programs_per_sm
-    per_sm = (f"{programs_per_sm} program(s) per SM" if programs_per_sm is not None else
-              ", ".join(f"{n} program(s) per SM {path}" for path, n in _PROGRAMS_PER_SM.items()))
-    parts.append(f"softmax/sigmoid {where}, {per_sm}")
-    return ", ".join(parts)
+    return {
+        "mode_2d": _mode_2d(),
+        "precision": _precision(),
+        "activation_in_kernel": activation_in_kernel(),
+        "programs_per_sm": programs_per_sm if programs_per_sm is not None else dict(_PROGRAMS_PER_SM),
+    }
 
 
 def _split_2d(n_pairs: int, device: torch.device) -> bool:
