@@ -1,5 +1,5 @@
-"""Helpers shared by the tests of the fused activation (``test_activation`` for the torch and
-Triton backends, ``test_native`` for the C++ operator). Not a test module."""
+"""Helpers shared by the tests of the fused activation (``test_activation``, ``test_native``) and the
+correctness matrix (``test_matrix``). Not a test module."""
 
 from __future__ import annotations
 

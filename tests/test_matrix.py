@@ -25,6 +25,7 @@ import torch
 import scc_fast
 from scc_fast import _settings, backends
 
+from _fused import fused_case
 from _helpers import TOL, check_against_reference, make_inputs, rel_err
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -175,19 +176,6 @@ def _check_loss(v: Variant, shape, inputs, target, dtype, **kw) -> None:
     assert rel_err(grad, ref_grad) <= TOL[dtype], rel_err(grad, ref_grad)
 
 
-def _logits_and_labels(shape, seed: int, ignore_index=None):
-    """Logits (float64, spread x3) and labels; with ``ignore_index`` the first two rows of image 0
-    carry it (255 in uint8 labels, as a user's masks often are)."""
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(shape, generator=g, dtype=torch.float64) * 3
-    labels = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g)
-    if ignore_index == 255:
-        labels = labels.to(torch.uint8)
-    if ignore_index is not None:
-        labels[0, :2] = ignore_index
-    return logits, labels
-
-
 @pytest.mark.parametrize("ignore_index", [None, 255, 1], ids=["no_ignore", "ignore255", "ignore1"])
 @pytest.mark.parametrize("include_background", [True, False], ids=["bg", "no_bg"])
 @pytest.mark.parametrize("activation", ["softmax", "sigmoid", None], ids=["softmax", "sigmoid", "probs"])
@@ -196,7 +184,7 @@ def test_loss_activation_background_ignore(variant, shape, dtype, activation, in
     """Per pair (reduction "none"): the activation, the background drop and the ignore mask, which
     the fused backends apply inside their kernels and the reference with torch ops. ignore_index=1
     is also a class label: that class's target is empty where ignored."""
-    logits, labels = _logits_and_labels(shape, seed=0, ignore_index=ignore_index)
+    logits, labels = fused_case(shape, ignore_index, seed=0)
     inputs = logits if activation else torch.softmax(logits, 1)
     _check_loss(variant, shape, inputs, labels, dtype, softmax=activation == "softmax", sigmoid=activation == "sigmoid",
                 include_background=include_background, ignore_index=ignore_index, reduction="none")
@@ -215,7 +203,7 @@ LOSS_CASES = {
 
 
 def _labels_with_a_degenerate_pair(shape, ignore_255: bool):
-    logits, labels = _logits_and_labels(shape, seed=2)
+    logits, labels = fused_case(shape, None, seed=2)
     labels[0][labels[0] == 2] = 0  # class 2 absent from image 0: a pair the reductions leave out
     if ignore_255:
         labels[-1, :3] = 255
@@ -281,7 +269,7 @@ def test_loss_degenerate_pairs(variant, shape, include_dc, dtype):
     """A class covering image 0 (degenerate without DC; its other classes absent), a class absent
     from image 1, and a float target with one non-empty pair: no NaN, the same loss and gradient as
     the reference (which leaves degenerate pairs out of the mean)."""
-    logits, labels = _logits_and_labels(shape, seed=3)
+    logits, labels = fused_case(shape, None, seed=3)
     labels[0] = 1
     labels[1][labels[1] == 3] = 0
     _check_loss(variant, shape, logits, labels, dtype, softmax=True, include_dc=include_dc, reduction="none")

@@ -27,7 +27,8 @@ MODES: dict[str, tuple[str, str]] = {
                                        "time, torch ops and launches"),
     "native-cpu": ("native_cpu", "backend native against torch and the reference on a CPU: A/B blocks of steps "
                                  "and peak RSS"),
-    "native-fft": ("native_fft", "backend native under each of its transform engines, A/B blocks of steps"),
+    "native-fft": ("native_fft", "backend native under each of its transform engines and instruction sets, A/B blocks of steps, "
+                                 "optionally against the reference"),
     "fft-peak": ("fft_peak", "triton_fft's forward peak memory at the benchmark cases, predicted on a CPU"),
     "derived-accuracy": ("derived_accuracy", "accuracy of triton_fft's derived class 0 as that class's share shrinks"),
 }
