@@ -329,11 +329,13 @@ PairCoef pair_coefficients(
 
 Isa kernel_isa();
 
-// Whether the operator's own radix transform runs for these maps: float32, a shape it fits, the
-// AVX-512 or AVX2 build of the kernels chosen (kernel_isa: the CPU runs it; the transform's build is
-// the same ISA's, radix_lanes) and the setting fft "auto".
-bool use_radix_fft(at::ScalarType dtype, at::IntArrayRef spatial) {
-  return dtype == at::kFloat && fft_choice() == FftChoice::kAuto && radix_lanes() > 0 && radix_fft_fits(spatial);
+// The build of the operator's own radix transform these maps take, as its lanes (8 or 4), or 0 where
+// it does not run: it runs for float32, a shape it fits, the AVX-512 or AVX2 build of the kernels
+// chosen (kernel_isa: the CPU runs it; the transform's build is the same ISA's, radix_lanes) and the
+// setting fft "auto". One read of the settings, so a call's choice and its plan agree.
+int radix_fft_lanes(at::ScalarType dtype, at::IntArrayRef spatial) {
+  if (dtype != at::kFloat || fft_choice() != FftChoice::kAuto || !radix_fft_fits(spatial)) return 0;
+  return radix_lanes();
 }
 
 // What the operator was asked to compute, besides the tensors.
@@ -464,10 +466,11 @@ RunContext<scalar_t, Y> plan_run(const at::Tensor& input, const Y* tdata, bool l
   // The operator's own transform (scc_cpu_radix_fft.h) for float32 maps it fits on AVX-512 or AVX2, whose
   // spectra keep the leading axes in digit-reversed order (the passes only see it through neg_row);
   // MKL's in place elsewhere where libtorch exports it, else ATen's.
-  c.radix = use_radix_fft(input.scalar_type(), c.spatial);
+  const int lanes = radix_fft_lanes(input.scalar_type(), c.spatial);
+  c.radix = lanes > 0;
   c.inplace = c.radix || inplace_fft_available(input.scalar_type());
   c.LS = workspace_row_stride(c.L, c.inplace), c.M = c.g.rows * c.LS;
-  c.plan = c.radix ? radix_plan(c.spatial, c.LS, radix_lanes()) : nullptr;
+  c.plan = c.radix ? radix_plan(c.spatial, c.LS, lanes) : nullptr;
   plan_chunks(c);
 
   // Workspace: the chunk's maps z only. The packed field of pairs 2m and 2m + 1 is written over z's map
@@ -1142,7 +1145,8 @@ std::string native_fft_engine(at::IntArrayRef spatial, std::optional<at::ScalarT
   const at::ScalarType t = dtype.value_or(at::kFloat);
   TORCH_CHECK(t == at::kFloat || t == at::kDouble, "native_fft_engine: dtype must be float32 or float64, got ", t);
   for (auto s : spatial) TORCH_CHECK(s >= 1, "native_fft_engine: spatial sizes must be >= 1, got ", spatial);
-  if (!spatial.empty() && use_radix_fft(t, spatial)) return radix_lanes() == 8 ? "radix_avx512" : "radix_avx2";
+  const int lanes = spatial.empty() ? 0 : radix_fft_lanes(t, spatial);
+  if (lanes > 0) return lanes == 8 ? "radix_avx512" : "radix_avx2";
   return inplace_fft_available(t) ? "mkl_inplace" : "aten";
 }
 
