@@ -64,6 +64,8 @@ _DTYPE_IDS = {F64: "fp64", F32: "fp32"}
 #: (variant, dtype) for every dtype each variant computes in.
 VARIANT_DTYPES = [pytest.param(v, dt, id=f"{v.name}-{_DTYPE_IDS[dt]}", marks=_skip_mark(v)) for v in VARIANTS
                   for dt in v.dtypes]
+
+
 def _variant_shapes(shape_2d, shape_3d) -> list:
     """(variant, shape, dtype): the 2D shape in the variant's float64 (where it has it), the 3D one
     in float32, so that each variant meets both ranks and both dtypes in two runs."""
@@ -98,8 +100,8 @@ def _require(v: Variant, shape, probs: torch.Tensor, target: torch.Tensor, dtype
 # 8 (native, torch, triton_fft) and sizes the native operator's own FFT takes (last axis a
 # multiple of 8: 16, 64, 40).
 CORR_SHAPES = [
-    (2, 3, 16, 16), (2, 3, 15, 9), (2, 3, 8, 12), (1, 3, 9, 7), (1, 4, 8, 13), (3, 1, 7, 6), (2, 3, 9, 13), (1, 2, 16, 12), (2, 2, 24, 17),
-    (1, 3, 31, 8), (3, 1, 10, 11), (1, 3, 12, 64),
+    (2, 3, 16, 16), (2, 3, 15, 9), (2, 3, 8, 12), (1, 3, 9, 7), (1, 4, 8, 13), (3, 1, 7, 6), (2, 3, 9, 13),
+    (1, 2, 16, 12), (2, 2, 24, 17), (1, 3, 31, 8), (3, 1, 10, 11), (1, 3, 12, 64),
     (2, 2, 6, 5, 7), (1, 3, 5, 4, 2), (1, 2, 8, 12, 10), (2, 3, 5, 9, 8), (1, 1, 2, 8, 9),
     (1, 2, 3, 16, 11), (2, 3, 7, 9, 6), (1, 2, 4, 6, 40),
 ]
@@ -123,8 +125,9 @@ def _correlation_params() -> list:
         for i, shape in enumerate(CORR_SHAPES):
             for labels, dc, dt in _PAIRWISE[i % 4]:
                 dt = dt if dt in v.dtypes else v.dtypes[0]
-                name = f"{v.name}-{'x'.join(map(str, shape))}-{'labels' if labels else 'soft'}-{'dc' if dc else 'no_dc'}"
-                params.append(pytest.param(v, shape, labels, dc, dt, id=f"{name}-{_DTYPE_IDS[dt]}", marks=_skip_mark(v)))
+                name = "-".join([v.name, "x".join(map(str, shape)), "labels" if labels else "soft",
+                                 "dc" if dc else "no_dc", _DTYPE_IDS[dt]])
+                params.append(pytest.param(v, shape, labels, dc, dt, id=name, marks=_skip_mark(v)))
     return params
 
 
